@@ -1,0 +1,8 @@
+-- Deploy pushjobs:functions to pg
+-- requires: schema
+
+BEGIN;
+
+\ir ../../sql/functions.sql
+
+COMMIT;

@@ -1,0 +1,7 @@
+-- Deploy pushjobs:schema to pg
+
+BEGIN;
+
+\ir ../../sql/schema.sql
+
+COMMIT;

@@ -1,0 +1,7 @@
+-- Revert pushjobs:schema from pg
+
+BEGIN;
+
+DROP SCHEMA pushjobs CASCADE;
+
+COMMIT;

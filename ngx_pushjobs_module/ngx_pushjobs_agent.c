@@ -1,0 +1,1568 @@
+
+/*
+ * Copyright (C) pushjobs developers
+ */
+
+
+/*
+ * Agent channels: the per-worker registry of connected agents, the
+ * websocket read and write loops of each channel, and the agent side of the
+ * protocol (docs/protocol.md).
+ *
+ * After the 101 the request is held until the channel closes; the channel
+ * then does its own I/O with c->recv()/c->send() (TLS included).  An agent
+ * object outlives its request while batched writes still refer to it, so it
+ * is reference counted; it owns no buffer while idle.  Every frame sent is
+ * a refcounted message, framed once and shared by all agents it goes to.
+ */
+
+
+#include "ngx_pushjobs_module.h"
+
+#include <yajl/yajl_tree.h>
+
+
+#define NGX_PUSHJOBS_AGENT_JOBS        2
+#define NGX_PUSHJOBS_AGENT_READ_BUF    16384
+#define NGX_PUSHJOBS_AGENT_READS       32
+#define NGX_PUSHJOBS_HELLO_JOBS_MAX    16
+
+#define NGX_PUSHJOBS_JOB_FREE          0
+#define NGX_PUSHJOBS_JOB_COMMIT_SENT   1
+#define NGX_PUSHJOBS_JOB_COMMITTED     2
+#define NGX_PUSHJOBS_JOB_RUN_SENT      3
+#define NGX_PUSHJOBS_JOB_RUNNING       4
+#define NGX_PUSHJOBS_JOB_ABORT_SENT    5
+
+/* message types, as the agent names them */
+#define NGX_PUSHJOBS_MSG_UNKNOWN       0
+#define NGX_PUSHJOBS_MSG_HELLO         1
+#define NGX_PUSHJOBS_MSG_ACK_COMMIT    2
+#define NGX_PUSHJOBS_MSG_NACK_COMMIT   3
+#define NGX_PUSHJOBS_MSG_ACK_RUN       4
+#define NGX_PUSHJOBS_MSG_NACK_RUN      5
+#define NGX_PUSHJOBS_MSG_SUCCEEDED     6
+#define NGX_PUSHJOBS_MSG_FAILED        7
+#define NGX_PUSHJOBS_MSG_ABORTED       8
+
+
+typedef struct {
+    u_char                      id[NGX_PUSHJOBS_JOB_ID_LEN];
+    ngx_uint_t                  state;
+} ngx_pushjobs_agent_job_t;
+
+
+typedef struct ngx_pushjobs_agent_out_s  ngx_pushjobs_agent_out_t;
+
+struct ngx_pushjobs_agent_out_s {
+    ngx_pushjobs_agent_out_t   *next;
+    ngx_pushjobs_msg_t         *msg;
+};
+
+
+struct ngx_pushjobs_agent_s {
+    ngx_rbtree_node_t           node;
+    ngx_str_t                   org;
+    ngx_str_t                   name;
+    uint64_t                    session;
+
+    ngx_http_request_t         *request;
+    ngx_connection_t           *connection;
+
+    ngx_pushjobs_ws_reader_t    reader;
+
+    ngx_pushjobs_agent_out_t   *out;
+    ngx_pushjobs_agent_out_t  **last_out;
+    size_t                      out_sent;
+    size_t                      out_bytes;
+
+    ngx_event_t                 ping;
+
+    ngx_pushjobs_agent_job_t    jobs[NGX_PUSHJOBS_AGENT_JOBS];
+
+    ngx_uint_t                  refs;
+
+    unsigned                    closed:1;
+    unsigned                    registered:1;
+    unsigned                    alive:1;
+    unsigned                    hello:1;
+};
+
+
+typedef struct {
+    ngx_str_t                   org;
+    ngx_uint_t                  count;
+} ngx_pushjobs_agent_org_t;
+
+
+typedef struct {
+    const char                 *name;
+    ngx_uint_t                  type;
+} ngx_pushjobs_agent_type_t;
+
+
+static void ngx_pushjobs_agent_register(ngx_pushjobs_agent_t *a);
+static void ngx_pushjobs_agent_unregister(ngx_pushjobs_agent_t *a);
+static void ngx_pushjobs_agent_org_add(ngx_str_t *org, ngx_int_t n);
+static void ngx_pushjobs_agent_cleanup(void *data);
+static void ngx_pushjobs_agent_detach(ngx_pushjobs_agent_t *a);
+static void ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a,
+    ngx_uint_t code);
+static void ngx_pushjobs_agent_read_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_pushjobs_agent_feed(ngx_pushjobs_agent_t *a,
+    u_char *pos, u_char *last);
+static void ngx_pushjobs_agent_write_handler(ngx_http_request_t *r);
+static void ngx_pushjobs_agent_ping_handler(ngx_event_t *ev);
+static void ngx_pushjobs_agent_send(ngx_pushjobs_agent_t *a,
+    ngx_pushjobs_msg_t *msg);
+static void ngx_pushjobs_agent_send_text(ngx_pushjobs_agent_t *a,
+    u_char *data, size_t len);
+static void ngx_pushjobs_agent_send_job(ngx_pushjobs_agent_t *a,
+    const char *type, u_char *job_id, const char *extra);
+static ngx_int_t ngx_pushjobs_agent_flush(ngx_pushjobs_agent_t *a);
+static void ngx_pushjobs_agent_message(ngx_pushjobs_agent_t *a,
+    ngx_str_t *payload);
+static void ngx_pushjobs_agent_hello(ngx_pushjobs_agent_t *a, void *msg);
+static void ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a,
+    ngx_uint_t type, ngx_str_t *job_id, void *msg);
+static size_t ngx_pushjobs_agent_output(void *value, size_t cap,
+    ngx_uint_t *truncated);
+static ngx_pushjobs_agent_job_t *ngx_pushjobs_agent_job(
+    ngx_pushjobs_agent_t *a, u_char *job_id, ngx_uint_t create);
+static ngx_uint_t ngx_pushjobs_agent_valid_id(ngx_str_t *id);
+static ngx_uint_t ngx_pushjobs_agent_hash(ngx_str_t *org, ngx_str_t *name);
+
+
+static ngx_pushjobs_agent_type_t  ngx_pushjobs_agent_types[] = {
+    { "hello",        NGX_PUSHJOBS_MSG_HELLO },
+    { "ack_commit",   NGX_PUSHJOBS_MSG_ACK_COMMIT },
+    { "nack_commit",  NGX_PUSHJOBS_MSG_NACK_COMMIT },
+    { "ack_run",      NGX_PUSHJOBS_MSG_ACK_RUN },
+    { "nack_run",     NGX_PUSHJOBS_MSG_NACK_RUN },
+    { "succeeded",    NGX_PUSHJOBS_MSG_SUCCEEDED },
+    { "failed",       NGX_PUSHJOBS_MSG_FAILED },
+    { "aborted",      NGX_PUSHJOBS_MSG_ABORTED },
+    { NULL, 0 }
+};
+
+
+/* Per-worker state, set up at the first channel of a worker process. */
+static u_char              *ngx_pushjobs_agent_buf;
+static ngx_array_t         *ngx_pushjobs_agent_orgs;
+static ngx_pushjobs_msg_t  *ngx_pushjobs_agent_ping_msg;
+
+
+ngx_int_t
+ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
+    ngx_str_t *node)
+{
+    u_char                    *p;
+    ngx_int_t                  rc;
+    ngx_connection_t          *c;
+    ngx_http_cleanup_t        *cln;
+    ngx_pushjobs_agent_t      *a;
+    ngx_pushjobs_worker_t     *w;
+    ngx_pushjobs_main_conf_t  *pmcf;
+    u_char                     buf[6 * 2 * NGX_PUSHJOBS_NAME_MAX + 256];
+
+    w = ngx_pushjobs_worker;
+    c = r->connection;
+
+    if (w == NULL || org->len > NGX_PUSHJOBS_NAME_MAX
+        || node->len > NGX_PUSHJOBS_NAME_MAX)
+    {
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    pmcf = w->pmcf;
+
+    if (ngx_pushjobs_agent_buf == NULL) {
+        ngx_pushjobs_agent_buf = ngx_alloc(NGX_PUSHJOBS_AGENT_READ_BUF,
+                                           w->log);
+        if (ngx_pushjobs_agent_buf == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (ngx_pushjobs_agent_ping_msg == NULL) {
+        ngx_pushjobs_agent_ping_msg = ngx_pushjobs_msg_create(
+                                          NGX_PUSHJOBS_WS_PING, NULL, 0);
+        if (ngx_pushjobs_agent_ping_msg == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    a = ngx_alloc(sizeof(ngx_pushjobs_agent_t) + org->len + node->len,
+                  w->log);
+    if (a == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memzero(a, sizeof(ngx_pushjobs_agent_t));
+
+    p = (u_char *) a + sizeof(ngx_pushjobs_agent_t);
+    a->org.data = p;
+    a->org.len = org->len;
+    p = ngx_cpymem(p, org->data, org->len);
+    a->name.data = p;
+    a->name.len = node->len;
+    ngx_memcpy(p, node->data, node->len);
+
+    a->refs = 1;
+    a->out = NULL;
+    a->last_out = &a->out;
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        ngx_free(a);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_pushjobs_ws_handshake(r);
+
+    if (rc != NGX_OK) {
+        ngx_free(a);
+        return rc;
+    }
+
+    cln->handler = ngx_pushjobs_agent_cleanup;
+    cln->data = a;
+
+    /* from now on the request's context is the channel */
+    ngx_http_set_ctx(r, a, ngx_pushjobs_module);
+
+    a->request = r;
+    a->connection = c;
+    a->session = ++w->next_session;
+    a->alive = 1;
+
+    ngx_pushjobs_ws_reader_init(&a->reader, pmcf->max_message_size, c->log);
+
+    ngx_pushjobs_init_timer(&a->ping, ngx_pushjobs_agent_ping_handler, a,
+                            c->log);
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    (void) ngx_tcp_nodelay(c);
+
+    r->read_event_handler = ngx_pushjobs_agent_read_handler;
+    r->write_event_handler = ngx_pushjobs_agent_write_handler;
+
+    /* a reload or shutdown closes idle connections: let it close ours */
+    c->idle = 1;
+
+    ngx_pushjobs_agent_register(a);
+
+    ngx_pushjobs_store_presence(&a->org, &a->name, a->session, 1);
+
+    ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                  "pushjobs: agent \"%V\" of \"%V\" connected, session %uL",
+                  &a->name, &a->org, a->session);
+
+    p = ngx_cpymem(buf, "{\"type\":\"welcome\",\"v\":1,\"node\":",
+                   sizeof("{\"type\":\"welcome\",\"v\":1,\"node\":") - 1);
+    p = ngx_pushjobs_store_json_name(p, &a->name);
+    p = ngx_cpymem(p, ",\"org\":", sizeof(",\"org\":") - 1);
+    p = ngx_pushjobs_store_json_name(p, &a->org);
+    p = ngx_cpymem(p, ",\"server\":", sizeof(",\"server\":") - 1);
+    p = ngx_pushjobs_store_json_name(p, pmcf->server_name.len
+                                        <= NGX_PUSHJOBS_NAME_MAX
+                                        ? &pmcf->server_name
+                                        : &w->cycle->hostname);
+    p = ngx_sprintf(p, ",\"ping_interval\":%M,\"max_message_size\":%uz}",
+                    pmcf->ping_interval / 1000, pmcf->max_message_size);
+
+    ngx_pushjobs_agent_send_text(a, buf, p - buf);
+
+    ngx_add_timer(&a->ping, pmcf->ping_interval);
+
+    /* bytes the agent sent right after its upgrade request */
+
+    if (!a->closed && r->header_in->pos < r->header_in->last) {
+        ngx_pushjobs_agent_ref(a);
+
+        if (ngx_pushjobs_agent_feed(a, r->header_in->pos,
+                                    r->header_in->last)
+            == NGX_OK)
+        {
+            r->header_in->pos = r->header_in->last;
+        }
+
+        ngx_pushjobs_agent_unref(a);
+    }
+
+    return NGX_DONE;
+}
+
+
+ngx_pushjobs_agent_t *
+ngx_pushjobs_agent_find(ngx_str_t *org, ngx_str_t *node)
+{
+    ngx_uint_t              hash;
+    ngx_rbtree_node_t      *n, *sentinel;
+    ngx_pushjobs_agent_t   *a;
+    ngx_pushjobs_worker_t  *w;
+
+    w = ngx_pushjobs_worker;
+    if (w == NULL) {
+        return NULL;
+    }
+
+    hash = ngx_pushjobs_agent_hash(org, node);
+
+    n = w->agents.root;
+    sentinel = w->agents.sentinel;
+
+    while (n != sentinel) {
+
+        if (hash < n->key) {
+            n = n->left;
+            continue;
+        }
+
+        if (hash > n->key) {
+            n = n->right;
+            continue;
+        }
+
+        /* equal keys go right (ngx_rbtree_insert_value) */
+
+        a = (ngx_pushjobs_agent_t *) n;
+
+        if (a->org.len == org->len && a->name.len == node->len
+            && ngx_memcmp(a->org.data, org->data, org->len) == 0
+            && ngx_memcmp(a->name.data, node->data, node->len) == 0)
+        {
+            return a;
+        }
+
+        n = n->right;
+    }
+
+    return NULL;
+}
+
+
+ngx_uint_t
+ngx_pushjobs_agent_org_count(ngx_str_t *org)
+{
+    ngx_uint_t                 i;
+    ngx_pushjobs_agent_org_t  *o;
+
+    if (ngx_pushjobs_agent_orgs == NULL) {
+        return 0;
+    }
+
+    o = ngx_pushjobs_agent_orgs->elts;
+
+    for (i = 0; i < ngx_pushjobs_agent_orgs->nelts; i++) {
+        if (o[i].org.len == org->len
+            && ngx_memcmp(o[i].org.data, org->data, org->len) == 0)
+        {
+            return o[i].count;
+        }
+    }
+
+    return 0;
+}
+
+
+void
+ngx_pushjobs_agent_commit(ngx_pushjobs_agent_t *a, ngx_str_t *job_id,
+    ngx_pushjobs_msg_t *msg)
+{
+    ngx_pushjobs_agent_job_t  *j;
+
+    if (a->closed || job_id->len != NGX_PUSHJOBS_JOB_ID_LEN) {
+        return;
+    }
+
+    j = ngx_pushjobs_agent_job(a, job_id->data, 1);
+
+    if (j == NULL || j->state != NGX_PUSHJOBS_JOB_FREE) {
+        /* already offered on this channel */
+        return;
+    }
+
+    ngx_memcpy(j->id, job_id->data, NGX_PUSHJOBS_JOB_ID_LEN);
+    j->state = NGX_PUSHJOBS_JOB_COMMIT_SENT;
+
+    ngx_pushjobs_agent_send(a, msg);
+}
+
+
+void
+ngx_pushjobs_agent_run(ngx_pushjobs_agent_t *a, ngx_str_t *job_id)
+{
+    ngx_pushjobs_agent_job_t  *j;
+
+    if (a->closed || job_id->len != NGX_PUSHJOBS_JOB_ID_LEN) {
+        return;
+    }
+
+    j = ngx_pushjobs_agent_job(a, job_id->data, 0);
+
+    if (j == NULL
+        || (j->state != NGX_PUSHJOBS_JOB_COMMIT_SENT
+            && j->state != NGX_PUSHJOBS_JOB_COMMITTED))
+    {
+        return;
+    }
+
+    j->state = NGX_PUSHJOBS_JOB_RUN_SENT;
+
+    ngx_pushjobs_agent_send_job(a, "run", job_id->data, NULL);
+}
+
+
+void
+ngx_pushjobs_agent_abort(ngx_pushjobs_agent_t *a, ngx_str_t *job_id,
+    ngx_uint_t force)
+{
+    ngx_pushjobs_agent_job_t  *j;
+
+    if (a->closed || job_id->len != NGX_PUSHJOBS_JOB_ID_LEN) {
+        return;
+    }
+
+    j = ngx_pushjobs_agent_job(a, job_id->data, 0);
+
+    if (j == NULL || (j->state == NGX_PUSHJOBS_JOB_ABORT_SENT && !force)) {
+        return;
+    }
+
+    j->state = NGX_PUSHJOBS_JOB_ABORT_SENT;
+
+    ngx_pushjobs_agent_send_job(a, "abort", job_id->data,
+                                force ? ",\"force\":true" : ",\"force\":false");
+}
+
+
+void
+ngx_pushjobs_agent_kick(ngx_str_t *session, ngx_str_t *org, ngx_str_t *node)
+{
+    uint64_t               s;
+    ngx_uint_t             i;
+    ngx_pushjobs_agent_t  *a;
+
+    a = ngx_pushjobs_agent_find(org, node);
+    if (a == NULL) {
+        return;
+    }
+
+    s = 0;
+
+    for (i = 0; i < session->len; i++) {
+        if (session->data[i] < '0' || session->data[i] > '9') {
+            return;
+        }
+
+        s = s * 10 + (session->data[i] - '0');
+    }
+
+    if (a->session != s) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                  "pushjobs: agent \"%V\" of \"%V\" reconnected elsewhere, "
+                  "closing session %uL", &a->name, &a->org, a->session);
+
+    ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_REPLACED);
+}
+
+
+void
+ngx_pushjobs_agent_ref(ngx_pushjobs_agent_t *a)
+{
+    a->refs++;
+}
+
+
+void
+ngx_pushjobs_agent_unref(ngx_pushjobs_agent_t *a)
+{
+    if (--a->refs == 0) {
+        ngx_free(a);
+    }
+}
+
+
+/* the outcome of one batched input: ack final reports, abort on rehab */
+
+void
+ngx_pushjobs_agent_input_done(ngx_pushjobs_store_item_t *item,
+    ngx_uint_t rehab)
+{
+    ngx_str_t              id;
+    ngx_pushjobs_agent_t  *a;
+
+    a = item->agent;
+
+    if (a == NULL || a->closed) {
+        return;
+    }
+
+    if (item->type == NGX_PUSHJOBS_MSG_SUCCEEDED
+        || item->type == NGX_PUSHJOBS_MSG_FAILED
+        || item->type == NGX_PUSHJOBS_MSG_ABORTED)
+    {
+        ngx_pushjobs_agent_send_job(a, "ack", item->job_id, NULL);
+        return;
+    }
+
+    if (rehab) {
+        id.data = item->job_id;
+        id.len = NGX_PUSHJOBS_JOB_ID_LEN;
+
+        if (ngx_pushjobs_agent_job(a, item->job_id, 0) == NULL) {
+            /* the agent holds it even if this channel never offered it */
+            (void) ngx_pushjobs_agent_job(a, item->job_id, 1);
+        }
+
+        ngx_pushjobs_agent_abort(a, &id, 0);
+    }
+}
+
+
+void
+ngx_pushjobs_agent_hello_done(ngx_pushjobs_store_item_t *item,
+    ngx_str_t *job_id, ngx_str_t *action, ngx_str_t *message)
+{
+    ngx_pushjobs_msg_t        *msg;
+    ngx_pushjobs_agent_t      *a;
+    ngx_pushjobs_agent_job_t  *j;
+
+    a = item->agent;
+
+    if (a == NULL || a->closed || job_id->len != NGX_PUSHJOBS_JOB_ID_LEN) {
+        return;
+    }
+
+    if (action->len == 6 && ngx_strncmp(action->data, "commit", 6) == 0) {
+        msg = ngx_pushjobs_msg_create(NGX_PUSHJOBS_WS_TEXT, message->data,
+                                      message->len);
+        if (msg == NULL) {
+            return;
+        }
+
+        ngx_pushjobs_agent_commit(a, job_id, msg);
+        ngx_pushjobs_msg_release(msg);
+
+    } else if (action->len == 3 && ngx_strncmp(action->data, "run", 3) == 0) {
+        ngx_pushjobs_agent_run(a, job_id);
+
+    } else if (action->len == 5
+               && ngx_strncmp(action->data, "abort", 5) == 0)
+    {
+        j = ngx_pushjobs_agent_job(a, job_id->data, 1);
+        if (j && j->state == NGX_PUSHJOBS_JOB_FREE) {
+            ngx_memcpy(j->id, job_id->data, NGX_PUSHJOBS_JOB_ID_LEN);
+            j->state = NGX_PUSHJOBS_JOB_COMMITTED;
+        }
+
+        ngx_pushjobs_agent_abort(a, job_id, 0);
+    }
+}
+
+
+void
+ngx_pushjobs_agent_republish(void)
+{
+    ngx_rbtree_node_t      *n;
+    ngx_pushjobs_agent_t   *a;
+    ngx_pushjobs_worker_t  *w;
+
+    w = ngx_pushjobs_worker;
+
+    if (w == NULL || w->agents.root == w->agents.sentinel) {
+        return;
+    }
+
+    for (n = ngx_rbtree_min(w->agents.root, w->agents.sentinel);
+         n;
+         n = ngx_rbtree_next(&w->agents, n))
+    {
+        a = (ngx_pushjobs_agent_t *) n;
+        ngx_pushjobs_store_presence(&a->org, &a->name, a->session, 1);
+    }
+}
+
+
+void
+ngx_pushjobs_agent_close_all(void)
+{
+    ngx_rbtree_node_t      *n, *next;
+    ngx_pushjobs_worker_t  *w;
+
+    w = ngx_pushjobs_worker;
+
+    if (w != NULL && w->agents.root != w->agents.sentinel) {
+        for (n = ngx_rbtree_min(w->agents.root, w->agents.sentinel);
+             n;
+             n = next)
+        {
+            next = ngx_rbtree_next(&w->agents, n);
+            ngx_pushjobs_agent_close((ngx_pushjobs_agent_t *) n,
+                                     NGX_PUSHJOBS_WS_GOING_AWAY);
+        }
+    }
+
+    if (ngx_pushjobs_agent_buf) {
+        ngx_free(ngx_pushjobs_agent_buf);
+        ngx_pushjobs_agent_buf = NULL;
+    }
+
+    if (ngx_pushjobs_agent_ping_msg) {
+        ngx_pushjobs_msg_release(ngx_pushjobs_agent_ping_msg);
+        ngx_pushjobs_agent_ping_msg = NULL;
+    }
+}
+
+
+static void
+ngx_pushjobs_agent_register(ngx_pushjobs_agent_t *a)
+{
+    ngx_pushjobs_agent_t   *old;
+    ngx_pushjobs_worker_t  *w;
+
+    w = ngx_pushjobs_worker;
+
+    old = ngx_pushjobs_agent_find(&a->org, &a->name);
+
+    if (old) {
+        ngx_log_error(NGX_LOG_INFO, a->connection->log, 0,
+                      "pushjobs: agent \"%V\" of \"%V\" replaces its "
+                      "session %uL", &a->name, &a->org, old->session);
+
+        ngx_pushjobs_agent_close(old, NGX_PUSHJOBS_WS_REPLACED);
+    }
+
+    a->node.key = ngx_pushjobs_agent_hash(&a->org, &a->name);
+    ngx_rbtree_insert(&w->agents, &a->node);
+    w->nagents++;
+    a->registered = 1;
+
+    ngx_pushjobs_agent_org_add(&a->org, 1);
+}
+
+
+static void
+ngx_pushjobs_agent_unregister(ngx_pushjobs_agent_t *a)
+{
+    ngx_pushjobs_worker_t  *w;
+
+    w = ngx_pushjobs_worker;
+
+    if (!a->registered || w == NULL) {
+        return;
+    }
+
+    ngx_rbtree_delete(&w->agents, &a->node);
+    w->nagents--;
+    a->registered = 0;
+
+    ngx_pushjobs_agent_org_add(&a->org, -1);
+}
+
+
+static void
+ngx_pushjobs_agent_org_add(ngx_str_t *org, ngx_int_t n)
+{
+    ngx_uint_t                 i;
+    ngx_pushjobs_agent_org_t  *o;
+
+    if (ngx_pushjobs_agent_orgs == NULL) {
+        ngx_pushjobs_agent_orgs = ngx_array_create(
+                                      ngx_pushjobs_worker->cycle->pool, 4,
+                                      sizeof(ngx_pushjobs_agent_org_t));
+        if (ngx_pushjobs_agent_orgs == NULL) {
+            return;
+        }
+    }
+
+    o = ngx_pushjobs_agent_orgs->elts;
+
+    for (i = 0; i < ngx_pushjobs_agent_orgs->nelts; i++) {
+        if (o[i].org.len == org->len
+            && ngx_memcmp(o[i].org.data, org->data, org->len) == 0)
+        {
+            o[i].count += n;
+            return;
+        }
+    }
+
+    if (n < 0) {
+        return;
+    }
+
+    o = ngx_array_push(ngx_pushjobs_agent_orgs);
+    if (o == NULL) {
+        return;
+    }
+
+    /* org names are few; they are kept for the life of the worker */
+
+    o->org.data = ngx_pstrdup(ngx_pushjobs_worker->cycle->pool, org);
+    if (o->org.data == NULL) {
+        ngx_pushjobs_agent_orgs->nelts--;
+        return;
+    }
+
+    o->org.len = org->len;
+    o->count = n;
+}
+
+
+/* The request is being freed: by nginx (shutdown, reload), or by us. */
+
+static void
+ngx_pushjobs_agent_cleanup(void *data)
+{
+    ngx_pushjobs_agent_t *a = data;
+
+    if (a->closed) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                  "pushjobs: agent \"%V\" of \"%V\" gone, session %uL",
+                  &a->name, &a->org, a->session);
+
+    ngx_pushjobs_agent_detach(a);
+    ngx_pushjobs_agent_unref(a);
+}
+
+
+static void
+ngx_pushjobs_agent_detach(ngx_pushjobs_agent_t *a)
+{
+    ngx_pushjobs_agent_out_t  *o;
+
+    a->closed = 1;
+
+    ngx_pushjobs_agent_unregister(a);
+
+    ngx_pushjobs_store_presence(&a->org, &a->name, a->session, 0);
+
+    if (a->ping.timer_set) {
+        ngx_del_timer(&a->ping);
+    }
+
+    ngx_pushjobs_ws_reader_free(&a->reader);
+
+    while (a->out) {
+        o = a->out;
+        a->out = o->next;
+        ngx_pushjobs_msg_release(o->msg);
+        ngx_free(o);
+    }
+
+    a->last_out = &a->out;
+    a->out_bytes = 0;
+
+    a->request = NULL;
+    a->connection = NULL;
+}
+
+
+static void
+ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code)
+{
+    u_char               frame[4];
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    if (a->closed) {
+        return;
+    }
+
+    r = a->request;
+    c = a->connection;
+
+    ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                  "pushjobs: closing agent \"%V\" of \"%V\", session %uL, "
+                  "code %ui", &a->name, &a->org, a->session, code);
+
+    /*
+     * A best-effort close frame, unless a frame is half sent or the
+     * connection is broken.
+     */
+
+    if (code && a->out_sent == 0 && !c->error && r->out == NULL
+        && !c->buffered)
+    {
+        frame[0] = 0x80 | NGX_PUSHJOBS_WS_CLOSE;
+        frame[1] = 2;
+        frame[2] = (u_char) (code >> 8);
+        frame[3] = (u_char) (code & 0xff);
+
+        (void) c->send(c, frame, 4);
+    }
+
+    ngx_pushjobs_agent_detach(a);
+
+    ngx_http_finalize_request(r, NGX_ERROR);
+    ngx_http_run_posted_requests(c);
+
+    /* the reference the channel held */
+    ngx_pushjobs_agent_unref(a);
+}
+
+
+static void
+ngx_pushjobs_agent_read_handler(ngx_http_request_t *r)
+{
+    ssize_t                n;
+    ngx_uint_t             i;
+    ngx_connection_t      *c;
+    ngx_pushjobs_agent_t  *a;
+
+    c = r->connection;
+    a = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
+
+    if (a == NULL || a->closed) {
+        return;
+    }
+
+    ngx_pushjobs_agent_ref(a);
+
+    for (i = 0; i < NGX_PUSHJOBS_AGENT_READS; i++) {
+
+        n = c->recv(c, ngx_pushjobs_agent_buf, NGX_PUSHJOBS_AGENT_READ_BUF);
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == 0 || n == NGX_ERROR) {
+            ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                          "pushjobs: agent \"%V\" of \"%V\" closed the "
+                          "connection", &a->name, &a->org);
+            c->error = 1;
+            ngx_pushjobs_agent_close(a, 0);
+            goto done;
+        }
+
+        if (ngx_pushjobs_agent_feed(a, ngx_pushjobs_agent_buf,
+                                    ngx_pushjobs_agent_buf + n)
+            != NGX_OK)
+        {
+            goto done;
+        }
+    }
+
+    if (i == NGX_PUSHJOBS_AGENT_READS) {
+        /* let other connections have their turn */
+        ngx_post_event(c->read, &ngx_posted_events);
+        goto done;
+    }
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        ngx_pushjobs_agent_close(a, 0);
+    }
+
+done:
+
+    ngx_pushjobs_agent_unref(a);
+}
+
+
+/* Feeds received bytes to the frame reader; NGX_ERROR if the agent closed. */
+
+static ngx_int_t
+ngx_pushjobs_agent_feed(ngx_pushjobs_agent_t *a, u_char *pos, u_char *last)
+{
+    ngx_int_t                 rc;
+    ngx_pushjobs_ws_frame_t   frame;
+
+    for ( ;; ) {
+        rc = ngx_pushjobs_ws_read(&a->reader, &pos, last, &frame);
+
+        if (rc == NGX_AGAIN) {
+            return NGX_OK;
+        }
+
+        if (rc == NGX_ERROR) {
+            ngx_log_error(NGX_LOG_INFO, a->connection->log, 0,
+                          "pushjobs: bad frame from agent \"%V\" of \"%V\", "
+                          "closing with %ui", &a->name, &a->org,
+                          frame.close_code);
+            ngx_pushjobs_agent_close(a, frame.close_code);
+            return NGX_ERROR;
+        }
+
+        a->alive = 1;
+
+        switch (frame.opcode) {
+
+        case NGX_PUSHJOBS_WS_TEXT:
+            ngx_pushjobs_agent_message(a, &frame.payload);
+            break;
+
+        case NGX_PUSHJOBS_WS_BINARY:
+            ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_UNSUPPORTED);
+            break;
+
+        case NGX_PUSHJOBS_WS_PING:
+            {
+            ngx_pushjobs_msg_t  *pong;
+
+            pong = ngx_pushjobs_msg_create(NGX_PUSHJOBS_WS_PONG,
+                                           frame.payload.data,
+                                           frame.payload.len);
+            if (pong) {
+                ngx_pushjobs_agent_send(a, pong);
+                ngx_pushjobs_msg_release(pong);
+            }
+            }
+            break;
+
+        case NGX_PUSHJOBS_WS_PONG:
+            break;
+
+        case NGX_PUSHJOBS_WS_CLOSE:
+            ngx_pushjobs_agent_close(a, frame.close_code == 1005
+                                        ? NGX_PUSHJOBS_WS_NORMAL
+                                        : frame.close_code);
+            break;
+        }
+
+        if (a->closed) {
+            return NGX_ERROR;
+        }
+    }
+}
+
+
+static void
+ngx_pushjobs_agent_write_handler(ngx_http_request_t *r)
+{
+    ngx_connection_t      *c;
+    ngx_pushjobs_agent_t  *a;
+
+    c = r->connection;
+    a = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
+
+    if (a == NULL || a->closed) {
+        return;
+    }
+
+    if (c->write->timedout) {
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
+                      "pushjobs: agent \"%V\" of \"%V\" does not read",
+                      &a->name, &a->org);
+        c->timedout = 1;
+        ngx_pushjobs_agent_close(a, 0);
+        return;
+    }
+
+    if (ngx_pushjobs_agent_flush(a) == NGX_ERROR) {
+        c->error = 1;
+        ngx_pushjobs_agent_close(a, 0);
+    }
+}
+
+
+static void
+ngx_pushjobs_agent_ping_handler(ngx_event_t *ev)
+{
+    ngx_pushjobs_agent_t  *a;
+
+    a = ev->data;
+
+    if (a->closed) {
+        return;
+    }
+
+    if (!a->alive) {
+        ngx_log_error(NGX_LOG_INFO, a->connection->log, 0,
+                      "pushjobs: agent \"%V\" of \"%V\" did not answer the "
+                      "last ping", &a->name, &a->org);
+        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_GOING_AWAY);
+        return;
+    }
+
+    a->alive = 0;
+
+    ngx_add_timer(&a->ping, ngx_pushjobs_worker->pmcf->ping_interval);
+
+    ngx_pushjobs_agent_send(a, ngx_pushjobs_agent_ping_msg);
+}
+
+
+static void
+ngx_pushjobs_agent_send(ngx_pushjobs_agent_t *a, ngx_pushjobs_msg_t *msg)
+{
+    ngx_pushjobs_agent_out_t  *o;
+
+    if (a->closed) {
+        return;
+    }
+
+    if (a->out_bytes + msg->len > ngx_pushjobs_worker->pmcf->max_queued_output)
+    {
+        ngx_log_error(NGX_LOG_WARN, a->connection->log, 0,
+                      "pushjobs: agent \"%V\" of \"%V\" reads too slowly, "
+                      "%uz bytes queued", &a->name, &a->org, a->out_bytes);
+        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_POLICY);
+        return;
+    }
+
+    o = ngx_alloc(sizeof(ngx_pushjobs_agent_out_t), a->connection->log);
+    if (o == NULL) {
+        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_SERVER_ERROR);
+        return;
+    }
+
+    msg->refs++;
+
+    o->msg = msg;
+    o->next = NULL;
+    *a->last_out = o;
+    a->last_out = &o->next;
+    a->out_bytes += msg->len;
+
+    if (a->out != o) {
+        /* the write handler is already waiting */
+        return;
+    }
+
+    if (ngx_pushjobs_agent_flush(a) == NGX_ERROR) {
+        a->connection->error = 1;
+        ngx_pushjobs_agent_close(a, 0);
+    }
+}
+
+
+static void
+ngx_pushjobs_agent_send_text(ngx_pushjobs_agent_t *a, u_char *data,
+    size_t len)
+{
+    ngx_pushjobs_msg_t  *msg;
+
+    msg = ngx_pushjobs_msg_create(NGX_PUSHJOBS_WS_TEXT, data, len);
+    if (msg == NULL) {
+        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_SERVER_ERROR);
+        return;
+    }
+
+    ngx_pushjobs_agent_send(a, msg);
+    ngx_pushjobs_msg_release(msg);
+}
+
+
+static void
+ngx_pushjobs_agent_send_job(ngx_pushjobs_agent_t *a, const char *type,
+    u_char *job_id, const char *extra)
+{
+    u_char  *p, buf[160];
+
+    p = ngx_sprintf(buf, "{\"type\":\"%s\",\"v\":1,\"job_id\":\"%*s\"%s}",
+                    type, (size_t) NGX_PUSHJOBS_JOB_ID_LEN, job_id,
+                    extra ? extra : "");
+
+    ngx_pushjobs_agent_send_text(a, buf, p - buf);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_agent_flush(ngx_pushjobs_agent_t *a)
+{
+    ssize_t                    n;
+    ngx_int_t                  rc;
+    ngx_connection_t          *c;
+    ngx_http_request_t        *r;
+    ngx_pushjobs_msg_t        *msg;
+    ngx_pushjobs_agent_out_t  *o;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    r = a->request;
+    c = a->connection;
+
+    /* the 101 response may still be on its way through nginx's filters */
+
+    if (r->out || c->buffered) {
+        rc = ngx_http_output_filter(r, NULL);
+
+        if (rc == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (r->out || c->buffered) {
+            goto again;
+        }
+    }
+
+    while (a->out) {
+        o = a->out;
+        msg = o->msg;
+
+        n = c->send(c, msg->data + a->out_sent, msg->len - a->out_sent);
+
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (n == NGX_AGAIN) {
+            goto again;
+        }
+
+        a->out_sent += n;
+
+        if (a->out_sent < msg->len) {
+            continue;
+        }
+
+        a->out = o->next;
+        if (a->out == NULL) {
+            a->last_out = &a->out;
+        }
+
+        a->out_sent = 0;
+        a->out_bytes -= msg->len;
+
+        ngx_pushjobs_msg_release(msg);
+        ngx_free(o);
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    return NGX_OK;
+
+again:
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (!c->write->timer_set) {
+        ngx_add_timer(c->write, clcf->send_timeout);
+    }
+
+    if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_AGAIN;
+}
+
+
+static void
+ngx_pushjobs_agent_message(ngx_pushjobs_agent_t *a, ngx_str_t *payload)
+{
+    ngx_str_t                   s, job_id;
+    ngx_uint_t                  i, type;
+    yajl_val                    msg;
+    ngx_pushjobs_agent_type_t  *t;
+
+    msg = ngx_pushjobs_json_parse(payload->data, payload->len,
+                                  a->connection->log);
+
+    if (msg == NULL || !YAJL_IS_OBJECT(msg)) {
+        ngx_log_error(NGX_LOG_INFO, a->connection->log, 0,
+                      "pushjobs: agent \"%V\" of \"%V\" sent a frame that "
+                      "is not a JSON object", &a->name, &a->org);
+        ngx_pushjobs_json_free(msg);
+        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_INVALID);
+        return;
+    }
+
+    type = NGX_PUSHJOBS_MSG_UNKNOWN;
+
+    if (ngx_pushjobs_json_string(ngx_pushjobs_json_get(msg, "type"), &s)
+        == NGX_OK)
+    {
+        for (t = ngx_pushjobs_agent_types; t->name; t++) {
+            if (ngx_strlen(t->name) == s.len
+                && ngx_strncmp(t->name, s.data, s.len) == 0)
+            {
+                type = t->type;
+                break;
+            }
+        }
+    }
+
+    if (type == NGX_PUSHJOBS_MSG_UNKNOWN) {
+        ngx_log_error(NGX_LOG_INFO, a->connection->log, 0,
+                      "pushjobs: agent \"%V\" of \"%V\" sent a message of "
+                      "unknown type, ignored", &a->name, &a->org);
+        goto done;
+    }
+
+    if (type == NGX_PUSHJOBS_MSG_HELLO) {
+        ngx_pushjobs_agent_hello(a, msg);
+        goto done;
+    }
+
+    if (ngx_pushjobs_json_string(ngx_pushjobs_json_get(msg, "job_id"),
+                                 &job_id)
+        != NGX_OK
+        || !ngx_pushjobs_agent_valid_id(&job_id))
+    {
+        ngx_log_error(NGX_LOG_INFO, a->connection->log, 0,
+                      "pushjobs: agent \"%V\" of \"%V\" sent a message "
+                      "without a valid job_id, ignored", &a->name, &a->org);
+        goto done;
+    }
+
+    ngx_pushjobs_agent_input(a, type, &job_id, msg);
+
+    /* what this channel knows of the agent's job */
+
+    for (i = 0; i < NGX_PUSHJOBS_AGENT_JOBS; i++) {
+        if (ngx_memcmp(a->jobs[i].id, job_id.data, NGX_PUSHJOBS_JOB_ID_LEN)
+            != 0
+            || a->jobs[i].state == NGX_PUSHJOBS_JOB_FREE)
+        {
+            continue;
+        }
+
+        switch (type) {
+
+        case NGX_PUSHJOBS_MSG_ACK_COMMIT:
+            if (a->jobs[i].state == NGX_PUSHJOBS_JOB_COMMIT_SENT) {
+                a->jobs[i].state = NGX_PUSHJOBS_JOB_COMMITTED;
+            }
+            break;
+
+        case NGX_PUSHJOBS_MSG_ACK_RUN:
+            if (a->jobs[i].state != NGX_PUSHJOBS_JOB_ABORT_SENT) {
+                a->jobs[i].state = NGX_PUSHJOBS_JOB_RUNNING;
+            }
+            break;
+
+        default:
+            /* the agent let go of the job */
+            a->jobs[i].state = NGX_PUSHJOBS_JOB_FREE;
+            break;
+        }
+    }
+
+done:
+
+    ngx_pushjobs_json_free(msg);
+}
+
+
+/* {"type":"hello","jobs":[{"job_id":"…","state":"committed"}]} */
+
+static void
+ngx_pushjobs_agent_hello(ngx_pushjobs_agent_t *a, void *msg)
+{
+    u_char                     *p;
+    size_t                      i, n;
+    yajl_val                    jobs, job;
+    ngx_str_t                   id, state, json;
+    ngx_pushjobs_agent_job_t   *j;
+    ngx_pushjobs_store_item_t   item;
+    u_char                      buf[2 * 6 * NGX_PUSHJOBS_NAME_MAX + 128
+                                    + NGX_PUSHJOBS_HELLO_JOBS_MAX * 80];
+
+    a->hello = 1;
+
+    p = ngx_cpymem(buf, "{\"org\":", sizeof("{\"org\":") - 1);
+    p = ngx_pushjobs_store_json_name(p, &a->org);
+    p = ngx_cpymem(p, ",\"node\":", sizeof(",\"node\":") - 1);
+    p = ngx_pushjobs_store_json_name(p, &a->name);
+    p = ngx_cpymem(p, ",\"jobs\":[", sizeof(",\"jobs\":[") - 1);
+
+    jobs = ngx_pushjobs_json_get(msg, "jobs");
+    n = 0;
+
+    if (jobs && YAJL_IS_ARRAY(jobs)) {
+        for (i = 0; i < jobs->u.array.len && n < NGX_PUSHJOBS_HELLO_JOBS_MAX;
+             i++)
+        {
+            job = jobs->u.array.values[i];
+
+            if (ngx_pushjobs_json_string(ngx_pushjobs_json_get(job, "job_id"),
+                                         &id)
+                != NGX_OK
+                || !ngx_pushjobs_agent_valid_id(&id)
+                || ngx_pushjobs_json_string(ngx_pushjobs_json_get(job,
+                                                                  "state"),
+                                            &state)
+                   != NGX_OK)
+            {
+                continue;
+            }
+
+            if ((state.len != 9 || ngx_strncmp(state.data, "committed", 9))
+                && (state.len != 7 || ngx_strncmp(state.data, "running", 7))
+                && (state.len != 8 || ngx_strncmp(state.data, "finished", 8)))
+            {
+                continue;
+            }
+
+            p = ngx_sprintf(p, "%s{\"job_id\":\"%V\",\"state\":\"%V\"}",
+                            n ? "," : "", &id, &state);
+            n++;
+
+            if (state.data[0] == 'f') {
+                continue;
+            }
+
+            j = ngx_pushjobs_agent_job(a, id.data, 1);
+            if (j) {
+                ngx_memcpy(j->id, id.data, NGX_PUSHJOBS_JOB_ID_LEN);
+                j->state = (state.data[0] == 'c') ? NGX_PUSHJOBS_JOB_COMMITTED
+                                                  : NGX_PUSHJOBS_JOB_RUNNING;
+            }
+        }
+    }
+
+    p = ngx_cpymem(p, "]}", 2);
+
+    json.data = buf;
+    json.len = p - buf;
+
+    ngx_memzero(&item, sizeof(ngx_pushjobs_store_item_t));
+    item.agent = a;
+    item.type = NGX_PUSHJOBS_MSG_HELLO;
+
+    if (ngx_pushjobs_store_hello(&item, &json) != NGX_OK) {
+        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_SERVER_ERROR);
+    }
+}
+
+
+/*
+ * {"org","node","job_id","type"[,"exit_status"][,"stdout","stderr",
+ *  "truncated"]} for node_inputs().
+ */
+
+static void
+ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a, ngx_uint_t type,
+    ngx_str_t *job_id, void *msg)
+{
+    u_char                     *p, *buf;
+    size_t                      len, out_len, err_len, cap;
+    yajl_val                    v, out, err;
+    ngx_str_t                   json;
+    ngx_uint_t                  truncated;
+    ngx_pushjobs_agent_type_t  *t;
+    ngx_pushjobs_store_item_t   item;
+
+    for (t = ngx_pushjobs_agent_types; t->type != type; t++) { /* void */ }
+
+    out = NULL;
+    err = NULL;
+    out_len = 0;
+    err_len = 0;
+    truncated = 0;
+
+    if (type == NGX_PUSHJOBS_MSG_SUCCEEDED || type == NGX_PUSHJOBS_MSG_FAILED)
+    {
+        cap = ngx_pushjobs_worker->pmcf->max_output_size;
+
+        out = ngx_pushjobs_json_get(msg, "stdout");
+        err = ngx_pushjobs_json_get(msg, "stderr");
+
+        out_len = ngx_pushjobs_agent_output(out, cap, &truncated);
+        err_len = ngx_pushjobs_agent_output(err, cap, &truncated);
+
+        if (out_len == (size_t) -1 || err_len == (size_t) -1) {
+            ngx_log_error(NGX_LOG_WARN, a->connection->log, 0,
+                          "pushjobs: agent \"%V\" of \"%V\" sent output that "
+                          "is not base64, dropped", &a->name, &a->org);
+            out = NULL;
+            err = NULL;
+            out_len = 0;
+            err_len = 0;
+        }
+
+        v = ngx_pushjobs_json_get(msg, "truncated");
+        if (v && YAJL_IS_TRUE(v)) {
+            truncated = 1;
+        }
+    }
+
+    len = 2 * 6 * NGX_PUSHJOBS_NAME_MAX + 256 + out_len + err_len;
+
+    buf = ngx_alloc(len, a->connection->log);
+    if (buf == NULL) {
+        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_SERVER_ERROR);
+        return;
+    }
+
+    p = ngx_cpymem(buf, "{\"org\":", sizeof("{\"org\":") - 1);
+    p = ngx_pushjobs_store_json_name(p, &a->org);
+    p = ngx_cpymem(p, ",\"node\":", sizeof(",\"node\":") - 1);
+    p = ngx_pushjobs_store_json_name(p, &a->name);
+    p = ngx_sprintf(p, ",\"job_id\":\"%V\",\"type\":\"%s\"", job_id, t->name);
+
+    v = ngx_pushjobs_json_get(msg, "exit_status");
+    if (v && YAJL_IS_INTEGER(v)
+        && YAJL_GET_INTEGER(v) >= -2147483647
+        && YAJL_GET_INTEGER(v) <= 2147483647)
+    {
+        p = ngx_sprintf(p, ",\"exit_status\":%L", YAJL_GET_INTEGER(v));
+    }
+
+    if (out || err) {
+        p = ngx_cpymem(p, ",\"stdout\":\"", sizeof(",\"stdout\":\"") - 1);
+        if (out_len) {
+            p = ngx_cpymem(p, out->u.string, out_len);
+        }
+
+        p = ngx_cpymem(p, "\",\"stderr\":\"", sizeof("\",\"stderr\":\"") - 1);
+        if (err_len) {
+            p = ngx_cpymem(p, err->u.string, err_len);
+        }
+
+        p = ngx_sprintf(p, "\",\"truncated\":%s",
+                        truncated ? "true" : "false");
+    }
+
+    *p++ = '}';
+
+    json.data = buf;
+    json.len = p - buf;
+
+    item.agent = a;
+    item.type = type;
+    ngx_memcpy(item.job_id, job_id->data, NGX_PUSHJOBS_JOB_ID_LEN);
+
+    if (ngx_pushjobs_store_input(&item, &json) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, a->connection->log, 0,
+                      "pushjobs: could not queue a \"%s\" of agent \"%V\" "
+                      "of \"%V\"", t->name, &a->name, &a->org);
+    }
+
+    ngx_free(buf);
+}
+
+
+/*
+ * Checks that an output field is base64 and returns how much of it to keep:
+ * at most cap decoded bytes, cut on a 4-character boundary.  (size_t) -1
+ * if it is not base64; 0 if absent.
+ */
+
+static size_t
+ngx_pushjobs_agent_output(void *value, size_t cap, ngx_uint_t *truncated)
+{
+    u_char    c;
+    size_t    i, len, keep;
+    yajl_val  v;
+
+    v = value;
+
+    if (v == NULL) {
+        return 0;
+    }
+
+    if (!YAJL_IS_STRING(v)) {
+        return (size_t) -1;
+    }
+
+    len = ngx_strlen(v->u.string);
+
+    if (len % 4) {
+        return (size_t) -1;
+    }
+
+    for (i = 0; i < len; i++) {
+        c = v->u.string[i];
+
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')
+              || (c >= '0' && c <= '9') || c == '+' || c == '/'
+              || (c == '=' && i >= len - 2)))
+        {
+            return (size_t) -1;
+        }
+    }
+
+    keep = cap / 3 * 4;
+
+    if (len > keep) {
+        *truncated = 1;
+        return keep;
+    }
+
+    return len;
+}
+
+
+static ngx_pushjobs_agent_job_t *
+ngx_pushjobs_agent_job(ngx_pushjobs_agent_t *a, u_char *job_id,
+    ngx_uint_t create)
+{
+    ngx_uint_t                 i;
+    ngx_pushjobs_agent_job_t  *free;
+
+    free = NULL;
+
+    for (i = 0; i < NGX_PUSHJOBS_AGENT_JOBS; i++) {
+        if (a->jobs[i].state == NGX_PUSHJOBS_JOB_FREE) {
+            if (free == NULL) {
+                free = &a->jobs[i];
+            }
+
+            continue;
+        }
+
+        if (ngx_memcmp(a->jobs[i].id, job_id, NGX_PUSHJOBS_JOB_ID_LEN) == 0)
+        {
+            return &a->jobs[i];
+        }
+    }
+
+    if (!create) {
+        return NULL;
+    }
+
+    if (free == NULL) {
+        /* forget the oldest offer: the agent refuses all but one job */
+        a->jobs[0] = a->jobs[1];
+        free = &a->jobs[1];
+        free->state = NGX_PUSHJOBS_JOB_FREE;
+    }
+
+    ngx_memcpy(free->id, job_id, NGX_PUSHJOBS_JOB_ID_LEN);
+
+    return free;
+}
+
+
+static ngx_uint_t
+ngx_pushjobs_agent_valid_id(ngx_str_t *id)
+{
+    ngx_uint_t  i;
+
+    if (id->len != NGX_PUSHJOBS_JOB_ID_LEN) {
+        return 0;
+    }
+
+    for (i = 0; i < id->len; i++) {
+        if (!((id->data[i] >= '0' && id->data[i] <= '9')
+              || (id->data[i] >= 'a' && id->data[i] <= 'f')))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+static ngx_uint_t
+ngx_pushjobs_agent_hash(ngx_str_t *org, ngx_str_t *name)
+{
+    uint32_t  crc;
+
+    ngx_crc32_init(crc);
+    ngx_crc32_update(&crc, org->data, org->len);
+    ngx_crc32_update(&crc, (u_char *) "/", 1);
+    ngx_crc32_update(&crc, name->data, name->len);
+    ngx_crc32_final(crc);
+
+    return crc;
+}

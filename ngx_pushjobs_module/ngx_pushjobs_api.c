@@ -1,0 +1,1609 @@
+
+/*
+ * Copyright (C) pushjobs developers
+ */
+
+
+/*
+ * The REST API under /organizations/ORG/pushy/ and /pushy/_status.
+ *
+ * Every request goes through the steps of the Push Jobs 2.x server, in its
+ * order: route and method (404, 405), malformed request (job body, auth
+ * headers, body size: 400, 401, 413), authentication (key from the shared
+ * cache or from the Chef server's principals endpoint through an in-memory
+ * subrequest: 401, 403, 404, 502), authorization (403), content
+ * negotiation (406, 415), then the resource itself, read from or written
+ * to PostgreSQL.  Each step either answers, or returns NGX_DONE when it
+ * waits for a subrequest or a query and will go on from its callback.
+ */
+
+
+#include "ngx_pushjobs_module.h"
+
+#include <yajl/yajl_tree.h>
+
+
+#define NGX_PUSHJOBS_ROUTE_JOBS          1
+#define NGX_PUSHJOBS_ROUTE_JOB           2
+#define NGX_PUSHJOBS_ROUTE_OUTPUT        3
+#define NGX_PUSHJOBS_ROUTE_ABORT         4
+#define NGX_PUSHJOBS_ROUTE_NODE_STATES   5
+#define NGX_PUSHJOBS_ROUTE_NODE_STATE    6
+#define NGX_PUSHJOBS_ROUTE_CONFIG        7
+#define NGX_PUSHJOBS_ROUTE_FEED          8
+#define NGX_PUSHJOBS_ROUTE_JOB_FEED      9
+#define NGX_PUSHJOBS_ROUTE_AGENT         10
+
+#define NGX_PUSHJOBS_MAX_FILE_SIZE       100000
+
+#define NGX_PUSHJOBS_ROUTE_STATUS        11
+
+#define NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE    406
+#define NGX_HTTP_PUSHJOBS_UPGRADE_REQUIRED  426
+
+
+typedef struct ngx_pushjobs_api_ctx_s  ngx_pushjobs_api_ctx_t;
+
+typedef ngx_int_t (*ngx_pushjobs_api_result_pt)(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
+
+
+struct ngx_pushjobs_api_ctx_s {
+    ngx_uint_t                  route;
+    ngx_uint_t                  methods;
+
+    ngx_str_t                   org;
+    ngx_str_t                   id;
+    ngx_str_t                   node;
+    ngx_str_t                   channel;
+
+    ngx_str_t                   body;
+
+    ngx_pushjobs_auth_t         auth;
+    ngx_pushjobs_principals_t   principals;
+    ngx_pushjobs_principal_t   *requestor;
+    ngx_uint_t                  cached;
+    ngx_uint_t                  refetched;
+
+    ngx_uint_t                  sr_done;
+    ngx_uint_t                  sr_status;
+    ngx_str_t                   sr_body;
+
+    ngx_pushjobs_pg_query_t    *query;
+    ngx_pushjobs_api_result_pt  result;
+};
+
+
+static ngx_int_t ngx_pushjobs_api_route(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_method_not_allowed(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static void ngx_pushjobs_api_body_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_pushjobs_api_read_body(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_validate_job(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_authenticate(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_fetch_principal(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_chef_get(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, ngx_str_t *path);
+static ngx_int_t ngx_pushjobs_api_chef_done(ngx_http_request_t *sr,
+    void *data, ngx_int_t rc);
+static void ngx_pushjobs_api_principal_resume(ngx_http_request_t *r);
+static ngx_int_t ngx_pushjobs_api_verify(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_authorize(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_content(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_query(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, const char *sql, ngx_uint_t nparams,
+    ngx_str_t *params, ngx_pushjobs_api_result_pt handler);
+static void ngx_pushjobs_api_query_done(void *data, PGresult *res);
+static void ngx_pushjobs_api_cleanup(void *data);
+static ngx_int_t ngx_pushjobs_api_json_result(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_pushjobs_api_created(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_pushjobs_api_output_result(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_pushjobs_api_db_error(ngx_http_request_t *r,
+    PGresult *res);
+static ngx_int_t ngx_pushjobs_api_not_found(ngx_http_request_t *r);
+static ngx_table_elt_t *ngx_pushjobs_api_header(ngx_http_request_t *r,
+    const char *name);
+static ngx_int_t ngx_pushjobs_api_add_header(ngx_http_request_t *r,
+    ngx_list_t *headers, const char *name, ngx_str_t *value);
+static ngx_uint_t ngx_pushjobs_api_valid_name(ngx_str_t *name);
+static ngx_uint_t ngx_pushjobs_api_has_nul(ngx_str_t *json);
+
+
+static ngx_str_t  ngx_pushjobs_octet_stream =
+    ngx_string("application/octet-stream");
+
+
+ngx_int_t
+ngx_pushjobs_api_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
+    ngx_pushjobs_api_ctx_t    *ctx;
+    ngx_pushjobs_loc_conf_t   *plcf;
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+    plcf = ngx_http_get_module_loc_conf(r, ngx_pushjobs_module);
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_pushjobs_api_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_set_ctx(r, ctx, ngx_pushjobs_module);
+
+    if (plcf->serve == NGX_PUSHJOBS_LOC_STATUS) {
+        ctx->route = NGX_PUSHJOBS_ROUTE_STATUS;
+        ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
+
+    } else if (ngx_pushjobs_api_route(r, ctx) != NGX_OK) {
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_pushjobs_api_not_found(r);
+    }
+
+    if (!(r->method & ctx->methods)) {
+        return ngx_pushjobs_api_method_not_allowed(r, ctx);
+    }
+
+    if (ngx_pushjobs_worker == NULL) {
+        ngx_http_discard_request_body(r);
+        return ngx_pushjobs_json_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, 1,
+                                       "push jobs is not running in this "
+                                       "process");
+    }
+
+    if (ctx->route == NGX_PUSHJOBS_ROUTE_AGENT
+        && !ngx_pushjobs_ws_is_upgrade(r))
+    {
+        ngx_http_discard_request_body(r);
+        return ngx_pushjobs_json_error(r, NGX_HTTP_PUSHJOBS_UPGRADE_REQUIRED,
+                                       1, "this endpoint is a websocket");
+    }
+
+    if (r->method == NGX_HTTP_POST) {
+        if (r->headers_in.content_length_n > (off_t) pmcf->max_body_size) {
+            ngx_http_discard_request_body(r);
+            return ngx_pushjobs_json_error(r,
+                                   NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, 0,
+                                   "JSON must be no more than %uz bytes.",
+                                   pmcf->max_body_size);
+        }
+
+        if (r->headers_in.chunked) {
+            ngx_http_discard_request_body(r);
+            return ngx_pushjobs_json_error(r, NGX_HTTP_LENGTH_REQUIRED, 0,
+                                           "Content-Length required");
+        }
+    }
+
+    r->request_body_in_single_buf = 1;
+
+    rc = ngx_http_read_client_request_body(r, ngx_pushjobs_api_body_handler);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+/*
+ * /organizations/ORG/pushy/{jobs[/ID[/output/NODE/CHANNEL|/abort]] |
+ * node_states[/NODE] | config/NODE | job_status_feed[/ID] | agent}, with
+ * an optional trailing slash.
+ */
+
+static ngx_int_t
+ngx_pushjobs_api_route(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char      *p, *last;
+    ngx_str_t    seg[7];
+    ngx_uint_t   n;
+
+    p = r->uri.data;
+    last = r->uri.data + r->uri.len;
+
+    if (r->uri.len < sizeof("/organizations/") - 1
+        || ngx_strncmp(p, "/organizations/", sizeof("/organizations/") - 1)
+           != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    p += sizeof("/organizations/") - 1;
+
+    if (p < last && last[-1] == '/') {
+        last--;
+    }
+
+    for (n = 0; p < last; n++) {
+        if (n == 7) {
+            return NGX_DECLINED;
+        }
+
+        seg[n].data = p;
+
+        while (p < last && *p != '/') {
+            p++;
+        }
+
+        seg[n].len = p - seg[n].data;
+
+        if (seg[n].len == 0 || seg[n].len > NGX_PUSHJOBS_NAME_MAX) {
+            return NGX_DECLINED;
+        }
+
+        if (p < last) {
+            p++;
+        }
+    }
+
+    if (n < 3 || seg[1].len != 5 || ngx_strncmp(seg[1].data, "pushy", 5) != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    ctx->org = seg[0];
+
+    if (!ngx_pushjobs_api_valid_name(&ctx->org)) {
+        return NGX_DECLINED;
+    }
+
+#define ngx_pushjobs_seg_is(s, name)                                          \
+    ((s).len == sizeof(name) - 1 && ngx_strncmp((s).data, name, (s).len) == 0)
+
+    if (ngx_pushjobs_seg_is(seg[2], "jobs")) {
+
+        if (n == 3) {
+            ctx->route = NGX_PUSHJOBS_ROUTE_JOBS;
+            ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST;
+            return NGX_OK;
+        }
+
+        ctx->id = seg[3];
+
+        if (n == 4) {
+            ctx->route = NGX_PUSHJOBS_ROUTE_JOB;
+            ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
+            return NGX_OK;
+        }
+
+        if (n == 5 && ngx_pushjobs_seg_is(seg[4], "abort")) {
+            ctx->route = NGX_PUSHJOBS_ROUTE_ABORT;
+            ctx->methods = NGX_HTTP_POST;
+            return NGX_OK;
+        }
+
+        if (n == 7 && ngx_pushjobs_seg_is(seg[4], "output")
+            && (ngx_pushjobs_seg_is(seg[6], "stdout")
+                || ngx_pushjobs_seg_is(seg[6], "stderr")))
+        {
+            ctx->route = NGX_PUSHJOBS_ROUTE_OUTPUT;
+            ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
+            ctx->node = seg[5];
+            ctx->channel = seg[6];
+            return NGX_OK;
+        }
+
+        return NGX_DECLINED;
+    }
+
+    if (ngx_pushjobs_seg_is(seg[2], "node_states")) {
+
+        if (n == 3) {
+            ctx->route = NGX_PUSHJOBS_ROUTE_NODE_STATES;
+            ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
+            return NGX_OK;
+        }
+
+        if (n == 4) {
+            ctx->route = NGX_PUSHJOBS_ROUTE_NODE_STATE;
+            ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
+            ctx->node = seg[3];
+            return NGX_OK;
+        }
+
+        return NGX_DECLINED;
+    }
+
+    if (ngx_pushjobs_seg_is(seg[2], "config") && n == 4) {
+        ctx->route = NGX_PUSHJOBS_ROUTE_CONFIG;
+        ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
+        ctx->node = seg[3];
+        return NGX_OK;
+    }
+
+    if (ngx_pushjobs_seg_is(seg[2], "job_status_feed")) {
+
+        if (n == 3) {
+            ctx->route = NGX_PUSHJOBS_ROUTE_FEED;
+            ctx->methods = NGX_HTTP_GET;
+            return NGX_OK;
+        }
+
+        if (n == 4) {
+            ctx->route = NGX_PUSHJOBS_ROUTE_JOB_FEED;
+            ctx->methods = NGX_HTTP_GET;
+            ctx->id = seg[3];
+            return NGX_OK;
+        }
+
+        return NGX_DECLINED;
+    }
+
+    if (ngx_pushjobs_seg_is(seg[2], "agent") && n == 3) {
+        ctx->route = NGX_PUSHJOBS_ROUTE_AGENT;
+        ctx->methods = NGX_HTTP_GET;
+        return NGX_OK;
+    }
+
+#undef ngx_pushjobs_seg_is
+
+    return NGX_DECLINED;
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_method_not_allowed(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx)
+{
+    ngx_str_t         allow, empty;
+    ngx_table_elt_t  *h;
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ctx->methods & NGX_HTTP_POST) {
+        if (ctx->methods & NGX_HTTP_GET) {
+            ngx_str_set(&allow, "GET, HEAD, POST");
+
+        } else {
+            ngx_str_set(&allow, "POST");
+        }
+
+    } else if (ctx->methods & NGX_HTTP_HEAD) {
+        ngx_str_set(&allow, "GET, HEAD");
+
+    } else {
+        ngx_str_set(&allow, "GET");
+    }
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Allow");
+    h->value = allow;
+
+    ngx_str_null(&empty);
+
+    return ngx_pushjobs_send_body(r, NGX_HTTP_NOT_ALLOWED, NULL, &empty);
+}
+
+
+static void
+ngx_pushjobs_api_body_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
+    ngx_str_t                  err;
+    ngx_pushjobs_api_ctx_t    *ctx;
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    rc = ngx_pushjobs_api_read_body(r, ctx);
+
+    if (rc != NGX_OK) {
+        goto done;
+    }
+
+    if (ctx->route == NGX_PUSHJOBS_ROUTE_STATUS) {
+        /* unauthenticated, as in 2.x: a health check */
+        rc = ngx_pushjobs_api_content(r, ctx);
+        goto done;
+    }
+
+    /* malformed request: the job body first, then the auth headers */
+
+    if (ctx->route == NGX_PUSHJOBS_ROUTE_JOBS && r->method == NGX_HTTP_POST) {
+        rc = ngx_pushjobs_api_validate_job(r, ctx);
+        if (rc != NGX_OK) {
+            goto done;
+        }
+    }
+
+    rc = ngx_pushjobs_auth_parse(r, &ctx->auth, pmcf->clock_skew, &err);
+
+    if (rc != NGX_OK) {
+        if (rc == NGX_ERROR) {
+            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            goto done;
+        }
+
+        rc = ngx_pushjobs_json_error(r, rc, 1, "%V", &err);
+        goto done;
+    }
+
+    rc = ngx_pushjobs_api_authenticate(r, ctx);
+
+done:
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_read_body(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char                    *p;
+    size_t                     len;
+    ssize_t                    n;
+    ngx_buf_t                 *b;
+    ngx_chain_t               *cl;
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    ngx_str_null(&ctx->body);
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        return NGX_OK;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+        len += b->in_file ? (size_t) (b->file_last - b->file_pos)
+                          : (size_t) (b->last - b->pos);
+    }
+
+    if (len > pmcf->max_body_size) {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, 0,
+                                       "JSON must be no more than %uz bytes.",
+                                       pmcf->max_body_size);
+    }
+
+    cl = r->request_body->bufs;
+
+    if (cl->next == NULL && !cl->buf->in_file) {
+        ctx->body.data = cl->buf->pos;
+        ctx->body.len = len;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, len + 1);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->body.data = p;
+    ctx->body.len = len;
+
+    for ( /* void */ ; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (!b->in_file) {
+            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            continue;
+        }
+
+        n = ngx_read_file(b->file, p, b->file_last - b->file_pos,
+                          b->file_pos);
+
+        if (n != b->file_last - b->file_pos) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        p += n;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The job body, checked as the 2.x server does and in its order: the type
+ * of each known field (command, nodes, run_timeout, quorum, user, dir, env,
+ * file, capture_output), then unknown keys, then an empty node list, then
+ * env and file contents.  Added: unparsable JSON and duplicate names are
+ * 400s, not 500s.
+ */
+
+static ngx_int_t
+ngx_pushjobs_api_validate_job(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char      *p, *decoded;
+    size_t       i, j, len;
+    yajl_val     job, v, e;
+    ngx_str_t    s, src, dst;
+    ngx_int_t    rc;
+    const char  *err;
+
+    static const char  *known[] = {
+        "command", "nodes", "run_timeout", "quorum", "user", "dir", "env",
+        "file", "capture_output", NULL
+    };
+
+    err = NULL;
+
+    /* PostgreSQL text cannot hold NUL characters */
+
+    if (ngx_pushjobs_api_has_nul(&ctx->body)) {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
+                                       "invalid JSON");
+    }
+
+    job = ngx_pushjobs_json_parse(ctx->body.data, ctx->body.len,
+                                  r->connection->log);
+
+    if (job == NULL || !YAJL_IS_OBJECT(job)) {
+        ngx_pushjobs_json_free(job);
+        return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
+                                       "invalid JSON");
+    }
+
+    v = ngx_pushjobs_json_get(job, "command");
+    if (v == NULL || !YAJL_IS_STRING(v)) {
+        err = "invalid command supplied";
+        goto invalid;
+    }
+
+    v = ngx_pushjobs_json_get(job, "nodes");
+    if (v == NULL || !YAJL_IS_ARRAY(v)) {
+        err = "at least one node must be supplied";
+        goto invalid;
+    }
+
+    for (i = 0; i < v->u.array.len; i++) {
+        if (!YAJL_IS_STRING(v->u.array.values[i])) {
+            err = "at least one node must be supplied";
+            goto invalid;
+        }
+    }
+
+    v = ngx_pushjobs_json_get(job, "run_timeout");
+    if (v && !YAJL_IS_NUMBER(v)) {
+        err = "invalid type supplied for run_timeout (expected a number)";
+        goto invalid;
+    }
+
+    v = ngx_pushjobs_json_get(job, "quorum");
+    if (v && !YAJL_IS_NUMBER(v)) {
+        err = "invalid type supplied for quorum (expected a number)";
+        goto invalid;
+    }
+
+    v = ngx_pushjobs_json_get(job, "user");
+    if (v && !YAJL_IS_STRING(v)) {
+        err = "an unknown validation error has occurred";
+        goto invalid;
+    }
+
+    v = ngx_pushjobs_json_get(job, "dir");
+    if (v && !YAJL_IS_STRING(v)) {
+        err = "an unknown validation error has occurred";
+        goto invalid;
+    }
+
+    v = ngx_pushjobs_json_get(job, "env");
+    if (v) {
+        if (!YAJL_IS_OBJECT(v)) {
+            err = "an unknown validation error has occurred";
+            goto invalid;
+        }
+
+        for (i = 0; i < v->u.object.len; i++) {
+            if (!YAJL_IS_STRING(v->u.object.values[i])) {
+                err = "an unknown validation error has occurred";
+                goto invalid;
+            }
+        }
+    }
+
+    v = ngx_pushjobs_json_get(job, "file");
+    if (v && !YAJL_IS_STRING(v)) {
+        err = "an unknown validation error has occurred";
+        goto invalid;
+    }
+
+    v = ngx_pushjobs_json_get(job, "capture_output");
+    if (v && !YAJL_IS_TRUE(v) && !YAJL_IS_FALSE(v)) {
+        err = "invalid type supplied for capture_output (expected a boolean)";
+        goto invalid;
+    }
+
+    for (i = 0; i < job->u.object.len; i++) {
+        for (j = 0; known[j]; j++) {
+            if (ngx_strcmp(job->u.object.keys[i], known[j]) == 0) {
+                break;
+            }
+        }
+
+        if (known[j] == NULL) {
+            err = "invalid key supplied";
+            goto invalid;
+        }
+
+        for (j = 0; j < i; j++) {
+            if (ngx_strcmp(job->u.object.keys[i], job->u.object.keys[j])
+                == 0)
+            {
+                err = "duplicate key supplied";
+                goto invalid;
+            }
+        }
+    }
+
+    v = ngx_pushjobs_json_get(job, "nodes");
+
+    if (v->u.array.len == 0) {
+        err = "at least one node must be supplied";
+        goto invalid;
+    }
+
+    for (i = 0; i < v->u.array.len; i++) {
+        s.data = (u_char *) v->u.array.values[i]->u.string;
+        s.len = ngx_strlen(s.data);
+
+        if (s.len == 0 || s.len > NGX_PUSHJOBS_NAME_MAX) {
+            err = "invalid node name supplied";
+            goto invalid;
+        }
+
+        for (j = 0; j < i; j++) {
+            if (ngx_strcmp(v->u.array.values[i]->u.string,
+                           v->u.array.values[j]->u.string) == 0)
+            {
+                err = "duplicate node name supplied";
+                goto invalid;
+            }
+        }
+    }
+
+    e = ngx_pushjobs_json_get(job, "env");
+    if (e) {
+        for (i = 0; i < e->u.object.len; i++) {
+            for (j = 0; j < i; j++) {
+                if (ngx_strcmp(e->u.object.keys[i], e->u.object.keys[j]) == 0)
+                {
+                    err = "invalid environment value (duplicate key)";
+                    goto invalid;
+                }
+            }
+        }
+    }
+
+    v = ngx_pushjobs_json_get(job, "file");
+    if (v) {
+        p = (u_char *) v->u.string;
+        len = ngx_strlen(p);
+
+        if (len >= 4 && ngx_strncmp(p, "raw:", 4) == 0) {
+            if (len - 4 > NGX_PUSHJOBS_MAX_FILE_SIZE) {
+                err = "invalid file size (must be <= 100000 bytes)";
+                goto invalid;
+            }
+
+        } else if (len >= 7 && ngx_strncmp(p, "base64:", 7) == 0) {
+            src.data = p + 7;
+            src.len = len - 7;
+
+            decoded = ngx_pnalloc(r->pool, ngx_base64_decoded_length(src.len));
+            if (decoded == NULL) {
+                ngx_pushjobs_json_free(job);
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            dst.data = decoded;
+
+            if (ngx_decode_base64(&dst, &src) != NGX_OK) {
+                err = "invalid file contents (couldn't decode base64 string)";
+                goto invalid;
+            }
+
+            if (dst.len > NGX_PUSHJOBS_MAX_FILE_SIZE) {
+                err = "invalid file size (must be <= 100000 bytes)";
+                goto invalid;
+            }
+
+        } else {
+            err = "invalid file contents (expected 'base64:...' or 'raw:...')";
+            goto invalid;
+        }
+    }
+
+    ngx_pushjobs_json_free(job);
+
+    return NGX_OK;
+
+invalid:
+
+    ngx_pushjobs_json_free(job);
+
+    rc = ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0, "%s", err);
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_authenticate(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx)
+{
+    ngx_int_t                  rc;
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    if (!ngx_pushjobs_api_valid_name(&ctx->auth.user_id)) {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_UNAUTHORIZED, 1,
+                                       "Failed to authenticate as '%V'. "
+                                       "Ensure that your node_name and "
+                                       "client key are correct.",
+                                       &ctx->auth.user_id);
+    }
+
+    rc = ngx_pushjobs_keys_lookup(r, pmcf->keys_zone, pmcf->keys_ttl,
+                                  &ctx->org, &ctx->auth.user_id,
+                                  &ctx->principals);
+
+    if (rc == NGX_OK) {
+        ctx->cached = 1;
+        return ngx_pushjobs_api_verify(r, ctx);
+    }
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_pushjobs_api_fetch_principal(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_fetch_principal(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char     *p;
+    ngx_str_t   path;
+
+    path.len = sizeof("/organizations//principals/") - 1 + ctx->org.len
+               + ctx->auth.user_id.len;
+
+    path.data = ngx_pnalloc(r->pool, path.len);
+    if (path.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_sprintf(path.data, "/organizations/%V/principals/%V", &ctx->org,
+                    &ctx->auth.user_id);
+    path.len = p - path.data;
+
+    r->write_event_handler = ngx_pushjobs_api_principal_resume;
+
+    return ngx_pushjobs_api_chef_get(r, ctx, &path);
+}
+
+
+/*
+ * GET a Chef server API path through the internal location that proxies
+ * to the Chef server (pushjobs_chef_location), in memory.  The subrequest
+ * carries only the headers set here, never the client's.  The parent
+ * resumes in its write_event_handler.
+ */
+
+static ngx_int_t
+ngx_pushjobs_api_chef_get(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
+    ngx_str_t *path)
+{
+    u_char                       *p;
+    ngx_str_t                     uri, value;
+    ngx_http_request_t           *sr;
+    ngx_pushjobs_main_conf_t     *pmcf;
+    ngx_http_post_subrequest_t   *ps;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    uri.len = pmcf->chef_location.len + path->len;
+    uri.data = ngx_pnalloc(r->pool, uri.len);
+    if (uri.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_cpymem(uri.data, pmcf->chef_location.data,
+                   pmcf->chef_location.len);
+    ngx_memcpy(p, path->data, path->len);
+
+    ps = ngx_palloc(r->pool, sizeof(ngx_http_post_subrequest_t));
+    if (ps == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ps->handler = ngx_pushjobs_api_chef_done;
+    ps->data = ctx;
+
+    ctx->sr_done = 0;
+    ctx->sr_status = 0;
+    ngx_str_null(&ctx->sr_body);
+
+    if (ngx_http_subrequest(r, &uri, NULL, &sr, ps,
+                            NGX_HTTP_SUBREQUEST_IN_MEMORY
+                            |NGX_HTTP_SUBREQUEST_WAITED)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    sr->method = NGX_HTTP_GET;
+    sr->method_name = ngx_http_core_get_method;
+
+    /* no client body and no client headers go to the Chef server */
+
+    sr->request_body = ngx_pcalloc(r->pool, sizeof(ngx_http_request_body_t));
+    if (sr->request_body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memzero(&sr->headers_in, sizeof(ngx_http_headers_in_t));
+    sr->headers_in.content_length_n = -1;
+    sr->headers_in.keep_alive_n = -1;
+
+    if (ngx_list_init(&sr->headers_in.headers, r->pool, 8,
+                      sizeof(ngx_table_elt_t))
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_str_set(&value, "application/json");
+    if (ngx_pushjobs_api_add_header(r, &sr->headers_in.headers, "Accept",
+                                    &value)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_str_set(&value, "1");
+    if (ngx_pushjobs_api_add_header(r, &sr->headers_in.headers,
+                                    "X-Ops-Server-API-Version", &value)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_chef_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
+{
+    ngx_pushjobs_api_ctx_t *ctx = data;
+
+    ngx_buf_t  *b;
+
+    ctx->sr_done = 1;
+    ctx->sr_status = sr->headers_out.status;
+
+    if (rc == NGX_ERROR || rc >= NGX_HTTP_SPECIAL_RESPONSE
+        || ctx->sr_status == 0)
+    {
+        if (ctx->sr_status == 0 || ctx->sr_status == NGX_HTTP_OK) {
+            ctx->sr_status = NGX_HTTP_BAD_GATEWAY;
+        }
+    }
+
+    if (sr->out && sr->out->buf) {
+        b = sr->out->buf;
+        ctx->sr_body.data = b->pos;
+        ctx->sr_body.len = b->last - b->pos;
+    }
+
+    return rc;
+}
+
+
+static void
+ngx_pushjobs_api_principal_resume(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
+    ngx_pushjobs_api_ctx_t    *ctx;
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
+
+    if (ctx == NULL || !ctx->sr_done) {
+        return;
+    }
+
+    ctx->sr_done = 0;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    if (ctx->sr_status != NGX_HTTP_OK && ctx->sr_status != NGX_HTTP_NOT_FOUND)
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "pushjobs: Chef server answered %ui for principal "
+                      "\"%V\" of \"%V\"", ctx->sr_status, &ctx->auth.user_id,
+                      &ctx->org);
+
+        rc = ngx_pushjobs_json_error(r, NGX_HTTP_BAD_GATEWAY, 1,
+                                     "Failed to connect to erchef to get "
+                                     "key: status %ui", ctx->sr_status);
+        goto done;
+    }
+
+    rc = ngx_pushjobs_keys_store(r, pmcf->keys_zone, &ctx->org,
+                                 &ctx->auth.user_id, &ctx->sr_body,
+                                 ctx->sr_status, &ctx->principals);
+
+    if (rc != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "pushjobs: unusable principal \"%V\" of \"%V\" from "
+                      "the Chef server", &ctx->auth.user_id, &ctx->org);
+
+        rc = ngx_pushjobs_json_error(r, NGX_HTTP_BAD_GATEWAY, 1,
+                                     "Failed to connect to erchef to get "
+                                     "key: unusable answer");
+        goto done;
+    }
+
+    ctx->cached = 0;
+
+    rc = ngx_pushjobs_api_verify(r, ctx);
+
+done:
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_verify(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    ngx_int_t                  rc;
+    ngx_uint_t                 i, member;
+    ngx_table_elt_t           *h;
+    ngx_pushjobs_principal_t  *p;
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    switch (ctx->principals.status) {
+
+    case NGX_PUSHJOBS_PRINCIPAL_NO_ORG:
+        return ngx_pushjobs_json_error(r, NGX_HTTP_NOT_FOUND, 1,
+                                       "organization '%V' does not exist.",
+                                       &ctx->org);
+
+    case NGX_PUSHJOBS_PRINCIPAL_NOT_FOUND:
+        return ngx_pushjobs_json_error(r, NGX_HTTP_UNAUTHORIZED, 1,
+                                       "Failed to authenticate as '%V'. "
+                                       "Ensure that your node_name and "
+                                       "client key are correct.",
+                                       &ctx->auth.user_id);
+    }
+
+    member = 0;
+
+    for (i = 0; i < ctx->principals.n; i++) {
+        if (ctx->principals.principal[i].org_member) {
+            member = 1;
+        }
+    }
+
+    if (!member) {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_FORBIDDEN, 1,
+                                       "'%V' is not associated with "
+                                       "organization '%V'",
+                                       &ctx->auth.user_id, &ctx->org);
+    }
+
+    for (i = 0; i < ctx->principals.n; i++) {
+        p = &ctx->principals.principal[i];
+
+        rc = ngx_pushjobs_auth_verify(r, &ctx->auth, &ctx->body, p->key);
+
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (rc == NGX_OK) {
+            ctx->requestor = p;
+            break;
+        }
+    }
+
+    if (ctx->requestor == NULL) {
+
+        if (ctx->cached && !ctx->refetched) {
+            /* the key may have been rotated since we cached it */
+            ngx_pushjobs_keys_forget(pmcf->keys_zone, &ctx->org,
+                                     &ctx->auth.user_id);
+            ctx->refetched = 1;
+
+            return ngx_pushjobs_api_fetch_principal(r, ctx);
+        }
+
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "WWW-Authenticate");
+        ngx_str_set(&h->value, "X-Ops-Sign version=\"1.0\" version=\"1.1\"");
+
+        return ngx_pushjobs_json_error(r, NGX_HTTP_UNAUTHORIZED, 1,
+                                       "Invalid signature for user or "
+                                       "client '%V'", &ctx->auth.user_id);
+    }
+
+    if (!ctx->requestor->org_member) {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_FORBIDDEN, 1,
+                                       "'%V' is not associated with "
+                                       "organization '%V'",
+                                       &ctx->auth.user_id, &ctx->org);
+    }
+
+    return ngx_pushjobs_api_authorize(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_authorize(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    if (ctx->route == NGX_PUSHJOBS_ROUTE_AGENT
+        && ctx->requestor->type != NGX_PUSHJOBS_CLIENT)
+    {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_FORBIDDEN, 1,
+                                       "only a client can open an agent "
+                                       "channel, '%V' is a user",
+                                       &ctx->auth.user_id);
+    }
+
+    return ngx_pushjobs_api_content(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char                    *p;
+    ngx_int_t                  rc;
+    ngx_str_t                  params[6], include, *accept;
+    ngx_table_elt_t           *h;
+    ngx_pushjobs_main_conf_t  *pmcf;
+    u_char                     buf[3][NGX_INT_T_LEN];
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    switch (ctx->route) {
+
+    case NGX_PUSHJOBS_ROUTE_JOBS:
+
+        if (r->method != NGX_HTTP_POST) {
+            params[0] = ctx->org;
+
+            return ngx_pushjobs_api_query(r, ctx,
+                                          "SELECT pushjobs.jobs_json($1)",
+                                          1, params,
+                                          ngx_pushjobs_api_json_result);
+        }
+
+        h = r->headers_in.content_type;
+
+        if (h == NULL
+            || h->value.len < sizeof("application/json") - 1
+            || ngx_strncasecmp(h->value.data, (u_char *) "application/json",
+                               sizeof("application/json") - 1) != 0)
+        {
+            return ngx_pushjobs_json_error(r,
+                                       NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, 1,
+                                       "Content-Type must be "
+                                       "application/json");
+        }
+
+        params[0] = ctx->org;
+        params[1] = ctx->auth.user_id;
+        params[2] = ctx->body;
+
+        p = ngx_sprintf(buf[0], "%T", pmcf->default_run_timeout);
+        params[3].data = buf[0];
+        params[3].len = p - buf[0];
+
+        p = ngx_sprintf(buf[1], "%M", pmcf->voting_timeout);
+        params[4].data = buf[1];
+        params[4].len = p - buf[1];
+
+        p = ngx_sprintf(buf[2], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
+        params[5].data = buf[2];
+        params[5].len = p - buf[2];
+
+        return ngx_pushjobs_api_query(r, ctx,
+                                      "SELECT pushjobs.create_job($1, $2, "
+                                      "$3::jsonb, $4, $5, $6)",
+                                      6, params, ngx_pushjobs_api_created);
+
+    case NGX_PUSHJOBS_ROUTE_JOB:
+
+        if (ngx_http_arg(r, (u_char *) "include_file",
+                         sizeof("include_file") - 1, &include)
+            != NGX_OK)
+        {
+            ngx_str_null(&include);
+        }
+
+        params[0] = ctx->org;
+        params[1] = ctx->id;
+
+        if (include.len == 4 && ngx_strncmp(include.data, "true", 4) == 0) {
+            ngx_str_set(&params[2], "t");
+
+        } else {
+            ngx_str_set(&params[2], "f");
+        }
+
+        return ngx_pushjobs_api_query(r, ctx,
+                                      "SELECT pushjobs.job_json($1, $2, $3)",
+                                      3, params, ngx_pushjobs_api_json_result);
+
+    case NGX_PUSHJOBS_ROUTE_OUTPUT:
+
+        accept = NULL;
+        h = ngx_pushjobs_api_header(r, "Accept");
+        if (h) {
+            accept = &h->value;
+        }
+
+        if (accept == NULL
+            || ngx_strlcasestrn(accept->data, accept->data + accept->len,
+                                (u_char *) "application/octet-stream",
+                                sizeof("application/octet-stream") - 2)
+               == NULL)
+        {
+            return ngx_pushjobs_json_error(r, NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE, 1,
+                                           "output is served as "
+                                           "application/octet-stream");
+        }
+
+        params[0] = ctx->org;
+        params[1] = ctx->id;
+        params[2] = ctx->node;
+        params[3] = ctx->channel;
+
+        return ngx_pushjobs_api_query(r, ctx,
+                                      "SELECT pushjobs.job_output_b64($1, $2,"
+                                      " $3, $4)",
+                                      4, params,
+                                      ngx_pushjobs_api_output_result);
+
+    case NGX_PUSHJOBS_ROUTE_NODE_STATES:
+
+        params[0] = ctx->org;
+
+        p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
+        params[1].data = buf[0];
+        params[1].len = p - buf[0];
+
+        return ngx_pushjobs_api_query(r, ctx,
+                                      "SELECT pushjobs.node_states_json($1,"
+                                      " $2)",
+                                      2, params, ngx_pushjobs_api_json_result);
+
+    case NGX_PUSHJOBS_ROUTE_NODE_STATE:
+
+        params[0] = ctx->org;
+        params[1] = ctx->node;
+
+        p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
+        params[2].data = buf[0];
+        params[2].len = p - buf[0];
+
+        return ngx_pushjobs_api_query(r, ctx,
+                                      "SELECT pushjobs.node_state_json($1,"
+                                      " $2, $3)",
+                                      3, params, ngx_pushjobs_api_json_result);
+
+    case NGX_PUSHJOBS_ROUTE_AGENT:
+
+        rc = ngx_pushjobs_agent_accept(r, &ctx->org, &ctx->auth.user_id);
+
+        if (rc == NGX_DONE || rc == NGX_ERROR) {
+            return rc;
+        }
+
+        return ngx_pushjobs_json_error(r, rc, 1,
+                                       "cannot open the agent channel");
+
+    case NGX_PUSHJOBS_ROUTE_STATUS:
+
+        p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
+        params[0].data = buf[0];
+        params[0].len = p - buf[0];
+
+        return ngx_pushjobs_api_query(r, ctx,
+                                      "SELECT pushjobs.status_json($1)",
+                                      1, params, ngx_pushjobs_api_json_result);
+
+    default:
+        return ngx_pushjobs_json_error(r, NGX_HTTP_NOT_IMPLEMENTED, 1,
+                                       "not implemented yet");
+    }
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_query(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
+    const char *sql, ngx_uint_t nparams, ngx_str_t *params,
+    ngx_pushjobs_api_result_pt handler)
+{
+    ngx_http_cleanup_t  *cln;
+
+    if (ctx->query == NULL && ctx->result == NULL) {
+        cln = ngx_http_cleanup_add(r, 0);
+        if (cln == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        cln->handler = ngx_pushjobs_api_cleanup;
+        cln->data = ctx;
+    }
+
+    ctx->result = handler;
+
+    ctx->query = ngx_pushjobs_pg_query(sql, nparams, params,
+                                       ngx_pushjobs_api_query_done, r);
+
+    if (ctx->query == NULL) {
+        return ngx_pushjobs_api_db_error(r, NULL);
+    }
+
+    /* notice a client that goes away while we wait */
+    r->read_event_handler = ngx_http_test_reading;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_pushjobs_api_query_done(void *data, PGresult *res)
+{
+    ngx_http_request_t *r = data;
+
+    ngx_int_t                rc;
+    ngx_connection_t        *c;
+    ngx_pushjobs_api_ctx_t  *ctx;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
+
+    ctx->query = NULL;
+
+    r->read_event_handler = ngx_http_block_reading;
+
+    if (res == NULL || (PQresultStatus(res) != PGRES_TUPLES_OK
+                        && PQresultStatus(res) != PGRES_COMMAND_OK))
+    {
+        rc = ngx_pushjobs_api_db_error(r, res);
+
+    } else {
+        rc = ctx->result(r, ctx, res);
+    }
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_pushjobs_api_cleanup(void *data)
+{
+    ngx_pushjobs_api_ctx_t *ctx = data;
+
+    if (ctx->query) {
+        ngx_pushjobs_pg_cancel(ctx->query);
+        ctx->query = NULL;
+    }
+}
+
+
+/* one row, one text column holding the JSON document, or NULL: 404 */
+
+static ngx_int_t
+ngx_pushjobs_api_json_result(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, PGresult *res)
+{
+    ngx_str_t  body;
+
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        return ngx_pushjobs_api_not_found(r);
+    }
+
+    body.len = PQgetlength(res, 0, 0);
+    body.data = ngx_pnalloc(r->pool, body.len);
+    if (body.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(body.data, PQgetvalue(res, 0, 0), body.len);
+
+    return ngx_pushjobs_json_send(r, NGX_HTTP_OK, &body);
+}
+
+
+/* 201, Location and {"uri": …}, with the scheme and host the client used */
+
+static ngx_int_t
+ngx_pushjobs_api_created(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
+    PGresult *res)
+{
+    u_char           *p;
+    ngx_str_t         id, scheme, host, uri, body;
+    ngx_table_elt_t  *h;
+
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        return ngx_pushjobs_api_db_error(r, res);
+    }
+
+    id.data = (u_char *) PQgetvalue(res, 0, 0);
+    id.len = PQgetlength(res, 0, 0);
+
+    h = ngx_pushjobs_api_header(r, "X-Forwarded-Proto");
+
+    if (h && h->value.len) {
+        scheme = h->value;
+
+    } else {
+#if (NGX_HTTP_SSL)
+        if (r->connection->ssl) {
+            ngx_str_set(&scheme, "https");
+        } else
+#endif
+        {
+            ngx_str_set(&scheme, "http");
+        }
+    }
+
+    if (r->headers_in.host) {
+        host = r->headers_in.host->value;
+
+    } else {
+        host = r->headers_in.server;
+    }
+
+    uri.len = scheme.len + sizeof("://") - 1 + host.len
+              + sizeof("/organizations//pushy/jobs/") - 1 + ctx->org.len
+              + id.len;
+
+    uri.data = ngx_pnalloc(r->pool, uri.len);
+    if (uri.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_sprintf(uri.data, "%V://%V/organizations/%V/pushy/jobs/%V",
+                    &scheme, &host, &ctx->org, &id);
+    uri.len = p - uri.data;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Location");
+    h->value = uri;
+
+    body.len = sizeof("{\"uri\":\"\"}") - 1
+               + ngx_pushjobs_json_escape_len(uri.data, uri.len);
+    body.data = ngx_pnalloc(r->pool, body.len);
+    if (body.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_cpymem(body.data, "{\"uri\":\"", sizeof("{\"uri\":\"") - 1);
+    p = ngx_pushjobs_json_escape_copy(p, uri.data, uri.len);
+    p = ngx_cpymem(p, "\"}", 2);
+    body.len = p - body.data;
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "pushjobs: job %V created by \"%V\" in \"%V\"", &id,
+                  &ctx->auth.user_id, &ctx->org);
+
+    return ngx_pushjobs_json_send(r, NGX_HTTP_CREATED, &body);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_output_result(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, PGresult *res)
+{
+    ngx_str_t  src, body;
+
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        return ngx_pushjobs_api_not_found(r);
+    }
+
+    src.data = (u_char *) PQgetvalue(res, 0, 0);
+    src.len = PQgetlength(res, 0, 0);
+
+    body.data = ngx_pnalloc(r->pool, ngx_base64_decoded_length(src.len) + 1);
+    if (body.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_decode_base64(&body, &src) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_pushjobs_send_body(r, NGX_HTTP_OK, &ngx_pushjobs_octet_stream,
+                                  &body);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_db_error(ngx_http_request_t *r, PGresult *res)
+{
+    if (res == NULL) {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, 1,
+                                       "the push jobs database is not "
+                                       "available");
+    }
+
+    return ngx_pushjobs_json_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR, 1,
+                                   "internal error");
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_not_found(ngx_http_request_t *r)
+{
+    return ngx_pushjobs_json_error(r, NGX_HTTP_NOT_FOUND, 1, "not found");
+}
+
+
+static ngx_table_elt_t *
+ngx_pushjobs_api_header(ngx_http_request_t *r, const char *name)
+{
+    size_t            len;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    len = ngx_strlen(name);
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+        {
+            return &h[i];
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_add_header(ngx_http_request_t *r, ngx_list_t *headers,
+    const char *name, ngx_str_t *value)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->key.data = (u_char *) name;
+    h->key.len = ngx_strlen(name);
+    h->value = *value;
+
+    h->lowcase_key = ngx_pnalloc(r->pool, h->key.len);
+    if (h->lowcase_key == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = ngx_hash_strlow(h->lowcase_key, h->key.data, h->key.len);
+
+    return NGX_OK;
+}
+
+
+/* Chef names: organizations, users, clients and nodes */
+
+static ngx_uint_t
+ngx_pushjobs_api_valid_name(ngx_str_t *name)
+{
+    u_char      c;
+    ngx_uint_t  i;
+
+    if (name->len == 0 || name->len > NGX_PUSHJOBS_NAME_MAX) {
+        return 0;
+    }
+
+    for (i = 0; i < name->len; i++) {
+        c = name->data[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+              || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'
+              || c == '@'))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/*
+ * A JSON string escape "\\u0000" (an odd number of backslashes before
+ * u0000) would put a NUL into text that PostgreSQL cannot store.
+ */
+
+static ngx_uint_t
+ngx_pushjobs_api_has_nul(ngx_str_t *json)
+{
+    u_char  *p, *last, *q;
+
+    p = json->data;
+    last = json->data + json->len;
+
+    for ( /* void */ ; p + 5 < last; p++) {
+        if (p[0] != '\\' || ngx_strncmp(p + 1, "u0000", 5) != 0) {
+            continue;
+        }
+
+        for (q = p; q > json->data && q[-1] == '\\'; q--) { /* void */ }
+
+        if ((p - q) % 2 == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+ngx_int_t
+ngx_pushjobs_status_handler(ngx_http_request_t *r)
+{
+    return ngx_pushjobs_api_handler(r);
+}

@@ -1,0 +1,630 @@
+
+/*
+ * Copyright (C) pushjobs developers
+ */
+
+
+/*
+ * ngx_pushjobs_module: Chef Push Jobs inside the Chef server's nginx.
+ *
+ * This file holds the module definition, its directives and the per-worker
+ * life cycle: a worker opens its PostgreSQL connections (a small query pool
+ * and one LISTEN connection), registers itself as an "owner" of agent
+ * channels, and runs the deadline sweeper.  Everything a worker holds in
+ * memory (agent channels, feed subscribers) is rebuilt from PostgreSQL and
+ * from reconnecting agents, so losing a worker loses nothing else.
+ */
+
+
+#include "ngx_pushjobs_module.h"
+
+
+static void *ngx_pushjobs_create_main_conf(ngx_conf_t *cf);
+static char *ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_pushjobs_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_pushjobs_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_pushjobs_serve(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_pushjobs_key_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_pushjobs_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_pushjobs_init_process(ngx_cycle_t *cycle);
+static void ngx_pushjobs_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_conf_num_bounds_t  ngx_pushjobs_pool_bounds = {
+    ngx_conf_check_num_bounds, 1, 64
+};
+
+
+static ngx_command_t  ngx_pushjobs_commands[] = {
+
+    { ngx_string("pushjobs"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_pushjobs_serve,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("pushjobs_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_pushjobs_serve,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("pushjobs_postgres"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_pushjobs_postgres,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, conninfo),
+      NULL },
+
+    { ngx_string("pushjobs_postgres_pool"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, pool_size),
+      &ngx_pushjobs_pool_bounds },
+
+    { ngx_string("pushjobs_key_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_pushjobs_key_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("pushjobs_chef_location"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, chef_location),
+      NULL },
+
+    { ngx_string("pushjobs_server_name"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, server_name),
+      NULL },
+
+    { ngx_string("pushjobs_voting_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, voting_timeout),
+      NULL },
+
+    { ngx_string("pushjobs_default_run_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, default_run_timeout),
+      NULL },
+
+    { ngx_string("pushjobs_ping_interval"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, ping_interval),
+      NULL },
+
+    { ngx_string("pushjobs_node_lost_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, node_lost_timeout),
+      NULL },
+
+    { ngx_string("pushjobs_sweep_interval"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, sweep_interval),
+      NULL },
+
+    { ngx_string("pushjobs_clock_skew"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, clock_skew),
+      NULL },
+
+    { ngx_string("pushjobs_max_message_size"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, max_message_size),
+      NULL },
+
+    { ngx_string("pushjobs_max_body_size"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, max_body_size),
+      NULL },
+
+    { ngx_string("pushjobs_max_output_size"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, max_output_size),
+      NULL },
+
+    { ngx_string("pushjobs_max_queued_output"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, max_queued_output),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_pushjobs_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    ngx_pushjobs_create_main_conf,         /* create main configuration */
+    ngx_pushjobs_init_main_conf,           /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_pushjobs_create_loc_conf,          /* create location configuration */
+    ngx_pushjobs_merge_loc_conf            /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_pushjobs_module = {
+    NGX_MODULE_V1,
+    &ngx_pushjobs_module_ctx,              /* module context */
+    ngx_pushjobs_commands,                 /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_pushjobs_init_process,             /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_pushjobs_exit_process,             /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+/* Set in init_process of a worker; the master never sets it. */
+ngx_pushjobs_worker_t  *ngx_pushjobs_worker;
+
+
+static void *
+ngx_pushjobs_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    pmcf = ngx_pcalloc(cf->pool, sizeof(ngx_pushjobs_main_conf_t));
+    if (pmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     pmcf->conninfo = { 0, NULL };
+     *     pmcf->keys_zone = NULL;
+     *     pmcf->chef_location = { 0, NULL };
+     *     pmcf->server_name = { 0, NULL };
+     *     pmcf->used = 0;
+     */
+
+    pmcf->pool_size = NGX_CONF_UNSET_UINT;
+    pmcf->keys_ttl = NGX_CONF_UNSET;
+    pmcf->voting_timeout = NGX_CONF_UNSET_MSEC;
+    pmcf->default_run_timeout = NGX_CONF_UNSET;
+    pmcf->ping_interval = NGX_CONF_UNSET_MSEC;
+    pmcf->node_lost_timeout = NGX_CONF_UNSET_MSEC;
+    pmcf->sweep_interval = NGX_CONF_UNSET_MSEC;
+    pmcf->clock_skew = NGX_CONF_UNSET;
+    pmcf->max_message_size = NGX_CONF_UNSET_SIZE;
+    pmcf->max_body_size = NGX_CONF_UNSET_SIZE;
+    pmcf->max_output_size = NGX_CONF_UNSET_SIZE;
+    pmcf->max_queued_output = NGX_CONF_UNSET_SIZE;
+
+    return pmcf;
+}
+
+
+static char *
+ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_pushjobs_main_conf_t *pmcf = conf;
+
+    ngx_conf_init_uint_value(pmcf->pool_size, 4);
+    ngx_conf_init_value(pmcf->keys_ttl, 300);
+    ngx_conf_init_msec_value(pmcf->voting_timeout, 60000);
+    ngx_conf_init_value(pmcf->default_run_timeout, 3600);
+    ngx_conf_init_msec_value(pmcf->ping_interval, 10000);
+    ngx_conf_init_msec_value(pmcf->node_lost_timeout, 30000);
+    ngx_conf_init_msec_value(pmcf->sweep_interval, 1000);
+    ngx_conf_init_value(pmcf->clock_skew, 900);
+    ngx_conf_init_size_value(pmcf->max_message_size, 1024 * 1024);
+    ngx_conf_init_size_value(pmcf->max_body_size, 1000000);
+    ngx_conf_init_size_value(pmcf->max_output_size, 256 * 1024);
+    ngx_conf_init_size_value(pmcf->max_queued_output, 4 * 1024 * 1024);
+
+    if (pmcf->chef_location.len == 0) {
+        ngx_str_set(&pmcf->chef_location, "/_pushjobs_chef");
+    }
+
+    if (pmcf->server_name.len == 0) {
+        pmcf->server_name = cf->cycle->hostname;
+    }
+
+    if (pmcf->ping_interval < 1000) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"pushjobs_ping_interval\" must be at least 1s");
+        return NGX_CONF_ERROR;
+    }
+
+    if (pmcf->sweep_interval < 100) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"pushjobs_sweep_interval\" must be at least "
+                           "100ms");
+        return NGX_CONF_ERROR;
+    }
+
+    if (pmcf->max_message_size < 4096) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"pushjobs_max_message_size\" must be at least "
+                           "4k");
+        return NGX_CONF_ERROR;
+    }
+
+    if (pmcf->used) {
+        if (pmcf->conninfo.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"pushjobs\" requires \"pushjobs_postgres\"");
+            return NGX_CONF_ERROR;
+        }
+
+        if (pmcf->keys_zone == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"pushjobs\" requires \"pushjobs_key_zone\"");
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_pushjobs_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_pushjobs_loc_conf_t  *plcf;
+
+    plcf = ngx_pcalloc(cf->pool, sizeof(ngx_pushjobs_loc_conf_t));
+    if (plcf == NULL) {
+        return NULL;
+    }
+
+    return plcf;
+}
+
+
+static char *
+ngx_pushjobs_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_pushjobs_serve(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_pushjobs_loc_conf_t *plcf = conf;
+
+    ngx_http_core_loc_conf_t  *clcf;
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    if (plcf->serve) {
+        return "is duplicate";
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_pushjobs_module);
+
+    if (cmd->name.len == sizeof("pushjobs") - 1) {
+        plcf->serve = NGX_PUSHJOBS_LOC_API;
+        clcf->handler = ngx_pushjobs_api_handler;
+
+    } else {
+        plcf->serve = NGX_PUSHJOBS_LOC_STATUS;
+        clcf->handler = ngx_pushjobs_status_handler;
+    }
+
+    pmcf->used = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_pushjobs_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_pushjobs_main_conf_t *pmcf = conf;
+
+    char                *err;
+    ngx_str_t           *value;
+    ngx_uint_t           numeric;
+    PQconninfoOption    *opts, *o;
+    const char          *host, *hostaddr;
+
+    if (pmcf->conninfo.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    pmcf->conninfo = value[1];
+
+    value[1].data[value[1].len] = '\0';
+
+    err = NULL;
+    opts = PQconninfoParse((char *) value[1].data, &err);
+
+    if (opts == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"pushjobs_postgres\" conninfo: %s",
+                           err ? err : "out of memory");
+        if (err) {
+            PQfreemem(err);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    host = NULL;
+    hostaddr = NULL;
+
+    for (o = opts; o->keyword; o++) {
+        if (ngx_strcmp(o->keyword, "host") == 0) {
+            host = o->val;
+
+        } else if (ngx_strcmp(o->keyword, "hostaddr") == 0) {
+            hostaddr = o->val;
+        }
+    }
+
+    /*
+     * libpq resolves host names with a blocking getaddrinfo(); a worker must
+     * never block, so ask for an address or a socket directory.
+     */
+
+    numeric = 1;
+
+    if (hostaddr == NULL && host != NULL && host[0] != '/') {
+        for ( /* void */ ; *host; host++) {
+            if ((*host < '0' || *host > '9') && *host != '.' && *host != ':'
+                && *host != ',' && !(*host >= 'a' && *host <= 'f')
+                && !(*host >= 'A' && *host <= 'F'))
+            {
+                numeric = 0;
+                break;
+            }
+        }
+    }
+
+    PQconninfoFree(opts);
+
+    if (!numeric) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "\"pushjobs_postgres\" names a host: resolving it "
+                           "blocks the worker while connecting; use an "
+                           "address, \"hostaddr\" or a socket directory");
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* pushjobs_key_zone name:size [ttl=time]; */
+
+static char *
+ngx_pushjobs_key_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_pushjobs_main_conf_t *pmcf = conf;
+
+    u_char      *p;
+    time_t       ttl;
+    ssize_t      size;
+    ngx_str_t   *value, name, s;
+
+    if (pmcf->keys_zone) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    p = (u_char *) ngx_strchr(value[1].data, ':');
+    if (p == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone \"%V\", expected name:size",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    name.data = value[1].data;
+    name.len = p - value[1].data;
+
+    s.data = p + 1;
+    s.len = value[1].data + value[1].len - s.data;
+
+    size = ngx_parse_size(&s);
+
+    if (name.len == 0 || size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (size < (ssize_t) (8 * ngx_pagesize)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "zone \"%V\" is too small", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (cf->args->nelts == 3) {
+        if (ngx_strncmp(value[2].data, "ttl=", 4) != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[2]);
+            return NGX_CONF_ERROR;
+        }
+
+        s.data = value[2].data + 4;
+        s.len = value[2].len - 4;
+
+        ttl = ngx_parse_time(&s, 1);
+        if (ttl == (time_t) NGX_ERROR) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid ttl \"%V\"", &value[2]);
+            return NGX_CONF_ERROR;
+        }
+
+        pmcf->keys_ttl = ttl;
+    }
+
+    pmcf->keys_zone = ngx_shared_memory_add(cf, &name, size,
+                                            &ngx_pushjobs_module);
+    if (pmcf->keys_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (pmcf->keys_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate zone \"%V\"", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    pmcf->keys_zone->init = ngx_pushjobs_keys_init_zone;
+    pmcf->keys_zone->data = (void *) 1;
+
+    return NGX_CONF_OK;
+}
+
+
+void
+ngx_pushjobs_init_timer(ngx_event_t *ev, ngx_event_handler_pt handler,
+    void *data, ngx_log_t *log)
+{
+    ngx_memzero(ev, sizeof(ngx_event_t));
+
+    ev->handler = handler;
+    ev->data = data;
+    ev->log = log;
+
+    /* a worker that is shutting down must not wait for our timers */
+    ev->cancelable = 1;
+}
+
+
+static ngx_int_t
+ngx_pushjobs_init_process(ngx_cycle_t *cycle)
+{
+    u_char                    *p;
+    ngx_pushjobs_worker_t     *w;
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    ngx_pushjobs_worker = NULL;
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    pmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_pushjobs_module);
+
+    if (pmcf == NULL || !pmcf->used) {
+        return NGX_OK;
+    }
+
+    w = ngx_pcalloc(cycle->pool, sizeof(ngx_pushjobs_worker_t));
+    if (w == NULL) {
+        return NGX_ERROR;
+    }
+
+    w->cycle = cycle;
+    w->log = cycle->log;
+    w->pmcf = pmcf;
+
+    ngx_rbtree_init(&w->agents, &w->agents_sentinel, ngx_rbtree_insert_value);
+
+    /* a name no other worker of any front end has, now or later */
+
+    p = ngx_pnalloc(cycle->pool, cycle->hostname.len + 2 * NGX_INT64_LEN + 3);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    w->owner.data = p;
+    w->owner.len = ngx_sprintf(p, "%V:%P:%M", &cycle->hostname, ngx_pid,
+                               (ngx_msec_t) (ngx_time() * 1000
+                                             + ngx_timeofday()->msec))
+                   - p;
+
+    ngx_pushjobs_worker = w;
+
+    if (ngx_pushjobs_store_init(w) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_pushjobs_pg_init(w, ngx_pushjobs_job_notify,
+                             ngx_pushjobs_job_connected)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_pushjobs_init_timer(&w->sweep_ev, ngx_pushjobs_job_sweep, w, w->log);
+    ngx_add_timer(&w->sweep_ev, pmcf->sweep_interval
+                                + ngx_random() % pmcf->sweep_interval);
+
+    ngx_pushjobs_init_timer(&w->owner_ev, ngx_pushjobs_store_owner_beat, w,
+                            w->log);
+    ngx_add_timer(&w->owner_ev, NGX_PUSHJOBS_OWNER_BEAT);
+
+    ngx_log_error(NGX_LOG_INFO, cycle->log, 0,
+                  "pushjobs: worker \"%V\" started", &w->owner);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_pushjobs_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_pushjobs_worker_t  *w;
+
+    w = ngx_pushjobs_worker;
+    if (w == NULL) {
+        return;
+    }
+
+    ngx_pushjobs_agent_close_all();
+
+    if (w->sweep_ev.timer_set) {
+        ngx_del_timer(&w->sweep_ev);
+    }
+
+    if (w->owner_ev.timer_set) {
+        ngx_del_timer(&w->owner_ev);
+    }
+
+    ngx_pushjobs_pg_done(w);
+
+    ngx_pushjobs_store_done();
+
+    ngx_pushjobs_worker = NULL;
+}

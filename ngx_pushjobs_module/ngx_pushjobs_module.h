@@ -1,0 +1,350 @@
+
+/*
+ * Copyright (C) pushjobs developers
+ */
+
+
+#ifndef _NGX_PUSHJOBS_MODULE_H_INCLUDED_
+#define _NGX_PUSHJOBS_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <libpq-fe.h>
+#include <openssl/evp.h>
+
+
+#define NGX_PUSHJOBS_VERSION           "0.1.0"
+#define NGX_PUSHJOBS_PROTOCOL          1
+
+#define NGX_PUSHJOBS_JOB_ID_LEN        32
+#define NGX_PUSHJOBS_NAME_MAX          255
+
+/*
+ * A worker refreshes its row in pushjobs.owners every OWNER_BEAT; a worker
+ * not heard of for OWNER_TIMEOUT is gone, and so are its agent channels.
+ */
+#define NGX_PUSHJOBS_OWNER_BEAT        5000
+#define NGX_PUSHJOBS_OWNER_TIMEOUT     20000
+
+/* What a location serves (the "pushjobs" and "pushjobs_status" directives). */
+#define NGX_PUSHJOBS_LOC_API           1
+#define NGX_PUSHJOBS_LOC_STATUS        2
+
+/* Chef signing protocol versions (X-Ops-Sign). */
+#define NGX_PUSHJOBS_SIGN_1_0          1
+#define NGX_PUSHJOBS_SIGN_1_1          2
+#define NGX_PUSHJOBS_SIGN_1_2          3
+#define NGX_PUSHJOBS_SIGN_1_3          4
+
+/* Principal types returned by the Chef server's principals endpoint. */
+#define NGX_PUSHJOBS_USER              1
+#define NGX_PUSHJOBS_CLIENT            2
+
+#define NGX_PUSHJOBS_MAX_PRINCIPALS    4
+
+/* Websocket opcodes and close codes (RFC 6455). */
+#define NGX_PUSHJOBS_WS_CONT           0x0
+#define NGX_PUSHJOBS_WS_TEXT           0x1
+#define NGX_PUSHJOBS_WS_BINARY         0x2
+#define NGX_PUSHJOBS_WS_CLOSE          0x8
+#define NGX_PUSHJOBS_WS_PING           0x9
+#define NGX_PUSHJOBS_WS_PONG           0xa
+
+#define NGX_PUSHJOBS_WS_NORMAL         1000
+#define NGX_PUSHJOBS_WS_GOING_AWAY     1001
+#define NGX_PUSHJOBS_WS_PROTOCOL       1002
+#define NGX_PUSHJOBS_WS_UNSUPPORTED    1003
+#define NGX_PUSHJOBS_WS_INVALID        1007
+#define NGX_PUSHJOBS_WS_POLICY         1008
+#define NGX_PUSHJOBS_WS_TOO_BIG        1009
+#define NGX_PUSHJOBS_WS_SERVER_ERROR   1011
+#define NGX_PUSHJOBS_WS_REPLACED       4000
+
+/* The longest websocket frame header a server writes: 2 + 8 bytes. */
+#define NGX_PUSHJOBS_WS_HEADER_MAX     10
+
+
+typedef struct ngx_pushjobs_worker_s    ngx_pushjobs_worker_t;
+typedef struct ngx_pushjobs_agent_s     ngx_pushjobs_agent_t;
+typedef struct ngx_pushjobs_pg_query_s  ngx_pushjobs_pg_query_t;
+
+
+/* Configuration. */
+
+typedef struct {
+    ngx_str_t                   conninfo;
+    ngx_uint_t                  pool_size;
+
+    ngx_shm_zone_t             *keys_zone;
+    time_t                      keys_ttl;
+
+    ngx_str_t                   chef_location;
+    ngx_str_t                   server_name;
+
+    ngx_msec_t                  voting_timeout;
+    time_t                      default_run_timeout;
+    ngx_msec_t                  ping_interval;
+    ngx_msec_t                  node_lost_timeout;
+    ngx_msec_t                  sweep_interval;
+    time_t                      clock_skew;
+
+    size_t                      max_message_size;
+    size_t                      max_body_size;
+    size_t                      max_output_size;
+    size_t                      max_queued_output;
+
+    ngx_flag_t                  used;
+} ngx_pushjobs_main_conf_t;
+
+
+typedef struct {
+    ngx_uint_t                  serve;
+} ngx_pushjobs_loc_conf_t;
+
+
+/* Chef request authentication (ngx_pushjobs_auth.c). */
+
+typedef struct {
+    ngx_str_t                   user_id;
+    ngx_str_t                   timestamp;
+    ngx_str_t                   content_hash;
+    ngx_str_t                   sign;
+    ngx_str_t                   api_version;
+    ngx_str_t                   signature;
+    ngx_uint_t                  version;
+    time_t                      time;
+} ngx_pushjobs_auth_t;
+
+
+typedef struct {
+    ngx_uint_t                  type;
+    ngx_uint_t                  org_member;
+    EVP_PKEY                   *key;
+} ngx_pushjobs_principal_t;
+
+
+/* Result of a principal lookup (ngx_pushjobs_keys.c). */
+
+#define NGX_PUSHJOBS_PRINCIPAL_FOUND       0
+#define NGX_PUSHJOBS_PRINCIPAL_NO_ORG      1
+#define NGX_PUSHJOBS_PRINCIPAL_NOT_FOUND   2
+
+typedef struct {
+    ngx_uint_t                  status;
+    ngx_uint_t                  n;
+    ngx_pushjobs_principal_t    principal[NGX_PUSHJOBS_MAX_PRINCIPALS];
+} ngx_pushjobs_principals_t;
+
+
+/*
+ * Websocket frame reader (ngx_pushjobs_ws.c): a resumable parser fed with
+ * whatever bytes arrived.  It assembles fragmented messages up to max_size
+ * and hands out one complete message or control frame at a time.
+ */
+
+typedef struct {
+    ngx_uint_t                  state;
+
+    u_char                      header[14];
+    size_t                      header_len;
+    size_t                      header_need;
+
+    ngx_uint_t                  opcode;        /* of the current frame */
+    ngx_uint_t                  fin;
+    u_char                      mask[4];
+    ngx_uint_t                  mask_pos;
+    uint64_t                    frame_left;
+
+    ngx_uint_t                  msg_opcode;    /* of the message in progress */
+    ngx_uint_t                  fragmented;
+    u_char                     *buf;           /* ngx_alloc()ed, capped */
+    size_t                      len;
+    size_t                      size;
+
+    u_char                      control[125];
+    size_t                      control_len;
+
+    size_t                      max_size;
+    ngx_log_t                  *log;
+} ngx_pushjobs_ws_reader_t;
+
+
+typedef struct {
+    ngx_uint_t                  opcode;        /* TEXT, BINARY, PING, ... */
+    ngx_str_t                   payload;
+    ngx_uint_t                  close_code;    /* on NGX_ERROR or CLOSE */
+} ngx_pushjobs_ws_frame_t;
+
+
+/*
+ * A message for agents, framed once and shared by every agent it is sent to
+ * (refcounted, ngx_alloc()ed).  data holds the websocket frame header
+ * followed by the JSON payload; payload.data points into it.
+ */
+
+typedef struct {
+    ngx_uint_t                  refs;
+    size_t                      len;
+    ngx_str_t                   payload;
+    u_char                     *data;
+} ngx_pushjobs_msg_t;
+
+
+/* PostgreSQL (ngx_pushjobs_pg.c). */
+
+/*
+ * Called once per query: with the result on success (freed by the caller
+ * after the handler returns), or with NULL if the query could not be run
+ * (no connection, connection lost, timeout).
+ */
+typedef void (*ngx_pushjobs_pg_handler_pt)(void *data, PGresult *res);
+typedef void (*ngx_pushjobs_pg_notify_pt)(ngx_str_t *payload);
+typedef void (*ngx_pushjobs_pg_connected_pt)(void);
+
+
+/* Whom to tell about the outcome of a batched write (ngx_pushjobs_store.c). */
+
+typedef struct {
+    ngx_pushjobs_agent_t       *agent;
+    ngx_uint_t                  type;
+    u_char                      job_id[NGX_PUSHJOBS_JOB_ID_LEN];
+} ngx_pushjobs_store_item_t;
+
+
+/* Per-worker runtime state, created in init_process. */
+
+struct ngx_pushjobs_worker_s {
+    ngx_cycle_t                *cycle;
+    ngx_log_t                  *log;
+    ngx_pushjobs_main_conf_t   *pmcf;
+
+    void                       *pg;
+
+    ngx_rbtree_t                agents;
+    ngx_rbtree_node_t           agents_sentinel;
+    ngx_uint_t                  nagents;
+    uint64_t                    next_session;
+
+    ngx_str_t                   owner;
+
+    ngx_event_t                 sweep_ev;
+    ngx_event_t                 owner_ev;
+
+    void                       *presence;
+    void                       *inputs;
+};
+
+
+extern ngx_module_t            ngx_pushjobs_module;
+extern ngx_pushjobs_worker_t  *ngx_pushjobs_worker;
+
+
+/* ngx_pushjobs_module.c */
+void ngx_pushjobs_init_timer(ngx_event_t *ev, ngx_event_handler_pt handler,
+    void *data, ngx_log_t *log);
+
+/* ngx_pushjobs_json.c */
+ngx_int_t ngx_pushjobs_json_escape(ngx_pool_t *pool, ngx_str_t *src,
+    ngx_str_t *dst);
+u_char *ngx_pushjobs_json_escape_copy(u_char *dst, u_char *src, size_t len);
+size_t ngx_pushjobs_json_escape_len(u_char *src, size_t len);
+ngx_int_t ngx_pushjobs_json_error(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_uint_t list, const char *fmt, ...);
+ngx_int_t ngx_pushjobs_json_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *body);
+ngx_int_t ngx_pushjobs_send_body(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, ngx_str_t *body);
+void *ngx_pushjobs_json_parse(u_char *data, size_t len, ngx_log_t *log);
+void *ngx_pushjobs_json_get(void *object, const char *key);
+ngx_int_t ngx_pushjobs_json_string(void *value, ngx_str_t *out);
+void ngx_pushjobs_json_free(void *value);
+
+/* ngx_pushjobs_auth.c */
+ngx_int_t ngx_pushjobs_auth_parse(ngx_http_request_t *r,
+    ngx_pushjobs_auth_t *auth, time_t skew, ngx_str_t *err);
+ngx_int_t ngx_pushjobs_auth_verify(ngx_http_request_t *r,
+    ngx_pushjobs_auth_t *auth, ngx_str_t *body, EVP_PKEY *key);
+
+/* ngx_pushjobs_keys.c */
+ngx_int_t ngx_pushjobs_keys_init_zone(ngx_shm_zone_t *shm_zone, void *data);
+ngx_int_t ngx_pushjobs_keys_lookup(ngx_http_request_t *r,
+    ngx_shm_zone_t *zone, time_t ttl, ngx_str_t *org, ngx_str_t *name,
+    ngx_pushjobs_principals_t *out);
+ngx_int_t ngx_pushjobs_keys_store(ngx_http_request_t *r, ngx_shm_zone_t *zone,
+    ngx_str_t *org, ngx_str_t *name, ngx_str_t *response, ngx_uint_t status,
+    ngx_pushjobs_principals_t *out);
+void ngx_pushjobs_keys_forget(ngx_shm_zone_t *zone, ngx_str_t *org,
+    ngx_str_t *name);
+
+/* ngx_pushjobs_pg.c */
+ngx_int_t ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,
+    ngx_pushjobs_pg_notify_pt notify, ngx_pushjobs_pg_connected_pt connected);
+void ngx_pushjobs_pg_done(ngx_pushjobs_worker_t *w);
+ngx_pushjobs_pg_query_t *ngx_pushjobs_pg_query(const char *sql,
+    ngx_uint_t nparams, ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler,
+    void *data);
+void ngx_pushjobs_pg_cancel(ngx_pushjobs_pg_query_t *q);
+ngx_uint_t ngx_pushjobs_pg_idle(void);
+ngx_uint_t ngx_pushjobs_pg_ok(void);
+
+/* ngx_pushjobs_ws.c */
+ngx_int_t ngx_pushjobs_ws_is_upgrade(ngx_http_request_t *r);
+ngx_int_t ngx_pushjobs_ws_handshake(ngx_http_request_t *r);
+void ngx_pushjobs_ws_reader_init(ngx_pushjobs_ws_reader_t *rd,
+    size_t max_size, ngx_log_t *log);
+ngx_int_t ngx_pushjobs_ws_read(ngx_pushjobs_ws_reader_t *rd, u_char **pos,
+    u_char *last, ngx_pushjobs_ws_frame_t *frame);
+void ngx_pushjobs_ws_reader_free(ngx_pushjobs_ws_reader_t *rd);
+size_t ngx_pushjobs_ws_header(u_char *p, ngx_uint_t opcode, size_t len);
+ngx_pushjobs_msg_t *ngx_pushjobs_msg_create(ngx_uint_t opcode, u_char *data,
+    size_t len);
+void ngx_pushjobs_msg_release(ngx_pushjobs_msg_t *msg);
+
+/* ngx_pushjobs_api.c */
+ngx_int_t ngx_pushjobs_api_handler(ngx_http_request_t *r);
+ngx_int_t ngx_pushjobs_status_handler(ngx_http_request_t *r);
+
+/* ngx_pushjobs_agent.c */
+ngx_int_t ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
+    ngx_str_t *node);
+ngx_pushjobs_agent_t *ngx_pushjobs_agent_find(ngx_str_t *org,
+    ngx_str_t *node);
+ngx_uint_t ngx_pushjobs_agent_org_count(ngx_str_t *org);
+void ngx_pushjobs_agent_commit(ngx_pushjobs_agent_t *a, ngx_str_t *job_id,
+    ngx_pushjobs_msg_t *msg);
+void ngx_pushjobs_agent_run(ngx_pushjobs_agent_t *a, ngx_str_t *job_id);
+void ngx_pushjobs_agent_abort(ngx_pushjobs_agent_t *a, ngx_str_t *job_id,
+    ngx_uint_t force);
+void ngx_pushjobs_agent_kick(ngx_str_t *session, ngx_str_t *org,
+    ngx_str_t *node);
+void ngx_pushjobs_agent_ref(ngx_pushjobs_agent_t *a);
+void ngx_pushjobs_agent_unref(ngx_pushjobs_agent_t *a);
+void ngx_pushjobs_agent_input_done(ngx_pushjobs_store_item_t *item,
+    ngx_uint_t rehab);
+void ngx_pushjobs_agent_hello_done(ngx_pushjobs_store_item_t *item,
+    ngx_str_t *job_id, ngx_str_t *action, ngx_str_t *message);
+void ngx_pushjobs_agent_republish(void);
+void ngx_pushjobs_agent_close_all(void);
+
+/* ngx_pushjobs_job.c */
+void ngx_pushjobs_job_notify(ngx_str_t *payload);
+void ngx_pushjobs_job_connected(void);
+void ngx_pushjobs_job_sweep(ngx_event_t *ev);
+
+/* ngx_pushjobs_store.c */
+ngx_int_t ngx_pushjobs_store_init(ngx_pushjobs_worker_t *w);
+void ngx_pushjobs_store_done(void);
+void ngx_pushjobs_store_presence(ngx_str_t *org, ngx_str_t *node,
+    uint64_t session, ngx_uint_t online);
+ngx_int_t ngx_pushjobs_store_input(ngx_pushjobs_store_item_t *item,
+    ngx_str_t *json);
+ngx_int_t ngx_pushjobs_store_hello(ngx_pushjobs_store_item_t *item,
+    ngx_str_t *json);
+u_char *ngx_pushjobs_store_json_name(u_char *p, ngx_str_t *s);
+void ngx_pushjobs_store_owner_beat(ngx_event_t *ev);
+
+
+#endif /* _NGX_PUSHJOBS_MODULE_H_INCLUDED_ */

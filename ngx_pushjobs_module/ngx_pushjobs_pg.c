@@ -1,0 +1,1058 @@
+
+/*
+ * Copyright (C) pushjobs developers
+ */
+
+
+/*
+ * libpq wired to nginx events.  Each worker holds a small pool of query
+ * connections and one dedicated LISTEN connection.  Only the non-blocking
+ * libpq API is used: PQconnectStartParams/PQconnectPoll, PQsendQueryParams,
+ * PQflush, PQconsumeInput, PQisBusy, PQgetResult, PQnotifies.  The sockets
+ * are registered level-triggered, because libpq may leave bytes in the
+ * kernel after PQconsumeInput; the write event is registered only while a
+ * flush is pending.  A connection that fails is closed and reconnected with
+ * exponential backoff; its query, if any, fails.
+ */
+
+
+#include "ngx_pushjobs_module.h"
+
+
+#define NGX_PUSHJOBS_PG_CLOSED        0
+#define NGX_PUSHJOBS_PG_CONNECTING    1
+#define NGX_PUSHJOBS_PG_IDLE          2
+#define NGX_PUSHJOBS_PG_BUSY          3
+
+#define NGX_PUSHJOBS_PG_BACKOFF_MIN   100
+#define NGX_PUSHJOBS_PG_BACKOFF_MAX   10000
+#define NGX_PUSHJOBS_PG_CONNECT_TIME  10000
+#define NGX_PUSHJOBS_PG_QUERY_TIME    60000
+#define NGX_PUSHJOBS_PG_QUEUE_TIME    10000
+#define NGX_PUSHJOBS_PG_QUEUE_MAX     10000
+
+#define NGX_PUSHJOBS_PG_CHANNEL       "pushjobs"
+
+
+typedef struct ngx_pushjobs_pg_s  ngx_pushjobs_pg_t;
+
+
+typedef struct {
+    ngx_pushjobs_pg_t          *pg;
+    PGconn                     *conn;
+    ngx_connection_t           *c;
+    ngx_uint_t                  state;
+    ngx_uint_t                  listen;
+    ngx_uint_t                  want_write;
+    ngx_pushjobs_pg_query_t    *query;
+    ngx_msec_t                  backoff;
+    ngx_event_t                 retry;
+    ngx_event_t                 timeout;
+} ngx_pushjobs_pg_conn_t;
+
+
+struct ngx_pushjobs_pg_query_s {
+    ngx_queue_t                 queue;
+    const char                 *sql;
+    int                         nparams;
+    char                      **values;
+    int                        *lengths;
+    ngx_pushjobs_pg_handler_pt  handler;
+    void                       *data;
+    ngx_msec_t                  queued;
+    PGresult                   *res;
+    ngx_pushjobs_pg_conn_t     *pc;
+};
+
+
+struct ngx_pushjobs_pg_s {
+    ngx_log_t                  *log;
+    ngx_str_t                   conninfo;
+    ngx_str_t                   application;
+
+    ngx_uint_t                  nconns;
+    ngx_pushjobs_pg_conn_t     *conns;
+    ngx_pushjobs_pg_conn_t      listener;
+
+    ngx_queue_t                 queue;
+    ngx_uint_t                  nqueued;
+    ngx_event_t                 queue_ev;
+
+    ngx_pushjobs_pg_notify_pt   notify;
+    ngx_pushjobs_pg_connected_pt  connected;
+
+    ngx_uint_t                  stopping;
+};
+
+
+static void ngx_pushjobs_pg_connect(ngx_pushjobs_pg_conn_t *pc);
+static void ngx_pushjobs_pg_connect_poll(ngx_pushjobs_pg_conn_t *pc);
+static ngx_int_t ngx_pushjobs_pg_wrap(ngx_pushjobs_pg_conn_t *pc);
+static ngx_int_t ngx_pushjobs_pg_arm(ngx_pushjobs_pg_conn_t *pc,
+    ngx_uint_t write);
+static void ngx_pushjobs_pg_unwrap(ngx_pushjobs_pg_conn_t *pc);
+static void ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc,
+    ngx_uint_t retry);
+static void ngx_pushjobs_pg_retry_handler(ngx_event_t *ev);
+static void ngx_pushjobs_pg_timeout_handler(ngx_event_t *ev);
+static void ngx_pushjobs_pg_read_handler(ngx_event_t *ev);
+static void ngx_pushjobs_pg_write_handler(ngx_event_t *ev);
+static void ngx_pushjobs_pg_connected(ngx_pushjobs_pg_conn_t *pc);
+static ngx_int_t ngx_pushjobs_pg_send(ngx_pushjobs_pg_conn_t *pc,
+    ngx_pushjobs_pg_query_t *q);
+static ngx_int_t ngx_pushjobs_pg_flush(ngx_pushjobs_pg_conn_t *pc);
+static void ngx_pushjobs_pg_receive(ngx_pushjobs_pg_conn_t *pc);
+static void ngx_pushjobs_pg_notifies(ngx_pushjobs_pg_conn_t *pc);
+static void ngx_pushjobs_pg_finish(ngx_pushjobs_pg_query_t *q,
+    PGresult *res);
+static void ngx_pushjobs_pg_dispatch(ngx_pushjobs_pg_t *pg);
+static void ngx_pushjobs_pg_queue_handler(ngx_event_t *ev);
+static const char *ngx_pushjobs_pg_error(PGconn *conn);
+
+
+static ngx_pushjobs_pg_t  *ngx_pushjobs_pg;
+
+static char  ngx_pushjobs_pg_listen_sql[] = "LISTEN " NGX_PUSHJOBS_PG_CHANNEL;
+
+
+ngx_int_t
+ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,
+    ngx_pushjobs_pg_notify_pt notify, ngx_pushjobs_pg_connected_pt connected)
+{
+    ngx_uint_t                 i;
+    ngx_pushjobs_pg_t         *pg;
+    ngx_pushjobs_pg_conn_t    *pc;
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    pmcf = w->pmcf;
+
+    pg = ngx_pcalloc(w->cycle->pool, sizeof(ngx_pushjobs_pg_t));
+    if (pg == NULL) {
+        return NGX_ERROR;
+    }
+
+    pg->log = w->log;
+    pg->notify = notify;
+    pg->connected = connected;
+    pg->nconns = pmcf->pool_size;
+
+    /* NUL-terminated copies for libpq */
+
+    pg->conninfo.len = pmcf->conninfo.len;
+    pg->conninfo.data = ngx_pnalloc(w->cycle->pool, pmcf->conninfo.len + 1);
+    if (pg->conninfo.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(pg->conninfo.data, pmcf->conninfo.data, pmcf->conninfo.len);
+    pg->conninfo.data[pg->conninfo.len] = '\0';
+
+    pg->application.data = ngx_pnalloc(w->cycle->pool,
+                                       sizeof("pushjobs/") + w->owner.len);
+    if (pg->application.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    pg->application.len = ngx_sprintf(pg->application.data, "pushjobs/%V%Z",
+                                      &w->owner)
+                          - pg->application.data - 1;
+
+    pg->conns = ngx_pcalloc(w->cycle->pool,
+                            pg->nconns * sizeof(ngx_pushjobs_pg_conn_t));
+    if (pg->conns == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_queue_init(&pg->queue);
+    ngx_pushjobs_init_timer(&pg->queue_ev, ngx_pushjobs_pg_queue_handler, pg,
+                            pg->log);
+
+    ngx_pushjobs_pg = pg;
+    w->pg = pg;
+
+    for (i = 0; i <= pg->nconns; i++) {
+        pc = (i < pg->nconns) ? &pg->conns[i] : &pg->listener;
+
+        pc->pg = pg;
+        pc->listen = (i == pg->nconns);
+        pc->backoff = NGX_PUSHJOBS_PG_BACKOFF_MIN;
+
+        ngx_pushjobs_init_timer(&pc->retry, ngx_pushjobs_pg_retry_handler,
+                                pc, pg->log);
+        ngx_pushjobs_init_timer(&pc->timeout, ngx_pushjobs_pg_timeout_handler,
+                                pc, pg->log);
+
+        ngx_pushjobs_pg_connect(pc);
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_pushjobs_pg_done(ngx_pushjobs_worker_t *w)
+{
+    ngx_uint_t                i;
+    ngx_queue_t              *qu;
+    ngx_pushjobs_pg_t        *pg;
+    ngx_pushjobs_pg_query_t  *q;
+
+    pg = w->pg;
+    if (pg == NULL) {
+        return;
+    }
+
+    pg->stopping = 1;
+
+    for (i = 0; i < pg->nconns; i++) {
+        ngx_pushjobs_pg_close(&pg->conns[i], 0);
+    }
+
+    ngx_pushjobs_pg_close(&pg->listener, 0);
+
+    while (!ngx_queue_empty(&pg->queue)) {
+        qu = ngx_queue_head(&pg->queue);
+        q = ngx_queue_data(qu, ngx_pushjobs_pg_query_t, queue);
+        ngx_queue_remove(qu);
+        pg->nqueued--;
+        ngx_pushjobs_pg_finish(q, NULL);
+    }
+
+    if (pg->queue_ev.timer_set) {
+        ngx_del_timer(&pg->queue_ev);
+    }
+
+    ngx_pushjobs_pg = NULL;
+    w->pg = NULL;
+}
+
+
+ngx_pushjobs_pg_query_t *
+ngx_pushjobs_pg_query(const char *sql, ngx_uint_t nparams, ngx_str_t *params,
+    ngx_pushjobs_pg_handler_pt handler, void *data)
+{
+    size_t                    size;
+    u_char                   *p;
+    ngx_uint_t                i;
+    ngx_pushjobs_pg_t        *pg;
+    ngx_pushjobs_pg_query_t  *q;
+
+    pg = ngx_pushjobs_pg;
+
+    if (pg == NULL || pg->stopping
+        || pg->nqueued >= NGX_PUSHJOBS_PG_QUEUE_MAX)
+    {
+        if (pg) {
+            ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                          "pushjobs: postgres query queue is full");
+        }
+
+        return NULL;
+    }
+
+    /* one block: the query, the parameter arrays and the parameter bytes */
+
+    size = sizeof(ngx_pushjobs_pg_query_t)
+           + nparams * (sizeof(char *) + sizeof(int));
+
+    for (i = 0; i < nparams; i++) {
+        if (params[i].data) {
+            size += params[i].len + 1;
+        }
+    }
+
+    q = ngx_alloc(size, pg->log);
+    if (q == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(q, sizeof(ngx_pushjobs_pg_query_t));
+
+    q->sql = sql;
+    q->nparams = (int) nparams;
+    q->handler = handler;
+    q->data = data;
+
+    p = (u_char *) q + sizeof(ngx_pushjobs_pg_query_t);
+    q->values = (char **) p;
+    p += nparams * sizeof(char *);
+    q->lengths = (int *) p;
+    p += nparams * sizeof(int);
+
+    for (i = 0; i < nparams; i++) {
+        if (params[i].data == NULL) {
+            q->values[i] = NULL;
+            q->lengths[i] = 0;
+            continue;
+        }
+
+        q->values[i] = (char *) p;
+        q->lengths[i] = (int) params[i].len;
+        p = ngx_cpymem(p, params[i].data, params[i].len);
+        *p++ = '\0';
+    }
+
+    q->queued = ngx_current_msec;
+
+    ngx_queue_insert_tail(&pg->queue, &q->queue);
+    pg->nqueued++;
+
+    ngx_pushjobs_pg_dispatch(pg);
+
+    if (q->pc == NULL && !pg->queue_ev.timer_set) {
+        ngx_add_timer(&pg->queue_ev, 1000);
+    }
+
+    return q;
+}
+
+
+void
+ngx_pushjobs_pg_cancel(ngx_pushjobs_pg_query_t *q)
+{
+    /*
+     * A query already sent cannot be recalled without blocking (PQcancel
+     * opens a connection synchronously): it runs, and its result is dropped.
+     */
+
+    q->handler = NULL;
+    q->data = NULL;
+}
+
+
+ngx_uint_t
+ngx_pushjobs_pg_ok(void)
+{
+    ngx_uint_t          i;
+    ngx_pushjobs_pg_t  *pg;
+
+    pg = ngx_pushjobs_pg;
+    if (pg == NULL) {
+        return 0;
+    }
+
+    for (i = 0; i < pg->nconns; i++) {
+        if (pg->conns[i].state >= NGX_PUSHJOBS_PG_IDLE) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+ngx_uint_t
+ngx_pushjobs_pg_idle(void)
+{
+    ngx_uint_t          i, n;
+    ngx_pushjobs_pg_t  *pg;
+
+    pg = ngx_pushjobs_pg;
+    if (pg == NULL) {
+        return 0;
+    }
+
+    n = 0;
+
+    for (i = 0; i < pg->nconns; i++) {
+        if (pg->conns[i].state == NGX_PUSHJOBS_PG_IDLE) {
+            n++;
+        }
+    }
+
+    return n;
+}
+
+
+static void
+ngx_pushjobs_pg_connect(ngx_pushjobs_pg_conn_t *pc)
+{
+    ngx_pushjobs_pg_t  *pg;
+    const char         *keywords[4], *values[4];
+
+    pg = pc->pg;
+
+    /*
+     * The configured conninfo comes last so that anything it sets wins over
+     * our defaults.
+     */
+
+    keywords[0] = "application_name";
+    values[0] = (const char *) pg->application.data;
+    keywords[1] = "options";
+    values[1] = "-c statement_timeout=30000";
+    keywords[2] = "dbname";
+    values[2] = (const char *) pg->conninfo.data;
+    keywords[3] = NULL;
+    values[3] = NULL;
+
+    pc->conn = PQconnectStartParams(keywords, values, 1);
+
+    if (pc->conn == NULL) {
+        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                      "pushjobs: postgres connect: out of memory");
+        ngx_pushjobs_pg_close(pc, 1);
+        return;
+    }
+
+    if (PQstatus(pc->conn) == CONNECTION_BAD) {
+        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                      "pushjobs: postgres connect failed: %s",
+                      ngx_pushjobs_pg_error(pc->conn));
+        ngx_pushjobs_pg_close(pc, 1);
+        return;
+    }
+
+    pc->state = NGX_PUSHJOBS_PG_CONNECTING;
+
+    ngx_add_timer(&pc->timeout, NGX_PUSHJOBS_PG_CONNECT_TIME);
+
+    ngx_pushjobs_pg_connect_poll(pc);
+}
+
+
+static void
+ngx_pushjobs_pg_connect_poll(ngx_pushjobs_pg_conn_t *pc)
+{
+    PostgresPollingStatusType  st;
+
+    st = PQconnectPoll(pc->conn);
+
+    /* the socket may change between polls (several hosts, SSL fallback) */
+
+    if (ngx_pushjobs_pg_wrap(pc) != NGX_OK) {
+        ngx_pushjobs_pg_close(pc, 1);
+        return;
+    }
+
+    switch (st) {
+
+    case PGRES_POLLING_READING:
+        (void) ngx_pushjobs_pg_arm(pc, 0);
+        return;
+
+    case PGRES_POLLING_WRITING:
+        (void) ngx_pushjobs_pg_arm(pc, 1);
+        return;
+
+    case PGRES_POLLING_OK:
+        ngx_pushjobs_pg_connected(pc);
+        return;
+
+    default: /* PGRES_POLLING_FAILED */
+        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
+                      "pushjobs: postgres connect failed: %s",
+                      ngx_pushjobs_pg_error(pc->conn));
+        ngx_pushjobs_pg_close(pc, 1);
+        return;
+    }
+}
+
+
+static void
+ngx_pushjobs_pg_connected(ngx_pushjobs_pg_conn_t *pc)
+{
+    ngx_pushjobs_pg_t  *pg;
+
+    pg = pc->pg;
+
+    if (pc->timeout.timer_set) {
+        ngx_del_timer(&pc->timeout);
+    }
+
+    if (PQsetnonblocking(pc->conn, 1) != 0) {
+        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                      "pushjobs: postgres PQsetnonblocking failed: %s",
+                      ngx_pushjobs_pg_error(pc->conn));
+        ngx_pushjobs_pg_close(pc, 1);
+        return;
+    }
+
+    pc->backoff = NGX_PUSHJOBS_PG_BACKOFF_MIN;
+    pc->state = NGX_PUSHJOBS_PG_IDLE;
+
+    ngx_log_error(NGX_LOG_INFO, pg->log, 0,
+                  "pushjobs: postgres %s connection ready",
+                  pc->listen ? "listen" : "query");
+
+    if (ngx_pushjobs_pg_arm(pc, 0) != NGX_OK) {
+        ngx_pushjobs_pg_close(pc, 1);
+        return;
+    }
+
+    if (pc->listen) {
+        if (PQsendQuery(pc->conn, ngx_pushjobs_pg_listen_sql) != 1) {
+            ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                          "pushjobs: postgres LISTEN failed: %s",
+                          ngx_pushjobs_pg_error(pc->conn));
+            ngx_pushjobs_pg_close(pc, 1);
+            return;
+        }
+
+        pc->state = NGX_PUSHJOBS_PG_BUSY;
+
+        if (ngx_pushjobs_pg_flush(pc) != NGX_OK) {
+            ngx_pushjobs_pg_close(pc, 1);
+        }
+
+        return;
+    }
+
+    ngx_pushjobs_pg_dispatch(pg);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_pg_wrap(ngx_pushjobs_pg_conn_t *pc)
+{
+    int                fd;
+    ngx_connection_t  *c;
+
+    fd = PQsocket(pc->conn);
+
+    if (pc->c && pc->c->fd == fd) {
+        return NGX_OK;
+    }
+
+    ngx_pushjobs_pg_unwrap(pc);
+
+    if (fd == -1) {
+        return NGX_OK;
+    }
+
+    c = ngx_get_connection(fd, pc->pg->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->data = pc;
+    c->log = pc->pg->log;
+    c->read->handler = ngx_pushjobs_pg_read_handler;
+    c->write->handler = ngx_pushjobs_pg_write_handler;
+    c->read->log = c->log;
+    c->write->log = c->log;
+    c->read->cancelable = 1;
+    c->write->cancelable = 1;
+
+    pc->c = c;
+    pc->want_write = 0;
+
+    if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_pushjobs_pg_arm(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t write)
+{
+    ngx_connection_t  *c;
+
+    c = pc->c;
+
+    if (c == NULL || pc->want_write == write) {
+        return NGX_OK;
+    }
+
+    if (write) {
+        if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else if (c->write->active) {
+        if (ngx_del_event(c->write, NGX_WRITE_EVENT, 0) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    pc->want_write = write;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_pushjobs_pg_unwrap(ngx_pushjobs_pg_conn_t *pc)
+{
+    ngx_connection_t  *c;
+
+    c = pc->c;
+    if (c == NULL) {
+        return;
+    }
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    /*
+     * libpq owns the socket and closes it: remove it from epoll while it is
+     * still open, and never close it here.
+     */
+
+    if (c->read->active) {
+        (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
+    }
+
+    if (c->write->active) {
+        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    ngx_free_connection(c);
+    c->fd = (ngx_socket_t) -1;
+
+    pc->c = NULL;
+    pc->want_write = 0;
+}
+
+
+static void
+ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t retry)
+{
+    ngx_msec_t                delay;
+    ngx_pushjobs_pg_t        *pg;
+    ngx_pushjobs_pg_query_t  *q;
+
+    pg = pc->pg;
+
+    ngx_pushjobs_pg_unwrap(pc);
+
+    if (pc->conn) {
+        PQfinish(pc->conn);
+        pc->conn = NULL;
+    }
+
+    if (pc->timeout.timer_set) {
+        ngx_del_timer(&pc->timeout);
+    }
+
+    if (pc->retry.timer_set) {
+        ngx_del_timer(&pc->retry);
+    }
+
+    pc->state = NGX_PUSHJOBS_PG_CLOSED;
+
+    q = pc->query;
+    pc->query = NULL;
+
+    if (q) {
+        if (q->res) {
+            PQclear(q->res);
+            q->res = NULL;
+        }
+
+        ngx_pushjobs_pg_finish(q, NULL);
+    }
+
+    if (!retry || pg->stopping || ngx_exiting || ngx_terminate) {
+        return;
+    }
+
+    /* exponential backoff with jitter, so workers do not reconnect at once */
+
+    delay = pc->backoff / 2 + (ngx_msec_t) ngx_random() % (pc->backoff / 2 + 1);
+
+    pc->backoff *= 2;
+    if (pc->backoff > NGX_PUSHJOBS_PG_BACKOFF_MAX) {
+        pc->backoff = NGX_PUSHJOBS_PG_BACKOFF_MAX;
+    }
+
+    ngx_add_timer(&pc->retry, delay);
+}
+
+
+static void
+ngx_pushjobs_pg_retry_handler(ngx_event_t *ev)
+{
+    ngx_pushjobs_pg_conn_t  *pc;
+
+    pc = ev->data;
+
+    if (pc->pg->stopping || ngx_exiting || ngx_terminate) {
+        return;
+    }
+
+    ngx_pushjobs_pg_connect(pc);
+}
+
+
+static void
+ngx_pushjobs_pg_timeout_handler(ngx_event_t *ev)
+{
+    ngx_pushjobs_pg_conn_t  *pc;
+
+    pc = ev->data;
+
+    ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
+                  "pushjobs: postgres %s timed out, reconnecting",
+                  pc->state == NGX_PUSHJOBS_PG_CONNECTING ? "connect"
+                                                          : "query");
+
+    ngx_pushjobs_pg_close(pc, 1);
+}
+
+
+static void
+ngx_pushjobs_pg_read_handler(ngx_event_t *ev)
+{
+    ngx_connection_t        *c;
+    ngx_pushjobs_pg_conn_t  *pc;
+
+    c = ev->data;
+    pc = c->data;
+
+    if (pc->state == NGX_PUSHJOBS_PG_CONNECTING) {
+        ngx_pushjobs_pg_connect_poll(pc);
+        return;
+    }
+
+    if (PQconsumeInput(pc->conn) != 1) {
+        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
+                      "pushjobs: postgres connection lost: %s",
+                      ngx_pushjobs_pg_error(pc->conn));
+        ngx_pushjobs_pg_close(pc, 1);
+        return;
+    }
+
+    ngx_pushjobs_pg_receive(pc);
+}
+
+
+static void
+ngx_pushjobs_pg_write_handler(ngx_event_t *ev)
+{
+    ngx_connection_t        *c;
+    ngx_pushjobs_pg_conn_t  *pc;
+
+    c = ev->data;
+    pc = c->data;
+
+    if (pc->state == NGX_PUSHJOBS_PG_CONNECTING) {
+        ngx_pushjobs_pg_connect_poll(pc);
+        return;
+    }
+
+    if (ngx_pushjobs_pg_flush(pc) != NGX_OK) {
+        ngx_pushjobs_pg_close(pc, 1);
+    }
+}
+
+
+static ngx_int_t
+ngx_pushjobs_pg_send(ngx_pushjobs_pg_conn_t *pc, ngx_pushjobs_pg_query_t *q)
+{
+    if (PQsendQueryParams(pc->conn, q->sql, q->nparams, NULL,
+                          (const char * const *) q->values, q->lengths, NULL,
+                          0)
+        != 1)
+    {
+        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
+                      "pushjobs: postgres send failed: %s",
+                      ngx_pushjobs_pg_error(pc->conn));
+        return NGX_ERROR;
+    }
+
+    pc->query = q;
+    q->pc = pc;
+    pc->state = NGX_PUSHJOBS_PG_BUSY;
+
+    ngx_add_timer(&pc->timeout, NGX_PUSHJOBS_PG_QUERY_TIME);
+
+    return ngx_pushjobs_pg_flush(pc);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_pg_flush(ngx_pushjobs_pg_conn_t *pc)
+{
+    int  rc;
+
+    rc = PQflush(pc->conn);
+
+    if (rc == -1) {
+        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
+                      "pushjobs: postgres flush failed: %s",
+                      ngx_pushjobs_pg_error(pc->conn));
+        return NGX_ERROR;
+    }
+
+    return ngx_pushjobs_pg_arm(pc, rc == 1);
+}
+
+
+static void
+ngx_pushjobs_pg_receive(ngx_pushjobs_pg_conn_t *pc)
+{
+    PGresult                 *res;
+    ngx_pushjobs_pg_t        *pg;
+    ngx_pushjobs_pg_query_t  *q;
+
+    pg = pc->pg;
+
+    while (pc->state == NGX_PUSHJOBS_PG_BUSY && !PQisBusy(pc->conn)) {
+
+        res = PQgetResult(pc->conn);
+
+        if (res != NULL) {
+            q = pc->query;
+
+            if (q == NULL) {
+                /* the LISTEN command */
+
+                if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+                    ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                                  "pushjobs: postgres LISTEN failed: %s",
+                                  PQresultErrorMessage(res));
+                    PQclear(res);
+                    ngx_pushjobs_pg_close(pc, 1);
+                    return;
+                }
+
+                PQclear(res);
+                continue;
+            }
+
+            /* keep the first error, else the last result */
+
+            if (q->res == NULL
+                || (PQresultStatus(q->res) != PGRES_FATAL_ERROR
+                    && PQresultStatus(res) != PGRES_COMMAND_OK))
+            {
+                if (q->res) {
+                    PQclear(q->res);
+                }
+
+                q->res = res;
+
+            } else {
+                PQclear(res);
+            }
+
+            continue;
+        }
+
+        /* the command is complete */
+
+        if (pc->timeout.timer_set) {
+            ngx_del_timer(&pc->timeout);
+        }
+
+        pc->state = NGX_PUSHJOBS_PG_IDLE;
+        q = pc->query;
+        pc->query = NULL;
+
+        if (q == NULL) {
+            ngx_log_error(NGX_LOG_INFO, pg->log, 0,
+                          "pushjobs: postgres listening on \""
+                          NGX_PUSHJOBS_PG_CHANNEL "\"");
+
+            /* notifications sent while we were away are lost: catch up */
+
+            if (pg->connected) {
+                pg->connected();
+            }
+
+            break;
+        }
+
+        res = q->res;
+        q->res = NULL;
+
+        ngx_pushjobs_pg_finish(q, res);
+
+        if (res) {
+            PQclear(res);
+        }
+
+        /* the handler may have closed everything (worker exit) */
+
+        if (pc->conn == NULL) {
+            return;
+        }
+    }
+
+    ngx_pushjobs_pg_notifies(pc);
+
+    if (pc->state == NGX_PUSHJOBS_PG_IDLE && !pc->listen) {
+        ngx_pushjobs_pg_dispatch(pg);
+    }
+}
+
+
+static void
+ngx_pushjobs_pg_notifies(ngx_pushjobs_pg_conn_t *pc)
+{
+    PGnotify   *n;
+    ngx_str_t   payload;
+
+    while (pc->conn && (n = PQnotifies(pc->conn)) != NULL) {
+
+        payload.data = (u_char *) n->extra;
+        payload.len = ngx_strlen(n->extra);
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pc->pg->log, 0,
+                       "pushjobs: notify \"%V\"", &payload);
+
+        if (pc->pg->notify) {
+            pc->pg->notify(&payload);
+        }
+
+        PQfreemem(n);
+    }
+}
+
+
+static void
+ngx_pushjobs_pg_finish(ngx_pushjobs_pg_query_t *q, PGresult *res)
+{
+    ngx_pushjobs_pg_handler_pt  handler;
+
+    handler = q->handler;
+
+    if (res && PQresultStatus(res) == PGRES_FATAL_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "pushjobs: postgres query failed: %s",
+                      PQresultErrorMessage(res));
+    }
+
+    if (handler) {
+        handler(q->data, res);
+    }
+
+    ngx_free(q);
+}
+
+
+static void
+ngx_pushjobs_pg_dispatch(ngx_pushjobs_pg_t *pg)
+{
+    ngx_uint_t                i;
+    ngx_queue_t              *qu;
+    ngx_pushjobs_pg_conn_t   *pc;
+    ngx_pushjobs_pg_query_t  *q;
+
+    for (i = 0; i < pg->nconns && !ngx_queue_empty(&pg->queue); i++) {
+        pc = &pg->conns[i];
+
+        if (pc->state != NGX_PUSHJOBS_PG_IDLE) {
+            continue;
+        }
+
+        q = NULL;
+
+        while (!ngx_queue_empty(&pg->queue)) {
+            qu = ngx_queue_head(&pg->queue);
+            q = ngx_queue_data(qu, ngx_pushjobs_pg_query_t, queue);
+            ngx_queue_remove(qu);
+            pg->nqueued--;
+
+            if (q->handler) {
+                break;
+            }
+
+            /* cancelled before it was sent */
+            ngx_free(q);
+            q = NULL;
+        }
+
+        if (q == NULL) {
+            return;
+        }
+
+        if (ngx_pushjobs_pg_send(pc, q) != NGX_OK) {
+            if (pc->query == NULL) {
+                ngx_pushjobs_pg_finish(q, NULL);
+            }
+
+            ngx_pushjobs_pg_close(pc, 1);
+        }
+    }
+}
+
+
+static void
+ngx_pushjobs_pg_queue_handler(ngx_event_t *ev)
+{
+    ngx_queue_t              *qu, *next;
+    ngx_pushjobs_pg_t        *pg;
+    ngx_pushjobs_pg_query_t  *q;
+
+    pg = ev->data;
+
+    /* fail queries that waited too long for a connection */
+
+    for (qu = ngx_queue_head(&pg->queue);
+         qu != ngx_queue_sentinel(&pg->queue);
+         qu = next)
+    {
+        next = ngx_queue_next(qu);
+        q = ngx_queue_data(qu, ngx_pushjobs_pg_query_t, queue);
+
+        if (q->handler != NULL
+            && ngx_current_msec - q->queued < NGX_PUSHJOBS_PG_QUEUE_TIME)
+        {
+            continue;
+        }
+
+        if (q->handler) {
+            ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                          "pushjobs: no postgres connection for %M ms",
+                          ngx_current_msec - q->queued);
+        }
+
+        ngx_queue_remove(qu);
+        pg->nqueued--;
+
+        ngx_pushjobs_pg_finish(q, NULL);
+    }
+
+    if (!ngx_queue_empty(&pg->queue)) {
+        ngx_add_timer(&pg->queue_ev, 1000);
+    }
+}
+
+
+static const char *
+ngx_pushjobs_pg_error(PGconn *conn)
+{
+    u_char         *p, *last;
+    const char     *msg;
+    static u_char   buf[512];
+
+    msg = PQerrorMessage(conn);
+    if (msg == NULL || *msg == '\0') {
+        return "unknown error";
+    }
+
+    /* libpq's messages may span lines; a log entry should not */
+
+    last = ngx_cpystrn(buf, (u_char *) msg, sizeof(buf)) - 1;
+
+    while (last >= buf && (*last == '\n' || *last == ' ')) {
+        *last-- = '\0';
+    }
+
+    for (p = buf; *p; p++) {
+        if (*p == '\n') {
+            *p = ' ';
+        }
+    }
+
+    return (const char *) buf;
+}

@@ -1,0 +1,626 @@
+
+/*
+ * Copyright (C) pushjobs developers
+ */
+
+
+/*
+ * Batched writes to PostgreSQL.  What agents cause (connects and
+ * disconnects, hellos, votes and results) is appended to a per-worker batch
+ * and sent as one JSON array to one SQL function; while a batch is in
+ * flight the next one fills.  So a reconnect storm of many agents costs a
+ * few transactions, not one per agent.  A batch whose query fails is retried
+ * ahead of newer entries, so the order of each agent's messages holds.
+ */
+
+
+#include "ngx_pushjobs_module.h"
+
+
+#define NGX_PUSHJOBS_BATCH_MAX_ITEMS   2000
+#define NGX_PUSHJOBS_BATCH_MAX_BYTES   (8 * 1024 * 1024)
+#define NGX_PUSHJOBS_BATCH_LIMIT       (64 * 1024 * 1024)
+#define NGX_PUSHJOBS_BATCH_RETRY       1000
+
+
+typedef struct ngx_pushjobs_batch_s  ngx_pushjobs_batch_t;
+
+typedef void (*ngx_pushjobs_batch_done_pt)(ngx_pushjobs_batch_t *b,
+    PGresult *res);
+
+
+typedef struct {
+    u_char                     *data;
+    size_t                      len;
+    size_t                      size;
+    ngx_pushjobs_store_item_t  *items;
+    ngx_uint_t                  nitems;
+    ngx_uint_t                  nalloc;
+} ngx_pushjobs_batch_buf_t;
+
+
+struct ngx_pushjobs_batch_s {
+    const char                 *name;
+    const char                 *sql;
+    ngx_uint_t                  with_owner;
+    ngx_pushjobs_batch_done_pt  done;
+
+    ngx_pushjobs_batch_buf_t    pending;
+    ngx_pushjobs_batch_buf_t    flight;
+    ngx_uint_t                  busy;
+
+    ngx_event_t                 retry;
+    ngx_log_t                  *log;
+};
+
+
+static ngx_int_t ngx_pushjobs_batch_append(ngx_pushjobs_batch_t *b,
+    u_char *json, size_t len, ngx_pushjobs_store_item_t *item);
+static ngx_int_t ngx_pushjobs_batch_reserve(ngx_pushjobs_batch_buf_t *bb,
+    size_t len, ngx_log_t *log);
+static void ngx_pushjobs_batch_flush(ngx_pushjobs_batch_t *b);
+static void ngx_pushjobs_batch_result(void *data, PGresult *res);
+static void ngx_pushjobs_batch_requeue(ngx_pushjobs_batch_t *b);
+static void ngx_pushjobs_batch_retry(ngx_event_t *ev);
+static void ngx_pushjobs_batch_release(ngx_pushjobs_batch_buf_t *bb);
+static void ngx_pushjobs_presence_done(ngx_pushjobs_batch_t *b,
+    PGresult *res);
+static void ngx_pushjobs_inputs_done(ngx_pushjobs_batch_t *b,
+    PGresult *res);
+static void ngx_pushjobs_hellos_done(ngx_pushjobs_batch_t *b,
+    PGresult *res);
+static void ngx_pushjobs_owner_beat_done(void *data, PGresult *res);
+static u_char *ngx_pushjobs_store_name(u_char *p, ngx_str_t *s);
+
+
+static ngx_pushjobs_batch_t  *ngx_pushjobs_presence;
+static ngx_pushjobs_batch_t  *ngx_pushjobs_inputs;
+static ngx_pushjobs_batch_t  *ngx_pushjobs_hellos;
+static ngx_uint_t             ngx_pushjobs_owner_busy;
+
+
+ngx_int_t
+ngx_pushjobs_store_init(ngx_pushjobs_worker_t *w)
+{
+    ngx_uint_t             i;
+    ngx_pushjobs_batch_t  *b;
+
+    b = ngx_pcalloc(w->cycle->pool, 3 * sizeof(ngx_pushjobs_batch_t));
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b[0].name = "presence";
+    b[0].sql = "SELECT pushjobs.presence_update($1, $2)";
+    b[0].with_owner = 1;
+    b[0].done = ngx_pushjobs_presence_done;
+
+    b[1].name = "inputs";
+    b[1].sql = "SELECT i, rehab FROM pushjobs.node_inputs($1)";
+    b[1].done = ngx_pushjobs_inputs_done;
+
+    b[2].name = "hellos";
+    b[2].sql = "SELECT i, job_id, action, message"
+               " FROM pushjobs.agent_hellos($1)";
+    b[2].done = ngx_pushjobs_hellos_done;
+
+    for (i = 0; i < 3; i++) {
+        b[i].log = w->log;
+        ngx_pushjobs_init_timer(&b[i].retry, ngx_pushjobs_batch_retry, &b[i],
+                                w->log);
+    }
+
+    ngx_pushjobs_presence = &b[0];
+    ngx_pushjobs_inputs = &b[1];
+    ngx_pushjobs_hellos = &b[2];
+    ngx_pushjobs_owner_busy = 0;
+
+    w->presence = &b[0];
+    w->inputs = &b[1];
+
+    return NGX_OK;
+}
+
+
+void
+ngx_pushjobs_store_done(void)
+{
+    ngx_uint_t             i;
+    ngx_pushjobs_batch_t  *b[3];
+
+    b[0] = ngx_pushjobs_presence;
+    b[1] = ngx_pushjobs_inputs;
+    b[2] = ngx_pushjobs_hellos;
+
+    for (i = 0; i < 3; i++) {
+        if (b[i] == NULL) {
+            continue;
+        }
+
+        if (b[i]->retry.timer_set) {
+            ngx_del_timer(&b[i]->retry);
+        }
+
+        ngx_pushjobs_batch_release(&b[i]->pending);
+        ngx_pushjobs_batch_release(&b[i]->flight);
+    }
+}
+
+
+/* {"org":"…","node":"…","session":N,"online":true} */
+
+void
+ngx_pushjobs_store_presence(ngx_str_t *org, ngx_str_t *node,
+    uint64_t session, ngx_uint_t online)
+{
+    u_char  *p, buf[2 * 6 * NGX_PUSHJOBS_NAME_MAX + NGX_INT64_LEN + 64];
+
+    if (ngx_pushjobs_presence == NULL
+        || org->len > NGX_PUSHJOBS_NAME_MAX
+        || node->len > NGX_PUSHJOBS_NAME_MAX)
+    {
+        return;
+    }
+
+    p = ngx_cpymem(buf, "{\"org\":", sizeof("{\"org\":") - 1);
+    p = ngx_pushjobs_store_name(p, org);
+    p = ngx_cpymem(p, ",\"node\":", sizeof(",\"node\":") - 1);
+    p = ngx_pushjobs_store_name(p, node);
+    p = ngx_sprintf(p, ",\"session\":%uL,\"online\":%s}", session,
+                    online ? "true" : "false");
+
+    (void) ngx_pushjobs_batch_append(ngx_pushjobs_presence, buf, p - buf,
+                                     NULL);
+}
+
+
+/*
+ * An agent message for the job engine, already reduced by the caller to the
+ * JSON object node_inputs() takes; item says whom to tell about the outcome.
+ */
+
+ngx_int_t
+ngx_pushjobs_store_input(ngx_pushjobs_store_item_t *item, ngx_str_t *json)
+{
+    if (ngx_pushjobs_inputs == NULL) {
+        return NGX_ERROR;
+    }
+
+    return ngx_pushjobs_batch_append(ngx_pushjobs_inputs, json->data,
+                                     json->len, item);
+}
+
+
+ngx_int_t
+ngx_pushjobs_store_hello(ngx_pushjobs_store_item_t *item, ngx_str_t *json)
+{
+    if (ngx_pushjobs_hellos == NULL) {
+        return NGX_ERROR;
+    }
+
+    return ngx_pushjobs_batch_append(ngx_pushjobs_hellos, json->data,
+                                     json->len, item);
+}
+
+
+u_char *
+ngx_pushjobs_store_json_name(u_char *p, ngx_str_t *s)
+{
+    return ngx_pushjobs_store_name(p, s);
+}
+
+
+static u_char *
+ngx_pushjobs_store_name(u_char *p, ngx_str_t *s)
+{
+    *p++ = '"';
+    p = ngx_pushjobs_json_escape_copy(p, s->data, s->len);
+    *p++ = '"';
+
+    return p;
+}
+
+
+static ngx_int_t
+ngx_pushjobs_batch_append(ngx_pushjobs_batch_t *b, u_char *json, size_t len,
+    ngx_pushjobs_store_item_t *item)
+{
+    ngx_pushjobs_batch_buf_t  *bb;
+
+    bb = &b->pending;
+
+    if (bb->len + len > NGX_PUSHJOBS_BATCH_LIMIT) {
+        ngx_log_error(NGX_LOG_ERR, b->log, 0,
+                      "pushjobs: %s batch over %uz bytes, dropping an entry",
+                      b->name, (size_t) NGX_PUSHJOBS_BATCH_LIMIT);
+        return NGX_ERROR;
+    }
+
+    if (ngx_pushjobs_batch_reserve(bb, len + 1, b->log) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (item) {
+        if (bb->nitems == bb->nalloc) {
+            ngx_pushjobs_store_item_t  *items;
+
+            items = ngx_alloc((bb->nalloc ? 2 * bb->nalloc : 16)
+                              * sizeof(ngx_pushjobs_store_item_t), b->log);
+            if (items == NULL) {
+                return NGX_ERROR;
+            }
+
+            if (bb->items) {
+                ngx_memcpy(items, bb->items,
+                           bb->nitems * sizeof(ngx_pushjobs_store_item_t));
+                ngx_free(bb->items);
+            }
+
+            bb->items = items;
+            bb->nalloc = bb->nalloc ? 2 * bb->nalloc : 16;
+        }
+
+        bb->items[bb->nitems++] = *item;
+
+        if (item->agent) {
+            ngx_pushjobs_agent_ref(item->agent);
+        }
+    }
+
+    bb->data[bb->len] = bb->len ? ',' : '[';
+    bb->len++;
+
+    ngx_memcpy(bb->data + bb->len, json, len);
+    bb->len += len;
+
+    ngx_pushjobs_batch_flush(b);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_pushjobs_batch_reserve(ngx_pushjobs_batch_buf_t *bb, size_t len,
+    ngx_log_t *log)
+{
+    u_char  *data;
+    size_t   size;
+
+    if (bb->len + len + 1 <= bb->size) {
+        return NGX_OK;
+    }
+
+    size = bb->size ? bb->size : 1024;
+
+    while (size < bb->len + len + 1) {
+        size *= 2;
+    }
+
+    data = ngx_alloc(size, log);
+    if (data == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (bb->data) {
+        ngx_memcpy(data, bb->data, bb->len);
+        ngx_free(bb->data);
+    }
+
+    bb->data = data;
+    bb->size = size;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_pushjobs_batch_flush(ngx_pushjobs_batch_t *b)
+{
+    ngx_str_t                 params[2];
+    ngx_pushjobs_batch_buf_t  tmp;
+
+    if (b->busy || b->pending.len == 0 || b->retry.timer_set) {
+        return;
+    }
+
+    /* the pending buffer becomes the one in flight */
+
+    tmp = b->flight;
+    b->flight = b->pending;
+    b->pending = tmp;
+    b->pending.len = 0;
+    b->pending.nitems = 0;
+
+    b->flight.data[b->flight.len++] = ']';
+
+    if (b->with_owner) {
+        params[0] = ngx_pushjobs_worker->owner;
+        params[1].data = b->flight.data;
+        params[1].len = b->flight.len;
+
+    } else {
+        params[0].data = b->flight.data;
+        params[0].len = b->flight.len;
+    }
+
+    b->busy = 1;
+
+    if (ngx_pushjobs_pg_query(b->sql, b->with_owner ? 2 : 1, params,
+                              ngx_pushjobs_batch_result, b)
+        == NULL)
+    {
+        b->busy = 0;
+        ngx_pushjobs_batch_requeue(b);
+    }
+}
+
+
+static void
+ngx_pushjobs_batch_result(void *data, PGresult *res)
+{
+    ngx_pushjobs_batch_t *b = data;
+
+    b->busy = 0;
+
+    if (res == NULL
+        || (PQresultStatus(res) != PGRES_TUPLES_OK
+            && PQresultStatus(res) != PGRES_COMMAND_OK))
+    {
+        ngx_log_error(NGX_LOG_WARN, b->log, 0,
+                      "pushjobs: %s batch of %uz bytes failed, retrying",
+                      b->name, b->flight.len);
+
+        ngx_pushjobs_batch_requeue(b);
+        return;
+    }
+
+    b->done(b, res);
+
+    ngx_pushjobs_batch_release(&b->flight);
+
+    ngx_pushjobs_batch_flush(b);
+}
+
+
+/*
+ * Puts the failed batch back in front of what came since, and tries again
+ * after a pause.
+ */
+
+static void
+ngx_pushjobs_batch_requeue(ngx_pushjobs_batch_t *b)
+{
+    ngx_uint_t                 i;
+    ngx_pushjobs_batch_buf_t  *fl, *pe;
+
+    fl = &b->flight;
+    pe = &b->pending;
+
+    /* drop the closing ']' */
+    fl->len--;
+
+    if (pe->len) {
+        if (ngx_pushjobs_batch_reserve(fl, pe->len, b->log) != NGX_OK) {
+            goto drop;
+        }
+
+        /* pending starts with '[', which becomes ',' */
+        fl->data[fl->len] = ',';
+        ngx_memcpy(fl->data + fl->len + 1, pe->data + 1, pe->len - 1);
+        fl->len += pe->len;
+    }
+
+    if (pe->nitems) {
+        if (fl->nitems + pe->nitems > fl->nalloc) {
+            ngx_pushjobs_store_item_t  *items;
+
+            items = ngx_alloc((fl->nitems + pe->nitems)
+                              * sizeof(ngx_pushjobs_store_item_t), b->log);
+            if (items == NULL) {
+                goto drop;
+            }
+
+            if (fl->items) {
+                ngx_memcpy(items, fl->items,
+                           fl->nitems * sizeof(ngx_pushjobs_store_item_t));
+                ngx_free(fl->items);
+            }
+
+            fl->items = items;
+            fl->nalloc = fl->nitems + pe->nitems;
+        }
+
+        ngx_memcpy(fl->items + fl->nitems, pe->items,
+                   pe->nitems * sizeof(ngx_pushjobs_store_item_t));
+        fl->nitems += pe->nitems;
+    }
+
+    /* swap: the merged batch is now pending, the old pending is free */
+
+    pe->len = 0;
+    pe->nitems = 0;
+
+    {
+        ngx_pushjobs_batch_buf_t  tmp;
+
+        tmp = *pe;
+        *pe = *fl;
+        *fl = tmp;
+    }
+
+    if (!b->retry.timer_set && !ngx_exiting && !ngx_terminate) {
+        ngx_add_timer(&b->retry, NGX_PUSHJOBS_BATCH_RETRY);
+    }
+
+    return;
+
+drop:
+
+    ngx_log_error(NGX_LOG_ERR, b->log, 0,
+                  "pushjobs: %s batch dropped: out of memory", b->name);
+
+    for (i = 0; i < fl->nitems; i++) {
+        if (fl->items[i].agent) {
+            ngx_pushjobs_agent_unref(fl->items[i].agent);
+        }
+    }
+
+    fl->len = 0;
+    fl->nitems = 0;
+}
+
+
+static void
+ngx_pushjobs_batch_retry(ngx_event_t *ev)
+{
+    ngx_pushjobs_batch_flush(ev->data);
+}
+
+
+static void
+ngx_pushjobs_batch_release(ngx_pushjobs_batch_buf_t *bb)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < bb->nitems; i++) {
+        if (bb->items[i].agent) {
+            ngx_pushjobs_agent_unref(bb->items[i].agent);
+        }
+    }
+
+    bb->nitems = 0;
+    bb->len = 0;
+
+    /* a storm's large buffers are not kept for idle times */
+
+    if (bb->size > 64 * 1024) {
+        ngx_free(bb->data);
+        bb->data = NULL;
+        bb->size = 0;
+    }
+
+    if (bb->nalloc > 1024) {
+        ngx_free(bb->items);
+        bb->items = NULL;
+        bb->nalloc = 0;
+    }
+}
+
+
+static void
+ngx_pushjobs_presence_done(ngx_pushjobs_batch_t *b, PGresult *res)
+{
+}
+
+
+/* rows: (i, rehab) for each input of the batch */
+
+static void
+ngx_pushjobs_inputs_done(ngx_pushjobs_batch_t *b, PGresult *res)
+{
+    int                         row, nrows;
+    ngx_int_t                   i;
+    ngx_pushjobs_store_item_t  *item;
+
+    nrows = PQntuples(res);
+
+    for (row = 0; row < nrows; row++) {
+        i = ngx_atoi((u_char *) PQgetvalue(res, row, 0),
+                     PQgetlength(res, row, 0));
+
+        if (i < 0 || (ngx_uint_t) i >= b->flight.nitems) {
+            continue;
+        }
+
+        item = &b->flight.items[i];
+
+        ngx_pushjobs_agent_input_done(item,
+                                      *PQgetvalue(res, row, 1) == 't');
+    }
+}
+
+
+/* rows: (i, job_id, action, message) */
+
+static void
+ngx_pushjobs_hellos_done(ngx_pushjobs_batch_t *b, PGresult *res)
+{
+    int                         row, nrows;
+    ngx_int_t                   i;
+    ngx_str_t                   job_id, action, message;
+    ngx_pushjobs_store_item_t  *item;
+
+    nrows = PQntuples(res);
+
+    for (row = 0; row < nrows; row++) {
+        i = ngx_atoi((u_char *) PQgetvalue(res, row, 0),
+                     PQgetlength(res, row, 0));
+
+        if (i < 0 || (ngx_uint_t) i >= b->flight.nitems) {
+            continue;
+        }
+
+        item = &b->flight.items[i];
+
+        job_id.data = (u_char *) PQgetvalue(res, row, 1);
+        job_id.len = PQgetlength(res, row, 1);
+        action.data = (u_char *) PQgetvalue(res, row, 2);
+        action.len = PQgetlength(res, row, 2);
+        message.data = (u_char *) PQgetvalue(res, row, 3);
+        message.len = PQgetlength(res, row, 3);
+
+        ngx_pushjobs_agent_hello_done(item, &job_id, &action, &message);
+    }
+}
+
+
+void
+ngx_pushjobs_store_owner_beat(ngx_event_t *ev)
+{
+    ngx_pushjobs_worker_t  *w;
+
+    w = ev->data;
+
+    if (ngx_exiting || ngx_terminate) {
+        return;
+    }
+
+    ngx_add_timer(ev, NGX_PUSHJOBS_OWNER_BEAT);
+
+    if (ngx_pushjobs_owner_busy) {
+        return;
+    }
+
+    if (ngx_pushjobs_pg_query("SELECT pushjobs.owner_beat($1)", 1, &w->owner,
+                              ngx_pushjobs_owner_beat_done, w)
+        != NULL)
+    {
+        ngx_pushjobs_owner_busy = 1;
+    }
+}
+
+
+static void
+ngx_pushjobs_owner_beat_done(void *data, PGresult *res)
+{
+    ngx_pushjobs_owner_busy = 0;
+
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK
+        || PQntuples(res) != 1)
+    {
+        return;
+    }
+
+    if (*PQgetvalue(res, 0, 0) == 'f') {
+        /*
+         * Other workers declared this one dead while it could not reach
+         * PostgreSQL, and marked its channels offline: publish them again.
+         */
+
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "pushjobs: worker was declared gone, republishing "
+                      "its agents");
+
+        ngx_pushjobs_agent_republish();
+    }
+}

@@ -1,0 +1,982 @@
+-- pushjobs functions: every state transition of jobs and nodes.
+--
+-- Each function is one statement for the caller, so each runs in its own
+-- transaction.  Transitions lock the job row first (always in job id order
+-- when several jobs are touched), then change it conditionally, append event
+-- rows and queue NOTIFYs, which PostgreSQL delivers on commit to every nginx
+-- worker of every front end.
+--
+-- NOTIFY channel "pushjobs", payloads (space separated, names last):
+--   commit ORG JOB   nodes of a voting job wait for their commit
+--   run ORG JOB      ready nodes of a running job wait for their run
+--   stop ORG JOB     nodes of this job were stopped: agents still holding it
+--                    must be sent an abort
+--   event ORG JOB    new rows in job_events (and maybe org_events)
+--   kick OWNER SESSION ORG NODE
+--                    a newer channel replaced this one: close it
+
+CREATE OR REPLACE FUNCTION pushjobs.http_date(p_time timestamptz)
+RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT to_char(p_time AT TIME ZONE 'UTC', 'Dy, DD Mon YYYY HH24:MI:SS')
+           || ' GMT'
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.event_time(p_time timestamptz)
+RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT to_char(p_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || 'Z'
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.notify(p_kind text, p_org text,
+    p_job text)
+RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_notify('pushjobs', p_kind || ' ' || p_org || ' ' || p_job)
+$$;
+
+
+-- Appends an event to a job's feed, and to its org's feed when asked.  The
+-- event data is a JSON object whose first key is "timestamp" (and "job" next
+-- in the org feed), followed by p_fields.  The caller holds the job's lock.
+CREATE OR REPLACE FUNCTION pushjobs.emit(p_job text, p_org text, p_name text,
+    p_fields json, p_org_feed boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_seq   integer;
+    v_ts    text := pushjobs.event_time(now());
+    v_rest  text := '';
+BEGIN
+    IF p_fields IS NOT NULL THEN
+        v_rest := btrim(p_fields::text);
+        v_rest := btrim(substr(v_rest, 2, length(v_rest) - 2));
+        IF v_rest <> '' THEN
+            v_rest := ', ' || v_rest;
+        END IF;
+    END IF;
+
+    UPDATE pushjobs.jobs SET event_seq = event_seq + 1
+     WHERE id = p_job
+    RETURNING event_seq INTO v_seq;
+
+    INSERT INTO pushjobs.job_events (job_id, seq, name, data)
+    VALUES (p_job, v_seq, p_name,
+            '{"timestamp": "' || v_ts || '"' || v_rest || '}');
+
+    IF p_org_feed THEN
+        INSERT INTO pushjobs.org_events (org, job_id, name, data)
+        VALUES (p_org, p_job, p_name,
+                '{"timestamp": "' || v_ts || '", "job": "' || p_job || '"'
+                || v_rest || '}');
+    END IF;
+
+    PERFORM pushjobs.notify('event', p_org, p_job);
+END
+$$;
+
+
+-- A node counts as online when its channel's worker is alive.
+CREATE OR REPLACE FUNCTION pushjobs.online_nodes(p_org text,
+    p_owner_timeout_ms integer)
+RETURNS TABLE (node_name text)
+LANGUAGE sql STABLE AS $$
+    SELECT p.node_name
+      FROM pushjobs.presence p
+      JOIN pushjobs.owners o ON o.id = p.owner
+     WHERE p.org = p_org
+       AND p.online
+       AND o.seen_at > now() - p_owner_timeout_ms * interval '1 millisecond'
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.commit_message(p_job pushjobs.jobs)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT json_strip_nulls(json_build_object(
+               'type', 'commit',
+               'v', 1,
+               'job_id', p_job.id,
+               'command', p_job.command,
+               'capture', p_job.capture,
+               'run_timeout', p_job.run_timeout,
+               'user', p_job.job_user,
+               'dir', p_job.dir,
+               'env', p_job.env,
+               'file', p_job.file))::text
+$$;
+
+
+-- Ends voting or the run phase of a job once nothing is left to wait for.
+-- The caller holds the job's lock.
+CREATE OR REPLACE FUNCTION pushjobs.settle(p_job text)
+RETURNS pushjobs.job_status
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_job    pushjobs.jobs;
+    v_ready  integer;
+BEGIN
+    SELECT * INTO v_job FROM pushjobs.jobs WHERE id = p_job;
+
+    IF v_job.status = 'voting'
+       AND NOT EXISTS (SELECT 1 FROM pushjobs.job_nodes
+                        WHERE job_id = p_job AND status = 'new')
+    THEN
+        SELECT count(*) INTO v_ready
+          FROM pushjobs.job_nodes
+         WHERE job_id = p_job AND status = 'ready';
+
+        IF v_ready >= v_job.quorum THEN
+            UPDATE pushjobs.jobs
+               SET status = 'running', updated_at = now(),
+                   run_deadline = now()
+                                  + v_job.run_timeout * interval '1 second'
+             WHERE id = p_job
+            RETURNING * INTO v_job;
+
+            PERFORM pushjobs.emit(p_job, v_job.org, 'quorum_succeeded', NULL);
+
+            IF v_ready > 0 THEN
+                PERFORM pushjobs.notify('run', v_job.org, p_job);
+            END IF;
+
+        ELSE
+            UPDATE pushjobs.job_nodes
+               SET status = 'was_ready', updated_at = now()
+             WHERE job_id = p_job AND status = 'ready';
+
+            UPDATE pushjobs.jobs
+               SET status = 'quorum_failed', updated_at = now()
+             WHERE id = p_job
+            RETURNING * INTO v_job;
+
+            PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
+                                  json_build_object('status', 'quorum_failed'),
+                                  true);
+            PERFORM pushjobs.notify('stop', v_job.org, p_job);
+        END IF;
+    END IF;
+
+    IF v_job.status = 'running'
+       AND NOT EXISTS (SELECT 1 FROM pushjobs.job_nodes
+                        WHERE job_id = p_job
+                          AND status IN ('ready', 'running'))
+    THEN
+        UPDATE pushjobs.jobs
+           SET status = CASE WHEN abort_requested THEN 'aborted'
+                             ELSE 'complete' END::pushjobs.job_status,
+               updated_at = now()
+         WHERE id = p_job
+        RETURNING * INTO v_job;
+
+        PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
+                              json_build_object('status', v_job.status),
+                              true);
+        PERFORM pushjobs.notify('stop', v_job.org, p_job);
+    END IF;
+
+    RETURN v_job.status;
+END
+$$;
+
+
+-- One input for one node of a job: an agent message (ack_commit,
+-- nack_commit, ack_run, nack_run, succeeded, failed, aborted) or a server
+-- input (down, voting_timeout).  Implements the node-in-job transition
+-- tables of the Push Jobs 2.x contract (§3.4), with one deliberate change:
+-- a final report from a node still "ready" in a running job counts as run
+-- and finished (the run was sent; only its ack_run was lost with a
+-- connection), so a result is never turned into "crashed".
+--
+-- Returns true when the agent should be sent an abort ("rehab" in 2.x).
+-- The caller holds the job's lock and calls settle() afterwards.
+CREATE OR REPLACE FUNCTION pushjobs.node_transition(p_job pushjobs.jobs,
+    p_node text, p_input text, p_exit integer)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_final        boolean := p_input IN ('succeeded', 'failed', 'aborted');
+    v_status       pushjobs.node_status;
+    v_abort        boolean;
+    v_new          pushjobs.node_status;
+    v_rehab        boolean := false;
+    v_rehab_event  boolean := false;
+    v_vote         text;
+    v_run_start    boolean := false;
+    v_run          text;
+BEGIN
+    SELECT status, abort_requested INTO v_status, v_abort
+      FROM pushjobs.job_nodes
+     WHERE job_id = p_job.id AND node_name = p_node
+       FOR UPDATE;
+
+    IF NOT FOUND OR p_job.status NOT IN ('new', 'voting', 'running') THEN
+        RETURN NOT v_final;
+    END IF;
+
+    v_new := v_status;
+
+    IF p_job.status IN ('new', 'voting') THEN
+
+        IF v_status IN ('new', 'ready') THEN
+            IF p_input = 'ack_commit' THEN
+                IF v_status = 'new' THEN
+                    v_new := 'ready';
+                    v_vote := 'success';
+                ELSE
+                    v_vote := 'unexpected_commit';
+                END IF;
+
+            ELSIF p_input = 'nack_commit' THEN
+                IF v_status = 'new' THEN
+                    v_new := 'nacked';
+                    v_vote := 'failure';
+                ELSE
+                    v_new := 'unavailable';
+                    v_vote := 'lost_availibility';
+                    v_rehab := true;
+                    v_rehab_event := true;
+                END IF;
+
+            ELSIF p_input = 'down' THEN
+                v_new := 'unavailable';
+                v_vote := 'down';
+                v_rehab := true;
+                v_rehab_event := true;
+
+            ELSIF p_input = 'voting_timeout' THEN
+                v_new := 'unavailable';
+                v_vote := 'voting_timeout';
+                v_rehab := true;
+
+            ELSIF p_input = 'aborted' AND v_abort THEN
+                v_new := 'aborted';
+
+            ELSE
+                v_new := 'unavailable';
+                v_rehab := true;
+                v_rehab_event := true;
+            END IF;
+
+        ELSIF p_input IN ('ack_commit', 'nack_commit') THEN
+            v_vote := 'client_died_while_voting';
+            v_rehab := true;
+            v_rehab_event := true;
+
+        ELSIF NOT v_final AND p_input NOT IN ('down', 'voting_timeout') THEN
+            v_rehab := true;
+            v_rehab_event := true;
+        END IF;
+
+    ELSE /* running */
+
+        IF v_status IN ('ready', 'running') THEN
+            IF p_input = 'ack_run' THEN
+                IF v_status = 'ready' THEN
+                    v_new := 'running';
+                    v_run_start := true;
+                END IF;
+
+            ELSIF p_input = 'nack_run' THEN
+                v_new := 'failed';
+                v_run := CASE WHEN v_status = 'ready' THEN 'run_nacked'
+                              ELSE 'run_nacked_while_running' END;
+                v_rehab := true;
+                v_rehab_event := true;
+
+            ELSIF p_input IN ('succeeded', 'failed') THEN
+                v_run_start := v_status = 'ready';
+                v_new := p_input::pushjobs.node_status;
+                v_run := CASE WHEN p_input = 'succeeded' THEN 'success'
+                              ELSE 'failure' END;
+
+            ELSIF p_input = 'aborted' AND v_abort THEN
+                v_new := 'aborted';
+                v_run := 'aborted';
+
+            ELSE
+                v_new := 'crashed';
+                v_run := 'crashed';
+                v_rehab := true;
+                v_rehab_event := true;
+            END IF;
+
+        ELSIF NOT v_final AND p_input NOT IN ('down', 'voting_timeout') THEN
+            v_run := 'client_died_while_running';
+            v_rehab := true;
+            v_rehab_event := true;
+        END IF;
+    END IF;
+
+    IF v_new <> v_status THEN
+        UPDATE pushjobs.job_nodes
+           SET status = v_new,
+               exit_status = COALESCE(p_exit, exit_status),
+               updated_at = now()
+         WHERE job_id = p_job.id AND node_name = p_node;
+    END IF;
+
+    IF v_vote IS NOT NULL THEN
+        PERFORM pushjobs.emit(p_job.id, p_job.org, 'quorum_vote',
+                              json_build_object('node', p_node,
+                                                'status', v_vote));
+    END IF;
+
+    IF v_rehab_event THEN
+        PERFORM pushjobs.emit(p_job.id, p_job.org, 'rehab',
+                              json_build_object('node', p_node));
+    END IF;
+
+    IF v_run_start THEN
+        PERFORM pushjobs.emit(p_job.id, p_job.org, 'run_start',
+                              json_build_object('node', p_node));
+    END IF;
+
+    IF v_run IS NOT NULL THEN
+        PERFORM pushjobs.emit(p_job.id, p_job.org, 'run_complete',
+                              json_build_object('node', p_node,
+                                                'status', v_run));
+    END IF;
+
+    RETURN v_rehab;
+END
+$$;
+
+
+-- Creates a job from a validated POST body (the module checks every field
+-- first).  Nodes without a live channel are unavailable at once, as in 2.x.
+CREATE OR REPLACE FUNCTION pushjobs.create_job(p_org text, p_requestor text,
+    p_body jsonb, p_default_run_timeout integer, p_voting_timeout_ms integer,
+    p_owner_timeout_ms integer)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id       text := replace(gen_random_uuid()::text, '-', '');
+    v_nodes    text[];
+    v_job      pushjobs.jobs;
+    v_node     text;
+BEGIN
+    v_nodes := ARRAY(SELECT jsonb_array_elements_text(p_body -> 'nodes'));
+
+    INSERT INTO pushjobs.jobs (id, org, command, quorum, run_timeout,
+                               requestor, job_user, dir, env, file, capture,
+                               status, voting_deadline)
+    VALUES (v_id, p_org, p_body ->> 'command',
+            CASE WHEN p_body ? 'quorum'
+                 THEN LEAST(GREATEST(ceil((p_body ->> 'quorum')::numeric),
+                                     -2147483648), 2147483647)::integer
+                 ELSE cardinality(v_nodes) END,
+            CASE WHEN p_body ? 'run_timeout'
+                 THEN LEAST(GREATEST(ceil((p_body ->> 'run_timeout')::numeric),
+                                     0), 2147483647)::integer
+                 ELSE p_default_run_timeout END,
+            p_requestor, p_body ->> 'user', p_body ->> 'dir', p_body -> 'env',
+            p_body ->> 'file',
+            COALESCE((p_body ->> 'capture_output')::boolean, false),
+            'voting',
+            now() + p_voting_timeout_ms * interval '1 millisecond')
+    RETURNING * INTO v_job;
+
+    INSERT INTO pushjobs.job_nodes (job_id, org, node_name, status)
+    SELECT v_id, p_org, u.node,
+           CASE WHEN o.node_name IS NULL THEN 'unavailable'
+                ELSE 'new' END::pushjobs.node_status
+      FROM unnest(v_nodes) AS u(node)
+      LEFT JOIN pushjobs.online_nodes(p_org, p_owner_timeout_ms) o
+             ON o.node_name = u.node;
+
+    PERFORM pushjobs.emit(v_id, p_org, 'start',
+        json_strip_nulls(json_build_object(
+            'command', v_job.command,
+            'run_timeout', v_job.run_timeout,
+            'quorum', v_job.quorum,
+            'node_count', cardinality(v_nodes),
+            'user', p_requestor,
+            'job_user', v_job.job_user,
+            'dir', v_job.dir,
+            'env', v_job.env,
+            'file_specified', CASE WHEN v_job.file IS NOT NULL
+                                   THEN true END,
+            'capture', v_job.capture)),
+        true);
+
+    FOREACH v_node IN ARRAY v_nodes LOOP
+        IF EXISTS (SELECT 1 FROM pushjobs.job_nodes
+                    WHERE job_id = v_id AND node_name = v_node
+                      AND status = 'unavailable')
+        THEN
+            PERFORM pushjobs.emit(v_id, p_org, 'quorum_vote',
+                                  json_build_object('node', v_node,
+                                                    'status', 'down'));
+            PERFORM pushjobs.emit(v_id, p_org, 'rehab',
+                                  json_build_object('node', v_node));
+        END IF;
+    END LOOP;
+
+    IF EXISTS (SELECT 1 FROM pushjobs.job_nodes
+                WHERE job_id = v_id AND status = 'new')
+    THEN
+        PERFORM pushjobs.notify('commit', p_org, v_id);
+    END IF;
+
+    PERFORM pushjobs.settle(v_id);
+
+    RETURN v_id;
+END
+$$;
+
+
+-- A batch of agent messages from one worker: a JSON array of
+-- {"org", "node", "job_id", "type", "exit_status", "stdout", "stderr",
+--  "truncated"}.  Returns, for each element (0-based), whether the agent
+-- should be sent an abort for that job.  Final reports are applied once
+-- however often they arrive.
+CREATE OR REPLACE FUNCTION pushjobs.node_inputs(p_inputs jsonb)
+RETURNS TABLE (i integer, rehab boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r       record;
+    v_job   pushjobs.jobs;
+    v_last  text;
+BEGIN
+    FOR r IN
+        SELECT (e.ord - 1)::integer AS idx,
+               e.v ->> 'org' AS org,
+               e.v ->> 'node' AS node,
+               e.v ->> 'job_id' AS job_id,
+               e.v ->> 'type' AS input,
+               (e.v ->> 'exit_status')::integer AS exit_status,
+               e.v ->> 'stdout' AS stdout,
+               e.v ->> 'stderr' AS stderr,
+               COALESCE((e.v ->> 'truncated')::boolean, false) AS truncated
+          FROM jsonb_array_elements(p_inputs) WITH ORDINALITY AS e(v, ord)
+         ORDER BY e.v ->> 'job_id', e.ord
+    LOOP
+        IF v_last IS DISTINCT FROM r.job_id THEN
+            IF v_job.id IS NOT NULL THEN
+                PERFORM pushjobs.settle(v_job.id);
+            END IF;
+
+            SELECT * INTO v_job FROM pushjobs.jobs
+             WHERE id = r.job_id AND org = r.org
+               FOR UPDATE;
+
+            v_last := r.job_id;
+        END IF;
+
+        i := r.idx;
+
+        IF v_job.id IS NULL THEN
+            rehab := r.input NOT IN ('succeeded', 'failed', 'aborted');
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+
+        IF r.input IN ('succeeded', 'failed')
+           AND (r.stdout IS NOT NULL OR r.stderr IS NOT NULL)
+        THEN
+            BEGIN
+                INSERT INTO pushjobs.job_output (job_id, node_name, stdout,
+                                                 stderr, truncated)
+                SELECT v_job.id, r.node,
+                       decode(COALESCE(r.stdout, ''), 'base64'),
+                       decode(COALESCE(r.stderr, ''), 'base64'),
+                       r.truncated
+                 WHERE EXISTS (SELECT 1 FROM pushjobs.job_nodes
+                                WHERE job_id = v_job.id
+                                  AND node_name = r.node)
+                ON CONFLICT DO NOTHING;
+            EXCEPTION WHEN invalid_parameter_value THEN
+                RAISE WARNING 'pushjobs: undecodable output from node % '
+                              'for job %', r.node, v_job.id;
+            END;
+        END IF;
+
+        rehab := pushjobs.node_transition(v_job, r.node, r.input,
+                                          r.exit_status);
+        RETURN NEXT;
+    END LOOP;
+
+    IF v_job.id IS NOT NULL THEN
+        PERFORM pushjobs.settle(v_job.id);
+    END IF;
+END
+$$;
+
+
+-- Reconciles a (re)connected agent with the jobs it takes part in.  p_jobs is
+-- the hello's list [{"job_id", "state": "committed"|"running"|"finished"}].
+-- Returns what the channel must send: "commit" (with the message), "run" or
+-- "abort".
+CREATE OR REPLACE FUNCTION pushjobs.agent_hello(p_org text, p_node text,
+    p_jobs jsonb)
+RETURNS TABLE (job_id text, action text, message text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id     text;
+    v_job    pushjobs.jobs;
+    v_node   pushjobs.node_status;
+    v_has    text;
+    v_input  text;
+BEGIN
+    FOR v_id IN
+        SELECT n.job_id
+          FROM pushjobs.job_nodes n
+         WHERE n.org = p_org AND n.node_name = p_node
+           AND n.status IN ('new', 'ready', 'running')
+         ORDER BY n.job_id
+    LOOP
+        SELECT * INTO v_job FROM pushjobs.jobs
+         WHERE id = v_id AND status IN ('voting', 'running')
+           FOR UPDATE;
+
+        CONTINUE WHEN NOT FOUND;
+
+        SELECT status INTO v_node FROM pushjobs.job_nodes n
+         WHERE n.job_id = v_id AND n.node_name = p_node;
+
+        SELECT e ->> 'state' INTO v_has
+          FROM jsonb_array_elements(p_jobs) e
+         WHERE e ->> 'job_id' = v_id
+         LIMIT 1;
+
+        v_input := NULL;
+        job_id := v_id;
+        action := NULL;
+        message := NULL;
+
+        IF v_job.status = 'voting' THEN
+            IF v_node = 'new' AND v_has IS NULL THEN
+                action := 'commit';
+                message := pushjobs.commit_message(v_job);
+            ELSIF v_node = 'new' AND v_has = 'committed' THEN
+                v_input := 'ack_commit';
+            ELSIF v_has IS NULL OR v_has <> 'committed' THEN
+                v_input := 'down';
+            END IF;
+
+        ELSIF v_node = 'ready' THEN
+            IF v_has = 'committed' THEN
+                action := 'run';
+            ELSIF v_has = 'running' THEN
+                v_input := 'ack_run';
+            ELSIF v_has IS NULL THEN
+                v_input := 'down';
+            END IF;
+
+        ELSIF v_has IS NULL OR v_has = 'committed' THEN
+            v_input := 'down';
+        END IF;
+
+        IF v_input IS NOT NULL THEN
+            IF pushjobs.node_transition(v_job, p_node, v_input, NULL) THEN
+                action := 'abort';
+            END IF;
+            PERFORM pushjobs.settle(v_id);
+        END IF;
+
+        IF action IS NOT NULL THEN
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+
+    FOR v_id, v_has IN
+        SELECT e ->> 'job_id', e ->> 'state'
+          FROM jsonb_array_elements(p_jobs) e
+    LOOP
+        CONTINUE WHEN v_has = 'finished';
+        CONTINUE WHEN EXISTS (
+            SELECT 1
+              FROM pushjobs.job_nodes n
+              JOIN pushjobs.jobs j ON j.id = n.job_id
+             WHERE n.job_id = v_id AND n.org = p_org
+               AND n.node_name = p_node
+               AND n.status IN ('new', 'ready', 'running')
+               AND j.status IN ('voting', 'running'));
+
+        job_id := v_id;
+        action := 'abort';
+        message := NULL;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+
+-- A batch of hellos from one worker: [{"org", "node", "jobs": [...]}].
+-- Returns agent_hello()'s rows, each with the index of its hello.
+CREATE OR REPLACE FUNCTION pushjobs.agent_hellos(p_hellos jsonb)
+RETURNS TABLE (i integer, job_id text, action text, message text)
+LANGUAGE sql AS $$
+    SELECT (e.ord - 1)::integer, h.job_id, h.action, h.message
+      FROM jsonb_array_elements(p_hellos) WITH ORDINALITY AS e(v, ord),
+           LATERAL pushjobs.agent_hello(e.v ->> 'org', e.v ->> 'node',
+                                        COALESCE(e.v -> 'jobs', '[]'::jsonb)) h
+     ORDER BY e.ord
+$$;
+
+
+-- Which nodes of a job a worker must message after a NOTIFY.  For "commit"
+-- the first row carries the commit message and no node.  For "stop" the
+-- message column says "force" for nodes to be killed at once.
+CREATE OR REPLACE FUNCTION pushjobs.dispatch(p_job text, p_kind text)
+RETURNS TABLE (node_name text, message text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_job  pushjobs.jobs;
+BEGIN
+    SELECT * INTO v_job FROM pushjobs.jobs WHERE id = p_job;
+
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+
+    IF p_kind = 'commit' THEN
+        IF v_job.status <> 'voting' THEN
+            RETURN;
+        END IF;
+
+        node_name := NULL;
+        message := pushjobs.commit_message(v_job);
+        RETURN NEXT;
+
+        RETURN QUERY
+            SELECT n.node_name, NULL::text
+              FROM pushjobs.job_nodes n
+             WHERE n.job_id = p_job AND n.status = 'new';
+
+    ELSIF p_kind = 'run' THEN
+        IF v_job.status <> 'running' THEN
+            RETURN;
+        END IF;
+
+        RETURN QUERY
+            SELECT n.node_name, NULL::text
+              FROM pushjobs.job_nodes n
+             WHERE n.job_id = p_job AND n.status = 'ready';
+
+    ELSIF p_kind = 'stop' THEN
+        RETURN QUERY
+            SELECT n.node_name,
+                   CASE WHEN n.abort_force THEN 'force' END
+              FROM pushjobs.job_nodes n
+             WHERE n.job_id = p_job
+               AND (n.abort_requested
+                    OR n.status NOT IN ('new', 'ready', 'running'));
+    END IF;
+END
+$$;
+
+
+-- Jobs a worker must catch up on after (re)connecting its LISTEN channel:
+-- the active ones, and those stopped recently.
+CREATE OR REPLACE FUNCTION pushjobs.recent_jobs()
+RETURNS TABLE (org text, job_id text, kind text)
+LANGUAGE sql STABLE AS $$
+    SELECT j.org, j.id,
+           CASE j.status WHEN 'voting' THEN 'commit'
+                         WHEN 'running' THEN 'run'
+                         ELSE 'stop' END
+      FROM pushjobs.jobs j
+     WHERE j.status IN ('new', 'voting', 'running')
+        OR (j.updated_at > now() - interval '10 minutes'
+            AND j.status IN ('quorum_failed', 'timed_out', 'crashed',
+                             'aborted'))
+$$;
+
+
+-- Connect/disconnect changes of agent channels, batched by one worker
+-- (p_owner): [{"org", "node", "session", "online"}] in the order they
+-- happened.  A connect that replaces a channel held by another worker asks
+-- that worker to close it.
+CREATE OR REPLACE FUNCTION pushjobs.presence_update(p_owner text,
+    p_changes jsonb)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    r      record;
+    v_old  pushjobs.presence;
+BEGIN
+    INSERT INTO pushjobs.owners (id) VALUES (p_owner)
+    ON CONFLICT (id) DO UPDATE SET seen_at = now();
+
+    FOR r IN
+        SELECT e.v ->> 'org' AS org, e.v ->> 'node' AS node,
+               (e.v ->> 'session')::bigint AS session,
+               (e.v ->> 'online')::boolean AS online
+          FROM jsonb_array_elements(p_changes) WITH ORDINALITY AS e(v, ord)
+         ORDER BY e.v ->> 'org', e.v ->> 'node', e.ord
+    LOOP
+        IF r.online THEN
+            SELECT * INTO v_old FROM pushjobs.presence
+             WHERE org = r.org AND node_name = r.node
+               FOR UPDATE;
+
+            IF FOUND AND v_old.online AND v_old.owner <> p_owner THEN
+                PERFORM pg_notify('pushjobs',
+                                  'kick ' || v_old.owner || ' '
+                                  || v_old.session || ' ' || r.org || ' '
+                                  || r.node);
+            END IF;
+
+            INSERT INTO pushjobs.presence (org, node_name, owner, session,
+                                           online)
+            VALUES (r.org, r.node, p_owner, r.session, true)
+            ON CONFLICT (org, node_name) DO UPDATE
+               SET owner = excluded.owner, session = excluded.session,
+                   online = true, changed_at = now();
+
+        ELSE
+            UPDATE pushjobs.presence
+               SET online = false, changed_at = now()
+             WHERE org = r.org AND node_name = r.node
+               AND owner = p_owner AND session = r.session AND online;
+        END IF;
+    END LOOP;
+END
+$$;
+
+
+-- A worker's periodic sign of life.  Returns false if the worker had been
+-- declared dead meanwhile (its channels were marked offline): it then
+-- publishes the presence of all its channels again.
+CREATE OR REPLACE FUNCTION pushjobs.owner_beat(p_owner text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE pushjobs.owners SET seen_at = now() WHERE id = p_owner;
+
+    IF FOUND THEN
+        RETURN true;
+    END IF;
+
+    INSERT INTO pushjobs.owners (id) VALUES (p_owner)
+    ON CONFLICT (id) DO UPDATE SET seen_at = now();
+
+    RETURN false;
+END
+$$;
+
+
+-- Deadlines, enforced by whichever worker runs first: workers of dead front
+-- ends, voting timeouts, run timeouts, and nodes whose channel has been gone
+-- for longer than p_lost_ms.  Jobs another worker is working on are skipped
+-- and picked up by the next sweep.  Returns the number of jobs changed.
+CREATE OR REPLACE FUNCTION pushjobs.sweep(p_lost_ms integer,
+    p_owner_timeout_ms integer)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_count  integer := 0;
+    v_job    pushjobs.jobs;
+    v_node   text;
+BEGIN
+    WITH dead AS (
+        DELETE FROM pushjobs.owners
+         WHERE seen_at < now() - p_owner_timeout_ms * interval '1 millisecond'
+        RETURNING id
+    )
+    UPDATE pushjobs.presence p
+       SET online = false, changed_at = now()
+      FROM dead
+     WHERE p.owner = dead.id AND p.online;
+
+    FOR v_job IN
+        SELECT * FROM pushjobs.jobs
+         WHERE status = 'voting' AND voting_deadline <= now()
+         ORDER BY id
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        FOR v_node IN
+            SELECT n.node_name FROM pushjobs.job_nodes n
+             WHERE n.job_id = v_job.id AND n.status = 'new'
+             ORDER BY n.node_name
+        LOOP
+            PERFORM pushjobs.node_transition(v_job, v_node, 'voting_timeout',
+                                             NULL);
+        END LOOP;
+
+        PERFORM pushjobs.settle(v_job.id);
+        v_count := v_count + 1;
+    END LOOP;
+
+    FOR v_job IN
+        SELECT * FROM pushjobs.jobs
+         WHERE status = 'running' AND run_deadline <= now()
+         ORDER BY id
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        UPDATE pushjobs.job_nodes
+           SET status = 'timed_out', updated_at = now()
+         WHERE job_id = v_job.id AND status IN ('ready', 'running');
+
+        UPDATE pushjobs.jobs
+           SET status = 'timed_out', updated_at = now()
+         WHERE id = v_job.id;
+
+        PERFORM pushjobs.emit(v_job.id, v_job.org, 'job_complete',
+                              json_build_object('status', 'timed_out'), true);
+        PERFORM pushjobs.notify('stop', v_job.org, v_job.id);
+        v_count := v_count + 1;
+    END LOOP;
+
+    FOR v_job IN
+        SELECT j.* FROM pushjobs.jobs j
+         WHERE j.status IN ('voting', 'running')
+           AND EXISTS (
+               SELECT 1
+                 FROM pushjobs.job_nodes n
+                 LEFT JOIN pushjobs.presence p
+                        ON p.org = n.org AND p.node_name = n.node_name
+                WHERE n.job_id = j.id
+                  AND n.status IN ('new', 'ready', 'running')
+                  AND (p.org IS NULL
+                       OR (NOT p.online
+                           AND p.changed_at
+                               <= now() - p_lost_ms * interval '1 millisecond')))
+         ORDER BY j.id
+           FOR UPDATE OF j SKIP LOCKED
+    LOOP
+        FOR v_node IN
+            SELECT n.node_name
+              FROM pushjobs.job_nodes n
+              LEFT JOIN pushjobs.presence p
+                     ON p.org = n.org AND p.node_name = n.node_name
+             WHERE n.job_id = v_job.id
+               AND n.status IN ('new', 'ready', 'running')
+               AND (p.org IS NULL
+                    OR (NOT p.online
+                        AND p.changed_at
+                            <= now() - p_lost_ms * interval '1 millisecond'))
+             ORDER BY n.node_name
+        LOOP
+            PERFORM pushjobs.node_transition(v_job, v_node, 'down', NULL);
+        END LOOP;
+
+        PERFORM pushjobs.settle(v_job.id);
+        v_count := v_count + 1;
+    END LOOP;
+
+    RETURN v_count;
+END
+$$;
+
+
+-- REST documents, built where the data is.
+
+CREATE OR REPLACE FUNCTION pushjobs.job_summary(p_job pushjobs.jobs)
+RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+               'id', p_job.id,
+               'command', p_job.command,
+               'status', p_job.status,
+               'run_timeout', p_job.run_timeout,
+               'created_at', pushjobs.http_date(p_job.created_at),
+               'updated_at', pushjobs.http_date(p_job.updated_at),
+               'user', p_job.job_user,
+               'dir', p_job.dir,
+               'capture_output', CASE WHEN p_job.capture THEN true END,
+               'file_specified', CASE WHEN p_job.file IS NOT NULL
+                                      THEN true END))
+           || CASE WHEN p_job.env IS NOT NULL
+                   THEN jsonb_build_object('env', p_job.env)
+                   ELSE '{}'::jsonb END
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.jobs_json(p_org text)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(jsonb_agg(pushjobs.job_summary(j)
+                              ORDER BY j.created_at, j.id), '[]'::jsonb)::text
+      FROM pushjobs.jobs j
+     WHERE j.org = p_org
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.job_json(p_org text, p_job text,
+    p_include_file boolean)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT (pushjobs.job_summary(j)
+            - CASE WHEN p_include_file AND j.file IS NOT NULL
+                   THEN 'file_specified' ELSE '' END
+            || CASE WHEN p_include_file AND j.file IS NOT NULL
+                    THEN jsonb_build_object('file', j.file)
+                    ELSE '{}'::jsonb END
+            || jsonb_build_object('nodes', COALESCE(
+                   (SELECT jsonb_object_agg(s.status, s.names)
+                      FROM (SELECT n.status::text AS status,
+                                   jsonb_agg(n.node_name
+                                             ORDER BY n.node_name) AS names
+                              FROM pushjobs.job_nodes n
+                             WHERE n.job_id = j.id
+                             GROUP BY n.status) s),
+                   '{}'::jsonb)))::text
+      FROM pushjobs.jobs j
+     WHERE j.id = p_job AND j.org = p_org
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.node_states_json(p_org text,
+    p_owner_timeout_ms integer)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(jsonb_agg(jsonb_build_object('node_name', o.node_name,
+                                                 'availability', 'available')
+                              ORDER BY o.node_name), '[]'::jsonb)::text
+      FROM pushjobs.online_nodes(p_org, p_owner_timeout_ms) o
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.node_state_json(p_org text, p_node text,
+    p_owner_timeout_ms integer)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+               'node_name', p_node,
+               'status', CASE WHEN o.node_name IS NULL THEN 'offline'
+                              ELSE 'online' END,
+               'availability', CASE WHEN o.node_name IS NULL
+                                    THEN 'unavailable'
+                                    ELSE 'available' END)::text
+      FROM (SELECT 1) one
+      LEFT JOIN pushjobs.online_nodes(p_org, p_owner_timeout_ms) o
+             ON o.node_name = p_node
+$$;
+
+
+-- Captured output of one node, base64 without line breaks; no row when the
+-- job, the node or the output does not exist.
+CREATE OR REPLACE FUNCTION pushjobs.job_output_b64(p_org text, p_job text,
+    p_node text, p_channel text)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT translate(encode(CASE WHEN p_channel = 'stderr' THEN o.stderr
+                                 ELSE o.stdout END, 'base64'), E'\n', '')
+      FROM pushjobs.job_output o
+      JOIN pushjobs.jobs j ON j.id = o.job_id
+     WHERE j.org = p_org AND o.job_id = p_job AND o.node_name = p_node
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.status_json(p_owner_timeout_ms integer)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'status', 'it''s alive',
+        'node_fsm_count',
+            (SELECT count(*)
+               FROM pushjobs.presence p
+               JOIN pushjobs.owners o ON o.id = p.owner
+              WHERE p.online
+                AND o.seen_at > now()
+                                - p_owner_timeout_ms * interval '1 millisecond'),
+        'job_processes',
+            (SELECT COALESCE(jsonb_agg(j.id ORDER BY j.id), '[]'::jsonb)
+               FROM pushjobs.jobs j
+              WHERE j.status IN ('new', 'voting', 'running')))::text
+$$;
