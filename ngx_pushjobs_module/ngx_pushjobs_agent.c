@@ -52,14 +52,6 @@ typedef struct {
 } ngx_pushjobs_agent_job_t;
 
 
-typedef struct ngx_pushjobs_agent_out_s  ngx_pushjobs_agent_out_t;
-
-struct ngx_pushjobs_agent_out_s {
-    ngx_pushjobs_agent_out_t   *next;
-    ngx_pushjobs_msg_t         *msg;
-};
-
-
 struct ngx_pushjobs_agent_s {
     ngx_rbtree_node_t           node;
     ngx_str_t                   org;
@@ -71,10 +63,7 @@ struct ngx_pushjobs_agent_s {
 
     ngx_pushjobs_ws_reader_t    reader;
 
-    ngx_pushjobs_agent_out_t   *out;
-    ngx_pushjobs_agent_out_t  **last_out;
-    size_t                      out_sent;
-    size_t                      out_bytes;
+    ngx_pushjobs_out_t          out;
 
     ngx_event_t                 ping;
 
@@ -119,7 +108,6 @@ static void ngx_pushjobs_agent_send_text(ngx_pushjobs_agent_t *a,
     u_char *data, size_t len);
 static void ngx_pushjobs_agent_send_job(ngx_pushjobs_agent_t *a,
     const char *type, u_char *job_id, const char *extra);
-static ngx_int_t ngx_pushjobs_agent_flush(ngx_pushjobs_agent_t *a);
 static void ngx_pushjobs_agent_message(ngx_pushjobs_agent_t *a,
     ngx_str_t *payload);
 static void ngx_pushjobs_agent_hello(ngx_pushjobs_agent_t *a, void *msg);
@@ -209,8 +197,7 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
     ngx_memcpy(p, node->data, node->len);
 
     a->refs = 1;
-    a->out = NULL;
-    a->last_out = &a->out;
+    ngx_pushjobs_out_init(&a->out);
 
     cln = ngx_http_cleanup_add(r, 0);
     if (cln == NULL) {
@@ -743,8 +730,6 @@ ngx_pushjobs_agent_cleanup(void *data)
 static void
 ngx_pushjobs_agent_detach(ngx_pushjobs_agent_t *a)
 {
-    ngx_pushjobs_agent_out_t  *o;
-
     a->closed = 1;
 
     ngx_pushjobs_agent_unregister(a);
@@ -757,15 +742,7 @@ ngx_pushjobs_agent_detach(ngx_pushjobs_agent_t *a)
 
     ngx_pushjobs_ws_reader_free(&a->reader);
 
-    while (a->out) {
-        o = a->out;
-        a->out = o->next;
-        ngx_pushjobs_msg_release(o->msg);
-        ngx_free(o);
-    }
-
-    a->last_out = &a->out;
-    a->out_bytes = 0;
+    ngx_pushjobs_out_free(&a->out);
 
     a->request = NULL;
     a->connection = NULL;
@@ -795,7 +772,7 @@ ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code)
      * connection is broken.
      */
 
-    if (code && a->out_sent == 0 && !c->error && r->out == NULL
+    if (code && a->out.sent == 0 && !c->error && r->out == NULL
         && !c->buffered)
     {
         frame[0] = 0x80 | NGX_PUSHJOBS_WS_CLOSE;
@@ -963,7 +940,7 @@ ngx_pushjobs_agent_write_handler(ngx_http_request_t *r)
         return;
     }
 
-    if (ngx_pushjobs_agent_flush(a) == NGX_ERROR) {
+    if (ngx_pushjobs_out_flush(&a->out, r) == NGX_ERROR) {
         c->error = 1;
         ngx_pushjobs_agent_close(a, 0);
     }
@@ -1000,41 +977,38 @@ ngx_pushjobs_agent_ping_handler(ngx_event_t *ev)
 static void
 ngx_pushjobs_agent_send(ngx_pushjobs_agent_t *a, ngx_pushjobs_msg_t *msg)
 {
-    ngx_pushjobs_agent_out_t  *o;
+    ngx_int_t   rc;
+    ngx_uint_t  waiting;
 
     if (a->closed) {
         return;
     }
 
-    if (a->out_bytes + msg->len > ngx_pushjobs_worker->pmcf->max_queued_output)
-    {
+    /* a non-empty queue means the write handler is already waiting */
+    waiting = (a->out.head != NULL);
+
+    rc = ngx_pushjobs_out_push(&a->out, msg,
+                               ngx_pushjobs_worker->pmcf->max_queued_output,
+                               a->connection->log);
+
+    if (rc == NGX_DECLINED) {
         ngx_log_error(NGX_LOG_WARN, a->connection->log, 0,
                       "pushjobs: agent \"%V\" of \"%V\" reads too slowly, "
-                      "%uz bytes queued", &a->name, &a->org, a->out_bytes);
+                      "%uz bytes queued", &a->name, &a->org, a->out.bytes);
         ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_POLICY);
         return;
     }
 
-    o = ngx_alloc(sizeof(ngx_pushjobs_agent_out_t), a->connection->log);
-    if (o == NULL) {
+    if (rc != NGX_OK) {
         ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_SERVER_ERROR);
         return;
     }
 
-    msg->refs++;
-
-    o->msg = msg;
-    o->next = NULL;
-    *a->last_out = o;
-    a->last_out = &o->next;
-    a->out_bytes += msg->len;
-
-    if (a->out != o) {
-        /* the write handler is already waiting */
+    if (waiting) {
         return;
     }
 
-    if (ngx_pushjobs_agent_flush(a) == NGX_ERROR) {
+    if (ngx_pushjobs_out_flush(&a->out, a->request) == NGX_ERROR) {
         a->connection->error = 1;
         ngx_pushjobs_agent_close(a, 0);
     }
@@ -1069,88 +1043,6 @@ ngx_pushjobs_agent_send_job(ngx_pushjobs_agent_t *a, const char *type,
                     extra ? extra : "");
 
     ngx_pushjobs_agent_send_text(a, buf, p - buf);
-}
-
-
-static ngx_int_t
-ngx_pushjobs_agent_flush(ngx_pushjobs_agent_t *a)
-{
-    ssize_t                    n;
-    ngx_int_t                  rc;
-    ngx_connection_t          *c;
-    ngx_http_request_t        *r;
-    ngx_pushjobs_msg_t        *msg;
-    ngx_pushjobs_agent_out_t  *o;
-    ngx_http_core_loc_conf_t  *clcf;
-
-    r = a->request;
-    c = a->connection;
-
-    /* the 101 response may still be on its way through nginx's filters */
-
-    if (r->out || c->buffered) {
-        rc = ngx_http_output_filter(r, NULL);
-
-        if (rc == NGX_ERROR) {
-            return NGX_ERROR;
-        }
-
-        if (r->out || c->buffered) {
-            goto again;
-        }
-    }
-
-    while (a->out) {
-        o = a->out;
-        msg = o->msg;
-
-        n = c->send(c, msg->data + a->out_sent, msg->len - a->out_sent);
-
-        if (n == NGX_ERROR) {
-            return NGX_ERROR;
-        }
-
-        if (n == NGX_AGAIN) {
-            goto again;
-        }
-
-        a->out_sent += n;
-
-        if (a->out_sent < msg->len) {
-            continue;
-        }
-
-        a->out = o->next;
-        if (a->out == NULL) {
-            a->last_out = &a->out;
-        }
-
-        a->out_sent = 0;
-        a->out_bytes -= msg->len;
-
-        ngx_pushjobs_msg_release(msg);
-        ngx_free(o);
-    }
-
-    if (c->write->timer_set) {
-        ngx_del_timer(c->write);
-    }
-
-    return NGX_OK;
-
-again:
-
-    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-
-    if (!c->write->timer_set) {
-        ngx_add_timer(c->write, clcf->send_timeout);
-    }
-
-    if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    return NGX_AGAIN;
 }
 
 

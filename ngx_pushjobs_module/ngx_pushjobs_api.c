@@ -69,6 +69,11 @@ struct ngx_pushjobs_api_ctx_s {
     ngx_uint_t                  sr_status;
     ngx_str_t                   sr_body;
 
+    ngx_str_t                   group;
+    ngx_uint_t                  top;
+    ngx_array_t                *pending;
+    ngx_array_t                *seen;
+
     ngx_pushjobs_pg_query_t    *query;
     ngx_pushjobs_api_result_pt  result;
 };
@@ -88,13 +93,22 @@ static ngx_int_t ngx_pushjobs_api_authenticate(ngx_http_request_t *r,
 static ngx_int_t ngx_pushjobs_api_fetch_principal(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_chef_get(ngx_http_request_t *r,
-    ngx_pushjobs_api_ctx_t *ctx, ngx_str_t *path);
+    ngx_pushjobs_api_ctx_t *ctx, ngx_str_t *path, ngx_uint_t sign);
 static ngx_int_t ngx_pushjobs_api_chef_done(ngx_http_request_t *sr,
     void *data, ngx_int_t rc);
 static void ngx_pushjobs_api_principal_resume(ngx_http_request_t *r);
 static ngx_int_t ngx_pushjobs_api_verify(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_authorize(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_group_fetch(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, ngx_str_t *group, ngx_uint_t top);
+static void ngx_pushjobs_api_group_resume(ngx_http_request_t *r);
+static ngx_int_t ngx_pushjobs_api_group_result(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_group_next(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_forbidden(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_content(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
@@ -108,6 +122,8 @@ static ngx_int_t ngx_pushjobs_api_json_result(ngx_http_request_t *r,
 static ngx_int_t ngx_pushjobs_api_created(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
 static ngx_int_t ngx_pushjobs_api_output_result(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_pushjobs_api_feed_result(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
 static ngx_int_t ngx_pushjobs_api_db_error(ngx_http_request_t *r,
     PGresult *res);
@@ -803,7 +819,7 @@ ngx_pushjobs_api_fetch_principal(ngx_http_request_t *r,
 
     r->write_event_handler = ngx_pushjobs_api_principal_resume;
 
-    return ngx_pushjobs_api_chef_get(r, ctx, &path);
+    return ngx_pushjobs_api_chef_get(r, ctx, &path, 0);
 }
 
 
@@ -816,10 +832,13 @@ ngx_pushjobs_api_fetch_principal(ngx_http_request_t *r,
 
 static ngx_int_t
 ngx_pushjobs_api_chef_get(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
-    ngx_str_t *path)
+    ngx_str_t *path, ngx_uint_t sign)
 {
     u_char                       *p;
-    ngx_str_t                     uri, value;
+    ngx_str_t                     uri, value, method, empty;
+    ngx_uint_t                    i;
+    ngx_array_t                   signed_headers;
+    ngx_keyval_t                 *kv;
     ngx_http_request_t           *sr;
     ngx_pushjobs_main_conf_t     *pmcf;
     ngx_http_post_subrequest_t   *ps;
@@ -885,12 +904,49 @@ ngx_pushjobs_api_chef_get(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_str_set(&value, "1");
-    if (ngx_pushjobs_api_add_header(r, &sr->headers_in.headers,
-                                    "X-Ops-Server-API-Version", &value)
+    if (!sign) {
+        ngx_str_set(&value, "1");
+
+        if (ngx_pushjobs_api_add_header(r, &sr->headers_in.headers,
+                                        "X-Ops-Server-API-Version", &value)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return NGX_DONE;
+    }
+
+    /* as the Chef superuser, as 2.x did to read groups */
+
+    if (ngx_array_init(&signed_headers, r->pool, 8, sizeof(ngx_keyval_t))
         != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_str_set(&method, "GET");
+    ngx_str_null(&empty);
+
+    if (ngx_pushjobs_auth_sign(r->pool, pmcf->chef_key, &pmcf->chef_user,
+                               &method, path, &empty, &signed_headers)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    kv = signed_headers.elts;
+
+    for (i = 0; i < signed_headers.nelts; i++) {
+        kv[i].key.data[kv[i].key.len] = '\0';
+
+        if (ngx_pushjobs_api_add_header(r, &sr->headers_in.headers,
+                                        (char *) kv[i].key.data,
+                                        &kv[i].value)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
     }
 
     return NGX_DONE;
@@ -1075,19 +1131,283 @@ ngx_pushjobs_api_verify(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 }
 
 
+/*
+ * Authorization as in 2.x (contract §2.3): reads need membership of
+ * pushy_job_readers if that group exists, writes of pushy_job_writers, or
+ * of admins when there is no writers group; membership is looked up in the
+ * group's users or clients and then, depth first, in its nested groups.
+ * Groups are read from the Chef server as the superuser, one subrequest per
+ * group, and never cached, so a change of membership counts at once.
+ */
+
 static ngx_int_t
 ngx_pushjobs_api_authorize(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
-    if (ctx->route == NGX_PUSHJOBS_ROUTE_AGENT
-        && ctx->requestor->type != NGX_PUSHJOBS_CLIENT)
-    {
-        return ngx_pushjobs_json_error(r, NGX_HTTP_FORBIDDEN, 1,
-                                       "only a client can open an agent "
-                                       "channel, '%V' is a user",
-                                       &ctx->auth.user_id);
+    ngx_str_t  group;
+
+    switch (ctx->route) {
+
+    case NGX_PUSHJOBS_ROUTE_AGENT:
+
+        /* an agent acts only as itself: the node is the signing client */
+
+        if (ctx->requestor->type != NGX_PUSHJOBS_CLIENT) {
+            return ngx_pushjobs_json_error(r, NGX_HTTP_FORBIDDEN, 1,
+                                           "only a client can open an agent "
+                                           "channel, '%V' is a user",
+                                           &ctx->auth.user_id);
+        }
+
+        return ngx_pushjobs_api_content(r, ctx);
+
+    case NGX_PUSHJOBS_ROUTE_CONFIG:
+
+        if (ctx->requestor->type == NGX_PUSHJOBS_CLIENT) {
+            if (ctx->node.len != ctx->auth.user_id.len
+                || ngx_strncmp(ctx->node.data, ctx->auth.user_id.data,
+                               ctx->node.len) != 0)
+            {
+                return ngx_pushjobs_json_error(r, NGX_HTTP_FORBIDDEN, 1,
+                                               "Client and node name must "
+                                               "match");
+            }
+
+            return ngx_pushjobs_api_content(r, ctx);
+        }
+
+        break;
+
+    case NGX_PUSHJOBS_ROUTE_ABORT:
+        ngx_str_set(&group, "pushy_job_writers");
+        return ngx_pushjobs_api_group_fetch(r, ctx, &group, 1);
+
+    case NGX_PUSHJOBS_ROUTE_JOBS:
+        if (r->method == NGX_HTTP_POST) {
+            ngx_str_set(&group, "pushy_job_writers");
+            return ngx_pushjobs_api_group_fetch(r, ctx, &group, 1);
+        }
+
+        break;
     }
 
-    return ngx_pushjobs_api_content(r, ctx);
+    ngx_str_set(&group, "pushy_job_readers");
+
+    return ngx_pushjobs_api_group_fetch(r, ctx, &group, 1);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_group_fetch(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, ngx_str_t *group, ngx_uint_t top)
+{
+    u_char     *p;
+    ngx_str_t   path, *seen;
+
+    if (ctx->seen == NULL) {
+        ctx->seen = ngx_array_create(r->pool, 4, sizeof(ngx_str_t));
+        ctx->pending = ngx_array_create(r->pool, 4, sizeof(ngx_str_t));
+
+        if (ctx->seen == NULL || ctx->pending == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    seen = ngx_array_push(ctx->seen);
+    if (seen == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    *seen = *group;
+
+    ctx->group = *group;
+    ctx->top = top;
+
+    path.len = sizeof("/organizations//groups/") - 1 + ctx->org.len
+               + group->len;
+
+    path.data = ngx_pnalloc(r->pool, path.len);
+    if (path.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_sprintf(path.data, "/organizations/%V/groups/%V", &ctx->org,
+                    group);
+    path.len = p - path.data;
+
+    r->write_event_handler = ngx_pushjobs_api_group_resume;
+
+    return ngx_pushjobs_api_chef_get(r, ctx, &path, 1);
+}
+
+
+static void
+ngx_pushjobs_api_group_resume(ngx_http_request_t *r)
+{
+    ngx_int_t                rc;
+    ngx_pushjobs_api_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
+
+    if (ctx == NULL || !ctx->sr_done) {
+        return;
+    }
+
+    ctx->sr_done = 0;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    rc = ngx_pushjobs_api_group_result(r, ctx);
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_group_result(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx)
+{
+    size_t       i, j;
+    yajl_val     group, list;
+    ngx_str_t    name, *pending, *seen;
+    const char  *key;
+
+    if (ctx->sr_status == NGX_HTTP_NOT_FOUND) {
+
+        if (!ctx->top) {
+            return ngx_pushjobs_api_group_next(r, ctx);
+        }
+
+        /* an absent top-level group */
+
+        if (ctx->group.len == sizeof("pushy_job_readers") - 1
+            && ngx_strncmp(ctx->group.data, "pushy_job_readers",
+                           ctx->group.len) == 0)
+        {
+            return ngx_pushjobs_api_content(r, ctx);
+        }
+
+        if (ctx->group.len == sizeof("pushy_job_writers") - 1
+            && ngx_strncmp(ctx->group.data, "pushy_job_writers",
+                           ctx->group.len) == 0)
+        {
+            ngx_str_set(&name, "admins");
+            return ngx_pushjobs_api_group_fetch(r, ctx, &name, 1);
+        }
+
+        return ngx_pushjobs_api_forbidden(r, ctx);
+    }
+
+    if (ctx->sr_status != NGX_HTTP_OK) {
+        /* as in 2.x, a group the Chef server cannot give has no members */
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "pushjobs: Chef server answered %ui for group \"%V\" "
+                      "of \"%V\"", ctx->sr_status, &ctx->group, &ctx->org);
+
+        return ngx_pushjobs_api_group_next(r, ctx);
+    }
+
+    group = ngx_pushjobs_json_parse(ctx->sr_body.data, ctx->sr_body.len,
+                                    r->connection->log);
+
+    if (group == NULL || !YAJL_IS_OBJECT(group)) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "pushjobs: unusable group \"%V\" of \"%V\" from the "
+                      "Chef server", &ctx->group, &ctx->org);
+        ngx_pushjobs_json_free(group);
+        return ngx_pushjobs_api_group_next(r, ctx);
+    }
+
+    key = (ctx->requestor->type == NGX_PUSHJOBS_CLIENT) ? "clients" : "users";
+
+    list = ngx_pushjobs_json_get(group, key);
+
+    if (list && YAJL_IS_ARRAY(list)) {
+        for (i = 0; i < list->u.array.len; i++) {
+            if (ngx_pushjobs_json_string(list->u.array.values[i], &name)
+                == NGX_OK
+                && name.len == ctx->auth.user_id.len
+                && ngx_strncmp(name.data, ctx->auth.user_id.data, name.len)
+                   == 0)
+            {
+                ngx_pushjobs_json_free(group);
+                return ngx_pushjobs_api_content(r, ctx);
+            }
+        }
+    }
+
+    /* nested groups, depth first: pushed in reverse, popped in order */
+
+    list = ngx_pushjobs_json_get(group, "groups");
+
+    if (list && YAJL_IS_ARRAY(list)) {
+        for (i = list->u.array.len; i > 0; i--) {
+            if (ngx_pushjobs_json_string(list->u.array.values[i - 1], &name)
+                != NGX_OK
+                || !ngx_pushjobs_api_valid_name(&name))
+            {
+                continue;
+            }
+
+            seen = ctx->seen->elts;
+
+            for (j = 0; j < ctx->seen->nelts; j++) {
+                if (seen[j].len == name.len
+                    && ngx_strncmp(seen[j].data, name.data, name.len) == 0)
+                {
+                    break;
+                }
+            }
+
+            if (j < ctx->seen->nelts || ctx->seen->nelts > 64) {
+                continue;
+            }
+
+            pending = ngx_array_push(ctx->pending);
+            if (pending == NULL) {
+                ngx_pushjobs_json_free(group);
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            pending->len = name.len;
+            pending->data = ngx_pstrdup(r->pool, &name);
+            if (pending->data == NULL) {
+                ngx_pushjobs_json_free(group);
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+        }
+    }
+
+    ngx_pushjobs_json_free(group);
+
+    return ngx_pushjobs_api_group_next(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_group_next(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    ngx_str_t  group, *pending;
+
+    if (ctx->pending == NULL || ctx->pending->nelts == 0) {
+        return ngx_pushjobs_api_forbidden(r, ctx);
+    }
+
+    pending = ctx->pending->elts;
+    group = pending[--ctx->pending->nelts];
+
+    return ngx_pushjobs_api_group_fetch(r, ctx, &group, 0);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_forbidden(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    return ngx_pushjobs_json_error(r, NGX_HTTP_FORBIDDEN, 1,
+                                   "User or client '%V' does not have access "
+                                   "to that action on this server.",
+                                   &ctx->auth.user_id);
 }
 
 
@@ -1241,6 +1561,64 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
         return ngx_pushjobs_json_error(r, rc, 1,
                                        "cannot open the agent channel");
 
+    case NGX_PUSHJOBS_ROUTE_FEED:
+    case NGX_PUSHJOBS_ROUTE_JOB_FEED:
+
+        h = ngx_pushjobs_api_header(r, "Accept");
+
+        if (h == NULL
+            || ngx_strlcasestrn(h->value.data, h->value.data + h->value.len,
+                                (u_char *) "text/event-stream",
+                                sizeof("text/event-stream") - 2)
+               == NULL)
+        {
+            return ngx_pushjobs_json_error(r,
+                                           NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE,
+                                           1, "feeds are served as "
+                                           "text/event-stream");
+        }
+
+        h = ngx_pushjobs_api_header(r, "Last-Event-ID");
+
+        params[0] = ctx->org;
+
+        if (ctx->route == NGX_PUSHJOBS_ROUTE_JOB_FEED) {
+            params[1] = ctx->id;
+
+            if (h) {
+                params[2] = h->value;
+            } else {
+                ngx_str_null(&params[2]);
+            }
+
+            p = ngx_sprintf(buf[0], "%d", 5000);
+            params[3].data = buf[0];
+            params[3].len = p - buf[0];
+
+            return ngx_pushjobs_api_query(r, ctx,
+                                          "SELECT mode, after, summary"
+                                          " FROM pushjobs.feed_open($1, $2,"
+                                          " $3, $4)",
+                                          4, params,
+                                          ngx_pushjobs_api_feed_result);
+        }
+
+        if (h) {
+            params[1] = h->value;
+        } else {
+            ngx_str_null(&params[1]);
+        }
+
+        p = ngx_sprintf(buf[0], "%d", 60000);
+        params[2].data = buf[0];
+        params[2].len = p - buf[0];
+
+        return ngx_pushjobs_api_query(r, ctx,
+                                      "SELECT after, history"
+                                      " FROM pushjobs.org_feed_open($1, $2,"
+                                      " $3)",
+                                      3, params, ngx_pushjobs_api_feed_result);
+
     case NGX_PUSHJOBS_ROUTE_STATUS:
 
         p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
@@ -1316,7 +1694,12 @@ ngx_pushjobs_api_query_done(void *data, PGresult *res)
         rc = ctx->result(r, ctx, res);
     }
 
-    ngx_http_finalize_request(r, rc);
+    /* NGX_DONE: the request now belongs to an event feed */
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+
     ngx_http_run_posted_requests(c);
 }
 
@@ -1463,6 +1846,17 @@ ngx_pushjobs_api_output_result(ngx_http_request_t *r,
 
     return ngx_pushjobs_send_body(r, NGX_HTTP_OK, &ngx_pushjobs_octet_stream,
                                   &body);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_feed_result(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, PGresult *res)
+{
+    return ngx_pushjobs_feed_open(r, &ctx->org,
+                                  ctx->route == NGX_PUSHJOBS_ROUTE_JOB_FEED
+                                  ? &ctx->id : NULL,
+                                  res);
 }
 
 

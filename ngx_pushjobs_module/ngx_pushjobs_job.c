@@ -93,7 +93,10 @@ ngx_pushjobs_job_notify(ngx_str_t *payload)
     }
 
     if (k > NGX_PUSHJOBS_JOB_STOP) {
-        /* "event": for the feeds */
+        if (kind.len == 5 && ngx_strncmp(kind.data, "event", 5) == 0) {
+            ngx_pushjobs_feed_notify(&org, &job);
+        }
+
         return;
     }
 
@@ -113,6 +116,8 @@ ngx_pushjobs_job_notify(ngx_str_t *payload)
 void
 ngx_pushjobs_job_connected(void)
 {
+    ngx_pushjobs_feed_catch_up();
+
     if (ngx_pushjobs_pg_query("SELECT org, job_id, kind"
                               " FROM pushjobs.recent_jobs()",
                               0, NULL, ngx_pushjobs_job_recent_done, NULL)

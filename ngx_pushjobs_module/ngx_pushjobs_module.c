@@ -18,6 +18,8 @@
 
 #include "ngx_pushjobs_module.h"
 
+#include <openssl/pem.h>
+
 
 static void *ngx_pushjobs_create_main_conf(ngx_conf_t *cf);
 static char *ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf);
@@ -30,6 +32,9 @@ static char *ngx_pushjobs_key_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_pushjobs_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_pushjobs_load_key(ngx_conf_t *cf,
+    ngx_pushjobs_main_conf_t *pmcf);
+static void ngx_pushjobs_free_key(void *data);
 static ngx_int_t ngx_pushjobs_init_process(ngx_cycle_t *cycle);
 static void ngx_pushjobs_exit_process(ngx_cycle_t *cycle);
 
@@ -81,6 +86,20 @@ static ngx_command_t  ngx_pushjobs_commands[] = {
       ngx_conf_set_str_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_pushjobs_main_conf_t, chef_location),
+      NULL },
+
+    { ngx_string("pushjobs_chef_user"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, chef_user),
+      NULL },
+
+    { ngx_string("pushjobs_chef_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, chef_key_file),
       NULL },
 
     { ngx_string("pushjobs_server_name"),
@@ -258,6 +277,10 @@ ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
         ngx_str_set(&pmcf->chef_location, "/_pushjobs_chef");
     }
 
+    if (pmcf->chef_user.len == 0) {
+        ngx_str_set(&pmcf->chef_user, "pivotal");
+    }
+
     if (pmcf->server_name.len == 0) {
         pmcf->server_name = cf->cycle->hostname;
     }
@@ -294,9 +317,69 @@ ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
                                "\"pushjobs\" requires \"pushjobs_key_zone\"");
             return NGX_CONF_ERROR;
         }
+
+        if (pmcf->chef_key_file.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"pushjobs\" requires \"pushjobs_chef_key\", "
+                               "the Chef superuser's key, to read groups");
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (pmcf->chef_key_file.len && ngx_pushjobs_load_key(cf, pmcf) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_pushjobs_load_key(ngx_conf_t *cf, ngx_pushjobs_main_conf_t *pmcf)
+{
+    BIO                 *bio;
+    ngx_pool_cleanup_t  *cln;
+
+    if (ngx_conf_full_name(cf->cycle, &pmcf->chef_key_file, 1) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    bio = BIO_new_file((char *) pmcf->chef_key_file.data, "r");
+    if (bio == NULL) {
+        ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
+                      "pushjobs: cannot open \"%V\"", &pmcf->chef_key_file);
+        return NGX_ERROR;
+    }
+
+    pmcf->chef_key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+
+    BIO_free(bio);
+
+    if (pmcf->chef_key == NULL) {
+        ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
+                      "pushjobs: no private key in \"%V\"",
+                      &pmcf->chef_key_file);
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        EVP_PKEY_free(pmcf->chef_key);
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_pushjobs_free_key;
+    cln->data = pmcf->chef_key;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_pushjobs_free_key(void *data)
+{
+    EVP_PKEY_free(data);
 }
 
 
@@ -613,6 +696,7 @@ ngx_pushjobs_exit_process(ngx_cycle_t *cycle)
     }
 
     ngx_pushjobs_agent_close_all();
+    ngx_pushjobs_feed_close_all();
 
     if (w->sweep_ev.timer_set) {
         ngx_del_timer(&w->sweep_ev);

@@ -68,6 +68,7 @@
 
 
 typedef struct ngx_pushjobs_worker_s    ngx_pushjobs_worker_t;
+typedef struct ngx_pushjobs_out_link_s  ngx_pushjobs_out_link_t;
 typedef struct ngx_pushjobs_agent_s     ngx_pushjobs_agent_t;
 typedef struct ngx_pushjobs_pg_query_s  ngx_pushjobs_pg_query_t;
 
@@ -82,6 +83,9 @@ typedef struct {
     time_t                      keys_ttl;
 
     ngx_str_t                   chef_location;
+    ngx_str_t                   chef_user;
+    ngx_str_t                   chef_key_file;
+    EVP_PKEY                   *chef_key;
     ngx_str_t                   server_name;
 
     ngx_msec_t                  voting_timeout;
@@ -193,6 +197,16 @@ typedef struct {
 } ngx_pushjobs_msg_t;
 
 
+/* The output queue of a long-lived connection (ngx_pushjobs_out.c). */
+
+typedef struct {
+    ngx_pushjobs_out_link_t    *head;
+    ngx_pushjobs_out_link_t   **tail;
+    size_t                      sent;
+    size_t                      bytes;
+} ngx_pushjobs_out_t;
+
+
 /* PostgreSQL (ngx_pushjobs_pg.c). */
 
 /*
@@ -267,6 +281,9 @@ ngx_int_t ngx_pushjobs_auth_parse(ngx_http_request_t *r,
     ngx_pushjobs_auth_t *auth, time_t skew, ngx_str_t *err);
 ngx_int_t ngx_pushjobs_auth_verify(ngx_http_request_t *r,
     ngx_pushjobs_auth_t *auth, ngx_str_t *body, EVP_PKEY *key);
+ngx_int_t ngx_pushjobs_auth_sign(ngx_pool_t *pool, EVP_PKEY *key,
+    ngx_str_t *user, ngx_str_t *method, ngx_str_t *path, ngx_str_t *body,
+    ngx_array_t *headers);
 
 /* ngx_pushjobs_keys.c */
 ngx_int_t ngx_pushjobs_keys_init_zone(ngx_shm_zone_t *shm_zone, void *data);
@@ -303,6 +320,15 @@ ngx_pushjobs_msg_t *ngx_pushjobs_msg_create(ngx_uint_t opcode, u_char *data,
     size_t len);
 void ngx_pushjobs_msg_release(ngx_pushjobs_msg_t *msg);
 
+/* ngx_pushjobs_out.c */
+ngx_pushjobs_msg_t *ngx_pushjobs_msg_raw(size_t size, ngx_log_t *log);
+void ngx_pushjobs_out_init(ngx_pushjobs_out_t *out);
+ngx_int_t ngx_pushjobs_out_push(ngx_pushjobs_out_t *out,
+    ngx_pushjobs_msg_t *msg, size_t max, ngx_log_t *log);
+ngx_int_t ngx_pushjobs_out_flush(ngx_pushjobs_out_t *out,
+    ngx_http_request_t *r);
+void ngx_pushjobs_out_free(ngx_pushjobs_out_t *out);
+
 /* ngx_pushjobs_api.c */
 ngx_int_t ngx_pushjobs_api_handler(ngx_http_request_t *r);
 ngx_int_t ngx_pushjobs_status_handler(ngx_http_request_t *r);
@@ -328,6 +354,13 @@ void ngx_pushjobs_agent_hello_done(ngx_pushjobs_store_item_t *item,
     ngx_str_t *job_id, ngx_str_t *action, ngx_str_t *message);
 void ngx_pushjobs_agent_republish(void);
 void ngx_pushjobs_agent_close_all(void);
+
+/* ngx_pushjobs_sse.c */
+ngx_int_t ngx_pushjobs_feed_open(ngx_http_request_t *r, ngx_str_t *org,
+    ngx_str_t *job, PGresult *res);
+void ngx_pushjobs_feed_notify(ngx_str_t *org, ngx_str_t *job);
+void ngx_pushjobs_feed_catch_up(void);
+void ngx_pushjobs_feed_close_all(void);
 
 /* ngx_pushjobs_job.c */
 void ngx_pushjobs_job_notify(ngx_str_t *payload);

@@ -980,3 +980,114 @@ LANGUAGE sql STABLE AS $$
                FROM pushjobs.jobs j
               WHERE j.status IN ('new', 'voting', 'running')))::text
 $$;
+
+
+-- Event feeds (contract §5).
+
+-- Opens a job's feed: "missing" (no such job in the org: 404), "summary"
+-- with the job document when the job ended more than p_linger_ms ago, or
+-- "stream" with the sequence number to start after, from Last-Event-ID
+-- ("job-N"; an unknown or absent id starts from the beginning).
+CREATE OR REPLACE FUNCTION pushjobs.feed_open(p_org text, p_job text,
+    p_last_event_id text, p_linger_ms integer)
+RETURNS TABLE (mode text, after integer, summary text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_job   pushjobs.jobs;
+    v_seq   integer;
+BEGIN
+    SELECT * INTO v_job FROM pushjobs.jobs WHERE id = p_job AND org = p_org;
+
+    IF NOT FOUND THEN
+        mode := 'missing';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    IF v_job.status NOT IN ('new', 'voting', 'running')
+       AND v_job.updated_at < now() - p_linger_ms * interval '1 millisecond'
+    THEN
+        mode := 'summary';
+        summary := '{"timestamp": "' || pushjobs.event_time(now()) || '", '
+                   || substr(pushjobs.job_json(p_org, p_job, false), 2);
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    mode := 'stream';
+    after := 0;
+
+    IF p_last_event_id ~ '^job-[0-9]{1,9}$' THEN
+        v_seq := substr(p_last_event_id, 5)::integer;
+
+        IF v_seq <= v_job.event_seq THEN
+            after := v_seq;
+        END IF;
+    END IF;
+
+    RETURN NEXT;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.feed_events(p_job text, p_after integer,
+    p_limit integer)
+RETURNS TABLE (seq integer, name text, data text)
+LANGUAGE sql STABLE AS $$
+    SELECT e.seq, e.name, e.data
+      FROM pushjobs.job_events e
+     WHERE e.job_id = p_job AND e.seq > p_after
+     ORDER BY e.seq
+     LIMIT p_limit
+$$;
+
+
+-- Opens an org feed.  No Last-Event-ID: only what comes next.  A retained
+-- "org-N": what came after it.  Anything else: a start_of_history event
+-- (its timestamp is returned), then every retained event.
+CREATE OR REPLACE FUNCTION pushjobs.org_feed_open(p_org text,
+    p_last_event_id text, p_retention_ms integer)
+RETURNS TABLE (after bigint, history text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_id  bigint;
+BEGIN
+    IF p_last_event_id IS NULL OR p_last_event_id = '' THEN
+        SELECT COALESCE(max(e.id), 0) INTO after FROM pushjobs.org_events e;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    IF p_last_event_id ~ '^org-[0-9]{1,18}$' THEN
+        v_id := substr(p_last_event_id, 5)::bigint;
+
+        IF EXISTS (SELECT 1 FROM pushjobs.org_events e
+                    WHERE e.id = v_id AND e.org = p_org
+                      AND e.created_at > now() - p_retention_ms
+                                                 * interval '1 millisecond')
+        THEN
+            after := v_id;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+    END IF;
+
+    after := 0;
+    history := pushjobs.event_time(now() - p_retention_ms
+                                           * interval '1 millisecond');
+    RETURN NEXT;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.org_feed_events(p_org text,
+    p_after bigint, p_retention_ms integer, p_limit integer)
+RETURNS TABLE (id bigint, name text, data text)
+LANGUAGE sql STABLE AS $$
+    SELECT e.id, e.name, e.data
+      FROM pushjobs.org_events e
+     WHERE e.org = p_org AND e.id > p_after
+       AND e.created_at > now() - p_retention_ms * interval '1 millisecond'
+     ORDER BY e.id
+     LIMIT p_limit
+$$;

@@ -12,5 +12,7 @@ SELECT 'pushjobs.owner_beat(text)'::regprocedure;
 SELECT 'pushjobs.sweep(integer, integer)'::regprocedure;
 SELECT 'pushjobs.job_json(text, text, boolean)'::regprocedure;
 SELECT 'pushjobs.jobs_json(text)'::regprocedure;
+SELECT 'pushjobs.feed_open(text, text, text, integer)'::regprocedure;
+SELECT 'pushjobs.org_feed_open(text, text, integer)'::regprocedure;
 
 ROLLBACK;

@@ -1,0 +1,193 @@
+
+/*
+ * Copyright (C) pushjobs developers
+ */
+
+
+/*
+ * The output queue of a long-lived connection (agent channel, event feed).
+ * After the response header, such a connection writes its own bytes with
+ * c->send() (TLS included): a queue of shared, refcounted messages, with a
+ * byte cap so that a peer that does not read cannot make us hold unbounded
+ * memory, and send_timeout while the socket is full.
+ */
+
+
+#include "ngx_pushjobs_module.h"
+
+
+struct ngx_pushjobs_out_link_s {
+    ngx_pushjobs_out_link_t    *next;
+    ngx_pushjobs_msg_t         *msg;
+};
+
+
+/*
+ * A message of size bytes to fill, for connections that are not
+ * websockets; laid out as ngx_pushjobs_msg_create() does, so that
+ * ngx_pushjobs_msg_release() frees it.
+ */
+
+ngx_pushjobs_msg_t *
+ngx_pushjobs_msg_raw(size_t size, ngx_log_t *log)
+{
+    ngx_pushjobs_msg_t  *msg;
+
+    msg = ngx_alloc(sizeof(ngx_pushjobs_msg_t) + size, log);
+    if (msg == NULL) {
+        return NULL;
+    }
+
+    msg->refs = 1;
+    msg->data = (u_char *) msg + sizeof(ngx_pushjobs_msg_t);
+    msg->len = size;
+    msg->payload.data = msg->data;
+    msg->payload.len = size;
+
+    return msg;
+}
+
+
+void
+ngx_pushjobs_out_init(ngx_pushjobs_out_t *out)
+{
+    out->head = NULL;
+    out->tail = &out->head;
+    out->sent = 0;
+    out->bytes = 0;
+}
+
+
+/*
+ * NGX_OK when queued, NGX_DECLINED when the queue would exceed max bytes,
+ * NGX_ERROR when out of memory.
+ */
+
+ngx_int_t
+ngx_pushjobs_out_push(ngx_pushjobs_out_t *out, ngx_pushjobs_msg_t *msg,
+    size_t max, ngx_log_t *log)
+{
+    ngx_pushjobs_out_link_t  *l;
+
+    if (out->bytes + msg->len > max) {
+        return NGX_DECLINED;
+    }
+
+    l = ngx_alloc(sizeof(ngx_pushjobs_out_link_t), log);
+    if (l == NULL) {
+        return NGX_ERROR;
+    }
+
+    msg->refs++;
+
+    l->msg = msg;
+    l->next = NULL;
+    *out->tail = l;
+    out->tail = &l->next;
+    out->bytes += msg->len;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Writes what the socket takes.  NGX_OK when the queue is empty, NGX_AGAIN
+ * when the rest waits for the write event, NGX_ERROR when the connection
+ * broke.  A message half written stays at the head with the same pointer,
+ * as OpenSSL wants for a retried write.
+ */
+
+ngx_int_t
+ngx_pushjobs_out_flush(ngx_pushjobs_out_t *out, ngx_http_request_t *r)
+{
+    ssize_t                    n;
+    ngx_int_t                  rc;
+    ngx_connection_t          *c;
+    ngx_pushjobs_msg_t        *msg;
+    ngx_pushjobs_out_link_t   *l;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    c = r->connection;
+
+    /* the response header may still be on its way through the filters */
+
+    if (r->out || c->buffered) {
+        rc = ngx_http_output_filter(r, NULL);
+
+        if (rc == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (r->out || c->buffered) {
+            goto again;
+        }
+    }
+
+    while (out->head) {
+        l = out->head;
+        msg = l->msg;
+
+        n = c->send(c, msg->data + out->sent, msg->len - out->sent);
+
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (n == NGX_AGAIN) {
+            goto again;
+        }
+
+        out->sent += n;
+
+        if (out->sent < msg->len) {
+            continue;
+        }
+
+        out->head = l->next;
+        if (out->head == NULL) {
+            out->tail = &out->head;
+        }
+
+        out->sent = 0;
+        out->bytes -= msg->len;
+
+        ngx_pushjobs_msg_release(msg);
+        ngx_free(l);
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    return NGX_OK;
+
+again:
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (!c->write->timer_set) {
+        ngx_add_timer(c->write, clcf->send_timeout);
+    }
+
+    if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_AGAIN;
+}
+
+
+void
+ngx_pushjobs_out_free(ngx_pushjobs_out_t *out)
+{
+    ngx_pushjobs_out_link_t  *l;
+
+    while (out->head) {
+        l = out->head;
+        out->head = l->next;
+        ngx_pushjobs_msg_release(l->msg);
+        ngx_free(l);
+    }
+
+    ngx_pushjobs_out_init(out);
+}

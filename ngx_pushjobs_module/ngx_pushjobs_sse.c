@@ -1,0 +1,724 @@
+
+/*
+ * Copyright (C) pushjobs developers
+ */
+
+
+/*
+ * Server-Sent Events feeds (contract §5): a job's feed and an org's feed.
+ *
+ * Events are rows of pushjobs.job_events / pushjobs.org_events, written by
+ * the SQL transitions; their NOTIFY ("event ORG JOB") reaches every worker
+ * of every front end, and a worker holding feeds of that job or org reads
+ * the rows after the last one each feed sent.  So a feed is served by any
+ * worker, and Last-Event-ID resumes from the table.  Each event is written
+ * as one HTTP chunk directly to the socket, flushed at once.
+ */
+
+
+#include "ngx_pushjobs_module.h"
+
+
+#define NGX_PUSHJOBS_FEED_BATCH       1000
+#define NGX_PUSHJOBS_FEED_LINGER      5000
+#define NGX_PUSHJOBS_FEED_RETENTION   60000
+#define NGX_PUSHJOBS_FEED_KEEPALIVE   15000
+
+
+typedef struct {
+    ngx_queue_t                 queue;
+
+    ngx_http_request_t         *request;
+    ngx_connection_t           *connection;
+
+    ngx_str_t                   org;
+    ngx_str_t                   job;
+    ngx_uint_t                  org_feed;
+    int64_t                     last;
+
+    ngx_pushjobs_out_t          out;
+    ngx_event_t                 keepalive;
+
+    ngx_uint_t                  refs;
+
+    unsigned                    closed:1;
+    unsigned                    fetching:1;
+    unsigned                    dirty:1;
+    unsigned                    finished:1;
+    unsigned                    chunked:1;
+} ngx_pushjobs_feed_t;
+
+
+static ngx_pushjobs_feed_t *ngx_pushjobs_feed_create(ngx_http_request_t *r,
+    ngx_str_t *org, ngx_str_t *job, int64_t last);
+static ngx_int_t ngx_pushjobs_feed_headers(ngx_http_request_t *r);
+static void ngx_pushjobs_feed_fetch(ngx_pushjobs_feed_t *f);
+static void ngx_pushjobs_feed_fetched(void *data, PGresult *res);
+static void ngx_pushjobs_feed_event(ngx_pushjobs_feed_t *f, ngx_str_t *name,
+    ngx_str_t *id, ngx_str_t *data);
+static void ngx_pushjobs_feed_send(ngx_pushjobs_feed_t *f, u_char *data,
+    size_t len);
+static void ngx_pushjobs_feed_write_handler(ngx_http_request_t *r);
+static void ngx_pushjobs_feed_keepalive_handler(ngx_event_t *ev);
+static void ngx_pushjobs_feed_cleanup(void *data);
+static void ngx_pushjobs_feed_detach(ngx_pushjobs_feed_t *f);
+static void ngx_pushjobs_feed_close(ngx_pushjobs_feed_t *f);
+static void ngx_pushjobs_feed_unref(ngx_pushjobs_feed_t *f);
+
+
+static ngx_queue_t  ngx_pushjobs_feeds;
+static ngx_uint_t   ngx_pushjobs_feeds_ready;
+
+
+/*
+ * The answer to pushjobs.feed_open() or pushjobs.org_feed_open(): a summary,
+ * or the start of a stream.  Returns NGX_DONE when the request now belongs
+ * to a feed.
+ */
+
+ngx_int_t
+ngx_pushjobs_feed_open(ngx_http_request_t *r, ngx_str_t *org, ngx_str_t *job,
+    PGresult *res)
+{
+    u_char               *p;
+    size_t                len;
+    int64_t               last;
+    ngx_int_t             rc;
+    ngx_str_t             name, id, data;
+    ngx_pushjobs_feed_t  *f;
+
+    if (PQntuples(res) != 1) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (job) {
+        p = (u_char *) PQgetvalue(res, 0, 0);
+
+        if (ngx_strcmp(p, "missing") == 0) {
+            return ngx_pushjobs_json_error(r, NGX_HTTP_NOT_FOUND, 1,
+                                           "not found");
+        }
+
+        if (ngx_strcmp(p, "summary") == 0) {
+            rc = ngx_pushjobs_feed_headers(r);
+            if (rc != NGX_OK) {
+                return rc;
+            }
+
+            f = ngx_pushjobs_feed_create(r, org, job, 0);
+            if (f == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_str_set(&name, "summary");
+            ngx_str_set(&id, "job-1");
+            data.data = (u_char *) PQgetvalue(res, 0, 2);
+            data.len = PQgetlength(res, 0, 2);
+
+            f->finished = 1;
+            ngx_pushjobs_feed_event(f, &name, &id, &data);
+
+            return NGX_DONE;
+        }
+
+        last = ngx_atoof((u_char *) PQgetvalue(res, 0, 1),
+                         PQgetlength(res, 0, 1));
+
+    } else {
+        last = ngx_atoof((u_char *) PQgetvalue(res, 0, 0),
+                         PQgetlength(res, 0, 0));
+    }
+
+    if (last < 0) {
+        last = 0;
+    }
+
+    rc = ngx_pushjobs_feed_headers(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    f = ngx_pushjobs_feed_create(r, org, job, last);
+    if (f == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (job == NULL && !PQgetisnull(res, 0, 1)) {
+        /* the org feed lost track of the client's last event */
+
+        ngx_str_set(&name, "start_of_history");
+        ngx_str_set(&id, "start_id");
+
+        len = sizeof("{\"timestamp\":\"\"}") - 1 + PQgetlength(res, 0, 1);
+        data.data = ngx_alloc(len, r->connection->log);
+        if (data.data == NULL) {
+            ngx_pushjobs_feed_close(f);
+            return NGX_DONE;
+        }
+
+        data.len = ngx_sprintf(data.data, "{\"timestamp\":\"%s\"}",
+                               PQgetvalue(res, 0, 1))
+                   - data.data;
+
+        ngx_pushjobs_feed_event(f, &name, &id, &data);
+        ngx_free(data.data);
+    }
+
+    if (!f->closed) {
+        ngx_pushjobs_feed_fetch(f);
+    }
+
+    return NGX_DONE;
+}
+
+
+/* "event ORG JOB": feeds of that job or org read what is new */
+
+void
+ngx_pushjobs_feed_notify(ngx_str_t *org, ngx_str_t *job)
+{
+    ngx_queue_t          *q, *next;
+    ngx_pushjobs_feed_t  *f;
+
+    if (!ngx_pushjobs_feeds_ready) {
+        return;
+    }
+
+    for (q = ngx_queue_head(&ngx_pushjobs_feeds);
+         q != ngx_queue_sentinel(&ngx_pushjobs_feeds);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        f = ngx_queue_data(q, ngx_pushjobs_feed_t, queue);
+
+        if (f->closed || f->finished
+            || f->org.len != org->len
+            || ngx_strncmp(f->org.data, org->data, org->len) != 0)
+        {
+            continue;
+        }
+
+        if (!f->org_feed
+            && (f->job.len != job->len
+                || ngx_strncmp(f->job.data, job->data, job->len) != 0))
+        {
+            continue;
+        }
+
+        ngx_pushjobs_feed_fetch(f);
+    }
+}
+
+
+/* after the LISTEN connection came back: events may have been missed */
+
+void
+ngx_pushjobs_feed_catch_up(void)
+{
+    ngx_queue_t          *q, *next;
+    ngx_pushjobs_feed_t  *f;
+
+    if (!ngx_pushjobs_feeds_ready) {
+        return;
+    }
+
+    for (q = ngx_queue_head(&ngx_pushjobs_feeds);
+         q != ngx_queue_sentinel(&ngx_pushjobs_feeds);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        f = ngx_queue_data(q, ngx_pushjobs_feed_t, queue);
+
+        if (!f->closed && !f->finished) {
+            ngx_pushjobs_feed_fetch(f);
+        }
+    }
+}
+
+
+void
+ngx_pushjobs_feed_close_all(void)
+{
+    ngx_queue_t          *q;
+    ngx_pushjobs_feed_t  *f;
+
+    if (!ngx_pushjobs_feeds_ready) {
+        return;
+    }
+
+    while (!ngx_queue_empty(&ngx_pushjobs_feeds)) {
+        q = ngx_queue_head(&ngx_pushjobs_feeds);
+        f = ngx_queue_data(q, ngx_pushjobs_feed_t, queue);
+        ngx_pushjobs_feed_close(f);
+    }
+}
+
+
+static ngx_int_t
+ngx_pushjobs_feed_headers(ngx_http_request_t *r)
+{
+    ngx_int_t         rc;
+    ngx_table_elt_t  *h;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = -1;
+    ngx_str_set(&r->headers_out.content_type, "text/event-stream");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    /* tell proxies in front of us not to buffer the stream */
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "X-Accel-Buffering");
+    ngx_str_set(&h->value, "no");
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Cache-Control");
+    ngx_str_set(&h->value, "no-cache");
+
+    r->keepalive = 0;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc == NGX_OK ? NGX_ERROR : rc;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_pushjobs_feed_t *
+ngx_pushjobs_feed_create(ngx_http_request_t *r, ngx_str_t *org,
+    ngx_str_t *job, int64_t last)
+{
+    u_char               *p;
+    ngx_connection_t     *c;
+    ngx_http_cleanup_t   *cln;
+    ngx_pushjobs_feed_t  *f;
+
+    c = r->connection;
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    f = ngx_alloc(sizeof(ngx_pushjobs_feed_t) + org->len
+                  + (job ? job->len : 0), c->log);
+    if (f == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(f, sizeof(ngx_pushjobs_feed_t));
+
+    p = (u_char *) f + sizeof(ngx_pushjobs_feed_t);
+    f->org.data = p;
+    f->org.len = org->len;
+    p = ngx_cpymem(p, org->data, org->len);
+
+    if (job) {
+        f->job.data = p;
+        f->job.len = job->len;
+        ngx_memcpy(p, job->data, job->len);
+
+    } else {
+        f->org_feed = 1;
+    }
+
+    f->request = r;
+    f->connection = c;
+    f->last = last;
+    f->refs = 1;
+    f->chunked = r->chunked;
+
+    ngx_pushjobs_out_init(&f->out);
+
+    cln->handler = ngx_pushjobs_feed_cleanup;
+    cln->data = f;
+
+    if (!ngx_pushjobs_feeds_ready) {
+        ngx_queue_init(&ngx_pushjobs_feeds);
+        ngx_pushjobs_feeds_ready = 1;
+    }
+
+    ngx_queue_insert_tail(&ngx_pushjobs_feeds, &f->queue);
+
+    ngx_pushjobs_init_timer(&f->keepalive,
+                            ngx_pushjobs_feed_keepalive_handler, f, c->log);
+    ngx_add_timer(&f->keepalive, NGX_PUSHJOBS_FEED_KEEPALIVE);
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    /* the request now lives as long as the feed, which is its context */
+
+    ngx_http_set_ctx(r, f, ngx_pushjobs_module);
+
+    r->read_event_handler = ngx_http_test_reading;
+    r->write_event_handler = ngx_pushjobs_feed_write_handler;
+
+    /* a reload or shutdown closes idle connections: let it close ours */
+    c->idle = 1;
+
+    return f;
+}
+
+
+static void
+ngx_pushjobs_feed_fetch(ngx_pushjobs_feed_t *f)
+{
+    u_char     *p, after[NGX_INT64_LEN], limit[NGX_INT_T_LEN],
+               keep[NGX_INT_T_LEN];
+    ngx_str_t   params[4];
+
+    if (f->fetching) {
+        f->dirty = 1;
+        return;
+    }
+
+    f->dirty = 0;
+
+    p = ngx_sprintf(after, "%L", f->last);
+    params[1].data = after;
+    params[1].len = p - after;
+
+    p = ngx_sprintf(limit, "%d", NGX_PUSHJOBS_FEED_BATCH);
+
+    if (f->org_feed) {
+        params[0] = f->org;
+
+        params[2].data = keep;
+        params[2].len = ngx_sprintf(keep, "%d", NGX_PUSHJOBS_FEED_RETENTION)
+                        - keep;
+
+        params[3].data = limit;
+        params[3].len = p - limit;
+
+        if (ngx_pushjobs_pg_query("SELECT id, name, data"
+                                  " FROM pushjobs.org_feed_events($1, $2,"
+                                  " $3, $4)",
+                                  4, params, ngx_pushjobs_feed_fetched, f)
+            == NULL)
+        {
+            return;
+        }
+
+    } else {
+        params[0] = f->job;
+
+        params[2].data = limit;
+        params[2].len = p - limit;
+
+        if (ngx_pushjobs_pg_query("SELECT seq, name, data"
+                                  " FROM pushjobs.feed_events($1, $2, $3)",
+                                  3, params, ngx_pushjobs_feed_fetched, f)
+            == NULL)
+        {
+            return;
+        }
+    }
+
+    f->fetching = 1;
+    f->refs++;
+}
+
+
+/* rows: (id, name, data) */
+
+static void
+ngx_pushjobs_feed_fetched(void *data, PGresult *res)
+{
+    ngx_pushjobs_feed_t *f = data;
+
+    int         row, nrows;
+    u_char     *p, buf[NGX_INT64_LEN + 8];
+    int64_t     n;
+    ngx_str_t   name, id, body;
+
+    f->fetching = 0;
+
+    if (f->closed) {
+        ngx_pushjobs_feed_unref(f);
+        return;
+    }
+
+    ngx_pushjobs_feed_unref(f);
+
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        /* the next notification or the keepalive tries again */
+        f->dirty = 1;
+        return;
+    }
+
+    nrows = PQntuples(res);
+
+    for (row = 0; row < nrows && !f->closed && !f->finished; row++) {
+        n = ngx_atoof((u_char *) PQgetvalue(res, row, 0),
+                      PQgetlength(res, row, 0));
+
+        if (n <= f->last) {
+            continue;
+        }
+
+        f->last = n;
+
+        p = ngx_sprintf(buf, "%s-%L", f->org_feed ? "org" : "job", n);
+        id.data = buf;
+        id.len = p - buf;
+
+        name.data = (u_char *) PQgetvalue(res, row, 1);
+        name.len = PQgetlength(res, row, 1);
+        body.data = (u_char *) PQgetvalue(res, row, 2);
+        body.len = PQgetlength(res, row, 2);
+
+        /* a job's feed ends with the job */
+
+        if (!f->org_feed && name.len == sizeof("job_complete") - 1
+            && ngx_strncmp(name.data, "job_complete", name.len) == 0)
+        {
+            f->finished = 1;
+        }
+
+        ngx_pushjobs_feed_event(f, &name, &id, &body);
+    }
+
+    if (f->closed || f->finished) {
+        return;
+    }
+
+    if (nrows == NGX_PUSHJOBS_FEED_BATCH || f->dirty) {
+        ngx_pushjobs_feed_fetch(f);
+    }
+}
+
+
+/* "event: NAME\nid: ID\ndata: DATA\n\n" */
+
+static void
+ngx_pushjobs_feed_event(ngx_pushjobs_feed_t *f, ngx_str_t *name,
+    ngx_str_t *id, ngx_str_t *data)
+{
+    u_char  *buf, *p;
+    size_t   len;
+
+    len = sizeof("event: \nid: \ndata: \n\n") - 1 + name->len + id->len
+          + data->len;
+
+    buf = ngx_alloc(len, f->connection->log);
+    if (buf == NULL) {
+        ngx_pushjobs_feed_close(f);
+        return;
+    }
+
+    p = ngx_sprintf(buf, "event: %V\nid: %V\ndata: %V\n\n", name, id, data);
+
+    ngx_pushjobs_feed_send(f, buf, p - buf);
+
+    ngx_free(buf);
+}
+
+
+/* one HTTP chunk (unless the client speaks HTTP/1.0), flushed at once */
+
+static void
+ngx_pushjobs_feed_send(ngx_pushjobs_feed_t *f, u_char *data, size_t len)
+{
+    u_char              *p;
+    size_t               size;
+    ngx_int_t            rc;
+    ngx_uint_t           waiting;
+    ngx_pushjobs_msg_t  *msg;
+
+    if (f->closed) {
+        return;
+    }
+
+    size = len;
+    if (f->chunked) {
+        size += NGX_OFF_T_LEN + sizeof(CRLF CRLF) - 1;
+    }
+
+    if (f->finished && f->chunked) {
+        size += sizeof("0" CRLF CRLF) - 1;
+    }
+
+    msg = ngx_pushjobs_msg_raw(size, f->connection->log);
+    if (msg == NULL) {
+        ngx_pushjobs_feed_close(f);
+        return;
+    }
+
+    p = msg->data;
+
+    if (f->chunked) {
+        p = ngx_sprintf(p, "%xz" CRLF, len);
+    }
+
+    p = ngx_cpymem(p, data, len);
+
+    if (f->chunked) {
+        *p++ = CR; *p++ = LF;
+
+        if (f->finished) {
+            p = ngx_cpymem(p, "0" CRLF CRLF, sizeof("0" CRLF CRLF) - 1);
+        }
+    }
+
+    msg->len = p - msg->data;
+
+    waiting = (f->out.head != NULL);
+
+    rc = ngx_pushjobs_out_push(&f->out, msg,
+                               ngx_pushjobs_worker->pmcf->max_queued_output,
+                               f->connection->log);
+
+    ngx_pushjobs_msg_release(msg);
+
+    if (rc != NGX_OK) {
+        ngx_log_error(NGX_LOG_WARN, f->connection->log, 0,
+                      "pushjobs: event feed reader too slow, closing");
+        ngx_pushjobs_feed_close(f);
+        return;
+    }
+
+    if (waiting) {
+        return;
+    }
+
+    ngx_pushjobs_feed_write_handler(f->request);
+}
+
+
+static void
+ngx_pushjobs_feed_write_handler(ngx_http_request_t *r)
+{
+    ngx_int_t             rc;
+    ngx_connection_t     *c;
+    ngx_pushjobs_feed_t  *f;
+
+    c = r->connection;
+    f = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
+
+    if (f == NULL || f->closed) {
+        return;
+    }
+
+    if (c->write->timedout) {
+        c->timedout = 1;
+        ngx_pushjobs_feed_close(f);
+        return;
+    }
+
+    rc = ngx_pushjobs_out_flush(&f->out, r);
+
+    if (rc == NGX_ERROR) {
+        c->error = 1;
+        ngx_pushjobs_feed_close(f);
+        return;
+    }
+
+    if (rc == NGX_OK && f->finished) {
+        ngx_pushjobs_feed_close(f);
+    }
+}
+
+
+static void
+ngx_pushjobs_feed_keepalive_handler(ngx_event_t *ev)
+{
+    ngx_pushjobs_feed_t  *f;
+
+    f = ev->data;
+
+    if (f->closed) {
+        return;
+    }
+
+    ngx_add_timer(ev, NGX_PUSHJOBS_FEED_KEEPALIVE);
+
+    if (f->dirty && !f->fetching) {
+        ngx_pushjobs_feed_fetch(f);
+    }
+
+    if (f->out.head == NULL) {
+        ngx_pushjobs_feed_send(f, (u_char *) ":keepalive\n",
+                               sizeof(":keepalive\n") - 1);
+    }
+}
+
+
+/* the request is being freed: by nginx (client gone, shutdown), or by us */
+
+static void
+ngx_pushjobs_feed_cleanup(void *data)
+{
+    ngx_pushjobs_feed_t *f = data;
+
+    if (f->closed) {
+        return;
+    }
+
+    ngx_pushjobs_feed_detach(f);
+    ngx_pushjobs_feed_unref(f);
+}
+
+
+static void
+ngx_pushjobs_feed_detach(ngx_pushjobs_feed_t *f)
+{
+    f->closed = 1;
+
+    ngx_queue_remove(&f->queue);
+
+    if (f->keepalive.timer_set) {
+        ngx_del_timer(&f->keepalive);
+    }
+
+    ngx_pushjobs_out_free(&f->out);
+
+    f->request = NULL;
+    f->connection = NULL;
+}
+
+
+static void
+ngx_pushjobs_feed_close(ngx_pushjobs_feed_t *f)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    if (f->closed) {
+        return;
+    }
+
+    r = f->request;
+    c = f->connection;
+
+    ngx_pushjobs_feed_detach(f);
+
+    ngx_http_finalize_request(r, NGX_ERROR);
+    ngx_http_run_posted_requests(c);
+
+    ngx_pushjobs_feed_unref(f);
+}
+
+
+static void
+ngx_pushjobs_feed_unref(ngx_pushjobs_feed_t *f)
+{
+    if (--f->refs == 0) {
+        ngx_free(f);
+    }
+}
