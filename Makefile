@@ -2,8 +2,10 @@
 #
 #   make                 build build/nginx/ngx_pushjobs_module.so and
 #                        build/pushjobs-agent
-#   make demo            bring the local stack up, run one job, show it
-#   make test            run the test suite (prove)
+#   make demo            install what is missing (apt-get), build, bring
+#                        the local stack up, run one job, show its result
+#   make test            install what is missing, build, run the tests
+#                        (prove)
 #
 # The module is configured with the exact flags of the target nginx so that
 # load_module accepts it.  By default that is Debian's nginx through nginx-dev
@@ -36,7 +38,7 @@ DPKG_CFLAGS  := $(shell dpkg-buildflags --get CFLAGS 2>/dev/null) \
                 $(shell dpkg-buildflags --get CPPFLAGS 2>/dev/null)
 DPKG_LDFLAGS := $(shell dpkg-buildflags --get LDFLAGS 2>/dev/null)
 
-.PHONY: all module agent demo test clean
+.PHONY: all module agent deps demo test clean
 
 all: module agent
 
@@ -65,10 +67,16 @@ $(BUILD)/pushjobs-agent: $(AGENT_SRCS) $(AGENT_HDRS)
 	@mkdir -p $(BUILD)
 	$(CC) $(AGENT_CFLAGS) $(AGENT_CPPFLAGS) -o $@ $(AGENT_SRCS) $(AGENT_LDLIBS)
 
-demo: all
+# Debian packages for the build and the local stack (apt-get, when missing)
+deps:
+	stack/install-deps
+
+demo: deps
+	$(MAKE) all
 	perl stack/pushjobs-stack demo
 
-test: all
+test: deps
+	$(MAKE) all
 	prove -I t/lib -r t/
 
 clean:

@@ -1,0 +1,677 @@
+package PushJobs::Stack;
+
+# The local pushjobs stack, used by the demo (stack/pushjobs-stack) and by
+# every test: a private PostgreSQL cluster with the schema deployed by
+# sqitch, the test stand-in for the Chef server API (stack/chef-api-standin.rb,
+# signature checks by Chef's own mixlib-authentication), Debian's nginx with
+# ngx_pushjobs_module loaded (TLS, reuseport, >= 2 workers) in front of it,
+# and N pushjobs-agent processes, each a Chef client of the org with its own
+# key and client.rb.  Everything listens on loopback and lives in one
+# temporary directory, removed on stop unless PUSHJOBS_KEEP is set.
+
+use strict;
+use warnings;
+
+use Carp qw(croak);
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use File::Path qw(make_path remove_tree);
+use File::Temp qw(tempdir);
+use HTTP::Tiny;
+use IO::Socket::INET;
+use IPC::Open2 qw(open2);
+use JSON::PP;
+use POSIX qw(:sys_wait_h);
+use Time::HiRes qw(time sleep);
+
+our $ROOT = abs_path(dirname(__FILE__) . '/../../..');
+our $PGBIN = $ENV{PGBIN} || (sort glob('/usr/lib/postgresql/*/bin'))[-1]
+             || '/usr/lib/postgresql/15/bin';
+our $NGINX = $ENV{NGINX} || '/usr/sbin/nginx';
+our $MODULE = $ENV{PUSHJOBS_MODULE}
+              || "$ROOT/build/nginx/ngx_pushjobs_module.so";
+our $AGENT = $ENV{PUSHJOBS_AGENT} || "$ROOT/build/pushjobs-agent";
+
+my $JSON = JSON::PP->new->canonical->allow_nonref;
+
+sub json { $JSON }
+
+sub new {
+    my ($class, %opt) = @_;
+
+    my $self = bless {
+        org       => $opt{org} // 'demo',
+        agents    => $opt{agents} // 3,
+        workers   => $opt{workers} // 2,
+        whitelist => $opt{whitelist} // {
+            'chef-client' => 'true',
+            'true'        => 'true',
+            'false'       => 'false',
+            'hostname'    => 'hostname',
+            'uptime'      => 'uptime',
+        },
+        whitelist_regex => $opt{whitelist_regex} // [
+            [ '^echo (.*)$', 'echo \\1' ],
+            [ '^sleep ([0-9]+)$', 'sleep \\1' ],
+        ],
+        nginx_extra => $opt{nginx_extra} // '',
+        verbose   => $opt{verbose} // $ENV{PUSHJOBS_VERBOSE},
+        procs     => {},
+        owner     => $$,
+    }, $class;
+
+    my $base = $ENV{PUSHJOBS_TMPDIR} || '/tmp';
+    $self->{dir} = tempdir('pushjobs-stack-XXXXXX', DIR => $base);
+
+    # nginx workers (nobody) and PostgreSQL (postgres) must reach it
+    chmod 0755, $self->{dir};
+
+    return $self;
+}
+
+sub dir { $_[0]{dir} }
+sub org { $_[0]{org} }
+sub port { $_[0]{nginx_port} }
+sub url { 'https://127.0.0.1:' . $_[0]{nginx_port} }
+
+sub log {
+    my ($self, @msg) = @_;
+    print STDERR "# stack: @msg\n" if $self->{verbose};
+}
+
+sub run_cmd {
+    my ($self, @cmd) = @_;
+    my $out = "$self->{dir}/cmd.log";
+    my $pid = fork // croak "fork: $!";
+    if ($pid == 0) {
+        open STDOUT, '>>', $out or die;
+        open STDERR, '>&', \*STDOUT or die;
+        exec @cmd or die "exec $cmd[0]: $!";
+    }
+    waitpid $pid, 0;
+    if ($? != 0) {
+        my $log = slurp($out);
+        croak "failed ($?): @cmd\n$log";
+    }
+}
+
+sub slurp {
+    my ($file) = @_;
+    open my $fh, '<', $file or return '';
+    local $/;
+    my $s = <$fh>;
+    return $s;
+}
+
+sub spew {
+    my ($file, $content, $mode) = @_;
+    open my $fh, '>', $file or croak "$file: $!";
+    print $fh $content;
+    close $fh or croak "$file: $!";
+    chmod $mode, $file if defined $mode;
+}
+
+sub free_port {
+    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                  Proto => 'tcp', Listen => 1, ReuseAddr => 1)
+        or croak "no free port: $!";
+    my $port = $s->sockport;
+    close $s;
+    return $port;
+}
+
+# Wait until $cond returns true, at most $timeout seconds; returns its value
+# or undef on timeout.
+sub wait_for {
+    my ($timeout, $cond, $step) = @_;
+    my $deadline = time + $timeout;
+    $step //= 0.05;
+    while (1) {
+        my $v = $cond->();
+        return $v if $v;
+        return undef if time > $deadline;
+        sleep $step;
+    }
+}
+
+sub spawn {
+    my ($self, $name, $log, @cmd) = @_;
+    my $pid = fork // croak "fork: $!";
+    if ($pid == 0) {
+        setpgrp(0, 0);
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', $log or die "$log: $!";
+        open STDERR, '>&', \*STDOUT or die;
+        exec @cmd or die "exec $cmd[0]: $!";
+    }
+    $self->{procs}{$name} = $pid;
+    $self->log("started $name ($pid)");
+    return $pid;
+}
+
+sub alive {
+    my ($self, $name) = @_;
+    my $pid = $self->{procs}{$name} or return 0;
+    return waitpid($pid, WNOHANG) == 0;
+}
+
+sub stop_proc {
+    my ($self, $name, $sig, $timeout) = @_;
+    my $pid = delete $self->{procs}{$name} or return;
+    kill $sig // 'TERM', $pid;
+    my $gone = wait_for($timeout // 10, sub { waitpid($pid, WNOHANG) != 0 });
+    if (!$gone) {
+        kill 'KILL', -$pid;
+        kill 'KILL', $pid;
+        waitpid $pid, 0;
+    }
+}
+
+# --- start ----------------------------------------------------------------
+
+sub start {
+    my ($self) = @_;
+
+    croak "build the module first (make): $MODULE" unless -f $MODULE;
+    croak "build the agent first (make): $AGENT" unless -x $AGENT;
+
+    $self->make_keys;
+    $self->start_postgres;
+    $self->start_chef;
+    $self->start_nginx;
+    $self->start_agents;
+
+    return $self;
+}
+
+sub genkey {
+    my ($self, $name) = @_;
+    my $dir = "$self->{dir}/keys";
+    make_path($dir);
+    my $key = "$dir/$name.pem";
+    $self->run_cmd('openssl', 'genrsa', '-out', $key, '2048');
+    $self->run_cmd('openssl', 'rsa', '-in', $key, '-pubout',
+                   '-out', "$dir/$name.pub");
+    chmod 0644, $key;
+    return ($key, slurp("$dir/$name.pub"));
+}
+
+sub make_keys {
+    my ($self) = @_;
+    my $d = $self->{dir};
+
+    make_path("$d/tls");
+    $self->run_cmd('openssl', 'req', '-x509', '-newkey', 'rsa:2048',
+                   '-nodes', '-keyout', "$d/tls/server.key",
+                   '-out', "$d/tls/server.crt", '-days', '2',
+                   '-subj', '/CN=localhost',
+                   '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost');
+
+    for my $u (qw(pivotal alice bob carol)) {
+        @{ $self->{users}{$u} }{qw(key pub)} = $self->genkey($u);
+    }
+
+    for my $i (1 .. $self->{agents}) {
+        my $n = "node$i";
+        @{ $self->{clients}{$n} }{qw(key pub)} = $self->genkey($n);
+    }
+
+    # a client that exists in Chef but runs no agent
+    @{ $self->{clients}{ghost} }{qw(key pub)} = $self->genkey('ghost');
+}
+
+sub user_key { $_[0]{users}{$_[1]}{key} // $_[0]{clients}{$_[1]}{key} }
+
+sub fixture {
+    my ($self) = @_;
+    my $org = $self->{org};
+    my @nodes = ((map { "node$_" } 1 .. $self->{agents}), 'ghost');
+
+    my %users = map {
+        $_ => { public_key => $self->{users}{$_}{pub},
+                ($_ eq 'pivotal' ? (superuser => JSON::PP::true) : ()) }
+    } keys %{ $self->{users} };
+
+    my %clients = map {
+        $_ => { public_key => $self->{clients}{$_}{pub},
+                validator => JSON::PP::false }
+    } @nodes;
+
+    my %nodes = map {
+        my $i = /(\d+)/ ? $1 : 0;
+        $_ => {
+            chef_environment => '_default',
+            run_list => [ $i % 2 ? 'role[web]' : 'role[db]' ],
+            automatic => { roles => [ $i % 2 ? 'web' : 'db' ],
+                           platform => 'debian', hostname => $_ },
+            normal => {},
+        }
+    } @nodes;
+
+    # alice: admin; bob: a plain member; carol: not in the org
+    return {
+        users => \%users,
+        organizations => {
+            $org => {
+                full_name => 'Push Jobs demo',
+                users => [qw(alice bob)],
+                clients => \%clients,
+                groups => {
+                    admins => { users => [qw(pivotal alice)],
+                                clients => [], groups => [] },
+                    users => { users => [qw(alice bob)],
+                               clients => [], groups => [] },
+                    clients => { users => [], clients => [@nodes],
+                                 groups => [] },
+                    billing_admins => { users => [], clients => [],
+                                        groups => [] },
+                },
+                nodes => \%nodes,
+            },
+        },
+    };
+}
+
+sub start_postgres {
+    my ($self) = @_;
+    my $d = "$self->{dir}/pg";
+    my @as = $> == 0 ? ('runuser', '-u', 'postgres', '--') : ();
+
+    make_path($d);
+    if ($> == 0) {
+        my ($uid, $gid) = (getpwnam('postgres'))[2, 3];
+        croak 'no postgres user: install postgresql' unless defined $uid;
+        chown $uid, $gid, $d;
+    }
+
+    $self->{pg_port} = free_port();
+    $self->run_cmd(@as, "$PGBIN/initdb", '-D', "$d/data", '-U', 'postgres',
+                   '-A', 'trust', '-E', 'UTF8', '--locale=C.UTF-8',
+                   '--no-sync');
+    $self->run_cmd(@as, "$PGBIN/pg_ctl", '-D', "$d/data", '-l', "$d/log",
+                   '-w', '-o',
+                   "-k $d -h 127.0.0.1 -p $self->{pg_port} -c fsync=off "
+                   . '-c synchronous_commit=off -c full_page_writes=off '
+                   . '-c max_connections=200', 'start');
+    $self->{pg_as} = \@as;
+    $self->{pg_up} = 1;
+
+    $self->psql('postgres', 'CREATE ROLE pushjobs LOGIN');
+    $self->psql('postgres', 'CREATE DATABASE pushjobs OWNER pushjobs');
+
+    local $ENV{HOME} = $self->{dir};
+    local $ENV{SQITCH_CONFIG} = '/dev/null';
+    local $ENV{SQITCH_USER_CONFIG} = '/dev/null';
+    local $ENV{SQITCH_SYSTEM_CONFIG} = '/dev/null';
+    my $cwd = Cwd::getcwd();
+    chdir "$ROOT/migrations" or croak $!;
+    eval {
+        $self->run_cmd('sqitch', 'deploy', '--target',
+                       "db:pg://pushjobs\@127.0.0.1:$self->{pg_port}/pushjobs");
+    };
+    my $err = $@;
+    chdir $cwd;
+    croak $err if $err;
+
+    $self->log("postgres on $self->{pg_port}");
+}
+
+# Run SQL as $user against the pushjobs database; returns the output rows
+# (unaligned, tab-separated).
+sub psql {
+    my ($self, $user, $sql, $db) = @_;
+    $db //= $user eq 'postgres' ? 'postgres' : 'pushjobs';
+    my @cmd = ('psql', '-X', '-q', '-A', '-t', '-F', "\t", '-v',
+               'ON_ERROR_STOP=1', '-h', '127.0.0.1', '-p', $self->{pg_port},
+               '-U', $user, '-d', $db, '-c', $sql);
+    my $pid = open(my $fh, '-|') // croak "fork: $!";
+    if ($pid == 0) {
+        open STDERR, '>&', \*STDOUT;
+        exec @cmd or die "exec psql: $!";
+    }
+    local $/;
+    my $out = <$fh>;
+    close $fh;
+    croak "psql failed: $sql\n$out" if $?;
+    return $out;
+}
+
+sub start_chef {
+    my ($self) = @_;
+    my $d = "$self->{dir}/chef";
+    make_path($d);
+
+    spew("$d/fixture.json", $JSON->pretty->encode($self->fixture));
+
+    $self->{chef_port} = free_port();
+    $self->spawn('chef', "$d/stdout.log", 'ruby',
+                 "$ROOT/stack/chef-api-standin.rb", '--listen', '127.0.0.1',
+                 '--port', $self->{chef_port}, '--fixture', "$d/fixture.json",
+                 '--log', "$d/access.log");
+
+    wait_for(20, sub { slurp("$d/stdout.log") =~ /^ready /m })
+        or croak "Chef API stand-in did not start:\n" . slurp("$d/stdout.log");
+
+    $self->log("chef api stand-in on $self->{chef_port}");
+}
+
+sub nginx_conf {
+    my ($self) = @_;
+    my $d = "$self->{dir}/nginx";
+    my $org = $self->{org};
+
+    return <<"EOF";
+load_module $MODULE;
+
+worker_processes $self->{workers};
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log info;
+worker_rlimit_nofile 8192;
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    access_log $d/access.log;
+    client_body_temp_path $d/tmp/body;
+    proxy_temp_path $d/tmp/proxy;
+    fastcgi_temp_path $d/tmp/fastcgi;
+    uwsgi_temp_path $d/tmp/uwsgi;
+    scgi_temp_path $d/tmp/scgi;
+
+    # the Chef server API (here: its test stand-in)
+    upstream chef_api {
+        server 127.0.0.1:$self->{chef_port};
+        keepalive 8;
+    }
+
+    pushjobs_postgres "host=127.0.0.1 port=$self->{pg_port} dbname=pushjobs user=pushjobs application_name=pushjobs";
+    pushjobs_key_zone pushjobs_keys:4m ttl=300s;
+    pushjobs_chef_user pivotal;
+    pushjobs_chef_key $self->{users}{pivotal}{key};
+    pushjobs_server_name fe1;
+$self->{nginx_extra}
+    server {
+        listen 127.0.0.1:$self->{nginx_port} ssl reuseport;
+        server_name localhost;
+
+        ssl_certificate $self->{dir}/tls/server.crt;
+        ssl_certificate_key $self->{dir}/tls/server.key;
+
+        location ~ ^/organizations/[^/]+/pushy/ {
+            pushjobs;
+            client_max_body_size 0;
+            client_body_buffer_size 1m;
+        }
+
+        location = /pushy/_status {
+            pushjobs_status;
+        }
+
+        # the module's own, signed, in-memory requests to the Chef API
+        location /_pushjobs_chef/ {
+            internal;
+            proxy_pass http://chef_api/;
+            proxy_http_version 1.1;
+            proxy_set_header Host \$host;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            subrequest_output_buffer_size 64k;
+        }
+
+        location / {
+            proxy_pass http://chef_api;
+            proxy_http_version 1.1;
+            proxy_set_header Host \$http_host;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-Proto https;
+        }
+    }
+}
+EOF
+}
+
+sub start_nginx {
+    my ($self) = @_;
+    my $d = "$self->{dir}/nginx";
+    make_path("$d/tmp");
+
+    $self->{nginx_port} = free_port();
+    spew("$d/nginx.conf", $self->nginx_conf);
+
+    $self->spawn('nginx', "$d/stdout.log", $NGINX, '-p', $d, '-c',
+                 "$d/nginx.conf");
+
+    wait_for(20, sub {
+        my $res = $self->http->get($self->url . '/pushy/_status');
+        $res->{status} == 200 && $res->{content} =~ /alive/;
+    }) or croak "nginx did not come up:\n" . slurp("$d/stdout.log")
+               . slurp("$d/error.log");
+
+    $self->log("nginx on $self->{nginx_port}");
+}
+
+sub http {
+    my ($self) = @_;
+    return $self->{http} //= HTTP::Tiny->new(
+        timeout => 30,
+        verify_SSL => 1,
+        SSL_options => { SSL_ca_file => "$self->{dir}/tls/server.crt" },
+        agent => 'pushjobs-tests/0.1',
+    );
+}
+
+sub client_rb {
+    my ($self, $name, %opt) = @_;
+    my $d = "$self->{dir}/agents/$name";
+    make_path("$d/spool");
+
+    my $wl = join ",\n",
+        (map { "  \"$_\" => \"$self->{whitelist}{$_}\"" }
+             sort keys %{ $self->{whitelist} }),
+        (map { "  /$_->[0]/ => '$_->[1]'" } @{ $self->{whitelist_regex} });
+
+    my $rb = <<"EOF";
+# client.rb of $name, written by the pushjobs test stack
+node_name "$name"
+chef_server_url "@{[ $self->url ]}/organizations/$self->{org}"
+client_key "$self->{clients}{$name}{key}"
+ssl_verify_mode :verify_peer
+ssl_ca_file "$self->{dir}/tls/server.crt"
+file_dir "$d/files"
+whitelist({
+$wl
+})
+EOF
+    spew("$d/client.rb", $rb);
+    return "$d/client.rb";
+}
+
+sub start_agent {
+    my ($self, $name) = @_;
+    my $rb = $self->client_rb($name);
+    my $d = dirname($rb);
+    $self->spawn("agent:$name", "$d/agent.log", $AGENT, '-c', $rb,
+                 '--spool', "$d/spool", '-v');
+}
+
+sub stop_agent {
+    my ($self, $name, $sig) = @_;
+    $self->stop_proc("agent:$name", $sig);
+}
+
+sub agent_names { map { "node$_" } 1 .. $_[0]{agents} }
+
+sub start_agents {
+    my ($self) = @_;
+    $self->start_agent($_) for $self->agent_names;
+    $self->wait_online([ $self->agent_names ], 30)
+        or croak "agents did not come online:\n"
+                 . join('', map { slurp("$self->{dir}/agents/$_/agent.log") }
+                                $self->agent_names)
+                 . slurp("$self->{dir}/nginx/error.log");
+}
+
+sub wait_online {
+    my ($self, $names, $timeout) = @_;
+    my %want = map { $_ => 1 } @$names;
+    return wait_for($timeout // 30, sub {
+        my $res = $self->request('GET', "/organizations/$self->{org}/pushy/node_states");
+        return 0 unless $res->{status} == 200;
+        my $states = eval { $JSON->decode($res->{content}) } || [];
+        my $n = grep { $want{ $_->{node_name} } } @$states;
+        return $n == keys %want;
+    }, 0.2);
+}
+
+# --- signed requests ------------------------------------------------------
+
+sub signer {
+    my ($self) = @_;
+    return $self->{signer} if $self->{signer};
+    my ($out, $in);
+    my $pid = open2($out, $in, 'ruby', "$ROOT/t/lib/chef-signer.rb");
+    $self->{signer} = { pid => $pid, out => $out, in => $in };
+    return $self->{signer};
+}
+
+# Headers of a request signed by Chef's own signer (mixlib-authentication).
+sub sign {
+    my ($self, %a) = @_;
+    my $s = $self->signer;
+    my %req = (
+        op => 'sign',
+        key_file => $a{key_file} // $self->user_key($a{user} // 'alice'),
+        user => $a{user} // 'alice',
+        method => $a{method},
+        path => $a{path},
+        body => $a{body} // '',
+        version => $a{version} // '1.1',
+        (defined $a{timestamp} ? (timestamp => $a{timestamp}) : ()),
+        (defined $a{api_version} ? (api_version => $a{api_version}) : ()),
+    );
+    print { $s->{in} } $JSON->encode(\%req), "\n";
+    $s->{in}->flush;
+    my $line = readline $s->{out};
+    croak 'signer died' unless defined $line;
+    my $res = $JSON->decode($line);
+    croak "signer: $res->{error}" if $res->{error};
+    return $res->{headers};
+}
+
+# request(METHOD, PATH, body => ..., user => ..., version => ...,
+#         headers => {...}, unsigned => 1, sign_path => ..., sign_method =>)
+sub request {
+    my ($self, $method, $path, %a) = @_;
+    my $body = $a{body};
+    $body = $JSON->encode($body) if ref $body;
+    $body //= '';
+
+    my %h = (Accept => 'application/json');
+    $h{'Content-Type'} = 'application/json' if length $body;
+
+    if (!$a{unsigned}) {
+        (my $spath = $a{sign_path} // $path) =~ s/\?.*//;
+        %h = (%h, %{ $self->sign(
+            method => $a{sign_method} // $method,
+            path => $spath,
+            body => $a{sign_body} // $body,
+            user => $a{user},
+            key_file => $a{key_file},
+            version => $a{version},
+            timestamp => $a{timestamp},
+            api_version => $a{api_version} // '2',
+        ) });
+        $h{'X-Ops-Server-API-Version'} //= $a{api_version} // '2';
+    }
+
+    %h = (%h, %{ $a{headers} }) if $a{headers};
+    delete @h{ grep { !defined $h{$_} } keys %h };
+
+    my $res = $self->http->request($method, $self->url . $path, {
+        headers => \%h,
+        (length $body ? (content => $body) : ()),
+    });
+
+    $res->{json} = eval { $JSON->decode($res->{content}) }
+        if ($res->{headers}{'content-type'} // '') =~ /json/;
+    return $res;
+}
+
+# POST a job as alice; returns the job id.
+sub start_job {
+    my ($self, $job, %a) = @_;
+    my $res = $self->request('POST', "/organizations/$self->{org}/pushy/jobs",
+                             body => $job, %a);
+    croak "POST /jobs: $res->{status} $res->{content}"
+        unless $res->{status} == 201;
+    return substr($res->{json}{uri}, -32);
+}
+
+sub job {
+    my ($self, $id) = @_;
+    my $res = $self->request('GET',
+                             "/organizations/$self->{org}/pushy/jobs/$id");
+    return $res->{status} == 200 ? $res->{json} : undef;
+}
+
+# Wait until the job leaves new/voting/running; returns the job document.
+sub wait_job {
+    my ($self, $id, $timeout) = @_;
+    my $job;
+    wait_for($timeout // 60, sub {
+        $job = $self->job($id);
+        $job && $job->{status} !~ /^(new|voting|running)$/;
+    }, 0.1);
+    return $job;
+}
+
+# --- logs -----------------------------------------------------------------
+
+sub error_log { slurp("$_[0]{dir}/nginx/error.log") }
+
+# [alert] and [emerg] lines of nginx's error log.
+sub alerts {
+    my ($self) = @_;
+    return grep { /\[(alert|emerg)\]/ } split /\n/, $self->error_log;
+}
+
+# --- stop -----------------------------------------------------------------
+
+sub stop {
+    my ($self) = @_;
+    return if $self->{stopped}++ || $self->{owner} != $$;
+
+    for my $name (grep { /^agent:/ } keys %{ $self->{procs} }) {
+        $self->stop_proc($name, 'TERM', 5);
+    }
+
+    if (my $s = delete $self->{signer}) {
+        close $s->{in};
+        waitpid $s->{pid}, 0;
+    }
+
+    $self->stop_proc('nginx', 'QUIT', 10);
+    $self->stop_proc('chef', 'TERM', 5);
+
+    if ($self->{pg_up}) {
+        eval {
+            $self->run_cmd(@{ $self->{pg_as} }, "$PGBIN/pg_ctl", '-D',
+                           "$self->{dir}/pg/data", '-m', 'immediate', '-w',
+                           'stop');
+        };
+        $self->{pg_up} = 0;
+    }
+
+    if ($ENV{PUSHJOBS_KEEP}) {
+        print STDERR "# stack kept in $self->{dir}\n";
+    } else {
+        remove_tree($self->{dir});
+    }
+}
+
+sub DESTROY { $_[0]->stop }
+
+1;
