@@ -87,10 +87,12 @@ $res = $stack->request('GET', $jobs, user => 'carol');
 refused($res, 403, "'carol' is not associated with organization '$org'",
         'user outside the org');
 
-# a client (a node) may read but not start jobs
-$res = $stack->request('GET', $jobs, user => 'node1',
-                       key_file => $stack->user_key('ghost'));
-refused($res, 401, "Invalid signature for user or client 'node1'",
+# a client (a node) signs with its own key
+$res = $stack->request('GET', $jobs, user => 'ghost');
+is $res->{status}, 200, 'a client of the org may read';
+$res = $stack->request('GET', $jobs, user => 'ghost',
+                       key_file => $stack->user_key('alice'));
+refused($res, 401, "Invalid signature for user or client 'ghost'",
         'client with another key');
 
 # the agent's own signer (pushjobs-agent --sign-request)

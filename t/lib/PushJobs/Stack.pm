@@ -341,7 +341,7 @@ sub start_chef {
     my $d = "$self->{dir}/chef";
     make_path($d);
 
-    spew("$d/fixture.json", $JSON->pretty->encode($self->fixture));
+    spew("$d/fixture.json", JSON::PP->new->canonical->pretty->encode($self->fixture));
 
     $self->{chef_port} = free_port();
     $self->spawn('chef', "$d/stdout.log", 'ruby',
