@@ -252,6 +252,9 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
                   "pushjobs: agent \"%V\" of \"%V\" connected, session %uL",
                   &a->name, &a->org, a->session);
 
+    /* any write below may close the channel: keep it until we are done */
+    ngx_pushjobs_agent_ref(a);
+
     p = ngx_cpymem(buf, "{\"type\":\"welcome\",\"v\":1,\"node\":",
                    sizeof("{\"type\":\"welcome\",\"v\":1,\"node\":") - 1);
     p = ngx_pushjobs_store_json_name(p, &a->name);
@@ -267,22 +270,28 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
 
     ngx_pushjobs_agent_send_text(a, buf, p - buf);
 
-    ngx_add_timer(&a->ping, pmcf->ping_interval);
+    if (!a->closed) {
+        ngx_add_timer(&a->ping, pmcf->ping_interval);
+    }
 
     /* bytes the agent sent right after its upgrade request */
 
     if (!a->closed && r->header_in->pos < r->header_in->last) {
-        ngx_pushjobs_agent_ref(a);
-
         if (ngx_pushjobs_agent_feed(a, r->header_in->pos,
                                     r->header_in->last)
             == NGX_OK)
         {
             r->header_in->pos = r->header_in->last;
         }
-
-        ngx_pushjobs_agent_unref(a);
     }
+
+    /* bytes that arrived while the request was being authenticated */
+
+    if (!a->closed && c->read->ready) {
+        ngx_post_event(c->read, &ngx_posted_events);
+    }
+
+    ngx_pushjobs_agent_unref(a);
 
     return NGX_DONE;
 }

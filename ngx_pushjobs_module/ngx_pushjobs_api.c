@@ -184,7 +184,19 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
     if (ctx->route == NGX_PUSHJOBS_ROUTE_AGENT
         && !ngx_pushjobs_ws_is_upgrade(r))
     {
+        ngx_table_elt_t  *h;
+
         ngx_http_discard_request_body(r);
+
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Upgrade");
+        ngx_str_set(&h->value, "websocket");
+
         return ngx_pushjobs_json_error(r, NGX_HTTP_PUSHJOBS_UPGRADE_REQUIRED,
                                        1, "this endpoint is a websocket");
     }
