@@ -128,8 +128,6 @@ static ngx_int_t ngx_pushjobs_api_feed_result(ngx_http_request_t *r,
 static ngx_int_t ngx_pushjobs_api_db_error(ngx_http_request_t *r,
     PGresult *res);
 static ngx_int_t ngx_pushjobs_api_not_found(ngx_http_request_t *r);
-static ngx_table_elt_t *ngx_pushjobs_api_header(ngx_http_request_t *r,
-    const char *name);
 static ngx_int_t ngx_pushjobs_api_add_header(ngx_http_request_t *r,
     ngx_list_t *headers, const char *name, ngx_str_t *value);
 static ngx_uint_t ngx_pushjobs_api_valid_name(ngx_str_t *name);
@@ -1508,7 +1506,7 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
     case NGX_PUSHJOBS_ROUTE_OUTPUT:
 
         accept = NULL;
-        h = ngx_pushjobs_api_header(r, "Accept");
+        h = ngx_pushjobs_header(r, "Accept");
         if (h) {
             accept = &h->value;
         }
@@ -1576,7 +1574,7 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
     case NGX_PUSHJOBS_ROUTE_FEED:
     case NGX_PUSHJOBS_ROUTE_JOB_FEED:
 
-        h = ngx_pushjobs_api_header(r, "Accept");
+        h = ngx_pushjobs_header(r, "Accept");
 
         if (h == NULL
             || ngx_strlcasestrn(h->value.data, h->value.data + h->value.len,
@@ -1590,7 +1588,7 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
                                            "text/event-stream");
         }
 
-        h = ngx_pushjobs_api_header(r, "Last-Event-ID");
+        h = ngx_pushjobs_header(r, "Last-Event-ID");
 
         params[0] = ctx->org;
 
@@ -1769,7 +1767,7 @@ ngx_pushjobs_api_created(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
     id.data = (u_char *) PQgetvalue(res, 0, 0);
     id.len = PQgetlength(res, 0, 0);
 
-    h = ngx_pushjobs_api_header(r, "X-Forwarded-Proto");
+    h = ngx_pushjobs_header(r, "X-Forwarded-Proto");
 
     if (h && h->value.len) {
         scheme = h->value;
@@ -1890,39 +1888,6 @@ static ngx_int_t
 ngx_pushjobs_api_not_found(ngx_http_request_t *r)
 {
     return ngx_pushjobs_json_error(r, NGX_HTTP_NOT_FOUND, 1, "not found");
-}
-
-
-static ngx_table_elt_t *
-ngx_pushjobs_api_header(ngx_http_request_t *r, const char *name)
-{
-    size_t            len;
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    len = ngx_strlen(name);
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return NULL;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == len
-            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
-        {
-            return &h[i];
-        }
-    }
 }
 
 

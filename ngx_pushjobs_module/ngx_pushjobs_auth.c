@@ -36,8 +36,6 @@ typedef struct {
 
 static ngx_int_t ngx_pushjobs_auth_missing(ngx_http_request_t *r,
     ngx_pushjobs_auth_t *auth, ngx_str_t *err);
-static ngx_table_elt_t *ngx_pushjobs_auth_header(ngx_http_request_t *r,
-    const char *name, size_t len);
 static ngx_int_t ngx_pushjobs_auth_signature(ngx_http_request_t *r,
     ngx_pushjobs_auth_t *auth);
 static time_t ngx_pushjobs_auth_parse_time(ngx_str_t *ts);
@@ -94,7 +92,7 @@ ngx_pushjobs_auth_parse(ngx_http_request_t *r, ngx_pushjobs_auth_t *auth,
         return rc;
     }
 
-    h = ngx_pushjobs_auth_header(r, "X-Ops-Server-API-Version",
+    h = ngx_pushjobs_header_in(r, (u_char *) "X-Ops-Server-API-Version",
                                  sizeof("X-Ops-Server-API-Version") - 1);
 
     if (h && h->value.len) {
@@ -173,7 +171,7 @@ ngx_pushjobs_auth_missing(ngx_http_request_t *r, ngx_pushjobs_auth_t *auth,
     for (i = 0; ngx_pushjobs_auth_required[i].name; i++) {
         rh = &ngx_pushjobs_auth_required[i];
 
-        h = ngx_pushjobs_auth_header(r, rh->name, rh->len);
+        h = ngx_pushjobs_header_in(r, (u_char *) rh->name, rh->len);
 
         if (h == NULL || h->value.len == 0) {
             missing[n++] = i;
@@ -213,39 +211,6 @@ ngx_pushjobs_auth_missing(ngx_http_request_t *r, ngx_pushjobs_auth_t *auth,
     err->len = p - err->data;
 
     return NGX_HTTP_BAD_REQUEST;
-}
-
-
-static ngx_table_elt_t *
-ngx_pushjobs_auth_header(ngx_http_request_t *r, const char *name, size_t len)
-{
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == len
-            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
-        {
-            return &h[i];
-        }
-    }
-
-    return NULL;
 }
 
 

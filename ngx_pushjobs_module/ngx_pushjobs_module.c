@@ -597,6 +597,39 @@ ngx_pushjobs_key_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* The first request header of that name (case-insensitive), or NULL. */
+
+ngx_table_elt_t *
+ngx_pushjobs_header_in(ngx_http_request_t *r, u_char *name, size_t len)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, name, len) == 0)
+        {
+            return &h[i];
+        }
+    }
+}
+
+
 void
 ngx_pushjobs_init_timer(ngx_event_t *ev, ngx_event_handler_pt handler,
     void *data, ngx_log_t *log)

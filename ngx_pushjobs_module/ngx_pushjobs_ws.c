@@ -34,8 +34,6 @@
 
 static ngx_uint_t ngx_pushjobs_ws_header_token(ngx_http_request_t *r,
     ngx_str_t *name, ngx_str_t *token);
-static ngx_table_elt_t *ngx_pushjobs_ws_header_in(ngx_http_request_t *r,
-    ngx_str_t *name);
 static ngx_int_t ngx_pushjobs_ws_header_out(ngx_http_request_t *r,
     ngx_str_t *key, ngx_str_t *value);
 static ngx_int_t ngx_pushjobs_ws_upgrade_required(ngx_http_request_t *r,
@@ -140,7 +138,8 @@ ngx_pushjobs_ws_handshake(ngx_http_request_t *r)
         return NGX_HTTP_BAD_REQUEST;
     }
 
-    version = ngx_pushjobs_ws_header_in(r, &ngx_pushjobs_ws_version);
+    version = ngx_pushjobs_header_in(r, ngx_pushjobs_ws_version.data,
+                                     ngx_pushjobs_ws_version.len);
 
     if (version == NULL
         || version->value.len != ngx_pushjobs_ws_v13.len
@@ -154,7 +153,8 @@ ngx_pushjobs_ws_handshake(ngx_http_request_t *r)
         return ngx_pushjobs_ws_upgrade_required(r, 1);
     }
 
-    key = ngx_pushjobs_ws_header_in(r, &ngx_pushjobs_ws_key);
+    key = ngx_pushjobs_header_in(r, ngx_pushjobs_ws_key.data,
+                                 ngx_pushjobs_ws_key.len);
 
     if (key == NULL) {
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
@@ -331,37 +331,6 @@ ngx_pushjobs_ws_header_token(ngx_http_request_t *r, ngx_str_t *name,
             {
                 return 1;
             }
-        }
-    }
-}
-
-
-static ngx_table_elt_t *
-ngx_pushjobs_ws_header_in(ngx_http_request_t *r, ngx_str_t *name)
-{
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return NULL;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == name->len
-            && ngx_strncasecmp(h[i].key.data, name->data, name->len) == 0)
-        {
-            return &h[i];
         }
     }
 }
