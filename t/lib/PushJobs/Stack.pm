@@ -466,7 +466,7 @@ sub http {
 sub client_rb {
     my ($self, $name, %opt) = @_;
     my $d = "$self->{dir}/agents/$name";
-    make_path("$d/spool");
+    make_path("$d/spool", { mode => 0700 });
 
     my $wl = join ",\n",
         (map { "  \"$_\" => \"$self->{whitelist}{$_}\"" }
