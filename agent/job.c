@@ -1,0 +1,880 @@
+/*
+ * pushjobs-agent: the executor.  One job at a time: commit checks, then
+ * fork/exec of the resolved command line without a shell, in its own
+ * process group, as the requested user, with output captured through
+ * pipes read by the poll loop.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <yajl/yajl_gen.h>
+
+#include "pja.h"
+
+
+extern char  **environ;
+
+
+void
+pja_job_clear(pja_job_t *job)
+{
+    size_t  i;
+
+    if (job->out_fd != -1) {
+        close(job->out_fd);
+    }
+
+    if (job->err_fd != -1) {
+        close(job->err_fd);
+    }
+
+    if (job->file_path) {
+        unlink(job->file_path);
+        free(job->file_path);
+    }
+
+    for (i = 0; i < job->nenv; i++) {
+        free(job->env[i]);
+    }
+
+    free(job->env);
+    free(job->command);
+    free(job->cmdline);
+    free(job->user);
+    free(job->dir);
+    free(job->file);
+    pja_buf_free(&job->out);
+    pja_buf_free(&job->err);
+
+    memset(job, 0, sizeof(pja_job_t));
+    job->out_fd = -1;
+    job->err_fd = -1;
+}
+
+
+void
+pja_job_uncommit(pja_job_t *job)
+{
+    if (job->state == PJA_JOB_COMMITTED) {
+        pja_log(PJA_LOG_INFO, "job %s: uncommitted", job->id);
+        pja_job_clear(job);
+    }
+}
+
+
+static int
+job_env_allowed(const pja_conf_t *cf, const char *key)
+{
+    size_t  i;
+
+    for (i = 0; i < cf->nallowed_env; i++) {
+        if (cf->allowed_env[i] && strcmp(cf->allowed_env[i], key) == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static const char *
+job_set_env(pja_job_t *job, const pja_conf_t *cf, yajl_val env)
+{
+    size_t      i, n;
+    const char *key;
+    yajl_val    v;
+    pja_buf_t   b = { NULL, 0, 0 };
+
+    if (env == NULL || YAJL_IS_NULL(env)) {
+        return NULL;
+    }
+
+    if (!YAJL_IS_OBJECT(env)) {
+        return "env is not an object";
+    }
+
+    n = env->u.object.len;
+    job->env = calloc(n + 1, sizeof(char *));
+    if (job->env == NULL) {
+        return "out of memory";
+    }
+
+    for (i = 0; i < n; i++) {
+        key = env->u.object.keys[i];
+        v = env->u.object.values[i];
+
+        if (key[0] == '\0' || strchr(key, '=')) {
+            pja_log(PJA_LOG_WARN, "job %s: env key \"%s\" ignored", job->id,
+                    key);
+            continue;
+        }
+
+        b.len = 0;
+
+        if (job_env_allowed(cf, key)) {
+            pja_buf_printf(&b, "%s=", key);
+        } else {
+            pja_buf_printf(&b, "CHEF_PUSH_ENV_%s=", key);
+        }
+
+        if (YAJL_IS_STRING(v)) {
+            pja_buf_addstr(&b, v->u.string);
+        } else if (YAJL_IS_NUMBER(v)) {
+            pja_buf_addstr(&b, YAJL_GET_NUMBER(v));
+        } else if (YAJL_IS_TRUE(v)) {
+            pja_buf_addstr(&b, "true");
+        } else if (YAJL_IS_FALSE(v)) {
+            pja_buf_addstr(&b, "false");
+        } else {
+            pja_log(PJA_LOG_WARN, "job %s: env \"%s\" is not a string, "
+                    "ignored", job->id, key);
+            continue;
+        }
+
+        if (b.data == NULL) {
+            return "out of memory";
+        }
+
+        job->env[job->nenv] = pja_strdup(b.data);
+        if (job->env[job->nenv] == NULL) {
+            pja_buf_free(&b);
+            return "out of memory";
+        }
+        job->nenv++;
+    }
+
+    pja_buf_free(&b);
+    return NULL;
+}
+
+
+/* A lock held by someone else (a running chef-client) refuses the commit. */
+
+static const char *
+job_check_lock(const char *path)
+{
+    int  fd, rc;
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        return NULL;
+    }
+
+    rc = flock(fd, LOCK_EX | LOCK_NB);
+    if (rc == 0) {
+        flock(fd, LOCK_UN);
+    }
+    close(fd);
+
+    return (rc != 0 && errno == EWOULDBLOCK) ? "lock held" : NULL;
+}
+
+
+/* Returns NULL when committed, else the reason to refuse. */
+
+const char *
+pja_job_commit(pja_job_t *job, const pja_conf_t *cf, yajl_val msg)
+{
+    const char           *id, *command, *user, *dir, *file, *reason;
+    char                 *cmdline, **argv;
+    struct stat           st;
+    struct passwd        *pw;
+    pja_buf_t             tmp = { NULL, 0, 0 };
+    const pja_wl_entry_t *e;
+
+    id = pja_json_get_str(msg, "job_id");
+    command = pja_json_get_str(msg, "command");
+    user = pja_json_get_str(msg, "user");
+    dir = pja_json_get_str(msg, "dir");
+    file = pja_json_get_str(msg, "file");
+
+    if (command == NULL) {
+        return "no command";
+    }
+
+    cmdline = pja_wl_resolve(cf, command, &e);
+    if (cmdline == NULL) {
+        return "command not in the whitelist";
+    }
+
+    argv = pja_argv_split(cmdline);
+    if (argv == NULL) {
+        free(cmdline);
+        return "bad command line in the whitelist";
+    }
+    pja_argv_free(argv);
+
+    reason = NULL;
+
+    if (user && user[0]) {
+        errno = 0;
+        pw = getpwnam(user);
+        if (pw == NULL) {
+            reason = "unknown user";
+        } else if (geteuid() != 0 && pw->pw_uid != geteuid()) {
+            reason = "cannot run as another user (agent not root)";
+        }
+    }
+
+    if (reason == NULL && dir && dir[0]) {
+        if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            reason = "missing dir";
+        }
+    }
+
+    if (reason == NULL && file) {
+        if (strncmp(file, "raw:", 4) == 0) {
+            /* ok */
+        } else if (strncmp(file, "base64:", 7) == 0) {
+            if (pja_base64_decode(file + 7, strlen(file + 7), &tmp) != 0) {
+                reason = "bad file";
+            }
+            pja_buf_free(&tmp);
+        } else {
+            reason = "bad file";
+        }
+    }
+
+    if (reason == NULL && e->lock) {
+        reason = job_check_lock(e->lock);
+    }
+
+    if (reason) {
+        free(cmdline);
+        return reason;
+    }
+
+    pja_job_clear(job);
+
+    memcpy(job->id, id, 33);
+    job->cmdline = cmdline;
+    job->command = pja_strdup(command);
+    job->user = (user && user[0]) ? pja_strdup(user) : NULL;
+    job->dir = (dir && dir[0]) ? pja_strdup(dir) : NULL;
+    job->file = file ? pja_strdup(file) : NULL;
+    job->capture = pja_json_get_bool(msg, "capture", 0);
+
+    reason = job_set_env(job, cf, pja_json_get(msg, "env"));
+
+    if (reason == NULL && (job->command == NULL
+                           || (user && user[0] && job->user == NULL)
+                           || (dir && dir[0] && job->dir == NULL)
+                           || (file && job->file == NULL)))
+    {
+        reason = "out of memory";
+    }
+
+    if (reason) {
+        pja_job_clear(job);
+        return reason;
+    }
+
+    job->state = PJA_JOB_COMMITTED;
+    job->committed_at = pja_now_ms();
+
+    pja_log(PJA_LOG_INFO, "job %s: committed to \"%s\" (%s)", job->id,
+            job->command, job->cmdline);
+    return NULL;
+}
+
+
+static int
+job_write_file(pja_job_t *job, const pja_conf_t *cf, struct passwd *pw)
+{
+    int        fd;
+    size_t     off;
+    ssize_t    w;
+    pja_buf_t  path = { NULL, 0, 0 }, data = { NULL, 0, 0 };
+
+    if (pja_mkdir_p(cf->file_dir, 0700) != 0) {
+        pja_log(PJA_LOG_ERR, "cannot create %s: %s", cf->file_dir,
+                strerror(errno));
+        return -1;
+    }
+
+    if (strncmp(job->file, "base64:", 7) == 0) {
+        if (pja_base64_decode(job->file + 7, strlen(job->file + 7), &data)
+            != 0)
+        {
+            return -1;
+        }
+    } else {
+        pja_buf_addstr(&data, job->file + 4);
+    }
+
+    pja_buf_printf(&path, "%s/pushy_file%sXXXXXX", cf->file_dir, job->id);
+    if (path.data == NULL || pja_buf_cstr(&data) != 0) {
+        goto failed;
+    }
+
+    fd = mkstemp(path.data);
+    if (fd == -1) {
+        pja_log(PJA_LOG_ERR, "cannot create a file in %s: %s", cf->file_dir,
+                strerror(errno));
+        goto failed;
+    }
+
+    job->file_path = path.data;
+    path.data = NULL;
+
+    (void) fchmod(fd, 0600);
+
+    for (off = 0; off < data.len; off += (size_t) w) {
+        w = write(fd, data.data + off, data.len - off);
+        if (w < 0) {
+            if (errno == EINTR) {
+                w = 0;
+                continue;
+            }
+            pja_log(PJA_LOG_ERR, "cannot write %s: %s", job->file_path,
+                    strerror(errno));
+            close(fd);
+            goto failed;
+        }
+    }
+
+    if (pw && geteuid() == 0 && fchown(fd, pw->pw_uid, pw->pw_gid) != 0) {
+        pja_log(PJA_LOG_ERR, "cannot chown %s: %s", job->file_path,
+                strerror(errno));
+        close(fd);
+        goto failed;
+    }
+
+    if (close(fd) != 0) {
+        goto failed;
+    }
+
+    pja_buf_free(&data);
+    return 0;
+
+failed:
+
+    pja_buf_free(&path);
+    pja_buf_free(&data);
+    return -1;
+}
+
+
+static char **
+job_build_env(pja_job_t *job, const pja_conf_t *cf, struct passwd *pw,
+    char **extra)
+{
+    size_t      n, i, k, x;
+    char      **env;
+    pja_buf_t   b = { NULL, 0, 0 };
+
+    for (n = 0; environ[n]; n++) {
+        /* void */
+    }
+
+    env = calloc(n + job->nenv + 8, sizeof(char *));
+    if (env == NULL) {
+        return NULL;
+    }
+
+    k = 0;
+    x = 0;
+
+    for (i = 0; environ[i]; i++) {
+        env[k++] = environ[i];
+    }
+
+    /* Later entries override earlier ones with the same name. */
+    for (i = 0; i < job->nenv; i++) {
+        size_t  j, len = strcspn(job->env[i], "=") + 1;
+
+        for (j = 0; j < k; j++) {
+            if (env[j] && strncmp(env[j], job->env[i], len) == 0) {
+                env[j] = job->env[i];
+                break;
+            }
+        }
+        if (j == k) {
+            env[k++] = job->env[i];
+        }
+    }
+
+#define JOB_SETENV(fmt, val)                                                  \
+    do {                                                                      \
+        size_t  j_, len_;                                                     \
+        b.len = 0;                                                            \
+        pja_buf_printf(&b, fmt, val);                                         \
+        if (b.data == NULL) { free(env); return NULL; }                       \
+        len_ = strcspn(b.data, "=") + 1;                                      \
+        for (j_ = 0; j_ < k; j_++) {                                          \
+            if (env[j_] && strncmp(env[j_], b.data, len_) == 0) break;        \
+        }                                                                     \
+        env[j_] = extra[x++] = strdup(b.data);                                \
+        if (env[j_] == NULL) { free(env); return NULL; }                      \
+        if (j_ == k) k++;                                                     \
+    } while (0)
+
+    JOB_SETENV("CHEF_PUSH_NODE_NAME=%s", cf->node_name);
+    JOB_SETENV("CHEF_PUSH_JOB_ID=%s", job->id);
+
+    if (job->file_path) {
+        JOB_SETENV("CHEF_PUSH_JOB_FILE=%s", job->file_path);
+    }
+
+    if (pw) {
+        JOB_SETENV("HOME=%s", pw->pw_dir);
+        JOB_SETENV("USER=%s", pw->pw_name);
+        JOB_SETENV("LOGNAME=%s", pw->pw_name);
+    }
+
+#undef JOB_SETENV
+
+    pja_buf_free(&b);
+    env[k] = NULL;
+    return env;
+}
+
+
+static void
+job_free_env(char **env, char **extra)
+{
+    int  i;
+
+    for (i = 0; i < 8; i++) {
+        free(extra[i]);
+    }
+
+    free(env);
+}
+
+
+static void
+job_child_fail(int errfd, const char *what)
+{
+    char     msg[256];
+    int      n;
+    ssize_t  w;
+
+    n = snprintf(msg, sizeof(msg), "%s: %s", what, strerror(errno));
+    w = write(errfd, msg, (size_t) (n > 0 ? n : 0));
+    (void) w;
+    _exit(127);
+}
+
+
+/* Starts the committed job; NULL on success, else the reason. */
+
+const char *
+pja_job_run(pja_job_t *job, const pja_conf_t *cf)
+{
+    int              errp[2], outp[2], errpipe[2], devnull, i;
+    char           **argv, **env, why[256], *extra[8];
+    pid_t            pid;
+    ssize_t          n;
+    struct passwd   *pw, pwcopy;
+    static char      reason[300];
+
+    pw = NULL;
+
+    if (job->user) {
+        pw = getpwnam(job->user);
+        if (pw == NULL) {
+            return "unknown user";
+        }
+        pwcopy = *pw;
+        pw = &pwcopy;
+    }
+
+    if (job->file && job_write_file(job, cf, pw) != 0) {
+        return "cannot write the job's file";
+    }
+
+    argv = pja_argv_split(job->cmdline);
+    if (argv == NULL) {
+        return "bad command line";
+    }
+
+    memset(extra, 0, sizeof(extra));
+
+    env = job_build_env(job, cf, pw, extra);
+    if (env == NULL) {
+        for (i = 0; i < 8; i++) {
+            free(extra[i]);
+        }
+        pja_argv_free(argv);
+        return "out of memory";
+    }
+
+
+    outp[0] = outp[1] = errp[0] = errp[1] = -1;
+
+    if (pja_pipe(errpipe, 0) != 0) {
+        pja_argv_free(argv);
+        job_free_env(env, extra);
+        return "pipe() failed";
+    }
+
+    if (job->capture
+        && (pja_pipe(outp, 0) != 0 || pja_pipe(errp, 0) != 0))
+    {
+        for (i = 0; i < 2; i++) {
+            if (outp[i] != -1) {
+                close(outp[i]);
+            }
+        }
+        close(errpipe[0]);
+        close(errpipe[1]);
+        pja_argv_free(argv);
+        job_free_env(env, extra);
+        return "pipe() failed";
+    }
+
+    pid = fork();
+
+    if (pid == 0) {
+        close(errpipe[0]);
+
+        if (setsid() == -1) {
+            job_child_fail(errpipe[1], "setsid()");
+        }
+
+        devnull = open("/dev/null", O_RDWR);
+        if (devnull == -1) {
+            job_child_fail(errpipe[1], "open(/dev/null)");
+        }
+
+        if (dup2(devnull, 0) == -1
+            || dup2(job->capture ? outp[1] : devnull, 1) == -1
+            || dup2(job->capture ? errp[1] : devnull, 2) == -1)
+        {
+            job_child_fail(errpipe[1], "dup2()");
+        }
+
+        if (devnull > 2) {
+            close(devnull);
+        }
+
+        signal(SIGPIPE, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGINT, SIG_DFL);
+        signal(SIGCHLD, SIG_DFL);
+        signal(SIGHUP, SIG_DFL);
+
+        {
+            sigset_t  none;
+
+            sigemptyset(&none);
+            sigprocmask(SIG_SETMASK, &none, NULL);
+        }
+
+        if (pw && geteuid() == 0) {
+            if (initgroups(pw->pw_name, pw->pw_gid) != 0) {
+                job_child_fail(errpipe[1], "initgroups()");
+            }
+            if (setgid(pw->pw_gid) != 0) {
+                job_child_fail(errpipe[1], "setgid()");
+            }
+            if (setuid(pw->pw_uid) != 0) {
+                job_child_fail(errpipe[1], "setuid()");
+            }
+        }
+
+        if (job->dir && chdir(job->dir) != 0) {
+            job_child_fail(errpipe[1], "chdir()");
+        } else if (job->dir == NULL && pw && chdir(pw->pw_dir) != 0
+                   && chdir("/") != 0)
+        {
+            job_child_fail(errpipe[1], "chdir(/)");
+        }
+
+        environ = env;
+        execvp(argv[0], argv);
+        job_child_fail(errpipe[1], argv[0]);
+    }
+
+    close(errpipe[1]);
+    if (job->capture) {
+        close(outp[1]);
+        close(errp[1]);
+    }
+
+    pja_argv_free(argv);
+    job_free_env(env, extra);
+
+    if (pid == -1) {
+        close(errpipe[0]);
+        if (job->capture) {
+            close(outp[0]);
+            close(errp[0]);
+        }
+        return "fork() failed";
+    }
+
+    /* The error pipe closes on a successful exec (O_CLOEXEC). */
+    do {
+        n = read(errpipe[0], why, sizeof(why) - 1);
+    } while (n < 0 && errno == EINTR);
+
+    close(errpipe[0]);
+
+    if (n > 0) {
+        why[n] = '\0';
+        waitpid(pid, NULL, 0);
+        if (job->capture) {
+            close(outp[0]);
+            close(errp[0]);
+        }
+        snprintf(reason, sizeof(reason), "cannot start: %s", why);
+        pja_log(PJA_LOG_ERR, "job %s: %s", job->id, reason);
+        return reason;
+    }
+
+    job->pid = pid;
+    job->state = PJA_JOB_RUNNING;
+
+    if (job->capture) {
+        job->out_fd = outp[0];
+        job->err_fd = errp[0];
+        pja_set_nonblock(job->out_fd);
+        pja_set_nonblock(job->err_fd);
+    }
+
+    pja_log(PJA_LOG_INFO, "job %s: running \"%s\" as pid %ld", job->id,
+            job->cmdline, (long) pid);
+    return NULL;
+}
+
+
+/* Reads what a pipe holds; returns -1 (and closes it) on EOF. */
+
+int
+pja_job_read(pja_job_t *job, int fd)
+{
+    int         *pfd;
+    char         chunk[16384];
+    size_t       room;
+    ssize_t      n;
+    pja_buf_t   *b;
+
+    if (fd == job->out_fd) {
+        pfd = &job->out_fd;
+        b = &job->out;
+    } else if (fd == job->err_fd) {
+        pfd = &job->err_fd;
+        b = &job->err;
+    } else {
+        return -1;
+    }
+
+    for ( ;; ) {
+        n = read(fd, chunk, sizeof(chunk));
+
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                return 0;
+            }
+            n = 0;
+        }
+
+        if (n == 0) {
+            close(fd);
+            *pfd = -1;
+            return -1;
+        }
+
+        room = b->len < PJA_OUTPUT_CAP ? PJA_OUTPUT_CAP - b->len : 0;
+
+        if ((size_t) n > room) {
+            if (!job->truncated) {
+                pja_log(PJA_LOG_WARN, "job %s: output over %d bytes, "
+                        "truncated", job->id, PJA_OUTPUT_CAP);
+            }
+            job->truncated = 1;
+            n = (ssize_t) room;
+        }
+
+        if (n && pja_buf_add(b, chunk, (size_t) n) != 0) {
+            job->truncated = 1;
+        }
+    }
+}
+
+
+/* 1 when the job's process has been reaped, with its wait status. */
+
+int
+pja_job_reap(pja_job_t *job, int *status)
+{
+    pid_t  pid;
+
+    if (job->state != PJA_JOB_RUNNING || job->pid <= 0) {
+        return 0;
+    }
+
+    do {
+        pid = waitpid(job->pid, status, WNOHANG);
+    } while (pid == -1 && errno == EINTR);
+
+    if (pid != job->pid) {
+        return 0;
+    }
+
+    /* What the process wrote before it exited is still in the pipes. */
+    if (job->out_fd != -1) {
+        (void) pja_job_read(job, job->out_fd);
+    }
+    if (job->err_fd != -1) {
+        (void) pja_job_read(job, job->err_fd);
+    }
+
+    job->pid = 0;
+    return 1;
+}
+
+
+void
+pja_job_abort(pja_job_t *job, int force)
+{
+    if (job->state != PJA_JOB_RUNNING || job->pid <= 0) {
+        return;
+    }
+
+    if (!job->aborting || force) {
+        pja_log(PJA_LOG_INFO, "job %s: %s process group %ld", job->id,
+                force ? "killing" : "terminating", (long) job->pid);
+
+        if (kill(-job->pid, force ? SIGKILL : SIGTERM) != 0 && errno != ESRCH)
+        {
+            pja_log(PJA_LOG_ERR, "kill(%ld): %s", (long) -job->pid,
+                    strerror(errno));
+        }
+    }
+
+    job->aborting = 1;
+    job->kill_at = force ? 0 : pja_now_ms() + PJA_KILL_GRACE;
+}
+
+
+void
+pja_job_timers(pja_job_t *job, int64_t now)
+{
+    if (job->state == PJA_JOB_RUNNING && job->aborting && job->kill_at
+        && now >= job->kill_at)
+    {
+        pja_log(PJA_LOG_WARN, "job %s: still running %d s after SIGTERM, "
+                "killing", job->id, PJA_KILL_GRACE / 1000);
+        job->kill_at = 0;
+        (void) kill(-job->pid, SIGKILL);
+    }
+
+    if (job->state == PJA_JOB_COMMITTED
+        && now - job->committed_at >= PJA_COMMIT_TIMEOUT)
+    {
+        pja_log(PJA_LOG_WARN, "job %s: committed but not run for %d s, "
+                "dropped", job->id, PJA_COMMIT_TIMEOUT / 1000);
+        pja_job_clear(job);
+    }
+}
+
+
+static int
+job_add_output(yajl_gen g, const char *key, pja_buf_t *b, size_t cap)
+{
+    int    rc;
+    char  *s;
+
+    s = pja_base64_encode(b->data ? b->data : "", b->len < cap ? b->len : cap);
+    if (s == NULL) {
+        return -1;
+    }
+
+    rc = pja_json_str(g, key, s);
+    free(s);
+    return rc;
+}
+
+
+/*
+ * Builds the final report of a reaped job.  Captured output is cut so that
+ * the message fits in the server's max_message_size.
+ */
+
+char *
+pja_job_report(pja_job_t *job, int status, size_t max_size)
+{
+    int       truncated;
+    size_t    cap;
+    yajl_gen  g;
+
+    if (job->aborting) {
+        g = pja_json_begin("aborted");
+        if (g == NULL || pja_json_str(g, "job_id", job->id) != 0) {
+            goto failed;
+        }
+        return pja_json_end(g);
+    }
+
+    cap = PJA_OUTPUT_CAP;
+    truncated = job->truncated;
+
+    if (max_size > 1024 && (job->out.len + job->err.len) / 3 * 4 + 1024
+                           > max_size)
+    {
+        cap = (max_size - 1024) / 2 / 4 * 3;
+        if (job->out.len > cap || job->err.len > cap) {
+            truncated = 1;
+        }
+    }
+
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+        g = pja_json_begin("succeeded");
+        if (g == NULL || pja_json_str(g, "job_id", job->id) != 0
+            || pja_json_int(g, "exit_status", 0) != 0)
+        {
+            goto failed;
+        }
+
+    } else {
+        g = pja_json_begin("failed");
+        if (g == NULL || pja_json_str(g, "job_id", job->id) != 0) {
+            goto failed;
+        }
+
+        if (WIFSIGNALED(status)) {
+            if (pja_json_int(g, "signal", WTERMSIG(status)) != 0) {
+                goto failed;
+            }
+        } else if (pja_json_int(g, "exit_status", WEXITSTATUS(status)) != 0) {
+            goto failed;
+        }
+    }
+
+    if (job->capture) {
+        if (job_add_output(g, "stdout", &job->out, cap) != 0
+            || job_add_output(g, "stderr", &job->err, cap) != 0
+            || pja_json_bool(g, "truncated", truncated) != 0)
+        {
+            goto failed;
+        }
+    }
+
+    return pja_json_end(g);
+
+failed:
+
+    if (g) {
+        yajl_gen_free(g);
+    }
+
+    pja_log(PJA_LOG_ERR, "job %s: cannot build the report", job->id);
+    return NULL;
+}

@@ -1,0 +1,282 @@
+/*
+ * pushjobs-agent: shared types and prototypes.
+ *
+ * The agent is one process with one poll() loop: the channel to the server
+ * (ws.c), the job it holds (job.c), the spool of final reports (spool.c).
+ */
+
+#ifndef PJA_H
+#define PJA_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <regex.h>
+
+#include <openssl/ssl.h>
+#include <openssl/evp.h>
+#include <yajl/yajl_gen.h>
+#include <yajl/yajl_tree.h>
+
+
+#define PJA_VERSION             "0.1.0"
+#define PJA_AGENT               "pushjobs-agent/" PJA_VERSION
+
+#define PJA_OUTPUT_CAP          (256 * 1024)
+#define PJA_IN_MESSAGE_CAP      (16 * 1024 * 1024)
+#define PJA_OUT_QUEUE_CAP       (32 * 1024 * 1024)
+#define PJA_DEFAULT_MAX_MESSAGE (1024 * 1024)
+#define PJA_DEFAULT_PING        60
+#define PJA_CONNECT_TIMEOUT     30000
+#define PJA_KILL_GRACE          10000
+#define PJA_COMMIT_TIMEOUT      600000
+#define PJA_BACKOFF_MAX         60
+#define PJA_STABLE_CHANNEL      30000
+
+#define PJA_DEFAULT_SPOOL       "/var/lib/pushjobs-agent/spool"
+#define PJA_DEFAULT_FILE_DIR    "/tmp/pushjobs"
+#define PJA_DEFAULT_CLIENT_KEY  "/etc/chef/client.pem"
+#define PJA_DEFAULT_CACHE_PATH  "/var/chef/cache"
+
+
+/* util.c */
+
+typedef struct {
+    char                  *data;
+    size_t                 len;
+    size_t                 cap;
+} pja_buf_t;
+
+int pja_buf_reserve(pja_buf_t *b, size_t n);
+int pja_buf_add(pja_buf_t *b, const void *p, size_t n);
+int pja_buf_addstr(pja_buf_t *b, const char *s);
+int pja_buf_printf(pja_buf_t *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+int pja_buf_cstr(pja_buf_t *b);
+void pja_buf_consume(pja_buf_t *b, size_t n);
+void pja_buf_free(pja_buf_t *b);
+
+char *pja_base64_encode(const void *p, size_t n);
+int pja_base64_decode(const char *s, size_t n, pja_buf_t *out);
+int64_t pja_now_ms(void);
+uint32_t pja_random_u32(void);
+int pja_random_bytes(void *p, size_t n);
+int pja_valid_job_id(const char *id);
+int pja_set_nonblock(int fd);
+int pja_set_cloexec(int fd);
+int pja_pipe(int fds[2], int nonblock);
+int pja_mkdir_p(const char *path, mode_t mode);
+char *pja_strdup(const char *s);
+void *pja_xalloc(size_t n);
+
+
+/* log.c */
+
+enum {
+    PJA_LOG_ERR = 0,
+    PJA_LOG_WARN,
+    PJA_LOG_INFO,
+    PJA_LOG_DEBUG
+};
+
+extern int pja_log_level;
+
+void pja_log(int level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+
+/* config.c, whitelist.c */
+
+typedef struct {
+    char                  *key;          /* exact command, or regexp text */
+    int                    is_regex;
+    regex_t                re;
+    char                  *command_line;
+    char                  *lock;         /* lock file to check, or NULL */
+} pja_wl_entry_t;
+
+typedef struct {
+    char                  *node_name;
+    char                  *chef_server_url;
+    char                  *client_key;
+    char                  *ssl_ca_file;
+    int                    ssl_verify;    /* 1: verify_peer */
+    char                  *file_dir;
+    char                  *file_cache_path;
+    char                  *lockfile;
+
+    char                 **allowed_env;
+    size_t                 nallowed_env;
+
+    pja_wl_entry_t        *wl;
+    size_t                 nwl;
+    int                    wl_set;
+
+    /* derived from chef_server_url */
+    int                    tls;
+    char                  *host;
+    char                  *port;
+    char                  *org;
+    char                  *ws_path;      /* .../organizations/ORG/pushy/agent */
+    char                  *host_header;
+} pja_conf_t;
+
+int pja_conf_load(pja_conf_t *cf, const char *file);
+int pja_conf_finish(pja_conf_t *cf);
+void pja_conf_free(pja_conf_t *cf);
+
+int pja_wl_add(pja_conf_t *cf, const char *key, int is_regex, int icase,
+    const char *command_line, const char *lock);
+char *pja_wl_resolve(const pja_conf_t *cf, const char *command,
+    const pja_wl_entry_t **entry);
+void pja_wl_free(pja_conf_t *cf);
+char **pja_argv_split(const char *cmdline);
+void pja_argv_free(char **argv);
+
+
+/* sign.c */
+
+EVP_PKEY *pja_sign_load_key(const char *file);
+int pja_sign_headers(const char *userid, EVP_PKEY *key, const char *method,
+    const char *path, const void *body, size_t blen, const char *eol,
+    pja_buf_t *out);
+
+
+/* ws.c */
+
+enum {
+    PJA_WS_IDLE = 0,
+    PJA_WS_CONNECTING,
+    PJA_WS_TLS,
+    PJA_WS_HTTP,
+    PJA_WS_OPEN,
+    PJA_WS_CLOSING
+};
+
+typedef struct {
+    int                    state;
+    int                    fd;
+    SSL_CTX               *ctx;
+    SSL                   *ssl;
+    struct addrinfo       *ai_list;
+    struct addrinfo       *ai_next;
+
+    pja_buf_t              out;
+    size_t                 ssl_retry_len;
+    int                    want_write;
+
+    pja_buf_t              in;
+    pja_buf_t              msg;
+    int                    msg_op;
+    int                    in_msg;
+    int                    peer_eof;
+
+    char                   accept[64];
+    int64_t                started_at;
+    int64_t                opened_at;
+    int64_t                last_rx;
+    int64_t                close_deadline;
+    int                    close_code;    /* received from the peer */
+    int                    close_sent;
+    int                    http_status;
+} pja_ws_t;
+
+int pja_ws_init_ctx(pja_ws_t *ws, const pja_conf_t *cf);
+int pja_ws_connect(pja_ws_t *ws, const pja_conf_t *cf);
+short pja_ws_events(pja_ws_t *ws);
+int pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents);
+int pja_ws_send_text(pja_ws_t *ws, const char *p, size_t n);
+void pja_ws_close(pja_ws_t *ws, int code);
+void pja_ws_reset(pja_ws_t *ws);
+
+
+/* job.c */
+
+enum {
+    PJA_JOB_IDLE = 0,
+    PJA_JOB_COMMITTED,
+    PJA_JOB_RUNNING
+};
+
+typedef struct {
+    int                    state;
+    char                   id[33];
+    char                  *command;
+    char                  *cmdline;
+    char                  *user;
+    char                  *dir;
+    char                  *file;
+    char                 **env;          /* "K=V" of the job, renamed */
+    size_t                 nenv;
+    int                    capture;
+    int64_t                committed_at;
+
+    pid_t                  pid;
+    int                    out_fd;
+    int                    err_fd;
+    pja_buf_t              out;
+    pja_buf_t              err;
+    int                    truncated;
+    char                  *file_path;
+
+    int                    aborting;
+    int64_t                kill_at;
+} pja_job_t;
+
+const char *pja_job_commit(pja_job_t *job, const pja_conf_t *cf,
+    yajl_val msg);
+const char *pja_job_run(pja_job_t *job, const pja_conf_t *cf);
+void pja_job_abort(pja_job_t *job, int force);
+void pja_job_uncommit(pja_job_t *job);
+int pja_job_read(pja_job_t *job, int fd);
+int pja_job_reap(pja_job_t *job, int *status);
+char *pja_job_report(pja_job_t *job, int status, size_t max_size);
+void pja_job_clear(pja_job_t *job);
+void pja_job_timers(pja_job_t *job, int64_t now);
+
+
+/* spool.c */
+
+int pja_spool_init(const char *dir);
+int pja_spool_write(const char *job_id, const char *text);
+int pja_spool_remove(const char *job_id);
+int pja_spool_has(const char *job_id);
+char *pja_spool_read(const char *job_id);
+char **pja_spool_list(size_t *n);
+
+
+/* json.c */
+
+yajl_gen pja_json_begin(const char *type);
+int pja_json_str(yajl_gen g, const char *key, const char *val);
+int pja_json_int(yajl_gen g, const char *key, long long val);
+int pja_json_bool(yajl_gen g, const char *key, int val);
+char *pja_json_end(yajl_gen g);
+
+const char *pja_json_get_str(yajl_val obj, const char *key);
+int pja_json_get_bool(yajl_val obj, const char *key, int dflt);
+long long pja_json_get_int(yajl_val obj, const char *key, long long dflt);
+yajl_val pja_json_get(yajl_val obj, const char *key);
+
+
+/* proto.c */
+
+typedef struct {
+    pja_conf_t             conf;
+    pja_ws_t               ws;
+    pja_job_t              job;
+    int                    welcomed;
+    int                    ping_interval;
+    size_t                 max_message_size;
+    int                    stopping;
+} pja_agent_t;
+
+extern pja_agent_t  pja_agent;
+
+void pja_proto_open(pja_agent_t *a);
+void pja_proto_message(pja_agent_t *a, char *text, size_t len);
+void pja_proto_send(pja_agent_t *a, char *text);
+void pja_proto_final(pja_agent_t *a, char *report);
+void pja_proto_job_exited(pja_agent_t *a, int status);
+
+#endif /* PJA_H */

@@ -1,0 +1,261 @@
+/*
+ * pushjobs-agent: the spool of final reports.
+ *
+ * Every final report is stored as SPOOL/JOBID.json (written to a temporary
+ * file, fsync'd, renamed, directory fsync'd) before it is sent, and removed
+ * only on the server's `ack` for that job.
+ */
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include "pja.h"
+
+
+static char  *pja_spool_dir;
+
+
+int
+pja_spool_init(const char *dir)
+{
+    struct stat  st;
+
+    if (pja_mkdir_p(dir, 0700) != 0) {
+        pja_log(PJA_LOG_ERR, "cannot create spool %s: %s", dir,
+                strerror(errno));
+        return -1;
+    }
+
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        pja_log(PJA_LOG_ERR, "spool %s is not a directory", dir);
+        return -1;
+    }
+
+    if (st.st_mode & 077) {
+        pja_log(PJA_LOG_WARN, "spool %s is accessible to others", dir);
+    }
+
+    pja_spool_dir = pja_strdup(dir);
+    return pja_spool_dir ? 0 : -1;
+}
+
+
+static void
+spool_path(pja_buf_t *b, const char *job_id, const char *suffix)
+{
+    b->len = 0;
+    pja_buf_printf(b, "%s/%s%s", pja_spool_dir, job_id, suffix);
+}
+
+
+int
+pja_spool_write(const char *job_id, const char *text)
+{
+    int        fd, dfd, rc;
+    size_t     n, off;
+    ssize_t    w;
+    pja_buf_t  tmp = { NULL, 0, 0 }, path = { NULL, 0, 0 };
+
+    rc = -1;
+    spool_path(&tmp, job_id, ".json.tmp");
+    spool_path(&path, job_id, ".json");
+
+    if (tmp.data == NULL || path.data == NULL) {
+        goto done;
+    }
+
+    fd = open(tmp.data, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd == -1) {
+        pja_log(PJA_LOG_ERR, "cannot create %s: %s", tmp.data,
+                strerror(errno));
+        goto done;
+    }
+
+    n = strlen(text);
+
+    for (off = 0; off < n; off += (size_t) w) {
+        w = write(fd, text + off, n - off);
+        if (w < 0) {
+            if (errno == EINTR) {
+                w = 0;
+                continue;
+            }
+            pja_log(PJA_LOG_ERR, "cannot write %s: %s", tmp.data,
+                    strerror(errno));
+            close(fd);
+            unlink(tmp.data);
+            goto done;
+        }
+    }
+
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        pja_log(PJA_LOG_ERR, "cannot sync %s: %s", tmp.data, strerror(errno));
+        unlink(tmp.data);
+        goto done;
+    }
+
+    if (rename(tmp.data, path.data) != 0) {
+        pja_log(PJA_LOG_ERR, "cannot rename %s: %s", tmp.data,
+                strerror(errno));
+        unlink(tmp.data);
+        goto done;
+    }
+
+    dfd = open(pja_spool_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd != -1) {
+        if (fsync(dfd) != 0) {
+            pja_log(PJA_LOG_WARN, "cannot sync %s: %s", pja_spool_dir,
+                    strerror(errno));
+        }
+        close(dfd);
+    }
+
+    pja_log(PJA_LOG_DEBUG, "spooled the report of job %s", job_id);
+    rc = 0;
+
+done:
+
+    pja_buf_free(&tmp);
+    pja_buf_free(&path);
+    return rc;
+}
+
+
+int
+pja_spool_remove(const char *job_id)
+{
+    int        rc;
+    pja_buf_t  path = { NULL, 0, 0 };
+
+    spool_path(&path, job_id, ".json");
+    if (path.data == NULL) {
+        return -1;
+    }
+
+    rc = unlink(path.data);
+    if (rc != 0 && errno != ENOENT) {
+        pja_log(PJA_LOG_ERR, "cannot remove %s: %s", path.data,
+                strerror(errno));
+    }
+
+    pja_buf_free(&path);
+    return rc;
+}
+
+
+int
+pja_spool_has(const char *job_id)
+{
+    int        rc;
+    pja_buf_t  path = { NULL, 0, 0 };
+
+    spool_path(&path, job_id, ".json");
+    if (path.data == NULL) {
+        return 0;
+    }
+
+    rc = access(path.data, F_OK) == 0;
+    pja_buf_free(&path);
+    return rc;
+}
+
+
+char *
+pja_spool_read(const char *job_id)
+{
+    int        fd;
+    char       chunk[8192];
+    ssize_t    n;
+    pja_buf_t  path = { NULL, 0, 0 }, data = { NULL, 0, 0 };
+
+    spool_path(&path, job_id, ".json");
+    if (path.data == NULL) {
+        return NULL;
+    }
+
+    fd = open(path.data, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        pja_log(PJA_LOG_ERR, "cannot open %s: %s", path.data,
+                strerror(errno));
+        pja_buf_free(&path);
+        return NULL;
+    }
+
+    while ((n = read(fd, chunk, sizeof(chunk))) != 0) {
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            pja_log(PJA_LOG_ERR, "cannot read %s: %s", path.data,
+                    strerror(errno));
+            pja_buf_free(&data);
+            break;
+        }
+
+        if (pja_buf_add(&data, chunk, (size_t) n) != 0) {
+            pja_buf_free(&data);
+            break;
+        }
+    }
+
+    close(fd);
+    pja_buf_free(&path);
+    return data.data;
+}
+
+
+/* The job ids of all spooled reports (malloc'd array of malloc'd ids). */
+
+char **
+pja_spool_list(size_t *n)
+{
+    DIR            *d;
+    size_t          len;
+    char          **ids, **nids, id[33];
+    struct dirent  *de;
+
+    *n = 0;
+    ids = NULL;
+
+    d = opendir(pja_spool_dir);
+    if (d == NULL) {
+        pja_log(PJA_LOG_ERR, "cannot open spool %s: %s", pja_spool_dir,
+                strerror(errno));
+        return NULL;
+    }
+
+    while ((de = readdir(d)) != NULL) {
+        len = strlen(de->d_name);
+        if (len != 32 + 5 || strcmp(de->d_name + 32, ".json") != 0) {
+            continue;
+        }
+
+        memcpy(id, de->d_name, 32);
+        id[32] = '\0';
+
+        if (!pja_valid_job_id(id)) {
+            continue;
+        }
+
+        nids = realloc(ids, (*n + 1) * sizeof(char *));
+        if (nids == NULL) {
+            break;
+        }
+        ids = nids;
+
+        ids[*n] = pja_strdup(id);
+        if (ids[*n] == NULL) {
+            break;
+        }
+        (*n)++;
+    }
+
+    closedir(d);
+    return ids;
+}
