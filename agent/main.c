@@ -35,10 +35,9 @@ usage(FILE *f)
         "[BODYFILE]\n"
         "\n"
         "  -c, --config FILE   Chef config file (repeatable; later files win)\n"
-        "                      default: the first of /etc/chef/"
-        "push-jobs-client.rb,\n"
-        "                      /etc/chef/chef-push-client.rb, "
-        "/etc/chef/client.rb\n"
+        "                      default: each of /etc/chef/client.rb,\n"
+        "                      /etc/chef/chef-push-client.rb and\n"
+        "                      /etc/chef/push-jobs-client.rb that exists\n"
         "  --spool DIR         final report spool (default %s)\n"
         "  -v, --verbose       debug logging\n"
         "  --sign-request      print Chef v1.3 signed headers and exit\n"
@@ -360,25 +359,37 @@ run(pja_agent_t *a)
 }
 
 
-static const char *
-default_config(void)
+/*
+ * Without -c: every one of these that exists, in this order, so a
+ * push-jobs file can add the whitelist to the node's client.rb.
+ */
+
+static int
+default_configs(const char **conf)
 {
     static const char  *files[] = {
-        "/etc/chef/push-jobs-client.rb",
-        "/etc/chef/chef-push-client.rb",
         "/etc/chef/client.rb",
+        "/etc/chef/chef-push-client.rb",
+        "/etc/chef/push-jobs-client.rb",
         NULL
     };
 
-    int  i;
+    int  i, n;
+
+    n = 0;
 
     for (i = 0; files[i]; i++) {
         if (access(files[i], R_OK) == 0) {
-            return files[i];
+            conf[n++] = files[i];
         }
     }
 
-    return files[2];
+    if (n == 0) {
+        pja_log(PJA_LOG_ERR, "no config: none of /etc/chef/client.rb, "
+                "chef-push-client.rb, push-jobs-client.rb is readable");
+    }
+
+    return n;
 }
 
 
@@ -456,7 +467,10 @@ main(int argc, char **argv)
     }
 
     if (nconf == 0) {
-        conf[nconf++] = default_config();
+        nconf = default_configs(conf);
+        if (nconf == 0) {
+            return 1;
+        }
     }
 
     memset(a, 0, sizeof(pja_agent_t));

@@ -81,6 +81,11 @@ pja_ws_init_ctx(pja_ws_t *ws, const pja_conf_t *cf)
     }
 
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+
+#ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
+    /* A peer that drops TCP without close_notify is just EOF for us. */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+#endif
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
                           | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 

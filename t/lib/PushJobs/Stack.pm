@@ -71,8 +71,11 @@ sub new {
 
 sub dir { $_[0]{dir} }
 sub org { $_[0]{org} }
-sub port { $_[0]{nginx_port} }
-sub url { 'https://127.0.0.1:' . $_[0]{nginx_port} }
+
+# Front ends are named fe1 (started by start), fe2, ...; each is an nginx
+# with the module on its own port, sharing PostgreSQL and the Chef API.
+sub port { $_[0]{fe}{ $_[1] // 'fe1' }{port} }
+sub url { 'https://127.0.0.1:' . $_[0]->port($_[1]) }
 
 sub log {
     my ($self, @msg) = @_;
@@ -207,7 +210,7 @@ sub make_keys {
                    '-subj', '/CN=localhost',
                    '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost');
 
-    for my $u (qw(pivotal alice bob carol)) {
+    for my $u (qw(pivotal alice bob carol dave)) {
         @{ $self->{users}{$u} }{qw(key pub)} = $self->genkey($u);
     }
 
@@ -216,8 +219,10 @@ sub make_keys {
         @{ $self->{clients}{$n} }{qw(key pub)} = $self->genkey($n);
     }
 
-    # a client that exists in Chef but runs no agent
-    @{ $self->{clients}{ghost} }{qw(key pub)} = $self->genkey('ghost');
+    # a client that exists in Chef but runs no agent, and one of another org
+    for my $n (qw(ghost othernode)) {
+        @{ $self->{clients}{$n} }{qw(key pub)} = $self->genkey($n);
+    }
 }
 
 sub user_key { $_[0]{users}{$_[1]}{key} // $_[0]{clients}{$_[1]}{key} }
@@ -232,10 +237,11 @@ sub fixture {
                 ($_ eq 'pivotal' ? (superuser => JSON::PP::true) : ()) }
     } keys %{ $self->{users} };
 
-    my %clients = map {
-        $_ => { public_key => $self->{clients}{$_}{pub},
-                validator => JSON::PP::false }
-    } @nodes;
+    my $client = sub {
+        map { $_ => { public_key => $self->{clients}{$_}{pub},
+                      validator => JSON::PP::false } } @_;
+    };
+    my %clients = $client->(@nodes);
 
     my %nodes = map {
         my $i = /(\d+)/ ? $1 : 0;
@@ -248,7 +254,8 @@ sub fixture {
         }
     } @nodes;
 
-    # alice: admin; bob: a plain member; carol: not in the org
+    # alice: admin; bob: a plain member; carol: not in the org; dave: admin
+    # of the other org only
     return {
         users => \%users,
         organizations => {
@@ -267,6 +274,22 @@ sub fixture {
                                         groups => [] },
                 },
                 nodes => \%nodes,
+            },
+            other => {
+                full_name => 'Another org',
+                users => ['dave'],
+                clients => { $client->('othernode') },
+                groups => {
+                    admins => { users => [qw(pivotal dave)],
+                                clients => [], groups => [] },
+                    users => { users => ['dave'], clients => [],
+                               groups => [] },
+                    clients => { users => [], clients => ['othernode'],
+                                 groups => [] },
+                },
+                nodes => { othernode => { chef_environment => '_default',
+                                          run_list => [], automatic => {},
+                                          normal => {} } },
             },
         },
     };
@@ -356,8 +379,9 @@ sub start_chef {
 }
 
 sub nginx_conf {
-    my ($self) = @_;
-    my $d = "$self->{dir}/nginx";
+    my ($self, $fe) = @_;
+    my $d = "$self->{dir}/$fe";
+    my $port = $self->port($fe);
     my $org = $self->{org};
 
     return <<"EOF";
@@ -391,10 +415,10 @@ http {
     pushjobs_key_zone pushjobs_keys:4m ttl=300s;
     pushjobs_chef_user pivotal;
     pushjobs_chef_key $self->{users}{pivotal}{key};
-    pushjobs_server_name fe1;
+    pushjobs_server_name $fe;
 $self->{nginx_extra}
     server {
-        listen 127.0.0.1:$self->{nginx_port} ssl reuseport;
+        listen 127.0.0.1:$port ssl reuseport;
         server_name localhost;
 
         ssl_certificate $self->{dir}/tls/server.crt;
@@ -433,25 +457,35 @@ $self->{nginx_extra}
 EOF
 }
 
+# start_nginx([NAME]): a front end, fe1 unless named; its files live in
+# DIR/NAME (nginx.conf, error.log, access.log).
 sub start_nginx {
-    my ($self) = @_;
-    my $d = "$self->{dir}/nginx";
+    my ($self, $fe) = @_;
+    $fe //= 'fe1';
+    my $d = "$self->{dir}/$fe";
     make_path("$d/tmp");
 
-    $self->{nginx_port} = free_port();
-    spew("$d/nginx.conf", $self->nginx_conf);
+    $self->{fe}{$fe}{port} //= free_port();
+    spew("$d/nginx.conf", $self->nginx_conf($fe));
 
-    $self->spawn('nginx', "$d/stdout.log", $NGINX, '-p', $d, '-c',
+    $self->spawn("nginx:$fe", "$d/stdout.log", $NGINX, '-p', $d, '-c',
                  "$d/nginx.conf");
 
     wait_for(20, sub {
-        my $res = $self->http->get($self->url . '/pushy/_status');
+        my $res = $self->http->get($self->url($fe) . '/pushy/_status');
         $res->{status} == 200 && $res->{content} =~ /alive/;
     }) or croak "nginx did not come up:\n" . slurp("$d/stdout.log")
                . slurp("$d/error.log");
 
-    $self->log("nginx on $self->{nginx_port}");
+    $self->log("nginx $fe on " . $self->port($fe));
 }
+
+sub stop_nginx {
+    my ($self, $fe, $sig) = @_;
+    $self->stop_proc('nginx:' . ($fe // 'fe1'), $sig // 'QUIT', 10);
+}
+
+sub frontends { sort keys %{ $_[0]{fe} } }
 
 sub http {
     my ($self) = @_;
@@ -463,8 +497,10 @@ sub http {
     );
 }
 
+# client_rb(NAME, fe => 'fe2'): the agent's config, pointing at a front end.
 sub client_rb {
     my ($self, $name, %opt) = @_;
+    my $url = $self->url($opt{fe});
     my $d = "$self->{dir}/agents/$name";
     make_path("$d/spool", { mode => 0700 });
 
@@ -476,7 +512,7 @@ sub client_rb {
     my $rb = <<"EOF";
 # client.rb of $name, written by the pushjobs test stack
 node_name "$name"
-chef_server_url "@{[ $self->url ]}/organizations/$self->{org}"
+chef_server_url "$url/organizations/$self->{org}"
 client_key "$self->{clients}{$name}{key}"
 ssl_verify_mode :verify_peer
 ssl_ca_file "$self->{dir}/tls/server.crt"
@@ -490,8 +526,8 @@ EOF
 }
 
 sub start_agent {
-    my ($self, $name) = @_;
-    my $rb = $self->client_rb($name);
+    my ($self, $name, %opt) = @_;
+    my $rb = $self->client_rb($name, %opt);
     my $d = dirname($rb);
     $self->spawn("agent:$name", "$d/agent.log", $AGENT, '-c', $rb,
                  '--spool', "$d/spool", '-v');
@@ -511,7 +547,7 @@ sub start_agents {
         or croak "agents did not come online:\n"
                  . join('', map { slurp("$self->{dir}/agents/$_/agent.log") }
                                 $self->agent_names)
-                 . slurp("$self->{dir}/nginx/error.log");
+                 . $self->error_log;
 }
 
 sub wait_online {
@@ -562,7 +598,8 @@ sub sign {
 }
 
 # request(METHOD, PATH, body => ..., user => ..., version => ...,
-#         headers => {...}, unsigned => 1, sign_path => ..., sign_method =>)
+#         headers => {...}, unsigned => 1, sign_path => ..., sign_method =>,
+#         fe => 'fe2')
 sub request {
     my ($self, $method, $path, %a) = @_;
     my $body = $a{body};
@@ -590,7 +627,7 @@ sub request {
     %h = (%h, %{ $a{headers} }) if $a{headers};
     delete @h{ grep { !defined $h{$_} } keys %h };
 
-    my $res = $self->http->request($method, $self->url . $path, {
+    my $res = $self->http->request($method, $self->url($a{fe}) . $path, {
         headers => \%h,
         (length $body ? (content => $body) : ()),
     });
@@ -608,6 +645,50 @@ sub start_job {
     croak "POST /jobs: $res->{status} $res->{content}"
         unless $res->{status} == 201;
     return substr($res->{json}{uri}, -32);
+}
+
+# Set a group's members in the Chef API (as pivotal), creating it if needed:
+# set_group(GROUP, users => [...], clients => [...], groups => [...],
+#           org => ORG)
+sub set_group {
+    my ($self, $group, %m) = @_;
+    my $org = $m{org} // $self->{org};
+    my %body = (groupname => $group, actors => {
+        map { $_ => $m{$_} // [] } qw(users clients groups) });
+    my $res = $self->chef_request('GET', "/organizations/$org/groups/$group");
+    if ($res->{status} == 404) {
+        $res = $self->chef_request('POST', "/organizations/$org/groups",
+                                   body => { groupname => $group });
+        croak "create group $group: $res->{status} $res->{content}"
+            unless $res->{status} == 201;
+    }
+    $res = $self->chef_request('PUT', "/organizations/$org/groups/$group",
+                               body => \%body);
+    croak "set group $group: $res->{status} $res->{content}"
+        unless $res->{status} == 200;
+}
+
+sub delete_group {
+    my ($self, $group, %a) = @_;
+    my $org = $a{org} // $self->{org};
+    $self->chef_request('DELETE', "/organizations/$org/groups/$group");
+}
+
+# A request straight to the Chef API stand-in, signed as pivotal.
+sub chef_request {
+    my ($self, $method, $path, %a) = @_;
+    my $body = ref $a{body} ? $JSON->encode($a{body}) : $a{body} // '';
+    my %h = (Accept => 'application/json',
+             (length $body ? ('Content-Type' => 'application/json') : ()),
+             %{ $self->sign(method => $method, path => $path, body => $body,
+                            user => $a{user} // 'pivotal', version => '1.3',
+                            api_version => '1') },
+             'X-Ops-Server-API-Version' => 1);
+    my $res = $self->http->request($method,
+        "http://127.0.0.1:$self->{chef_port}$path",
+        { headers => \%h, (length $body ? (content => $body) : ()) });
+    $res->{json} = eval { $JSON->decode($res->{content}) };
+    return $res;
 }
 
 sub job {
@@ -630,9 +711,14 @@ sub wait_job {
 
 # --- logs -----------------------------------------------------------------
 
-sub error_log { slurp("$_[0]{dir}/nginx/error.log") }
+# The error log of one front end, or of all of them.
+sub error_log {
+    my ($self, $fe) = @_;
+    return join '', map { slurp("$self->{dir}/$_/error.log") }
+                        defined $fe ? ($fe) : $self->frontends;
+}
 
-# [alert] and [emerg] lines of nginx's error log.
+# [alert] and [emerg] lines of nginx's error logs.
 sub alerts {
     my ($self) = @_;
     return grep { /\[(alert|emerg)\]/ } split /\n/, $self->error_log;
@@ -653,7 +739,7 @@ sub stop {
         waitpid $s->{pid}, 0;
     }
 
-    $self->stop_proc('nginx', 'QUIT', 10);
+    $self->stop_nginx($_) for $self->frontends;
     $self->stop_proc('chef', 'TERM', 5);
 
     if ($self->{pg_up}) {
