@@ -50,6 +50,7 @@ typedef struct {
     int                    icase;
     char                   punct[3];
     int                    line;
+    const char            *start;
 } cf_tok_t;
 
 typedef struct {
@@ -227,6 +228,7 @@ again:
     }
 
     t->line = lx->line;
+    t->start = lx->p;
 
     if (lx->p >= lx->end) {
         t->type = T_EOF;
@@ -668,9 +670,10 @@ failed:
 int
 pja_conf_load(pja_conf_t *cf, const char *file)
 {
-    int        line;
-    FILE      *f;
-    cf_lex_t   lx;
+    int          line;
+    FILE        *f;
+    cf_lex_t     lx;
+    const char  *start;
     pja_buf_t  data = { NULL, 0, 0 };
     char       chunk[4096];
     size_t     n;
@@ -716,10 +719,13 @@ pja_conf_load(pja_conf_t *cf, const char *file)
         }
 
         line = lx.tok.line;
+        start = lx.tok.start;
 
         if (cf_statement(cf, &lx) != 0) {
-            pja_log(PJA_LOG_WARN, "%s:%d: statement not understood, ignored",
-                    file, line);
+            /* The push-jobs cookbook's log format line is harmless. */
+            pja_log(strncmp(start, "Mixlib::Log::", 13) == 0
+                    ? PJA_LOG_DEBUG : PJA_LOG_WARN,
+                    "%s:%d: statement not understood, ignored", file, line);
 
             while (lx.tok.type != T_NL && lx.tok.type != T_EOF) {
                 cf_next(&lx);
@@ -785,11 +791,10 @@ cf_hash_get(cf_val_t *h, const char *key, cf_val_t **val)
 static int
 cf_whitelist(pja_conf_t *cf, cf_lex_t *lx, cf_val_t *v)
 {
-    int        ok;
+    int        ok, lock_default;
     char      *lock, *cmd;
     size_t     i;
     cf_val_t  *k, *e, *cl, *lk;
-    pja_buf_t  path = { NULL, 0, 0 };
 
     if (v->type != V_HASH) {
         pja_log(PJA_LOG_WARN, "%s:%d: whitelist must be a hash, ignored",
@@ -805,6 +810,7 @@ cf_whitelist(pja_conf_t *cf, cf_lex_t *lx, cf_val_t *v)
         e = v->vals[i];
         cmd = NULL;
         lock = NULL;
+        lock_default = 0;
 
         if (e->type == V_STR) {
             cmd = e->s;
@@ -820,16 +826,7 @@ cf_whitelist(pja_conf_t *cf, cf_lex_t *lx, cf_val_t *v)
                 lock = lk->s;
 
             } else if (lk && lk->type == V_TRUE) {
-                path.len = 0;
-                if (cf->lockfile) {
-                    pja_buf_addstr(&path, cf->lockfile);
-                } else {
-                    pja_buf_printf(&path, "%s/chef-client-running.pid",
-                                   cf->file_cache_path
-                                   ? cf->file_cache_path
-                                   : PJA_DEFAULT_CACHE_PATH);
-                }
-                lock = path.data;
+                lock_default = 1;
             }
         }
 
@@ -846,7 +843,8 @@ cf_whitelist(pja_conf_t *cf, cf_lex_t *lx, cf_val_t *v)
             continue;
         }
 
-        if (pja_wl_add(cf, k->s, k->type == V_REGEX, k->icase, cmd, lock)
+        if (pja_wl_add(cf, k->s, k->type == V_REGEX, k->icase, cmd, lock,
+                       lock_default)
             != 0)
         {
             pja_log(PJA_LOG_WARN, "%s: whitelist key \"%s\" ignored",
@@ -854,7 +852,77 @@ cf_whitelist(pja_conf_t *cf, cf_lex_t *lx, cf_val_t *v)
         }
     }
 
-    pja_buf_free(&path);
+    return 0;
+}
+
+
+/* Replaces *list with the strings of an array value. */
+
+static int
+cf_set_list(cf_lex_t *lx, const char *name, char ***list, size_t *n,
+    cf_val_t *v)
+{
+    size_t     i, k;
+    char     **l;
+    cf_val_t  *e;
+
+    if (v->type == V_NIL) {
+        v = NULL;
+
+    } else if (v->type != V_ARRAY) {
+        pja_log(PJA_LOG_WARN, "%s:%d: %s must be an array", lx->file,
+                lx->tok.line, name);
+        return 0;
+    }
+
+    l = calloc((v ? v->n : 0) + 1, sizeof(char *));
+    if (l == NULL) {
+        return -1;
+    }
+
+    k = 0;
+
+    for (i = 0; v && i < v->n; i++) {
+        e = v->vals[i];
+        if (e->type != V_STR && e->type != V_SYM) {
+            pja_log(PJA_LOG_WARN, "%s:%d: %s: an element that is not a "
+                    "string ignored", lx->file, lx->tok.line, name);
+            continue;
+        }
+        l[k] = pja_strdup(e->s);
+        if (l[k] == NULL) {
+            break;
+        }
+        k++;
+    }
+
+    for (i = 0; i < *n; i++) {
+        free((*list)[i]);
+    }
+    free(*list);
+
+    *list = l;
+    *n = k;
+    return 0;
+}
+
+
+static int
+cf_set_num(cf_lex_t *lx, const char *name, long long *dst, cf_val_t *v)
+{
+    char       *end;
+    long long   n;
+
+    if (v->type == V_NUM || v->type == V_STR) {
+        n = strtoll(v->s, &end, 10);
+        if (*end == '\0' && end != v->s && n >= 0) {
+            *dst = n;
+            return 0;
+        }
+    }
+
+    pja_log(PJA_LOG_WARN, "%s:%d: %s must be a number >= 0, ignored",
+            lx->file, lx->tok.line, name);
     return 0;
 }
 
@@ -862,9 +930,8 @@ cf_whitelist(pja_conf_t *cf, cf_lex_t *lx, cf_val_t *v)
 static int
 cf_apply(pja_conf_t *cf, cf_lex_t *lx, const char *name, cf_val_t *v)
 {
-    size_t     i;
-    cf_val_t  *e;
-    char     **list;
+    int        rc;
+    long long  n;
 
     if (strcmp(name, "node_name") == 0) {
         return cf_set_str(lx, name, &cf->node_name, v);
@@ -880,6 +947,28 @@ cf_apply(pja_conf_t *cf, cf_lex_t *lx, const char *name, cf_val_t *v)
 
     if (strcmp(name, "ssl_ca_file") == 0) {
         return cf_set_str(lx, name, &cf->ssl_ca_file, v);
+    }
+
+    if (strcmp(name, "trusted_certs_dir") == 0) {
+        return cf_set_str(lx, name, &cf->trusted_certs_dir, v);
+    }
+
+    if (strcmp(name, "allowed_users") == 0) {
+        return cf_set_list(lx, name, &cf->allowed_users,
+                           &cf->nallowed_users, v);
+    }
+
+    if (strcmp(name, "kill_grace_period") == 0) {
+        n = -1;
+        rc = cf_set_num(lx, name, &n, v);
+        if (n >= 0) {
+            cf->kill_grace = n > 3600 ? 3600 : (int) n;
+        }
+        return rc;
+    }
+
+    if (strcmp(name, "max_output_size") == 0) {
+        return cf_set_num(lx, name, &cf->output_cap, v);
     }
 
     if (strcmp(name, "file_dir") == 0) {
@@ -917,33 +1006,7 @@ cf_apply(pja_conf_t *cf, cf_lex_t *lx, const char *name, cf_val_t *v)
     }
 
     if (strcmp(name, "allowed_overwritable_env_vars") == 0) {
-        if (v->type != V_ARRAY) {
-            pja_log(PJA_LOG_WARN, "%s:%d: allowed_overwritable_env_vars must "
-                    "be an array", lx->file, lx->tok.line);
-            return 0;
-        }
-
-        list = calloc(v->n + 1, sizeof(char *));
-        if (list == NULL) {
-            return -1;
-        }
-
-        for (i = 0; i < v->n; i++) {
-            e = v->vals[i];
-            if (e->type != V_STR && e->type != V_SYM) {
-                continue;
-            }
-            list[i] = pja_strdup(e->s);
-        }
-
-        for (i = 0; i < cf->nallowed_env; i++) {
-            free(cf->allowed_env[i]);
-        }
-        free(cf->allowed_env);
-
-        cf->allowed_env = list;
-        cf->nallowed_env = v->n;
-        return 0;
+        return cf_set_list(lx, name, &cf->allowed_env, &cf->nallowed_env, v);
     }
 
     pja_log(PJA_LOG_DEBUG, "%s: setting \"%s\" not used by the agent",
@@ -979,8 +1042,18 @@ pja_conf_finish(pja_conf_t *cf)
         cf->file_dir = pja_strdup(PJA_DEFAULT_FILE_DIR);
     }
 
+    if (cf->kill_grace < 0) {
+        cf->kill_grace = PJA_KILL_GRACE_S;
+    }
+
+    if (cf->output_cap < 0) {
+        cf->output_cap = PJA_OUTPUT_CAP;
+    }
+
     if (!cf->wl_set && cf->nwl == 0) {
-        if (pja_wl_add(cf, "chef-client", 0, 0, "chef-client", NULL) != 0) {
+        if (pja_wl_add(cf, "chef-client", 0, 0, "chef-client", NULL, 0)
+            != 0)
+        {
             return -1;
         }
     }
@@ -1113,6 +1186,7 @@ pja_conf_free(pja_conf_t *cf)
     free(cf->chef_server_url);
     free(cf->client_key);
     free(cf->ssl_ca_file);
+    free(cf->trusted_certs_dir);
     free(cf->file_dir);
     free(cf->file_cache_path);
     free(cf->lockfile);
@@ -1121,6 +1195,11 @@ pja_conf_free(pja_conf_t *cf)
         free(cf->allowed_env[i]);
     }
     free(cf->allowed_env);
+
+    for (i = 0; i < cf->nallowed_users; i++) {
+        free(cf->allowed_users[i]);
+    }
+    free(cf->allowed_users);
 
     pja_wl_free(cf);
 
@@ -1131,4 +1210,328 @@ pja_conf_free(pja_conf_t *cf)
     free(cf->host_header);
 
     memset(cf, 0, sizeof(pja_conf_t));
+}
+
+
+void
+pja_conf_init(pja_conf_t *cf)
+{
+    memset(cf, 0, sizeof(pja_conf_t));
+    cf->ssl_verify = 1;
+    cf->kill_grace = -1;
+    cf->output_cap = -1;
+}
+
+
+static int
+conf_list_add(char ***list, size_t *n, const char *value)
+{
+    char        **l;
+    const char   *p, *e;
+
+    /* "a,b,c" adds three. */
+    for (p = value; *p; p = *e ? e + 1 : e) {
+        e = p + strcspn(p, ",");
+        if (e == p) {
+            continue;
+        }
+
+        l = realloc(*list, (*n + 2) * sizeof(char *));
+        if (l == NULL) {
+            return -1;
+        }
+        *list = l;
+
+        l[*n] = strndup(p, (size_t) (e - p));
+        if (l[*n] == NULL) {
+            return -1;
+        }
+        l[++*n] = NULL;
+    }
+
+    return 0;
+}
+
+
+static int
+conf_str(char **dst, const char *value)
+{
+    char  *s;
+
+    s = pja_strdup(value);
+    if (s == NULL) {
+        return -1;
+    }
+
+    free(*dst);
+    *dst = s;
+    return 0;
+}
+
+
+/*
+ * A setting from the command line (after the files): NAME is the config
+ * file's name of the setting.  Lists and the whitelist are added to.
+ */
+
+int
+pja_conf_set(pja_conf_t *cf, const char *name, const char *value)
+{
+    char       *end, *key;
+    const char *eq;
+    long long   n;
+    int         rc;
+
+    if (strcmp(name, "node_name") == 0) {
+        return conf_str(&cf->node_name, value);
+    }
+    if (strcmp(name, "chef_server_url") == 0) {
+        return conf_str(&cf->chef_server_url, value);
+    }
+    if (strcmp(name, "client_key") == 0) {
+        return conf_str(&cf->client_key, value);
+    }
+    if (strcmp(name, "ssl_ca_file") == 0) {
+        return conf_str(&cf->ssl_ca_file, value);
+    }
+    if (strcmp(name, "trusted_certs_dir") == 0) {
+        return conf_str(&cf->trusted_certs_dir, value);
+    }
+    if (strcmp(name, "file_dir") == 0) {
+        return conf_str(&cf->file_dir, value);
+    }
+    if (strcmp(name, "file_cache_path") == 0) {
+        return conf_str(&cf->file_cache_path, value);
+    }
+    if (strcmp(name, "lockfile") == 0) {
+        return conf_str(&cf->lockfile, value);
+    }
+
+    if (strcmp(name, "ssl_verify_mode") == 0) {
+        if (value[0] == ':') {
+            value++;
+        }
+        if (strcmp(value, "verify_peer") == 0) {
+            cf->ssl_verify = 1;
+            return 0;
+        }
+        if (strcmp(value, "verify_none") == 0) {
+            cf->ssl_verify = 0;
+            return 0;
+        }
+        pja_log(PJA_LOG_ERR, "ssl_verify_mode must be verify_peer or "
+                "verify_none");
+        return -1;
+    }
+
+    if (strcmp(name, "allowed_users") == 0) {
+        return conf_list_add(&cf->allowed_users, &cf->nallowed_users, value);
+    }
+
+    if (strcmp(name, "allowed_overwritable_env_vars") == 0) {
+        return conf_list_add(&cf->allowed_env, &cf->nallowed_env, value);
+    }
+
+    if (strcmp(name, "kill_grace_period") == 0
+        || strcmp(name, "max_output_size") == 0)
+    {
+        n = strtoll(value, &end, 10);
+        if (*end != '\0' || end == value || n < 0) {
+            pja_log(PJA_LOG_ERR, "%s must be a number >= 0", name);
+            return -1;
+        }
+        if (name[0] == 'k') {
+            cf->kill_grace = n > 3600 ? 3600 : (int) n;
+        } else {
+            cf->output_cap = n;
+        }
+        return 0;
+    }
+
+    if (strcmp(name, "whitelist") == 0
+        || strcmp(name, "whitelist_regex") == 0)
+    {
+        eq = strchr(value, '=');
+        if (eq == NULL || eq == value || eq[1] == '\0') {
+            pja_log(PJA_LOG_ERR, "--%s wants KEY=COMMAND LINE",
+                    name[9] ? "whitelist-regex" : "whitelist");
+            return -1;
+        }
+
+        key = strndup(value, (size_t) (eq - value));
+        if (key == NULL) {
+            return -1;
+        }
+
+        rc = pja_wl_add(cf, key, name[9] != '\0', 0, eq + 1, NULL, 0);
+        free(key);
+        return rc;
+    }
+
+    pja_log(PJA_LOG_ERR, "unknown setting %s", name);
+    return -1;
+}
+
+
+/* The lock file of a whitelist entry (malloc'd), or NULL. */
+
+char *
+pja_conf_lock_path(const pja_conf_t *cf, const pja_wl_entry_t *e)
+{
+    pja_buf_t  b = { NULL, 0, 0 };
+
+    if (e->lock) {
+        return pja_strdup(e->lock);
+    }
+
+    if (!e->lock_default) {
+        return NULL;
+    }
+
+    if (cf->lockfile) {
+        return pja_strdup(cf->lockfile);
+    }
+
+    if (pja_buf_printf(&b, "%s/chef-client-running.pid",
+                       cf->file_cache_path ? cf->file_cache_path
+                                           : PJA_DEFAULT_CACHE_PATH) != 0)
+    {
+        pja_buf_free(&b);
+        return NULL;
+    }
+
+    return b.data;
+}
+
+
+int
+pja_conf_user_allowed(const pja_conf_t *cf, const char *user)
+{
+    size_t  i;
+
+    for (i = 0; i < cf->nallowed_users; i++) {
+        if (strcmp(cf->allowed_users[i], user) == 0
+            || strcmp(cf->allowed_users[i], "*") == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* A string in double quotes, with Ruby's escapes. */
+
+static void
+conf_print_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+
+    for ( ; s && *s; s++) {
+        if (*s == '"' || *s == '\\' || *s == '#') {
+            fputc('\\', f);
+            fputc(*s, f);
+        } else if ((unsigned char) *s < 0x20) {
+            fprintf(f, "\\%03o", (unsigned char) *s);
+        } else {
+            fputc(*s, f);
+        }
+    }
+
+    fputc('"', f);
+}
+
+
+static void
+conf_print_list(FILE *f, const char *name, char **l, size_t n)
+{
+    size_t  i;
+
+    fprintf(f, "%s [", name);
+    for (i = 0; i < n; i++) {
+        fputs(i ? ", " : "", f);
+        conf_print_str(f, l[i]);
+    }
+    fputs("]\n", f);
+}
+
+
+/*
+ * --check-config: the effective configuration, in the config files' own
+ * syntax (so it can be read back), plus the derived channel address.
+ */
+
+void
+pja_conf_print(const pja_conf_t *cf, FILE *f)
+{
+    size_t                i;
+    char                 *lock;
+    const pja_wl_entry_t *e;
+
+    fputs("node_name ", f);
+    conf_print_str(f, cf->node_name);
+    fputs("\nchef_server_url ", f);
+    conf_print_str(f, cf->chef_server_url);
+    fputs("\nclient_key ", f);
+    conf_print_str(f, cf->client_key);
+    fputs("\nssl_verify_mode ", f);
+    fputs(cf->ssl_verify ? ":verify_peer" : ":verify_none", f);
+    fputs("\nssl_ca_file ", f);
+    if (cf->ssl_ca_file) {
+        conf_print_str(f, cf->ssl_ca_file);
+    } else {
+        fputs("nil", f);
+    }
+    fputs("\ntrusted_certs_dir ", f);
+    conf_print_str(f, cf->trusted_certs_dir ? cf->trusted_certs_dir
+                                            : PJA_DEFAULT_TRUSTED);
+    fputs("\nfile_dir ", f);
+    conf_print_str(f, cf->file_dir);
+    fputs("\nfile_cache_path ", f);
+    conf_print_str(f, cf->file_cache_path ? cf->file_cache_path
+                                          : PJA_DEFAULT_CACHE_PATH);
+    fputs("\nlockfile ", f);
+    if (cf->lockfile) {
+        conf_print_str(f, cf->lockfile);
+    } else {
+        fputs("nil", f);
+    }
+    fprintf(f, "\nkill_grace_period %d\nmax_output_size %lld\n",
+            cf->kill_grace, cf->output_cap);
+    conf_print_list(f, "allowed_users", cf->allowed_users,
+                    cf->nallowed_users);
+    conf_print_list(f, "allowed_overwritable_env_vars", cf->allowed_env,
+                    cf->nallowed_env);
+
+    fputs("whitelist({\n", f);
+
+    for (i = 0; i < cf->nwl; i++) {
+        e = &cf->wl[i];
+
+        fputs("  ", f);
+        if (e->is_regex) {
+            fprintf(f, "/%s/", e->key);
+        } else {
+            conf_print_str(f, e->key);
+        }
+        fputs(" => ", f);
+
+        lock = pja_conf_lock_path(cf, e);
+        if (lock) {
+            fputs("{ :command_line => ", f);
+            conf_print_str(f, e->command_line);
+            fputs(", :lock => ", f);
+            conf_print_str(f, lock);
+            fputs(" }", f);
+            free(lock);
+        } else {
+            conf_print_str(f, e->command_line);
+        }
+        fputs(",\n", f);
+    }
+
+    fputs("})\n", f);
+    fprintf(f, "# channel: %s://%s%s\n", cf->tls ? "wss" : "ws",
+            cf->host_header, cf->ws_path);
 }

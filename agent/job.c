@@ -40,8 +40,23 @@ pja_job_clear(pja_job_t *job)
     }
 
     if (job->file_path) {
-        unlink(job->file_path);
+        if (unlink(job->file_path) != 0 && errno != ENOENT) {
+            pja_log(PJA_LOG_WARN, "cannot remove %s: %s", job->file_path,
+                    strerror(errno));
+        }
         free(job->file_path);
+    }
+
+    if (job->file_dir) {
+        if (rmdir(job->file_dir) != 0 && errno != ENOENT) {
+            pja_log(PJA_LOG_WARN, "cannot remove %s: %s", job->file_dir,
+                    strerror(errno));
+        }
+        free(job->file_dir);
+    }
+
+    if (job->lock_fd != -1) {
+        close(job->lock_fd);     /* releases the flock */
     }
 
     for (i = 0; i < job->nenv; i++) {
@@ -54,12 +69,14 @@ pja_job_clear(pja_job_t *job)
     free(job->user);
     free(job->dir);
     free(job->file);
+    free(job->lock_path);
     pja_buf_free(&job->out);
     pja_buf_free(&job->err);
 
     memset(job, 0, sizeof(pja_job_t));
     job->out_fd = -1;
     job->err_fd = -1;
+    job->lock_fd = -1;
 }
 
 
@@ -159,25 +176,41 @@ job_set_env(pja_job_t *job, const pja_conf_t *cf, yajl_val env)
 }
 
 
-/* A lock held by someone else (a running chef-client) refuses the commit. */
+/*
+ * A lock held by someone else (a running chef-client) refuses the commit;
+ * a free one is taken and held until the job ends.  The file is created
+ * if missing, as chef-client does.
+ */
 
 static const char *
-job_check_lock(const char *path)
+job_take_lock(pja_job_t *job, const char *path)
 {
-    int  fd, rc;
+    int  fd;
 
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd == -1) {
-        return NULL;
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     }
 
-    rc = flock(fd, LOCK_EX | LOCK_NB);
-    if (rc == 0) {
-        flock(fd, LOCK_UN);
+    if (fd == -1) {
+        pja_log(PJA_LOG_ERR, "job %s: cannot open lock %s: %s", job->id,
+                path, strerror(errno));
+        return "cannot open the lock file";
     }
-    close(fd);
 
-    return (rc != 0 && errno == EWOULDBLOCK) ? "lock held" : NULL;
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        close(fd);
+        if (errno == EWOULDBLOCK) {
+            return "lock held";
+        }
+        pja_log(PJA_LOG_ERR, "job %s: flock(%s): %s", job->id, path,
+                strerror(errno));
+        return "cannot lock the lock file";
+    }
+
+    job->lock_fd = fd;
+    pja_log(PJA_LOG_INFO, "job %s: holding lock %s", job->id, path);
+    return NULL;
 }
 
 
@@ -188,6 +221,7 @@ pja_job_commit(pja_job_t *job, const pja_conf_t *cf, yajl_val msg)
 {
     const char           *id, *command, *user, *dir, *file, *reason;
     char                 *cmdline, **argv;
+    long long             rt;
     struct stat           st;
     struct passwd        *pw;
     pja_buf_t             tmp = { NULL, 0, 0 };
@@ -222,8 +256,10 @@ pja_job_commit(pja_job_t *job, const pja_conf_t *cf, yajl_val msg)
         pw = getpwnam(user);
         if (pw == NULL) {
             reason = "unknown user";
-        } else if (geteuid() != 0 && pw->pw_uid != geteuid()) {
-            reason = "cannot run as another user (agent not root)";
+        } else if (geteuid() != 0) {
+            reason = "user given but the agent does not run as root";
+        } else if (!pja_conf_user_allowed(cf, user)) {
+            reason = "user not allowed (allowed_users)";
         }
     }
 
@@ -246,10 +282,6 @@ pja_job_commit(pja_job_t *job, const pja_conf_t *cf, yajl_val msg)
         }
     }
 
-    if (reason == NULL && e->lock) {
-        reason = job_check_lock(e->lock);
-    }
-
     if (reason) {
         free(cmdline);
         return reason;
@@ -258,12 +290,26 @@ pja_job_commit(pja_job_t *job, const pja_conf_t *cf, yajl_val msg)
     pja_job_clear(job);
 
     memcpy(job->id, id, 33);
+
+    job->lock_path = pja_conf_lock_path(cf, e);
+    if (job->lock_path) {
+        reason = job_take_lock(job, job->lock_path);
+        if (reason) {
+            free(cmdline);
+            pja_job_clear(job);
+            return reason;
+        }
+    }
+
     job->cmdline = cmdline;
     job->command = pja_strdup(command);
     job->user = (user && user[0]) ? pja_strdup(user) : NULL;
     job->dir = (dir && dir[0]) ? pja_strdup(dir) : NULL;
     job->file = file ? pja_strdup(file) : NULL;
     job->capture = pja_json_get_bool(msg, "capture", 0);
+    job->output_cap = (size_t) cf->output_cap;
+    rt = pja_json_get_int(msg, "run_timeout", 0);
+    job->run_timeout = rt > 0 ? (rt < 100000000 ? (int) rt : 100000000) : 0;
 
     reason = job_set_env(job, cf, pja_json_get(msg, "env"));
 
@@ -289,6 +335,53 @@ pja_job_commit(pja_job_t *job, const pja_conf_t *cf, yajl_val msg)
 }
 
 
+/*
+ * file_dir is shared by all jobs: owned by the agent's user, not writable
+ * by others, and only traversable by them (0711), so that a job's user can
+ * reach its own private directory but no one can list or replace entries.
+ */
+
+static int
+job_file_dir_ok(const char *dir)
+{
+    struct stat  st;
+
+    if (pja_mkdir_p(dir, 0711) != 0) {
+        pja_log(PJA_LOG_ERR, "cannot create %s: %s", dir, strerror(errno));
+        return -1;
+    }
+
+    if (lstat(dir, &st) != 0) {
+        pja_log(PJA_LOG_ERR, "cannot stat %s: %s", dir, strerror(errno));
+        return -1;
+    }
+
+    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid()
+        || (st.st_mode & 022))
+    {
+        pja_log(PJA_LOG_ERR, "file_dir %s must be a directory owned by the "
+                "agent's user and writable by no one else", dir);
+        return -1;
+    }
+
+    /* The agent's umask made it 0700: jobs of other users must traverse it. */
+    if ((st.st_mode & 0111) != 0111
+        && chmod(dir, (st.st_mode & 0755) | 0111) != 0)
+    {
+        pja_log(PJA_LOG_ERR, "cannot chmod %s: %s", dir, strerror(errno));
+        return -1;
+    }
+
+    return 0;
+}
+
+
+/*
+ * The job's file: FILE_DIR/pushy-JOBID-XXXXXX/file, the directory 0700 and
+ * the file 0600, both owned by the job's user; both removed when the job
+ * ends (pja_job_clear).
+ */
+
 static int
 job_write_file(pja_job_t *job, const pja_conf_t *cf, struct passwd *pw)
 {
@@ -297,9 +390,7 @@ job_write_file(pja_job_t *job, const pja_conf_t *cf, struct passwd *pw)
     ssize_t    w;
     pja_buf_t  path = { NULL, 0, 0 }, data = { NULL, 0, 0 };
 
-    if (pja_mkdir_p(cf->file_dir, 0700) != 0) {
-        pja_log(PJA_LOG_ERR, "cannot create %s: %s", cf->file_dir,
-                strerror(errno));
+    if (job_file_dir_ok(cf->file_dir) != 0) {
         return -1;
     }
 
@@ -309,26 +400,50 @@ job_write_file(pja_job_t *job, const pja_conf_t *cf, struct passwd *pw)
         {
             return -1;
         }
-    } else {
-        pja_buf_addstr(&data, job->file + 4);
+    } else if (pja_buf_addstr(&data, job->file + 4) != 0) {
+        return -1;
     }
 
-    pja_buf_printf(&path, "%s/pushy_file%sXXXXXX", cf->file_dir, job->id);
-    if (path.data == NULL || pja_buf_cstr(&data) != 0) {
+    if (pja_buf_printf(&path, "%s/pushy-%s-XXXXXX", cf->file_dir, job->id)
+        != 0 || pja_buf_cstr(&data) != 0)
+    {
         goto failed;
     }
 
-    fd = mkstemp(path.data);
+    if (mkdtemp(path.data) == NULL) {
+        pja_log(PJA_LOG_ERR, "cannot create a directory in %s: %s",
+                cf->file_dir, strerror(errno));
+        goto failed;
+    }
+
+    job->file_dir = pja_strdup(path.data);
+    if (job->file_dir == NULL) {
+        rmdir(path.data);
+        goto failed;
+    }
+
+    if (pw && geteuid() == 0 && chown(job->file_dir, pw->pw_uid, pw->pw_gid)
+        != 0)
+    {
+        pja_log(PJA_LOG_ERR, "cannot chown %s: %s", job->file_dir,
+                strerror(errno));
+        goto failed;
+    }
+
+    if (pja_buf_addstr(&path, "/file") != 0) {
+        goto failed;
+    }
+
+    fd = open(path.data, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+              0600);
     if (fd == -1) {
-        pja_log(PJA_LOG_ERR, "cannot create a file in %s: %s", cf->file_dir,
+        pja_log(PJA_LOG_ERR, "cannot create %s: %s", path.data,
                 strerror(errno));
         goto failed;
     }
 
     job->file_path = path.data;
     path.data = NULL;
-
-    (void) fchmod(fd, 0600);
 
     for (off = 0; off < data.len; off += (size_t) w) {
         w = write(fd, data.data + off, data.len - off);
@@ -344,14 +459,18 @@ job_write_file(pja_job_t *job, const pja_conf_t *cf, struct passwd *pw)
         }
     }
 
-    if (pw && geteuid() == 0 && fchown(fd, pw->pw_uid, pw->pw_gid) != 0) {
-        pja_log(PJA_LOG_ERR, "cannot chown %s: %s", job->file_path,
+    if (fchmod(fd, 0600) != 0
+        || (pw && geteuid() == 0 && fchown(fd, pw->pw_uid, pw->pw_gid) != 0))
+    {
+        pja_log(PJA_LOG_ERR, "cannot chmod/chown %s: %s", job->file_path,
                 strerror(errno));
         close(fd);
         goto failed;
     }
 
     if (close(fd) != 0) {
+        pja_log(PJA_LOG_ERR, "cannot write %s: %s", job->file_path,
+                strerror(errno));
         goto failed;
     }
 
@@ -366,91 +485,111 @@ failed:
 }
 
 
-static char **
-job_build_env(pja_job_t *job, const pja_conf_t *cf, struct passwd *pw,
-    char **extra)
+/*
+ * The child's environment: pointers into environ and job->env, plus up to
+ * JOB_ENV_OWN strings of our own; the parent frees it after fork().
+ */
+
+#define JOB_ENV_OWN  8
+
+typedef struct {
+    char                 **env;
+    size_t                 n;
+    char                  *own[JOB_ENV_OWN];
+    size_t                 nown;
+} job_env_t;
+
+
+/* Adds NAME=VALUE, replacing an entry of the same name. */
+
+static void
+job_env_put(job_env_t *e, char *kv)
 {
-    size_t      n, i, k, x;
-    char      **env;
-    pja_buf_t   b = { NULL, 0, 0 };
+    size_t  i, len;
+
+    len = strcspn(kv, "=") + 1;
+
+    for (i = 0; i < e->n; i++) {
+        if (strncmp(e->env[i], kv, len) == 0) {
+            e->env[i] = kv;
+            return;
+        }
+    }
+
+    e->env[e->n++] = kv;
+}
+
+
+static int
+job_env_set(job_env_t *e, const char *name, const char *val)
+{
+    pja_buf_t  b = { NULL, 0, 0 };
+
+    if (e->nown == JOB_ENV_OWN || pja_buf_printf(&b, "%s=%s", name, val) != 0)
+    {
+        pja_buf_free(&b);
+        return -1;
+    }
+
+    e->own[e->nown++] = b.data;
+    job_env_put(e, b.data);
+    return 0;
+}
+
+
+static void
+job_env_free(job_env_t *e)
+{
+    size_t  i;
+
+    for (i = 0; i < e->nown; i++) {
+        free(e->own[i]);
+    }
+
+    free(e->env);
+    memset(e, 0, sizeof(job_env_t));
+}
+
+
+static int
+job_env_build(job_env_t *e, pja_job_t *job, const pja_conf_t *cf,
+    struct passwd *pw)
+{
+    size_t  n, i;
+
+    memset(e, 0, sizeof(job_env_t));
 
     for (n = 0; environ[n]; n++) {
         /* void */
     }
 
-    env = calloc(n + job->nenv + 8, sizeof(char *));
-    if (env == NULL) {
-        return NULL;
+    e->env = calloc(n + job->nenv + JOB_ENV_OWN + 1, sizeof(char *));
+    if (e->env == NULL) {
+        return -1;
     }
-
-    k = 0;
-    x = 0;
 
     for (i = 0; environ[i]; i++) {
-        env[k++] = environ[i];
+        e->env[e->n++] = environ[i];
     }
 
-    /* Later entries override earlier ones with the same name. */
     for (i = 0; i < job->nenv; i++) {
-        size_t  j, len = strcspn(job->env[i], "=") + 1;
-
-        for (j = 0; j < k; j++) {
-            if (env[j] && strncmp(env[j], job->env[i], len) == 0) {
-                env[j] = job->env[i];
-                break;
-            }
-        }
-        if (j == k) {
-            env[k++] = job->env[i];
-        }
+        job_env_put(e, job->env[i]);
     }
 
-#define JOB_SETENV(fmt, val)                                                  \
-    do {                                                                      \
-        size_t  j_, len_;                                                     \
-        b.len = 0;                                                            \
-        pja_buf_printf(&b, fmt, val);                                         \
-        if (b.data == NULL) { free(env); return NULL; }                       \
-        len_ = strcspn(b.data, "=") + 1;                                      \
-        for (j_ = 0; j_ < k; j_++) {                                          \
-            if (env[j_] && strncmp(env[j_], b.data, len_) == 0) break;        \
-        }                                                                     \
-        env[j_] = extra[x++] = strdup(b.data);                                \
-        if (env[j_] == NULL) { free(env); return NULL; }                      \
-        if (j_ == k) k++;                                                     \
-    } while (0)
-
-    JOB_SETENV("CHEF_PUSH_NODE_NAME=%s", cf->node_name);
-    JOB_SETENV("CHEF_PUSH_JOB_ID=%s", job->id);
-
-    if (job->file_path) {
-        JOB_SETENV("CHEF_PUSH_JOB_FILE=%s", job->file_path);
+    if (job_env_set(e, "CHEF_PUSH_NODE_NAME", cf->node_name) != 0
+        || job_env_set(e, "CHEF_PUSH_JOB_ID", job->id) != 0
+        || (job->file_path
+            && job_env_set(e, "CHEF_PUSH_JOB_FILE", job->file_path) != 0)
+        || (pw && (job_env_set(e, "HOME", pw->pw_dir) != 0
+                   || job_env_set(e, "USER", pw->pw_name) != 0
+                   || job_env_set(e, "LOGNAME", pw->pw_name) != 0)))
+    {
+        job_env_free(e);
+        return -1;
     }
 
-    if (pw) {
-        JOB_SETENV("HOME=%s", pw->pw_dir);
-        JOB_SETENV("USER=%s", pw->pw_name);
-        JOB_SETENV("LOGNAME=%s", pw->pw_name);
-    }
-
-#undef JOB_SETENV
-
-    pja_buf_free(&b);
-    env[k] = NULL;
-    return env;
-}
-
-
-static void
-job_free_env(char **env, char **extra)
-{
-    int  i;
-
-    for (i = 0; i < 8; i++) {
-        free(extra[i]);
-    }
-
-    free(env);
+    e->env[e->n] = NULL;
+    return 0;
 }
 
 
@@ -468,13 +607,27 @@ job_child_fail(int errfd, const char *what)
 }
 
 
+static int
+job_takes_lock_itself(const char *prog)
+{
+    const char  *base;
+
+    base = strrchr(prog, '/');
+    base = base ? base + 1 : prog;
+
+    return strcmp(base, "chef-client") == 0
+           || strcmp(base, "cinc-client") == 0;
+}
+
+
 /* Starts the committed job; NULL on success, else the reason. */
 
 const char *
 pja_job_run(pja_job_t *job, const pja_conf_t *cf)
 {
     int              errp[2], outp[2], errpipe[2], devnull, i;
-    char           **argv, **env, why[256], *extra[8];
+    char           **argv, why[256];
+    job_env_t        env;
     pid_t            pid;
     ssize_t          n;
     struct passwd   *pw, pwcopy;
@@ -500,15 +653,20 @@ pja_job_run(pja_job_t *job, const pja_conf_t *cf)
         return "bad command line";
     }
 
-    memset(extra, 0, sizeof(extra));
-
-    env = job_build_env(job, cf, pw, extra);
-    if (env == NULL) {
-        for (i = 0; i < 8; i++) {
-            free(extra[i]);
-        }
+    if (job_env_build(&env, job, cf, pw) != 0) {
         pja_argv_free(argv);
         return "out of memory";
+    }
+
+    /*
+     * chef-client takes its run lock itself and would wait for ours: hand
+     * the lock over by releasing it as the command starts.
+     */
+    if (job->lock_fd != -1 && job_takes_lock_itself(argv[0])) {
+        pja_log(PJA_LOG_INFO, "job %s: releasing lock %s for %s", job->id,
+                job->lock_path, argv[0]);
+        close(job->lock_fd);
+        job->lock_fd = -1;
     }
 
 
@@ -516,7 +674,7 @@ pja_job_run(pja_job_t *job, const pja_conf_t *cf)
 
     if (pja_pipe(errpipe, 0) != 0) {
         pja_argv_free(argv);
-        job_free_env(env, extra);
+        job_env_free(&env);
         return "pipe() failed";
     }
 
@@ -531,7 +689,7 @@ pja_job_run(pja_job_t *job, const pja_conf_t *cf)
         close(errpipe[0]);
         close(errpipe[1]);
         pja_argv_free(argv);
-        job_free_env(env, extra);
+        job_env_free(&env);
         return "pipe() failed";
     }
 
@@ -593,7 +751,7 @@ pja_job_run(pja_job_t *job, const pja_conf_t *cf)
             job_child_fail(errpipe[1], "chdir(/)");
         }
 
-        environ = env;
+        environ = env.env;
         execvp(argv[0], argv);
         job_child_fail(errpipe[1], argv[0]);
     }
@@ -605,7 +763,7 @@ pja_job_run(pja_job_t *job, const pja_conf_t *cf)
     }
 
     pja_argv_free(argv);
-    job_free_env(env, extra);
+    job_env_free(&env);
 
     if (pid == -1) {
         close(errpipe[0]);
@@ -637,6 +795,14 @@ pja_job_run(pja_job_t *job, const pja_conf_t *cf)
 
     job->pid = pid;
     job->state = PJA_JOB_RUNNING;
+    /*
+     * The server times the job out (and sends an abort) at run_timeout;
+     * our own limit, a margin later, is for when it cannot tell us.
+     */
+    job->run_deadline = job->run_timeout
+                        ? pja_now_ms() + ((int64_t) job->run_timeout
+                                          + PJA_RUN_TIMEOUT_MARGIN) * 1000
+                        : 0;
 
     if (job->capture) {
         job->out_fd = outp[0];
@@ -691,12 +857,12 @@ pja_job_read(pja_job_t *job, int fd)
             return -1;
         }
 
-        room = b->len < PJA_OUTPUT_CAP ? PJA_OUTPUT_CAP - b->len : 0;
+        room = b->len < job->output_cap ? job->output_cap - b->len : 0;
 
         if ((size_t) n > room) {
             if (!job->truncated) {
-                pja_log(PJA_LOG_WARN, "job %s: output over %d bytes, "
-                        "truncated", job->id, PJA_OUTPUT_CAP);
+                pja_log(PJA_LOG_WARN, "job %s: output over %zu bytes, "
+                        "truncated", job->id, job->output_cap);
             }
             job->truncated = 1;
             n = (ssize_t) room;
@@ -728,6 +894,15 @@ pja_job_reap(pja_job_t *job, int *status)
         return 0;
     }
 
+    /*
+     * A job being ended loses what is left of its process group at once:
+     * children that ignored SIGTERM or outlived their parent.
+     */
+    if (job->ending && kill(-job->pid, SIGKILL) == 0) {
+        pja_log(PJA_LOG_INFO, "job %s: killed what was left of process "
+                "group %ld", job->id, (long) job->pid);
+    }
+
     /* What the process wrote before it exited is still in the pipes. */
     if (job->out_fd != -1) {
         (void) pja_job_read(job, job->out_fd);
@@ -741,37 +916,60 @@ pja_job_reap(pja_job_t *job, int *status)
 }
 
 
+static const char  *job_end_names[] = {
+    "", "aborting", "run_timeout passed,", "agent stopping,"
+};
+
+
+/*
+ * Ends a running job: SIGTERM to its process group, SIGKILL after grace
+ * seconds (or at once with force).  The first reason given is kept.
+ */
+
 void
-pja_job_abort(pja_job_t *job, int force)
+pja_job_end(pja_job_t *job, int why, int force, int grace)
 {
     if (job->state != PJA_JOB_RUNNING || job->pid <= 0) {
         return;
     }
 
-    if (!job->aborting || force) {
-        pja_log(PJA_LOG_INFO, "job %s: %s process group %ld", job->id,
-                force ? "killing" : "terminating", (long) job->pid);
+    if (!job->ending || force) {
+        if (!job->ending) {
+            job->ending = why;
+        }
 
-        if (kill(-job->pid, force ? SIGKILL : SIGTERM) != 0 && errno != ESRCH)
+        pja_log(PJA_LOG_INFO, "job %s: %s %s process group %ld", job->id,
+                job_end_names[why], force ? "killing" : "terminating",
+                (long) job->pid);
+
+        if (kill(-job->pid, force ? SIGKILL : SIGTERM) != 0
+            && errno != ESRCH)
         {
             pja_log(PJA_LOG_ERR, "kill(%ld): %s", (long) -job->pid,
                     strerror(errno));
         }
-    }
 
-    job->aborting = 1;
-    job->kill_at = force ? 0 : pja_now_ms() + PJA_KILL_GRACE;
+        job->kill_at = force ? 0 : pja_now_ms() + (int64_t) grace * 1000;
+    }
 }
 
 
 void
-pja_job_timers(pja_job_t *job, int64_t now)
+pja_job_timers(pja_job_t *job, const pja_conf_t *cf, int64_t now)
 {
-    if (job->state == PJA_JOB_RUNNING && job->aborting && job->kill_at
+    if (job->state == PJA_JOB_RUNNING && !job->ending && job->run_deadline
+        && now >= job->run_deadline)
+    {
+        pja_log(PJA_LOG_WARN, "job %s: still running after its run_timeout "
+                "of %d s", job->id, job->run_timeout);
+        pja_job_end(job, PJA_END_TIMEOUT, 0, cf->kill_grace);
+    }
+
+    if (job->state == PJA_JOB_RUNNING && job->ending && job->kill_at
         && now >= job->kill_at)
     {
         pja_log(PJA_LOG_WARN, "job %s: still running %d s after SIGTERM, "
-                "killing", job->id, PJA_KILL_GRACE / 1000);
+                "killing its process group", job->id, cf->kill_grace);
         job->kill_at = 0;
         (void) kill(-job->pid, SIGKILL);
     }
@@ -815,7 +1013,7 @@ pja_job_report(pja_job_t *job, int status, size_t max_size)
     size_t    cap;
     yajl_gen  g;
 
-    if (job->aborting) {
+    if (job->ending == PJA_END_ABORT) {
         g = pja_json_begin("aborted");
         if (g == NULL || pja_json_str(g, "job_id", job->id) != 0) {
             goto failed;
@@ -823,7 +1021,7 @@ pja_job_report(pja_job_t *job, int status, size_t max_size)
         return pja_json_end(g);
     }
 
-    cap = PJA_OUTPUT_CAP;
+    cap = job->output_cap;
     truncated = job->truncated;
 
     if (max_size > 1024 && (job->out.len + job->err.len) / 3 * 4 + 1024

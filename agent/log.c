@@ -1,10 +1,12 @@
 /*
- * pushjobs-agent: logging to stderr, one line per event, UTC timestamps.
+ * pushjobs-agent: logging to stderr, one line per event, UTC timestamps;
+ * or to syslog (--syslog), facility daemon.
  */
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -14,6 +16,17 @@
 int  pja_log_level = PJA_LOG_INFO;
 
 static const char  *pja_log_names[] = { "error", "warn", "info", "debug" };
+static const int    pja_log_prio[] = { LOG_ERR, LOG_WARNING, LOG_INFO,
+                                       LOG_DEBUG };
+static int          pja_log_to_syslog;
+
+
+void
+pja_log_syslog(void)
+{
+    openlog("pushjobs-agent", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+    pja_log_to_syslog = 1;
+}
 
 
 void
@@ -26,6 +39,14 @@ pja_log(int level, const char *fmt, ...)
     struct timespec  now;
 
     if (level > pja_log_level) {
+        return;
+    }
+
+    if (pja_log_to_syslog) {
+        va_start(ap, fmt);
+        vsnprintf(line, sizeof(line), fmt, ap);
+        va_end(ap);
+        syslog(pja_log_prio[level], "%s", line);
         return;
     }
 

@@ -24,25 +24,89 @@ pja_agent_t  pja_agent;
 static int                    pja_sig_pipe[2] = { -1, -1 };
 static volatile sig_atomic_t  pja_got_term;
 static volatile sig_atomic_t  pja_got_chld;
+static volatile sig_atomic_t  pja_got_hup;
+
+
+/* Command line flags that set a config file setting. */
+
+typedef struct {
+    const char            *flag;
+    const char            *setting;
+    const char            *arg;
+    const char            *help;
+} pja_flag_t;
+
+static const pja_flag_t  pja_flags[] = {
+    { "--node-name", "node_name", "NAME", "the node's Chef client name" },
+    { "--server-url", "chef_server_url", "URL",
+      "https://HOST[:PORT]/organizations/ORG" },
+    { "--client-key", "client_key", "FILE", "the node's client key (PEM)" },
+    { "--ssl-ca-file", "ssl_ca_file", "FILE",
+      "CA bundle for the server's certificate" },
+    { "--trusted-certs-dir", "trusted_certs_dir", "DIR",
+      "extra trusted certificates (every file)" },
+    { "--ssl-verify-mode", "ssl_verify_mode", "MODE",
+      "verify_peer (default) or verify_none" },
+    { "--file-dir", "file_dir", "DIR", "where job files are written" },
+    { "--file-cache-path", "file_cache_path", "DIR",
+      "Chef's cache (for lock: true)" },
+    { "--lockfile", "lockfile", "FILE", "Chef's run lock (for lock: true)" },
+    { "--allowed-user", "allowed_users", "USER",
+      "a user jobs may run as (repeatable)" },
+    { "--allowed-env", "allowed_overwritable_env_vars", "NAME",
+      "a job env name passed as is (repeatable)" },
+    { "--kill-grace", "kill_grace_period", "SECONDS",
+      "SIGTERM to SIGKILL of a job's group (10)" },
+    { "--max-output-size", "max_output_size", "BYTES",
+      "captured bytes per stream (262144)" },
+    { "--whitelist", "whitelist", "KEY=CMD",
+      "add a whitelist entry (repeatable)" },
+    { "--whitelist-regex", "whitelist_regex", "RE=CMD",
+      "add a regexp whitelist entry (repeatable)" },
+    { NULL, NULL, NULL, NULL }
+};
 
 
 static void
 usage(FILE *f)
 {
+    const pja_flag_t  *fl;
+
     fprintf(f,
-        "usage: pushjobs-agent [-c client.rb]... [--spool DIR] [-v]\n"
-        "       pushjobs-agent -c client.rb --sign-request METHOD PATH "
+        "usage: pushjobs-agent [-c FILE]... [OPTIONS]\n"
+        "       pushjobs-agent [-c FILE]... --check-config\n"
+        "       pushjobs-agent -c FILE --sign-request METHOD PATH "
         "[BODYFILE]\n"
         "\n"
-        "  -c, --config FILE   Chef config file (repeatable; later files win)\n"
-        "                      default: each of /etc/chef/client.rb,\n"
-        "                      /etc/chef/chef-push-client.rb and\n"
-        "                      /etc/chef/push-jobs-client.rb that exists\n"
-        "  --spool DIR         final report spool (default %s)\n"
-        "  -v, --verbose       debug logging\n"
-        "  --sign-request      print Chef v1.3 signed headers and exit\n"
-        "  -V, --version       print the version and exit\n",
+        "  -c, --config FILE        Chef config file (repeatable; later "
+        "files win)\n"
+        "                           default: each of /etc/chef/client.rb,\n"
+        "                           /etc/chef/chef-push-client.rb and\n"
+        "                           /etc/chef/push-jobs-client.rb that "
+        "exists\n"
+        "  --spool DIR              final report spool (default %s)\n"
+        "  --syslog                 log to syslog (daemon facility), not "
+        "stderr\n"
+        "  -v, --verbose            debug logging\n"
+        "  --check-config           print the effective configuration and "
+        "exit\n"
+        "  --sign-request           print Chef v1.3 signed headers and exit\n"
+        "  -V, --version            print the version and exit\n"
+        "  -h, --help               this text\n"
+        "\n"
+        "Settings (override the config files; also --flag=VALUE):\n",
         PJA_DEFAULT_SPOOL);
+
+    for (fl = pja_flags; fl->flag; fl++) {
+        fprintf(f, "  %s %-*s %s\n", fl->flag,
+                (int) (23 - strlen(fl->flag)), fl->arg, fl->help);
+    }
+
+    fprintf(f,
+        "\n"
+        "Signals: TERM/INT stop (a running job's process group gets SIGTERM,\n"
+        "SIGKILL after the grace period, its report is spooled); a second\n"
+        "TERM/INT kills the job at once; HUP re-reads the config files.\n");
 }
 
 
@@ -54,8 +118,10 @@ on_signal(int sig)
 
     if (sig == SIGCHLD) {
         pja_got_chld = 1;
-    } else {
-        pja_got_term = 1;
+    } else if (sig == SIGHUP) {
+        pja_got_hup = 1;
+    } else if (pja_got_term < 2) {
+        pja_got_term++;
     }
 
     if (write(pja_sig_pipe[1], &c, 1) < 0) {
@@ -83,6 +149,7 @@ setup_signals(void)
 
     if (sigaction(SIGTERM, &sa, NULL) != 0
         || sigaction(SIGINT, &sa, NULL) != 0
+        || sigaction(SIGHUP, &sa, NULL) != 0
         || sigaction(SIGCHLD, &sa, NULL) != 0)
     {
         pja_log(PJA_LOG_ERR, "sigaction(): %s", strerror(errno));
@@ -91,7 +158,10 @@ setup_signals(void)
 
     sa.sa_handler = SIG_IGN;
     sa.sa_flags = 0;
-    sigaction(SIGPIPE, &sa, NULL);
+    if (sigaction(SIGPIPE, &sa, NULL) != 0) {
+        pja_log(PJA_LOG_ERR, "sigaction(): %s", strerror(errno));
+        return -1;
+    }
 
     return 0;
 }
@@ -196,6 +266,98 @@ channel_ended(pja_agent_t *a, int *attempt, int64_t *reconnect_at)
 }
 
 
+/* Loads the config files, then the command line's settings. */
+
+static int
+load_conf(pja_agent_t *a, pja_conf_t *cf)
+{
+    int  i;
+
+    pja_conf_init(cf);
+
+    for (i = 0; i < a->nconf_files; i++) {
+        if (pja_conf_load(cf, a->conf_files[i]) != 0) {
+            return -1;
+        }
+    }
+
+    for (i = 0; i < a->nconf_args; i += 2) {
+        if (pja_conf_set(cf, a->conf_args[i], a->conf_args[i + 1]) != 0) {
+            return -1;
+        }
+    }
+
+    return pja_conf_finish(cf);
+}
+
+
+#define PJA_SWAP(type, field)                                                 \
+    do {                                                                      \
+        type  t_ = a->conf.field;                                             \
+        a->conf.field = nc.field;                                             \
+        nc.field = t_;                                                        \
+    } while (0)
+
+
+static int
+conf_differs(const char *x, const char *y)
+{
+    return (x == NULL) != (y == NULL) || (x && strcmp(x, y) != 0);
+}
+
+
+/*
+ * SIGHUP: re-reads the config files and takes the whitelist and the job
+ * settings from them.  The node's identity, the server and TLS settings
+ * need a restart.  A job in flight keeps its resolved command line and
+ * its lock.
+ */
+
+static void
+reload(pja_agent_t *a)
+{
+    pja_conf_t  nc;
+
+    pja_log(PJA_LOG_INFO, "SIGHUP: re-reading the configuration");
+
+    if (load_conf(a, &nc) != 0) {
+        pja_log(PJA_LOG_ERR, "the new configuration is not valid; keeping "
+                "the old one");
+        pja_conf_free(&nc);
+        return;
+    }
+
+    if (conf_differs(nc.node_name, a->conf.node_name)
+        || conf_differs(nc.chef_server_url, a->conf.chef_server_url)
+        || conf_differs(nc.client_key, a->conf.client_key)
+        || conf_differs(nc.ssl_ca_file, a->conf.ssl_ca_file)
+        || conf_differs(nc.trusted_certs_dir, a->conf.trusted_certs_dir)
+        || nc.ssl_verify != a->conf.ssl_verify)
+    {
+        pja_log(PJA_LOG_WARN, "node_name, chef_server_url, client_key and "
+                "TLS settings change on a restart only");
+    }
+
+    PJA_SWAP(pja_wl_entry_t *, wl);
+    PJA_SWAP(size_t, nwl);
+    PJA_SWAP(int, wl_set);
+    PJA_SWAP(char **, allowed_env);
+    PJA_SWAP(size_t, nallowed_env);
+    PJA_SWAP(char **, allowed_users);
+    PJA_SWAP(size_t, nallowed_users);
+    PJA_SWAP(char *, file_dir);
+    PJA_SWAP(char *, file_cache_path);
+    PJA_SWAP(char *, lockfile);
+    PJA_SWAP(int, kill_grace);
+    PJA_SWAP(long long, output_cap);
+
+    pja_conf_free(&nc);
+
+    pja_log(PJA_LOG_INFO, "configuration reloaded: %zu whitelist entries",
+            a->conf.nwl);
+}
+
+
 static void
 check_child(pja_agent_t *a)
 {
@@ -210,7 +372,7 @@ check_child(pja_agent_t *a)
 static int
 run(pja_agent_t *a)
 {
-    int            attempt, n, i, timeout, rc, ws_i, out_i, err_i;
+    int            attempt, n, i, timeout, rc, ws_i, out_i, err_i, closing;
     char           drain[64];
     int64_t        now, reconnect_at, deadline, stop_deadline, silence;
     struct pollfd  pfd[4];
@@ -218,18 +380,41 @@ run(pja_agent_t *a)
     attempt = 0;
     reconnect_at = 0;
     stop_deadline = 0;
+    closing = 0;
 
     for ( ;; ) {
         now = pja_now_ms();
 
+        if (pja_got_hup) {
+            pja_got_hup = 0;
+            reload(a);
+        }
+
+        /*
+         * Stopping: a running job's group gets SIGTERM (SIGKILL after the
+         * grace period, at once on a second signal); once it is reaped and
+         * its report spooled and sent, the channel is closed with 1000.
+         */
         if (pja_got_term && !a->stopping) {
             pja_log(PJA_LOG_INFO, "stopping");
             a->stopping = 1;
-            stop_deadline = now + 3000;
 
-            if (a->job.state == PJA_JOB_RUNNING) {
-                pja_job_abort(&a->job, 0);
+            if (a->job.state == PJA_JOB_COMMITTED) {
+                pja_job_uncommit(&a->job);
             }
+
+            pja_job_end(&a->job, PJA_END_STOP, 0, a->conf.kill_grace);
+        }
+
+        if (pja_got_term > 1 && a->job.state == PJA_JOB_RUNNING
+            && a->job.kill_at)
+        {
+            pja_job_end(&a->job, PJA_END_STOP, 1, 0);
+        }
+
+        if (a->stopping && !closing && a->job.state != PJA_JOB_RUNNING) {
+            closing = 1;
+            stop_deadline = now + 3000;
 
             if (a->ws.state == PJA_WS_OPEN) {
                 pja_ws_close(&a->ws, 1000);
@@ -238,12 +423,12 @@ run(pja_agent_t *a)
             }
         }
 
-        if (a->stopping && (a->ws.fd == -1 || now >= stop_deadline)) {
+        if (closing && (a->ws.fd == -1 || now >= stop_deadline)) {
             pja_ws_reset(&a->ws);
             return 0;
         }
 
-        pja_job_timers(&a->job, now);
+        pja_job_timers(&a->job, &a->conf, now);
 
         /* Channel timers. */
         if (a->ws.fd != -1) {
@@ -265,7 +450,7 @@ run(pja_agent_t *a)
                         (long long) (silence / 1000));
                 channel_ended(a, &attempt, &reconnect_at);
 
-            } else if (a->ws.state == PJA_WS_CLOSING && !a->stopping
+            } else if (a->ws.state == PJA_WS_CLOSING && !closing
                        && now >= a->ws.close_deadline)
             {
                 channel_ended(a, &attempt, &reconnect_at);
@@ -348,7 +533,7 @@ run(pja_agent_t *a)
 
         if (ws_i != -1 && pfd[ws_i].revents && a->ws.fd == pfd[ws_i].fd) {
             if (pja_ws_handle(&a->ws, &a->conf, pfd[ws_i].revents) != 0) {
-                if (a->stopping) {
+                if (closing) {
                     pja_ws_reset(&a->ws);
                 } else {
                     channel_ended(a, &attempt, &reconnect_at);
@@ -393,16 +578,57 @@ default_configs(const char **conf)
 }
 
 
+/* "--flag VALUE" or "--flag=VALUE"; NULL when it is not that flag. */
+
+static const char *
+flag_value(int argc, char **argv, int *i, const char *flag, int *missing)
+{
+    size_t  n;
+
+    n = strlen(flag);
+
+    if (strncmp(argv[*i], flag, n) != 0) {
+        return NULL;
+    }
+
+    if (argv[*i][n] == '=') {
+        return argv[*i] + n + 1;
+    }
+
+    if (argv[*i][n] != '\0') {
+        return NULL;
+    }
+
+    if (*i + 1 == argc) {
+        *missing = 1;
+        return NULL;
+    }
+
+    return argv[++*i];
+}
+
+
 int
 main(int argc, char **argv)
 {
-    int          i, nconf, fd, rc;
-    const char  *conf[PJA_MAX_CONFIGS], *spool, *sign[3];
-    pja_agent_t *a = &pja_agent;
+    int                i, nconf, fd, rc, check, use_syslog, missing;
+    const char        *conf[PJA_MAX_CONFIGS], *spool, *sign[3], *v;
+    const pja_flag_t  *fl;
+    pja_agent_t       *a = &pja_agent;
+
+    memset(a, 0, sizeof(pja_agent_t));
 
     nconf = 0;
+    check = 0;
+    use_syslog = 0;
     spool = PJA_DEFAULT_SPOOL;
     sign[0] = sign[1] = sign[2] = NULL;
+
+    a->conf_args = calloc((size_t) argc * 2 + 1, sizeof(char *));
+    if (a->conf_args == NULL) {
+        fprintf(stderr, "pushjobs-agent: out of memory\n");
+        return 1;
+    }
 
     /* Make sure 0, 1 and 2 are open, so no pipe lands on them. */
     while ((fd = open("/dev/null", O_RDWR)) != -1 && fd <= 2) {
@@ -413,28 +639,51 @@ main(int argc, char **argv)
     }
 
     for (i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) {
-            if (++i == argc) {
-                usage(stderr);
-                return 2;
-            }
+        missing = 0;
+
+        if ((v = flag_value(argc, argv, &i, "-c", &missing)) != NULL
+            || (v = flag_value(argc, argv, &i, "--config", &missing)) != NULL)
+        {
             if (nconf == PJA_MAX_CONFIGS) {
                 fprintf(stderr, "pushjobs-agent: too many -c\n");
                 return 2;
             }
-            conf[nconf++] = argv[i];
+            conf[nconf++] = v;
+            continue;
+        }
 
-        } else if (strcmp(argv[i], "--spool") == 0) {
-            if (++i == argc) {
-                usage(stderr);
-                return 2;
+        if ((v = flag_value(argc, argv, &i, "--spool", &missing)) != NULL) {
+            spool = v;
+            continue;
+        }
+
+        for (fl = pja_flags; !missing && fl->flag; fl++) {
+            v = flag_value(argc, argv, &i, fl->flag, &missing);
+            if (v) {
+                a->conf_args[a->nconf_args++] = (char *) fl->setting;
+                a->conf_args[a->nconf_args++] = (char *) v;
+                break;
             }
-            spool = argv[i];
+        }
 
-        } else if (strcmp(argv[i], "-v") == 0
-                   || strcmp(argv[i], "--verbose") == 0)
+        if (missing) {
+            fprintf(stderr, "pushjobs-agent: %s wants a value\n", argv[i]);
+            return 2;
+        }
+
+        if (fl->flag) {
+            continue;
+        }
+
+        if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--verbose") == 0)
         {
             pja_log_level = PJA_LOG_DEBUG;
+
+        } else if (strcmp(argv[i], "--syslog") == 0) {
+            use_syslog = 1;
+
+        } else if (strcmp(argv[i], "--check-config") == 0) {
+            check = 1;
 
         } else if (strcmp(argv[i], "--sign-request") == 0) {
             if (i + 2 >= argc) {
@@ -466,6 +715,10 @@ main(int argc, char **argv)
         }
     }
 
+    if (use_syslog && !check && !sign[0]) {
+        pja_log_syslog();
+    }
+
     if (nconf == 0) {
         nconf = default_configs(conf);
         if (nconf == 0) {
@@ -473,22 +726,23 @@ main(int argc, char **argv)
         }
     }
 
-    memset(a, 0, sizeof(pja_agent_t));
-    a->conf.ssl_verify = 1;
+    a->conf_files = conf;
+    a->nconf_files = nconf;
     a->job.out_fd = -1;
     a->job.err_fd = -1;
+    a->job.lock_fd = -1;
     a->ws.fd = -1;
     a->ping_interval = PJA_DEFAULT_PING;
     a->max_message_size = PJA_DEFAULT_MAX_MESSAGE;
 
-    for (i = 0; i < nconf; i++) {
-        if (pja_conf_load(&a->conf, conf[i]) != 0) {
-            return 1;
-        }
+    if (load_conf(a, &a->conf) != 0) {
+        return 1;
     }
 
-    if (pja_conf_finish(&a->conf) != 0) {
-        return 1;
+    if (check) {
+        pja_conf_print(&a->conf, stdout);
+        pja_conf_free(&a->conf);
+        return fflush(stdout) == 0 ? 0 : 1;
     }
 
     if (sign[0]) {
@@ -516,11 +770,6 @@ main(int argc, char **argv)
     }
 
     rc = run(a);
-
-    if (a->job.state == PJA_JOB_RUNNING) {
-        pja_log(PJA_LOG_WARN, "job %s: left running in process group %ld "
-                "(sent SIGTERM)", a->job.id, (long) a->job.pid);
-    }
 
     if (a->ws.ctx) {
         SSL_CTX_free(a->ws.ctx);

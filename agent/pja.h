@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/types.h>
 #include <regex.h>
 
@@ -23,12 +24,13 @@
 #define PJA_AGENT               "pushjobs-agent/" PJA_VERSION
 
 #define PJA_OUTPUT_CAP          (256 * 1024)
+#define PJA_KILL_GRACE_S        10
+#define PJA_RUN_TIMEOUT_MARGIN  10
 #define PJA_IN_MESSAGE_CAP      (16 * 1024 * 1024)
 #define PJA_OUT_QUEUE_CAP       (32 * 1024 * 1024)
 #define PJA_DEFAULT_MAX_MESSAGE (1024 * 1024)
 #define PJA_DEFAULT_PING        60
 #define PJA_CONNECT_TIMEOUT     30000
-#define PJA_KILL_GRACE          10000
 #define PJA_COMMIT_TIMEOUT      600000
 #define PJA_BACKOFF_MAX         60
 #define PJA_STABLE_CHANNEL      30000
@@ -37,6 +39,7 @@
 #define PJA_DEFAULT_FILE_DIR    "/tmp/pushjobs"
 #define PJA_DEFAULT_CLIENT_KEY  "/etc/chef/client.pem"
 #define PJA_DEFAULT_CACHE_PATH  "/var/chef/cache"
+#define PJA_DEFAULT_TRUSTED     "/etc/chef/trusted_certs"
 
 
 /* util.c */
@@ -83,6 +86,7 @@ extern int pja_log_level;
 
 void pja_log(int level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+void pja_log_syslog(void);
 
 
 /* config.c, whitelist.c */
@@ -92,7 +96,8 @@ typedef struct {
     int                    is_regex;
     regex_t                re;
     char                  *command_line;
-    char                  *lock;         /* lock file to check, or NULL */
+    char                  *lock;         /* lock file, or NULL */
+    int                    lock_default; /* lock: true (Chef's lockfile) */
 } pja_wl_entry_t;
 
 typedef struct {
@@ -100,13 +105,18 @@ typedef struct {
     char                  *chef_server_url;
     char                  *client_key;
     char                  *ssl_ca_file;
+    char                  *trusted_certs_dir;
     int                    ssl_verify;    /* 1: verify_peer */
     char                  *file_dir;
     char                  *file_cache_path;
     char                  *lockfile;
+    int                    kill_grace;    /* seconds, -1: default */
+    long long              output_cap;    /* bytes per stream, -1: dflt */
 
     char                 **allowed_env;
     size_t                 nallowed_env;
+    char                 **allowed_users;
+    size_t                 nallowed_users;
 
     pja_wl_entry_t        *wl;
     size_t                 nwl;
@@ -121,12 +131,17 @@ typedef struct {
     char                  *host_header;
 } pja_conf_t;
 
+void pja_conf_init(pja_conf_t *cf);
 int pja_conf_load(pja_conf_t *cf, const char *file);
+int pja_conf_set(pja_conf_t *cf, const char *name, const char *value);
 int pja_conf_finish(pja_conf_t *cf);
+void pja_conf_print(const pja_conf_t *cf, FILE *f);
 void pja_conf_free(pja_conf_t *cf);
+char *pja_conf_lock_path(const pja_conf_t *cf, const pja_wl_entry_t *e);
+int pja_conf_user_allowed(const pja_conf_t *cf, const char *user);
 
 int pja_wl_add(pja_conf_t *cf, const char *key, int is_regex, int icase,
-    const char *command_line, const char *lock);
+    const char *command_line, const char *lock, int lock_default);
 char *pja_wl_resolve(const pja_conf_t *cf, const char *command,
     const pja_wl_entry_t **entry);
 void pja_wl_free(pja_conf_t *cf);
@@ -210,29 +225,42 @@ typedef struct {
     size_t                 nenv;
     int                    capture;
     int64_t                committed_at;
+    int                    run_timeout;   /* seconds, 0: none */
+    int64_t                run_deadline;
+    char                  *lock_path;
+    int                    lock_fd;       /* held from commit to the end */
 
     pid_t                  pid;
     int                    out_fd;
     int                    err_fd;
     pja_buf_t              out;
     pja_buf_t              err;
+    size_t                 output_cap;
     int                    truncated;
+    char                  *file_dir;     /* the job's private directory */
     char                  *file_path;
 
-    int                    aborting;
+    int                    ending;        /* PJA_END_* */
     int64_t                kill_at;
 } pja_job_t;
+
+enum {
+    PJA_END_NONE = 0,
+    PJA_END_ABORT,        /* the server's abort: report "aborted" */
+    PJA_END_TIMEOUT,      /* run_timeout passed: report "failed" */
+    PJA_END_STOP          /* the agent is stopping: report "failed" */
+};
 
 const char *pja_job_commit(pja_job_t *job, const pja_conf_t *cf,
     yajl_val msg);
 const char *pja_job_run(pja_job_t *job, const pja_conf_t *cf);
-void pja_job_abort(pja_job_t *job, int force);
+void pja_job_end(pja_job_t *job, int why, int force, int grace);
 void pja_job_uncommit(pja_job_t *job);
 int pja_job_read(pja_job_t *job, int fd);
 int pja_job_reap(pja_job_t *job, int *status);
 char *pja_job_report(pja_job_t *job, int status, size_t max_size);
 void pja_job_clear(pja_job_t *job);
-void pja_job_timers(pja_job_t *job, int64_t now);
+void pja_job_timers(pja_job_t *job, const pja_conf_t *cf, int64_t now);
 
 
 /* spool.c */
@@ -269,6 +297,12 @@ typedef struct {
     int                    ping_interval;
     size_t                 max_message_size;
     int                    stopping;
+
+    /* what a SIGHUP re-reads */
+    const char           **conf_files;
+    int                    nconf_files;
+    char                 **conf_args;    /* NAME, VALUE pairs of the flags */
+    int                    nconf_args;
 } pja_agent_t;
 
 extern pja_agent_t  pja_agent;

@@ -123,10 +123,10 @@ pja_proto_job_exited(pja_agent_t *a, int status)
 
     if (WIFEXITED(status)) {
         pja_log(PJA_LOG_INFO, "job %s: exited with %d%s", job->id,
-                WEXITSTATUS(status), job->aborting ? " (aborted)" : "");
+                WEXITSTATUS(status), job->ending ? " (ended by the agent)" : "");
     } else if (WIFSIGNALED(status)) {
         pja_log(PJA_LOG_INFO, "job %s: killed by signal %d%s", job->id,
-                WTERMSIG(status), job->aborting ? " (aborted)" : "");
+                WTERMSIG(status), job->ending ? " (ended by the agent)" : "");
     }
 
     report = pja_job_report(job, status, a->max_message_size);
@@ -245,6 +245,11 @@ proto_commit(pja_agent_t *a, const char *id, yajl_val msg)
         return;
     }
 
+    if (a->stopping) {
+        proto_simple(a, "nack_commit", id, "agent stopping");
+        return;
+    }
+
     if (job->state != PJA_JOB_IDLE) {
         pja_log(PJA_LOG_INFO, "job %s: refused, busy with job %s", id,
                 job->id);
@@ -300,7 +305,7 @@ proto_abort(pja_agent_t *a, const char *id, int force)
 
     if (job->state == PJA_JOB_RUNNING && strcmp(job->id, id) == 0) {
         /* "aborted" goes out when the process group leader is reaped. */
-        pja_job_abort(job, force);
+        pja_job_end(job, PJA_END_ABORT, force, a->conf.kill_grace);
         return;
     }
 

@@ -104,7 +104,7 @@ wl_translate(const char *src, pja_buf_t *dst)
 
 int
 pja_wl_add(pja_conf_t *cf, const char *key, int is_regex, int icase,
-    const char *command_line, const char *lock)
+    const char *command_line, const char *lock, int lock_default)
 {
     int              rc;
     char             err[128];
@@ -146,6 +146,7 @@ pja_wl_add(pja_conf_t *cf, const char *key, int is_regex, int icase,
     e->key = pja_strdup(key);
     e->command_line = pja_strdup(command_line);
     e->lock = lock ? pja_strdup(lock) : NULL;
+    e->lock_default = lock_default;
 
     if (e->key == NULL || e->command_line == NULL || (lock && !e->lock)) {
         if (e->is_regex) {
@@ -262,7 +263,8 @@ pja_wl_resolve(const pja_conf_t *cf, const char *command,
     size_t                i;
     const pja_wl_entry_t *e;
 
-    for (i = 0; i < cf->nwl; i++) {
+    /* Exact keys: the last definition wins, as in a Ruby hash literal. */
+    for (i = cf->nwl; i-- > 0; ) {
         e = &cf->wl[i];
         if (!e->is_regex && strcmp(e->key, command) == 0) {
             *entry = e;

@@ -7,6 +7,7 @@
  * the caller then calls pja_ws_reset() and schedules a reconnect.
  */
 
+#include <dirent.h>
 #include <errno.h>
 #include <netdb.h>
 #include <poll.h>
@@ -21,6 +22,7 @@
 #include <netinet/tcp.h>
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/sha.h>
 #include <openssl/x509v3.h>
 
@@ -60,6 +62,74 @@ ws_log_ssl_errors(const char *what)
 }
 
 
+/*
+ * Chef's trusted_certs_dir (knife ssl fetch puts the server's certificate
+ * there): every certificate in every file of it is trusted, whatever the
+ * file names (no c_rehash needed).  A missing default directory is fine.
+ */
+
+static int
+ws_trusted_certs(SSL_CTX *ctx, const pja_conf_t *cf)
+{
+    int             n;
+    DIR            *d;
+    FILE           *f;
+    X509           *x;
+    const char     *dir;
+    X509_STORE     *store;
+    struct dirent  *de;
+    pja_buf_t       path = { NULL, 0, 0 };
+
+    dir = cf->trusted_certs_dir ? cf->trusted_certs_dir : PJA_DEFAULT_TRUSTED;
+
+    d = opendir(dir);
+    if (d == NULL) {
+        if (cf->trusted_certs_dir && errno != ENOENT) {
+            pja_log(PJA_LOG_ERR, "cannot open trusted_certs_dir %s: %s", dir,
+                    strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+
+    store = SSL_CTX_get_cert_store(ctx);
+    n = 0;
+
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.') {
+            continue;
+        }
+
+        path.len = 0;
+        if (pja_buf_printf(&path, "%s/%s", dir, de->d_name) != 0) {
+            break;
+        }
+
+        f = fopen(path.data, "r");
+        if (f == NULL) {
+            continue;
+        }
+
+        while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
+            if (X509_STORE_add_cert(store, x) == 1) {
+                n++;
+            }
+            X509_free(x);
+        }
+
+        /* the end of the file, or a file that is not PEM */
+        ERR_clear_error();
+        fclose(f);
+    }
+
+    closedir(d);
+    pja_buf_free(&path);
+
+    pja_log(PJA_LOG_DEBUG, "trusted %d certificates from %s", n, dir);
+    return 0;
+}
+
+
 int
 pja_ws_init_ctx(pja_ws_t *ws, const pja_conf_t *cf)
 {
@@ -90,6 +160,11 @@ pja_ws_init_ctx(pja_ws_t *ws, const pja_conf_t *cf)
                           | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 
     if (cf->ssl_verify) {
+        if (ws_trusted_certs(ctx, cf) != 0) {
+            SSL_CTX_free(ctx);
+            return -1;
+        }
+
         if (cf->ssl_ca_file) {
             if (SSL_CTX_load_verify_locations(ctx, cf->ssl_ca_file, NULL)
                 != 1)
@@ -688,9 +763,9 @@ ws_contains_token(const char *s, const char *token)
 static int
 ws_http_response(pja_ws_t *ws, pja_agent_t *a)
 {
-    int       status;
+    int       status, chunked;
     char     *end, val[256];
-    size_t    head_len, body_len;
+    size_t    head_len, body_len, i;
     long      clen;
 
     end = strstr(ws->in.data ? ws->in.data : "", "\r\n\r\n");
@@ -725,10 +800,19 @@ ws_http_response(pja_ws_t *ws, pja_agent_t *a)
             clen = strtol(val, NULL, 10);
         }
 
+        chunked = ws_header(ws->in.data, "Transfer-Encoding", val,
+                            sizeof(val))
+                  && ws_contains_token(val, "chunked");
+
         body_len = ws->in.len - head_len;
 
-        if (!ws->peer_eof && (clen < 0 || body_len < (size_t) clen)
-            && body_len < 4096)
+        /* Wait for the whole (short) body, to log it. */
+        if (!ws->peer_eof && body_len < 4096
+            && ((clen >= 0 && body_len < (size_t) clen)
+                || (clen < 0 && !chunked)
+                || (clen < 0 && chunked
+                    && strncmp(end + 4, "0\r\n\r\n", 5) != 0
+                    && strstr(end + 4, "\r\n0\r\n\r\n") == NULL)))
         {
             *end = '\r';
             return 0;
@@ -736,6 +820,13 @@ ws_http_response(pja_ws_t *ws, pja_agent_t *a)
 
         if (body_len > 1024) {
             body_len = 1024;
+        }
+
+        /* One log line: control characters become spaces. */
+        for (i = 0; i < body_len; i++) {
+            if ((unsigned char) end[4 + i] < 0x20) {
+                end[4 + i] = ' ';
+            }
         }
 
         pja_log(PJA_LOG_ERR, "channel: the server answered %d: %.*s", status,
@@ -941,12 +1032,19 @@ ws_frames(pja_ws_t *ws, pja_agent_t *a)
 }
 
 
+/*
+ * Reads what the connection has, up to about `limit` bytes: 1 when it
+ * stopped at the limit (TLS may hold more than poll() can see), 0 when
+ * the connection would block or hit EOF, -1 on errors.
+ */
+
 static int
-ws_read(pja_ws_t *ws)
+ws_read(pja_ws_t *ws, size_t limit)
 {
+    size_t   got;
     ssize_t  r;
 
-    for ( ;; ) {
+    for (got = 0; got < limit; got += (size_t) r) {
         if (pja_buf_reserve(&ws->in, 16384) != 0) {
             return -1;
         }
@@ -970,18 +1068,16 @@ ws_read(pja_ws_t *ws)
         ws->in.len += (size_t) r;
         ws->in.data[ws->in.len] = '\0';
         ws->last_rx = pja_now_ms();
-
-        if (ws->state == PJA_WS_HTTP && ws->in.len > 64 * 1024 + 4096) {
-            return 0;
-        }
     }
+
+    return 1;
 }
 
 
 int
 pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents)
 {
-    int        err, rc;
+    int        err, rc, more;
     socklen_t  len;
 
     if (ws->state == PJA_WS_CONNECTING) {
@@ -1017,20 +1113,27 @@ pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents)
         return -1;
     }
 
-    if (ws_read(ws) != 0) {
-        return -1;
-    }
-
-    if (ws->state == PJA_WS_HTTP) {
-        rc = ws_http_response(ws, &pja_agent);
-        if (rc <= 0) {
-            return rc;
+    do {
+        more = ws_read(ws, 1024 * 1024);
+        if (more < 0) {
+            return -1;
         }
-    }
 
-    if (ws_frames(ws, &pja_agent) != 0) {
-        return -1;
-    }
+        if (ws->state == PJA_WS_HTTP) {
+            rc = ws_http_response(ws, &pja_agent);
+            if (rc < 0) {
+                return -1;
+            }
+            if (rc == 0) {
+                continue;
+            }
+        }
+
+        if (ws_frames(ws, &pja_agent) != 0) {
+            return -1;
+        }
+
+    } while (more && ws->fd != -1);
 
     if (ws_flush(ws) != 0) {
         return -1;
