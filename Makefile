@@ -19,6 +19,8 @@
 NGINX_SRC            ?= /usr/share/nginx/src
 NGINX_CONF_FLAGS     ?= $(NGINX_SRC)/conf_flags
 NGINX_CONFIGURE_ARGS ?=
+# through the environment: nginx -V quotes its arguments ('...')
+export NGINX_CONFIGURE_ARGS
 BUILD                ?= $(CURDIR)/build
 NGINX_BUILD          ?= $(BUILD)/nginx
 
@@ -49,9 +51,9 @@ agent: $(BUILD)/pushjobs-agent
 $(NGINX_BUILD)/Makefile: config
 	@mkdir -p $(NGINX_BUILD)
 	cd $(NGINX_SRC) && \
-	if [ -n '$(NGINX_CONFIGURE_ARGS)' ]; then \
-	    eval ./configure $(NGINX_CONFIGURE_ARGS) \
-	        --add-dynamic-module=$(CURDIR) --builddir=$(NGINX_BUILD); \
+	if [ -n "$$NGINX_CONFIGURE_ARGS" ]; then \
+	    eval "./configure $$NGINX_CONFIGURE_ARGS \
+	        --add-dynamic-module=$(CURDIR) --builddir=$(NGINX_BUILD)"; \
 	else \
 	    bash -c '. $(NGINX_CONF_FLAGS) && ./configure \
 	        --with-cc-opt="$(DPKG_CFLAGS) -fPIC" \
