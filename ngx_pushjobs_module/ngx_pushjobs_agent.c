@@ -496,8 +496,9 @@ void
 ngx_pushjobs_agent_input_done(ngx_pushjobs_store_item_t *item,
     ngx_uint_t rehab)
 {
-    ngx_str_t              id;
-    ngx_pushjobs_agent_t  *a;
+    ngx_str_t                  id;
+    ngx_pushjobs_agent_t      *a;
+    ngx_pushjobs_agent_job_t  *j;
 
     a = item->agent;
 
@@ -517,9 +518,14 @@ ngx_pushjobs_agent_input_done(ngx_pushjobs_store_item_t *item,
         id.data = item->job_id;
         id.len = NGX_PUSHJOBS_JOB_ID_LEN;
 
-        if (ngx_pushjobs_agent_job(a, item->job_id, 0) == NULL) {
-            /* the agent holds it even if this channel never offered it */
-            (void) ngx_pushjobs_agent_job(a, item->job_id, 1);
+        /*
+         * The agent may hold the job even if this channel never offered
+         * it, or has already let go of it (a nack, a final report).
+         */
+
+        j = ngx_pushjobs_agent_job(a, item->job_id, 1);
+        if (j && j->state == NGX_PUSHJOBS_JOB_FREE) {
+            j->state = NGX_PUSHJOBS_JOB_COMMITTED;
         }
 
         ngx_pushjobs_agent_abort(a, &id, 0);
@@ -563,7 +569,10 @@ ngx_pushjobs_agent_hello_done(ngx_pushjobs_store_item_t *item,
             j->state = NGX_PUSHJOBS_JOB_COMMITTED;
         }
 
-        ngx_pushjobs_agent_abort(a, job_id, 0);
+        ngx_pushjobs_agent_abort(a, job_id,
+                                 message->len == 5
+                                 && ngx_strncmp(message->data, "force", 5)
+                                    == 0);
     }
 }
 

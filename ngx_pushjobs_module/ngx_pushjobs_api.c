@@ -36,6 +36,9 @@
 
 #define NGX_PUSHJOBS_MAX_FILE_SIZE       100000
 
+/* seconds after which an agent fetches its config again, as in 2.x */
+#define NGX_PUSHJOBS_CONFIG_LIFETIME     3600
+
 #define NGX_PUSHJOBS_ROUTE_STATUS        11
 
 #define NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE    406
@@ -88,6 +91,8 @@ static ngx_int_t ngx_pushjobs_api_read_body(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_validate_job(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_validate_abort(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_authenticate(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_fetch_principal(ngx_http_request_t *r,
@@ -121,10 +126,16 @@ static ngx_int_t ngx_pushjobs_api_json_result(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
 static ngx_int_t ngx_pushjobs_api_created(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_pushjobs_api_abort_result(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
 static ngx_int_t ngx_pushjobs_api_output_result(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
 static ngx_int_t ngx_pushjobs_api_feed_result(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_pushjobs_api_config(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_jobs_list(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_db_error(ngx_http_request_t *r,
     PGresult *res);
 static ngx_int_t ngx_pushjobs_api_not_found(ngx_http_request_t *r);
@@ -437,7 +448,12 @@ ngx_pushjobs_api_body_handler(ngx_http_request_t *r)
 
     rc = ngx_pushjobs_api_read_body(r, ctx);
 
-    if (rc != NGX_OK) {
+    /*
+     * An answer already sent (413, 400) may have returned NGX_OK: it is
+     * finalized with that code, nothing else runs.
+     */
+
+    if (rc != NGX_OK || r->header_sent) {
         goto done;
     }
 
@@ -451,7 +467,14 @@ ngx_pushjobs_api_body_handler(ngx_http_request_t *r)
 
     if (ctx->route == NGX_PUSHJOBS_ROUTE_JOBS && r->method == NGX_HTTP_POST) {
         rc = ngx_pushjobs_api_validate_job(r, ctx);
-        if (rc != NGX_OK) {
+        if (rc != NGX_OK || r->header_sent) {
+            goto done;
+        }
+    }
+
+    if (ctx->route == NGX_PUSHJOBS_ROUTE_ABORT) {
+        rc = ngx_pushjobs_api_validate_abort(r, ctx);
+        if (rc != NGX_OK || r->header_sent) {
             goto done;
         }
     }
@@ -771,6 +794,118 @@ invalid:
     rc = ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0, "%s", err);
 
     return rc;
+}
+
+
+/*
+ * The optional abort body: {"nodes": ["name", ...], "force": bool}, both
+ * keys optional.  An empty body (or only white space) aborts the whole job
+ * gracefully; it is then passed on as NULL.
+ */
+
+static ngx_int_t
+ngx_pushjobs_api_validate_abort(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx)
+{
+    size_t       i, j, len;
+    yajl_val     body, v;
+    const char  *err;
+
+    for (i = 0; i < ctx->body.len; i++) {
+        if (ctx->body.data[i] != ' ' && ctx->body.data[i] != '\t'
+            && ctx->body.data[i] != '\r' && ctx->body.data[i] != '\n')
+        {
+            break;
+        }
+    }
+
+    if (i == ctx->body.len) {
+        ngx_str_null(&ctx->body);
+        return NGX_OK;
+    }
+
+    if (ngx_pushjobs_api_has_nul(&ctx->body)) {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
+                                       "invalid JSON");
+    }
+
+    body = ngx_pushjobs_json_parse(ctx->body.data, ctx->body.len,
+                                   r->connection->log);
+
+    if (body == NULL || !YAJL_IS_OBJECT(body)) {
+        ngx_pushjobs_json_free(body);
+        return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
+                                       "invalid JSON");
+    }
+
+    err = NULL;
+
+    for (i = 0; i < body->u.object.len; i++) {
+        if (ngx_strcmp(body->u.object.keys[i], "nodes") != 0
+            && ngx_strcmp(body->u.object.keys[i], "force") != 0)
+        {
+            err = "invalid key supplied";
+            goto invalid;
+        }
+
+        for (j = 0; j < i; j++) {
+            if (ngx_strcmp(body->u.object.keys[i], body->u.object.keys[j])
+                == 0)
+            {
+                err = "duplicate key supplied";
+                goto invalid;
+            }
+        }
+    }
+
+    v = ngx_pushjobs_json_get(body, "force");
+    if (v && !YAJL_IS_TRUE(v) && !YAJL_IS_FALSE(v)) {
+        err = "invalid type supplied for force (expected a boolean)";
+        goto invalid;
+    }
+
+    v = ngx_pushjobs_json_get(body, "nodes");
+
+    if (v) {
+        if (!YAJL_IS_ARRAY(v) || v->u.array.len == 0) {
+            err = "nodes must be a non-empty list of node names";
+            goto invalid;
+        }
+
+        for (i = 0; i < v->u.array.len; i++) {
+            if (!YAJL_IS_STRING(v->u.array.values[i])) {
+                err = "nodes must be a non-empty list of node names";
+                goto invalid;
+            }
+
+            len = ngx_strlen(v->u.array.values[i]->u.string);
+
+            if (len == 0 || len > NGX_PUSHJOBS_NAME_MAX) {
+                err = "invalid node name supplied";
+                goto invalid;
+            }
+
+            for (j = 0; j < i; j++) {
+                if (ngx_strcmp(v->u.array.values[i]->u.string,
+                               v->u.array.values[j]->u.string)
+                    == 0)
+                {
+                    err = "duplicate node name supplied";
+                    goto invalid;
+                }
+            }
+        }
+    }
+
+    ngx_pushjobs_json_free(body);
+
+    return NGX_OK;
+
+invalid:
+
+    ngx_pushjobs_json_free(body);
+
+    return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0, "%s", err);
 }
 
 
@@ -1172,20 +1307,22 @@ ngx_pushjobs_api_authorize(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
     case NGX_PUSHJOBS_ROUTE_CONFIG:
 
-        if (ctx->requestor->type == NGX_PUSHJOBS_CLIENT) {
-            if (ctx->node.len != ctx->auth.user_id.len
-                || ngx_strncmp(ctx->node.data, ctx->auth.user_id.data,
-                               ctx->node.len) != 0)
-            {
-                return ngx_pushjobs_json_error(r, NGX_HTTP_FORBIDDEN, 1,
-                                               "Client and node name must "
-                                               "match");
-            }
+        /*
+         * Only the node itself, whatever the groups (API.md §2: 2.x let
+         * any reader have a node's config, with its session key).
+         */
 
-            return ngx_pushjobs_api_content(r, ctx);
+        if (ctx->requestor->type != NGX_PUSHJOBS_CLIENT
+            || ctx->node.len != ctx->auth.user_id.len
+            || ngx_strncmp(ctx->node.data, ctx->auth.user_id.data,
+                           ctx->node.len) != 0)
+        {
+            return ngx_pushjobs_json_error(r, NGX_HTTP_FORBIDDEN, 1,
+                                           "Client and node name must "
+                                           "match");
         }
 
-        break;
+        return ngx_pushjobs_api_content(r, ctx);
 
     case NGX_PUSHJOBS_ROUTE_ABORT:
         ngx_str_set(&group, "pushy_job_writers");
@@ -1438,12 +1575,7 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
     case NGX_PUSHJOBS_ROUTE_JOBS:
 
         if (r->method != NGX_HTTP_POST) {
-            params[0] = ctx->org;
-
-            return ngx_pushjobs_api_query(r, ctx,
-                                          "SELECT pushjobs.jobs_json($1)",
-                                          1, params,
-                                          ngx_pushjobs_api_json_result);
+            return ngx_pushjobs_api_jobs_list(r, ctx);
         }
 
         h = r->headers_in.content_type;
@@ -1517,8 +1649,9 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
                                 sizeof("application/octet-stream") - 2)
                == NULL)
         {
-            return ngx_pushjobs_json_error(r, NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE, 1,
-                                           "output is served as "
+            return ngx_pushjobs_json_error(r,
+                                           NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE,
+                                           1, "output is served as "
                                            "application/octet-stream");
         }
 
@@ -1629,15 +1762,58 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
                                       " $3)",
                                       3, params, ngx_pushjobs_api_feed_result);
 
+    case NGX_PUSHJOBS_ROUTE_ABORT:
+
+        h = r->headers_in.content_type;
+
+        if (ctx->body.len
+            && (h == NULL
+                || h->value.len < sizeof("application/json") - 1
+                || ngx_strncasecmp(h->value.data,
+                                   (u_char *) "application/json",
+                                   sizeof("application/json") - 1)
+                   != 0))
+        {
+            return ngx_pushjobs_json_error(r,
+                                       NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, 1,
+                                       "Content-Type must be "
+                                       "application/json");
+        }
+
+        params[0] = ctx->org;
+        params[1] = ctx->id;
+        params[2] = ctx->auth.user_id;
+        params[3] = ctx->body;
+
+        p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
+        params[4].data = buf[0];
+        params[4].len = p - buf[0];
+
+        return ngx_pushjobs_api_query(r, ctx,
+                                      "SELECT code, doc"
+                                      " FROM pushjobs.abort_job($1, $2, $3,"
+                                      " $4::jsonb -> 'nodes',"
+                                      " COALESCE(($4::jsonb ->> 'force')"
+                                      "::boolean, false), $5)",
+                                      5, params,
+                                      ngx_pushjobs_api_abort_result);
+
     case NGX_PUSHJOBS_ROUTE_STATUS:
 
         p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
         params[0].data = buf[0];
         params[0].len = p - buf[0];
 
+        params[1] = pmcf->incarnation;
+
         return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT pushjobs.status_json($1)",
-                                      1, params, ngx_pushjobs_api_json_result);
+                                      "SELECT (pushjobs.status_json($1)::jsonb"
+                                      " || jsonb_build_object("
+                                      "'incarnation_id', $2::text))::text",
+                                      2, params, ngx_pushjobs_api_json_result);
+
+    case NGX_PUSHJOBS_ROUTE_CONFIG:
+        return ngx_pushjobs_api_config(r, ctx);
 
     default:
         return ngx_pushjobs_json_error(r, NGX_HTTP_NOT_IMPLEMENTED, 1,
@@ -1832,6 +2008,55 @@ ngx_pushjobs_api_created(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
 }
 
 
+/* one row (code, doc): 404; 400 and an error; 200 or 202 and the job */
+
+static ngx_int_t
+ngx_pushjobs_api_abort_result(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, PGresult *res)
+{
+    ngx_int_t  code;
+    ngx_str_t  doc;
+
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        return ngx_pushjobs_api_db_error(r, res);
+    }
+
+    code = ngx_atoi((u_char *) PQgetvalue(res, 0, 0),
+                    PQgetlength(res, 0, 0));
+
+    if (code == NGX_HTTP_NOT_FOUND) {
+        return ngx_pushjobs_api_not_found(r);
+    }
+
+    if (PQgetisnull(res, 0, 1)) {
+        return ngx_pushjobs_api_db_error(r, res);
+    }
+
+    if (code == NGX_HTTP_BAD_REQUEST) {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0, "%s",
+                                       PQgetvalue(res, 0, 1));
+    }
+
+    if (code != NGX_HTTP_OK && code != NGX_HTTP_ACCEPTED) {
+        return ngx_pushjobs_api_db_error(r, res);
+    }
+
+    doc.len = PQgetlength(res, 0, 1);
+    doc.data = ngx_pnalloc(r->pool, doc.len);
+    if (doc.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(doc.data, PQgetvalue(res, 0, 1), doc.len);
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "pushjobs: abort of job %V by \"%V\" in \"%V\": %i",
+                  &ctx->id, &ctx->auth.user_id, &ctx->org, code);
+
+    return ngx_pushjobs_json_send(r, code, &doc);
+}
+
+
 static ngx_int_t
 ngx_pushjobs_api_output_result(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, PGresult *res)
@@ -1867,6 +2092,164 @@ ngx_pushjobs_api_feed_result(ngx_http_request_t *r,
                                   ctx->route == NGX_PUSHJOBS_ROUTE_JOB_FEED
                                   ? &ctx->id : NULL,
                                   res);
+}
+
+
+/*
+ * GET jobs, the 2.x array of every job, or with the optional filters of
+ * API.md §2: ?status=STATUS (one job status) and ?limit=N (the N most
+ * recent).  A bad filter is a 400 in the job body's error shape.
+ */
+
+static ngx_int_t
+ngx_pushjobs_api_jobs_list(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    ngx_int_t   n;
+    ngx_str_t   params[3], arg;
+    ngx_uint_t  i;
+
+    static ngx_str_t  statuses[] = {
+        ngx_string("new"), ngx_string("voting"), ngx_string("running"),
+        ngx_string("complete"), ngx_string("quorum_failed"),
+        ngx_string("timed_out"), ngx_string("crashed"),
+        ngx_string("aborted"), ngx_null_string
+    };
+
+    params[0] = ctx->org;
+    ngx_str_null(&params[1]);
+    ngx_str_null(&params[2]);
+
+    if (ngx_http_arg(r, (u_char *) "status", sizeof("status") - 1, &arg)
+        == NGX_OK)
+    {
+        for (i = 0; statuses[i].len; i++) {
+            if (arg.len == statuses[i].len
+                && ngx_strncmp(arg.data, statuses[i].data, arg.len) == 0)
+            {
+                params[1] = statuses[i];
+                break;
+            }
+        }
+
+        if (statuses[i].len == 0) {
+            return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
+                                           "invalid status supplied");
+        }
+    }
+
+    if (ngx_http_arg(r, (u_char *) "limit", sizeof("limit") - 1, &arg)
+        == NGX_OK)
+    {
+        n = ngx_atoi(arg.data, arg.len);
+
+        if (n <= 0 || arg.len > 9) {
+            return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
+                                           "invalid limit supplied");
+        }
+
+        params[2] = arg;
+    }
+
+    if (params[1].data == NULL && params[2].data == NULL) {
+        return ngx_pushjobs_api_query(r, ctx,
+                                      "SELECT pushjobs.jobs_json($1)",
+                                      1, params,
+                                      ngx_pushjobs_api_json_result);
+    }
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT pushjobs.jobs_json($1, $2,"
+                                  " $3::integer)",
+                                  3, params, ngx_pushjobs_api_json_result);
+}
+
+
+/*
+ * GET config/NODE (API.md §3): the 2.x document without its ZeroMQ
+ * addresses, keys and session key, plus where the agent channel is: the
+ * scheme and host the node used for this request.  "interval" stays a
+ * JSON float, as 2.x wrote it.
+ */
+
+static ngx_int_t
+ngx_pushjobs_api_config(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char                    *p, *last, interval[NGX_INT_T_LEN * 2 + 2];
+    ngx_str_t                  ws, host, body;
+    ngx_msec_t                 ms;
+    ngx_table_elt_t           *h;
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    ms = pmcf->ping_interval;
+    last = ngx_sprintf(interval, "%M.%03M", ms / 1000, ms % 1000);
+
+    while (last[-1] == '0' && last[-2] != '.') {
+        last--;
+    }
+
+    h = ngx_pushjobs_header(r, "X-Forwarded-Proto");
+
+    if (h && h->value.len == 4
+        && ngx_strncasecmp(h->value.data, (u_char *) "http", 4) == 0)
+    {
+        ngx_str_set(&ws, "ws");
+
+    } else if (h && h->value.len) {
+        ngx_str_set(&ws, "wss");
+
+    } else {
+#if (NGX_HTTP_SSL)
+        if (r->connection->ssl) {
+            ngx_str_set(&ws, "wss");
+        } else
+#endif
+        {
+            ngx_str_set(&ws, "ws");
+        }
+    }
+
+    host = r->headers_in.host ? r->headers_in.host->value
+                              : r->headers_in.server;
+
+    body.len = sizeof("{\"type\":\"config\",\"host\":\"\",\"node\":\"\","
+                      "\"organization\":\"\",\"lifetime\":,"
+                      "\"push_jobs\":{\"heartbeat\":{\"interval\":}},"
+                      "\"channel\":{\"websocket\":\"://"
+                      "/organizations//pushy/agent\"}}") - 1
+               + ngx_pushjobs_json_escape_len(pmcf->server_name.data,
+                                              pmcf->server_name.len)
+               + ctx->node.len + 2 * ctx->org.len + NGX_INT_T_LEN
+               + (last - interval) + ws.len
+               + ngx_pushjobs_json_escape_len(host.data, host.len);
+
+    body.data = ngx_pnalloc(r->pool, body.len);
+    if (body.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /*
+     * org and node are Chef names (checked by the router, and the node is
+     * the authenticated client): no escaping.
+     */
+
+    p = ngx_cpymem(body.data, "{\"type\":\"config\",\"host\":\"",
+                   sizeof("{\"type\":\"config\",\"host\":\"") - 1);
+    p = ngx_pushjobs_json_escape_copy(p, pmcf->server_name.data,
+                                      pmcf->server_name.len);
+    p = ngx_sprintf(p, "\",\"node\":\"%V\",\"organization\":\"%V\","
+                    "\"lifetime\":%d,"
+                    "\"push_jobs\":{\"heartbeat\":{\"interval\":",
+                    &ctx->node, &ctx->org, NGX_PUSHJOBS_CONFIG_LIFETIME);
+    p = ngx_cpymem(p, interval, last - interval);
+    p = ngx_sprintf(p, "}},\"channel\":{\"websocket\":\"%V://", &ws);
+    p = ngx_pushjobs_json_escape_copy(p, host.data, host.len);
+    p = ngx_sprintf(p, "/organizations/%V/pushy/agent\"}}", &ctx->org);
+
+    body.len = p - body.data;
+
+    return ngx_pushjobs_json_send(r, NGX_HTTP_OK, &body);
 }
 
 

@@ -16,9 +16,6 @@
 #include <yajl/yajl_tree.h>
 
 
-static ngx_int_t ngx_pushjobs_api_version_header(ngx_http_request_t *r);
-
-
 static ngx_str_t  ngx_pushjobs_json_type = ngx_string("application/json");
 
 
@@ -217,7 +214,7 @@ ngx_pushjobs_send_body(ngx_http_request_t *r, ngx_uint_t status,
  * as unversioned and downgrades its later requests.
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_pushjobs_api_version_header(ngx_http_request_t *r)
 {
     u_char           *p;

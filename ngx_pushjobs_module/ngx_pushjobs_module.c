@@ -19,6 +19,7 @@
 #include "ngx_pushjobs_module.h"
 
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 
 
 static void *ngx_pushjobs_create_main_conf(ngx_conf_t *cf);
@@ -33,6 +34,8 @@ static char *ngx_pushjobs_key_zone(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_pushjobs_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_pushjobs_load_key(ngx_conf_t *cf,
+    ngx_pushjobs_main_conf_t *pmcf);
+static ngx_int_t ngx_pushjobs_incarnation(ngx_conf_t *cf,
     ngx_pushjobs_main_conf_t *pmcf);
 static void ngx_pushjobs_free_key(void *data);
 static ngx_int_t ngx_pushjobs_init_process(ngx_cycle_t *cycle);
@@ -285,6 +288,10 @@ ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
         pmcf->server_name = cf->cycle->hostname;
     }
 
+    if (ngx_pushjobs_incarnation(cf, pmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     if (pmcf->ping_interval < 1000) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"pushjobs_ping_interval\" must be at least 1s");
@@ -332,6 +339,41 @@ ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * The 2.x server's incarnation_id: a random UUID v4, here one per
+ * configuration load, so that every worker of a front end shows the same.
+ */
+
+static ngx_int_t
+ngx_pushjobs_incarnation(ngx_conf_t *cf, ngx_pushjobs_main_conf_t *pmcf)
+{
+    u_char  r[16];
+
+    if (RAND_bytes(r, sizeof(r)) != 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "pushjobs: RAND_bytes() failed");
+        return NGX_ERROR;
+    }
+
+    r[6] = (r[6] & 0x0f) | 0x40;
+    r[8] = (r[8] & 0x3f) | 0x80;
+
+    pmcf->incarnation.data = ngx_pnalloc(cf->pool, 36);
+    if (pmcf->incarnation.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    pmcf->incarnation.len = ngx_sprintf(pmcf->incarnation.data,
+                                "%*xs-%*xs-%*xs-%*xs-%*xs",
+                                (size_t) 4, r, (size_t) 2, r + 4,
+                                (size_t) 2, r + 6, (size_t) 2, r + 8,
+                                (size_t) 6, r + 10)
+                            - pmcf->incarnation.data;
+
+    return NGX_OK;
 }
 
 

@@ -100,6 +100,9 @@ typedef struct {
     size_t                      max_output_size;
     size_t                      max_queued_output;
 
+    /* a UUID v4 per configuration load, shown by /pushy/_status */
+    ngx_str_t                   incarnation;
+
     ngx_flag_t                  used;
 } ngx_pushjobs_main_conf_t;
 
@@ -275,6 +278,7 @@ ngx_int_t ngx_pushjobs_json_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *body);
 ngx_int_t ngx_pushjobs_send_body(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *type, ngx_str_t *body);
+ngx_int_t ngx_pushjobs_api_version_header(ngx_http_request_t *r);
 void *ngx_pushjobs_json_parse(u_char *data, size_t len, ngx_log_t *log);
 void *ngx_pushjobs_json_get(void *object, const char *key);
 ngx_int_t ngx_pushjobs_json_string(void *value, ngx_str_t *out);

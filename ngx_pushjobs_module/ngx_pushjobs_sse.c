@@ -121,6 +121,25 @@ ngx_pushjobs_feed_open(ngx_http_request_t *r, ngx_str_t *org, ngx_str_t *job,
             return NGX_DONE;
         }
 
+        if (ngx_strcmp(p, "ended") == 0) {
+            /* the job ended and the client has seen its last event */
+
+            rc = ngx_pushjobs_feed_headers(r);
+            if (rc != NGX_OK) {
+                return rc;
+            }
+
+            f = ngx_pushjobs_feed_create(r, org, job, 0);
+            if (f == NULL) {
+                return NGX_ERROR;
+            }
+
+            f->finished = 1;
+            ngx_pushjobs_feed_send(f, NULL, 0);
+
+            return NGX_DONE;
+        }
+
         last = ngx_atoof((u_char *) PQgetvalue(res, 0, 1),
                          PQgetlength(res, 0, 1));
 
@@ -286,12 +305,27 @@ ngx_pushjobs_feed_headers(ngx_http_request_t *r)
     ngx_str_set(&h->key, "Cache-Control");
     ngx_str_set(&h->value, "no-cache");
 
+    if (ngx_pushjobs_api_version_header(r) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     r->keepalive = 0;
 
     rc = ngx_http_send_header(r);
 
     if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
         return rc == NGX_OK ? NGX_ERROR : rc;
+    }
+
+    /*
+     * The header waits in the write filter for a body; a feed may have
+     * nothing to say for a while, so the client gets the header now.
+     */
+
+    rc = ngx_http_send_special(r, NGX_HTTP_FLUSH);
+
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
     }
 
     return NGX_OK;
@@ -546,12 +580,22 @@ ngx_pushjobs_feed_send(ngx_pushjobs_feed_t *f, u_char *data, size_t len)
     }
 
     size = len;
-    if (f->chunked) {
+    if (f->chunked && len) {
         size += NGX_OFF_T_LEN + sizeof(CRLF CRLF) - 1;
     }
 
     if (f->finished && f->chunked) {
         size += sizeof("0" CRLF CRLF) - 1;
+    }
+
+    if (size == 0) {
+        /* nothing to frame: only the end of an HTTP/1.0 response */
+
+        if (f->out.head == NULL) {
+            ngx_pushjobs_feed_write_handler(f->request);
+        }
+
+        return;
     }
 
     msg = ngx_pushjobs_msg_raw(size, f->connection->log);
@@ -562,18 +606,17 @@ ngx_pushjobs_feed_send(ngx_pushjobs_feed_t *f, u_char *data, size_t len)
 
     p = msg->data;
 
-    if (f->chunked) {
+    if (f->chunked && len) {
         p = ngx_sprintf(p, "%xz" CRLF, len);
-    }
-
-    p = ngx_cpymem(p, data, len);
-
-    if (f->chunked) {
+        p = ngx_cpymem(p, data, len);
         *p++ = CR; *p++ = LF;
 
-        if (f->finished) {
-            p = ngx_cpymem(p, "0" CRLF CRLF, sizeof("0" CRLF CRLF) - 1);
-        }
+    } else if (len) {
+        p = ngx_cpymem(p, data, len);
+    }
+
+    if (f->chunked && f->finished) {
+        p = ngx_cpymem(p, "0" CRLF CRLF, sizeof("0" CRLF CRLF) - 1);
     }
 
     msg->len = p - msg->data;

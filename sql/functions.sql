@@ -182,13 +182,66 @@ END
 $$;
 
 
+-- Ends a running job whose run_timeout has passed: its ready and running
+-- nodes become timed_out (no per-node events, as in 2.x), the job
+-- timed_out, and the agents still holding it are told to abort.  Returns
+-- false if the job is not running or its deadline is still ahead.  The
+-- caller holds the job's lock.  The sweeper calls it, and so does every
+-- agent message for the job first: an agent that ends the process itself
+-- at run_timeout reports "failed" a moment before the sweeper would run,
+-- and the job must still end timed_out, not complete.
+CREATE OR REPLACE FUNCTION pushjobs.time_out(p_job text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_job  pushjobs.jobs;
+BEGIN
+    UPDATE pushjobs.jobs
+       SET status = 'timed_out', updated_at = now()
+     WHERE id = p_job AND status = 'running' AND run_deadline <= now()
+    RETURNING * INTO v_job;
+
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+
+    UPDATE pushjobs.job_nodes
+       SET status = 'timed_out', updated_at = now()
+     WHERE job_id = p_job AND status IN ('ready', 'running');
+
+    PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
+                          json_build_object('status', 'timed_out'), true);
+    PERFORM pushjobs.notify('stop', v_job.org, p_job);
+
+    RETURN true;
+END
+$$;
+
+
 -- One input for one node of a job: an agent message (ack_commit,
 -- nack_commit, ack_run, nack_run, succeeded, failed, aborted) or a server
 -- input (down, voting_timeout).  Implements the node-in-job transition
--- tables of the Push Jobs 2.x contract (§3.4), with one deliberate change:
--- a final report from a node still "ready" in a running job counts as run
--- and finished (the run was sent; only its ack_run was lost with a
--- connection), so a result is never turned into "crashed".
+-- tables of the Push Jobs 2.x contract (§3.4), with these deliberate
+-- changes (tested in t/engine-vote.t and t/engine-run.t):
+--   * a final report from a node still "ready" in a running job counts as
+--     run and finished (the run was sent; only its ack_run was lost with a
+--     connection), so a result is never turned into "crashed";
+--   * a final report (succeeded, failed, aborted) for a node that is
+--     already terminal, or for a job that has ended or is unknown, changes
+--     nothing, emits nothing and causes no abort: agents re-send spooled
+--     reports after every reconnect until they are acked, so a duplicate
+--     is normal, not a sign of a confused agent (2.x: rehab and
+--     client_died_while_running);
+--   * "down" of a terminal node is a no-op (2.x: rehab); the sweeper and
+--     agent_hello() only ever pass it for new/ready/running nodes;
+--   * the node-lost timeout replaces 2.x's heartbeat decay: a node whose
+--     channel is gone is "down" after pushjobs_node_lost_timeout, and a
+--     reconnect within it continues the job (agent_hello());
+--   * a message arriving after the job's run_deadline first times the job
+--     out (time_out()), so the run timer wins over a report the agent sent
+--     because it ended the process itself at run_timeout.
+-- The rehab (abort) of 2.x is an abort sent once per channel and job
+-- until the agent answers "aborted", not re-sent every second.
 --
 -- Returns true when the agent should be sent an abort ("rehab" in 2.x).
 -- The caller holds the job's lock and calls settle() afterwards.
@@ -213,6 +266,15 @@ BEGIN
        FOR UPDATE;
 
     IF NOT FOUND OR p_job.status NOT IN ('new', 'voting', 'running') THEN
+        RETURN NOT v_final;
+    END IF;
+
+    /*
+     * A node aborted by abort_job() has ended: whatever its agent still
+     * says about the job (a late vote, its "aborted") changes nothing and
+     * makes no event; anything but a final report gets it another abort.
+     */
+    IF v_status = 'aborted' THEN
         RETURN NOT v_final;
     END IF;
 
@@ -292,7 +354,8 @@ BEGIN
                 v_run := CASE WHEN p_input = 'succeeded' THEN 'success'
                               ELSE 'failure' END;
 
-            ELSIF p_input = 'aborted' AND v_abort THEN
+            ELSIF p_input IN ('aborted', 'down') AND v_abort THEN
+                /* asked to stop, then stopped or gone: aborted either way */
                 v_new := 'aborted';
                 v_run := 'aborted';
 
@@ -428,6 +491,160 @@ END
 $$;
 
 
+-- Aborts a job, or some of its nodes (POST jobs/ID/abort).  p_nodes is a
+-- JSON array of node names (checked by the module), or NULL for the whole
+-- job.  Nodes still voting, and nodes without a live agent channel, end
+-- "aborted" at once; a node with a run to stop is marked abort_requested
+-- (abort_force for a kill at once) and ends "aborted" when its agent
+-- answers "aborted" or is gone.  Aborting the whole job, or every node it
+-- still waits for, makes the job end "aborted" once nothing is left
+-- running; a partial abort lets the job end as it otherwise would.  A job
+-- that has ended is left as it is; repeating an abort changes nothing but
+-- may add force.
+--
+-- Returns the HTTP answer: 404 (no such job in the org); 400 and an error
+-- message (a node that is not in the job); else 202 while a node of the
+-- job is still being stopped, 200 when not, with the job document.
+CREATE OR REPLACE FUNCTION pushjobs.abort_job(p_org text, p_job text,
+    p_requestor text, p_nodes jsonb, p_force boolean,
+    p_owner_timeout_ms integer)
+RETURNS TABLE (code integer, doc text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_job      pushjobs.jobs;
+    v_nodes    text[];
+    v_missing  text;
+    v_whole    boolean;
+    v_voting   boolean;
+    v_changed  text[] := '{}';
+    v_ended    text[] := '{}';
+    v_node     text;
+    r          record;
+BEGIN
+    SELECT * INTO v_job FROM pushjobs.jobs
+     WHERE id = p_job AND org = p_org
+       FOR UPDATE;
+
+    IF NOT FOUND THEN
+        code := 404;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    IF p_nodes IS NOT NULL THEN
+        v_nodes := ARRAY(SELECT DISTINCT jsonb_array_elements_text(p_nodes));
+
+        SELECT u.node INTO v_missing
+          FROM unnest(v_nodes) AS u(node)
+         WHERE NOT EXISTS (SELECT 1 FROM pushjobs.job_nodes n
+                            WHERE n.job_id = p_job AND n.node_name = u.node)
+         ORDER BY u.node
+         LIMIT 1;
+
+        IF v_missing IS NOT NULL THEN
+            code := 400;
+            doc := 'node ' || v_missing || ' is not part of job ' || p_job;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+    END IF;
+
+    IF v_job.status IN ('new', 'voting', 'running') THEN
+        v_voting := v_job.status <> 'running';
+
+        v_whole := p_nodes IS NULL
+                   OR NOT EXISTS (SELECT 1 FROM pushjobs.job_nodes n
+                                   WHERE n.job_id = p_job
+                                     AND n.status IN ('new', 'ready',
+                                                      'running')
+                                     AND NOT n.abort_requested
+                                     AND n.node_name <> ALL (v_nodes));
+
+        FOR r IN
+            SELECT n.node_name, n.abort_requested, n.abort_force,
+                   o.node_name IS NOT NULL AS online
+              FROM pushjobs.job_nodes n
+              LEFT JOIN pushjobs.online_nodes(p_org, p_owner_timeout_ms) o
+                     ON o.node_name = n.node_name
+             WHERE n.job_id = p_job
+               AND n.status IN ('new', 'ready', 'running')
+               AND (p_nodes IS NULL OR n.node_name = ANY (v_nodes))
+             ORDER BY n.node_name
+        LOOP
+            IF v_voting OR NOT r.online THEN
+                /* nothing runs there, or nothing we can reach */
+                UPDATE pushjobs.job_nodes
+                   SET status = 'aborted', abort_requested = true,
+                       abort_force = r.abort_force OR p_force,
+                       updated_at = now()
+                 WHERE job_id = p_job AND node_name = r.node_name;
+
+                v_ended := v_ended || r.node_name;
+                v_changed := v_changed || r.node_name;
+
+            ELSIF NOT r.abort_requested OR (p_force AND NOT r.abort_force)
+            THEN
+                UPDATE pushjobs.job_nodes
+                   SET abort_requested = true,
+                       abort_force = r.abort_force OR p_force,
+                       updated_at = now()
+                 WHERE job_id = p_job AND node_name = r.node_name;
+
+                v_changed := v_changed || r.node_name;
+            END IF;
+        END LOOP;
+
+        IF cardinality(v_changed) > 0
+           OR (v_whole AND NOT v_job.abort_requested)
+        THEN
+            UPDATE pushjobs.jobs
+               SET abort_requested = abort_requested OR v_whole,
+                   updated_at = now()
+             WHERE id = p_job
+            RETURNING * INTO v_job;
+
+            PERFORM pushjobs.emit(p_job, p_org, 'abort',
+                                  json_build_object('user', p_requestor,
+                                                    'nodes', v_changed,
+                                                    'force', p_force));
+        END IF;
+
+        FOREACH v_node IN ARRAY v_ended LOOP
+            PERFORM pushjobs.emit(p_job, p_org,
+                                  CASE WHEN v_voting THEN 'quorum_vote'
+                                       ELSE 'run_complete' END,
+                                  json_build_object('node', v_node,
+                                                    'status', 'aborted'));
+        END LOOP;
+
+        IF v_voting AND v_whole THEN
+            /* every node it waited for has ended: no quorum to decide */
+            UPDATE pushjobs.jobs
+               SET status = 'aborted', updated_at = now()
+             WHERE id = p_job;
+
+            PERFORM pushjobs.emit(p_job, p_org, 'job_complete',
+                                  json_build_object('status', 'aborted'),
+                                  true);
+        ELSE
+            PERFORM pushjobs.settle(p_job);
+        END IF;
+
+        /* (again) to the agents: abort, or abort with force */
+        PERFORM pushjobs.notify('stop', p_org, p_job);
+    END IF;
+
+    code := CASE WHEN EXISTS (SELECT 1 FROM pushjobs.job_nodes n
+                               WHERE n.job_id = p_job
+                                 AND n.abort_requested
+                                 AND n.status IN ('ready', 'running'))
+                 THEN 202 ELSE 200 END;
+    doc := pushjobs.job_json(p_org, p_job, false);
+    RETURN NEXT;
+END
+$$;
+
+
 -- A batch of agent messages from one worker: a JSON array of
 -- {"org", "node", "job_id", "type", "exit_status", "stdout", "stderr",
 --  "truncated"}.  Returns, for each element (0-based), whether the agent
@@ -462,6 +679,13 @@ BEGIN
             SELECT * INTO v_job FROM pushjobs.jobs
              WHERE id = r.job_id AND org = r.org
                FOR UPDATE;
+
+            -- the run timer fired first (see time_out())
+            IF v_job.status = 'running' AND v_job.run_deadline <= now()
+               AND pushjobs.time_out(v_job.id)
+            THEN
+                SELECT * INTO v_job FROM pushjobs.jobs WHERE id = r.job_id;
+            END IF;
 
             v_last := r.job_id;
         END IF;
@@ -509,7 +733,7 @@ $$;
 -- Reconciles a (re)connected agent with the jobs it takes part in.  p_jobs is
 -- the hello's list [{"job_id", "state": "committed"|"running"|"finished"}].
 -- Returns what the channel must send: "commit" (with the message), "run" or
--- "abort".
+-- "abort" (with the message "force" when the abort kills at once).
 CREATE OR REPLACE FUNCTION pushjobs.agent_hello(p_org text, p_node text,
     p_jobs jsonb)
 RETURNS TABLE (job_id text, action text, message text)
@@ -520,6 +744,8 @@ DECLARE
     v_node   pushjobs.node_status;
     v_has    text;
     v_input  text;
+    v_abort  boolean;
+    v_force  boolean;
 BEGIN
     FOR v_id IN
         SELECT n.job_id
@@ -534,7 +760,17 @@ BEGIN
 
         CONTINUE WHEN NOT FOUND;
 
-        SELECT status INTO v_node FROM pushjobs.job_nodes n
+        -- the run timer fired (see time_out()); the loop below then tells
+        -- the agent to abort the job if it still holds it
+        IF v_job.status = 'running' AND v_job.run_deadline <= now()
+           AND pushjobs.time_out(v_id)
+        THEN
+            CONTINUE;
+        END IF;
+
+        SELECT n.status, n.abort_requested, n.abort_force
+          INTO v_node, v_abort, v_force
+          FROM pushjobs.job_nodes n
          WHERE n.job_id = v_id AND n.node_name = p_node;
 
         SELECT e ->> 'state' INTO v_has
@@ -547,7 +783,12 @@ BEGIN
         action := NULL;
         message := NULL;
 
-        IF v_job.status = 'voting' THEN
+        IF v_abort AND v_has IN ('committed', 'running') THEN
+            /* an abort (abort_job()) this agent has not answered yet */
+            action := 'abort';
+            message := CASE WHEN v_force THEN 'force' END;
+
+        ELSIF v_job.status = 'voting' THEN
             IF v_node = 'new' AND v_has IS NULL THEN
                 action := 'commit';
                 message := pushjobs.commit_message(v_job);
@@ -655,7 +896,8 @@ BEGIN
         RETURN QUERY
             SELECT n.node_name, NULL::text
               FROM pushjobs.job_nodes n
-             WHERE n.job_id = p_job AND n.status = 'ready';
+             WHERE n.job_id = p_job AND n.status = 'ready'
+               AND NOT n.abort_requested;
 
     ELSIF p_kind = 'stop' THEN
         RETURN QUERY
@@ -671,7 +913,8 @@ $$;
 
 
 -- Jobs a worker must catch up on after (re)connecting its LISTEN channel:
--- the active ones, and those stopped recently.
+-- the active ones, those stopped recently, and running ones with nodes
+-- still to be aborted.
 CREATE OR REPLACE FUNCTION pushjobs.recent_jobs()
 RETURNS TABLE (org text, job_id text, kind text)
 LANGUAGE sql STABLE AS $$
@@ -684,6 +927,13 @@ LANGUAGE sql STABLE AS $$
         OR (j.updated_at > now() - interval '10 minutes'
             AND j.status IN ('quorum_failed', 'timed_out', 'crashed',
                              'aborted'))
+    UNION ALL
+    SELECT j.org, j.id, 'stop'
+      FROM pushjobs.jobs j
+     WHERE j.status = 'running'
+       AND EXISTS (SELECT 1 FROM pushjobs.job_nodes n
+                    WHERE n.job_id = j.id AND n.abort_requested
+                      AND n.status IN ('ready', 'running'))
 $$;
 
 
@@ -783,6 +1033,11 @@ BEGIN
       FROM dead
      WHERE p.owner = dead.id AND p.online;
 
+    -- the org feeds keep their events for 60 s (org_feed_expiration, §5.2;
+    -- the module's feeds use the same figure)
+    DELETE FROM pushjobs.org_events
+     WHERE created_at < now() - interval '60 seconds';
+
     FOR v_job IN
         SELECT * FROM pushjobs.jobs
          WHERE status = 'voting' AND voting_deadline <= now()
@@ -798,7 +1053,12 @@ BEGIN
                                              NULL);
         END LOOP;
 
-        PERFORM pushjobs.settle(v_job.id);
+        -- the silent nodes are told to abort now (rehab), also when the
+        -- job goes on running without them; settle() says so itself when
+        -- the job ends
+        IF pushjobs.settle(v_job.id) IN ('voting', 'running') THEN
+            PERFORM pushjobs.notify('stop', v_job.org, v_job.id);
+        END IF;
         v_count := v_count + 1;
     END LOOP;
 
@@ -808,18 +1068,9 @@ BEGIN
          ORDER BY id
            FOR UPDATE SKIP LOCKED
     LOOP
-        UPDATE pushjobs.job_nodes
-           SET status = 'timed_out', updated_at = now()
-         WHERE job_id = v_job.id AND status IN ('ready', 'running');
-
-        UPDATE pushjobs.jobs
-           SET status = 'timed_out', updated_at = now()
-         WHERE id = v_job.id;
-
-        PERFORM pushjobs.emit(v_job.id, v_job.org, 'job_complete',
-                              json_build_object('status', 'timed_out'), true);
-        PERFORM pushjobs.notify('stop', v_job.org, v_job.id);
-        v_count := v_count + 1;
+        IF pushjobs.time_out(v_job.id) THEN
+            v_count := v_count + 1;
+        END IF;
     END LOOP;
 
     FOR v_job IN
@@ -894,6 +1145,26 @@ LANGUAGE sql STABLE AS $$
                               ORDER BY j.created_at, j.id), '[]'::jsonb)::text
       FROM pushjobs.jobs j
      WHERE j.org = p_org
+$$;
+
+
+-- GET jobs?status=S&limit=N (API.md §2): jobs in one status, the N most
+-- recent; still listed oldest first, in the same array shape.  A NULL
+-- status or limit does not filter.
+CREATE OR REPLACE FUNCTION pushjobs.jobs_json(p_org text, p_status text,
+    p_limit integer)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(jsonb_agg(pushjobs.job_summary(j)
+                              ORDER BY j.created_at, j.id), '[]'::jsonb)::text
+      FROM pushjobs.jobs j
+     WHERE j.org = p_org
+       AND j.id IN (SELECT l.id
+                      FROM pushjobs.jobs l
+                     WHERE l.org = p_org
+                       AND (p_status IS NULL OR l.status::text = p_status)
+                     ORDER BY l.created_at DESC, l.id DESC
+                     LIMIT p_limit)
 $$;
 
 
@@ -1023,6 +1294,13 @@ BEGIN
         IF v_seq <= v_job.event_seq THEN
             after := v_seq;
         END IF;
+    END IF;
+
+    -- a finished job whose last event the client has: nothing to stream
+    IF v_job.status NOT IN ('new', 'voting', 'running')
+       AND after >= v_job.event_seq
+    THEN
+        mode := 'ended';
     END IF;
 
     RETURN NEXT;

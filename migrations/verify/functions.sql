@@ -10,8 +10,10 @@ SELECT 'pushjobs.dispatch(text, text)'::regprocedure;
 SELECT 'pushjobs.presence_update(text, jsonb)'::regprocedure;
 SELECT 'pushjobs.owner_beat(text)'::regprocedure;
 SELECT 'pushjobs.sweep(integer, integer)'::regprocedure;
+SELECT 'pushjobs.time_out(text)'::regprocedure;
 SELECT 'pushjobs.job_json(text, text, boolean)'::regprocedure;
 SELECT 'pushjobs.jobs_json(text)'::regprocedure;
+SELECT 'pushjobs.jobs_json(text, text, integer)'::regprocedure;
 SELECT 'pushjobs.feed_open(text, text, text, integer)'::regprocedure;
 SELECT 'pushjobs.org_feed_open(text, text, integer)'::regprocedure;
 

@@ -55,6 +55,8 @@ sub new {
             [ '^sleep ([0-9]+)$', 'sleep \\1' ],
         ],
         nginx_extra => $opt{nginx_extra} // '',
+        # appended to every agent's client.rb, e.g. 'allowed_users ["root"]'
+        client_rb_extra => $opt{client_rb_extra} // '',
         verbose   => $opt{verbose} // $ENV{PUSHJOBS_VERBOSE},
         procs     => {},
         owner     => $$,
@@ -520,6 +522,7 @@ file_dir "$d/files"
 whitelist({
 $wl
 })
+$self->{client_rb_extra}
 EOF
     spew("$d/client.rb", $rb);
     return "$d/client.rb";
@@ -714,7 +717,10 @@ sub wait_job {
 # The error log of one front end, or of all of them.
 sub error_log {
     my ($self, $fe) = @_;
-    return join '', map { slurp("$self->{dir}/$_/error.log") }
+    # a front end started by a test from its own tree names its log
+    # ({fe}{NAME}{error_log}, e.g. t/addon.t's Chef server layout)
+    return join '', map { slurp($self->{fe}{$_}{error_log}
+                                // "$self->{dir}/$_/error.log") }
                         defined $fe ? ($fe) : $self->frontends;
 }
 
