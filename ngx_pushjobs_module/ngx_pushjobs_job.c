@@ -132,8 +132,8 @@ ngx_pushjobs_job_connected(void)
 void
 ngx_pushjobs_job_sweep(ngx_event_t *ev)
 {
-    u_char                    *p, buf[2][NGX_INT_T_LEN];
-    ngx_str_t                  params[2];
+    u_char                    *p, buf[3][NGX_INT_T_LEN];
+    ngx_str_t                  params[3];
     ngx_pushjobs_worker_t     *w;
     ngx_pushjobs_main_conf_t  *pmcf;
 
@@ -158,7 +158,12 @@ ngx_pushjobs_job_sweep(ngx_event_t *ev)
     params[1].data = buf[1];
     params[1].len = p - buf[1];
 
-    if (ngx_pushjobs_pg_query("SELECT pushjobs.sweep($1, $2)", 2, params,
+    p = ngx_sprintf(buf[2], "%T", pmcf->job_retention);
+    params[2].data = buf[2];
+    params[2].len = p - buf[2];
+
+    if (ngx_pushjobs_pg_query("SELECT pushjobs.sweep($1, $2), "
+                              "pushjobs.purge($3)", 3, params,
                               ngx_pushjobs_job_sweep_done, NULL)
         != NULL)
     {
@@ -172,12 +177,22 @@ ngx_pushjobs_job_sweep_done(void *data, PGresult *res)
 {
     ngx_pushjobs_sweeping = 0;
 
-    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
-        && ngx_strcmp(PQgetvalue(res, 0, 0), "0") != 0)
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK
+        || PQntuples(res) != 1 || PQnfields(res) != 2)
     {
+        return;
+    }
+
+    if (ngx_strcmp(PQgetvalue(res, 0, 0), "0") != 0) {
         ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
                       "pushjobs: sweeper changed %s jobs",
                       PQgetvalue(res, 0, 0));
+    }
+
+    if (ngx_strcmp(PQgetvalue(res, 0, 1), "0") != 0) {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "pushjobs: purged %s jobs past pushjobs_job_retention",
+                      PQgetvalue(res, 0, 1));
     }
 }
 

@@ -33,6 +33,8 @@ static char *ngx_pushjobs_key_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_pushjobs_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_pushjobs_conf_set_retention(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_pushjobs_load_key(ngx_conf_t *cf,
     ngx_pushjobs_main_conf_t *pmcf);
 static ngx_int_t ngx_pushjobs_incarnation(ngx_conf_t *cf,
@@ -147,6 +149,13 @@ static ngx_command_t  ngx_pushjobs_commands[] = {
       offsetof(ngx_pushjobs_main_conf_t, sweep_interval),
       NULL },
 
+    { ngx_string("pushjobs_job_retention"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_pushjobs_conf_set_retention,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, job_retention),
+      NULL },
+
     { ngx_string("pushjobs_clock_skew"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_sec_slot,
@@ -248,6 +257,7 @@ ngx_pushjobs_create_main_conf(ngx_conf_t *cf)
     pmcf->ping_interval = NGX_CONF_UNSET_MSEC;
     pmcf->node_lost_timeout = NGX_CONF_UNSET_MSEC;
     pmcf->sweep_interval = NGX_CONF_UNSET_MSEC;
+    pmcf->job_retention = NGX_CONF_UNSET;
     pmcf->clock_skew = NGX_CONF_UNSET;
     pmcf->max_message_size = NGX_CONF_UNSET_SIZE;
     pmcf->max_body_size = NGX_CONF_UNSET_SIZE;
@@ -270,6 +280,7 @@ ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(pmcf->ping_interval, 10000);
     ngx_conf_init_msec_value(pmcf->node_lost_timeout, 30000);
     ngx_conf_init_msec_value(pmcf->sweep_interval, 1000);
+    ngx_conf_init_value(pmcf->job_retention, 0);
     ngx_conf_init_value(pmcf->clock_skew, 900);
     ngx_conf_init_size_value(pmcf->max_message_size, 1024 * 1024);
     ngx_conf_init_size_value(pmcf->max_body_size, 1000000);
@@ -548,6 +559,43 @@ ngx_pushjobs_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                            "\"pushjobs_postgres\" names a host: resolving it "
                            "blocks the worker while connecting; use an "
                            "address, \"hostaddr\" or a socket directory");
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * pushjobs_job_retention off | time;  finished jobs older than that are
+ * purged by the sweeper, with their nodes, output and events.  "off" (the
+ * default) keeps them forever, as 2.x did.
+ */
+
+static char *
+ngx_pushjobs_conf_set_retention(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_pushjobs_main_conf_t *pmcf = conf;
+
+    ngx_str_t  *value;
+
+    if (pmcf->job_retention != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+        pmcf->job_retention = 0;
+        return NGX_CONF_OK;
+    }
+
+    pmcf->job_retention = ngx_parse_time(&value[1], 1);
+
+    if (pmcf->job_retention == (time_t) NGX_ERROR
+        || pmcf->job_retention < 60)
+    {
+        return "must be \"off\" or a time of at least 1m";
     }
 
     return NGX_CONF_OK;

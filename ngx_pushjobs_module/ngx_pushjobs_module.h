@@ -93,6 +93,7 @@ typedef struct {
     ngx_msec_t                  ping_interval;
     ngx_msec_t                  node_lost_timeout;
     ngx_msec_t                  sweep_interval;
+    time_t                      job_retention;
     time_t                      clock_skew;
 
     size_t                      max_message_size;

@@ -1014,6 +1014,29 @@ $$;
 -- ends, voting timeouts, run timeouts, and nodes whose channel has been gone
 -- for longer than p_lost_ms.  Jobs another worker is working on are skipped
 -- and picked up by the next sweep.  Returns the number of jobs changed.
+-- Deletes finished jobs not updated for p_retention_s seconds (0: never),
+-- at most 1000 per call so that one sweep never holds locks for long; their
+-- nodes, output and events go with them (ON DELETE CASCADE).  Returns how
+-- many were deleted.
+CREATE OR REPLACE FUNCTION pushjobs.purge(p_retention_s integer)
+RETURNS integer
+LANGUAGE sql AS $$
+    WITH old AS (
+        SELECT id FROM pushjobs.jobs
+         WHERE p_retention_s > 0
+           AND status NOT IN ('new', 'voting', 'running')
+           AND updated_at < now() - p_retention_s * interval '1 second'
+         ORDER BY updated_at
+         LIMIT 1000
+           FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM pushjobs.jobs j USING old WHERE j.id = old.id
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM gone
+$$;
+
+
 CREATE OR REPLACE FUNCTION pushjobs.sweep(p_lost_ms integer,
     p_owner_timeout_ms integer)
 RETURNS integer
