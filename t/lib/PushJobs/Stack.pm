@@ -425,7 +425,7 @@ $self->{nginx_extra}
 
         ssl_certificate $self->{dir}/tls/server.crt;
         ssl_certificate_key $self->{dir}/tls/server.key;
-
+@{[ $self->{fe}{$fe}{server_extra} // '' ]}
         location ~ ^/organizations/[^/]+/pushy/ {
             pushjobs;
             client_max_body_size 0;
@@ -459,11 +459,14 @@ $self->{nginx_extra}
 EOF
 }
 
-# start_nginx([NAME]): a front end, fe1 unless named; its files live in
-# DIR/NAME (nginx.conf, error.log, access.log).
+# start_nginx([NAME], [server_extra => TEXT]): a front end, fe1 unless
+# named; its files live in DIR/NAME (nginx.conf, error.log, access.log).
+# server_extra goes into its server block, before the pushy location.
 sub start_nginx {
-    my ($self, $fe) = @_;
+    my ($self, $fe, %opt) = @_;
     $fe //= 'fe1';
+    $self->{fe}{$fe}{server_extra} = $opt{server_extra}
+        if defined $opt{server_extra};
     my $d = "$self->{dir}/$fe";
     make_path("$d/tmp");
 
@@ -528,12 +531,13 @@ EOF
     return "$d/client.rb";
 }
 
+# start_agent(NAME, fe => 'fe2', args => [...]): args are added flags
 sub start_agent {
     my ($self, $name, %opt) = @_;
     my $rb = $self->client_rb($name, %opt);
     my $d = dirname($rb);
     $self->spawn("agent:$name", "$d/agent.log", $AGENT, '-c', $rb,
-                 '--spool', "$d/spool", '-v');
+                 '--spool', "$d/spool", '-v', @{ $opt{args} // [] });
 }
 
 sub stop_agent {
@@ -597,6 +601,9 @@ sub sign {
     croak 'signer died' unless defined $line;
     my $res = $JSON->decode($line);
     croak "signer: $res->{error}" if $res->{error};
+    # byte strings: JSON::PP may hand back UTF-8-flagged ones, which would
+    # upgrade (and so re-encode) any binary bytes they are joined with
+    utf8::encode($_) for values %{ $res->{headers} };
     return $res->{headers};
 }
 

@@ -44,6 +44,7 @@ sub connect {
 
     my $req = "GET $path HTTP/1.1\r\n"
               . join('', map { "$_: $h{$_}\r\n" } sort keys %h) . "\r\n";
+    utf8::downgrade($req);
     print $sock $req . ($a{extra} // '');
 
     my $self = bless { sock => $sock, buf => '' }, $class;
@@ -94,6 +95,7 @@ sub read_until {
 # A frame as bytes: frame(opcode, payload, fin => 1, mask => 1, len => n)
 sub frame {
     my ($opcode, $payload, %a) = @_;
+    utf8::encode($payload) if utf8::is_utf8($payload);
     my $fin = $a{fin} // 1;
     my $mask = $a{mask} // 1;
     my $len = $a{len} // length $payload;
@@ -120,6 +122,7 @@ sub frame {
 sub send_raw {
     my ($self, $bytes) = @_;
     local $SIG{PIPE} = 'IGNORE';
+    utf8::downgrade($bytes);
     print { $self->{sock} } $bytes;
 }
 
