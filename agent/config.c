@@ -927,6 +927,28 @@ cf_set_num(cf_lex_t *lx, const char *name, long long *dst, cf_val_t *v)
 }
 
 
+/* pushjobs_transport: auto, websocket or long_poll (docs/protocol.md §6) */
+
+static int
+conf_transport(pja_conf_t *cf, const char *v)
+{
+    if (strcmp(v, "auto") == 0) {
+        cf->transport = PJA_TRANSPORT_AUTO;
+
+    } else if (strcmp(v, "websocket") == 0) {
+        cf->transport = PJA_TRANSPORT_WEBSOCKET;
+
+    } else if (strcmp(v, "long_poll") == 0) {
+        cf->transport = PJA_TRANSPORT_LONG_POLL;
+
+    } else {
+        return -1;
+    }
+
+    return 0;
+}
+
+
 static int
 cf_apply(pja_conf_t *cf, cf_lex_t *lx, const char *name, cf_val_t *v)
 {
@@ -1007,6 +1029,16 @@ cf_apply(pja_conf_t *cf, cf_lex_t *lx, const char *name, cf_val_t *v)
 
     if (strcmp(name, "allowed_overwritable_env_vars") == 0) {
         return cf_set_list(lx, name, &cf->allowed_env, &cf->nallowed_env, v);
+    }
+
+    if (strcmp(name, "pushjobs_transport") == 0) {
+        if ((v->type != V_SYM && v->type != V_STR)
+            || conf_transport(cf, v->s) != 0)
+        {
+            pja_log(PJA_LOG_WARN, "%s:%d: pushjobs_transport must be :auto, "
+                    ":websocket or :long_poll", lx->file, lx->tok.line);
+        }
+        return 0;
     }
 
     pja_log(PJA_LOG_DEBUG, "%s: setting \"%s\" not used by the agent",
@@ -1328,6 +1360,15 @@ pja_conf_set(pja_conf_t *cf, const char *name, const char *value)
         return conf_list_add(&cf->allowed_users, &cf->nallowed_users, value);
     }
 
+    if (strcmp(name, "pushjobs_transport") == 0) {
+        if (conf_transport(cf, value[0] == ':' ? value + 1 : value) != 0) {
+            pja_log(PJA_LOG_ERR, "pushjobs_transport must be auto, websocket "
+                    "or long_poll");
+            return -1;
+        }
+        return 0;
+    }
+
     if (strcmp(name, "allowed_overwritable_env_vars") == 0) {
         return conf_list_add(&cf->allowed_env, &cf->nallowed_env, value);
     }
@@ -1499,6 +1540,10 @@ pja_conf_print(const pja_conf_t *cf, FILE *f)
     }
     fprintf(f, "\nkill_grace_period %d\nmax_output_size %lld\n",
             cf->kill_grace, cf->output_cap);
+    fprintf(f, "pushjobs_transport %s\n",
+            cf->transport == PJA_TRANSPORT_LONG_POLL ? ":long_poll"
+            : cf->transport == PJA_TRANSPORT_WEBSOCKET ? ":websocket"
+            : ":auto");
     conf_print_list(f, "allowed_users", cf->allowed_users,
                     cf->nallowed_users);
     conf_print_list(f, "allowed_overwritable_env_vars", cf->allowed_env,
@@ -1533,5 +1578,7 @@ pja_conf_print(const pja_conf_t *cf, FILE *f)
 
     fputs("})\n", f);
     fprintf(f, "# channel: %s://%s%s\n", cf->tls ? "wss" : "ws",
+            cf->host_header, cf->ws_path);
+    fprintf(f, "# long-poll: %s://%s%s/poll\n", cf->tls ? "https" : "http",
             cf->host_header, cf->ws_path);
 }

@@ -63,6 +63,8 @@ static const pja_flag_t  pja_flags[] = {
       "add a whitelist entry (repeatable)" },
     { "--whitelist-regex", "whitelist_regex", "RE=CMD",
       "add a regexp whitelist entry (repeatable)" },
+    { "--transport", "pushjobs_transport", "MODE",
+      "auto (default), websocket or long_poll" },
     { NULL, NULL, NULL, NULL }
 };
 
@@ -85,6 +87,9 @@ usage(FILE *f)
         "                           /etc/chef/push-jobs-client.rb that "
         "exists\n"
         "  --spool DIR              final report spool (default %s)\n"
+        "  --long-poll              use the long-poll channel, not a "
+        "websocket\n"
+        "                           (--transport long_poll)\n"
         "  --syslog                 log to syslog (daemon facility), not "
         "stderr\n"
         "  -v, --verbose            debug logging\n"
@@ -240,9 +245,24 @@ static void
 channel_ended(pja_agent_t *a, int *attempt, int64_t *reconnect_at)
 {
     int64_t  now, delay;
-    int      stable;
+    int      stable, fallback;
 
     now = pja_now_ms();
+
+    /*
+     * A refused websocket upgrade that is not about who we are (a proxy
+     * without websockets, an old front end): long-poll at once, and the
+     * websocket again at the next reconnect.
+     */
+    fallback = !a->ws.poll && a->conf.transport == PJA_TRANSPORT_AUTO
+               && a->ws.http_status != 0 && a->ws.http_status != 101
+               && a->ws.http_status != 401 && a->ws.http_status != 403;
+
+    if (fallback) {
+        pja_log(PJA_LOG_WARN, "channel: the websocket upgrade was refused "
+                "(%d), falling back to long-poll", a->ws.http_status);
+        a->fallback = 1;
+    }
     stable = a->ws.state >= PJA_WS_OPEN
              && (a->welcomed || now - a->ws.opened_at >= PJA_STABLE_CHANNEL);
 
@@ -259,7 +279,7 @@ channel_ended(pja_agent_t *a, int *attempt, int64_t *reconnect_at)
     pja_ws_reset(&a->ws);
     a->welcomed = 0;
 
-    delay = backoff_delay(attempt);
+    delay = fallback ? 0 : backoff_delay(attempt);
     *reconnect_at = now + delay;
 
     pja_log(PJA_LOG_INFO, "reconnecting in %.1f s", (double) delay / 1000);
@@ -435,6 +455,14 @@ run(pja_agent_t *a)
             silence = (int64_t) 3 * 1000 * (a->ping_interval
                                             ? a->ping_interval
                                             : PJA_DEFAULT_PING);
+
+            /* a poll is answered within the hold time */
+            if (a->ws.poll) {
+                silence = (int64_t) 1000 * ((a->poll_timeout
+                                             ? a->poll_timeout
+                                             : PJA_DEFAULT_POLL)
+                                            + PJA_POLL_MARGIN);
+            }
 
             if (a->ws.state < PJA_WS_OPEN
                 && now - a->ws.started_at >= PJA_CONNECT_TIMEOUT)
@@ -682,6 +710,10 @@ main(int argc, char **argv)
         } else if (strcmp(argv[i], "--syslog") == 0) {
             use_syslog = 1;
 
+        } else if (strcmp(argv[i], "--long-poll") == 0) {
+            a->conf_args[a->nconf_args++] = (char *) "pushjobs_transport";
+            a->conf_args[a->nconf_args++] = (char *) "long_poll";
+
         } else if (strcmp(argv[i], "--check-config") == 0) {
             check = 1;
 
@@ -733,6 +765,7 @@ main(int argc, char **argv)
     a->job.lock_fd = -1;
     a->ws.fd = -1;
     a->ping_interval = PJA_DEFAULT_PING;
+    a->poll_timeout = PJA_DEFAULT_POLL;
     a->max_message_size = PJA_DEFAULT_MAX_MESSAGE;
 
     if (load_conf(a, &a->conf) != 0) {

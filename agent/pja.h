@@ -34,6 +34,8 @@
 #define PJA_COMMIT_TIMEOUT      600000
 #define PJA_BACKOFF_MAX         60
 #define PJA_STABLE_CHANNEL      30000
+#define PJA_DEFAULT_POLL        25
+#define PJA_POLL_MARGIN         15
 
 #define PJA_DEFAULT_SPOOL       "/var/lib/pushjobs-agent/spool"
 #define PJA_DEFAULT_FILE_DIR    "/tmp/pushjobs"
@@ -122,6 +124,8 @@ typedef struct {
     size_t                 nwl;
     int                    wl_set;
 
+    int                    transport;     /* PJA_TRANSPORT_* */
+
     /* derived from chef_server_url */
     int                    tls;
     char                  *host;
@@ -130,6 +134,12 @@ typedef struct {
     char                  *ws_path;      /* .../organizations/ORG/pushy/agent */
     char                  *host_header;
 } pja_conf_t;
+
+enum {
+    PJA_TRANSPORT_AUTO = 0,   /* websocket, long-poll if the upgrade fails */
+    PJA_TRANSPORT_WEBSOCKET,
+    PJA_TRANSPORT_LONG_POLL
+};
 
 void pja_conf_init(pja_conf_t *cf);
 int pja_conf_load(pja_conf_t *cf, const char *file);
@@ -194,6 +204,14 @@ typedef struct {
     int                    close_code;    /* received from the peer */
     int                    close_sent;
     int                    http_status;
+
+    /* long-poll (docs/protocol.md §6) */
+    int                    poll;          /* this channel is long-poll */
+    int                    inflight;      /* requests sent, not answered */
+    int                    batching;      /* handling an answer */
+    pja_buf_t              pending;       /* messages: u32 length, text */
+    EVP_PKEY              *key;
+    char                   session[256];
 } pja_ws_t;
 
 int pja_ws_init_ctx(pja_ws_t *ws, const pja_conf_t *cf);
@@ -295,6 +313,8 @@ typedef struct {
     pja_job_t              job;
     int                    welcomed;
     int                    ping_interval;
+    int                    poll_timeout;  /* seconds a poll may be held */
+    int                    fallback;      /* next channel: long-poll */
     size_t                 max_message_size;
     int                    stopping;
 
@@ -309,6 +329,7 @@ extern pja_agent_t  pja_agent;
 
 void pja_proto_open(pja_agent_t *a);
 void pja_proto_message(pja_agent_t *a, char *text, size_t len);
+void pja_proto_handle(pja_agent_t *a, yajl_val msg);
 void pja_proto_send(pja_agent_t *a, char *text);
 void pja_proto_final(pja_agent_t *a, char *report);
 void pja_proto_job_exited(pja_agent_t *a, int status);

@@ -219,6 +219,9 @@ proto_welcome(pja_agent_t *a, yajl_val msg)
     a->max_message_size = max > 1024 ? (size_t) max : PJA_DEFAULT_MAX_MESSAGE;
     a->welcomed = 1;
 
+    ping = pja_json_get_int(msg, "poll_timeout", PJA_DEFAULT_POLL);
+    a->poll_timeout = ping > 0 && ping < 3600 ? (int) ping : PJA_DEFAULT_POLL;
+
     pja_log(PJA_LOG_INFO, "welcome from %s: node %s, org %s, ping every %d s",
             pja_json_get_str(msg, "server") ? pja_json_get_str(msg, "server")
                                             : "?",
@@ -328,9 +331,8 @@ proto_abort(pja_agent_t *a, const char *id, int force)
 void
 pja_proto_message(pja_agent_t *a, char *text, size_t len)
 {
-    char         err[256];
-    yajl_val     msg;
-    const char  *type, *id;
+    char      err[256];
+    yajl_val  msg;
 
     (void) len;
 
@@ -341,6 +343,25 @@ pja_proto_message(pja_agent_t *a, char *text, size_t len)
         pja_log(PJA_LOG_WARN, "channel: a message that is not a JSON object "
                 "ignored");
         yajl_tree_free(msg);
+        return;
+    }
+
+    pja_proto_handle(a, msg);
+
+    yajl_tree_free(msg);
+}
+
+
+/* One message of the server, a JSON object, whatever its transport. */
+
+void
+pja_proto_handle(pja_agent_t *a, yajl_val msg)
+{
+    const char  *type, *id;
+
+    if (msg == NULL || !YAJL_IS_OBJECT(msg)) {
+        pja_log(PJA_LOG_WARN, "channel: a message that is not a JSON object "
+                "ignored");
         return;
     }
 
@@ -387,5 +408,5 @@ pja_proto_message(pja_agent_t *a, char *text, size_t len)
 
 done:
 
-    yajl_tree_free(msg);
+    return;
 }

@@ -60,6 +60,10 @@ struct ngx_pushjobs_agent_s {
 
     ngx_http_request_t         *request;
     ngx_connection_t           *connection;
+    ngx_log_t                  *log;
+
+    /* a long-poll session (ngx_pushjobs_poll.c), NULL for a websocket */
+    ngx_pushjobs_poll_t        *poll;
 
     ngx_pushjobs_ws_reader_t    reader;
 
@@ -95,8 +99,6 @@ static void ngx_pushjobs_agent_unregister(ngx_pushjobs_agent_t *a);
 static void ngx_pushjobs_agent_org_add(ngx_str_t *org, ngx_int_t n);
 static void ngx_pushjobs_agent_cleanup(void *data);
 static void ngx_pushjobs_agent_detach(ngx_pushjobs_agent_t *a);
-static void ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a,
-    ngx_uint_t code);
 static void ngx_pushjobs_agent_read_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_pushjobs_agent_feed(ngx_pushjobs_agent_t *a,
     u_char *pos, u_char *last);
@@ -110,6 +112,9 @@ static void ngx_pushjobs_agent_send_job(ngx_pushjobs_agent_t *a,
     const char *type, u_char *job_id, const char *extra);
 static void ngx_pushjobs_agent_message(ngx_pushjobs_agent_t *a,
     ngx_str_t *payload);
+static void ngx_pushjobs_agent_welcome(ngx_pushjobs_agent_t *a);
+static void ngx_pushjobs_agent_dispatch(ngx_pushjobs_agent_t *a,
+    yajl_val msg);
 static void ngx_pushjobs_agent_hello(ngx_pushjobs_agent_t *a, void *msg);
 static void ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a,
     ngx_uint_t type, ngx_str_t *job_id, void *msg);
@@ -151,7 +156,6 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
     ngx_pushjobs_agent_t      *a;
     ngx_pushjobs_worker_t     *w;
     ngx_pushjobs_main_conf_t  *pmcf;
-    u_char                     buf[6 * 2 * NGX_PUSHJOBS_NAME_MAX + 256];
 
     w = ngx_pushjobs_worker;
     c = r->connection;
@@ -220,6 +224,7 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
 
     a->request = r;
     a->connection = c;
+    a->log = c->log;
     a->session = ++w->next_session;
     a->alive = 1;
 
@@ -255,20 +260,7 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
     /* any write below may close the channel: keep it until we are done */
     ngx_pushjobs_agent_ref(a);
 
-    p = ngx_cpymem(buf, "{\"type\":\"welcome\",\"v\":1,\"node\":",
-                   sizeof("{\"type\":\"welcome\",\"v\":1,\"node\":") - 1);
-    p = ngx_pushjobs_store_json_name(p, &a->name);
-    p = ngx_cpymem(p, ",\"org\":", sizeof(",\"org\":") - 1);
-    p = ngx_pushjobs_store_json_name(p, &a->org);
-    p = ngx_cpymem(p, ",\"server\":", sizeof(",\"server\":") - 1);
-    p = ngx_pushjobs_store_json_name(p, pmcf->server_name.len
-                                        <= NGX_PUSHJOBS_NAME_MAX
-                                        ? &pmcf->server_name
-                                        : &w->cycle->hostname);
-    p = ngx_sprintf(p, ",\"ping_interval\":%M,\"max_message_size\":%uz}",
-                    pmcf->ping_interval / 1000, pmcf->max_message_size);
-
-    ngx_pushjobs_agent_send_text(a, buf, p - buf);
+    ngx_pushjobs_agent_welcome(a);
 
     if (!a->closed) {
         ngx_add_timer(&a->ping, pmcf->ping_interval);
@@ -294,6 +286,97 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
     ngx_pushjobs_agent_unref(a);
 
     return NGX_DONE;
+}
+
+
+/*
+ * A long-poll session (ngx_pushjobs_poll.c): an agent without a connection
+ * of its own, whose frames go to the session's queue.  It is registered
+ * and replaces an older channel of the node like a websocket; its ping
+ * timer ticks the session's expiry instead of sending pings.
+ */
+
+ngx_pushjobs_agent_t *
+ngx_pushjobs_agent_open_poll(ngx_str_t *org, ngx_str_t *node,
+    ngx_pushjobs_poll_t *poll)
+{
+    u_char                 *p;
+    ngx_pushjobs_agent_t   *a;
+    ngx_pushjobs_worker_t  *w;
+
+    w = ngx_pushjobs_worker;
+
+    if (w == NULL || org->len > NGX_PUSHJOBS_NAME_MAX
+        || node->len > NGX_PUSHJOBS_NAME_MAX)
+    {
+        return NULL;
+    }
+
+    a = ngx_alloc(sizeof(ngx_pushjobs_agent_t) + org->len + node->len,
+                  w->log);
+    if (a == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(a, sizeof(ngx_pushjobs_agent_t));
+
+    p = (u_char *) a + sizeof(ngx_pushjobs_agent_t);
+    a->org.data = p;
+    a->org.len = org->len;
+    p = ngx_cpymem(p, org->data, org->len);
+    a->name.data = p;
+    a->name.len = node->len;
+    ngx_memcpy(p, node->data, node->len);
+
+    /* the session's reference, dropped by its close, and the caller's */
+    a->refs = 2;
+    ngx_pushjobs_out_init(&a->out);
+
+    a->log = w->log;
+    a->poll = poll;
+    a->session = ++w->next_session;
+    a->alive = 1;
+
+    ngx_pushjobs_init_timer(&a->ping, ngx_pushjobs_agent_ping_handler, a,
+                            w->log);
+
+    ngx_pushjobs_agent_register(a);
+
+    ngx_pushjobs_store_presence(&a->org, &a->name, a->session, 1);
+
+    ngx_log_error(NGX_LOG_INFO, a->log, 0,
+                  "pushjobs: agent \"%V\" of \"%V\" connected by long-poll, "
+                  "session %uL", &a->name, &a->org, a->session);
+
+    ngx_pushjobs_agent_welcome(a);
+
+    if (!a->closed) {
+        ngx_add_timer(&a->ping, w->pmcf->ping_interval);
+    }
+
+    return a;
+}
+
+
+ngx_pushjobs_poll_t *
+ngx_pushjobs_agent_poll(ngx_pushjobs_agent_t *a)
+{
+    return a->closed ? NULL : a->poll;
+}
+
+
+/* A message of a long-poll body, a JSON object (yajl_val). */
+
+void
+ngx_pushjobs_agent_handle(ngx_pushjobs_agent_t *a, void *msg)
+{
+    if (a->closed) {
+        return;
+    }
+
+    a->alive = 1;
+
+    ngx_pushjobs_agent_dispatch(a, msg);
 }
 
 
@@ -485,6 +568,10 @@ void
 ngx_pushjobs_agent_unref(ngx_pushjobs_agent_t *a)
 {
     if (--a->refs == 0) {
+        if (a->poll) {
+            ngx_pushjobs_poll_free(a->poll);
+        }
+
         ngx_free(a);
     }
 }
@@ -642,7 +729,7 @@ ngx_pushjobs_agent_register(ngx_pushjobs_agent_t *a)
     old = ngx_pushjobs_agent_find(&a->org, &a->name);
 
     if (old) {
-        ngx_log_error(NGX_LOG_INFO, a->connection->log, 0,
+        ngx_log_error(NGX_LOG_INFO, a->log, 0,
                       "pushjobs: agent \"%V\" of \"%V\" replaces its "
                       "session %uL", &a->name, &a->org, old->session);
 
@@ -767,7 +854,7 @@ ngx_pushjobs_agent_detach(ngx_pushjobs_agent_t *a)
 }
 
 
-static void
+void
 ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code)
 {
     u_char               frame[4];
@@ -775,6 +862,21 @@ ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code)
     ngx_http_request_t  *r;
 
     if (a->closed) {
+        return;
+    }
+
+    if (a->poll) {
+        ngx_log_error(NGX_LOG_INFO, a->log, 0,
+                      "pushjobs: closing long-poll agent \"%V\" of \"%V\", "
+                      "session %uL, code %ui", &a->name, &a->org, a->session,
+                      code);
+
+        ngx_pushjobs_agent_detach(a);
+
+        /* answers a held poll with the close code */
+        ngx_pushjobs_poll_close(a->poll, code);
+
+        ngx_pushjobs_agent_unref(a);
         return;
     }
 
@@ -885,7 +987,7 @@ ngx_pushjobs_agent_feed(ngx_pushjobs_agent_t *a, u_char *pos, u_char *last)
         }
 
         if (rc == NGX_ERROR) {
-            ngx_log_error(NGX_LOG_INFO, a->connection->log, 0,
+            ngx_log_error(NGX_LOG_INFO, a->log, 0,
                           "pushjobs: bad frame from agent \"%V\" of \"%V\", "
                           "closing with %ui", &a->name, &a->org,
                           frame.close_code);
@@ -976,8 +1078,21 @@ ngx_pushjobs_agent_ping_handler(ngx_event_t *ev)
         return;
     }
 
+    if (a->poll) {
+        if (ngx_pushjobs_poll_tick(a->poll) != NGX_OK) {
+            ngx_log_error(NGX_LOG_INFO, a->log, 0,
+                          "pushjobs: agent \"%V\" of \"%V\" stopped polling",
+                          &a->name, &a->org);
+            ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_GOING_AWAY);
+            return;
+        }
+
+        ngx_add_timer(&a->ping, ngx_pushjobs_worker->pmcf->ping_interval);
+        return;
+    }
+
     if (!a->alive) {
-        ngx_log_error(NGX_LOG_INFO, a->connection->log, 0,
+        ngx_log_error(NGX_LOG_INFO, a->log, 0,
                       "pushjobs: agent \"%V\" of \"%V\" did not answer the "
                       "last ping", &a->name, &a->org);
         ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_GOING_AWAY);
@@ -1002,17 +1117,28 @@ ngx_pushjobs_agent_send(ngx_pushjobs_agent_t *a, ngx_pushjobs_msg_t *msg)
         return;
     }
 
-    /* a non-empty queue means the write handler is already waiting */
-    waiting = (a->out.head != NULL);
+    if (a->poll) {
+        if (msg->data[0] != (0x80 | NGX_PUSHJOBS_WS_TEXT)) {
+            /* pings and pongs are the websocket's own */
+            return;
+        }
 
-    rc = ngx_pushjobs_out_push(&a->out, msg,
-                               ngx_pushjobs_worker->pmcf->max_queued_output,
-                               a->connection->log);
+        waiting = 1;
+        rc = ngx_pushjobs_poll_send(a->poll, msg);
+
+    } else {
+        /* a non-empty queue means the write handler is already waiting */
+        waiting = (a->out.head != NULL);
+
+        rc = ngx_pushjobs_out_push(&a->out, msg,
+                                 ngx_pushjobs_worker->pmcf->max_queued_output,
+                                 a->log);
+    }
 
     if (rc == NGX_DECLINED) {
-        ngx_log_error(NGX_LOG_WARN, a->connection->log, 0,
-                      "pushjobs: agent \"%V\" of \"%V\" reads too slowly, "
-                      "%uz bytes queued", &a->name, &a->org, a->out.bytes);
+        ngx_log_error(NGX_LOG_WARN, a->log, 0,
+                      "pushjobs: agent \"%V\" of \"%V\" reads too slowly",
+                      &a->name, &a->org);
         ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_POLICY);
         return;
     }
@@ -1051,6 +1177,41 @@ ngx_pushjobs_agent_send_text(ngx_pushjobs_agent_t *a, u_char *data,
 
 
 static void
+ngx_pushjobs_agent_welcome(ngx_pushjobs_agent_t *a)
+{
+    u_char                    *p;
+    ngx_pushjobs_worker_t     *w;
+    ngx_pushjobs_main_conf_t  *pmcf;
+    u_char                     buf[6 * 2 * NGX_PUSHJOBS_NAME_MAX + 256];
+
+    w = ngx_pushjobs_worker;
+    pmcf = w->pmcf;
+
+    p = ngx_cpymem(buf, "{\"type\":\"welcome\",\"v\":1,\"node\":",
+                   sizeof("{\"type\":\"welcome\",\"v\":1,\"node\":") - 1);
+    p = ngx_pushjobs_store_json_name(p, &a->name);
+    p = ngx_cpymem(p, ",\"org\":", sizeof(",\"org\":") - 1);
+    p = ngx_pushjobs_store_json_name(p, &a->org);
+    p = ngx_cpymem(p, ",\"server\":", sizeof(",\"server\":") - 1);
+    p = ngx_pushjobs_store_json_name(p, pmcf->server_name.len
+                                        <= NGX_PUSHJOBS_NAME_MAX
+                                        ? &pmcf->server_name
+                                        : &w->cycle->hostname);
+    p = ngx_sprintf(p, ",\"ping_interval\":%M,\"max_message_size\":%uz",
+                    pmcf->ping_interval / 1000, pmcf->max_message_size);
+
+    if (a->poll) {
+        p = ngx_sprintf(p, ",\"poll_timeout\":%d",
+                        NGX_PUSHJOBS_POLL_HOLD / 1000);
+    }
+
+    *p++ = '}';
+
+    ngx_pushjobs_agent_send_text(a, buf, p - buf);
+}
+
+
+static void
 ngx_pushjobs_agent_send_job(ngx_pushjobs_agent_t *a, const char *type,
     u_char *job_id, const char *extra)
 {
@@ -1067,22 +1228,34 @@ ngx_pushjobs_agent_send_job(ngx_pushjobs_agent_t *a, const char *type,
 static void
 ngx_pushjobs_agent_message(ngx_pushjobs_agent_t *a, ngx_str_t *payload)
 {
-    ngx_str_t                   s, job_id;
-    ngx_uint_t                  i, type;
-    yajl_val                    msg;
-    ngx_pushjobs_agent_type_t  *t;
+    yajl_val  msg;
 
     msg = ngx_pushjobs_json_parse(payload->data, payload->len,
-                                  a->connection->log);
+                                  a->log);
 
     if (msg == NULL || !YAJL_IS_OBJECT(msg)) {
-        ngx_log_error(NGX_LOG_INFO, a->connection->log, 0,
+        ngx_log_error(NGX_LOG_INFO, a->log, 0,
                       "pushjobs: agent \"%V\" of \"%V\" sent a frame that "
                       "is not a JSON object", &a->name, &a->org);
         ngx_pushjobs_json_free(msg);
         ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_INVALID);
         return;
     }
+
+    ngx_pushjobs_agent_dispatch(a, msg);
+
+    ngx_pushjobs_json_free(msg);
+}
+
+
+/* One message of the agent, a JSON object, whatever its transport. */
+
+static void
+ngx_pushjobs_agent_dispatch(ngx_pushjobs_agent_t *a, yajl_val msg)
+{
+    ngx_str_t                   s, job_id;
+    ngx_uint_t                  i, type;
+    ngx_pushjobs_agent_type_t  *t;
 
     type = NGX_PUSHJOBS_MSG_UNKNOWN;
 
@@ -1100,7 +1273,7 @@ ngx_pushjobs_agent_message(ngx_pushjobs_agent_t *a, ngx_str_t *payload)
     }
 
     if (type == NGX_PUSHJOBS_MSG_UNKNOWN) {
-        ngx_log_error(NGX_LOG_INFO, a->connection->log, 0,
+        ngx_log_error(NGX_LOG_INFO, a->log, 0,
                       "pushjobs: agent \"%V\" of \"%V\" sent a message of "
                       "unknown type, ignored", &a->name, &a->org);
         goto done;
@@ -1116,7 +1289,7 @@ ngx_pushjobs_agent_message(ngx_pushjobs_agent_t *a, ngx_str_t *payload)
         != NGX_OK
         || !ngx_pushjobs_agent_valid_id(&job_id))
     {
-        ngx_log_error(NGX_LOG_INFO, a->connection->log, 0,
+        ngx_log_error(NGX_LOG_INFO, a->log, 0,
                       "pushjobs: agent \"%V\" of \"%V\" sent a message "
                       "without a valid job_id, ignored", &a->name, &a->org);
         goto done;
@@ -1157,7 +1330,7 @@ ngx_pushjobs_agent_message(ngx_pushjobs_agent_t *a, ngx_str_t *payload)
 
 done:
 
-    ngx_pushjobs_json_free(msg);
+    return;
 }
 
 
@@ -1279,7 +1452,7 @@ ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a, ngx_uint_t type,
         err_len = ngx_pushjobs_agent_output(err, cap, &truncated);
 
         if (out_len == (size_t) -1 || err_len == (size_t) -1) {
-            ngx_log_error(NGX_LOG_WARN, a->connection->log, 0,
+            ngx_log_error(NGX_LOG_WARN, a->log, 0,
                           "pushjobs: agent \"%V\" of \"%V\" sent output that "
                           "is not base64, dropped", &a->name, &a->org);
             out = NULL;
@@ -1296,7 +1469,7 @@ ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a, ngx_uint_t type,
 
     len = 2 * 6 * NGX_PUSHJOBS_NAME_MAX + 256 + out_len + err_len;
 
-    buf = ngx_alloc(len, a->connection->log);
+    buf = ngx_alloc(len, a->log);
     if (buf == NULL) {
         ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_SERVER_ERROR);
         return;
@@ -1341,7 +1514,7 @@ ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a, ngx_uint_t type,
     ngx_memcpy(item.job_id, job_id->data, NGX_PUSHJOBS_JOB_ID_LEN);
 
     if (ngx_pushjobs_store_input(&item, &json) != NGX_OK) {
-        ngx_log_error(NGX_LOG_ERR, a->connection->log, 0,
+        ngx_log_error(NGX_LOG_ERR, a->log, 0,
                       "pushjobs: could not queue a \"%s\" of agent \"%V\" "
                       "of \"%V\"", t->name, &a->name, &a->org);
     }

@@ -40,6 +40,7 @@
 #define NGX_PUSHJOBS_CONFIG_LIFETIME     3600
 
 #define NGX_PUSHJOBS_ROUTE_STATUS        11
+#define NGX_PUSHJOBS_ROUTE_AGENT_POLL    12
 
 #define NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE    406
 #define NGX_HTTP_PUSHJOBS_UPGRADE_REQUIRED  426
@@ -152,6 +153,7 @@ static ngx_str_t  ngx_pushjobs_octet_stream =
 ngx_int_t
 ngx_pushjobs_api_handler(ngx_http_request_t *r)
 {
+    size_t                     max;
     ngx_int_t                  rc;
     ngx_pushjobs_api_ctx_t    *ctx;
     ngx_pushjobs_loc_conf_t   *plcf;
@@ -211,12 +213,16 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
     }
 
     if (r->method == NGX_HTTP_POST) {
-        if (r->headers_in.content_length_n > (off_t) pmcf->max_body_size) {
+        /* a long-poll body holds agent messages: capped like a frame */
+        max = (ctx->route == NGX_PUSHJOBS_ROUTE_AGENT_POLL)
+              ? pmcf->max_message_size : pmcf->max_body_size;
+
+        if (r->headers_in.content_length_n > (off_t) max) {
             ngx_http_discard_request_body(r);
             return ngx_pushjobs_json_error(r,
                                    NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, 0,
                                    "JSON must be no more than %uz bytes.",
-                                   pmcf->max_body_size);
+                                   max);
         }
 
         if (r->headers_in.chunked) {
@@ -388,6 +394,14 @@ ngx_pushjobs_api_route(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
         return NGX_OK;
     }
 
+    if (ngx_pushjobs_seg_is(seg[2], "agent") && n == 4
+        && ngx_pushjobs_seg_is(seg[3], "poll"))
+    {
+        ctx->route = NGX_PUSHJOBS_ROUTE_AGENT_POLL;
+        ctx->methods = NGX_HTTP_POST;
+        return NGX_OK;
+    }
+
 #undef ngx_pushjobs_seg_is
 
     return NGX_DECLINED;
@@ -505,13 +519,16 @@ static ngx_int_t
 ngx_pushjobs_api_read_body(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
     u_char                    *p;
-    size_t                     len;
+    size_t                     len, max;
     ssize_t                    n;
     ngx_buf_t                 *b;
     ngx_chain_t               *cl;
     ngx_pushjobs_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    max = (ctx->route == NGX_PUSHJOBS_ROUTE_AGENT_POLL)
+          ? pmcf->max_message_size : pmcf->max_body_size;
 
     ngx_str_null(&ctx->body);
 
@@ -527,10 +544,10 @@ ngx_pushjobs_api_read_body(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
                           : (size_t) (b->last - b->pos);
     }
 
-    if (len > pmcf->max_body_size) {
+    if (len > max) {
         return ngx_pushjobs_json_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, 0,
                                        "JSON must be no more than %uz bytes.",
-                                       pmcf->max_body_size);
+                                       max);
     }
 
     cl = r->request_body->bufs;
@@ -1293,6 +1310,7 @@ ngx_pushjobs_api_authorize(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
     switch (ctx->route) {
 
     case NGX_PUSHJOBS_ROUTE_AGENT:
+    case NGX_PUSHJOBS_ROUTE_AGENT_POLL:
 
         /* an agent acts only as itself: the node is the signing client */
 
@@ -1703,6 +1721,11 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
         return ngx_pushjobs_json_error(r, rc, 1,
                                        "cannot open the agent channel");
+
+    case NGX_PUSHJOBS_ROUTE_AGENT_POLL:
+
+        return ngx_pushjobs_poll_handler(r, &ctx->org, &ctx->auth.user_id,
+                                         &ctx->body);
 
     case NGX_PUSHJOBS_ROUTE_FEED:
     case NGX_PUSHJOBS_ROUTE_JOB_FEED:

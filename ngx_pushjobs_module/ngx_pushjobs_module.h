@@ -63,6 +63,12 @@
 #define NGX_PUSHJOBS_WS_SERVER_ERROR   1011
 #define NGX_PUSHJOBS_WS_REPLACED       4000
 
+/* Agent channel close codes of long-poll sessions only (docs/protocol.md). */
+#define NGX_PUSHJOBS_POLL_UNKNOWN      4001
+
+/* How long a long-poll request is held when nothing is queued, in ms. */
+#define NGX_PUSHJOBS_POLL_HOLD         25000
+
 /* The longest websocket frame header a server writes: 2 + 8 bytes. */
 #define NGX_PUSHJOBS_WS_HEADER_MAX     10
 
@@ -71,6 +77,7 @@ typedef struct ngx_pushjobs_worker_s    ngx_pushjobs_worker_t;
 typedef struct ngx_pushjobs_out_link_s  ngx_pushjobs_out_link_t;
 typedef struct ngx_pushjobs_agent_s     ngx_pushjobs_agent_t;
 typedef struct ngx_pushjobs_pg_query_s  ngx_pushjobs_pg_query_t;
+typedef struct ngx_pushjobs_poll_s      ngx_pushjobs_poll_t;
 
 
 /* Configuration. */
@@ -336,6 +343,7 @@ ngx_int_t ngx_pushjobs_out_push(ngx_pushjobs_out_t *out,
     ngx_pushjobs_msg_t *msg, size_t max, ngx_log_t *log);
 ngx_int_t ngx_pushjobs_out_flush(ngx_pushjobs_out_t *out,
     ngx_http_request_t *r);
+ngx_pushjobs_msg_t *ngx_pushjobs_out_pop(ngx_pushjobs_out_t *out);
 void ngx_pushjobs_out_free(ngx_pushjobs_out_t *out);
 
 /* ngx_pushjobs_api.c */
@@ -363,6 +371,20 @@ void ngx_pushjobs_agent_hello_done(ngx_pushjobs_store_item_t *item,
     ngx_str_t *job_id, ngx_str_t *action, ngx_str_t *message);
 void ngx_pushjobs_agent_republish(void);
 void ngx_pushjobs_agent_close_all(void);
+void ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code);
+ngx_pushjobs_agent_t *ngx_pushjobs_agent_open_poll(ngx_str_t *org,
+    ngx_str_t *node, ngx_pushjobs_poll_t *poll);
+ngx_pushjobs_poll_t *ngx_pushjobs_agent_poll(ngx_pushjobs_agent_t *a);
+void ngx_pushjobs_agent_handle(ngx_pushjobs_agent_t *a, void *msg);
+
+/* ngx_pushjobs_poll.c */
+ngx_int_t ngx_pushjobs_poll_handler(ngx_http_request_t *r, ngx_str_t *org,
+    ngx_str_t *node, ngx_str_t *body);
+ngx_int_t ngx_pushjobs_poll_send(ngx_pushjobs_poll_t *p,
+    ngx_pushjobs_msg_t *msg);
+ngx_int_t ngx_pushjobs_poll_tick(ngx_pushjobs_poll_t *p);
+void ngx_pushjobs_poll_close(ngx_pushjobs_poll_t *p, ngx_uint_t code);
+void ngx_pushjobs_poll_free(ngx_pushjobs_poll_t *p);
 
 /* ngx_pushjobs_sse.c */
 ngx_int_t ngx_pushjobs_feed_open(ngx_http_request_t *r, ngx_str_t *org,

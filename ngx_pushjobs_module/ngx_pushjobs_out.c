@@ -177,6 +177,37 @@ again:
 }
 
 
+/*
+ * Takes the first message off a queue that is not written to a socket (a
+ * long-poll session's); the caller releases it.  NULL when empty.
+ */
+
+ngx_pushjobs_msg_t *
+ngx_pushjobs_out_pop(ngx_pushjobs_out_t *out)
+{
+    ngx_pushjobs_msg_t       *msg;
+    ngx_pushjobs_out_link_t  *l;
+
+    l = out->head;
+
+    if (l == NULL) {
+        return NULL;
+    }
+
+    out->head = l->next;
+    if (out->head == NULL) {
+        out->tail = &out->head;
+    }
+
+    msg = l->msg;
+    out->bytes -= msg->len;
+
+    ngx_free(l);
+
+    return msg;
+}
+
+
 void
 ngx_pushjobs_out_free(ngx_pushjobs_out_t *out)
 {
