@@ -100,6 +100,8 @@ static void ngx_pushjobs_agent_org_add(ngx_str_t *org, ngx_int_t n);
 static void ngx_pushjobs_agent_cleanup(void *data);
 static void ngx_pushjobs_agent_detach(ngx_pushjobs_agent_t *a);
 static void ngx_pushjobs_agent_read_handler(ngx_http_request_t *r);
+static ngx_pushjobs_agent_t *ngx_pushjobs_agent_create(ngx_str_t *org,
+    ngx_str_t *node, ngx_log_t *log);
 static ngx_int_t ngx_pushjobs_agent_feed(ngx_pushjobs_agent_t *a,
     u_char *pos, u_char *last);
 static void ngx_pushjobs_agent_write_handler(ngx_http_request_t *r);
@@ -149,7 +151,6 @@ ngx_int_t
 ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
     ngx_str_t *node)
 {
-    u_char                    *p;
     ngx_int_t                  rc;
     ngx_connection_t          *c;
     ngx_http_cleanup_t        *cln;
@@ -184,24 +185,10 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
         }
     }
 
-    a = ngx_alloc(sizeof(ngx_pushjobs_agent_t) + org->len + node->len,
-                  w->log);
+    a = ngx_pushjobs_agent_create(org, node, w->log);
     if (a == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    ngx_memzero(a, sizeof(ngx_pushjobs_agent_t));
-
-    p = (u_char *) a + sizeof(ngx_pushjobs_agent_t);
-    a->org.data = p;
-    a->org.len = org->len;
-    p = ngx_cpymem(p, org->data, org->len);
-    a->name.data = p;
-    a->name.len = node->len;
-    ngx_memcpy(p, node->data, node->len);
-
-    a->refs = 1;
-    ngx_pushjobs_out_init(&a->out);
 
     cln = ngx_http_cleanup_add(r, 0);
     if (cln == NULL) {
@@ -300,7 +287,6 @@ ngx_pushjobs_agent_t *
 ngx_pushjobs_agent_open_poll(ngx_str_t *org, ngx_str_t *node,
     ngx_pushjobs_poll_t *poll)
 {
-    u_char                 *p;
     ngx_pushjobs_agent_t   *a;
     ngx_pushjobs_worker_t  *w;
 
@@ -312,25 +298,13 @@ ngx_pushjobs_agent_open_poll(ngx_str_t *org, ngx_str_t *node,
         return NULL;
     }
 
-    a = ngx_alloc(sizeof(ngx_pushjobs_agent_t) + org->len + node->len,
-                  w->log);
+    a = ngx_pushjobs_agent_create(org, node, w->log);
     if (a == NULL) {
         return NULL;
     }
 
-    ngx_memzero(a, sizeof(ngx_pushjobs_agent_t));
-
-    p = (u_char *) a + sizeof(ngx_pushjobs_agent_t);
-    a->org.data = p;
-    a->org.len = org->len;
-    p = ngx_cpymem(p, org->data, org->len);
-    a->name.data = p;
-    a->name.len = node->len;
-    ngx_memcpy(p, node->data, node->len);
-
     /* the session's reference, dropped by its close, and the caller's */
     a->refs = 2;
-    ngx_pushjobs_out_init(&a->out);
 
     a->log = w->log;
     a->poll = poll;
@@ -377,6 +351,36 @@ ngx_pushjobs_agent_handle(ngx_pushjobs_agent_t *a, void *msg)
     a->alive = 1;
 
     ngx_pushjobs_agent_dispatch(a, msg);
+}
+
+
+/* A channel object with its names, one reference, an empty queue. */
+
+static ngx_pushjobs_agent_t *
+ngx_pushjobs_agent_create(ngx_str_t *org, ngx_str_t *node, ngx_log_t *log)
+{
+    u_char                *p;
+    ngx_pushjobs_agent_t  *a;
+
+    a = ngx_alloc(sizeof(ngx_pushjobs_agent_t) + org->len + node->len, log);
+    if (a == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(a, sizeof(ngx_pushjobs_agent_t));
+
+    p = (u_char *) a + sizeof(ngx_pushjobs_agent_t);
+    a->org.data = p;
+    a->org.len = org->len;
+    p = ngx_cpymem(p, org->data, org->len);
+    a->name.data = p;
+    a->name.len = node->len;
+    ngx_memcpy(p, node->data, node->len);
+
+    a->refs = 1;
+    ngx_pushjobs_out_init(&a->out);
+
+    return a;
 }
 
 
