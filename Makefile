@@ -69,6 +69,14 @@ $(BUILD)/pushjobs-agent: $(AGENT_SRCS) $(AGENT_HDRS)
 	@mkdir -p $(BUILD)
 	$(CC) $(AGENT_CFLAGS) $(AGENT_CPPFLAGS) -o $@ $(AGENT_SRCS) $(AGENT_LDLIBS)
 
+# the load agent of the benchmarks (bench/README.md): make bench
+.PHONY: bench
+bench: $(BUILD)/pushjobs-loadagent
+
+$(BUILD)/pushjobs-loadagent: bench/loadagent.c
+	@mkdir -p $(BUILD)
+	$(CC) $(AGENT_CFLAGS) -o $@ bench/loadagent.c -lssl -lcrypto
+
 # Debian packages for the build and the local stack (apt-get, when missing)
 deps:
 	stack/install-deps
