@@ -30,7 +30,6 @@ CREATE TABLE pushjobs.jobs (
     voting_deadline  timestamptz,
     run_deadline     timestamptz,
     abort_requested  boolean NOT NULL DEFAULT false,
-    event_seq        integer NOT NULL DEFAULT 0,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
