@@ -311,6 +311,13 @@ ngx_pushjobs_feed_headers(ngx_http_request_t *r)
 
     r->keepalive = 0;
 
+#if (NGX_HTTP_SSL)
+    /* a long-lived stream: no 16k TLS buffer kept per feed (see ws.c) */
+    if (r->connection->ssl) {
+        r->connection->ssl->buffer = 0;
+    }
+#endif
+
     rc = ngx_http_send_header(r);
 
     if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {

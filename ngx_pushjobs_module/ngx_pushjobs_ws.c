@@ -249,6 +249,17 @@ ngx_pushjobs_ws_handshake(ngx_http_request_t *r)
 
     c->log->action = "serving websocket channel";
 
+#if (NGX_HTTP_SSL)
+    /*
+     * Frames are written unbuffered (ngx_pushjobs_out_flush); without this
+     * the 101 would make nginx allocate an ssl_buffer_size (16k) buffer
+     * from the connection's pool, held as long as the channel lives.
+     */
+    if (c->ssl) {
+        c->ssl->buffer = 0;
+    }
+#endif
+
     rc = ngx_http_send_header(r);
 
     if (rc == NGX_ERROR || rc > NGX_OK) {
