@@ -218,36 +218,17 @@ ngx_int_t
 ngx_pushjobs_api_version_header(ngx_http_request_t *r)
 {
     u_char           *p;
-    ngx_uint_t        i, version;
-    ngx_list_part_t  *part;
+    ngx_uint_t        version;
     ngx_table_elt_t  *h;
 
     version = 0;
 
-    part = &r->headers_in.headers.part;
-    h = part->elts;
+    h = ngx_pushjobs_header(r, "X-Ops-Server-API-Version");
 
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == sizeof("X-Ops-Server-API-Version") - 1
-            && ngx_strncasecmp(h[i].key.data,
-                               (u_char *) "X-Ops-Server-API-Version",
-                               h[i].key.len) == 0
-            && h[i].value.len == 1
-            && h[i].value.data[0] >= '0' && h[i].value.data[0] <= '2')
-        {
-            version = h[i].value.data[0] - '0';
-        }
+    if (h && h->value.len == 1
+        && h->value.data[0] >= '0' && h->value.data[0] <= '2')
+    {
+        version = h->value.data[0] - '0';
     }
 
     h = ngx_list_push(&r->headers_out.headers);
