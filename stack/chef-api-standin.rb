@@ -959,6 +959,14 @@ module ChefApiStandin
     )
     File.write(opts[:pid], "#{Process.pid}\n") if opts[:pid]
     http.mount("/", Servlet, app)
+    # WEBrick writes a response's head and body separately: without
+    # TCP_NODELAY (inherited by accepted sockets on Linux) Nagle's algorithm
+    # and the peer's delayed ACK hold the body ~40 ms on a kept-alive
+    # connection, which every request through nginx's upstream keepalive
+    # would pay.
+    http.listeners.each do |l|
+      l.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_NODELAY, 1)
+    end
     port = http.listeners.first.addr[1]
     %w{TERM INT}.each { |sig| trap(sig) { http.shutdown } }
     app.log("chef-api-standin (TEST STAND-IN for erchef) listening on #{opts[:listen]}:#{port} pid #{Process.pid}")

@@ -22,6 +22,7 @@ use IO::Socket::INET;
 use IPC::Open2 qw(open2);
 use JSON::PP;
 use POSIX qw(:sys_wait_h);
+use Socket ();
 use Time::HiRes qw(time sleep);
 
 our $ROOT = abs_path(dirname(__FILE__) . '/../../..');
@@ -491,6 +492,19 @@ sub stop_nginx {
 }
 
 sub frontends { sort keys %{ $_[0]{fe} } }
+
+# HTTP::Tiny writes a request's head and body separately: without
+# TCP_NODELAY, Nagle's algorithm and nginx's delayed ACK add ~40 ms to every
+# request with a body.
+{
+    no warnings 'redefine';
+    my $connect = \&HTTP::Tiny::Handle::connect;
+    *HTTP::Tiny::Handle::connect = sub {
+        my $h = $connect->(@_);
+        setsockopt($h->{fh}, Socket::IPPROTO_TCP(), Socket::TCP_NODELAY(), 1);
+        return $h;
+    };
+}
 
 sub http {
     my ($self) = @_;
