@@ -84,6 +84,7 @@ ngx_pushjobs_feed_open(ngx_http_request_t *r, ngx_str_t *org, ngx_str_t *job,
     size_t                len;
     int64_t               last;
     ngx_int_t             rc;
+    ngx_uint_t            summary;
     ngx_str_t             name, id, data;
     ngx_pushjobs_feed_t  *f;
 
@@ -99,31 +100,14 @@ ngx_pushjobs_feed_open(ngx_http_request_t *r, ngx_str_t *org, ngx_str_t *job,
                                            "not found");
         }
 
-        if (ngx_strcmp(p, "summary") == 0) {
-            rc = ngx_pushjobs_feed_headers(r);
-            if (rc != NGX_OK) {
-                return rc;
-            }
+        /*
+         * "summary": the job ended a while ago, one summary event;
+         * "ended": the job ended and the client has seen its last event.
+         */
 
-            f = ngx_pushjobs_feed_create(r, org, job, 0);
-            if (f == NULL) {
-                return NGX_ERROR;
-            }
+        summary = (ngx_strcmp(p, "summary") == 0);
 
-            ngx_str_set(&name, "summary");
-            ngx_str_set(&id, "job-1");
-            data.data = (u_char *) PQgetvalue(res, 0, 2);
-            data.len = PQgetlength(res, 0, 2);
-
-            f->finished = 1;
-            ngx_pushjobs_feed_event(f, &name, &id, &data);
-
-            return NGX_DONE;
-        }
-
-        if (ngx_strcmp(p, "ended") == 0) {
-            /* the job ended and the client has seen its last event */
-
+        if (summary || ngx_strcmp(p, "ended") == 0) {
             rc = ngx_pushjobs_feed_headers(r);
             if (rc != NGX_OK) {
                 return rc;
@@ -135,7 +119,18 @@ ngx_pushjobs_feed_open(ngx_http_request_t *r, ngx_str_t *org, ngx_str_t *job,
             }
 
             f->finished = 1;
-            ngx_pushjobs_feed_send(f, NULL, 0);
+
+            if (summary) {
+                ngx_str_set(&name, "summary");
+                ngx_str_set(&id, "job-1");
+                data.data = (u_char *) PQgetvalue(res, 0, 2);
+                data.len = PQgetlength(res, 0, 2);
+
+                ngx_pushjobs_feed_event(f, &name, &id, &data);
+
+            } else {
+                ngx_pushjobs_feed_send(f, NULL, 0);
+            }
 
             return NGX_DONE;
         }
