@@ -93,6 +93,23 @@ sub ghost_next {
     return undef;
 }
 
+# A `sleep 30` job on the fake agent, walked through commit and run;
+# returns its id once the job shows the node running.
+sub ghost_running {
+    my ($ws) = @_;
+    my $id = $stack->start_job({ command => 'sleep 30', nodes => ['ghost'] });
+    my $msg = ghost_next($ws, 'commit');
+    is $msg->{job_id}, $id, 'ghost: commit';
+    ghost_send($ws, 'ack_commit', $id);
+    $msg = ghost_next($ws, 'run');
+    is $msg->{job_id}, $id, 'ghost: run';
+    ghost_send($ws, 'ack_run', $id);
+    ok PushJobs::Stack::wait_for(10, sub {
+        ($stack->job($id)->{nodes}{running} // [])->[0]
+    }, 0.1), 'ghost running';
+    return $id;
+}
+
 sub ghost_connect {
     my ($ws, $status) = PushJobs::WS->connect($stack, 'ghost',
         extra => PushJobs::WS::frame(1, $hello));
@@ -217,16 +234,8 @@ ok $json->decode($abort_ev->[1])->{force}, 'abort event says forced';
 
 my $ws = ghost_connect();
 
-$id = $stack->start_job({ command => 'sleep 30', nodes => ['ghost'] });
-my $msg = ghost_next($ws, 'commit');
-is $msg->{job_id}, $id, 'ghost: commit';
-ghost_send($ws, 'ack_commit', $id);
-$msg = ghost_next($ws, 'run');
-is $msg->{job_id}, $id, 'ghost: run';
-ghost_send($ws, 'ack_run', $id);
-ok PushJobs::Stack::wait_for(10, sub {
-    ($stack->job($id)->{nodes}{running} // [])->[0]
-}, 0.1), 'ghost running';
+$id = ghost_running($ws);
+my $msg;
 
 $res = abort_job($id);
 is $res->{status}, 202, 'abort: 202';
@@ -288,14 +297,7 @@ ok !sleeps_of($nodes[0], 30), "$nodes[0] never ran the command";
 # --- agents gone ----------------------------------------------------------
 
 # gone before the abort: nothing to reach, aborted at once
-$id = $stack->start_job({ command => 'sleep 30', nodes => ['ghost'] });
-$msg = ghost_next($ws, 'commit');
-ghost_send($ws, 'ack_commit', $id);
-ghost_next($ws, 'run');
-ghost_send($ws, 'ack_run', $id);
-ok PushJobs::Stack::wait_for(10, sub {
-    ($stack->job($id)->{nodes}{running} // [])->[0]
-}, 0.1), 'ghost running';
+$id = ghost_running($ws);
 $ws->close;
 ok PushJobs::Stack::wait_for(10, sub {
     my $r = $stack->request('GET',
@@ -309,14 +311,7 @@ is_deeply $res->{json}{nodes}, { aborted => ['ghost'] }, '  node aborted';
 
 # gone after the abort, before answering: aborted, not crashed
 $ws = ghost_connect();
-$id = $stack->start_job({ command => 'sleep 30', nodes => ['ghost'] });
-$msg = ghost_next($ws, 'commit');
-ghost_send($ws, 'ack_commit', $id);
-ghost_next($ws, 'run');
-ghost_send($ws, 'ack_run', $id);
-ok PushJobs::Stack::wait_for(10, sub {
-    ($stack->job($id)->{nodes}{running} // [])->[0]
-}, 0.1), 'ghost running';
+$id = ghost_running($ws);
 $res = abort_job($id);
 is $res->{status}, 202, 'abort: 202';
 ghost_next($ws, 'abort');
