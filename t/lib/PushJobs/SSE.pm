@@ -48,7 +48,6 @@ sub open {
 
     my $req = "$method $path HTTP/1.1\r\n"
               . join('', map { "$_: $h{$_}\r\n" } sort keys %h) . "\r\n";
-    utf8::downgrade($req);
     print $sock $req;
 
     my $self = bless {

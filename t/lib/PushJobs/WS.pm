@@ -44,7 +44,6 @@ sub connect {
 
     my $req = "GET $path HTTP/1.1\r\n"
               . join('', map { "$_: $h{$_}\r\n" } sort keys %h) . "\r\n";
-    utf8::downgrade($req);
     print $sock $req . ($a{extra} // '');
 
     my $self = bless { sock => $sock, buf => '' }, $class;
@@ -122,7 +121,6 @@ sub frame {
 sub send_raw {
     my ($self, $bytes) = @_;
     local $SIG{PIPE} = 'IGNORE';
-    utf8::downgrade($bytes);
     print { $self->{sock} } $bytes;
 }
 
