@@ -9,11 +9,15 @@
  * websocket read and write loops of each channel, and the agent side of the
  * protocol (docs/protocol.md).
  *
- * After the 101 the request is held until the channel closes; the channel
- * then does its own I/O with c->recv()/c->send() (TLS included).  An agent
- * object outlives its request while batched writes still refer to it, so it
- * is reference counted; it owns no buffer while idle.  Every frame sent is
- * a refcounted message, framed once and shared by all agents it goes to.
+ * The channel does its own I/O with c->recv()/c->send() (TLS included).
+ * Once the 101 is on the wire the HTTP request is released, as nginx does
+ * between keepalive requests: the access log gets its line, the request's
+ * pool and the header buffers are freed, and the connection's handlers
+ * become the channel's.  An idle channel then costs its TLS state, the
+ * connection's small pool and the agent object.  An agent object outlives
+ * its connection while batched writes still refer to it, so it is reference
+ * counted; it owns no buffer while idle.  Every frame sent is a refcounted
+ * message, framed once and shared by all agents it goes to.
  */
 
 
@@ -58,9 +62,11 @@ struct ngx_pushjobs_agent_s {
     ngx_str_t                   name;
     uint64_t                    session;
 
+    /* until the channel has released its HTTP request */
     ngx_http_request_t         *request;
     ngx_connection_t           *connection;
     ngx_log_t                  *log;
+    ngx_msec_t                  send_timeout;
 
     /* a long-poll session (ngx_pushjobs_poll.c), NULL for a websocket */
     ngx_pushjobs_poll_t        *poll;
@@ -99,12 +105,19 @@ static void ngx_pushjobs_agent_unregister(ngx_pushjobs_agent_t *a);
 static void ngx_pushjobs_agent_org_add(ngx_str_t *org, ngx_int_t n);
 static void ngx_pushjobs_agent_cleanup(void *data);
 static void ngx_pushjobs_agent_detach(ngx_pushjobs_agent_t *a);
-static void ngx_pushjobs_agent_read_handler(ngx_http_request_t *r);
+static void ngx_pushjobs_agent_release(ngx_event_t *wev);
+static void ngx_pushjobs_agent_gone(void *data);
+static void ngx_pushjobs_agent_read_request(ngx_http_request_t *r);
+static void ngx_pushjobs_agent_read_event(ngx_event_t *rev);
+static void ngx_pushjobs_agent_read(ngx_pushjobs_agent_t *a);
 static ngx_pushjobs_agent_t *ngx_pushjobs_agent_create(ngx_str_t *org,
     ngx_str_t *node, ngx_log_t *log);
 static ngx_int_t ngx_pushjobs_agent_feed(ngx_pushjobs_agent_t *a,
     u_char *pos, u_char *last);
-static void ngx_pushjobs_agent_write_handler(ngx_http_request_t *r);
+static void ngx_pushjobs_agent_write_request(ngx_http_request_t *r);
+static void ngx_pushjobs_agent_write_event(ngx_event_t *wev);
+static void ngx_pushjobs_agent_write(ngx_pushjobs_agent_t *a);
+static ngx_int_t ngx_pushjobs_agent_flush(ngx_pushjobs_agent_t *a);
 static void ngx_pushjobs_agent_ping_handler(ngx_event_t *ev);
 static void ngx_pushjobs_agent_send(ngx_pushjobs_agent_t *a,
     ngx_pushjobs_msg_t *msg);
@@ -146,6 +159,9 @@ static u_char              *ngx_pushjobs_agent_buf;
 static ngx_array_t         *ngx_pushjobs_agent_orgs;
 static ngx_pushjobs_msg_t  *ngx_pushjobs_agent_ping_msg;
 
+/* the HTTP/1.x connection write handler, given back if a release fails */
+static ngx_event_handler_pt  ngx_pushjobs_agent_http_write;
+
 
 ngx_int_t
 ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
@@ -156,6 +172,7 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
     ngx_http_cleanup_t        *cln;
     ngx_pushjobs_agent_t      *a;
     ngx_pushjobs_worker_t     *w;
+    ngx_http_core_loc_conf_t  *clcf;
     ngx_pushjobs_main_conf_t  *pmcf;
 
     w = ngx_pushjobs_worker;
@@ -209,9 +226,12 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
     /* from now on the request's context is the channel */
     ngx_http_set_ctx(r, a, ngx_pushjobs_module);
 
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
     a->request = r;
     a->connection = c;
     a->log = c->log;
+    a->send_timeout = clcf->send_timeout;
     a->session = ++w->next_session;
     a->alive = 1;
 
@@ -230,8 +250,17 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
 
     (void) ngx_tcp_nodelay(c);
 
-    r->read_event_handler = ngx_pushjobs_agent_read_handler;
-    r->write_event_handler = ngx_pushjobs_agent_write_handler;
+    r->read_event_handler = ngx_pushjobs_agent_read_request;
+    r->write_event_handler = ngx_pushjobs_agent_write_request;
+
+    /*
+     * The request is released from the write event, posted: not here,
+     * where the callers up the stack still use it.
+     */
+
+    ngx_pushjobs_agent_http_write = c->write->handler;
+    c->write->handler = ngx_pushjobs_agent_release;
+    ngx_post_event(c->write, &ngx_posted_events);
 
     /* a reload or shutdown closes idle connections: let it close ours */
     c->idle = 1;
@@ -816,14 +845,17 @@ ngx_pushjobs_agent_org_add(ngx_str_t *org, ngx_int_t n)
 }
 
 
-/* The request is being freed: by nginx (shutdown, reload), or by us. */
+/*
+ * The request is being freed while the channel still holds it: by nginx
+ * (shutdown, reload), or by us.  Not when the channel releases it.
+ */
 
 static void
 ngx_pushjobs_agent_cleanup(void *data)
 {
     ngx_pushjobs_agent_t *a = data;
 
-    if (a->closed) {
+    if (a->closed || a->request == NULL) {
         return;
     }
 
@@ -863,6 +895,7 @@ ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code)
 {
     u_char               frame[4];
     ngx_connection_t    *c;
+    ngx_pool_cleanup_t  *cln;
     ngx_http_request_t  *r;
 
     if (a->closed) {
@@ -896,8 +929,8 @@ ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code)
      * connection is broken.
      */
 
-    if (code && a->out.sent == 0 && !c->error && r->out == NULL
-        && !c->buffered)
+    if (code && a->out.sent == 0 && !c->error && !c->buffered
+        && (r == NULL || r->out == NULL))
     {
         frame[0] = 0x80 | NGX_PUSHJOBS_WS_CLOSE;
         frame[1] = 2;
@@ -909,28 +942,208 @@ ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code)
 
     ngx_pushjobs_agent_detach(a);
 
-    ngx_http_finalize_request(r, NGX_ERROR);
-    ngx_http_run_posted_requests(c);
+    if (r) {
+        ngx_http_finalize_request(r, NGX_ERROR);
+        ngx_http_run_posted_requests(c);
+
+    } else {
+        /* the pool cleanup must not see the agent after our unref below */
+
+        for (cln = c->pool->cleanup; cln; cln = cln->next) {
+            if (cln->handler == ngx_pushjobs_agent_gone && cln->data == a) {
+                cln->handler = NULL;
+            }
+        }
+
+        ngx_http_close_connection(c);
+    }
 
     /* the reference the channel held */
     ngx_pushjobs_agent_unref(a);
 }
 
 
+/*
+ * The posted write event after the 101: once the response header is on
+ * the wire, the request is freed and the connection belongs to the
+ * channel, as between keepalive requests (ngx_http_set_keepalive()).
+ */
+
 static void
-ngx_pushjobs_agent_read_handler(ngx_http_request_t *r)
+ngx_pushjobs_agent_release(ngx_event_t *wev)
 {
-    ssize_t                n;
-    ngx_uint_t             i;
+    ngx_int_t                rc;
+    ngx_chain_t             *cl;
+    ngx_connection_t        *c;
+    ngx_pool_cleanup_t      *cln;
+    ngx_http_log_ctx_t      *ctx;
+    ngx_http_request_t      *r;
+    ngx_pushjobs_agent_t    *a;
+    ngx_http_connection_t   *hc;
+
+    c = wev->data;
+    r = c->data;
+    a = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
+
+    if (a == NULL || a->closed || a->request != r) {
+        return;
+    }
+
+    if (wev->timedout) {
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
+                      "pushjobs: agent \"%V\" of \"%V\" does not read",
+                      &a->name, &a->org);
+        c->timedout = 1;
+        ngx_pushjobs_agent_close(a, 0);
+        return;
+    }
+
+    rc = ngx_pushjobs_out_flush(&a->out, r);
+
+    if (rc == NGX_ERROR) {
+        c->error = 1;
+        ngx_pushjobs_agent_close(a, 0);
+        return;
+    }
+
+    if (r->out || c->buffered) {
+        /* the 101 is not out yet: called again when the socket takes it */
+        return;
+    }
+
+    if (r != r->main || r->main->count != 1 || r->blocked || r->postponed
+        || r->main->posted_requests)
+    {
+        /* something else still uses the request: the channel keeps it */
+        ngx_log_error(NGX_LOG_WARN, c->log, 0,
+                      "pushjobs: agent \"%V\" of \"%V\" keeps its request "
+                      "(count %d)", &a->name, &a->org, r->main->count);
+        wev->handler = ngx_pushjobs_agent_http_write;
+        return;
+    }
+
+    cln = ngx_pool_cleanup_add(c->pool, 0);
+    if (cln == NULL) {
+        wev->handler = ngx_pushjobs_agent_http_write;
+        return;
+    }
+
+    cln->handler = ngx_pushjobs_agent_gone;
+    cln->data = a;
+
+    hc = r->http_connection;
+
+    /* logs the 101 and destroys the request's pool */
+
+    a->request = NULL;
+    ngx_http_free_request(r, 0);
+
+    c->destroyed = 0;
+    c->data = a;
+
+    ctx = c->log->data;
+    ctx->current_request = NULL;
+    c->log->action = "serving websocket channel";
+
+    /* the header buffers: large allocations from the connection's pool */
+
+    for (cl = hc->busy; cl; cl = cl->next) {
+        ngx_pfree(c->pool, cl->buf->start);
+    }
+
+    for (cl = hc->free; cl; cl = cl->next) {
+        ngx_pfree(c->pool, cl->buf->start);
+    }
+
+    hc->busy = NULL;
+    hc->free = NULL;
+    hc->nbusy = 0;
+
+    if (c->buffer) {
+        ngx_pfree(c->pool, c->buffer->start);
+        c->buffer = NULL;
+    }
+
+    c->read->handler = ngx_pushjobs_agent_read_event;
+    wev->handler = ngx_pushjobs_agent_write_event;
+
+    if (c->read->ready) {
+        ngx_post_event(c->read, &ngx_posted_events);
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "pushjobs: channel released its request");
+}
+
+
+/*
+ * The connection's pool is being destroyed with the channel still on it:
+ * only if something other than ngx_pushjobs_agent_close() closed it (that
+ * one disarms this cleanup).  The connection is already freed here.
+ */
+
+static void
+ngx_pushjobs_agent_gone(void *data)
+{
+    ngx_pushjobs_agent_t *a = data;
+
+    if (a->closed) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                  "pushjobs: agent \"%V\" of \"%V\" gone, session %uL",
+                  &a->name, &a->org, a->session);
+
+    ngx_pushjobs_agent_detach(a);
+    ngx_pushjobs_agent_unref(a);
+}
+
+
+static void
+ngx_pushjobs_agent_read_request(ngx_http_request_t *r)
+{
+    ngx_pushjobs_agent_t  *a;
+
+    a = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
+
+    if (a != NULL && !a->closed) {
+        ngx_pushjobs_agent_read(a);
+    }
+}
+
+
+static void
+ngx_pushjobs_agent_read_event(ngx_event_t *rev)
+{
     ngx_connection_t      *c;
     ngx_pushjobs_agent_t  *a;
 
-    c = r->connection;
-    a = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
+    c = rev->data;
+    a = c->data;
 
     if (a == NULL || a->closed) {
         return;
     }
+
+    if (c->close) {
+        /* a reload or shutdown closing idle connections */
+        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_GOING_AWAY);
+        return;
+    }
+
+    ngx_pushjobs_agent_read(a);
+}
+
+
+static void
+ngx_pushjobs_agent_read(ngx_pushjobs_agent_t *a)
+{
+    ssize_t            n;
+    ngx_uint_t         i;
+    ngx_connection_t  *c;
+
+    c = a->connection;
 
     ngx_pushjobs_agent_ref(a);
 
@@ -1043,17 +1256,39 @@ ngx_pushjobs_agent_feed(ngx_pushjobs_agent_t *a, u_char *pos, u_char *last)
 
 
 static void
-ngx_pushjobs_agent_write_handler(ngx_http_request_t *r)
+ngx_pushjobs_agent_write_request(ngx_http_request_t *r)
+{
+    ngx_pushjobs_agent_t  *a;
+
+    a = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
+
+    if (a != NULL && !a->closed) {
+        ngx_pushjobs_agent_write(a);
+    }
+}
+
+
+static void
+ngx_pushjobs_agent_write_event(ngx_event_t *wev)
 {
     ngx_connection_t      *c;
     ngx_pushjobs_agent_t  *a;
 
-    c = r->connection;
-    a = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
+    c = wev->data;
+    a = c->data;
 
-    if (a == NULL || a->closed) {
-        return;
+    if (a != NULL && !a->closed) {
+        ngx_pushjobs_agent_write(a);
     }
+}
+
+
+static void
+ngx_pushjobs_agent_write(ngx_pushjobs_agent_t *a)
+{
+    ngx_connection_t  *c;
+
+    c = a->connection;
 
     if (c->write->timedout) {
         ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
@@ -1064,10 +1299,21 @@ ngx_pushjobs_agent_write_handler(ngx_http_request_t *r)
         return;
     }
 
-    if (ngx_pushjobs_out_flush(&a->out, r) == NGX_ERROR) {
+    if (ngx_pushjobs_agent_flush(a) == NGX_ERROR) {
         c->error = 1;
         ngx_pushjobs_agent_close(a, 0);
     }
+}
+
+
+static ngx_int_t
+ngx_pushjobs_agent_flush(ngx_pushjobs_agent_t *a)
+{
+    if (a->request) {
+        return ngx_pushjobs_out_flush(&a->out, a->request);
+    }
+
+    return ngx_pushjobs_out_send(&a->out, a->connection, a->send_timeout);
 }
 
 
@@ -1156,7 +1402,7 @@ ngx_pushjobs_agent_send(ngx_pushjobs_agent_t *a, ngx_pushjobs_msg_t *msg)
         return;
     }
 
-    if (ngx_pushjobs_out_flush(&a->out, a->request) == NGX_ERROR) {
+    if (ngx_pushjobs_agent_flush(a) == NGX_ERROR) {
         a->connection->error = 1;
         ngx_pushjobs_agent_close(a, 0);
     }

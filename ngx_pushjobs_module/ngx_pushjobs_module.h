@@ -343,6 +343,8 @@ ngx_int_t ngx_pushjobs_out_push(ngx_pushjobs_out_t *out,
     ngx_pushjobs_msg_t *msg, size_t max, ngx_log_t *log);
 ngx_int_t ngx_pushjobs_out_flush(ngx_pushjobs_out_t *out,
     ngx_http_request_t *r);
+ngx_int_t ngx_pushjobs_out_send(ngx_pushjobs_out_t *out, ngx_connection_t *c,
+    ngx_msec_t send_timeout);
 ngx_pushjobs_msg_t *ngx_pushjobs_out_pop(ngx_pushjobs_out_t *out);
 void ngx_pushjobs_out_free(ngx_pushjobs_out_t *out);
 

@@ -16,6 +16,10 @@
 #include "ngx_pushjobs_module.h"
 
 
+static ngx_int_t ngx_pushjobs_out_wait(ngx_connection_t *c,
+    ngx_msec_t send_timeout);
+
+
 struct ngx_pushjobs_out_link_s {
     ngx_pushjobs_out_link_t    *next;
     ngx_pushjobs_msg_t         *msg;
@@ -91,25 +95,20 @@ ngx_pushjobs_out_push(ngx_pushjobs_out_t *out, ngx_pushjobs_msg_t *msg,
 
 
 /*
- * Writes what the socket takes.  NGX_OK when the queue is empty, NGX_AGAIN
- * when the rest waits for the write event, NGX_ERROR when the connection
- * broke.  A message half written stays at the head with the same pointer,
- * as OpenSSL wants for a retried write.
+ * For a connection that still has its HTTP request: the response header
+ * first, through the filters, then the queue.  Same results as
+ * ngx_pushjobs_out_send().
  */
 
 ngx_int_t
 ngx_pushjobs_out_flush(ngx_pushjobs_out_t *out, ngx_http_request_t *r)
 {
-    ssize_t                    n;
     ngx_int_t                  rc;
     ngx_connection_t          *c;
-    ngx_pushjobs_msg_t        *msg;
-    ngx_pushjobs_out_link_t   *l;
     ngx_http_core_loc_conf_t  *clcf;
 
     c = r->connection;
-
-    /* the response header may still be on its way through the filters */
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
 
     if (r->out || c->buffered) {
         rc = ngx_http_output_filter(r, NULL);
@@ -119,9 +118,28 @@ ngx_pushjobs_out_flush(ngx_pushjobs_out_t *out, ngx_http_request_t *r)
         }
 
         if (r->out || c->buffered) {
-            goto again;
+            return ngx_pushjobs_out_wait(c, clcf->send_timeout);
         }
     }
+
+    return ngx_pushjobs_out_send(out, c, clcf->send_timeout);
+}
+
+
+/*
+ * Writes what the socket takes.  NGX_OK when the queue is empty, NGX_AGAIN
+ * when the rest waits for the write event (at most send_timeout), NGX_ERROR
+ * when the connection broke.  A message half written stays at the head
+ * with the same pointer, as OpenSSL wants for a retried write.
+ */
+
+ngx_int_t
+ngx_pushjobs_out_send(ngx_pushjobs_out_t *out, ngx_connection_t *c,
+    ngx_msec_t send_timeout)
+{
+    ssize_t                    n;
+    ngx_pushjobs_msg_t        *msg;
+    ngx_pushjobs_out_link_t   *l;
 
     while (out->head) {
         l = out->head;
@@ -134,7 +152,7 @@ ngx_pushjobs_out_flush(ngx_pushjobs_out_t *out, ngx_http_request_t *r)
         }
 
         if (n == NGX_AGAIN) {
-            goto again;
+            return ngx_pushjobs_out_wait(c, send_timeout);
         }
 
         out->sent += n;
@@ -160,13 +178,14 @@ ngx_pushjobs_out_flush(ngx_pushjobs_out_t *out, ngx_http_request_t *r)
     }
 
     return NGX_OK;
+}
 
-again:
 
-    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-
+static ngx_int_t
+ngx_pushjobs_out_wait(ngx_connection_t *c, ngx_msec_t send_timeout)
+{
     if (!c->write->timer_set) {
-        ngx_add_timer(c->write, clcf->send_timeout);
+        ngx_add_timer(c->write, send_timeout);
     }
 
     if (ngx_handle_write_event(c->write, 0) != NGX_OK) {

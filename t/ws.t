@@ -52,6 +52,13 @@ ok PushJobs::Stack::wait_for(10, sub {
     $res->{json} && $res->{json}{status} eq 'online';
 }), 'ghost is online';
 
+# once upgraded, the channel gives its HTTP request back: the access log has
+# the 101 while the channel is still open
+ok PushJobs::Stack::wait_for(10, sub {
+    grep { m{"GET /organizations/$org/pushy/agent HTTP/1.1" 101 } }
+        split /\n/, PushJobs::Stack::slurp($stack->dir . '/fe1/access.log');
+}), 'the upgrade is logged (101) while the channel is open';
+
 # a fragmented message with a ping between its fragments, in one write;
 # the server answers the ping with a pong carrying the same payload
 my $msg = '{"type":"no_such_type","v":1,"pad":"' . ('x' x 300) . '"}';
