@@ -111,3 +111,7 @@ CREATE TABLE pushjobs.presence (
 );
 
 CREATE INDEX presence_owner ON pushjobs.presence (owner) WHERE online;
+
+-- the sweeper's lost channels: recent changes to offline
+CREATE INDEX presence_offline ON pushjobs.presence (changed_at)
+    WHERE NOT online;

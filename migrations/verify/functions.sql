@@ -4,6 +4,9 @@ BEGIN;
 
 SELECT 'pushjobs.create_job(text, text, jsonb, integer, integer, integer)'::regprocedure;
 SELECT 'pushjobs.node_inputs(jsonb)'::regprocedure;
+SELECT 'pushjobs.node_step(pushjobs.job_status, pushjobs.node_status, boolean, text)'::regprocedure;
+SELECT 'pushjobs.node_inputs_write(text, text, text[], pushjobs.node_status[], integer[], bigint[], text[], text[])'::regprocedure;
+SELECT 'pushjobs.event_data(text, json)'::regprocedure;
 SELECT 'pushjobs.agent_hello(text, text, jsonb)'::regprocedure;
 SELECT 'pushjobs.agent_hellos(jsonb)'::regprocedure;
 SELECT 'pushjobs.dispatch(text, text)'::regprocedure;

@@ -4,7 +4,7 @@ BEGIN;
 
 SELECT id, org, command, quorum, run_timeout, requestor, job_user, dir, env,
        file, capture, status, voting_deadline, run_deadline, abort_requested,
-       event_seq, created_at, updated_at
+       created_at, updated_at
   FROM pushjobs.jobs WHERE false;
 SELECT job_id, org, node_name, status, exit_status, abort_requested,
        abort_force, updated_at

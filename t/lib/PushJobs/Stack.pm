@@ -332,7 +332,7 @@ sub start_postgres {
     my $cwd = Cwd::getcwd();
     chdir "$ROOT/migrations" or croak $!;
     eval {
-        $self->run_cmd('sqitch', 'deploy', '--target',
+        $self->run_cmd('sqitch', 'deploy', '--verify', '--target',
                        "db:pg://pushjobs\@127.0.0.1:$self->{pg_port}/pushjobs");
     };
     my $err = $@;
