@@ -17,6 +17,7 @@ use parent -norequire, 'PushJobs::Stack';
 use Carp qw(croak);
 use IPC::Open2 qw(open2);
 use POSIX qw(ceil);
+use File::Path ();
 use Time::HiRes qw(time sleep clock_gettime CLOCK_MONOTONIC);
 
 our $LOADAGENT = $ENV{PUSHJOBS_LOADAGENT}
@@ -26,12 +27,35 @@ sub new {
     my ($class, %opt) = @_;
     my $sim = delete $opt{sim} // 0;
     my $share = delete $opt{share_node_keys} // 1;
+    my $spool = delete $opt{spool_base};
     my $self = PushJobs::Stack::new($class, %opt);
     $self->{sim} = $sim;
+    $self->{spool_base} = $spool;
     $self->{sim_prefix} = 'sim';
     $self->{share_node_keys} = $share;
     $self->{loaders} = [];
     return $self;
+}
+
+# spool_base => DIR: real agents spool their final reports under DIR/NAME
+# (a tmpfs, for the comparison run: see Compare.pm) instead of the stack's
+# directory on disk.
+sub start_agent {
+    my ($self, $name, %opt) = @_;
+    if ($self->{spool_base}) {
+        my $d = "$self->{spool_base}/$name";
+        File::Path::make_path($d, { mode => 0700 });
+        $opt{args} = [ '--spool', $d, @{ $opt{args} // [] } ];
+    }
+    return $self->SUPER::start_agent($name, %opt);
+}
+
+sub stop {
+    my ($self) = @_;
+    return if $self->{stopped} || $self->{owner} != $$;
+    $self->stop_loaders;
+    $self->SUPER::stop;
+    File::Path::remove_tree($self->{spool_base}) if $self->{spool_base};
 }
 
 sub sim_names {
@@ -257,13 +281,6 @@ sub stop_loaders {
         close $l->{in};
         waitpid $l->{pid}, 0;
     }
-}
-
-sub stop {
-    my ($self) = @_;
-    return if $self->{stopped} || $self->{owner} != $$;
-    $self->stop_loaders;
-    $self->SUPER::stop;
 }
 
 sub DESTROY { $_[0]->stop }
