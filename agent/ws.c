@@ -352,91 +352,76 @@ pja_ws_events(pja_ws_t *ws)
 }
 
 
-/* Returns bytes read, 0 on EOF, -1 on error, -2 when it would block. */
+/*
+ * The result of a read or write on the channel, plain or TLS: bytes, 0 on
+ * EOF (reads only), -1 on error (logged), -2 when it would block.  Called
+ * right after the call, with its errno and OpenSSL error queue.
+ */
 
 static ssize_t
-ws_io_read(pja_ws_t *ws, void *buf, size_t n)
+ws_io_result(pja_ws_t *ws, ssize_t r, const char *what, int reading)
 {
-    int      err;
-    ssize_t  r;
-
     if (ws->ssl == NULL) {
-        r = read(ws->fd, buf, n);
-        if (r < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-                return -2;
-            }
-            pja_log(PJA_LOG_ERR, "read(): %s", strerror(errno));
-            return -1;
+        if (r >= 0) {
+            return r;
         }
-        return r;
+
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+            return -2;
+        }
+
+        pja_log(PJA_LOG_ERR, "%s: %s", what, strerror(errno));
+        return -1;
     }
 
-    r = SSL_read(ws->ssl, buf, (int) n);
     if (r > 0) {
         return r;
     }
 
-    err = SSL_get_error(ws->ssl, (int) r);
-
-    switch (err) {
+    switch (SSL_get_error(ws->ssl, (int) r)) {
     case SSL_ERROR_WANT_READ:
         return -2;
     case SSL_ERROR_WANT_WRITE:
         ws->want_write = 1;
         return -2;
     case SSL_ERROR_ZERO_RETURN:
-        return 0;
+        return reading ? 0 : -1;
     case SSL_ERROR_SYSCALL:
         if (ERR_peek_error() == 0) {
+            /* the peer went away without a TLS close_notify */
             if (errno && errno != EPIPE && errno != ECONNRESET) {
-                pja_log(PJA_LOG_ERR, "SSL_read(): %s", strerror(errno));
+                pja_log(PJA_LOG_ERR, "%s: %s", what, strerror(errno));
             }
-            return 0;
+            return reading ? 0 : -1;
         }
         /* fall through */
     default:
-        ws_log_ssl_errors("SSL_read()");
+        ws_log_ssl_errors(what);
         return -1;
     }
 }
 
 
 static ssize_t
+ws_io_read(pja_ws_t *ws, void *buf, size_t n)
+{
+    if (ws->ssl == NULL) {
+        return ws_io_result(ws, read(ws->fd, buf, n), "read()", 1);
+    }
+
+    return ws_io_result(ws, SSL_read(ws->ssl, buf, (int) n), "SSL_read()", 1);
+}
+
+
+static ssize_t
 ws_io_write(pja_ws_t *ws, const void *buf, size_t n)
 {
-    int      err;
-    ssize_t  w;
-
     if (ws->ssl == NULL) {
-        w = write(ws->fd, buf, n);
-        if (w < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-                return -2;
-            }
-            pja_log(PJA_LOG_ERR, "write(): %s", strerror(errno));
-            return -1;
-        }
-        return w;
+        return ws_io_result(ws, write(ws->fd, buf, n), "write()", 0);
     }
 
-    w = SSL_write(ws->ssl, buf, (int) n);
-    if (w > 0) {
-        return w;
-    }
-
-    err = SSL_get_error(ws->ssl, (int) w);
-
-    switch (err) {
-    case SSL_ERROR_WANT_WRITE:
-        ws->want_write = 1;
-        return -2;
-    case SSL_ERROR_WANT_READ:
-        return -2;
-    default:
-        ws_log_ssl_errors("SSL_write()");
-        return -1;
-    }
+    return ws_io_result(ws, SSL_write(ws->ssl, buf, (int) n), "SSL_write()",
+                        0);
 }
 
 
