@@ -1772,7 +1772,7 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
                 ngx_str_null(&params[2]);
             }
 
-            p = ngx_sprintf(buf[0], "%d", 5000);
+            p = ngx_sprintf(buf[0], "%M", pmcf->feed_linger);
             params[3].data = buf[0];
             params[3].len = p - buf[0];
 
@@ -1790,7 +1790,7 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
             ngx_str_null(&params[1]);
         }
 
-        p = ngx_sprintf(buf[0], "%d", 60000);
+        p = ngx_sprintf(buf[0], "%T", pmcf->org_feed_retention * 1000);
         params[2].data = buf[0];
         params[2].len = p - buf[0];
 

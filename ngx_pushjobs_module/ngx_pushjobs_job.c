@@ -132,8 +132,8 @@ ngx_pushjobs_job_connected(void)
 void
 ngx_pushjobs_job_sweep(ngx_event_t *ev)
 {
-    u_char                    *p, buf[3][NGX_INT_T_LEN];
-    ngx_str_t                  params[3];
+    u_char                    *p, buf[4][NGX_INT_T_LEN];
+    ngx_str_t                  params[4];
     ngx_pushjobs_worker_t     *w;
     ngx_pushjobs_main_conf_t  *pmcf;
 
@@ -162,8 +162,12 @@ ngx_pushjobs_job_sweep(ngx_event_t *ev)
     params[2].data = buf[2];
     params[2].len = p - buf[2];
 
-    if (ngx_pushjobs_pg_query("SELECT pushjobs.sweep($1, $2), "
-                              "pushjobs.purge($3)", 3, params,
+    p = ngx_sprintf(buf[3], "%T", pmcf->org_feed_retention);
+    params[3].data = buf[3];
+    params[3].len = p - buf[3];
+
+    if (ngx_pushjobs_pg_query("SELECT pushjobs.sweep($1, $2, $4), "
+                              "pushjobs.purge($3)", 4, params,
                               ngx_pushjobs_job_sweep_done, NULL)
         != NULL)
     {

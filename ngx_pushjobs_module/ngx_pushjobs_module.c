@@ -156,6 +156,20 @@ static ngx_command_t  ngx_pushjobs_commands[] = {
       offsetof(ngx_pushjobs_main_conf_t, job_retention),
       NULL },
 
+    { ngx_string("pushjobs_feed_linger"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, feed_linger),
+      NULL },
+
+    { ngx_string("pushjobs_org_feed_retention"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, org_feed_retention),
+      NULL },
+
     { ngx_string("pushjobs_clock_skew"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_sec_slot,
@@ -258,6 +272,8 @@ ngx_pushjobs_create_main_conf(ngx_conf_t *cf)
     pmcf->node_lost_timeout = NGX_CONF_UNSET_MSEC;
     pmcf->sweep_interval = NGX_CONF_UNSET_MSEC;
     pmcf->job_retention = NGX_CONF_UNSET;
+    pmcf->feed_linger = NGX_CONF_UNSET_MSEC;
+    pmcf->org_feed_retention = NGX_CONF_UNSET;
     pmcf->clock_skew = NGX_CONF_UNSET;
     pmcf->max_message_size = NGX_CONF_UNSET_SIZE;
     pmcf->max_body_size = NGX_CONF_UNSET_SIZE;
@@ -281,6 +297,8 @@ ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(pmcf->node_lost_timeout, 30000);
     ngx_conf_init_msec_value(pmcf->sweep_interval, 1000);
     ngx_conf_init_value(pmcf->job_retention, 0);
+    ngx_conf_init_msec_value(pmcf->feed_linger, 5000);
+    ngx_conf_init_value(pmcf->org_feed_retention, 60);
     ngx_conf_init_value(pmcf->clock_skew, 900);
     ngx_conf_init_size_value(pmcf->max_message_size, 1024 * 1024);
     ngx_conf_init_size_value(pmcf->max_body_size, 1000000);
@@ -306,6 +324,13 @@ ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
     if (pmcf->ping_interval < 1000) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"pushjobs_ping_interval\" must be at least 1s");
+        return NGX_CONF_ERROR;
+    }
+
+    if (pmcf->org_feed_retention < 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"pushjobs_org_feed_retention\" must be at "
+                           "least 1s");
         return NGX_CONF_ERROR;
     }
 

@@ -101,6 +101,8 @@ typedef struct {
     ngx_msec_t                  node_lost_timeout;
     ngx_msec_t                  sweep_interval;
     time_t                      job_retention;
+    ngx_msec_t                  feed_linger;
+    time_t                      org_feed_retention;
     time_t                      clock_skew;
 
     size_t                      max_message_size;

@@ -20,8 +20,6 @@
 
 
 #define NGX_PUSHJOBS_FEED_BATCH       1000
-#define NGX_PUSHJOBS_FEED_LINGER      5000
-#define NGX_PUSHJOBS_FEED_RETENTION   60000
 #define NGX_PUSHJOBS_FEED_KEEPALIVE   15000
 
 
@@ -436,7 +434,9 @@ ngx_pushjobs_feed_fetch(ngx_pushjobs_feed_t *f)
         params[0] = f->org;
 
         params[2].data = keep;
-        params[2].len = ngx_sprintf(keep, "%d", NGX_PUSHJOBS_FEED_RETENTION)
+        params[2].len = ngx_sprintf(keep, "%T",
+                                    ngx_pushjobs_worker->pmcf
+                                        ->org_feed_retention * 1000)
                         - keep;
 
         params[3].data = limit;

@@ -1211,7 +1211,7 @@ $$;
 
 
 CREATE OR REPLACE FUNCTION pushjobs.sweep(p_lost_ms integer,
-    p_owner_timeout_ms integer)
+    p_owner_timeout_ms integer, p_org_feed_retention_s integer)
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -1231,10 +1231,10 @@ BEGIN
       FROM dead
      WHERE p.owner = dead.id AND p.online;
 
-    -- the org feeds keep their events for 60 s (org_feed_expiration, §5.2;
-    -- the module's feeds use the same figure)
+    -- the org feeds keep their events for pushjobs_org_feed_retention
+    -- (2.x: org_feed_expiration, 60 s; the module's feeds replay as much)
     DELETE FROM pushjobs.org_events
-     WHERE created_at < now() - interval '60 seconds';
+     WHERE created_at < now() - p_org_feed_retention_s * interval '1 second';
 
     FOR v_job IN
         SELECT * FROM pushjobs.jobs

@@ -18,7 +18,8 @@ use PushJobs::WS;
 my $json = PushJobs::Stack::json();
 
 my $stack = PushJobs::Stack->new(agents => 2, workers => 2,
-    nginx_extra => 'pushjobs_voting_timeout 2s; pushjobs_sweep_interval 200ms;',
+    nginx_extra => 'pushjobs_voting_timeout 2s; pushjobs_sweep_interval 200ms; '
+                   . 'pushjobs_feed_linger 8s; pushjobs_org_feed_retention 90s;',
     client_rb_extra => 'allowed_users ["root"]');
 $stack->start;
 
@@ -271,7 +272,8 @@ ok PushJobs::Stack::wait_for(15, sub {
     return 0 unless $e->{event} eq 'summary';
     $summary = $e;
     return $s->wait_end(2);
-}, 0.5), 'a job finished more than 5 s ago: a summary, then the end';
+}, 0.5), 'a job finished longer ago than the linger (8 s here): a summary, '
+        . 'then the end';
 is $summary->{id}, 'job-1', '  id job-1, Last-Event-ID ignored';
 like $summary->{data}, qr/\A\{\s*"timestamp"\s*:/, '  timestamp first';
 like $summary->{json}{timestamp} // '', $TS, '  timestamp format';
@@ -305,15 +307,20 @@ is scalar @hev, 16, '  then every retained event';
 is_deeply [ map { $_->{id} } @hev[2 .. 15] ], [ map { $_->{id} } @oev ],
     '  in order';
 
-# retention: an event older than 60 s is neither replayed nor kept
+# retention (pushjobs_org_feed_retention 90s here): an event 75 s old is
+# still replayed, one 2 minutes old is neither replayed nor kept
 my ($old) = $hev[0]{id} =~ /(\d+)/;
+my ($kept) = $hev[1]{id} =~ /(\d+)/;
 $stack->psql('pushjobs', "UPDATE pushjobs.org_events SET created_at = "
              . "now() - interval '2 minutes' WHERE id = $old");
+$stack->psql('pushjobs', "UPDATE pushjobs.org_events SET created_at = "
+             . "now() - interval '75 seconds' WHERE id = $kept");
 $hist = PushJobs::SSE->open($stack, $feed, last_event_id => 'bogus');
 is $hist->next_event(10)->{event}, 'start_of_history',
     'retention: start_of_history';
 my $after = $hist->next_event(10);
 isnt $after->{id}, "org-$old", '  the expired event is not replayed';
+is $after->{id}, "org-$kept", '  one 75 s old is (retention 90 s)';
 $hist = PushJobs::SSE->open($stack, $feed, last_event_id => "org-$old");
 is $hist->next_event(10)->{event}, 'start_of_history',
     '  an expired Last-Event-ID: start_of_history';
@@ -321,6 +328,9 @@ ok PushJobs::Stack::wait_for(10, sub {
     $stack->psql('pushjobs',
         "SELECT count(*) FROM pushjobs.org_events WHERE id = $old") == 0;
 }, 0.2), '  the sweeper purged it';
+is $stack->psql('pushjobs',
+       "SELECT count(*) FROM pushjobs.org_events WHERE id = $kept") + 0, 1,
+   '  and kept the younger one';
 
 # live events still reach every open org feed, across workers
 $id = $stack->start_job({ command => 'true', nodes => ['node2'] });

@@ -12,7 +12,7 @@ SELECT 'pushjobs.agent_hellos(jsonb)'::regprocedure;
 SELECT 'pushjobs.dispatch(text, text)'::regprocedure;
 SELECT 'pushjobs.presence_update(text, jsonb)'::regprocedure;
 SELECT 'pushjobs.owner_beat(text)'::regprocedure;
-SELECT 'pushjobs.sweep(integer, integer)'::regprocedure;
+SELECT 'pushjobs.sweep(integer, integer, integer)'::regprocedure;
 SELECT 'pushjobs.purge(integer)'::regprocedure;
 SELECT 'pushjobs.time_out(text)'::regprocedure;
 SELECT 'pushjobs.job_json(text, text, boolean)'::regprocedure;
