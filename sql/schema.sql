@@ -38,6 +38,10 @@ CREATE INDEX jobs_org_created ON pushjobs.jobs (org, created_at);
 CREATE INDEX jobs_active ON pushjobs.jobs (status)
     WHERE status IN ('new', 'voting', 'running');
 
+-- the retention purge (purge()): finished jobs, oldest first
+CREATE INDEX jobs_finished ON pushjobs.jobs (updated_at)
+    WHERE status NOT IN ('new', 'voting', 'running');
+
 CREATE TABLE pushjobs.job_nodes (
     job_id           text NOT NULL
                      REFERENCES pushjobs.jobs (id) ON DELETE CASCADE,
