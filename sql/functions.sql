@@ -1189,8 +1189,7 @@ $$;
 -- and picked up by the next sweep.  Returns the number of jobs changed.
 -- Deletes finished jobs not updated for p_retention_s seconds (0: never),
 -- at most 1000 per call so that one sweep never holds locks for long; their
--- nodes, output and events go with them (ON DELETE CASCADE).  Returns how
--- many were deleted.
+-- nodes, output and events go with them.  Returns how many were deleted.
 CREATE OR REPLACE FUNCTION pushjobs.purge(p_retention_s integer)
 RETURNS integer
 LANGUAGE sql AS $$
@@ -1202,7 +1201,11 @@ LANGUAGE sql AS $$
          ORDER BY updated_at
          LIMIT 1000
            FOR UPDATE SKIP LOCKED
+    ), nodes AS (
+        -- their output goes with them (ON DELETE CASCADE)
+        DELETE FROM pushjobs.job_nodes n USING old WHERE n.job_id = old.id
     ), gone AS (
+        -- their events go with them (ON DELETE CASCADE)
         DELETE FROM pushjobs.jobs j USING old WHERE j.id = old.id
         RETURNING 1
     )
