@@ -114,6 +114,36 @@ is $res->{status}, 200, 'cached key accepted';
 $res = $stack->request('GET', $jobs, key_file => $stack->user_key('bob'));
 is $res->{status}, 401, 'cached key still refuses a wrong signature';
 
+# the forms of a public key chef_authn accepts: SPKI (every key above),
+# PKCS#1 and an X.509 certificate; a client with each form authenticates
+# (a key that did not parse would be a 401) and a wrong signature with it
+# is still refused
+for my $form (qw(pkcs1 cert)) {
+    my $name = "key$form";
+    my ($key) = $stack->genkey($name);
+    my @conv = $form eq 'pkcs1'
+        ? ('openssl', 'rsa', '-in', $key, '-RSAPublicKey_out')
+        : ('openssl', 'req', '-new', '-x509', '-key', $key, '-days', '2',
+           '-subj', "/CN=$name");
+    $stack->run_cmd(@conv, '-out', "$key.$form");
+    my $pub = PushJobs::Stack::slurp("$key.$form");
+    like $pub, $form eq 'pkcs1' ? qr/BEGIN RSA PUBLIC KEY/
+                                : qr/BEGIN CERTIFICATE/, "$form: the key form";
+    my $c = $stack->chef_request('POST', "/organizations/$org/clients",
+        body => { name => $name, public_key => $pub });
+    is $c->{status}, 201, "$form: client $name created"
+        or diag $c->{content};
+    $stack->{clients}{$name} = { key => $key, pub => $pub };
+    for my $try (1, 2) {    # the second time from the key cache
+        $res = $stack->request('GET', $jobs, user => $name);
+        is $res->{status}, 200, "$form: $name authenticates ($try)"
+            or diag $res->{content};
+    }
+    $res = $stack->request('GET', $jobs, user => $name,
+                           key_file => $stack->user_key('bob'));
+    is $res->{status}, 401, "$form: a wrong signature is refused";
+}
+
 is_deeply [ $stack->alerts ], [], 'no [alert] or [emerg] in error.log';
 
 $stack->stop;

@@ -56,6 +56,7 @@ sub new {
             [ '^sleep ([0-9]+)$', 'sleep \\1' ],
         ],
         nginx_extra => $opt{nginx_extra} // '',
+        tls_key   => $opt{tls_key},
         # appended to every agent's client.rb, e.g. 'allowed_users ["root"]'
         client_rb_extra => $opt{client_rb_extra} // '',
         verbose   => $opt{verbose} // $ENV{PUSHJOBS_VERBOSE},
@@ -207,7 +208,11 @@ sub make_keys {
     my $d = $self->{dir};
 
     make_path("$d/tls");
-    $self->run_cmd('openssl', 'req', '-x509', '-newkey', 'rsa:2048',
+    # tls_key => 'ec': an ECDSA P-256 server certificate instead of RSA-2048
+    my @newkey = ($self->{tls_key} // '') eq 'ec'
+        ? ('-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1')
+        : ('-newkey', 'rsa:2048');
+    $self->run_cmd('openssl', 'req', '-x509', @newkey,
                    '-nodes', '-keyout', "$d/tls/server.key",
                    '-out', "$d/tls/server.crt", '-days', '2',
                    '-subj', '/CN=localhost',
