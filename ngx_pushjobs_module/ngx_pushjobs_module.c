@@ -824,7 +824,7 @@ ngx_pushjobs_init_process(ngx_cycle_t *cycle)
 
     ngx_pushjobs_init_timer(&w->owner_ev, ngx_pushjobs_store_owner_beat, w,
                             w->log);
-    ngx_add_timer(&w->owner_ev, NGX_PUSHJOBS_OWNER_BEAT);
+    ngx_add_timer(&w->owner_ev, 1);
 
     ngx_log_error(NGX_LOG_INFO, cycle->log, 0,
                   "pushjobs: worker \"%V\" started", &w->owner);

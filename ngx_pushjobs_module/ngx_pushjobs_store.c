@@ -77,6 +77,8 @@ static ngx_pushjobs_batch_t  *ngx_pushjobs_presence;
 static ngx_pushjobs_batch_t  *ngx_pushjobs_inputs;
 static ngx_pushjobs_batch_t  *ngx_pushjobs_hellos;
 static ngx_uint_t             ngx_pushjobs_owner_busy;
+/* the owner row written once: until then, beat every 200 ms */
+static ngx_uint_t             ngx_pushjobs_owner_known;
 
 
 ngx_int_t
@@ -585,7 +587,13 @@ ngx_pushjobs_store_owner_beat(ngx_event_t *ev)
         return;
     }
 
-    ngx_add_timer(ev, NGX_PUSHJOBS_OWNER_BEAT);
+    /*
+     * A worker's channels count as online only once its owner row exists
+     * (presence_update() does not write it), so the first beat goes as
+     * soon as PostgreSQL answers.
+     */
+    ngx_add_timer(ev, ngx_pushjobs_owner_known ? NGX_PUSHJOBS_OWNER_BEAT
+                                               : 200);
 
     if (ngx_pushjobs_owner_busy) {
         return;
@@ -608,6 +616,12 @@ ngx_pushjobs_owner_beat_done(void *data, PGresult *res)
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK
         || PQntuples(res) != 1)
     {
+        return;
+    }
+
+    if (!ngx_pushjobs_owner_known) {
+        /* the first beat of this worker: nothing was published before */
+        ngx_pushjobs_owner_known = 1;
         return;
     }
 

@@ -99,6 +99,7 @@ LANGUAGE sql STABLE AS $$
       JOIN pushjobs.owners o ON o.id = p.owner
      WHERE p.org = p_org
        AND p.online
+       AND NOT o.dead
        AND o.seen_at > now() - p_owner_timeout_ms * interval '1 millisecond'
 $$;
 
@@ -1122,9 +1123,9 @@ DECLARE
     r      record;
     v_old  pushjobs.presence;
 BEGIN
-    INSERT INTO pushjobs.owners (id) VALUES (p_owner)
-    ON CONFLICT (id) DO UPDATE SET seen_at = now();
-
+    -- The owner row is owner_beat()'s alone: a worker declared dead must
+    -- learn it from its next beat, and publish all its channels again,
+    -- which it would not if a batch of its here brought the row back.
     FOR r IN
         SELECT e.v ->> 'org' AS org, e.v ->> 'node' AS node,
                (e.v ->> 'session')::bigint AS session,
@@ -1169,14 +1170,15 @@ CREATE OR REPLACE FUNCTION pushjobs.owner_beat(p_owner text)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE pushjobs.owners SET seen_at = now() WHERE id = p_owner;
+    UPDATE pushjobs.owners SET seen_at = now()
+     WHERE id = p_owner AND NOT dead;
 
     IF FOUND THEN
         RETURN true;
     END IF;
 
     INSERT INTO pushjobs.owners (id) VALUES (p_owner)
-    ON CONFLICT (id) DO UPDATE SET seen_at = now();
+    ON CONFLICT (id) DO UPDATE SET seen_at = now(), dead = false;
 
     RETURN false;
 END
@@ -1224,15 +1226,33 @@ DECLARE
     v_lost_orgs   text[];
     v_lost_nodes  text[];
 BEGIN
-    WITH dead AS (
-        DELETE FROM pushjobs.owners
-         WHERE seen_at < now() - p_owner_timeout_ms * interval '1 millisecond'
-        RETURNING id
-    )
+    /*
+     * Workers that stopped beating: their channels count as offline at
+     * once (online_nodes() checks the owner), and are marked so here 20,000
+     * a sweep, so that a front end of 100k channels is not one UPDATE that
+     * every presence batch would wait for.  The owner row goes when none is
+     * left; a worker that beats again meanwhile is told by owner_beat().
+     * The owner row is locked (FOR SHARE) against a concurrent revival.
+     */
+    UPDATE pushjobs.owners SET dead = true
+     WHERE NOT dead
+       AND seen_at < now() - p_owner_timeout_ms * interval '1 millisecond';
+
     UPDATE pushjobs.presence p
        SET online = false, changed_at = now()
-      FROM dead
-     WHERE p.owner = dead.id AND p.online;
+     WHERE (p.org, p.node_name) IN (
+               SELECT q.org, q.node_name
+                 FROM pushjobs.presence q
+                 JOIN pushjobs.owners o ON o.id = q.owner
+                WHERE o.dead AND q.online
+                LIMIT 20000
+                  FOR UPDATE OF q SKIP LOCKED
+                  FOR SHARE OF o);
+
+    DELETE FROM pushjobs.owners o
+     WHERE o.dead
+       AND NOT EXISTS (SELECT 1 FROM pushjobs.presence p
+                        WHERE p.owner = o.id AND p.online);
 
     -- the org feeds keep their events for pushjobs_org_feed_retention
     -- (2.x: org_feed_expiration, 60 s; the module's feeds replay as much)
@@ -1453,6 +1473,7 @@ LANGUAGE sql STABLE AS $$
                FROM pushjobs.presence p
                JOIN pushjobs.owners o ON o.id = p.owner
               WHERE p.online
+                AND NOT o.dead
                 AND o.seen_at > now()
                                 - p_owner_timeout_ms * interval '1 millisecond'),
         'job_processes',

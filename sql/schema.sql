@@ -101,7 +101,10 @@ CREATE INDEX org_events_org ON pushjobs.org_events (org, id);
 CREATE TABLE pushjobs.owners (
     id               text PRIMARY KEY,
     started_at       timestamptz NOT NULL DEFAULT now(),
-    seen_at          timestamptz NOT NULL DEFAULT now()
+    seen_at          timestamptz NOT NULL DEFAULT now(),
+    -- overdue: its channels are being marked offline (sweep()); its next
+    -- beat finds it so and publishes them again (owner_beat())
+    dead             boolean NOT NULL DEFAULT false
 );
 
 -- Where each node's agent channel is.  Written in batches on connect and

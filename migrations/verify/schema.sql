@@ -14,7 +14,7 @@ SELECT job_id, node_name, stdout, stderr, truncated
 SELECT job_id, seq, name, data, created_at FROM pushjobs.job_events WHERE false;
 SELECT id, org, job_id, name, data, created_at
   FROM pushjobs.org_events WHERE false;
-SELECT id, started_at, seen_at FROM pushjobs.owners WHERE false;
+SELECT id, started_at, seen_at, dead FROM pushjobs.owners WHERE false;
 SELECT org, node_name, owner, session, online, changed_at
   FROM pushjobs.presence WHERE false;
 
