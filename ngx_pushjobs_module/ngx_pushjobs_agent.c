@@ -855,16 +855,9 @@ ngx_pushjobs_agent_cleanup(void *data)
 {
     ngx_pushjobs_agent_t *a = data;
 
-    if (a->closed || a->request == NULL) {
-        return;
+    if (a->request) {
+        ngx_pushjobs_agent_gone(a);
     }
-
-    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
-                  "pushjobs: agent \"%V\" of \"%V\" gone, session %uL",
-                  &a->name, &a->org, a->session);
-
-    ngx_pushjobs_agent_detach(a);
-    ngx_pushjobs_agent_unref(a);
 }
 
 
@@ -972,7 +965,7 @@ ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code)
 static void
 ngx_pushjobs_agent_release(ngx_event_t *wev)
 {
-    ngx_int_t                rc;
+    ngx_uint_t               closed;
     ngx_chain_t             *cl;
     ngx_connection_t        *c;
     ngx_pool_cleanup_t      *cln;
@@ -989,20 +982,14 @@ ngx_pushjobs_agent_release(ngx_event_t *wev)
         return;
     }
 
-    if (wev->timedout) {
-        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
-                      "pushjobs: agent \"%V\" of \"%V\" does not read",
-                      &a->name, &a->org);
-        c->timedout = 1;
-        ngx_pushjobs_agent_close(a, 0);
-        return;
-    }
+    /* the 101, then what is queued, as the write handler does */
 
-    rc = ngx_pushjobs_out_flush(&a->out, r);
+    ngx_pushjobs_agent_ref(a);
+    ngx_pushjobs_agent_write(a);
+    closed = a->closed;
+    ngx_pushjobs_agent_unref(a);
 
-    if (rc == NGX_ERROR) {
-        c->error = 1;
-        ngx_pushjobs_agent_close(a, 0);
+    if (closed) {
         return;
     }
 
@@ -1077,9 +1064,10 @@ ngx_pushjobs_agent_release(ngx_event_t *wev)
 
 
 /*
- * The connection's pool is being destroyed with the channel still on it:
- * only if something other than ngx_pushjobs_agent_close() closed it (that
- * one disarms this cleanup).  The connection is already freed here.
+ * The channel's connection is going away without ngx_pushjobs_agent_close():
+ * its request being freed by nginx (shutdown, reload) while the channel
+ * holds it, or, once released, its pool being destroyed (the connection is
+ * already freed then; ngx_pushjobs_agent_close() disarms this cleanup).
  */
 
 static void
