@@ -99,6 +99,7 @@ static EVP_PKEY *ngx_pushjobs_keys_pem_rsa(ngx_str_t *pem);
 static ngx_int_t ngx_pushjobs_keys_der(const u_char **p, const u_char *end,
     int tag, const u_char **content, size_t *len);
 static int ngx_pushjobs_keys_encode(EVP_PKEY *key, u_char **out);
+static EVP_PKEY *ngx_pushjobs_keys_rsa(OSSL_PARAM *params);
 static EVP_PKEY *ngx_pushjobs_keys_decode(const u_char *p, size_t len);
 static void ngx_pushjobs_keys_save(ngx_http_request_t *r,
     ngx_shm_zone_t *zone, ngx_str_t *key, ngx_pushjobs_principals_t *out);
@@ -974,10 +975,8 @@ done:
 static EVP_PKEY *
 ngx_pushjobs_keys_decode(const u_char *p, size_t len)
 {
-    size_t         elen;
-    EVP_PKEY      *key;
-    OSSL_PARAM     params[3];
-    EVP_PKEY_CTX  *pctx;
+    size_t      elen;
+    OSSL_PARAM  params[3];
 
     if (len < 2) {
         return NULL;
@@ -997,6 +996,18 @@ ngx_pushjobs_keys_decode(const u_char *p, size_t len)
     params[1] = OSSL_PARAM_construct_BN(OSSL_PKEY_PARAM_RSA_E,
                                         (u_char *) p + 2, elen);
     params[2] = OSSL_PARAM_construct_end();
+
+    return ngx_pushjobs_keys_rsa(params);
+}
+
+
+/* An RSA public key from its modulus and exponent; NULL on failure. */
+
+static EVP_PKEY *
+ngx_pushjobs_keys_rsa(OSSL_PARAM *params)
+{
+    EVP_PKEY      *key;
+    EVP_PKEY_CTX  *pctx;
 
     key = NULL;
 
@@ -1034,7 +1045,6 @@ ngx_pushjobs_keys_pem_rsa(ngx_str_t *pem)
     ngx_uint_t       spki;
     const u_char    *d, *end, *c, *a, *aend, *n_data, *e_data;
     OSSL_PARAM      *params;
-    EVP_PKEY_CTX    *pctx;
     OSSL_PARAM_BLD  *bld;
 
     static u_char  rsa_oid[] = { 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d,
@@ -1105,7 +1115,6 @@ ngx_pushjobs_keys_pem_rsa(ngx_str_t *pem)
     e = NULL;
     bld = NULL;
     params = NULL;
-    pctx = NULL;
 
     d = der;
     end = der + dst.len;
@@ -1198,18 +1207,13 @@ ngx_pushjobs_keys_pem_rsa(ngx_str_t *pem)
     }
 
     params = OSSL_PARAM_BLD_to_param(bld);
-    pctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
 
-    if (params == NULL || pctx == NULL
-        || EVP_PKEY_fromdata_init(pctx) != 1
-        || EVP_PKEY_fromdata(pctx, &key, EVP_PKEY_PUBLIC_KEY, params) != 1)
-    {
-        key = NULL;
+    if (params) {
+        key = ngx_pushjobs_keys_rsa(params);
     }
 
 done:
 
-    EVP_PKEY_CTX_free(pctx);
     OSSL_PARAM_free(params);
     OSSL_PARAM_BLD_free(bld);
     BN_free(n);
