@@ -794,13 +794,16 @@ ws_contains_token(const char *s, const char *token)
 }
 
 
+/*
+ * The head of the HTTP response at the start of ws->in: 1 with its length
+ * (blank line included) and status, 0 while incomplete, -1 (logged) if it
+ * is too long or not HTTP.
+ */
+
 static int
-ws_http_response(pja_ws_t *ws, pja_agent_t *a)
+ws_response_head(pja_ws_t *ws, size_t *head_len, int *status)
 {
-    int       status, chunked;
-    char     *end, val[256];
-    size_t    head_len, body_len, i;
-    long      clen;
+    char  *end;
 
     end = strstr(ws->in.data ? ws->in.data : "", "\r\n\r\n");
 
@@ -810,20 +813,41 @@ ws_http_response(pja_ws_t *ws, pja_agent_t *a)
                     "long");
             return -1;
         }
-        if (ws->peer_eof) {
-            pja_log(PJA_LOG_ERR, "channel: the server closed the connection "
-                    "during the upgrade");
-            return -1;
-        }
         return 0;
     }
 
-    head_len = (size_t) (end - ws->in.data) + 4;
+    *head_len = (size_t) (end - ws->in.data) + 4;
 
-    if (sscanf(ws->in.data, "HTTP/1.%*d %d", &status) != 1) {
+    if (sscanf(ws->in.data, "HTTP/1.%*d %d", status) != 1) {
         pja_log(PJA_LOG_ERR, "channel: bad HTTP response from the server");
         return -1;
     }
+
+    return 1;
+}
+
+
+static int
+ws_http_response(pja_ws_t *ws, pja_agent_t *a)
+{
+    int       rc, status, chunked;
+    char     *end, val[256];
+    size_t    head_len, body_len, i;
+    long      clen;
+
+    rc = ws_response_head(ws, &head_len, &status);
+
+    if (rc == 0 && ws->peer_eof) {
+        pja_log(PJA_LOG_ERR, "channel: the server closed the connection "
+                "during the upgrade");
+        return -1;
+    }
+
+    if (rc != 1) {
+        return rc;
+    }
+
+    end = ws->in.data + head_len - 4;
 
     ws->http_status = status;
 
@@ -1269,23 +1293,13 @@ ws_poll_response(pja_ws_t *ws, pja_agent_t *a)
             return 0;
         }
 
-        end = strstr(ws->in.data, "\r\n\r\n");
+        rc = ws_response_head(ws, &head_len, &status);
 
-        if (end == NULL) {
-            if (ws->in.len > 64 * 1024) {
-                pja_log(PJA_LOG_ERR, "channel: the server's response head is "
-                        "too long");
-                return -1;
-            }
-            return 0;
+        if (rc != 1) {
+            return rc;
         }
 
-        head_len = (size_t) (end - ws->in.data) + 4;
-
-        if (sscanf(ws->in.data, "HTTP/1.%*d %d", &status) != 1) {
-            pja_log(PJA_LOG_ERR, "channel: bad HTTP response from the server");
-            return -1;
-        }
+        end = ws->in.data + head_len - 4;
 
         *end = '\0';
 
