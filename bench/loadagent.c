@@ -689,6 +689,26 @@ send_upgrade(conn_t *c)
 
 /* Reads what there is; returns -1 to close. */
 
+/* Parses the frames buffered in c->in and keeps the rest; -1 on error. */
+static int
+conn_parse_in(conn_t *c, int64_t t)
+{
+    long  used;
+
+    if (c->ilen) {
+        used = ws_parse(c, c->in, c->ilen, t);
+        if (used < 0) {
+            return -1;
+        }
+        memmove(c->in, c->in + used, c->ilen - (size_t) used);
+        c->ilen -= (size_t) used;
+    }
+    if (c->ilen == 0) {
+        buf_release(&c->in, &c->ilen, &c->icap);
+    }
+    return 0;
+}
+
 static int
 do_read(conn_t *c)
 {
@@ -747,16 +767,8 @@ do_read(conn_t *c)
                 memmove(c->in, eoh + 4, rest);
                 c->ilen = rest;
             }
-            if (c->ilen) {
-                used = ws_parse(c, c->in, c->ilen, t);
-                if (used < 0) {
-                    return -1;
-                }
-                memmove(c->in, c->in + used, c->ilen - (size_t) used);
-                c->ilen -= (size_t) used;
-            }
-            if (c->ilen == 0) {
-                buf_release(&c->in, &c->ilen, &c->icap);
+            if (conn_parse_in(c, t) != 0) {
+                return -1;
             }
             continue;
         }
@@ -772,14 +784,8 @@ do_read(conn_t *c)
             }
         } else {
             buf_add(&c->in, &c->ilen, &c->icap, rbuf, (size_t) n);
-            used = ws_parse(c, c->in, c->ilen, t);
-            if (used < 0) {
+            if (conn_parse_in(c, t) != 0) {
                 return -1;
-            }
-            memmove(c->in, c->in + used, c->ilen - (size_t) used);
-            c->ilen -= (size_t) used;
-            if (c->ilen == 0) {
-                buf_release(&c->in, &c->ilen, &c->icap);
             }
         }
     }
