@@ -289,6 +289,10 @@ int pja_spool_remove(const char *job_id);
 int pja_spool_has(const char *job_id);
 char *pja_spool_read(const char *job_id);
 char **pja_spool_list(size_t *n);
+int pja_spool_run_write(const char *job_id, const char *text);
+int pja_spool_run_remove(const char *job_id);
+char *pja_spool_run_read(const char *job_id);
+char **pja_spool_run_list(size_t *n);
 
 
 /* json.c */

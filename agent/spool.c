@@ -1,9 +1,15 @@
 /*
- * pushjobs-agent: the spool of final reports.
+ * pushjobs-agent: the spool of final reports, and the records of running
+ * jobs.
  *
  * Every final report is stored as SPOOL/JOBID.json (written to a temporary
  * file, fsync'd, renamed, directory fsync'd) before it is sent, and removed
  * only on the server's `ack` for that job.
+ *
+ * A job's process group is recorded, the same way, as SPOOL/JOBID.run
+ * before the job's command is executed, and the record is removed once the
+ * job's report is spooled: a record without a report is a job whose agent
+ * process died while it ran (job.c, pja_job_recover()).
  */
 
 #include <dirent.h>
@@ -54,8 +60,8 @@ spool_path(pja_buf_t *b, const char *job_id, const char *suffix)
 }
 
 
-int
-pja_spool_write(const char *job_id, const char *text)
+static int
+spool_write_file(const char *job_id, const char *suffix, const char *text)
 {
     int        fd, dfd, rc;
     size_t     n, off;
@@ -63,8 +69,8 @@ pja_spool_write(const char *job_id, const char *text)
     pja_buf_t  tmp = { NULL, 0, 0 }, path = { NULL, 0, 0 };
 
     rc = -1;
-    spool_path(&tmp, job_id, ".json.tmp");
-    spool_path(&path, job_id, ".json");
+    pja_buf_printf(&tmp, "%s/%s%s.tmp", pja_spool_dir, job_id, suffix);
+    spool_path(&path, job_id, suffix);
 
     if (tmp.data == NULL || path.data == NULL) {
         goto done;
@@ -116,7 +122,6 @@ pja_spool_write(const char *job_id, const char *text)
         close(dfd);
     }
 
-    pja_log(PJA_LOG_DEBUG, "spooled the report of job %s", job_id);
     rc = 0;
 
 done:
@@ -128,12 +133,31 @@ done:
 
 
 int
-pja_spool_remove(const char *job_id)
+pja_spool_write(const char *job_id, const char *text)
+{
+    if (spool_write_file(job_id, ".json", text) != 0) {
+        return -1;
+    }
+
+    pja_log(PJA_LOG_DEBUG, "spooled the report of job %s", job_id);
+    return 0;
+}
+
+
+int
+pja_spool_run_write(const char *job_id, const char *text)
+{
+    return spool_write_file(job_id, ".run", text);
+}
+
+
+static int
+spool_remove_file(const char *job_id, const char *suffix)
 {
     int        rc;
     pja_buf_t  path = { NULL, 0, 0 };
 
-    spool_path(&path, job_id, ".json");
+    spool_path(&path, job_id, suffix);
     if (path.data == NULL) {
         return -1;
     }
@@ -146,6 +170,20 @@ pja_spool_remove(const char *job_id)
 
     pja_buf_free(&path);
     return rc;
+}
+
+
+int
+pja_spool_remove(const char *job_id)
+{
+    return spool_remove_file(job_id, ".json");
+}
+
+
+int
+pja_spool_run_remove(const char *job_id)
+{
+    return spool_remove_file(job_id, ".run");
 }
 
 
@@ -166,15 +204,15 @@ pja_spool_has(const char *job_id)
 }
 
 
-char *
-pja_spool_read(const char *job_id)
+static char *
+spool_read_file(const char *job_id, const char *suffix)
 {
     int        fd;
     char       chunk[8192];
     ssize_t    n;
     pja_buf_t  path = { NULL, 0, 0 }, data = { NULL, 0, 0 };
 
-    spool_path(&path, job_id, ".json");
+    spool_path(&path, job_id, suffix);
     if (path.data == NULL) {
         return NULL;
     }
@@ -210,18 +248,33 @@ pja_spool_read(const char *job_id)
 }
 
 
-/* The job ids of all spooled reports (malloc'd array of malloc'd ids). */
+char *
+pja_spool_read(const char *job_id)
+{
+    return spool_read_file(job_id, ".json");
+}
 
-char **
-pja_spool_list(size_t *n)
+
+char *
+pja_spool_run_read(const char *job_id)
+{
+    return spool_read_file(job_id, ".run");
+}
+
+
+/* The job ids of the files JOBID + suffix (malloc'd array of malloc'd ids). */
+
+static char **
+spool_list(const char *suffix, size_t *n)
 {
     DIR            *d;
-    size_t          len;
+    size_t          len, slen;
     char          **ids, **nids, id[33];
     struct dirent  *de;
 
     *n = 0;
     ids = NULL;
+    slen = strlen(suffix);
 
     d = opendir(pja_spool_dir);
     if (d == NULL) {
@@ -232,7 +285,7 @@ pja_spool_list(size_t *n)
 
     while ((de = readdir(d)) != NULL) {
         len = strlen(de->d_name);
-        if (len != 32 + 5 || strcmp(de->d_name + 32, ".json") != 0) {
+        if (len != 32 + slen || strcmp(de->d_name + 32, suffix) != 0) {
             continue;
         }
 
@@ -258,4 +311,18 @@ pja_spool_list(size_t *n)
 
     closedir(d);
     return ids;
+}
+
+
+char **
+pja_spool_list(size_t *n)
+{
+    return spool_list(".json", n);
+}
+
+
+char **
+pja_spool_run_list(size_t *n)
+{
+    return spool_list(".run", n);
 }
