@@ -620,13 +620,144 @@ job_takes_lock_itself(const char *prog)
 }
 
 
+/*
+ * What the kernel says about one process: /proc/PID/stat's state, process
+ * group, session and start time (clock ticks after boot).
+ */
+
+typedef struct {
+    char                   state;
+    pid_t                  pgrp;
+    pid_t                  sid;
+    unsigned long long     start;
+} job_proc_t;
+
+
+static int
+job_proc_stat(pid_t pid, job_proc_t *p)
+{
+    int       fd, pgrp, sid;
+    char      path[64], buf[1024], *s;
+    ssize_t   n;
+
+    snprintf(path, sizeof(path), "/proc/%ld/stat", (long) pid);
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        return -1;
+    }
+
+    do {
+        n = read(fd, buf, sizeof(buf) - 1);
+    } while (n < 0 && errno == EINTR);
+
+    close(fd);
+
+    if (n <= 0) {
+        return -1;
+    }
+
+    buf[n] = '\0';
+
+    /* the command name, in parentheses, may hold anything */
+    s = strrchr(buf, ')');
+    if (s == NULL
+        || sscanf(s + 1, " %c %*d %d %d %*d %*d %*u %*u %*u %*u %*u %*u %*u"
+                  " %*d %*d %*d %*d %*d %*d %llu", &p->state, &pgrp, &sid,
+                  &p->start) != 4)
+    {
+        return -1;
+    }
+
+    p->pgrp = (pid_t) pgrp;
+    p->sid = (pid_t) sid;
+    return 0;
+}
+
+
+/* This boot's id: process start times count from the boot. */
+
+static int
+job_boot_id(char *id, size_t size)
+{
+    int      fd;
+    ssize_t  n;
+
+    fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        return -1;
+    }
+
+    do {
+        n = read(fd, id, size - 1);
+    } while (n < 0 && errno == EINTR);
+
+    close(fd);
+
+    if (n <= 0) {
+        return -1;
+    }
+
+    id[n] = '\0';
+    id[strcspn(id, "\n")] = '\0';
+
+    return id[0] ? 0 : -1;
+}
+
+
+/*
+ * Records the job's process group (SPOOL/JOBID.run, spool.c) before its
+ * command runs: the group's number (the leader's pid, as the child calls
+ * setsid()), the leader's start time and the boot it started in, which
+ * together tell the leader apart from a later process given the same pid,
+ * and the job's file directory.  The record goes when the job's report
+ * is spooled (proto.c); pja_job_recover() reads the ones left by an agent
+ * process that died.
+ */
+
+static int
+job_record(pja_job_t *job, pid_t pid)
+{
+    int         rc;
+    char        boot[64];
+    pja_buf_t   b = { NULL, 0, 0 };
+    job_proc_t  p;
+
+    if (job_proc_stat(pid, &p) != 0) {
+        pja_log(PJA_LOG_ERR, "job %s: cannot read /proc/%ld/stat: %s",
+                job->id, (long) pid, strerror(errno));
+        return -1;
+    }
+
+    if (job_boot_id(boot, sizeof(boot)) != 0) {
+        pja_log(PJA_LOG_ERR, "job %s: cannot read the boot id: %s", job->id,
+                strerror(errno));
+        return -1;
+    }
+
+    if (pja_buf_printf(&b, "job_id %s\npgid %ld\nstart %llu\nboot %s\n",
+                       job->id, (long) pid, p.start, boot) != 0
+        || (job->file_dir && strchr(job->file_dir, '\n') == NULL
+            && pja_buf_printf(&b, "file_dir %s\n", job->file_dir) != 0))
+    {
+        pja_buf_free(&b);
+        return -1;
+    }
+
+    rc = pja_spool_run_write(job->id, b.data);
+    pja_buf_free(&b);
+
+    return rc;
+}
+
+
 /* Starts the committed job; NULL on success, else the reason. */
 
 const char *
 pja_job_run(pja_job_t *job, const pja_conf_t *cf)
 {
-    int              errp[2], outp[2], errpipe[2], devnull, i;
-    char           **argv, why[256];
+    int              errp[2], outp[2], errpipe[2], gate[2], devnull, i;
+    char           **argv, why[256], go;
     job_env_t        env;
     pid_t            pid;
     ssize_t          n;
@@ -678,6 +809,14 @@ pja_job_run(pja_job_t *job, const pja_conf_t *cf)
         return "pipe() failed";
     }
 
+    if (pja_pipe(gate, 0) != 0) {
+        close(errpipe[0]);
+        close(errpipe[1]);
+        pja_argv_free(argv);
+        job_env_free(&env);
+        return "pipe() failed";
+    }
+
     if (job->capture
         && (pja_pipe(outp, 0) != 0 || pja_pipe(errp, 0) != 0))
     {
@@ -688,6 +827,8 @@ pja_job_run(pja_job_t *job, const pja_conf_t *cf)
         }
         close(errpipe[0]);
         close(errpipe[1]);
+        close(gate[0]);
+        close(gate[1]);
         pja_argv_free(argv);
         job_env_free(&env);
         return "pipe() failed";
@@ -697,6 +838,7 @@ pja_job_run(pja_job_t *job, const pja_conf_t *cf)
 
     if (pid == 0) {
         close(errpipe[0]);
+        close(gate[1]);
 
         if (setsid() == -1) {
             job_child_fail(errpipe[1], "setsid()");
@@ -731,6 +873,20 @@ pja_job_run(pja_job_t *job, const pja_conf_t *cf)
             sigprocmask(SIG_SETMASK, &none, NULL);
         }
 
+        /*
+         * Nothing runs before the agent has recorded the process group
+         * (job_record()): an agent that dies before that, or cannot record
+         * it, closes the gate without a byte.
+         */
+        do {
+            n = read(gate[0], &go, 1);
+        } while (n < 0 && errno == EINTR);
+
+        if (n != 1) {
+            _exit(127);
+        }
+        close(gate[0]);
+
         if (pw && geteuid() == 0) {
             if (initgroups(pw->pw_name, pw->pw_gid) != 0) {
                 job_child_fail(errpipe[1], "initgroups()");
@@ -757,6 +913,7 @@ pja_job_run(pja_job_t *job, const pja_conf_t *cf)
     }
 
     close(errpipe[1]);
+    close(gate[0]);
     if (job->capture) {
         close(outp[1]);
         close(errp[1]);
@@ -767,12 +924,31 @@ pja_job_run(pja_job_t *job, const pja_conf_t *cf)
 
     if (pid == -1) {
         close(errpipe[0]);
+        close(gate[1]);
         if (job->capture) {
             close(outp[0]);
             close(errp[0]);
         }
         return "fork() failed";
     }
+
+    if (job_record(job, pid) != 0) {
+        close(gate[1]);
+        close(errpipe[0]);
+        waitpid(pid, NULL, 0);
+        if (job->capture) {
+            close(outp[0]);
+            close(errp[0]);
+        }
+        return "cannot record the job's process group in the spool";
+    }
+
+    go = 1;
+    if (write(gate[1], &go, 1) != 1) {
+        pja_log(PJA_LOG_ERR, "job %s: write(gate): %s", job->id,
+                strerror(errno));
+    }
+    close(gate[1]);
 
     /* The error pipe closes on a successful exec (O_CLOEXEC). */
     do {
@@ -784,6 +960,7 @@ pja_job_run(pja_job_t *job, const pja_conf_t *cf)
     if (n > 0) {
         why[n] = '\0';
         waitpid(pid, NULL, 0);
+        pja_spool_run_remove(job->id);
         if (job->capture) {
             close(outp[0]);
             close(errp[0]);
@@ -1076,3 +1253,4 @@ failed:
     pja_log(PJA_LOG_ERR, "job %s: cannot build the report", job->id);
     return NULL;
 }
+

@@ -118,8 +118,8 @@ proto_resend(pja_agent_t *a, const char *job_id)
 void
 pja_proto_job_exited(pja_agent_t *a, int status)
 {
-    char       *report;
-    pja_job_t  *job = &a->job;
+    char        *report, id[33];
+    pja_job_t   *job = &a->job;
 
     if (WIFEXITED(status)) {
         pja_log(PJA_LOG_INFO, "job %s: exited with %d%s", job->id,
@@ -130,8 +130,12 @@ pja_proto_job_exited(pja_agent_t *a, int status)
     }
 
     report = pja_job_report(job, status, a->max_message_size);
+    memcpy(id, job->id, sizeof(id));
     pja_job_clear(job);
     pja_proto_final(a, report);
+
+    /* reaped and reported: nothing of it for a restarted agent to end */
+    pja_spool_run_remove(id);
 }
 
 
