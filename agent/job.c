@@ -5,9 +5,11 @@
  * pipes read by the poll loop.
  */
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -1254,3 +1256,423 @@ failed:
     return NULL;
 }
 
+
+/*
+ * Recovery of the jobs of an agent process that died while they ran
+ * (kill -9, a crash, the OOM killer): their process groups ran on, with no
+ * one to end them at run_timeout or on an abort, and no one to report them.
+ *
+ * At start, before the channel opens, every SPOOL/JOBID.run without a
+ * spooled report (job_record()) is such a job.  Its process group, if it is
+ * still the job's, is ended as an abort ends it: SIGTERM, SIGKILL after
+ * kill_grace_period.  The job is then not held: the hello does not list
+ * it, and the server records its node "crashed" (agent_hello(): a running
+ * node whose agent does not hold its job went down), at once, or, after
+ * pushjobs_node_lost_timeout, already did; a node that is already final
+ * stays as it is.  The agent sends no report of its own: it cannot know how
+ * the command ended, and one final result per node is the server's.
+ *
+ * Whether the group is still the job's.  A process group's number is its
+ * first leader's pid, and Linux hands out no pid that is still in use as a
+ * process group id (nor one in use as a pid or session id).  So:
+ *
+ *   - the leader alive (or a zombie) with the recorded start time, in this
+ *     boot: it is the job's leader, and its group is the job's;
+ *   - a process with the group's number but another start time: the number
+ *     was free at some point, hence the job's group had ended; what is
+ *     there now is someone else's, and left alone;
+ *   - no process with that number but live members in the group: the
+ *     leader exited and its group lives on, or the job's group ended and a
+ *     newer leader with the reused number did too.  A member is shown to be
+ *     the job's by what no unrelated process has: it is in the session the
+ *     leader created (same number), started no earlier than the leader, and
+ *     its environment (/proc/PID/environ) carries the job's
+ *     CHEF_PUSH_JOB_ID, 128 random bits.  Members that show none of this
+ *     (a job that cleared its environment) are left alone, with a warning:
+ *     better a process left running than an unrelated one killed.
+ *
+ * Between the check and the signal, and between two checks while waiting,
+ * the group would have to end and its number be handed out again to a new
+ * group leader.  Linux allocates pids cyclically, so a freed number comes
+ * back only after pid_max others: not within the 100 ms between checks.
+ *
+ * Why not PR_SET_PDEATHSIG or a subreaper instead: the parent-death signal
+ * reaches the leader only (not the rest of the group), is cleared by the
+ * setuid() of jobs run as a user, and would end the job with no grace
+ * period; a subreaper dies with the agent it would be.  (Under systemd,
+ * KillMode=mixed normally kills what is left of the unit's cgroup.)  The
+ * recovery here covers every case, so it is the one mechanism.
+ */
+
+#define JOB_RECOVER_KILL_WAIT  5000
+#define JOB_ENVIRON_MAX        (1024 * 1024)
+
+
+typedef struct {
+    char                   id[33];
+    pid_t                  pgid;
+    unsigned long long     start;
+    char                   boot[64];
+    char                  *file_dir;
+} job_record_t;
+
+
+typedef struct {
+    int                    live;     /* members that are not zombies */
+    int                    leader;   /* -1: no process with the number,
+                                        1: the job's leader, 0: another */
+    int                    env;      /* a live member shows the job's id */
+} job_group_t;
+
+
+static int
+job_record_parse(char *text, const char *id, job_record_t *r)
+{
+    char       *line, *val, *end, *save;
+    long long   n;
+
+    memset(r, 0, sizeof(job_record_t));
+
+    for (line = strtok_r(text, "\n", &save); line;
+         line = strtok_r(NULL, "\n", &save))
+    {
+        val = strchr(line, ' ');
+        if (val == NULL) {
+            continue;
+        }
+        *val++ = '\0';
+
+        if (strcmp(line, "job_id") == 0 && strlen(val) == 32) {
+            memcpy(r->id, val, 33);
+
+        } else if (strcmp(line, "pgid") == 0) {
+            errno = 0;
+            n = strtoll(val, &end, 10);
+            if (errno == 0 && *end == '\0' && n > 1 && n <= 0x7fffffff) {
+                r->pgid = (pid_t) n;
+            }
+
+        } else if (strcmp(line, "start") == 0) {
+            errno = 0;
+            r->start = strtoull(val, &end, 10);
+            if (errno || *end != '\0' || val[0] == '-') {
+                r->start = 0;
+            }
+
+        } else if (strcmp(line, "boot") == 0 && strlen(val) < sizeof(r->boot))
+        {
+            memcpy(r->boot, val, strlen(val) + 1);
+
+        } else if (strcmp(line, "file_dir") == 0 && val[0] == '/') {
+            free(r->file_dir);
+            r->file_dir = pja_strdup(val);
+        }
+    }
+
+    /*
+     * pgid 0 or 1 would make kill() signal our own group or every
+     * process: never.
+     */
+    if (strcmp(r->id, id) != 0 || r->pgid <= 1 || r->pgid == getpgrp()
+        || r->start == 0 || r->boot[0] == '\0')
+    {
+        free(r->file_dir);
+        r->file_dir = NULL;
+        return -1;
+    }
+
+    return 0;
+}
+
+
+/* Whether the process's environment holds CHEF_PUSH_JOB_ID=id. */
+
+static int
+job_proc_has_id(pid_t pid, const char *id)
+{
+    int        fd, found;
+    char       path[64], want[64], chunk[8192], *p, *last;
+    ssize_t    n;
+    pja_buf_t  b = { NULL, 0, 0 };
+
+    snprintf(path, sizeof(path), "/proc/%ld/environ", (long) pid);
+    snprintf(want, sizeof(want), "CHEF_PUSH_JOB_ID=%s", id);
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        return 0;
+    }
+
+    while (b.len < JOB_ENVIRON_MAX) {
+        n = read(fd, chunk, sizeof(chunk));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0 || pja_buf_add(&b, chunk, (size_t) n) != 0) {
+            break;
+        }
+    }
+
+    close(fd);
+
+    found = 0;
+
+    if (b.data) {
+        last = b.data + b.len;
+        for (p = b.data; p < last && !found; p += strlen(p) + 1) {
+            found = strcmp(p, want) == 0;
+        }
+    }
+
+    pja_buf_free(&b);
+    return found;
+}
+
+
+static int
+job_group_scan(const job_record_t *r, job_group_t *g)
+{
+    DIR            *d;
+    char           *end;
+    long            n;
+    pid_t           pid;
+    job_proc_t      p;
+    struct dirent  *de;
+
+    g->live = 0;
+    g->leader = -1;
+    g->env = 0;
+
+    d = opendir("/proc");
+    if (d == NULL) {
+        pja_log(PJA_LOG_ERR, "cannot open /proc: %s", strerror(errno));
+        return -1;
+    }
+
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] < '1' || de->d_name[0] > '9') {
+            continue;
+        }
+
+        n = strtol(de->d_name, &end, 10);
+        if (*end != '\0' || n <= 0 || n > 0x7fffffff) {
+            continue;
+        }
+
+        pid = (pid_t) n;
+
+        if (job_proc_stat(pid, &p) != 0) {
+            continue;    /* gone meanwhile */
+        }
+
+        if (pid == r->pgid) {
+            g->leader = p.start == r->start;
+        }
+
+        if (p.pgrp != r->pgid || p.state == 'Z' || p.state == 'X') {
+            continue;
+        }
+
+        g->live++;
+
+        if (!g->env && p.sid == r->pgid && p.start >= r->start
+            && job_proc_has_id(pid, r->id))
+        {
+            g->env = 1;
+        }
+    }
+
+    closedir(d);
+    return 0;
+}
+
+
+/*
+ * Whether the group is the job's (the comment above); once shown, it stays
+ * the job's while it keeps live members and its number no other leader.
+ */
+
+static int
+job_group_ours(const job_group_t *g, int shown)
+{
+    if (g->leader != -1) {
+        return g->leader;
+    }
+
+    return g->env || shown;
+}
+
+
+static void
+job_group_end(const pja_conf_t *cf, const job_record_t *r)
+{
+    int          sig, ours;
+    int64_t      until;
+    job_group_t  g;
+
+    if (job_group_scan(r, &g) != 0) {
+        return;
+    }
+
+    if (g.live == 0) {
+        pja_log(PJA_LOG_INFO, "job %s: its process group %ld had ended",
+                r->id, (long) r->pgid);
+        return;
+    }
+
+    ours = job_group_ours(&g, 0);
+
+    if (!ours) {
+        pja_log(PJA_LOG_WARN, "job %s: process group %ld has %d processes "
+                "that cannot be shown to be the job's; left alone", r->id,
+                (long) r->pgid, g.live);
+        return;
+    }
+
+    pja_log(PJA_LOG_WARN, "job %s: its process group %ld (%d processes) "
+            "outlived the agent process that ran it; terminating it", r->id,
+            (long) r->pgid, g.live);
+
+    sig = SIGTERM;
+
+    for ( ;; ) {
+        if (kill(-r->pgid, sig) != 0 && errno != ESRCH) {
+            pja_log(PJA_LOG_ERR, "job %s: kill(%ld, %d): %s", r->id,
+                    (long) -r->pgid, sig, strerror(errno));
+            return;
+        }
+
+        until = pja_now_ms() + (sig == SIGTERM
+                                ? (int64_t) cf->kill_grace * 1000
+                                : JOB_RECOVER_KILL_WAIT);
+
+        do {
+            (void) poll(NULL, 0, 100);
+
+            if (job_group_scan(r, &g) != 0) {
+                return;
+            }
+
+            ours = job_group_ours(&g, ours);
+
+        } while (g.live && ours && pja_now_ms() < until);
+
+        if (g.live == 0) {
+            pja_log(PJA_LOG_WARN, "job %s: process group %ld ended (%s)",
+                    r->id, (long) r->pgid,
+                    sig == SIGTERM ? "SIGTERM" : "SIGKILL");
+            return;
+        }
+
+        if (!ours) {
+            pja_log(PJA_LOG_WARN, "job %s: process group %ld is no longer "
+                    "the job's; left alone", r->id, (long) r->pgid);
+            return;
+        }
+
+        if (sig == SIGKILL) {
+            pja_log(PJA_LOG_ERR, "job %s: process group %ld still has %d "
+                    "processes %d s after SIGKILL", r->id, (long) r->pgid,
+                    g.live, JOB_RECOVER_KILL_WAIT / 1000);
+            return;
+        }
+
+        pja_log(PJA_LOG_WARN, "job %s: still running %d s after SIGTERM, "
+                "killing process group %ld", r->id, cf->kill_grace,
+                (long) r->pgid);
+        sig = SIGKILL;
+    }
+}
+
+
+/* The job's file and its private directory (job_write_file()). */
+
+static void
+job_recover_file_dir(const char *id, const char *dir)
+{
+    pja_buf_t  path = { NULL, 0, 0 };
+
+    if (pja_buf_printf(&path, "%s/file", dir) != 0) {
+        return;
+    }
+
+    if (unlink(path.data) != 0 && errno != ENOENT) {
+        pja_log(PJA_LOG_WARN, "job %s: cannot remove %s: %s", id, path.data,
+                strerror(errno));
+    }
+
+    if (rmdir(dir) != 0 && errno != ENOENT) {
+        pja_log(PJA_LOG_WARN, "job %s: cannot remove %s: %s", id, dir,
+                strerror(errno));
+    }
+
+    pja_buf_free(&path);
+}
+
+
+static void
+job_recover_one(const pja_conf_t *cf, const char *id)
+{
+    char          *text, boot[64];
+    job_record_t   r;
+
+    if (pja_spool_has(id)) {
+        /* it ended, and its report is spooled: it goes out as usual */
+        pja_spool_run_remove(id);
+        return;
+    }
+
+    text = pja_spool_run_read(id);
+
+    if (text == NULL || job_record_parse(text, id, &r) != 0) {
+        pja_log(PJA_LOG_WARN, "job %s: the record of its process group is "
+                "not valid; removed", id);
+        free(text);
+        pja_spool_run_remove(id);
+        return;
+    }
+
+    free(text);
+
+    pja_log(PJA_LOG_WARN, "job %s: the previous agent process died while "
+            "the job ran (process group %ld)", id, (long) r.pgid);
+
+    if (job_boot_id(boot, sizeof(boot)) != 0) {
+        pja_log(PJA_LOG_ERR, "job %s: cannot read the boot id: %s; its "
+                "process group is left alone", id, strerror(errno));
+
+    } else if (strcmp(boot, r.boot) != 0) {
+        pja_log(PJA_LOG_INFO, "job %s: the node has restarted since; "
+                "nothing of the job runs", id);
+
+    } else {
+        job_group_end(cf, &r);
+    }
+
+    if (r.file_dir) {
+        job_recover_file_dir(id, r.file_dir);
+        free(r.file_dir);
+    }
+
+    pja_log(PJA_LOG_WARN, "job %s: not held any more; the server records "
+            "the node crashed", id);
+
+    pja_spool_run_remove(id);
+}
+
+
+void
+pja_job_recover(const pja_conf_t *cf)
+{
+    size_t   i, n;
+    char   **ids;
+
+    ids = pja_spool_run_list(&n);
+
+    for (i = 0; i < n; i++) {
+        job_recover_one(cf, ids[i]);
+        free(ids[i]);
+    }
+
+    free(ids);
+}

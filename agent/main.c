@@ -794,6 +794,9 @@ main(int argc, char **argv)
         return 1;
     }
 
+    /* what a previous agent process left running when it died */
+    pja_job_recover(&a->conf);
+
     if (setup_signals() != 0) {
         return 1;
     }

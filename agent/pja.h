@@ -279,6 +279,7 @@ int pja_job_reap(pja_job_t *job, int *status);
 char *pja_job_report(pja_job_t *job, int status, size_t max_size);
 void pja_job_clear(pja_job_t *job);
 void pja_job_timers(pja_job_t *job, const pja_conf_t *cf, int64_t now);
+void pja_job_recover(const pja_conf_t *cf);
 
 
 /* spool.c */
