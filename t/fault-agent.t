@@ -10,6 +10,11 @@
 #       job posted meanwhile counts it unavailable; continued, it
 #       reconnects, its running job ends with one result, and later jobs
 #       run on it;
+#   (d) killed mid-run, and the job's group leader gone too: the restarted
+#       agent finds the rest of the group by the job's id in their
+#       environment and ends it;
+#   (e) the same when nothing left shows the job's id: the agent cannot
+#       tell the group from one that reuses its number, and leaves it;
 #   (b) killed mid-run and restarted after pushjobs_node_lost_timeout (the
 #       server has marked the node crashed): the restarted agent still
 #       ends the orphaned group, and nothing about the job changes.
@@ -23,6 +28,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use File::Temp qw(tempdir);
+use POSIX qw(WNOHANG);
 use Test::More;
 use Time::HiRes qw(time);
 use PushJobs::Stack;
@@ -33,8 +39,12 @@ chmod 0755, $tmp;
 # a process tree: the script and two sleeps, all in the job's group
 PushJobs::Stack::spew("$tmp/tree", "#!/bin/sh\nsleep 30 & sleep 31; wait\n",
                       0755);
+# the same tree below a shell that hides the job's environment
+PushJobs::Stack::spew("$tmp/hidden",
+    "#!/bin/sh\nenv -i /bin/sh -c 'sleep 32 & sleep 33; wait'\n", 0755);
 
-my %whitelist = (tree => "$tmp/tree", nap => 'sleep 8', true => 'true');
+my %whitelist = (tree => "$tmp/tree", hidden => "$tmp/hidden",
+                 nap => 'sleep 8', true => 'true');
 
 # The live (not zombie) processes of a process group, read from /proc.
 sub group_live {
@@ -88,16 +98,27 @@ sub event_count {
 # Starts the tree on NODE and waits until its three processes run; returns
 # the job id and the recorded process group.
 sub start_tree {
-    my ($s, $node) = @_;
-    my $id = $s->start_job({ command => 'tree', nodes => [$node] });
+    my ($s, $node, $command, $procs) = @_;
+    my $id = $s->start_job({ command => $command // 'tree',
+                             nodes => [$node] });
     my $pgid;
     ok PushJobs::Stack::wait_for(30, sub {
         my $j = $s->job($id);
         $pgid = recorded_pgid($s, $node, $id);
         $j && ($j->{nodes}{running} // [])->[0] && $pgid
-           && group_live($pgid) >= 3;
+           && group_live($pgid) >= ($procs // 3);
     }, 0.1), "job running, its process group recorded in the spool ($id.run)";
     return ($id, $pgid);
+}
+
+# The test process becomes a subreaper: the orphans of a killed agent are
+# then its children, so that it can reap a job's group leader and leave
+# the rest of the group without it (where PID 1 does not reap, a dead
+# leader stays a zombie and still shows its start time).
+sub subreaper {
+    my %prctl = (x86_64 => 157, aarch64 => 167);
+    my $nr = $prctl{ (POSIX::uname())[4] } or return 0;
+    return syscall($nr, 36, 1, 0, 0, 0) == 0;    # PR_SET_CHILD_SUBREAPER
 }
 
 # --- (a) and (c): node_lost_timeout far away (60 s) -----------------------
@@ -197,6 +218,53 @@ note '(c) SIGSTOP past the ping interval, then SIGCONT';
 
     is_deeply [ check_invariants($s, [ $id, $id3, $id4 ]) ], [],
         'invariants hold';
+}
+
+SKIP: {
+    skip 'no PR_SET_CHILD_SUBREAPER here', 14 unless subreaper();
+
+    note '(d) kill -9 mid-run, the group\'s leader gone too, then restart';
+    my ($id, $pgid) = start_tree($s, 'node1');
+    push @ids, $id;
+    $s->stop_agent('node1', 'KILL');
+    kill 'KILL', $pgid;
+    ok PushJobs::Stack::wait_for(10, sub { waitpid($pgid, WNOHANG) == $pgid }),
+        'the group\'s leader is dead and reaped';
+    is scalar(group_live($pgid)), 2, 'its two sleeps run on in its group';
+
+    $s->start_agent('node1');
+    ok PushJobs::Stack::wait_for(20, sub { !group_live($pgid) }, 0.1),
+        'the restarted agent ended them (the job\'s id in their environment)';
+    like PushJobs::Stack::slurp($s->dir . '/agents/node1/agent.log'),
+        qr/job $id: its process group $pgid \(2 processes\) outlived/,
+        'and said so';
+    is_deeply $s->wait_job($id, 40)->{nodes}, { crashed => ['node1'] },
+        'node crashed';
+    ok $s->wait_online(['node1'], 30), 'node1 online again';
+
+    note '(e) the same, when no process left shows the job\'s id';
+    ($id, $pgid) = start_tree($s, 'node1', 'hidden', 4);
+    push @ids, $id;
+    $s->stop_agent('node1', 'KILL');
+    kill 'KILL', $pgid;
+    ok PushJobs::Stack::wait_for(10, sub { waitpid($pgid, WNOHANG) == $pgid }),
+        'the group\'s leader is dead and reaped';
+    my @left = group_live($pgid);
+    is scalar(@left), 3, 'the rest of its group runs on';
+
+    $s->start_agent('node1');
+    ok PushJobs::Stack::wait_for(20, sub {
+        PushJobs::Stack::slurp($s->dir . '/agents/node1/agent.log')
+            =~ /job $id: process group $pgid has 3 processes that cannot be /
+    }, 0.1), 'the restarted agent does not signal what it cannot show is '
+             . 'the job\'s';
+    is_deeply [ group_live($pgid) ], \@left, 'they were left alone';
+    kill 'KILL', -$pgid;
+    ok PushJobs::Stack::wait_for(10, sub { !group_live($pgid) }),
+        '(ended by the test)';
+    is_deeply $s->wait_job($id, 40)->{nodes}, { crashed => ['node1'] },
+        'node crashed all the same';
+    $s->wait_online(['node1'], 30);
 }
 
 is_deeply [ check_invariants($s, \@ids) ], [], 'invariants hold for all jobs';
