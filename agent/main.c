@@ -794,12 +794,15 @@ main(int argc, char **argv)
         return 1;
     }
 
-    /* what a previous agent process left running when it died */
-    pja_job_recover(&a->conf);
-
     if (setup_signals() != 0) {
         return 1;
     }
+
+    /*
+     * What a previous agent process left running when it died; a signal
+     * meanwhile is handled once that is done.
+     */
+    pja_job_recover(&a->conf);
 
     if (pja_ws_init_ctx(&a->ws, &a->conf) != 0) {
         return 1;
