@@ -13,6 +13,11 @@
  * kernel after PQconsumeInput; the write event is registered only while a
  * flush is pending.  A connection that fails is closed and reconnected with
  * exponential backoff; its query, if any, fails.
+ *
+ * libpq closes a socket itself when it sees the connection fail
+ * (PQconsumeInput, PQflush, PQconnectPoll): the events of a socket it
+ * closed are gone from epoll with it and must not be deleted again, and
+ * the number may already belong to a new socket.
  */
 
 
@@ -90,7 +95,8 @@ static void ngx_pushjobs_pg_connect_poll(ngx_pushjobs_pg_conn_t *pc);
 static ngx_int_t ngx_pushjobs_pg_wrap(ngx_pushjobs_pg_conn_t *pc);
 static ngx_int_t ngx_pushjobs_pg_arm(ngx_pushjobs_pg_conn_t *pc,
     ngx_uint_t write);
-static void ngx_pushjobs_pg_unwrap(ngx_pushjobs_pg_conn_t *pc);
+static void ngx_pushjobs_pg_unwrap(ngx_pushjobs_pg_conn_t *pc,
+    ngx_uint_t closed);
 static void ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc,
     ngx_uint_t retry);
 static void ngx_pushjobs_pg_retry_handler(ngx_event_t *ev);
@@ -416,9 +422,24 @@ ngx_pushjobs_pg_connect_poll(ngx_pushjobs_pg_conn_t *pc)
 {
     PostgresPollingStatusType  st;
 
+    /*
+     * PQconnectPoll() may close the socket and open another (the next
+     * address, an SSL fallback), which may get the same number: take the
+     * socket out of epoll while it is surely open, and add the one libpq
+     * holds afterwards.
+     */
+
+    ngx_pushjobs_pg_unwrap(pc, 0);
+
     st = PQconnectPoll(pc->conn);
 
-    /* the socket may change between polls (several hosts, SSL fallback) */
+    if (st == PGRES_POLLING_FAILED) {
+        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
+                      "pushjobs: postgres connect failed: %s",
+                      ngx_pushjobs_pg_error(pc->conn));
+        ngx_pushjobs_pg_close(pc, 1);
+        return;
+    }
 
     if (ngx_pushjobs_pg_wrap(pc) != NGX_OK) {
         ngx_pushjobs_pg_close(pc, 1);
@@ -435,15 +456,8 @@ ngx_pushjobs_pg_connect_poll(ngx_pushjobs_pg_conn_t *pc)
         (void) ngx_pushjobs_pg_arm(pc, 1);
         return;
 
-    case PGRES_POLLING_OK:
+    default: /* PGRES_POLLING_OK */
         ngx_pushjobs_pg_connected(pc);
-        return;
-
-    default: /* PGRES_POLLING_FAILED */
-        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
-                      "pushjobs: postgres connect failed: %s",
-                      ngx_pushjobs_pg_error(pc->conn));
-        ngx_pushjobs_pg_close(pc, 1);
         return;
     }
 }
@@ -510,12 +524,6 @@ ngx_pushjobs_pg_wrap(ngx_pushjobs_pg_conn_t *pc)
 
     fd = PQsocket(pc->conn);
 
-    if (pc->c && pc->c->fd == fd) {
-        return NGX_OK;
-    }
-
-    ngx_pushjobs_pg_unwrap(pc);
-
     if (fd == -1) {
         return NGX_OK;
     }
@@ -575,9 +583,16 @@ ngx_pushjobs_pg_arm(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t write)
 }
 
 
+/*
+ * Forgets the socket.  libpq owns it and closes it: while it is open, take
+ * it out of epoll; once libpq has closed it ("closed"), epoll has already
+ * forgotten it, and its number may be another socket's by now.
+ */
+
 static void
-ngx_pushjobs_pg_unwrap(ngx_pushjobs_pg_conn_t *pc)
+ngx_pushjobs_pg_unwrap(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t closed)
 {
+    ngx_uint_t         flags;
     ngx_connection_t  *c;
 
     c = pc->c;
@@ -593,17 +608,14 @@ ngx_pushjobs_pg_unwrap(ngx_pushjobs_pg_conn_t *pc)
         ngx_del_timer(c->write);
     }
 
-    /*
-     * libpq owns the socket and closes it: remove it from epoll while it is
-     * still open, and never close it here.
-     */
+    flags = closed ? NGX_CLOSE_EVENT : 0;
 
     if (c->read->active) {
-        (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
+        (void) ngx_del_event(c->read, NGX_READ_EVENT, flags);
     }
 
     if (c->write->active) {
-        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, flags);
     }
 
     if (c->read->posted) {
@@ -625,13 +637,19 @@ ngx_pushjobs_pg_unwrap(ngx_pushjobs_pg_conn_t *pc)
 static void
 ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t retry)
 {
+    ngx_uint_t                closed;
     ngx_msec_t                delay;
     ngx_pushjobs_pg_t        *pg;
     ngx_pushjobs_pg_query_t  *q;
 
     pg = pc->pg;
 
-    ngx_pushjobs_pg_unwrap(pc);
+    /* a socket libpq dropped after a failure is no longer PQsocket() */
+
+    closed = pc->c != NULL
+             && (pc->conn == NULL || PQsocket(pc->conn) != pc->c->fd);
+
+    ngx_pushjobs_pg_unwrap(pc, closed);
 
     if (pc->conn) {
         PQfinish(pc->conn);
