@@ -14,6 +14,12 @@
  * flush is pending.  A connection that fails is closed and reconnected with
  * exponential backoff; its query, if any, fails.
  *
+ * When a connection attempt fails while no query connection is up, the
+ * pool is down: queued and new queries fail at once (the REST API answers
+ * 503 at once instead of after a queue timeout), and one connection probes
+ * until PostgreSQL answers again; then the others reconnect, and the
+ * LISTEN connection's catch-up runs once both are back.
+ *
  * libpq closes a socket itself when it sees the connection fail
  * (PQconsumeInput, PQflush, PQconnectPoll): the events of a socket it
  * closed are gone from epoll with it and must not be deleted again, and
@@ -30,10 +36,11 @@
 #define NGX_PUSHJOBS_PG_BUSY          3
 
 #define NGX_PUSHJOBS_PG_BACKOFF_MIN   100
-#define NGX_PUSHJOBS_PG_BACKOFF_MAX   10000
-#define NGX_PUSHJOBS_PG_CONNECT_TIME  10000
-#define NGX_PUSHJOBS_PG_QUERY_TIME    60000
-#define NGX_PUSHJOBS_PG_QUEUE_TIME    10000
+#define NGX_PUSHJOBS_PG_BACKOFF_MAX   3000
+#define NGX_PUSHJOBS_PG_CONNECT_TIME  5000
+/* statement_timeout (30 s) and a margin: a server that stopped answering */
+#define NGX_PUSHJOBS_PG_QUERY_TIME    35000
+#define NGX_PUSHJOBS_PG_QUEUE_TIME    5000
 #define NGX_PUSHJOBS_PG_QUEUE_MAX     10000
 
 #define NGX_PUSHJOBS_PG_CHANNEL       "pushjobs"
@@ -49,6 +56,7 @@ typedef struct {
     ngx_uint_t                  state;
     ngx_uint_t                  listen;
     ngx_uint_t                  want_write;
+    ngx_uint_t                  failures;      /* connects failed in a row */
     ngx_pushjobs_pg_query_t    *query;
     ngx_msec_t                  backoff;
     ngx_event_t                 retry;
@@ -83,6 +91,16 @@ struct ngx_pushjobs_pg_s {
     ngx_uint_t                  nqueued;
     ngx_event_t                 queue_ev;
 
+    /* query connections idle or busy */
+    ngx_uint_t                  nup;
+
+    /* a connection attempt failed with none up; pc is the one probing */
+    ngx_uint_t                  down;
+    ngx_pushjobs_pg_conn_t     *probe;
+
+    /* the LISTEN connection is listening; its catch-up is still due */
+    ngx_uint_t                  catch_up;
+
     ngx_pushjobs_pg_notify_pt   notify;
     ngx_pushjobs_pg_connected_pt  connected;
 
@@ -113,6 +131,10 @@ static void ngx_pushjobs_pg_finish(ngx_pushjobs_pg_query_t *q,
     PGresult *res);
 static void ngx_pushjobs_pg_dispatch(ngx_pushjobs_pg_t *pg);
 static void ngx_pushjobs_pg_queue_handler(ngx_event_t *ev);
+static void ngx_pushjobs_pg_set_down(ngx_pushjobs_pg_t *pg,
+    ngx_pushjobs_pg_conn_t *pc);
+static void ngx_pushjobs_pg_set_up(ngx_pushjobs_pg_t *pg);
+static void ngx_pushjobs_pg_catch_up(ngx_pushjobs_pg_t *pg);
 static const char *ngx_pushjobs_pg_error(PGconn *conn);
 
 
@@ -233,6 +255,12 @@ ngx_pushjobs_pg_done(ngx_pushjobs_worker_t *w)
 }
 
 
+/*
+ * Queues a query; NULL if it cannot run: the pool is down (PostgreSQL could
+ * not be reached: fail at once rather than wait), the worker is exiting,
+ * or the queue is full.
+ */
+
 ngx_pushjobs_pg_query_t *
 ngx_pushjobs_pg_query(const char *sql, ngx_uint_t nparams, ngx_str_t *params,
     ngx_pushjobs_pg_handler_pt handler, void *data)
@@ -245,14 +273,13 @@ ngx_pushjobs_pg_query(const char *sql, ngx_uint_t nparams, ngx_str_t *params,
 
     pg = ngx_pushjobs_pg;
 
-    if (pg == NULL || pg->stopping
-        || pg->nqueued >= NGX_PUSHJOBS_PG_QUEUE_MAX)
-    {
-        if (pg) {
-            ngx_log_error(NGX_LOG_ERR, pg->log, 0,
-                          "pushjobs: postgres query queue is full");
-        }
+    if (pg == NULL || pg->stopping || pg->down) {
+        return NULL;
+    }
 
+    if (pg->nqueued >= NGX_PUSHJOBS_PG_QUEUE_MAX) {
+        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                      "pushjobs: postgres query queue is full");
         return NULL;
     }
 
@@ -394,17 +421,7 @@ ngx_pushjobs_pg_connect(ngx_pushjobs_pg_conn_t *pc)
 
     pc->conn = PQconnectStartParams(keywords, values, 1);
 
-    if (pc->conn == NULL) {
-        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
-                      "pushjobs: postgres connect: out of memory");
-        ngx_pushjobs_pg_close(pc, 1);
-        return;
-    }
-
-    if (PQstatus(pc->conn) == CONNECTION_BAD) {
-        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
-                      "pushjobs: postgres connect failed: %s",
-                      ngx_pushjobs_pg_error(pc->conn));
+    if (pc->conn == NULL || PQstatus(pc->conn) == CONNECTION_BAD) {
         ngx_pushjobs_pg_close(pc, 1);
         return;
     }
@@ -434,9 +451,6 @@ ngx_pushjobs_pg_connect_poll(ngx_pushjobs_pg_conn_t *pc)
     st = PQconnectPoll(pc->conn);
 
     if (st == PGRES_POLLING_FAILED) {
-        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
-                      "pushjobs: postgres connect failed: %s",
-                      ngx_pushjobs_pg_error(pc->conn));
         ngx_pushjobs_pg_close(pc, 1);
         return;
     }
@@ -482,17 +496,18 @@ ngx_pushjobs_pg_connected(ngx_pushjobs_pg_conn_t *pc)
         return;
     }
 
+    if (ngx_pushjobs_pg_arm(pc, 0) != NGX_OK) {
+        ngx_pushjobs_pg_close(pc, 1);
+        return;
+    }
+
     pc->backoff = NGX_PUSHJOBS_PG_BACKOFF_MIN;
+    pc->failures = 0;
     pc->state = NGX_PUSHJOBS_PG_IDLE;
 
     ngx_log_error(NGX_LOG_INFO, pg->log, 0,
                   "pushjobs: postgres %s connection ready",
                   pc->listen ? "listen" : "query");
-
-    if (ngx_pushjobs_pg_arm(pc, 0) != NGX_OK) {
-        ngx_pushjobs_pg_close(pc, 1);
-        return;
-    }
 
     if (pc->listen) {
         if (PQsendQuery(pc->conn, ngx_pushjobs_pg_listen_sql) != 1) {
@@ -511,6 +526,14 @@ ngx_pushjobs_pg_connected(ngx_pushjobs_pg_conn_t *pc)
 
         return;
     }
+
+    pg->nup++;
+
+    if (pg->down) {
+        ngx_pushjobs_pg_set_up(pg);
+    }
+
+    ngx_pushjobs_pg_catch_up(pg);
 
     ngx_pushjobs_pg_dispatch(pg);
 }
@@ -637,12 +660,13 @@ ngx_pushjobs_pg_unwrap(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t closed)
 static void
 ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t retry)
 {
-    ngx_uint_t                closed;
+    ngx_uint_t                state, closed, level;
     ngx_msec_t                delay;
     ngx_pushjobs_pg_t        *pg;
     ngx_pushjobs_pg_query_t  *q;
 
     pg = pc->pg;
+    state = pc->state;
 
     /* a socket libpq dropped after a failure is no longer PQsocket() */
 
@@ -650,6 +674,20 @@ ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t retry)
              && (pc->conn == NULL || PQsocket(pc->conn) != pc->c->fd);
 
     ngx_pushjobs_pg_unwrap(pc, closed);
+
+    if (retry && !pg->stopping
+        && (state == NGX_PUSHJOBS_PG_CLOSED
+            || state == NGX_PUSHJOBS_PG_CONNECTING))
+    {
+        /* the first failure in a row is an error, the repeats are noise */
+
+        level = (pc->failures++ == 0) ? NGX_LOG_ERR : NGX_LOG_INFO;
+
+        ngx_log_error(level, pg->log, 0,
+                      "pushjobs: postgres connect failed: %s",
+                      pc->conn ? ngx_pushjobs_pg_error(pc->conn)
+                               : "out of memory");
+    }
 
     if (pc->conn) {
         PQfinish(pc->conn);
@@ -665,6 +703,14 @@ ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t retry)
     }
 
     pc->state = NGX_PUSHJOBS_PG_CLOSED;
+
+    if (pc->listen) {
+        pg->catch_up = 0;
+
+    } else if (state == NGX_PUSHJOBS_PG_IDLE || state == NGX_PUSHJOBS_PG_BUSY)
+    {
+        pg->nup--;
+    }
 
     q = pc->query;
     pc->query = NULL;
@@ -682,6 +728,20 @@ ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t retry)
         return;
     }
 
+    if (!pc->listen && pg->nup == 0
+        && (state == NGX_PUSHJOBS_PG_CLOSED
+            || state == NGX_PUSHJOBS_PG_CONNECTING))
+    {
+        if (!pg->down) {
+            ngx_pushjobs_pg_set_down(pg, pc);
+
+        } else if (pc != pg->probe) {
+            /* one connection probes; the others wait for it */
+            pc->backoff = NGX_PUSHJOBS_PG_BACKOFF_MIN;
+            return;
+        }
+    }
+
     /* exponential backoff with jitter, so workers do not reconnect at once */
 
     delay = pc->backoff / 2 + (ngx_msec_t) ngx_random() % (pc->backoff / 2 + 1);
@@ -692,6 +752,89 @@ ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t retry)
     }
 
     ngx_add_timer(&pc->retry, delay);
+}
+
+
+/*
+ * No query connection is up and one could not be made: fail what waits,
+ * and fail new queries at once until PostgreSQL answers again.
+ */
+
+static void
+ngx_pushjobs_pg_set_down(ngx_pushjobs_pg_t *pg, ngx_pushjobs_pg_conn_t *pc)
+{
+    ngx_queue_t              *qu;
+    ngx_pushjobs_pg_query_t  *q;
+
+    pg->down = 1;
+    pg->probe = pc;
+
+    ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                  "pushjobs: postgres is unreachable, queries fail until "
+                  "it answers again");
+
+    /* the handlers may queue again: that fails now */
+
+    while (!ngx_queue_empty(&pg->queue)) {
+        qu = ngx_queue_head(&pg->queue);
+        q = ngx_queue_data(qu, ngx_pushjobs_pg_query_t, queue);
+        ngx_queue_remove(qu);
+        pg->nqueued--;
+
+        ngx_pushjobs_pg_finish(q, NULL);
+    }
+}
+
+
+/* A query connection is up again: the others reconnect now. */
+
+static void
+ngx_pushjobs_pg_set_up(ngx_pushjobs_pg_t *pg)
+{
+    ngx_uint_t               i;
+    ngx_pushjobs_pg_conn_t  *pc;
+
+    pg->down = 0;
+    pg->probe = NULL;
+
+    ngx_log_error(NGX_LOG_NOTICE, pg->log, 0,
+                  "pushjobs: postgres answers again");
+
+    for (i = 0; i <= pg->nconns; i++) {
+        pc = (i < pg->nconns) ? &pg->conns[i] : &pg->listener;
+
+        if (pc->state != NGX_PUSHJOBS_PG_CLOSED) {
+            continue;
+        }
+
+        if (pc->retry.timer_set) {
+            ngx_del_timer(&pc->retry);
+        }
+
+        pc->backoff = NGX_PUSHJOBS_PG_BACKOFF_MIN;
+        ngx_add_timer(&pc->retry, 1);
+    }
+}
+
+
+/*
+ * Notifications sent while the LISTEN connection was away are lost: once
+ * it listens again and queries can run, the "connected" callback catches
+ * up.
+ */
+
+static void
+ngx_pushjobs_pg_catch_up(ngx_pushjobs_pg_t *pg)
+{
+    if (!pg->catch_up || pg->nup == 0 || pg->down) {
+        return;
+    }
+
+    pg->catch_up = 0;
+
+    if (pg->connected) {
+        pg->connected();
+    }
 }
 
 
@@ -882,9 +1025,8 @@ ngx_pushjobs_pg_receive(ngx_pushjobs_pg_conn_t *pc)
 
             /* notifications sent while we were away are lost: catch up */
 
-            if (pg->connected) {
-                pg->connected();
-            }
+            pg->catch_up = 1;
+            ngx_pushjobs_pg_catch_up(pg);
 
             break;
         }
