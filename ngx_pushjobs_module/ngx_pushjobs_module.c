@@ -812,7 +812,8 @@ ngx_pushjobs_init_process(ngx_cycle_t *cycle)
     }
 
     if (ngx_pushjobs_pg_init(w, ngx_pushjobs_job_notify,
-                             ngx_pushjobs_job_connected)
+                             ngx_pushjobs_job_connected,
+                             ngx_pushjobs_store_owner_regained)
         != NGX_OK)
     {
         return NGX_ERROR;

@@ -17,8 +17,9 @@
  * When a connection attempt fails while no query connection is up, the
  * pool is down: queued and new queries fail at once (the REST API answers
  * 503 at once instead of after a queue timeout), and one connection probes
- * until PostgreSQL answers again; then the others reconnect, and the
- * LISTEN connection's catch-up runs once both are back.
+ * until PostgreSQL answers again; then the others reconnect, the
+ * "regained" callback queues a barrier query that runs before anything
+ * else, and the LISTEN connection's catch-up runs once both are back.
  *
  * libpq closes a socket itself when it sees the connection fail
  * (PQconsumeInput, PQflush, PQconnectPoll): the events of a socket it
@@ -75,6 +76,7 @@ struct ngx_pushjobs_pg_query_s {
     ngx_msec_t                  queued;
     PGresult                   *res;
     ngx_pushjobs_pg_conn_t     *pc;
+    ngx_uint_t                  barrier;
 };
 
 
@@ -90,6 +92,7 @@ struct ngx_pushjobs_pg_s {
     ngx_queue_t                 queue;
     ngx_uint_t                  nqueued;
     ngx_event_t                 queue_ev;
+    ngx_event_t                 dispatch_ev;
 
     /* query connections idle or busy */
     ngx_uint_t                  nup;
@@ -98,11 +101,15 @@ struct ngx_pushjobs_pg_s {
     ngx_uint_t                  down;
     ngx_pushjobs_pg_conn_t     *probe;
 
+    /* queued or running; nothing else is sent until it completes */
+    ngx_pushjobs_pg_query_t    *barrier;
+
     /* the LISTEN connection is listening; its catch-up is still due */
     ngx_uint_t                  catch_up;
 
     ngx_pushjobs_pg_notify_pt   notify;
     ngx_pushjobs_pg_connected_pt  connected;
+    ngx_pushjobs_pg_connected_pt  regained;
 
     ngx_uint_t                  stopping;
 };
@@ -130,11 +137,15 @@ static void ngx_pushjobs_pg_notifies(ngx_pushjobs_pg_conn_t *pc);
 static void ngx_pushjobs_pg_finish(ngx_pushjobs_pg_query_t *q,
     PGresult *res);
 static void ngx_pushjobs_pg_dispatch(ngx_pushjobs_pg_t *pg);
+static void ngx_pushjobs_pg_dispatch_handler(ngx_event_t *ev);
 static void ngx_pushjobs_pg_queue_handler(ngx_event_t *ev);
 static void ngx_pushjobs_pg_set_down(ngx_pushjobs_pg_t *pg,
     ngx_pushjobs_pg_conn_t *pc);
 static void ngx_pushjobs_pg_set_up(ngx_pushjobs_pg_t *pg);
 static void ngx_pushjobs_pg_catch_up(ngx_pushjobs_pg_t *pg);
+static ngx_pushjobs_pg_query_t *ngx_pushjobs_pg_enqueue(const char *sql,
+    ngx_uint_t nparams, ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler,
+    void *data, ngx_uint_t barrier);
 static const char *ngx_pushjobs_pg_error(PGconn *conn);
 
 
@@ -145,7 +156,8 @@ static char  ngx_pushjobs_pg_listen_sql[] = "LISTEN " NGX_PUSHJOBS_PG_CHANNEL;
 
 ngx_int_t
 ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,
-    ngx_pushjobs_pg_notify_pt notify, ngx_pushjobs_pg_connected_pt connected)
+    ngx_pushjobs_pg_notify_pt notify, ngx_pushjobs_pg_connected_pt connected,
+    ngx_pushjobs_pg_connected_pt regained)
 {
     ngx_uint_t                 i;
     ngx_pushjobs_pg_t         *pg;
@@ -162,6 +174,7 @@ ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,
     pg->log = w->log;
     pg->notify = notify;
     pg->connected = connected;
+    pg->regained = regained;
     pg->nconns = pmcf->pool_size;
 
     /* NUL-terminated copies for libpq */
@@ -194,6 +207,8 @@ ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,
     ngx_queue_init(&pg->queue);
     ngx_pushjobs_init_timer(&pg->queue_ev, ngx_pushjobs_pg_queue_handler, pg,
                             pg->log);
+    ngx_pushjobs_init_timer(&pg->dispatch_ev, ngx_pushjobs_pg_dispatch_handler,
+                            pg, pg->log);
 
     ngx_pushjobs_pg = pg;
     w->pg = pg;
@@ -250,6 +265,10 @@ ngx_pushjobs_pg_done(ngx_pushjobs_worker_t *w)
         ngx_del_timer(&pg->queue_ev);
     }
 
+    if (pg->dispatch_ev.posted) {
+        ngx_delete_posted_event(&pg->dispatch_ev);
+    }
+
     ngx_pushjobs_pg = NULL;
     w->pg = NULL;
 }
@@ -264,6 +283,32 @@ ngx_pushjobs_pg_done(ngx_pushjobs_worker_t *w)
 ngx_pushjobs_pg_query_t *
 ngx_pushjobs_pg_query(const char *sql, ngx_uint_t nparams, ngx_str_t *params,
     ngx_pushjobs_pg_handler_pt handler, void *data)
+{
+    return ngx_pushjobs_pg_enqueue(sql, nparams, params, handler, data, 0);
+}
+
+
+/*
+ * A query that runs before every other query queued or sent after it: none
+ * is sent until it has completed (or failed).  At most one at a time.
+ */
+
+ngx_pushjobs_pg_query_t *
+ngx_pushjobs_pg_barrier(const char *sql, ngx_uint_t nparams,
+    ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler, void *data)
+{
+    if (ngx_pushjobs_pg == NULL || ngx_pushjobs_pg->barrier) {
+        return NULL;
+    }
+
+    return ngx_pushjobs_pg_enqueue(sql, nparams, params, handler, data, 1);
+}
+
+
+static ngx_pushjobs_pg_query_t *
+ngx_pushjobs_pg_enqueue(const char *sql, ngx_uint_t nparams,
+    ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler, void *data,
+    ngx_uint_t barrier)
 {
     size_t                    size;
     u_char                   *p;
@@ -326,8 +371,16 @@ ngx_pushjobs_pg_query(const char *sql, ngx_uint_t nparams, ngx_str_t *params,
     }
 
     q->queued = ngx_current_msec;
+    q->barrier = barrier;
 
-    ngx_queue_insert_tail(&pg->queue, &q->queue);
+    if (barrier) {
+        ngx_queue_insert_head(&pg->queue, &q->queue);
+        pg->barrier = q;
+
+    } else {
+        ngx_queue_insert_tail(&pg->queue, &q->queue);
+    }
+
     pg->nqueued++;
 
     ngx_pushjobs_pg_dispatch(pg);
@@ -480,6 +533,7 @@ ngx_pushjobs_pg_connect_poll(ngx_pushjobs_pg_conn_t *pc)
 static void
 ngx_pushjobs_pg_connected(ngx_pushjobs_pg_conn_t *pc)
 {
+    ngx_uint_t          regained;
     ngx_pushjobs_pg_t  *pg;
 
     pg = pc->pg;
@@ -529,8 +583,15 @@ ngx_pushjobs_pg_connected(ngx_pushjobs_pg_conn_t *pc)
 
     pg->nup++;
 
-    if (pg->down) {
+    regained = pg->down;
+
+    if (regained) {
         ngx_pushjobs_pg_set_up(pg);
+    }
+
+    if (regained && pg->regained) {
+        /* queues its barrier query: it goes first */
+        pg->regained();
     }
 
     ngx_pushjobs_pg_catch_up(pg);
@@ -1081,9 +1142,20 @@ ngx_pushjobs_pg_notifies(ngx_pushjobs_pg_conn_t *pc)
 static void
 ngx_pushjobs_pg_finish(ngx_pushjobs_pg_query_t *q, PGresult *res)
 {
+    ngx_pushjobs_pg_t          *pg;
     ngx_pushjobs_pg_handler_pt  handler;
 
+    pg = ngx_pushjobs_pg;
     handler = q->handler;
+
+    if (q->barrier && pg && pg->barrier == q) {
+        /* whatever it held back may go now */
+        pg->barrier = NULL;
+
+        if (!ngx_queue_empty(&pg->queue) && !pg->dispatch_ev.posted) {
+            ngx_post_event(&pg->dispatch_ev, &ngx_posted_events);
+        }
+    }
 
     if (res && PQresultStatus(res) == PGRES_FATAL_ERROR) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
@@ -1114,6 +1186,11 @@ ngx_pushjobs_pg_dispatch(ngx_pushjobs_pg_t *pg)
             continue;
         }
 
+        if (pg->barrier && pg->barrier->pc) {
+            /* nothing is sent before the barrier has completed */
+            return;
+        }
+
         q = NULL;
 
         while (!ngx_queue_empty(&pg->queue)) {
@@ -1127,7 +1204,7 @@ ngx_pushjobs_pg_dispatch(ngx_pushjobs_pg_t *pg)
             }
 
             /* cancelled before it was sent */
-            ngx_free(q);
+            ngx_pushjobs_pg_finish(q, NULL);
             q = NULL;
         }
 
@@ -1143,6 +1220,13 @@ ngx_pushjobs_pg_dispatch(ngx_pushjobs_pg_t *pg)
             ngx_pushjobs_pg_close(pc, 1);
         }
     }
+}
+
+
+static void
+ngx_pushjobs_pg_dispatch_handler(ngx_event_t *ev)
+{
+    ngx_pushjobs_pg_dispatch(ev->data);
 }
 
 
