@@ -15,7 +15,8 @@
 #     after an outage longer than the heartbeat timeout, every node was
 #     "unavailable" and the job "quorum_failed"), and no worker was
 #     declared gone;
-#   - an agent that reconnected during the outage is online again;
+#   - an agent that reconnected during the outage is online again, and one
+#     that left during it is offline (presence changes are not lost);
 #   - _status is 200 again;
 #   - nginx logged no [alert] (the module deleted the epoll events of
 #     sockets libpq had already closed) nor [crit] (check_invariants).
@@ -35,11 +36,13 @@ my $OWNER_TIMEOUT = 20;       # seconds, NGX_PUSHJOBS_OWNER_TIMEOUT
 my $REST_BOUND = 2;           # a 503 within ~1 s, with a margin for 2 cores
 my $STATUS_BOUND = 1;
 
-my $s = PushJobs::Stack->new(agents => 3, workers => 2);
+my $s = PushJobs::Stack->new(agents => 4, workers => 2);
 $s->start;
 
 my $org = $s->org;
-my @nodes = $s->agent_names;
+# node4 leaves during the long outage; the jobs run on the others
+my ($leaver, @nodes) = reverse $s->agent_names;
+@nodes = sort @nodes;
 my @ids;
 
 sub wait_for { PushJobs::Stack::wait_for(@_) }
@@ -153,7 +156,8 @@ first_job_after('short');
 # --- an outage longer than the heartbeat timeout --------------------------
 #
 # The job runs on node1 and node2; node3's agent is restarted during the
-# outage: its disconnect and reconnect (presence, hello) are applied after.
+# outage, node4's stopped: their disconnects and node3's reconnect
+# (presence, hello) are applied after it.
 
 $id = $s->start_job({ command => 'sleep 3', nodes => [ @nodes[0, 1] ],
                       run_timeout => 300 });
@@ -163,6 +167,7 @@ ok job_running($id, @nodes[0, 1]), 'long: a sleep job runs on node1, node2';
 $s->pg_stop;
 my $down_at = time;
 @bad = while_down($OWNER_TIMEOUT + 5, $id, sub {
+    $s->stop_agent($leaver);
     $s->stop_agent($nodes[2]);
     $s->start_agent($nodes[2]);
 });
@@ -182,6 +187,11 @@ is_deeply $job->{nodes}, { succeeded => [ sort @nodes[0, 1] ] },
     '  with the results sent during the outage';
 ok $s->wait_online(\@nodes, 20),
     'the agent that reconnected during the outage is online';
+ok wait_for(20, sub {
+    my $res = $s->request('GET', "/organizations/$org/pushy/node_states");
+    $res->{status} == 200
+        && !grep { $_->{node_name} eq $leaver } @{ $res->{json} // [] };
+}, 0.2), 'the agent that left during the outage is offline';
 unlike $s->error_log, qr/declared gone/,
     'no worker was declared gone for beats the outage prevented';
 like $s->error_log, qr/postgres is unreachable/,
