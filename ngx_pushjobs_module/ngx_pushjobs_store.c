@@ -620,6 +620,8 @@ ngx_pushjobs_store_owner_beat(ngx_event_t *ev)
 void
 ngx_pushjobs_store_owner_regained(void)
 {
+    ngx_uint_t              i;
+    ngx_pushjobs_batch_t   *b[3];
     ngx_pushjobs_worker_t  *w;
 
     w = ngx_pushjobs_worker;
@@ -633,6 +635,22 @@ ngx_pushjobs_store_owner_regained(void)
         != NULL)
     {
         ngx_pushjobs_owner_busy = 1;
+    }
+
+    /*
+     * What agents did during the outage (connects, leaves, results) waits
+     * for its retry: send it now, right after the barrier.
+     */
+
+    b[0] = ngx_pushjobs_presence;
+    b[1] = ngx_pushjobs_inputs;
+    b[2] = ngx_pushjobs_hellos;
+
+    for (i = 0; i < 3; i++) {
+        if (b[i] && b[i]->retry.timer_set) {
+            ngx_del_timer(&b[i]->retry);
+            ngx_pushjobs_batch_flush(b[i]);
+        }
     }
 }
 
