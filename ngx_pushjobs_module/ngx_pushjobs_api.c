@@ -1838,6 +1838,11 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
     case NGX_PUSHJOBS_ROUTE_STATUS:
 
+        rc = ngx_pushjobs_status_down(r);
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
+
         p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
         params[0].data = buf[0];
         params[0].len = p - buf[0];

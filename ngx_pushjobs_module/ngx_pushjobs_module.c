@@ -745,6 +745,47 @@ ngx_pushjobs_header_in(ngx_http_request_t *r, u_char *name, size_t len)
 }
 
 
+/*
+ * /pushy/_status while this worker has no PostgreSQL connection: 503 at
+ * once, for a load balancer to act on, with the 2.x body's keys (what
+ * needs the database unknown) and what is down.  NGX_DECLINED when the
+ * database is up: the 2.x answer, from the database.
+ */
+
+ngx_int_t
+ngx_pushjobs_status_down(ngx_http_request_t *r)
+{
+    u_char                    *p;
+    ngx_str_t                  body;
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    if (ngx_pushjobs_pg_ok()) {
+        return NGX_DECLINED;
+    }
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    p = ngx_pnalloc(r->pool, sizeof("{\"status\":\"fail\",\"incarnation_id\":"
+                                    "\"\",\"node_fsm_count\":null,"
+                                    "\"job_processes\":null,"
+                                    "\"down\":[\"postgresql\"]}")
+                             + pmcf->incarnation.len);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    body.data = p;
+    body.len = ngx_sprintf(p, "{\"status\":\"fail\",\"incarnation_id\":"
+                              "\"%V\",\"node_fsm_count\":null,"
+                              "\"job_processes\":null,"
+                              "\"down\":[\"postgresql\"]}",
+                           &pmcf->incarnation)
+               - p;
+
+    return ngx_pushjobs_json_send(r, NGX_HTTP_SERVICE_UNAVAILABLE, &body);
+}
+
+
 void
 ngx_pushjobs_init_timer(ngx_event_t *ev, ngx_event_handler_pt handler,
     void *data, ngx_log_t *log)
@@ -812,7 +853,8 @@ ngx_pushjobs_init_process(ngx_cycle_t *cycle)
     }
 
     if (ngx_pushjobs_pg_init(w, ngx_pushjobs_job_notify,
-                             ngx_pushjobs_job_connected)
+                             ngx_pushjobs_job_connected,
+                             ngx_pushjobs_store_owner_regained)
         != NGX_OK)
     {
         return NGX_ERROR;

@@ -272,6 +272,7 @@ extern ngx_pushjobs_worker_t  *ngx_pushjobs_worker;
 /* ngx_pushjobs_module.c */
 void ngx_pushjobs_init_timer(ngx_event_t *ev, ngx_event_handler_pt handler,
     void *data, ngx_log_t *log);
+ngx_int_t ngx_pushjobs_status_down(ngx_http_request_t *r);
 ngx_table_elt_t *ngx_pushjobs_header_in(ngx_http_request_t *r, u_char *name,
     size_t len);
 #define ngx_pushjobs_header(r, name)                                         \
@@ -316,9 +317,13 @@ void ngx_pushjobs_keys_forget(ngx_shm_zone_t *zone, ngx_str_t *org,
 
 /* ngx_pushjobs_pg.c */
 ngx_int_t ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,
-    ngx_pushjobs_pg_notify_pt notify, ngx_pushjobs_pg_connected_pt connected);
+    ngx_pushjobs_pg_notify_pt notify, ngx_pushjobs_pg_connected_pt connected,
+    ngx_pushjobs_pg_connected_pt regained);
 void ngx_pushjobs_pg_done(ngx_pushjobs_worker_t *w);
 ngx_pushjobs_pg_query_t *ngx_pushjobs_pg_query(const char *sql,
+    ngx_uint_t nparams, ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler,
+    void *data);
+ngx_pushjobs_pg_query_t *ngx_pushjobs_pg_barrier(const char *sql,
     ngx_uint_t nparams, ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler,
     void *data);
 void ngx_pushjobs_pg_cancel(ngx_pushjobs_pg_query_t *q);
@@ -413,6 +418,7 @@ ngx_int_t ngx_pushjobs_store_hello(ngx_pushjobs_store_item_t *item,
     ngx_str_t *json);
 u_char *ngx_pushjobs_store_json_name(u_char *p, ngx_str_t *s);
 void ngx_pushjobs_store_owner_beat(ngx_event_t *ev);
+void ngx_pushjobs_store_owner_regained(void);
 
 
 #endif /* _NGX_PUSHJOBS_MODULE_H_INCLUDED_ */

@@ -13,6 +13,18 @@
  * kernel after PQconsumeInput; the write event is registered only while a
  * flush is pending.  A connection that fails is closed and reconnected with
  * exponential backoff; its query, if any, fails.
+ *
+ * When a connection attempt fails while no query connection is up, the
+ * pool is down: queued and new queries fail at once (the REST API answers
+ * 503 at once instead of after a queue timeout), and one connection probes
+ * until PostgreSQL answers again; then the others reconnect, the
+ * "regained" callback queues a barrier query that runs before anything
+ * else, and the LISTEN connection's catch-up runs once both are back.
+ *
+ * libpq closes a socket itself when it sees the connection fail
+ * (PQconsumeInput, PQflush, PQconnectPoll): the events of a socket it
+ * closed are gone from epoll with it and must not be deleted again, and
+ * the number may already belong to a new socket.
  */
 
 
@@ -25,10 +37,11 @@
 #define NGX_PUSHJOBS_PG_BUSY          3
 
 #define NGX_PUSHJOBS_PG_BACKOFF_MIN   100
-#define NGX_PUSHJOBS_PG_BACKOFF_MAX   10000
-#define NGX_PUSHJOBS_PG_CONNECT_TIME  10000
-#define NGX_PUSHJOBS_PG_QUERY_TIME    60000
-#define NGX_PUSHJOBS_PG_QUEUE_TIME    10000
+#define NGX_PUSHJOBS_PG_BACKOFF_MAX   3000
+#define NGX_PUSHJOBS_PG_CONNECT_TIME  5000
+/* statement_timeout (30 s) and a margin: a server that stopped answering */
+#define NGX_PUSHJOBS_PG_QUERY_TIME    35000
+#define NGX_PUSHJOBS_PG_QUEUE_TIME    5000
 #define NGX_PUSHJOBS_PG_QUEUE_MAX     10000
 
 #define NGX_PUSHJOBS_PG_CHANNEL       "pushjobs"
@@ -44,6 +57,7 @@ typedef struct {
     ngx_uint_t                  state;
     ngx_uint_t                  listen;
     ngx_uint_t                  want_write;
+    ngx_uint_t                  failures;      /* connects failed in a row */
     ngx_pushjobs_pg_query_t    *query;
     ngx_msec_t                  backoff;
     ngx_event_t                 retry;
@@ -62,6 +76,7 @@ struct ngx_pushjobs_pg_query_s {
     ngx_msec_t                  queued;
     PGresult                   *res;
     ngx_pushjobs_pg_conn_t     *pc;
+    ngx_uint_t                  barrier;
 };
 
 
@@ -77,9 +92,24 @@ struct ngx_pushjobs_pg_s {
     ngx_queue_t                 queue;
     ngx_uint_t                  nqueued;
     ngx_event_t                 queue_ev;
+    ngx_event_t                 dispatch_ev;
+
+    /* query connections idle or busy */
+    ngx_uint_t                  nup;
+
+    /* a connection attempt failed with none up; pc is the one probing */
+    ngx_uint_t                  down;
+    ngx_pushjobs_pg_conn_t     *probe;
+
+    /* queued or running; nothing else is sent until it completes */
+    ngx_pushjobs_pg_query_t    *barrier;
+
+    /* the LISTEN connection is listening; its catch-up is still due */
+    ngx_uint_t                  catch_up;
 
     ngx_pushjobs_pg_notify_pt   notify;
     ngx_pushjobs_pg_connected_pt  connected;
+    ngx_pushjobs_pg_connected_pt  regained;
 
     ngx_uint_t                  stopping;
 };
@@ -90,7 +120,8 @@ static void ngx_pushjobs_pg_connect_poll(ngx_pushjobs_pg_conn_t *pc);
 static ngx_int_t ngx_pushjobs_pg_wrap(ngx_pushjobs_pg_conn_t *pc);
 static ngx_int_t ngx_pushjobs_pg_arm(ngx_pushjobs_pg_conn_t *pc,
     ngx_uint_t write);
-static void ngx_pushjobs_pg_unwrap(ngx_pushjobs_pg_conn_t *pc);
+static void ngx_pushjobs_pg_unwrap(ngx_pushjobs_pg_conn_t *pc,
+    ngx_uint_t closed);
 static void ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc,
     ngx_uint_t retry);
 static void ngx_pushjobs_pg_retry_handler(ngx_event_t *ev);
@@ -106,7 +137,15 @@ static void ngx_pushjobs_pg_notifies(ngx_pushjobs_pg_conn_t *pc);
 static void ngx_pushjobs_pg_finish(ngx_pushjobs_pg_query_t *q,
     PGresult *res);
 static void ngx_pushjobs_pg_dispatch(ngx_pushjobs_pg_t *pg);
+static void ngx_pushjobs_pg_dispatch_handler(ngx_event_t *ev);
 static void ngx_pushjobs_pg_queue_handler(ngx_event_t *ev);
+static void ngx_pushjobs_pg_set_down(ngx_pushjobs_pg_t *pg,
+    ngx_pushjobs_pg_conn_t *pc);
+static void ngx_pushjobs_pg_set_up(ngx_pushjobs_pg_t *pg);
+static void ngx_pushjobs_pg_catch_up(ngx_pushjobs_pg_t *pg);
+static ngx_pushjobs_pg_query_t *ngx_pushjobs_pg_enqueue(const char *sql,
+    ngx_uint_t nparams, ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler,
+    void *data, ngx_uint_t barrier);
 static const char *ngx_pushjobs_pg_error(PGconn *conn);
 
 
@@ -117,7 +156,8 @@ static char  ngx_pushjobs_pg_listen_sql[] = "LISTEN " NGX_PUSHJOBS_PG_CHANNEL;
 
 ngx_int_t
 ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,
-    ngx_pushjobs_pg_notify_pt notify, ngx_pushjobs_pg_connected_pt connected)
+    ngx_pushjobs_pg_notify_pt notify, ngx_pushjobs_pg_connected_pt connected,
+    ngx_pushjobs_pg_connected_pt regained)
 {
     ngx_uint_t                 i;
     ngx_pushjobs_pg_t         *pg;
@@ -134,6 +174,7 @@ ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,
     pg->log = w->log;
     pg->notify = notify;
     pg->connected = connected;
+    pg->regained = regained;
     pg->nconns = pmcf->pool_size;
 
     /* NUL-terminated copies for libpq */
@@ -166,6 +207,8 @@ ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,
     ngx_queue_init(&pg->queue);
     ngx_pushjobs_init_timer(&pg->queue_ev, ngx_pushjobs_pg_queue_handler, pg,
                             pg->log);
+    ngx_pushjobs_init_timer(&pg->dispatch_ev, ngx_pushjobs_pg_dispatch_handler,
+                            pg, pg->log);
 
     ngx_pushjobs_pg = pg;
     w->pg = pg;
@@ -222,14 +265,50 @@ ngx_pushjobs_pg_done(ngx_pushjobs_worker_t *w)
         ngx_del_timer(&pg->queue_ev);
     }
 
+    if (pg->dispatch_ev.posted) {
+        ngx_delete_posted_event(&pg->dispatch_ev);
+    }
+
     ngx_pushjobs_pg = NULL;
     w->pg = NULL;
 }
 
 
+/*
+ * Queues a query; NULL if it cannot run: the pool is down (PostgreSQL could
+ * not be reached: fail at once rather than wait), the worker is exiting,
+ * or the queue is full.
+ */
+
 ngx_pushjobs_pg_query_t *
 ngx_pushjobs_pg_query(const char *sql, ngx_uint_t nparams, ngx_str_t *params,
     ngx_pushjobs_pg_handler_pt handler, void *data)
+{
+    return ngx_pushjobs_pg_enqueue(sql, nparams, params, handler, data, 0);
+}
+
+
+/*
+ * A query that runs before every other query queued or sent after it: none
+ * is sent until it has completed (or failed).  At most one at a time.
+ */
+
+ngx_pushjobs_pg_query_t *
+ngx_pushjobs_pg_barrier(const char *sql, ngx_uint_t nparams,
+    ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler, void *data)
+{
+    if (ngx_pushjobs_pg == NULL || ngx_pushjobs_pg->barrier) {
+        return NULL;
+    }
+
+    return ngx_pushjobs_pg_enqueue(sql, nparams, params, handler, data, 1);
+}
+
+
+static ngx_pushjobs_pg_query_t *
+ngx_pushjobs_pg_enqueue(const char *sql, ngx_uint_t nparams,
+    ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler, void *data,
+    ngx_uint_t barrier)
 {
     size_t                    size;
     u_char                   *p;
@@ -239,14 +318,13 @@ ngx_pushjobs_pg_query(const char *sql, ngx_uint_t nparams, ngx_str_t *params,
 
     pg = ngx_pushjobs_pg;
 
-    if (pg == NULL || pg->stopping
-        || pg->nqueued >= NGX_PUSHJOBS_PG_QUEUE_MAX)
-    {
-        if (pg) {
-            ngx_log_error(NGX_LOG_ERR, pg->log, 0,
-                          "pushjobs: postgres query queue is full");
-        }
+    if (pg == NULL || pg->stopping || pg->down) {
+        return NULL;
+    }
 
+    if (pg->nqueued >= NGX_PUSHJOBS_PG_QUEUE_MAX) {
+        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                      "pushjobs: postgres query queue is full");
         return NULL;
     }
 
@@ -293,8 +371,16 @@ ngx_pushjobs_pg_query(const char *sql, ngx_uint_t nparams, ngx_str_t *params,
     }
 
     q->queued = ngx_current_msec;
+    q->barrier = barrier;
 
-    ngx_queue_insert_tail(&pg->queue, &q->queue);
+    if (barrier) {
+        ngx_queue_insert_head(&pg->queue, &q->queue);
+        pg->barrier = q;
+
+    } else {
+        ngx_queue_insert_tail(&pg->queue, &q->queue);
+    }
+
     pg->nqueued++;
 
     ngx_pushjobs_pg_dispatch(pg);
@@ -388,17 +474,7 @@ ngx_pushjobs_pg_connect(ngx_pushjobs_pg_conn_t *pc)
 
     pc->conn = PQconnectStartParams(keywords, values, 1);
 
-    if (pc->conn == NULL) {
-        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
-                      "pushjobs: postgres connect: out of memory");
-        ngx_pushjobs_pg_close(pc, 1);
-        return;
-    }
-
-    if (PQstatus(pc->conn) == CONNECTION_BAD) {
-        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
-                      "pushjobs: postgres connect failed: %s",
-                      ngx_pushjobs_pg_error(pc->conn));
+    if (pc->conn == NULL || PQstatus(pc->conn) == CONNECTION_BAD) {
         ngx_pushjobs_pg_close(pc, 1);
         return;
     }
@@ -416,9 +492,21 @@ ngx_pushjobs_pg_connect_poll(ngx_pushjobs_pg_conn_t *pc)
 {
     PostgresPollingStatusType  st;
 
+    /*
+     * PQconnectPoll() may close the socket and open another (the next
+     * address, an SSL fallback), which may get the same number: take the
+     * socket out of epoll while it is surely open, and add the one libpq
+     * holds afterwards.
+     */
+
+    ngx_pushjobs_pg_unwrap(pc, 0);
+
     st = PQconnectPoll(pc->conn);
 
-    /* the socket may change between polls (several hosts, SSL fallback) */
+    if (st == PGRES_POLLING_FAILED) {
+        ngx_pushjobs_pg_close(pc, 1);
+        return;
+    }
 
     if (ngx_pushjobs_pg_wrap(pc) != NGX_OK) {
         ngx_pushjobs_pg_close(pc, 1);
@@ -435,15 +523,8 @@ ngx_pushjobs_pg_connect_poll(ngx_pushjobs_pg_conn_t *pc)
         (void) ngx_pushjobs_pg_arm(pc, 1);
         return;
 
-    case PGRES_POLLING_OK:
+    default: /* PGRES_POLLING_OK */
         ngx_pushjobs_pg_connected(pc);
-        return;
-
-    default: /* PGRES_POLLING_FAILED */
-        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
-                      "pushjobs: postgres connect failed: %s",
-                      ngx_pushjobs_pg_error(pc->conn));
-        ngx_pushjobs_pg_close(pc, 1);
         return;
     }
 }
@@ -452,6 +533,7 @@ ngx_pushjobs_pg_connect_poll(ngx_pushjobs_pg_conn_t *pc)
 static void
 ngx_pushjobs_pg_connected(ngx_pushjobs_pg_conn_t *pc)
 {
+    ngx_uint_t          regained;
     ngx_pushjobs_pg_t  *pg;
 
     pg = pc->pg;
@@ -468,17 +550,18 @@ ngx_pushjobs_pg_connected(ngx_pushjobs_pg_conn_t *pc)
         return;
     }
 
+    if (ngx_pushjobs_pg_arm(pc, 0) != NGX_OK) {
+        ngx_pushjobs_pg_close(pc, 1);
+        return;
+    }
+
     pc->backoff = NGX_PUSHJOBS_PG_BACKOFF_MIN;
+    pc->failures = 0;
     pc->state = NGX_PUSHJOBS_PG_IDLE;
 
     ngx_log_error(NGX_LOG_INFO, pg->log, 0,
                   "pushjobs: postgres %s connection ready",
                   pc->listen ? "listen" : "query");
-
-    if (ngx_pushjobs_pg_arm(pc, 0) != NGX_OK) {
-        ngx_pushjobs_pg_close(pc, 1);
-        return;
-    }
 
     if (pc->listen) {
         if (PQsendQuery(pc->conn, ngx_pushjobs_pg_listen_sql) != 1) {
@@ -498,6 +581,21 @@ ngx_pushjobs_pg_connected(ngx_pushjobs_pg_conn_t *pc)
         return;
     }
 
+    pg->nup++;
+
+    regained = pg->down;
+
+    if (regained) {
+        ngx_pushjobs_pg_set_up(pg);
+    }
+
+    if (regained && pg->regained) {
+        /* queues its barrier query: it goes first */
+        pg->regained();
+    }
+
+    ngx_pushjobs_pg_catch_up(pg);
+
     ngx_pushjobs_pg_dispatch(pg);
 }
 
@@ -509,12 +607,6 @@ ngx_pushjobs_pg_wrap(ngx_pushjobs_pg_conn_t *pc)
     ngx_connection_t  *c;
 
     fd = PQsocket(pc->conn);
-
-    if (pc->c && pc->c->fd == fd) {
-        return NGX_OK;
-    }
-
-    ngx_pushjobs_pg_unwrap(pc);
 
     if (fd == -1) {
         return NGX_OK;
@@ -575,9 +667,16 @@ ngx_pushjobs_pg_arm(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t write)
 }
 
 
+/*
+ * Forgets the socket.  libpq owns it and closes it: while it is open, take
+ * it out of epoll; once libpq has closed it ("closed"), epoll has already
+ * forgotten it, and its number may be another socket's by now.
+ */
+
 static void
-ngx_pushjobs_pg_unwrap(ngx_pushjobs_pg_conn_t *pc)
+ngx_pushjobs_pg_unwrap(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t closed)
 {
+    ngx_uint_t         flags;
     ngx_connection_t  *c;
 
     c = pc->c;
@@ -593,17 +692,14 @@ ngx_pushjobs_pg_unwrap(ngx_pushjobs_pg_conn_t *pc)
         ngx_del_timer(c->write);
     }
 
-    /*
-     * libpq owns the socket and closes it: remove it from epoll while it is
-     * still open, and never close it here.
-     */
+    flags = closed ? NGX_CLOSE_EVENT : 0;
 
     if (c->read->active) {
-        (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
+        (void) ngx_del_event(c->read, NGX_READ_EVENT, flags);
     }
 
     if (c->write->active) {
-        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, flags);
     }
 
     if (c->read->posted) {
@@ -625,13 +721,34 @@ ngx_pushjobs_pg_unwrap(ngx_pushjobs_pg_conn_t *pc)
 static void
 ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t retry)
 {
+    ngx_uint_t                state, closed, level;
     ngx_msec_t                delay;
     ngx_pushjobs_pg_t        *pg;
     ngx_pushjobs_pg_query_t  *q;
 
     pg = pc->pg;
+    state = pc->state;
 
-    ngx_pushjobs_pg_unwrap(pc);
+    /* a socket libpq dropped after a failure is no longer PQsocket() */
+
+    closed = pc->c != NULL
+             && (pc->conn == NULL || PQsocket(pc->conn) != pc->c->fd);
+
+    ngx_pushjobs_pg_unwrap(pc, closed);
+
+    if (retry && !pg->stopping
+        && (state == NGX_PUSHJOBS_PG_CLOSED
+            || state == NGX_PUSHJOBS_PG_CONNECTING))
+    {
+        /* the first failure in a row is an error, the repeats are noise */
+
+        level = (pc->failures++ == 0) ? NGX_LOG_ERR : NGX_LOG_INFO;
+
+        ngx_log_error(level, pg->log, 0,
+                      "pushjobs: postgres connect failed: %s",
+                      pc->conn ? ngx_pushjobs_pg_error(pc->conn)
+                               : "out of memory");
+    }
 
     if (pc->conn) {
         PQfinish(pc->conn);
@@ -647,6 +764,14 @@ ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t retry)
     }
 
     pc->state = NGX_PUSHJOBS_PG_CLOSED;
+
+    if (pc->listen) {
+        pg->catch_up = 0;
+
+    } else if (state == NGX_PUSHJOBS_PG_IDLE || state == NGX_PUSHJOBS_PG_BUSY)
+    {
+        pg->nup--;
+    }
 
     q = pc->query;
     pc->query = NULL;
@@ -664,6 +789,20 @@ ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t retry)
         return;
     }
 
+    if (!pc->listen && pg->nup == 0
+        && (state == NGX_PUSHJOBS_PG_CLOSED
+            || state == NGX_PUSHJOBS_PG_CONNECTING))
+    {
+        if (!pg->down) {
+            ngx_pushjobs_pg_set_down(pg, pc);
+
+        } else if (pc != pg->probe) {
+            /* one connection probes; the others wait for it */
+            pc->backoff = NGX_PUSHJOBS_PG_BACKOFF_MIN;
+            return;
+        }
+    }
+
     /* exponential backoff with jitter, so workers do not reconnect at once */
 
     delay = pc->backoff / 2 + (ngx_msec_t) ngx_random() % (pc->backoff / 2 + 1);
@@ -674,6 +813,89 @@ ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t retry)
     }
 
     ngx_add_timer(&pc->retry, delay);
+}
+
+
+/*
+ * No query connection is up and one could not be made: fail what waits,
+ * and fail new queries at once until PostgreSQL answers again.
+ */
+
+static void
+ngx_pushjobs_pg_set_down(ngx_pushjobs_pg_t *pg, ngx_pushjobs_pg_conn_t *pc)
+{
+    ngx_queue_t              *qu;
+    ngx_pushjobs_pg_query_t  *q;
+
+    pg->down = 1;
+    pg->probe = pc;
+
+    ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                  "pushjobs: postgres is unreachable, queries fail until "
+                  "it answers again");
+
+    /* the handlers may queue again: that fails now */
+
+    while (!ngx_queue_empty(&pg->queue)) {
+        qu = ngx_queue_head(&pg->queue);
+        q = ngx_queue_data(qu, ngx_pushjobs_pg_query_t, queue);
+        ngx_queue_remove(qu);
+        pg->nqueued--;
+
+        ngx_pushjobs_pg_finish(q, NULL);
+    }
+}
+
+
+/* A query connection is up again: the others reconnect now. */
+
+static void
+ngx_pushjobs_pg_set_up(ngx_pushjobs_pg_t *pg)
+{
+    ngx_uint_t               i;
+    ngx_pushjobs_pg_conn_t  *pc;
+
+    pg->down = 0;
+    pg->probe = NULL;
+
+    ngx_log_error(NGX_LOG_NOTICE, pg->log, 0,
+                  "pushjobs: postgres answers again");
+
+    for (i = 0; i <= pg->nconns; i++) {
+        pc = (i < pg->nconns) ? &pg->conns[i] : &pg->listener;
+
+        if (pc->state != NGX_PUSHJOBS_PG_CLOSED) {
+            continue;
+        }
+
+        if (pc->retry.timer_set) {
+            ngx_del_timer(&pc->retry);
+        }
+
+        pc->backoff = NGX_PUSHJOBS_PG_BACKOFF_MIN;
+        ngx_add_timer(&pc->retry, 1);
+    }
+}
+
+
+/*
+ * Notifications sent while the LISTEN connection was away are lost: once
+ * it listens again and queries can run, the "connected" callback catches
+ * up.
+ */
+
+static void
+ngx_pushjobs_pg_catch_up(ngx_pushjobs_pg_t *pg)
+{
+    if (!pg->catch_up || pg->nup == 0 || pg->down) {
+        return;
+    }
+
+    pg->catch_up = 0;
+
+    if (pg->connected) {
+        pg->connected();
+    }
 }
 
 
@@ -864,9 +1086,8 @@ ngx_pushjobs_pg_receive(ngx_pushjobs_pg_conn_t *pc)
 
             /* notifications sent while we were away are lost: catch up */
 
-            if (pg->connected) {
-                pg->connected();
-            }
+            pg->catch_up = 1;
+            ngx_pushjobs_pg_catch_up(pg);
 
             break;
         }
@@ -921,9 +1142,20 @@ ngx_pushjobs_pg_notifies(ngx_pushjobs_pg_conn_t *pc)
 static void
 ngx_pushjobs_pg_finish(ngx_pushjobs_pg_query_t *q, PGresult *res)
 {
+    ngx_pushjobs_pg_t          *pg;
     ngx_pushjobs_pg_handler_pt  handler;
 
+    pg = ngx_pushjobs_pg;
     handler = q->handler;
+
+    if (q->barrier && pg && pg->barrier == q) {
+        /* whatever it held back may go now */
+        pg->barrier = NULL;
+
+        if (!ngx_queue_empty(&pg->queue) && !pg->dispatch_ev.posted) {
+            ngx_post_event(&pg->dispatch_ev, &ngx_posted_events);
+        }
+    }
 
     if (res && PQresultStatus(res) == PGRES_FATAL_ERROR) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
@@ -954,6 +1186,11 @@ ngx_pushjobs_pg_dispatch(ngx_pushjobs_pg_t *pg)
             continue;
         }
 
+        if (pg->barrier && pg->barrier->pc) {
+            /* nothing is sent before the barrier has completed */
+            return;
+        }
+
         q = NULL;
 
         while (!ngx_queue_empty(&pg->queue)) {
@@ -967,7 +1204,7 @@ ngx_pushjobs_pg_dispatch(ngx_pushjobs_pg_t *pg)
             }
 
             /* cancelled before it was sent */
-            ngx_free(q);
+            ngx_pushjobs_pg_finish(q, NULL);
             q = NULL;
         }
 
@@ -983,6 +1220,13 @@ ngx_pushjobs_pg_dispatch(ngx_pushjobs_pg_t *pg)
             ngx_pushjobs_pg_close(pc, 1);
         }
     }
+}
+
+
+static void
+ngx_pushjobs_pg_dispatch_handler(ngx_event_t *ev)
+{
+    ngx_pushjobs_pg_dispatch(ev->data);
 }
 
 

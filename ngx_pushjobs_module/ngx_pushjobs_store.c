@@ -608,6 +608,53 @@ ngx_pushjobs_store_owner_beat(ngx_event_t *ev)
 }
 
 
+/*
+ * PostgreSQL answers again after this worker could not reach it.  While it
+ * was unreachable nobody's beat could be written, not only this worker's:
+ * judged by seen_at now, every worker would be gone, and every agent with
+ * it.  owner_regained() starts every live worker's clock again and beats
+ * for this one; it runs as the pool's barrier, so nothing this worker asks
+ * (a job created, a sweep) sees the stale clocks first.
+ */
+
+void
+ngx_pushjobs_store_owner_regained(void)
+{
+    ngx_uint_t              i;
+    ngx_pushjobs_batch_t   *b[3];
+    ngx_pushjobs_worker_t  *w;
+
+    w = ngx_pushjobs_worker;
+
+    if (w == NULL || ngx_exiting || ngx_terminate) {
+        return;
+    }
+
+    if (ngx_pushjobs_pg_barrier("SELECT pushjobs.owner_regained($1)", 1,
+                                &w->owner, ngx_pushjobs_owner_beat_done, w)
+        != NULL)
+    {
+        ngx_pushjobs_owner_busy = 1;
+    }
+
+    /*
+     * What agents did during the outage (connects, leaves, results) waits
+     * for its retry: send it now, right after the barrier.
+     */
+
+    b[0] = ngx_pushjobs_presence;
+    b[1] = ngx_pushjobs_inputs;
+    b[2] = ngx_pushjobs_hellos;
+
+    for (i = 0; i < 3; i++) {
+        if (b[i] && b[i]->retry.timer_set) {
+            ngx_del_timer(&b[i]->retry);
+            ngx_pushjobs_batch_flush(b[i]);
+        }
+    }
+}
+
+
 static void
 ngx_pushjobs_owner_beat_done(void *data, PGresult *res)
 {

@@ -1185,6 +1185,26 @@ END
 $$;
 
 
+-- A worker that reaches PostgreSQL again after it could not.  While the
+-- database was unreachable nobody's beat could be written, not only this
+-- worker's: judged by seen_at now, every worker would be overdue and every
+-- agent offline, although they stayed connected.  So the clock of every
+-- worker not declared dead starts again now (each has one owner timeout to
+-- beat, as after its start), and this worker beats.  Returns what
+-- owner_beat() returns.  Idempotent; the module runs it before any other
+-- query of the worker after an outage.
+CREATE OR REPLACE FUNCTION pushjobs.owner_regained(p_owner text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE pushjobs.owners SET seen_at = now()
+     WHERE NOT dead AND seen_at < now();
+
+    RETURN pushjobs.owner_beat(p_owner);
+END
+$$;
+
+
 -- Deadlines, enforced by whichever worker runs first: workers of dead front
 -- ends, voting timeouts, run timeouts, and nodes whose channel has been gone
 -- for longer than p_lost_ms.  Jobs another worker is working on are skipped

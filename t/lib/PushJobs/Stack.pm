@@ -319,11 +319,11 @@ sub start_postgres {
     $self->run_cmd(@as, "$PGBIN/initdb", '-D', "$d/data", '-U', 'postgres',
                    '-A', 'trust', '-E', 'UTF8', '--locale=C.UTF-8',
                    '--no-sync');
+    $self->{pg_opts} = "-k $d -h 127.0.0.1 -p $self->{pg_port} -c fsync=off "
+                       . '-c synchronous_commit=off -c full_page_writes=off '
+                       . '-c max_connections=200';
     $self->run_cmd(@as, "$PGBIN/pg_ctl", '-D', "$d/data", '-l', "$d/log",
-                   '-w', '-o',
-                   "-k $d -h 127.0.0.1 -p $self->{pg_port} -c fsync=off "
-                   . '-c synchronous_commit=off -c full_page_writes=off '
-                   . '-c max_connections=200', 'start');
+                   '-w', '-o', $self->{pg_opts}, 'start');
     $self->{pg_as} = \@as;
     $self->{pg_up} = 1;
 
@@ -345,6 +345,30 @@ sub start_postgres {
     croak $err if $err;
 
     $self->log("postgres on $self->{pg_port}");
+}
+
+# pg_stop: stop PostgreSQL fast (pg_ctl -m fast: sessions are ended, the
+# data directory and the port are kept), as an outage would; pg_start:
+# start it again on the same port and return once it accepts connections.
+sub pg_stop {
+    my ($self) = @_;
+    return unless $self->{pg_up};
+    $self->run_cmd(@{ $self->{pg_as} }, "$PGBIN/pg_ctl", '-D',
+                   "$self->{dir}/pg/data", '-m', 'fast', '-w', 'stop');
+    $self->{pg_up} = 0;
+    $self->log('postgres stopped');
+}
+
+sub pg_start {
+    my ($self) = @_;
+    return if $self->{pg_up};
+    my $d = "$self->{dir}/pg";
+    $self->run_cmd(@{ $self->{pg_as} }, "$PGBIN/pg_ctl", '-D', "$d/data",
+                   '-l', "$d/log", '-w', '-o', $self->{pg_opts}, 'start');
+    $self->{pg_up} = 1;
+    wait_for(20, sub { eval { $self->psql('pushjobs', 'SELECT 1'); 1 } }, 0.1)
+        or croak "postgres did not come back:\n" . slurp("$d/log");
+    $self->log('postgres started again');
 }
 
 # Run SQL as $user against the pushjobs database; returns the output rows

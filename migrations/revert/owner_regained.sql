@@ -1,0 +1,7 @@
+-- Revert pushjobs:owner_regained from pg
+
+BEGIN;
+
+DROP FUNCTION pushjobs.owner_regained(text);
+
+COMMIT;
