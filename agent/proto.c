@@ -61,13 +61,12 @@ pja_proto_final(pja_agent_t *a, char *report)
 {
     yajl_val     v;
     const char  *id;
-    char         err[128];
 
     if (report == NULL) {
         return;
     }
 
-    v = yajl_tree_parse(report, err, sizeof(err));
+    v = pja_json_parse(report, strlen(report), &pj_json_agent_message);
     id = pja_json_get_str(v, "job_id");
 
     if (id && pja_valid_job_id(id)) {
@@ -331,14 +330,11 @@ proto_abort(pja_agent_t *a, const char *id, int force)
 void
 pja_proto_message(pja_agent_t *a, char *text, size_t len)
 {
-    char      err[256];
     yajl_val  msg;
-
-    (void) len;
 
     pja_log(PJA_LOG_DEBUG, "<- %.300s", text);
 
-    msg = yajl_tree_parse(text, err, sizeof(err));
+    msg = pja_json_parse(text, len, &pj_json_server_message);
     if (msg == NULL || !YAJL_IS_OBJECT(msg)) {
         pja_log(PJA_LOG_WARN, "channel: a message that is not a JSON object "
                 "ignored");
