@@ -16,6 +16,7 @@
 #include <openssl/evp.h>
 
 #include "json_bound.h"
+#include "job_body.h"
 
 
 #define NGX_PUSHJOBS_VERSION           "0.1.0"
