@@ -144,6 +144,8 @@ static ngx_int_t ngx_pushjobs_api_not_found(ngx_http_request_t *r);
 static ngx_int_t ngx_pushjobs_api_add_header(ngx_http_request_t *r,
     ngx_list_t *headers, const char *name, ngx_str_t *value);
 static ngx_uint_t ngx_pushjobs_api_valid_name(ngx_str_t *name);
+static ngx_uint_t ngx_pushjobs_api_valid_id(ngx_str_t *id);
+static ngx_uint_t ngx_pushjobs_api_valid_event_id(ngx_str_t *id);
 
 
 static ngx_str_t  ngx_pushjobs_octet_stream =
@@ -1325,6 +1327,22 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
 
+    /*
+     * Ids and names from the path reach PostgreSQL as text: only those
+     * that can exist (a byte that is not UTF-8 would be a database error).
+     */
+
+    if (ctx->id.len && !ngx_pushjobs_api_valid_id(&ctx->id)) {
+        return ngx_pushjobs_api_not_found(r);
+    }
+
+    if (ctx->node.len && ctx->route != NGX_PUSHJOBS_ROUTE_CONFIG
+        && !pj_node_name_valid(ctx->node.data, ctx->node.len))
+    {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
+                                       "invalid node name supplied");
+    }
+
     switch (ctx->route) {
 
     case NGX_PUSHJOBS_ROUTE_JOBS:
@@ -1482,6 +1500,11 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
         }
 
         h = ngx_pushjobs_header(r, "Last-Event-ID");
+
+        if (h && !ngx_pushjobs_api_valid_event_id(&h->value)) {
+            /* an id that cannot be ours is an unknown one: from the start */
+            h = NULL;
+        }
 
         params[0] = ctx->org;
 
@@ -2079,6 +2102,50 @@ ngx_pushjobs_api_valid_name(ngx_str_t *name)
               || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'
               || c == '@'))
         {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/* A job id: 32 lowercase hex digits. */
+
+static ngx_uint_t
+ngx_pushjobs_api_valid_id(ngx_str_t *id)
+{
+    ngx_uint_t  i;
+
+    if (id->len != NGX_PUSHJOBS_JOB_ID_LEN) {
+        return 0;
+    }
+
+    for (i = 0; i < id->len; i++) {
+        if (!((id->data[i] >= '0' && id->data[i] <= '9')
+              || (id->data[i] >= 'a' && id->data[i] <= 'f')))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/* Last-Event-ID: ours are "job-N" and "org-N"; short printable ASCII. */
+
+static ngx_uint_t
+ngx_pushjobs_api_valid_event_id(ngx_str_t *id)
+{
+    ngx_uint_t  i;
+
+    if (id->len > 64) {
+        return 0;
+    }
+
+    for (i = 0; i < id->len; i++) {
+        if (id->data[i] < 0x20 || id->data[i] > 0x7e) {
             return 0;
         }
     }
