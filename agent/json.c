@@ -178,7 +178,7 @@ pja_json_parse(const char *text, size_t len, const pj_json_limits_t *lim)
     rc = pj_json_bound((const unsigned char *) text, len, lim, &at);
 
     if (rc != PJ_JSON_OK) {
-        pja_log(PJA_LOG_WARN, "channel: JSON refused at byte %zu of %zu: %s",
+        pja_log(PJA_LOG_WARN, "JSON refused at byte %zu of %zu: %s",
                 at, len, pj_json_bound_strerror(rc));
         return NULL;
     }
@@ -186,7 +186,7 @@ pja_json_parse(const char *text, size_t len, const pj_json_limits_t *lim)
     v = yajl_tree_parse(text, err, sizeof(err));
 
     if (v == NULL) {
-        pja_log(PJA_LOG_WARN, "channel: invalid JSON: %s", err);
+        pja_log(PJA_LOG_WARN, "invalid JSON: %s", err);
     }
 
     return v;

@@ -100,17 +100,42 @@ proto_send_aborted(pja_agent_t *a, const char *job_id)
 }
 
 
+/*
+ * A spooled report goes out again only if it is still the report of its
+ * job: the server closes the channel (1007) on a message that is not, so
+ * a damaged file would make every new channel fail the same way.
+ */
+
 static void
 proto_resend(pja_agent_t *a, const char *job_id)
 {
-    char  *text;
+    char        *text;
+    yajl_val     v;
+    const char  *id;
 
     text = pja_spool_read(job_id);
-    if (text) {
-        pja_log(PJA_LOG_INFO, "job %s: re-sending the spooled report",
-                job_id);
-        pja_proto_send(a, text);
+    if (text == NULL) {
+        return;
     }
+
+    v = pja_json_parse(text, strlen(text), &pj_json_agent_message);
+    id = pja_json_get_str(v, "job_id");
+
+    if (id == NULL || strcmp(id, job_id) != 0
+        || pja_json_get_str(v, "type") == NULL)
+    {
+        pja_log(PJA_LOG_ERR, "job %s: the spooled report is damaged, "
+                "dropped: %.200s", job_id, text);
+        yajl_tree_free(v);
+        free(text);
+        pja_spool_remove(job_id);
+        return;
+    }
+
+    yajl_tree_free(v);
+
+    pja_log(PJA_LOG_INFO, "job %s: re-sending the spooled report", job_id);
+    pja_proto_send(a, text);
 }
 
 
