@@ -230,6 +230,9 @@ error_is($res, 400, 'invalid limit supplied', 'GET jobs?limit= too large');
 
 # --- valid edge cases still pass ---------------------------------------------
 
+# nodes without an agent: these jobs end at once and leave node1 free
+$ok = { command => 'true', nodes => [qw(ghost othernode)] };
+
 my @valid = (
     [ 'quorum 0', { %$ok, quorum => 0 } ],
     [ 'quorum = the node count', { %$ok, quorum => 2 } ],
@@ -239,9 +242,9 @@ my @valid = (
       { %$ok, env => { CAFE => "caf\x{e9} \x{20ac} \x{1f600}" },
         dir => "/srv/\x{65e5}\x{672c}" } ],
     [ 'a surrogate pair \ud83d\ude00 in the command',
-      '{"command":"echo \ud83d\ude00","nodes":["node1"]}' ],
+      '{"command":"echo \ud83d\ude00","nodes":["ghost"]}' ],
     [ "node names with ., _, : and -",
-      { %$ok, nodes => ['node1', 'a.b_c:d-E', 'n' x 255] } ],
+      { %$ok, nodes => ['ghost', 'a.b_c:d-E', 'n' x 255] } ],
 );
 
 for my $case (@valid) {
@@ -261,6 +264,21 @@ is $job->{status}, 'complete', 'a job with a non-ASCII command completes';
 $res = $stack->request('GET', "$jobs/$id/output/node1/stdout",
                        headers => { Accept => 'application/octet-stream' });
 is $res->{content}, "\xF0\x9F\x98\x80\n", '  its output is the character';
+
+# --- a damaged spooled report does not wedge the agent's channel ----------
+
+$stack->stop_agent('node1');
+my $spooled = $stack->dir . "/agents/node1/spool/$known.json";
+PushJobs::Stack::spew($spooled, '{"type":"succeeded","job_id":"' . $known
+                                . '","stdout":"\ud800' . ('[' x 1000));
+$stack->start_agent('node1');
+ok PushJobs::Stack::wait_for(20, sub { !-e $spooled }),
+   'an agent drops a damaged spooled report instead of re-sending it';
+like PushJobs::Stack::slurp($stack->dir . '/agents/node1/agent.log'),
+     qr/job $known: the spooled report is damaged, dropped/, '  and says so';
+ok $stack->wait_online(['node1'], 20), '  its channel stays open';
+$id = $stack->start_job({ command => 'true', nodes => ['node1'] });
+is $stack->wait_job($id, 30)->{status}, 'complete', '  and runs jobs';
 
 # --- the workers lived through all of it -----------------------------------
 
