@@ -34,7 +34,6 @@
 #define NGX_PUSHJOBS_ROUTE_JOB_FEED      9
 #define NGX_PUSHJOBS_ROUTE_AGENT         10
 
-
 /* seconds after which an agent fetches its config again, as in 2.x */
 #define NGX_PUSHJOBS_CONFIG_LIFETIME     3600
 
