@@ -31,9 +31,11 @@ AGENT_CFLAGS         ?= -std=c99 -O2 -g -Wall -Wextra -Wpointer-arith \
 AGENT_CPPFLAGS       ?= -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE
 AGENT_LDLIBS         ?= -lyajl -lssl -lcrypto
 
-MODULE_SRCS  := $(wildcard ngx_pushjobs_module/*.c ngx_pushjobs_module/*.h)
-AGENT_SRCS   := $(wildcard agent/*.c)
-AGENT_HDRS   := $(wildcard agent/*.h)
+MODULE_SRCS  := $(wildcard ngx_pushjobs_module/*.c ngx_pushjobs_module/*.h \
+                          common/*.c common/*.h)
+# common/: the bounded JSON pre-check, shared with the module
+AGENT_SRCS   := $(wildcard agent/*.c) common/json_bound.c
+AGENT_HDRS   := $(wildcard agent/*.h) common/json_bound.h
 
 # Debian builds modules with its packaging flags plus -fPIC (nginx_mod.pm).
 DPKG_CFLAGS  := $(shell dpkg-buildflags --get CFLAGS 2>/dev/null) \
@@ -67,7 +69,8 @@ $(NGINX_BUILD)/ngx_pushjobs_module.so: $(NGINX_BUILD)/Makefile $(MODULE_SRCS)
 
 $(BUILD)/pushjobs-agent: $(AGENT_SRCS) $(AGENT_HDRS)
 	@mkdir -p $(BUILD)
-	$(CC) $(AGENT_CFLAGS) $(AGENT_CPPFLAGS) -o $@ $(AGENT_SRCS) $(AGENT_LDLIBS)
+	$(CC) $(AGENT_CFLAGS) $(AGENT_CPPFLAGS) -Icommon -o $@ $(AGENT_SRCS) \
+	    $(AGENT_LDLIBS)
 
 # the load agent of the benchmarks (bench/README.md): make bench
 .PHONY: bench

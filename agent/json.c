@@ -159,3 +159,35 @@ pja_json_get_int(yajl_val obj, const char *key, long long dflt)
     v = pja_json_get(obj, key);
     return YAJL_IS_INTEGER(v) ? YAJL_GET_INTEGER(v) : dflt;
 }
+
+
+/*
+ * Parses text (NUL-terminated at len) once the bounded pre-check passed
+ * (json_bound.h): a hostile message never reaches yajl's tree.  NULL, with
+ * the reason logged, for anything else.
+ */
+
+yajl_val
+pja_json_parse(const char *text, size_t len, const pj_json_limits_t *lim)
+{
+    int       rc;
+    char      err[128];
+    size_t    at;
+    yajl_val  v;
+
+    rc = pj_json_bound((const unsigned char *) text, len, lim, &at);
+
+    if (rc != PJ_JSON_OK) {
+        pja_log(PJA_LOG_WARN, "JSON refused at byte %zu of %zu: %s",
+                at, len, pj_json_bound_strerror(rc));
+        return NULL;
+    }
+
+    v = yajl_tree_parse(text, err, sizeof(err));
+
+    if (v == NULL) {
+        pja_log(PJA_LOG_WARN, "invalid JSON: %s", err);
+    }
+
+    return v;
+}

@@ -19,6 +19,8 @@
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_tree.h>
 
+#include "json_bound.h"
+
 
 #define PJA_VERSION             "0.1.0"
 #define PJA_AGENT               "pushjobs-agent/" PJA_VERSION
@@ -308,6 +310,8 @@ const char *pja_json_get_str(yajl_val obj, const char *key);
 int pja_json_get_bool(yajl_val obj, const char *key, int dflt);
 long long pja_json_get_int(yajl_val obj, const char *key, long long dflt);
 yajl_val pja_json_get(yajl_val obj, const char *key);
+yajl_val pja_json_parse(const char *text, size_t len,
+    const pj_json_limits_t *lim);
 
 
 /* proto.c */

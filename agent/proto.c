@@ -61,13 +61,12 @@ pja_proto_final(pja_agent_t *a, char *report)
 {
     yajl_val     v;
     const char  *id;
-    char         err[128];
 
     if (report == NULL) {
         return;
     }
 
-    v = yajl_tree_parse(report, err, sizeof(err));
+    v = pja_json_parse(report, strlen(report), &pj_json_agent_message);
     id = pja_json_get_str(v, "job_id");
 
     if (id && pja_valid_job_id(id)) {
@@ -101,17 +100,42 @@ proto_send_aborted(pja_agent_t *a, const char *job_id)
 }
 
 
+/*
+ * A spooled report goes out again only if it is still the report of its
+ * job: the server closes the channel (1007) on a message that is not, so
+ * a damaged file would make every new channel fail the same way.
+ */
+
 static void
 proto_resend(pja_agent_t *a, const char *job_id)
 {
-    char  *text;
+    char        *text;
+    yajl_val     v;
+    const char  *id;
 
     text = pja_spool_read(job_id);
-    if (text) {
-        pja_log(PJA_LOG_INFO, "job %s: re-sending the spooled report",
-                job_id);
-        pja_proto_send(a, text);
+    if (text == NULL) {
+        return;
     }
+
+    v = pja_json_parse(text, strlen(text), &pj_json_agent_message);
+    id = pja_json_get_str(v, "job_id");
+
+    if (id == NULL || strcmp(id, job_id) != 0
+        || pja_json_get_str(v, "type") == NULL)
+    {
+        pja_log(PJA_LOG_ERR, "job %s: the spooled report is damaged, "
+                "dropped: %.200s", job_id, text);
+        yajl_tree_free(v);
+        free(text);
+        pja_spool_remove(job_id);
+        return;
+    }
+
+    yajl_tree_free(v);
+
+    pja_log(PJA_LOG_INFO, "job %s: re-sending the spooled report", job_id);
+    pja_proto_send(a, text);
 }
 
 
@@ -335,14 +359,11 @@ proto_abort(pja_agent_t *a, const char *id, int force)
 void
 pja_proto_message(pja_agent_t *a, char *text, size_t len)
 {
-    char      err[256];
     yajl_val  msg;
-
-    (void) len;
 
     pja_log(PJA_LOG_DEBUG, "<- %.300s", text);
 
-    msg = yajl_tree_parse(text, err, sizeof(err));
+    msg = pja_json_parse(text, len, &pj_json_server_message);
     if (msg == NULL || !YAJL_IS_OBJECT(msg)) {
         pja_log(PJA_LOG_WARN, "channel: a message that is not a JSON object "
                 "ignored");

@@ -1282,7 +1282,7 @@ static int
 ws_poll_response(pja_ws_t *ws, pja_agent_t *a)
 {
     int          status, rc;
-    char        *end, *body, saved, val[256], err[256];
+    char        *end, *body, saved, val[256];
     size_t       head_len, i;
     long         clen;
     yajl_val     msgs, m;
@@ -1351,7 +1351,7 @@ ws_poll_response(pja_ws_t *ws, pja_agent_t *a)
 
         pja_log(PJA_LOG_DEBUG, "<- %.300s", body);
 
-        msgs = yajl_tree_parse(body, err, sizeof(err));
+        msgs = pja_json_parse(body, (size_t) clen, &pj_json_server_message);
         body[clen] = saved;
 
         pja_buf_consume(&ws->in, head_len + (size_t) clen);

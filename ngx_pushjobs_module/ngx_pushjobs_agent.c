@@ -1468,8 +1468,8 @@ ngx_pushjobs_agent_message(ngx_pushjobs_agent_t *a, ngx_str_t *payload)
 {
     yajl_val  msg;
 
-    msg = ngx_pushjobs_json_parse(payload->data, payload->len,
-                                  a->log);
+    msg = ngx_pushjobs_json_parse_bounded(payload->data, payload->len,
+                                          &pj_json_agent_message, a->log);
 
     if (msg == NULL || !YAJL_IS_OBJECT(msg)) {
         ngx_log_error(NGX_LOG_INFO, a->log, 0,

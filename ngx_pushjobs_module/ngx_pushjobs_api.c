@@ -34,8 +34,6 @@
 #define NGX_PUSHJOBS_ROUTE_JOB_FEED      9
 #define NGX_PUSHJOBS_ROUTE_AGENT         10
 
-#define NGX_PUSHJOBS_MAX_FILE_SIZE       100000
-
 /* seconds after which an agent fetches its config again, as in 2.x */
 #define NGX_PUSHJOBS_CONFIG_LIFETIME     3600
 
@@ -94,6 +92,8 @@ static ngx_int_t ngx_pushjobs_api_validate_job(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_validate_abort(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_body_checked(ngx_http_request_t *r, int rc,
+    pj_body_check_t *res);
 static ngx_int_t ngx_pushjobs_api_authenticate(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_fetch_principal(ngx_http_request_t *r,
@@ -143,13 +143,8 @@ static ngx_int_t ngx_pushjobs_api_not_found(ngx_http_request_t *r);
 static ngx_int_t ngx_pushjobs_api_add_header(ngx_http_request_t *r,
     ngx_list_t *headers, const char *name, ngx_str_t *value);
 static ngx_uint_t ngx_pushjobs_api_valid_name(ngx_str_t *name);
-static ngx_int_t ngx_pushjobs_api_duplicates(ngx_pool_t *pool,
-    const char **names, size_t n, ngx_uint_t copy);
-static ngx_int_t ngx_pushjobs_api_node_duplicates(ngx_pool_t *pool,
-    yajl_val list);
-static int ngx_libc_cdecl ngx_pushjobs_api_cmp_names(const void *one,
-    const void *two);
-static ngx_uint_t ngx_pushjobs_api_has_nul(ngx_str_t *json);
+static ngx_uint_t ngx_pushjobs_api_valid_id(ngx_str_t *id);
+static ngx_uint_t ngx_pushjobs_api_valid_event_id(ngx_str_t *id);
 
 
 static ngx_str_t  ngx_pushjobs_octet_stream =
@@ -595,234 +590,21 @@ ngx_pushjobs_api_read_body(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
 
 /*
- * The job body, checked as the 2.x server does and in its order: the type
- * of each known field (command, nodes, run_timeout, quorum, user, dir, env,
- * file, capture_output), then unknown keys, then an empty node list, then
- * env and file contents.  Added: unparsable JSON and duplicate names are
- * 400s, not 500s.
+ * The job body (common/job_body.c: the 2.x checks in the 2.x order, then
+ * ours), before the signature as in 2.x.  No tree is built for a body
+ * beyond the JSON bounds.
  */
 
 static ngx_int_t
 ngx_pushjobs_api_validate_job(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx)
 {
-    u_char      *p, *decoded;
-    size_t       i, j, len;
-    yajl_val     job, v, e;
-    ngx_str_t    s, src, dst;
-    ngx_int_t    rc;
-    const char  *err;
+    int              rc;
+    pj_body_check_t  res;
 
-    static const char  *known[] = {
-        "command", "nodes", "run_timeout", "quorum", "user", "dir", "env",
-        "file", "capture_output", NULL
-    };
+    rc = pj_job_body_check(ctx->body.data, ctx->body.len, &res);
 
-    err = NULL;
-
-    /* PostgreSQL text cannot hold NUL characters */
-
-    if (ngx_pushjobs_api_has_nul(&ctx->body)) {
-        return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
-                                       "invalid JSON");
-    }
-
-    job = ngx_pushjobs_json_parse(ctx->body.data, ctx->body.len,
-                                  r->connection->log);
-
-    if (job == NULL || !YAJL_IS_OBJECT(job)) {
-        ngx_pushjobs_json_free(job);
-        return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
-                                       "invalid JSON");
-    }
-
-    v = ngx_pushjobs_json_get(job, "command");
-    if (v == NULL || !YAJL_IS_STRING(v)) {
-        err = "invalid command supplied";
-        goto invalid;
-    }
-
-    v = ngx_pushjobs_json_get(job, "nodes");
-    if (v == NULL || !YAJL_IS_ARRAY(v)) {
-        err = "at least one node must be supplied";
-        goto invalid;
-    }
-
-    for (i = 0; i < v->u.array.len; i++) {
-        if (!YAJL_IS_STRING(v->u.array.values[i])) {
-            err = "at least one node must be supplied";
-            goto invalid;
-        }
-    }
-
-    v = ngx_pushjobs_json_get(job, "run_timeout");
-    if (v && !YAJL_IS_NUMBER(v)) {
-        err = "invalid type supplied for run_timeout (expected a number)";
-        goto invalid;
-    }
-
-    v = ngx_pushjobs_json_get(job, "quorum");
-    if (v && !YAJL_IS_NUMBER(v)) {
-        err = "invalid type supplied for quorum (expected a number)";
-        goto invalid;
-    }
-
-    v = ngx_pushjobs_json_get(job, "user");
-    if (v && !YAJL_IS_STRING(v)) {
-        err = "an unknown validation error has occurred";
-        goto invalid;
-    }
-
-    v = ngx_pushjobs_json_get(job, "dir");
-    if (v && !YAJL_IS_STRING(v)) {
-        err = "an unknown validation error has occurred";
-        goto invalid;
-    }
-
-    v = ngx_pushjobs_json_get(job, "env");
-    if (v) {
-        if (!YAJL_IS_OBJECT(v)) {
-            err = "an unknown validation error has occurred";
-            goto invalid;
-        }
-
-        for (i = 0; i < v->u.object.len; i++) {
-            if (!YAJL_IS_STRING(v->u.object.values[i])) {
-                err = "an unknown validation error has occurred";
-                goto invalid;
-            }
-        }
-    }
-
-    v = ngx_pushjobs_json_get(job, "file");
-    if (v && !YAJL_IS_STRING(v)) {
-        err = "an unknown validation error has occurred";
-        goto invalid;
-    }
-
-    v = ngx_pushjobs_json_get(job, "capture_output");
-    if (v && !YAJL_IS_TRUE(v) && !YAJL_IS_FALSE(v)) {
-        err = "invalid type supplied for capture_output (expected a boolean)";
-        goto invalid;
-    }
-
-    for (i = 0; i < job->u.object.len; i++) {
-        for (j = 0; known[j]; j++) {
-            if (ngx_strcmp(job->u.object.keys[i], known[j]) == 0) {
-                break;
-            }
-        }
-
-        if (known[j] == NULL) {
-            err = "invalid key supplied";
-            goto invalid;
-        }
-
-        for (j = 0; j < i; j++) {
-            if (ngx_strcmp(job->u.object.keys[i], job->u.object.keys[j])
-                == 0)
-            {
-                err = "duplicate key supplied";
-                goto invalid;
-            }
-        }
-    }
-
-    v = ngx_pushjobs_json_get(job, "nodes");
-
-    if (v->u.array.len == 0) {
-        err = "at least one node must be supplied";
-        goto invalid;
-    }
-
-    for (i = 0; i < v->u.array.len; i++) {
-        s.data = (u_char *) v->u.array.values[i]->u.string;
-        s.len = ngx_strlen(s.data);
-
-        if (s.len == 0 || s.len > NGX_PUSHJOBS_NAME_MAX) {
-            err = "invalid node name supplied";
-            goto invalid;
-        }
-    }
-
-    rc = ngx_pushjobs_api_node_duplicates(r->pool, v);
-
-    if (rc == NGX_ERROR) {
-        ngx_pushjobs_json_free(job);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (rc) {
-        err = "duplicate node name supplied";
-        goto invalid;
-    }
-
-    e = ngx_pushjobs_json_get(job, "env");
-    if (e) {
-        rc = ngx_pushjobs_api_duplicates(r->pool, e->u.object.keys,
-                                         e->u.object.len, 1);
-
-        if (rc == NGX_ERROR) {
-            ngx_pushjobs_json_free(job);
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        if (rc) {
-            err = "invalid environment value (duplicate key)";
-            goto invalid;
-        }
-    }
-
-    v = ngx_pushjobs_json_get(job, "file");
-    if (v) {
-        p = (u_char *) v->u.string;
-        len = ngx_strlen(p);
-
-        if (len >= 4 && ngx_strncmp(p, "raw:", 4) == 0) {
-            if (len - 4 > NGX_PUSHJOBS_MAX_FILE_SIZE) {
-                err = "invalid file size (must be <= 100000 bytes)";
-                goto invalid;
-            }
-
-        } else if (len >= 7 && ngx_strncmp(p, "base64:", 7) == 0) {
-            src.data = p + 7;
-            src.len = len - 7;
-
-            decoded = ngx_pnalloc(r->pool, ngx_base64_decoded_length(src.len));
-            if (decoded == NULL) {
-                ngx_pushjobs_json_free(job);
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            dst.data = decoded;
-
-            if (ngx_decode_base64(&dst, &src) != NGX_OK) {
-                err = "invalid file contents (couldn't decode base64 string)";
-                goto invalid;
-            }
-
-            if (dst.len > NGX_PUSHJOBS_MAX_FILE_SIZE) {
-                err = "invalid file size (must be <= 100000 bytes)";
-                goto invalid;
-            }
-
-        } else {
-            err = "invalid file contents (expected 'base64:...' or 'raw:...')";
-            goto invalid;
-        }
-    }
-
-    ngx_pushjobs_json_free(job);
-
-    return NGX_OK;
-
-invalid:
-
-    ngx_pushjobs_json_free(job);
-
-    rc = ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0, "%s", err);
-
-    return rc;
+    return ngx_pushjobs_api_body_checked(r, rc, &res);
 }
 
 
@@ -836,10 +618,9 @@ static ngx_int_t
 ngx_pushjobs_api_validate_abort(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx)
 {
-    size_t       i, j, len;
-    yajl_val     body, v;
-    ngx_int_t    rc;
-    const char  *err;
+    int              rc;
+    size_t           i;
+    pj_body_check_t  res;
 
     for (i = 0; i < ctx->body.len; i++) {
         if (ctx->body.data[i] != ' ' && ctx->body.data[i] != '\t'
@@ -854,90 +635,32 @@ ngx_pushjobs_api_validate_abort(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    if (ngx_pushjobs_api_has_nul(&ctx->body)) {
-        return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
-                                       "invalid JSON");
+    rc = pj_abort_body_check(ctx->body.data, ctx->body.len, &res);
+
+    return ngx_pushjobs_api_body_checked(r, rc, &res);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_body_checked(ngx_http_request_t *r, int rc,
+    pj_body_check_t *res)
+{
+    if (rc < 0) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    body = ngx_pushjobs_json_parse(ctx->body.data, ctx->body.len,
-                                   r->connection->log);
-
-    if (body == NULL || !YAJL_IS_OBJECT(body)) {
-        ngx_pushjobs_json_free(body);
-        return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
-                                       "invalid JSON");
+    if (rc == 0) {
+        return NGX_OK;
     }
 
-    err = NULL;
-
-    for (i = 0; i < body->u.object.len; i++) {
-        if (ngx_strcmp(body->u.object.keys[i], "nodes") != 0
-            && ngx_strcmp(body->u.object.keys[i], "force") != 0)
-        {
-            err = "invalid key supplied";
-            goto invalid;
-        }
-
-        for (j = 0; j < i; j++) {
-            if (ngx_strcmp(body->u.object.keys[i], body->u.object.keys[j])
-                == 0)
-            {
-                err = "duplicate key supplied";
-                goto invalid;
-            }
-        }
+    if (res->detail) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "pushjobs: invalid body: %s at byte %uz",
+                      res->detail, res->at);
     }
 
-    v = ngx_pushjobs_json_get(body, "force");
-    if (v && !YAJL_IS_TRUE(v) && !YAJL_IS_FALSE(v)) {
-        err = "invalid type supplied for force (expected a boolean)";
-        goto invalid;
-    }
-
-    v = ngx_pushjobs_json_get(body, "nodes");
-
-    if (v) {
-        if (!YAJL_IS_ARRAY(v) || v->u.array.len == 0) {
-            err = "nodes must be a non-empty list of node names";
-            goto invalid;
-        }
-
-        for (i = 0; i < v->u.array.len; i++) {
-            if (!YAJL_IS_STRING(v->u.array.values[i])) {
-                err = "nodes must be a non-empty list of node names";
-                goto invalid;
-            }
-
-            len = ngx_strlen(v->u.array.values[i]->u.string);
-
-            if (len == 0 || len > NGX_PUSHJOBS_NAME_MAX) {
-                err = "invalid node name supplied";
-                goto invalid;
-            }
-        }
-
-        rc = ngx_pushjobs_api_node_duplicates(r->pool, v);
-
-        if (rc == NGX_ERROR) {
-            ngx_pushjobs_json_free(body);
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        if (rc) {
-            err = "duplicate node name supplied";
-            goto invalid;
-        }
-    }
-
-    ngx_pushjobs_json_free(body);
-
-    return NGX_OK;
-
-invalid:
-
-    ngx_pushjobs_json_free(body);
-
-    return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0, "%s", err);
+    return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0, "%s",
+                                   res->error);
 }
 
 
@@ -1603,6 +1326,22 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
 
+    /*
+     * Ids and names from the path reach PostgreSQL as text: only those
+     * that can exist (a byte that is not UTF-8 would be a database error).
+     */
+
+    if (ctx->id.len && !ngx_pushjobs_api_valid_id(&ctx->id)) {
+        return ngx_pushjobs_api_not_found(r);
+    }
+
+    if (ctx->node.len && ctx->route != NGX_PUSHJOBS_ROUTE_CONFIG
+        && !pj_node_name_valid(ctx->node.data, ctx->node.len))
+    {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
+                                       "invalid node name supplied");
+    }
+
     switch (ctx->route) {
 
     case NGX_PUSHJOBS_ROUTE_JOBS:
@@ -1760,6 +1499,11 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
         }
 
         h = ngx_pushjobs_header(r, "Last-Event-ID");
+
+        if (h && !ngx_pushjobs_api_valid_event_id(&h->value)) {
+            /* an id that cannot be ours is an unknown one: from the start */
+            h = NULL;
+        }
 
         params[0] = ctx->org;
 
@@ -2343,81 +2087,6 @@ ngx_pushjobs_api_add_header(ngx_http_request_t *r, ngx_list_t *headers,
 }
 
 
-/*
- * Whether a list of names holds one twice: sorted, then neighbours
- * compared, so that a body of 100,000 node names costs n log n, not n^2.
- * 1 or 0, NGX_ERROR when out of memory.  names is sorted in place unless
- * copy is set.
- */
-
-static ngx_int_t
-ngx_pushjobs_api_duplicates(ngx_pool_t *pool, const char **names, size_t n,
-    ngx_uint_t copy)
-{
-    size_t        i;
-    const char  **sorted;
-
-    if (n < 2) {
-        return 0;
-    }
-
-    sorted = names;
-
-    if (copy) {
-        sorted = ngx_palloc(pool, n * sizeof(const char *));
-        if (sorted == NULL) {
-            return NGX_ERROR;
-        }
-
-        ngx_memcpy(sorted, names, n * sizeof(const char *));
-    }
-
-    ngx_qsort(sorted, n, sizeof(const char *), ngx_pushjobs_api_cmp_names);
-
-    for (i = 1; i < n; i++) {
-        if (ngx_strcmp(sorted[i - 1], sorted[i]) == 0) {
-            return 1;
-        }
-    }
-
-    return 0;
-}
-
-
-/* The same for a JSON array of strings (already checked to be strings). */
-
-static ngx_int_t
-ngx_pushjobs_api_node_duplicates(ngx_pool_t *pool, yajl_val list)
-{
-    size_t        i, n;
-    const char  **names;
-
-    n = list->u.array.len;
-
-    if (n < 2) {
-        return 0;
-    }
-
-    names = ngx_palloc(pool, n * sizeof(const char *));
-    if (names == NULL) {
-        return NGX_ERROR;
-    }
-
-    for (i = 0; i < n; i++) {
-        names[i] = list->u.array.values[i]->u.string;
-    }
-
-    return ngx_pushjobs_api_duplicates(pool, names, n, 0);
-}
-
-
-static int ngx_libc_cdecl
-ngx_pushjobs_api_cmp_names(const void *one, const void *two)
-{
-    return ngx_strcmp(*(const char **) one, *(const char **) two);
-}
-
-
 /* Chef names: organizations, users, clients and nodes */
 
 static ngx_uint_t
@@ -2445,32 +2114,47 @@ ngx_pushjobs_api_valid_name(ngx_str_t *name)
 }
 
 
-/*
- * A JSON string escape "\\u0000" (an odd number of backslashes before
- * u0000) would put a NUL into text that PostgreSQL cannot store.
- */
+/* A job id: 32 lowercase hex digits. */
 
 static ngx_uint_t
-ngx_pushjobs_api_has_nul(ngx_str_t *json)
+ngx_pushjobs_api_valid_id(ngx_str_t *id)
 {
-    u_char  *p, *last, *q;
+    ngx_uint_t  i;
 
-    p = json->data;
-    last = json->data + json->len;
+    if (id->len != NGX_PUSHJOBS_JOB_ID_LEN) {
+        return 0;
+    }
 
-    for ( /* void */ ; p + 5 < last; p++) {
-        if (p[0] != '\\' || ngx_strncmp(p + 1, "u0000", 5) != 0) {
-            continue;
-        }
-
-        for (q = p; q > json->data && q[-1] == '\\'; q--) { /* void */ }
-
-        if ((p - q) % 2 == 0) {
-            return 1;
+    for (i = 0; i < id->len; i++) {
+        if (!((id->data[i] >= '0' && id->data[i] <= '9')
+              || (id->data[i] >= 'a' && id->data[i] <= 'f')))
+        {
+            return 0;
         }
     }
 
-    return 0;
+    return 1;
+}
+
+
+/* Last-Event-ID: ours are "job-N" and "org-N"; short printable ASCII. */
+
+static ngx_uint_t
+ngx_pushjobs_api_valid_event_id(ngx_str_t *id)
+{
+    ngx_uint_t  i;
+
+    if (id->len > 64) {
+        return 0;
+    }
+
+    for (i = 0; i < id->len; i++) {
+        if (id->data[i] < 0x20 || id->data[i] > 0x7e) {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 

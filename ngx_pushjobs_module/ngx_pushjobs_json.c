@@ -255,15 +255,42 @@ ngx_pushjobs_api_version_header(ngx_http_request_t *r)
 
 
 /*
- * yajl_tree_parse() wants a NUL-terminated string and allocates with
- * malloc(); the caller frees the tree with yajl_tree_free().
+ * A document of the Chef server (principals, groups): bounded as such.
  */
 
 void *
 ngx_pushjobs_json_parse(u_char *data, size_t len, ngx_log_t *log)
 {
+    return ngx_pushjobs_json_parse_bounded(data, len, &pj_json_chef_response,
+                                           log);
+}
+
+
+/*
+ * Checks depth, count and strings first (json_bound.h), so that no tree is
+ * built for a hostile document.  yajl_tree_parse() wants a NUL-terminated
+ * string (the check refused any NUL inside) and allocates with malloc();
+ * the caller frees the tree with ngx_pushjobs_json_free().  NULL for
+ * anything that is not JSON within the limits, with the reason in the log.
+ */
+
+void *
+ngx_pushjobs_json_parse_bounded(u_char *data, size_t len,
+    const pj_json_limits_t *lim, ngx_log_t *log)
+{
+    int        rc;
     char      *copy, err[128];
+    size_t     at;
     yajl_val   v;
+
+    rc = pj_json_bound(data, len, lim, &at);
+
+    if (rc != PJ_JSON_OK) {
+        ngx_log_error(NGX_LOG_INFO, log, 0,
+                      "pushjobs: JSON refused at byte %uz of %uz: %s",
+                      at, len, pj_json_bound_strerror(rc));
+        return NULL;
+    }
 
     copy = ngx_alloc(len + 1, log);
     if (copy == NULL) {

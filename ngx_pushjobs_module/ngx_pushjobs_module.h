@@ -15,6 +15,9 @@
 #include <libpq-fe.h>
 #include <openssl/evp.h>
 
+#include "json_bound.h"
+#include "job_body.h"
+
 
 #define NGX_PUSHJOBS_VERSION           "0.1.0"
 #define NGX_PUSHJOBS_PROTOCOL          1
@@ -291,6 +294,8 @@ ngx_int_t ngx_pushjobs_send_body(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *type, ngx_str_t *body);
 ngx_int_t ngx_pushjobs_api_version_header(ngx_http_request_t *r);
 void *ngx_pushjobs_json_parse(u_char *data, size_t len, ngx_log_t *log);
+void *ngx_pushjobs_json_parse_bounded(u_char *data, size_t len,
+    const pj_json_limits_t *lim, ngx_log_t *log);
 void *ngx_pushjobs_json_get(void *object, const char *key);
 ngx_int_t ngx_pushjobs_json_string(void *value, ngx_str_t *out);
 void ngx_pushjobs_json_free(void *value);

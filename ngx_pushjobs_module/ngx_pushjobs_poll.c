@@ -85,8 +85,9 @@ ngx_pushjobs_poll_handler(ngx_http_request_t *r, ngx_str_t *org,
     msgs = NULL;
 
     if (body->len) {
-        msgs = ngx_pushjobs_json_parse(body->data, body->len,
-                                       r->connection->log);
+        msgs = ngx_pushjobs_json_parse_bounded(body->data, body->len,
+                                               &pj_json_agent_message,
+                                               r->connection->log);
     }
 
     if (msgs == NULL || !YAJL_IS_ARRAY(msgs)) {

@@ -208,6 +208,13 @@ my @invalid = (
     [ 'base64 file over 100000 bytes',
       { %$ok, file => 'base64:' . encode_base64('y' x 100_001, '') },
       'invalid file size (must be <= 100000 bytes)' ],
+    # fixed: 2.x accepted these, and the job then could not run as asked
+    [ 'quorum above the node count', { %$ok, quorum => 5 },
+      'invalid quorum supplied (expected an integer from 0 to the number '
+      . 'of nodes)' ],
+    [ 'run_timeout 0', { %$ok, run_timeout => 0 },
+      'invalid run_timeout supplied (expected an integer from 1 to '
+      . '31536000)' ],
     [ 'capture_output a string', { %$ok, capture_output => 'yes' },
       'invalid type supplied for capture_output (expected a boolean)' ],
     [ 'capture_output a number', { %$ok, capture_output => 1 },
@@ -235,9 +242,7 @@ is $stack->psql('pushjobs', 'SELECT count(*) FROM pushjobs.jobs'), "0\n",
 
 my @valid = (
     [ 'an empty command', { %$ok, command => '' } ],
-    [ 'quorum above the node count', { %$ok, quorum => 5 } ],
     [ 'quorum 0', { %$ok, quorum => 0 } ],
-    [ 'run_timeout 0', { %$ok, run_timeout => 0 } ],
     [ 'a 40-character user', { %$ok, user => 'u' x 40 } ],
     [ 'a raw file of exactly 100000 bytes',
       { %$ok, file => 'raw:' . ('x' x 100_000) } ],
