@@ -93,6 +93,13 @@ static ngx_command_t  ngx_pushjobs_commands[] = {
       offsetof(ngx_pushjobs_main_conf_t, chef_location),
       NULL },
 
+    { ngx_string("pushjobs_chef_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, chef_timeout),
+      NULL },
+
     { ngx_string("pushjobs_chef_user"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
@@ -266,6 +273,7 @@ ngx_pushjobs_create_main_conf(ngx_conf_t *cf)
 
     pmcf->pool_size = NGX_CONF_UNSET_UINT;
     pmcf->keys_ttl = NGX_CONF_UNSET;
+    pmcf->chef_timeout = NGX_CONF_UNSET_MSEC;
     pmcf->voting_timeout = NGX_CONF_UNSET_MSEC;
     pmcf->default_run_timeout = NGX_CONF_UNSET;
     pmcf->ping_interval = NGX_CONF_UNSET_MSEC;
@@ -291,6 +299,7 @@ ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_uint_value(pmcf->pool_size, 4);
     ngx_conf_init_value(pmcf->keys_ttl, 300);
+    ngx_conf_init_msec_value(pmcf->chef_timeout, 5000);
     ngx_conf_init_msec_value(pmcf->voting_timeout, 60000);
     ngx_conf_init_value(pmcf->default_run_timeout, 3600);
     ngx_conf_init_msec_value(pmcf->ping_interval, 10000);

@@ -90,6 +90,7 @@ typedef struct {
     time_t                      keys_ttl;
 
     ngx_str_t                   chef_location;
+    ngx_msec_t                  chef_timeout;
     ngx_str_t                   chef_user;
     ngx_str_t                   chef_key_file;
     EVP_PKEY                   *chef_key;
