@@ -68,6 +68,7 @@ struct ngx_pushjobs_api_ctx_s {
     ngx_pushjobs_principal_t   *requestor;
     ngx_uint_t                  cached;
     ngx_uint_t                  refetched;
+    ngx_uint_t                  stale;
 
     ngx_uint_t                  sr_done;
     ngx_uint_t                  sr_status;
@@ -973,7 +974,7 @@ ngx_pushjobs_api_authenticate(ngx_http_request_t *r,
                                        &ctx->auth.user_id);
     }
 
-    rc = ngx_pushjobs_keys_lookup(r, pmcf->keys_zone, pmcf->keys_ttl,
+    rc = ngx_pushjobs_keys_lookup(r, pmcf->keys_zone, pmcf->keys_ttl, 0,
                                   &ctx->org, &ctx->auth.user_id,
                                   &ctx->principals);
 
@@ -1318,11 +1319,37 @@ ngx_pushjobs_api_chef_failed(ngx_http_request_t *r,
 }
 
 
+/*
+ * Stale-if-error: a key past its ttl (within keys_stale) still verifies
+ * when the Chef server cannot be asked; else 502 or 504.
+ */
+
 static ngx_int_t
 ngx_pushjobs_api_principal_failed(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, const char *reason)
 {
-    ngx_str_t  what;
+    ngx_int_t                  rc;
+    ngx_str_t                  what;
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    if (!ctx->refetched) {
+        rc = ngx_pushjobs_keys_lookup(r, pmcf->keys_zone, pmcf->keys_ttl, 1,
+                                      &ctx->org, &ctx->auth.user_id,
+                                      &ctx->principals);
+
+        if (rc == NGX_OK) {
+            ctx->cached = 1;
+            ctx->refetched = 1;
+            ctx->stale = 1;
+            return ngx_pushjobs_api_verify(r, ctx);
+        }
+
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
 
     ngx_str_set(&what, "key");
 
@@ -1388,6 +1415,7 @@ static ngx_int_t
 ngx_pushjobs_api_verify(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
     ngx_int_t                  rc;
+    ngx_str_t                  what;
     ngx_uint_t                 i, member;
     ngx_table_elt_t           *h;
     ngx_pushjobs_principal_t  *p;
@@ -1441,6 +1469,12 @@ ngx_pushjobs_api_verify(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
     }
 
     if (ctx->requestor == NULL) {
+
+        if (ctx->stale) {
+            /* the key may have been rotated: only Chef could tell */
+            ngx_str_set(&what, "key");
+            return ngx_pushjobs_api_chef_failed(r, ctx, &what, NULL);
+        }
 
         if (ctx->cached && !ctx->refetched) {
             /* the key may have been rotated since we cached it */
