@@ -34,8 +34,10 @@ my @ids;
 
 sub presence {
     my %p;
-    for (split /\n/, $stack->psql('pushjobs', "SELECT node_name, session,"
-            . " online FROM pushjobs.presence WHERE org = '$org'")) {
+    # a session number is per worker: with its owner, per channel
+    for (split /\n/, $stack->psql('pushjobs', "SELECT node_name, owner"
+            . " || ':' || session, online FROM pushjobs.presence"
+            . " WHERE org = '$org'")) {
         my ($n, $session, $online) = split /\t/;
         $p{$n} = $online eq 't' ? $session : undef;
     }
@@ -204,8 +206,9 @@ like $res->{json}{error}[0] // '', qr/^Failed to connect to erchef to get key: /
     '  about the key' or diag $res->{content};
 
 my $session = sub {
-    my $v = $s2->psql('pushjobs', "SELECT session FROM pushjobs.presence"
-                      . " WHERE node_name = 'node1' AND online");
+    my $v = $s2->psql('pushjobs', "SELECT owner || ':' || session FROM"
+                      . " pushjobs.presence WHERE node_name = 'node1'"
+                      . " AND online");
     chomp $v;
     return $v;
 };
