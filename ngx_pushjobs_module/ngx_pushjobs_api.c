@@ -1688,6 +1688,25 @@ ngx_pushjobs_api_group_result(ngx_http_request_t *r,
 
     if (ctx->sr_status == NGX_HTTP_NOT_FOUND) {
 
+        /*
+         * erchef says "no such group" in JSON; a page that is not (a
+         * proxy's, a wrong location) must not count as an absent group,
+         * which may let every member of the org read.
+         */
+
+        group = ngx_pushjobs_json_parse(ctx->sr_body.data, ctx->sr_body.len,
+                                        r->connection->log);
+
+        if (group == NULL || !YAJL_IS_OBJECT(group)) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "pushjobs: a 404 that is not erchef's for group "
+                          "\"%V\" of \"%V\"", &ctx->group, &ctx->org);
+            ngx_pushjobs_json_free(group);
+            return ngx_pushjobs_api_group_failed(r, ctx, "unusable answer");
+        }
+
+        ngx_pushjobs_json_free(group);
+
         if (!ctx->top) {
             return ngx_pushjobs_api_group_next(r, ctx);
         }

@@ -589,8 +589,10 @@ ngx_pushjobs_keys_cleanup(void *data)
 
 
 /*
- * The principals endpoint's answer: 404 with {"not_found":"org"|...}, or
- * 200 with {"principals":[...]} (API v1) or a single principal (v0).
+ * The principals endpoint's answer: 404 with {"not_found":"org"|"principal"},
+ * or 200 with {"principals":[...]} (API v1) or a single principal (v0).
+ * A 404 without that body is not erchef's (a proxy's page, a wrong
+ * location): unusable, not "no such principal".
  */
 
 static ngx_int_t
@@ -612,15 +614,26 @@ ngx_pushjobs_keys_parse(ngx_http_request_t *r, ngx_str_t *response,
     }
 
     if (status == NGX_HTTP_NOT_FOUND) {
-        out->status = NGX_PUSHJOBS_PRINCIPAL_NOT_FOUND;
 
         if (ngx_pushjobs_json_string(ngx_pushjobs_json_get(root, "not_found"),
                                      &s)
-            == NGX_OK
-            && s.len == sizeof("org") - 1
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "pushjobs: a 404 that is not erchef's from the "
+                          "Chef server's principals endpoint");
+
+            ngx_pushjobs_json_free(root);
+            return NGX_DECLINED;
+        }
+
+        if (s.len == sizeof("org") - 1
             && ngx_strncmp(s.data, "org", s.len) == 0)
         {
             out->status = NGX_PUSHJOBS_PRINCIPAL_NO_ORG;
+
+        } else {
+            out->status = NGX_PUSHJOBS_PRINCIPAL_NOT_FOUND;
         }
 
         ngx_pushjobs_json_free(root);

@@ -37,7 +37,8 @@
 # Fault modes, for the outage tests: with --fault FILE, every request first
 # reads FILE (absent or "ok": normal).  "hang": the request is read and never
 # answered while the file says so; "error": every request answers 500;
-# "garbage": every request answers 200 with a body that is not JSON.
+# "garbage": every request answers 200 with a body that is not JSON;
+# "notfound": every request answers 404 with a body that is not JSON.
 # (A Chef API that is down is this process stopped: t/lib/PushJobs/Stack.pm
 # chef_fault("down").)  Everything else is as strict as without a fault.
 #
@@ -269,6 +270,10 @@ module ChefApiStandin
         res.status = 200
         res["Content-Type"] = "text/html"
         res.body = "<html><body>502 Bad Gateway, or so</body></html>"
+      when "notfound"
+        res.status = 404
+        res["Content-Type"] = "text/html"
+        res.body = "<html><body>404 Not Found</body></html>"
       else
         raise "unknown fault mode #{mode.inspect}"
       end
@@ -983,7 +988,7 @@ module ChefApiStandin
       o.on("--log FILE") { |v| opts[:log] = v }
       o.on("--pid FILE") { |v| opts[:pid] = v }
       o.on("--skew SECONDS", Integer, "allowed clock skew (default 900)") { |v| opts[:skew] = v }
-      o.on("--fault FILE", "fault mode file: ok, hang, error or garbage") { |v| opts[:fault] = v }
+      o.on("--fault FILE", "fault mode file: ok, hang, error, garbage or notfound") { |v| opts[:fault] = v }
     end.parse!(argv)
     abort("chef-api-standin: --fixture is required") unless opts[:fixture]
 

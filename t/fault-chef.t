@@ -55,8 +55,9 @@ sub job_status {
 # keys cached by a first request: alice (admin), node1 (its agent and a
 # config request); each outage below also has a principal that has never
 # asked anything, whose key is not cached: bob (a member), ghost (a client
-# without an agent), carol (not in the org), dave (of another org), and
-# what it gets once the Chef API is back
+# without an agent), carol (not in the org), dave (of another org),
+# othernode (a client of another org), and what it gets once the Chef API
+# is back
 is $stack->request('GET', $jobs, user => 'alice')->{status}, 200,
     'alice reads the jobs (her key is now cached)';
 is $stack->request('GET', "/organizations/$org/pushy/config/node1",
@@ -74,9 +75,10 @@ my %expect = (
     hang    => [ 504, qr/^timed out$/, ghost => 200 ],
     error   => [ 502, qr/^status 500$/, carol => 403 ],
     garbage => [ 502, qr/^unusable answer$/, dave => 403 ],
+    notfound => [ 502, qr/^unusable answer$/, othernode => 401 ],
 );
 
-for my $mode (qw(down hang error garbage)) {
+for my $mode (qw(down hang error garbage notfound)) {
     my ($status, $reason, $uncached, $after) = @{ $expect{$mode} };
 
     # a job that runs through the outage

@@ -394,12 +394,13 @@ sub start_chef {
 # chef_fault(MODE): the Chef API as an outage leaves it.  'down': stopped,
 # connections refused (its port kept); 'hang': requests accepted and never
 # answered; 'error': every request answers 500; 'garbage': 200 with a body
-# that is not JSON; 'ok': normal again (started again if it was down).
+# that is not JSON; 'notfound': 404 with a body that is not JSON; 'ok':
+# normal again (started again if it was down).
 sub chef_fault {
     my ($self, $mode) = @_;
     my $file = "$self->{dir}/chef/fault";
     croak "unknown Chef API fault '$mode'"
-        unless $mode =~ /^(down|hang|error|garbage|ok)$/;
+        unless $mode =~ /^(down|hang|error|garbage|notfound|ok)$/;
 
     # release hung requests first: the stand-in waits for them to stop
     spew($file, $mode eq 'down' ? "ok\n" : "$mode\n");
