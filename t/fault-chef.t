@@ -64,6 +64,14 @@ is $stack->request('GET', "/organizations/$org/pushy/config/node1",
                    user => 'node1')->{status}, 200,
     'node1 reads its config';
 
+# node2 talks long-poll: every poll and every report is a signed request
+# of its own, each needing its key while the Chef API is out
+$stack->stop_agent('node2');
+PushJobs::Stack::wait_for(10, sub { !defined presence()->{node2} });
+$stack->start_agent('node2', args => ['--long-poll']);
+ok PushJobs::Stack::wait_for(20, sub { defined presence()->{node2} }),
+    'node2 is back, over long-poll';
+
 # node3 goes away cleanly: it comes back during each outage, with its key
 # from the cache
 $stack->stop_agent('node3');
@@ -142,7 +150,7 @@ for my $mode (qw(down hang error garbage notfound)) {
     my $now = presence();
     is_deeply [ map { $now->{$_} } qw(node1 node2) ],
               [ map { $before->{$_} } qw(node1 node2) ],
-        "$mode: node1 and node2 kept their channels";
+        "$mode: node1 and node2 (long-poll) kept their channels";
 
     $stack->chef_fault('ok');
 
