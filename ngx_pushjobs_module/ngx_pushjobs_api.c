@@ -11,9 +11,9 @@
  * order: route and method (404, 405), malformed request (job body, auth
  * headers, body size: 400, 401, 413), authentication (key from the shared
  * cache or from the Chef server's principals endpoint through an in-memory
- * subrequest: 401, 403, 404, 502), authorization (403), content
- * negotiation (406, 415), then the resource itself, read from or written
- * to PostgreSQL.  Each step either answers, or returns NGX_DONE when it
+ * subrequest: 401, 403, 404, 502, 504), authorization (403, 502, 504),
+ * content negotiation (406, 415), then the resource itself, read from or
+ * written to PostgreSQL.  Each step either answers, or returns NGX_DONE when it
  * waits for a subrequest or a query and will go on from its callback.
  */
 
@@ -66,10 +66,18 @@ struct ngx_pushjobs_api_ctx_s {
     ngx_pushjobs_principal_t   *requestor;
     ngx_uint_t                  cached;
     ngx_uint_t                  refetched;
+    ngx_uint_t                  stale;
 
     ngx_uint_t                  sr_done;
     ngx_uint_t                  sr_status;
     ngx_str_t                   sr_body;
+    ngx_http_request_t         *sr;
+
+    /* the one bound of every wait for the Chef server in this request */
+    ngx_event_t                 chef_timer;
+    ngx_msec_t                  chef_deadline;
+    unsigned                    chef_armed:1;
+    unsigned                    chef_timedout:1;
 
     ngx_str_t                   group;
     ngx_uint_t                  top;
@@ -102,7 +110,13 @@ static ngx_int_t ngx_pushjobs_api_chef_get(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, ngx_str_t *path, ngx_uint_t sign);
 static ngx_int_t ngx_pushjobs_api_chef_done(ngx_http_request_t *sr,
     void *data, ngx_int_t rc);
+static void ngx_pushjobs_api_chef_timeout(ngx_event_t *ev);
+static void ngx_pushjobs_api_chef_cleanup(void *data);
+static ngx_int_t ngx_pushjobs_api_chef_failed(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, ngx_str_t *what, const char *reason);
 static void ngx_pushjobs_api_principal_resume(ngx_http_request_t *r);
+static ngx_int_t ngx_pushjobs_api_principal_failed(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, const char *reason);
 static ngx_int_t ngx_pushjobs_api_verify(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_authorize(ngx_http_request_t *r,
@@ -110,6 +124,8 @@ static ngx_int_t ngx_pushjobs_api_authorize(ngx_http_request_t *r,
 static ngx_int_t ngx_pushjobs_api_group_fetch(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, ngx_str_t *group, ngx_uint_t top);
 static void ngx_pushjobs_api_group_resume(ngx_http_request_t *r);
+static ngx_int_t ngx_pushjobs_api_group_failed(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, const char *reason);
 static ngx_int_t ngx_pushjobs_api_group_result(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_group_next(ngx_http_request_t *r,
@@ -681,7 +697,7 @@ ngx_pushjobs_api_authenticate(ngx_http_request_t *r,
                                        &ctx->auth.user_id);
     }
 
-    rc = ngx_pushjobs_keys_lookup(r, pmcf->keys_zone, pmcf->keys_ttl,
+    rc = ngx_pushjobs_keys_lookup(r, pmcf->keys_zone, pmcf->keys_ttl, 0,
                                   &ctx->org, &ctx->auth.user_id,
                                   &ctx->principals);
 
@@ -703,6 +719,7 @@ ngx_pushjobs_api_fetch_principal(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx)
 {
     u_char     *p;
+    ngx_int_t   rc;
     ngx_str_t   path;
 
     path.len = sizeof("/organizations//principals/") - 1 + ctx->org.len
@@ -719,7 +736,14 @@ ngx_pushjobs_api_fetch_principal(ngx_http_request_t *r,
 
     r->write_event_handler = ngx_pushjobs_api_principal_resume;
 
-    return ngx_pushjobs_api_chef_get(r, ctx, &path, 0);
+    rc = ngx_pushjobs_api_chef_get(r, ctx, &path, 0);
+
+    if (rc == NGX_DECLINED) {
+        r->write_event_handler = ngx_http_request_empty_handler;
+        return ngx_pushjobs_api_principal_failed(r, ctx, NULL);
+    }
+
+    return rc;
 }
 
 
@@ -727,7 +751,9 @@ ngx_pushjobs_api_fetch_principal(ngx_http_request_t *r,
  * GET a Chef server API path through the internal location that proxies
  * to the Chef server (pushjobs_chef_location), in memory.  The subrequest
  * carries only the headers set here, never the client's.  The parent
- * resumes in its write_event_handler.
+ * resumes in its write_event_handler.  All the Chef requests of one
+ * request share one deadline, pushjobs_chef_timeout after the first:
+ * NGX_DECLINED, and no subrequest, once it has passed.
  */
 
 static ngx_int_t
@@ -739,11 +765,38 @@ ngx_pushjobs_api_chef_get(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
     ngx_uint_t                    i;
     ngx_array_t                   signed_headers;
     ngx_keyval_t                 *kv;
+    ngx_msec_int_t                left;
+    ngx_pool_cleanup_t           *cln;
     ngx_http_request_t           *sr;
     ngx_pushjobs_main_conf_t     *pmcf;
     ngx_http_post_subrequest_t   *ps;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    if (!ctx->chef_armed) {
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        cln->handler = ngx_pushjobs_api_chef_cleanup;
+        cln->data = ctx;
+
+        ctx->chef_timer.handler = ngx_pushjobs_api_chef_timeout;
+        ctx->chef_timer.data = r;
+        ctx->chef_timer.log = r->connection->log;
+
+        ctx->chef_deadline = ngx_current_msec + pmcf->chef_timeout;
+        ctx->chef_armed = 1;
+    }
+
+    left = (ngx_msec_int_t) (ctx->chef_deadline - ngx_current_msec);
+
+    if (ctx->chef_timedout || left <= 0) {
+        ctx->chef_timedout = 1;
+        ctx->sr_status = NGX_HTTP_GATEWAY_TIME_OUT;
+        return NGX_DECLINED;
+    }
 
     uri.len = pmcf->chef_location.len + path->len;
     uri.data = ngx_pnalloc(r->pool, uri.len);
@@ -777,6 +830,9 @@ ngx_pushjobs_api_chef_get(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
 
     sr->method = NGX_HTTP_GET;
     sr->method_name = ngx_http_core_get_method;
+
+    ctx->sr = sr;
+    ngx_add_timer(&ctx->chef_timer, (ngx_msec_t) left);
 
     /* no client body and no client headers go to the Chef server */
 
@@ -860,15 +916,27 @@ ngx_pushjobs_api_chef_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
 
     ngx_buf_t  *b;
 
+    /* called again if nginx makes an error page of rc */
+
     ctx->sr_done = 1;
+    ctx->sr = NULL;
     ctx->sr_status = sr->headers_out.status;
 
-    if (rc == NGX_ERROR || rc >= NGX_HTTP_SPECIAL_RESPONSE
-        || ctx->sr_status == 0)
-    {
+    if (ctx->chef_timer.timer_set) {
+        ngx_del_timer(&ctx->chef_timer);
+    }
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        ctx->sr_status = rc;
+
+    } else if (rc == NGX_ERROR || ctx->sr_status == 0) {
         if (ctx->sr_status == 0 || ctx->sr_status == NGX_HTTP_OK) {
             ctx->sr_status = NGX_HTTP_BAD_GATEWAY;
         }
+    }
+
+    if (ctx->chef_timedout) {
+        ctx->sr_status = NGX_HTTP_GATEWAY_TIME_OUT;
     }
 
     if (sr->out && sr->out->buf) {
@@ -878,6 +946,137 @@ ngx_pushjobs_api_chef_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
     }
 
     return rc;
+}
+
+
+/*
+ * The deadline passed while a subrequest waits for the Chef server: the
+ * subrequest's upstream connection is timed out as its own timers would
+ * do it (the proxy's timeouts are per read and per connect, not per
+ * request), so that the subrequest ends with 504 through the usual path
+ * and the parent answers from chef_done's result.  The timer is armed
+ * again first in case that did not end it (another upstream server tried,
+ * or no connection yet): the request, and the timer with it, may be gone
+ * once the upstream's handler returns.
+ */
+
+static void
+ngx_pushjobs_api_chef_timeout(ngx_event_t *ev)
+{
+    ngx_connection_t        *c;
+    ngx_http_request_t      *r, *sr;
+    ngx_http_upstream_t     *u;
+    ngx_pushjobs_api_ctx_t  *ctx;
+
+    r = ev->data;
+    ctx = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
+
+    if (ctx == NULL || ctx->sr_done || ctx->sr == NULL) {
+        return;
+    }
+
+    if (!ctx->chef_timedout) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "pushjobs: the Chef server did not answer within "
+                      "pushjobs_chef_timeout");
+        ctx->chef_timedout = 1;
+    }
+
+    sr = ctx->sr;
+    u = sr->upstream;
+
+    ngx_add_timer(ev, 100);
+
+    if (u == NULL || u->peer.connection == NULL) {
+        return;
+    }
+
+    c = u->peer.connection;
+
+    c->read->timedout = 1;
+    c->write->timedout = 1;
+
+    c->read->handler(c->read);
+}
+
+
+static void
+ngx_pushjobs_api_chef_cleanup(void *data)
+{
+    ngx_pushjobs_api_ctx_t *ctx = data;
+
+    if (ctx->chef_timer.timer_set) {
+        ngx_del_timer(&ctx->chef_timer);
+    }
+}
+
+
+/*
+ * The Chef server could not be asked for what (a key, a group): 504 when
+ * the deadline passed, else 502; never 401 or 403, which would say that
+ * the Chef server answered.  The message keeps 2.x's prefix.
+ */
+
+static ngx_int_t
+ngx_pushjobs_api_chef_failed(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, ngx_str_t *what, const char *reason)
+{
+    ngx_uint_t  status;
+
+    status = (ctx->sr_status == NGX_HTTP_GATEWAY_TIME_OUT)
+             ? NGX_HTTP_GATEWAY_TIME_OUT : NGX_HTTP_BAD_GATEWAY;
+
+    if (reason == NULL && status == NGX_HTTP_GATEWAY_TIME_OUT) {
+        reason = "timed out";
+    }
+
+    if (reason) {
+        return ngx_pushjobs_json_error(r, status, 1,
+                                       "Failed to connect to erchef to get "
+                                       "%V: %s", what, reason);
+    }
+
+    return ngx_pushjobs_json_error(r, status, 1,
+                                   "Failed to connect to erchef to get %V: "
+                                   "status %ui", what, ctx->sr_status);
+}
+
+
+/*
+ * Stale-if-error: a key past its ttl (within keys_stale) still verifies
+ * when the Chef server cannot be asked; else 502 or 504.
+ */
+
+static ngx_int_t
+ngx_pushjobs_api_principal_failed(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, const char *reason)
+{
+    ngx_int_t                  rc;
+    ngx_str_t                  what;
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    if (!ctx->refetched) {
+        rc = ngx_pushjobs_keys_lookup(r, pmcf->keys_zone, pmcf->keys_ttl, 1,
+                                      &ctx->org, &ctx->auth.user_id,
+                                      &ctx->principals);
+
+        if (rc == NGX_OK) {
+            ctx->cached = 1;
+            ctx->refetched = 1;
+            ctx->stale = 1;
+            return ngx_pushjobs_api_verify(r, ctx);
+        }
+
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    ngx_str_set(&what, "key");
+
+    return ngx_pushjobs_api_chef_failed(r, ctx, &what, reason);
 }
 
 
@@ -906,9 +1105,7 @@ ngx_pushjobs_api_principal_resume(ngx_http_request_t *r)
                       "\"%V\" of \"%V\"", ctx->sr_status, &ctx->auth.user_id,
                       &ctx->org);
 
-        rc = ngx_pushjobs_json_error(r, NGX_HTTP_BAD_GATEWAY, 1,
-                                     "Failed to connect to erchef to get "
-                                     "key: status %ui", ctx->sr_status);
+        rc = ngx_pushjobs_api_principal_failed(r, ctx, NULL);
         goto done;
     }
 
@@ -921,9 +1118,7 @@ ngx_pushjobs_api_principal_resume(ngx_http_request_t *r)
                       "pushjobs: unusable principal \"%V\" of \"%V\" from "
                       "the Chef server", &ctx->auth.user_id, &ctx->org);
 
-        rc = ngx_pushjobs_json_error(r, NGX_HTTP_BAD_GATEWAY, 1,
-                                     "Failed to connect to erchef to get "
-                                     "key: unusable answer");
+        rc = ngx_pushjobs_api_principal_failed(r, ctx, "unusable answer");
         goto done;
     }
 
@@ -943,6 +1138,7 @@ static ngx_int_t
 ngx_pushjobs_api_verify(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
     ngx_int_t                  rc;
+    ngx_str_t                  what;
     ngx_uint_t                 i, member;
     ngx_table_elt_t           *h;
     ngx_pushjobs_principal_t  *p;
@@ -997,6 +1193,12 @@ ngx_pushjobs_api_verify(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
     if (ctx->requestor == NULL) {
 
+        if (ctx->stale) {
+            /* the key may have been rotated: only Chef could tell */
+            ngx_str_set(&what, "key");
+            return ngx_pushjobs_api_chef_failed(r, ctx, &what, NULL);
+        }
+
         if (ctx->cached && !ctx->refetched) {
             /* the key may have been rotated since we cached it */
             ngx_pushjobs_keys_forget(pmcf->keys_zone, &ctx->org,
@@ -1038,6 +1240,10 @@ ngx_pushjobs_api_verify(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
  * group's users or clients and then, depth first, in its nested groups.
  * Groups are read from the Chef server as the superuser, one subrequest per
  * group, and never cached, so a change of membership counts at once.
+ * A group the Chef server cannot give (no answer in time, an error, an
+ * answer that is not a group) fails the request with 502 or 504: it is
+ * not read as "not a member" as 2.x did, which answered 403 to members
+ * during an outage.
  */
 
 static ngx_int_t
@@ -1104,6 +1310,7 @@ ngx_pushjobs_api_group_fetch(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, ngx_str_t *group, ngx_uint_t top)
 {
     u_char     *p;
+    ngx_int_t   rc;
     ngx_str_t   path, *seen;
 
     if (ctx->seen == NULL) {
@@ -1139,7 +1346,34 @@ ngx_pushjobs_api_group_fetch(ngx_http_request_t *r,
 
     r->write_event_handler = ngx_pushjobs_api_group_resume;
 
-    return ngx_pushjobs_api_chef_get(r, ctx, &path, 1);
+    rc = ngx_pushjobs_api_chef_get(r, ctx, &path, 1);
+
+    if (rc == NGX_DECLINED) {
+        r->write_event_handler = ngx_http_request_empty_handler;
+        return ngx_pushjobs_api_group_failed(r, ctx, NULL);
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_group_failed(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, const char *reason)
+{
+    u_char     *p;
+    ngx_str_t   what;
+
+    what.len = sizeof("group ''") - 1 + ctx->group.len;
+    what.data = ngx_pnalloc(r->pool, what.len);
+    if (what.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_sprintf(what.data, "group '%V'", &ctx->group);
+    what.len = p - what.data;
+
+    return ngx_pushjobs_api_chef_failed(r, ctx, &what, reason);
 }
 
 
@@ -1171,11 +1405,30 @@ ngx_pushjobs_api_group_result(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx)
 {
     size_t       i, j;
-    yajl_val     group, list;
+    yajl_val     group, list, nested;
     ngx_str_t    name, *pending, *seen;
     const char  *key;
 
     if (ctx->sr_status == NGX_HTTP_NOT_FOUND) {
+
+        /*
+         * erchef says "no such group" in JSON; a page that is not (a
+         * proxy's, a wrong location) must not count as an absent group,
+         * which may let every member of the org read.
+         */
+
+        group = ngx_pushjobs_json_parse(ctx->sr_body.data, ctx->sr_body.len,
+                                        r->connection->log);
+
+        if (group == NULL || !YAJL_IS_OBJECT(group)) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "pushjobs: a 404 that is not erchef's for group "
+                          "\"%V\" of \"%V\"", &ctx->group, &ctx->org);
+            ngx_pushjobs_json_free(group);
+            return ngx_pushjobs_api_group_failed(r, ctx, "unusable answer");
+        }
+
+        ngx_pushjobs_json_free(group);
 
         if (!ctx->top) {
             return ngx_pushjobs_api_group_next(r, ctx);
@@ -1202,83 +1455,83 @@ ngx_pushjobs_api_group_result(ngx_http_request_t *r,
     }
 
     if (ctx->sr_status != NGX_HTTP_OK) {
-        /* as in 2.x, a group the Chef server cannot give has no members */
-
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "pushjobs: Chef server answered %ui for group \"%V\" "
                       "of \"%V\"", ctx->sr_status, &ctx->group, &ctx->org);
 
-        return ngx_pushjobs_api_group_next(r, ctx);
+        return ngx_pushjobs_api_group_failed(r, ctx, NULL);
     }
 
     group = ngx_pushjobs_json_parse(ctx->sr_body.data, ctx->sr_body.len,
                                     r->connection->log);
 
-    if (group == NULL || !YAJL_IS_OBJECT(group)) {
+    key = (ctx->requestor->type == NGX_PUSHJOBS_CLIENT) ? "clients" : "users";
+
+    list = NULL;
+    nested = NULL;
+
+    if (group && YAJL_IS_OBJECT(group)) {
+        list = ngx_pushjobs_json_get(group, key);
+        nested = ngx_pushjobs_json_get(group, "groups");
+    }
+
+    /* erchef's groups always list users, clients and groups */
+
+    if (list == NULL || !YAJL_IS_ARRAY(list)
+        || nested == NULL || !YAJL_IS_ARRAY(nested))
+    {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "pushjobs: unusable group \"%V\" of \"%V\" from the "
                       "Chef server", &ctx->group, &ctx->org);
         ngx_pushjobs_json_free(group);
-        return ngx_pushjobs_api_group_next(r, ctx);
+        return ngx_pushjobs_api_group_failed(r, ctx, "unusable answer");
     }
 
-    key = (ctx->requestor->type == NGX_PUSHJOBS_CLIENT) ? "clients" : "users";
-
-    list = ngx_pushjobs_json_get(group, key);
-
-    if (list && YAJL_IS_ARRAY(list)) {
-        for (i = 0; i < list->u.array.len; i++) {
-            if (ngx_pushjobs_json_string(list->u.array.values[i], &name)
-                == NGX_OK
-                && name.len == ctx->auth.user_id.len
-                && ngx_strncmp(name.data, ctx->auth.user_id.data, name.len)
-                   == 0)
-            {
-                ngx_pushjobs_json_free(group);
-                return ngx_pushjobs_api_content(r, ctx);
-            }
+    for (i = 0; i < list->u.array.len; i++) {
+        if (ngx_pushjobs_json_string(list->u.array.values[i], &name) == NGX_OK
+            && name.len == ctx->auth.user_id.len
+            && ngx_strncmp(name.data, ctx->auth.user_id.data, name.len) == 0)
+        {
+            ngx_pushjobs_json_free(group);
+            return ngx_pushjobs_api_content(r, ctx);
         }
     }
 
     /* nested groups, depth first: pushed in reverse, popped in order */
 
-    list = ngx_pushjobs_json_get(group, "groups");
+    for (i = nested->u.array.len; i > 0; i--) {
+        if (ngx_pushjobs_json_string(nested->u.array.values[i - 1], &name)
+            != NGX_OK
+            || !ngx_pushjobs_api_valid_name(&name))
+        {
+            continue;
+        }
 
-    if (list && YAJL_IS_ARRAY(list)) {
-        for (i = list->u.array.len; i > 0; i--) {
-            if (ngx_pushjobs_json_string(list->u.array.values[i - 1], &name)
-                != NGX_OK
-                || !ngx_pushjobs_api_valid_name(&name))
+        seen = ctx->seen->elts;
+
+        for (j = 0; j < ctx->seen->nelts; j++) {
+            if (seen[j].len == name.len
+                && ngx_strncmp(seen[j].data, name.data, name.len) == 0)
             {
-                continue;
+                break;
             }
+        }
 
-            seen = ctx->seen->elts;
+        if (j < ctx->seen->nelts || ctx->seen->nelts > 64) {
+            continue;
+        }
 
-            for (j = 0; j < ctx->seen->nelts; j++) {
-                if (seen[j].len == name.len
-                    && ngx_strncmp(seen[j].data, name.data, name.len) == 0)
-                {
-                    break;
-                }
-            }
+        pending = ngx_array_push(ctx->pending);
+        if (pending == NULL) {
+            ngx_pushjobs_json_free(group);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
 
-            if (j < ctx->seen->nelts || ctx->seen->nelts > 64) {
-                continue;
-            }
-
-            pending = ngx_array_push(ctx->pending);
-            if (pending == NULL) {
-                ngx_pushjobs_json_free(group);
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            pending->len = name.len;
-            pending->data = ngx_pstrdup(r->pool, &name);
-            if (pending->data == NULL) {
-                ngx_pushjobs_json_free(group);
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
+        pending->len = name.len;
+        pending->data = ngx_pstrdup(r->pool, &name);
+        if (pending->data == NULL) {
+            ngx_pushjobs_json_free(group);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
     }
 

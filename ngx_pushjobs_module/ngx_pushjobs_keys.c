@@ -12,6 +12,9 @@
  * faster than it decodes DER (6 us against 140 us per key, per request).
  * Negative answers (no such org, no such principal) are kept too, but
  * briefly, so that a new client can authenticate soon after its creation.
+ * A key past its ttl stays in the zone for keys_stale seconds more: it is
+ * used only when the Chef server cannot be asked (stale-if-error), so that
+ * known principals, agents above all, keep working through an outage.
  * Entries live in an rbtree keyed by crc32("org\0name") and in an LRU queue
  * that makes room when the zone is full.
  */
@@ -54,7 +57,8 @@ typedef struct {
     u_short                     key_len;
     ngx_queue_t                 queue;
     time_t                      created;
-    time_t                      expire;
+    time_t                      expire;     /* fresh until */
+    time_t                      keep;       /* kept, stale, until */
     ngx_pushjobs_keys_principal_t  principal[NGX_PUSHJOBS_MAX_PRINCIPALS];
     u_char                      data[1];    /* key, then each stored key */
 } ngx_pushjobs_keys_node_t;
@@ -197,14 +201,19 @@ ngx_pushjobs_keys_rbtree_insert(ngx_rbtree_node_t *temp,
 }
 
 
+/*
+ * A fresh entry; with stale set, also a key past its ttl but within
+ * keys_stale (never a negative answer): NGX_DECLINED when there is none.
+ */
+
 ngx_int_t
 ngx_pushjobs_keys_lookup(ngx_http_request_t *r, ngx_shm_zone_t *zone,
-    time_t ttl, ngx_str_t *org, ngx_str_t *name,
+    time_t ttl, ngx_uint_t stale, ngx_str_t *org, ngx_str_t *name,
     ngx_pushjobs_principals_t *out)
 {
     u_char                       *der, *p;
     size_t                        len;
-    time_t                        now;
+    time_t                        now, age;
     uint32_t                      hash;
     ngx_str_t                     key;
     ngx_uint_t                    i, n, status;
@@ -212,11 +221,14 @@ ngx_pushjobs_keys_lookup(ngx_http_request_t *r, ngx_shm_zone_t *zone,
     ngx_pushjobs_keys_node_t     *kn;
     ngx_pushjobs_keys_shctx_t    *ctx;
     ngx_pushjobs_keys_cleanup_t  *cln;
+    ngx_pushjobs_main_conf_t     *pmcf;
     ngx_pushjobs_keys_principal_t principal[NGX_PUSHJOBS_MAX_PRINCIPALS];
 
     if (zone == NULL || zone->data == NULL || zone->data == (void *) 1) {
         return NGX_DECLINED;
     }
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
 
     ctx = zone->data;
 
@@ -238,12 +250,26 @@ ngx_pushjobs_keys_lookup(ngx_http_request_t *r, ngx_shm_zone_t *zone,
         return NGX_DECLINED;
     }
 
-    /* a reload may have shortened keys_ttl since the entry was stored */
+    /* a reload may have shortened the times since the entry was stored */
 
-    if (now >= kn->expire || now - kn->created >= ttl) {
+    age = now - kn->created;
+
+    if (now >= kn->keep || age >= ttl + pmcf->keys_stale) {
         ngx_pushjobs_keys_delete(ctx, kn);
         ngx_shmtx_unlock(&ctx->shpool->mutex);
         return NGX_DECLINED;
+    }
+
+    if (now >= kn->expire || age >= ttl) {
+
+        if (!stale || kn->status != NGX_PUSHJOBS_PRINCIPAL_FOUND) {
+            /* kept for a lookup the Chef server cannot answer */
+            ngx_shmtx_unlock(&ctx->shpool->mutex);
+            return NGX_DECLINED;
+        }
+
+    } else {
+        stale = 0;
     }
 
     ngx_queue_remove(&kn->queue);
@@ -316,6 +342,13 @@ ngx_pushjobs_keys_lookup(ngx_http_request_t *r, ngx_shm_zone_t *zone,
     }
 
     out->n = n;
+
+    if (stale) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "pushjobs: the Chef server cannot be asked, the key "
+                      "of \"%V\" of \"%V\" cached %T s ago is used",
+                      name, org, age);
+    }
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "pushjobs keys: \"%V\" of \"%V\" cached, %ui key(s)",
@@ -510,7 +543,7 @@ ngx_pushjobs_keys_expire(ngx_pushjobs_keys_shctx_t *ctx, ngx_uint_t force)
         kn = ngx_queue_data(q, ngx_pushjobs_keys_node_t, queue);
 
         if (!force || n == 2) {
-            if (now < kn->expire) {
+            if (now < kn->keep) {
                 return;
             }
         }
@@ -556,8 +589,10 @@ ngx_pushjobs_keys_cleanup(void *data)
 
 
 /*
- * The principals endpoint's answer: 404 with {"not_found":"org"|...}, or
- * 200 with {"principals":[...]} (API v1) or a single principal (v0).
+ * The principals endpoint's answer: 404 with {"not_found":"org"|"principal"},
+ * or 200 with {"principals":[...]} (API v1) or a single principal (v0).
+ * A 404 without that body is not erchef's (a proxy's page, a wrong
+ * location): unusable, not "no such principal".
  */
 
 static ngx_int_t
@@ -579,15 +614,26 @@ ngx_pushjobs_keys_parse(ngx_http_request_t *r, ngx_str_t *response,
     }
 
     if (status == NGX_HTTP_NOT_FOUND) {
-        out->status = NGX_PUSHJOBS_PRINCIPAL_NOT_FOUND;
 
         if (ngx_pushjobs_json_string(ngx_pushjobs_json_get(root, "not_found"),
                                      &s)
-            == NGX_OK
-            && s.len == sizeof("org") - 1
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "pushjobs: a 404 that is not erchef's from the "
+                          "Chef server's principals endpoint");
+
+            ngx_pushjobs_json_free(root);
+            return NGX_DECLINED;
+        }
+
+        if (s.len == sizeof("org") - 1
             && ngx_strncmp(s.data, "org", s.len) == 0)
         {
             out->status = NGX_PUSHJOBS_PRINCIPAL_NO_ORG;
+
+        } else {
+            out->status = NGX_PUSHJOBS_PRINCIPAL_NOT_FOUND;
         }
 
         ngx_pushjobs_json_free(root);
@@ -806,7 +852,7 @@ ngx_pushjobs_keys_save(ngx_http_request_t *r, ngx_shm_zone_t *zone,
     int                           n;
     u_char                       *der[NGX_PUSHJOBS_MAX_PRINCIPALS], *p;
     size_t                        size, len;
-    time_t                        ttl, now;
+    time_t                        ttl, keep, now;
     uint32_t                      hash;
     ngx_uint_t                    i;
     ngx_rbtree_node_t            *node;
@@ -818,9 +864,11 @@ ngx_pushjobs_keys_save(ngx_http_request_t *r, ngx_shm_zone_t *zone,
     pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
 
     ttl = pmcf->keys_ttl;
+    keep = ttl + pmcf->keys_stale;
 
     if (out->status != NGX_PUSHJOBS_PRINCIPAL_FOUND) {
         ttl = ngx_min(ttl, NGX_PUSHJOBS_KEYS_NEGATIVE_TTL);
+        keep = ttl;
     }
 
     if (ttl <= 0 || key->len > 0xffff) {
@@ -892,6 +940,7 @@ ngx_pushjobs_keys_save(ngx_http_request_t *r, ngx_shm_zone_t *zone,
     kn->key_len = (u_short) key->len;
     kn->created = now;
     kn->expire = now + ttl;
+    kn->keep = now + keep;
 
     p = ngx_cpymem(kn->data, key->data, key->len);
 

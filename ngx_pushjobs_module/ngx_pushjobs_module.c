@@ -80,7 +80,7 @@ static ngx_command_t  ngx_pushjobs_commands[] = {
       &ngx_pushjobs_pool_bounds },
 
     { ngx_string("pushjobs_key_zone"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE123,
       ngx_pushjobs_key_zone,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
@@ -91,6 +91,13 @@ static ngx_command_t  ngx_pushjobs_commands[] = {
       ngx_conf_set_str_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_pushjobs_main_conf_t, chef_location),
+      NULL },
+
+    { ngx_string("pushjobs_chef_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, chef_timeout),
       NULL },
 
     { ngx_string("pushjobs_chef_user"),
@@ -266,6 +273,8 @@ ngx_pushjobs_create_main_conf(ngx_conf_t *cf)
 
     pmcf->pool_size = NGX_CONF_UNSET_UINT;
     pmcf->keys_ttl = NGX_CONF_UNSET;
+    pmcf->keys_stale = NGX_CONF_UNSET;
+    pmcf->chef_timeout = NGX_CONF_UNSET_MSEC;
     pmcf->voting_timeout = NGX_CONF_UNSET_MSEC;
     pmcf->default_run_timeout = NGX_CONF_UNSET;
     pmcf->ping_interval = NGX_CONF_UNSET_MSEC;
@@ -291,6 +300,8 @@ ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_uint_value(pmcf->pool_size, 4);
     ngx_conf_init_value(pmcf->keys_ttl, 300);
+    ngx_conf_init_value(pmcf->keys_stale, 3600);
+    ngx_conf_init_msec_value(pmcf->chef_timeout, 5000);
     ngx_conf_init_msec_value(pmcf->voting_timeout, 60000);
     ngx_conf_init_value(pmcf->default_run_timeout, 3600);
     ngx_conf_init_msec_value(pmcf->ping_interval, 10000);
@@ -627,7 +638,7 @@ ngx_pushjobs_conf_set_retention(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
-/* pushjobs_key_zone name:size [ttl=time]; */
+/* pushjobs_key_zone name:size [ttl=time] [stale=time]; */
 
 static char *
 ngx_pushjobs_key_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -638,6 +649,7 @@ ngx_pushjobs_key_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     time_t       ttl;
     ssize_t      size;
     ngx_str_t   *value, name, s;
+    ngx_uint_t   i;
 
     if (pmcf->keys_zone) {
         return "is duplicate";
@@ -673,24 +685,43 @@ ngx_pushjobs_key_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (cf->args->nelts == 3) {
-        if (ngx_strncmp(value[2].data, "ttl=", 4) != 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid parameter \"%V\"", &value[2]);
-            return NGX_CONF_ERROR;
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "ttl=", 4) == 0) {
+            s.data = value[i].data + 4;
+            s.len = value[i].len - 4;
+
+            ttl = ngx_parse_time(&s, 1);
+            if (ttl == (time_t) NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid ttl \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            pmcf->keys_ttl = ttl;
+            continue;
         }
 
-        s.data = value[2].data + 4;
-        s.len = value[2].len - 4;
+        /* how long past its ttl a key is used when Chef cannot be asked */
 
-        ttl = ngx_parse_time(&s, 1);
-        if (ttl == (time_t) NGX_ERROR) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid ttl \"%V\"", &value[2]);
-            return NGX_CONF_ERROR;
+        if (ngx_strncmp(value[i].data, "stale=", 6) == 0) {
+            s.data = value[i].data + 6;
+            s.len = value[i].len - 6;
+
+            ttl = ngx_parse_time(&s, 1);
+            if (ttl == (time_t) NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid stale \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            pmcf->keys_stale = ttl;
+            continue;
         }
 
-        pmcf->keys_ttl = ttl;
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
     }
 
     pmcf->keys_zone = ngx_shared_memory_add(cf, &name, size,

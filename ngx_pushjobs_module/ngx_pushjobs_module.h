@@ -91,8 +91,10 @@ typedef struct {
 
     ngx_shm_zone_t             *keys_zone;
     time_t                      keys_ttl;
+    time_t                      keys_stale;
 
     ngx_str_t                   chef_location;
+    ngx_msec_t                  chef_timeout;
     ngx_str_t                   chef_user;
     ngx_str_t                   chef_key_file;
     EVP_PKEY                   *chef_key;
@@ -312,8 +314,8 @@ ngx_int_t ngx_pushjobs_auth_sign(ngx_pool_t *pool, EVP_PKEY *key,
 /* ngx_pushjobs_keys.c */
 ngx_int_t ngx_pushjobs_keys_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 ngx_int_t ngx_pushjobs_keys_lookup(ngx_http_request_t *r,
-    ngx_shm_zone_t *zone, time_t ttl, ngx_str_t *org, ngx_str_t *name,
-    ngx_pushjobs_principals_t *out);
+    ngx_shm_zone_t *zone, time_t ttl, ngx_uint_t stale, ngx_str_t *org,
+    ngx_str_t *name, ngx_pushjobs_principals_t *out);
 ngx_int_t ngx_pushjobs_keys_store(ngx_http_request_t *r, ngx_shm_zone_t *zone,
     ngx_str_t *org, ngx_str_t *name, ngx_str_t *response, ngx_uint_t status,
     ngx_pushjobs_principals_t *out);

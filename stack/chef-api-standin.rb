@@ -31,7 +31,16 @@
 #
 # Usage:
 #   ruby stack/chef-api-standin.rb --listen 127.0.0.1 --port PORT \
-#        --fixture FIXTURE.json [--log FILE] [--pid FILE] [--skew SECONDS]
+#        --fixture FIXTURE.json [--log FILE] [--pid FILE] [--skew SECONDS] \
+#        [--fault FILE]
+#
+# Fault modes, for the outage tests: with --fault FILE, every request first
+# reads FILE (absent or "ok": normal).  "hang": the request is read and never
+# answered while the file says so; "error": every request answers 500;
+# "garbage": every request answers 200 with a body that is not JSON;
+# "notfound": every request answers 404 with a body that is not JSON.
+# (A Chef API that is down is this process stopped: t/lib/PushJobs/Stack.pm
+# chef_fault("down").)  Everything else is as strict as without a fault.
 #
 # Prints "ready PORT" on stdout once listening (PORT 0 = pick a free port).
 # Exits cleanly on TERM/INT.
@@ -228,11 +237,48 @@ module ChefApiStandin
   class Server
     attr_reader :lock
 
-    def initialize(fixture, log_io, skew)
+    def initialize(fixture, log_io, skew, fault_file = nil)
       @lock = Mutex.new
       @log = log_io
       @skew = skew
+      @fault_file = fault_file
       load_fixture(fixture)
+    end
+
+    def fault_mode
+      return "ok" unless @fault_file
+      File.read(@fault_file).strip
+    rescue Errno::ENOENT
+      "ok"
+    end
+
+    # The fault the mode file asks for: true when it answered the request.
+    def fault(req, res)
+      mode = fault_mode
+      case mode
+      when "ok", ""
+        return false
+      when "hang"
+        log("FAULT hang #{req.request_method} #{req.unparsed_uri}")
+        sleep 0.05 while fault_mode == "hang"
+        return false
+      when "error"
+        res.status = 500
+        res["Content-Type"] = "application/json"
+        res.body = JSON.generate("error" => ["stand-in fault: error"])
+      when "garbage"
+        res.status = 200
+        res["Content-Type"] = "text/html"
+        res.body = "<html><body>502 Bad Gateway, or so</body></html>"
+      when "notfound"
+        res.status = 404
+        res["Content-Type"] = "text/html"
+        res.body = "<html><body>404 Not Found</body></html>"
+      else
+        raise "unknown fault mode #{mode.inspect}"
+      end
+      log("FAULT #{mode} #{req.request_method} #{req.unparsed_uri} #{res.status}")
+      true
     end
 
     def log(msg)
@@ -316,6 +362,8 @@ module ChefApiStandin
     # ---------------- request entry point ----------------
 
     def handle(req, res)
+      return if fault(req, res)
+
       status = 500
       requestor = "-"
       body = nil
@@ -940,6 +988,7 @@ module ChefApiStandin
       o.on("--log FILE") { |v| opts[:log] = v }
       o.on("--pid FILE") { |v| opts[:pid] = v }
       o.on("--skew SECONDS", Integer, "allowed clock skew (default 900)") { |v| opts[:skew] = v }
+      o.on("--fault FILE", "fault mode file: ok, hang, error, garbage or notfound") { |v| opts[:fault] = v }
     end.parse!(argv)
     abort("chef-api-standin: --fixture is required") unless opts[:fixture]
 
@@ -950,7 +999,7 @@ module ChefApiStandin
     end
     log_io = opts[:log] ? File.open(opts[:log], "a") : nil
     log_io&.sync = true
-    app = Server.new(fixture, log_io, opts[:skew])
+    app = Server.new(fixture, log_io, opts[:skew], opts[:fault])
 
     wlog = WEBrick::Log.new(log_io || File.open(File::NULL, "w"), WEBrick::Log::WARN)
     http = WEBrick::HTTPServer.new(

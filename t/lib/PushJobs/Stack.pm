@@ -56,6 +56,8 @@ sub new {
             [ '^sleep ([0-9]+)$', 'sleep \\1' ],
         ],
         nginx_extra => $opt{nginx_extra} // '',
+        # the key cache's parameters, e.g. 'ttl=2s stale=10s'
+        key_zone  => $opt{key_zone} // 'ttl=300s',
         tls_key   => $opt{tls_key},
         # appended to every agent's client.rb, e.g. 'allowed_users ["root"]'
         client_rb_extra => $opt{client_rb_extra} // '',
@@ -391,6 +393,8 @@ sub psql {
     return $out;
 }
 
+# The Chef API stand-in; started again (chef_fault('ok') after 'down') on
+# the same port, from the fixture: what tests changed in it is lost.
 sub start_chef {
     my ($self) = @_;
     my $d = "$self->{dir}/chef";
@@ -398,16 +402,39 @@ sub start_chef {
 
     spew("$d/fixture.json", JSON::PP->new->canonical->pretty->encode($self->fixture));
 
-    $self->{chef_port} = free_port();
+    $self->{chef_port} //= free_port();
+    my $seen = -s "$d/stdout.log" // 0;
     $self->spawn('chef', "$d/stdout.log", 'ruby',
                  "$ROOT/stack/chef-api-standin.rb", '--listen', '127.0.0.1',
                  '--port', $self->{chef_port}, '--fixture', "$d/fixture.json",
-                 '--log', "$d/access.log");
+                 '--log', "$d/access.log", '--fault', "$d/fault");
 
-    wait_for(20, sub { slurp("$d/stdout.log") =~ /^ready /m })
+    wait_for(20, sub { substr(slurp("$d/stdout.log"), $seen) =~ /^ready /m })
         or croak "Chef API stand-in did not start:\n" . slurp("$d/stdout.log");
 
     $self->log("chef api stand-in on $self->{chef_port}");
+}
+
+# chef_fault(MODE): the Chef API as an outage leaves it.  'down': stopped,
+# connections refused (its port kept); 'hang': requests accepted and never
+# answered; 'error': every request answers 500; 'garbage': 200 with a body
+# that is not JSON; 'notfound': 404 with a body that is not JSON; 'ok':
+# normal again (started again if it was down).
+sub chef_fault {
+    my ($self, $mode) = @_;
+    my $file = "$self->{dir}/chef/fault";
+    croak "unknown Chef API fault '$mode'"
+        unless $mode =~ /^(down|hang|error|garbage|notfound|ok)$/;
+
+    # release hung requests first: the stand-in waits for them to stop
+    spew($file, $mode eq 'down' ? "ok\n" : "$mode\n");
+
+    if ($mode eq 'down') {
+        $self->stop_proc('chef', 'TERM', 5);
+    } elsif (!$self->alive('chef')) {
+        $self->start_chef;
+    }
+    $self->log("chef api fault: $mode");
 }
 
 sub nginx_conf {
@@ -444,7 +471,7 @@ http {
     }
 
     pushjobs_postgres "host=127.0.0.1 port=$self->{pg_port} dbname=pushjobs user=pushjobs application_name=pushjobs";
-    pushjobs_key_zone pushjobs_keys:4m ttl=300s;
+    pushjobs_key_zone pushjobs_keys:4m $self->{key_zone};
     pushjobs_chef_user pivotal;
     pushjobs_chef_key $self->{users}{pivotal}{key};
     pushjobs_server_name $fe;
