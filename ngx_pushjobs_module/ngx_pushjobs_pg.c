@@ -13,6 +13,11 @@
  * kernel after PQconsumeInput; the write event is registered only while a
  * flush is pending.  A connection that fails is closed and reconnected with
  * exponential backoff; its query, if any, fails.
+ *
+ * A query's handler is never called before ngx_pushjobs_pg_query() has
+ * returned: queries are sent from a posted event, so a send that fails
+ * cannot call the handler of a caller that is still setting up its state
+ * (or that the handler would free).
  */
 
 
@@ -77,6 +82,7 @@ struct ngx_pushjobs_pg_s {
     ngx_queue_t                 queue;
     ngx_uint_t                  nqueued;
     ngx_event_t                 queue_ev;
+    ngx_event_t                 dispatch_ev;
 
     ngx_pushjobs_pg_notify_pt   notify;
     ngx_pushjobs_pg_connected_pt  connected;
@@ -106,6 +112,7 @@ static void ngx_pushjobs_pg_notifies(ngx_pushjobs_pg_conn_t *pc);
 static void ngx_pushjobs_pg_finish(ngx_pushjobs_pg_query_t *q,
     PGresult *res);
 static void ngx_pushjobs_pg_dispatch(ngx_pushjobs_pg_t *pg);
+static void ngx_pushjobs_pg_dispatch_handler(ngx_event_t *ev);
 static void ngx_pushjobs_pg_queue_handler(ngx_event_t *ev);
 static const char *ngx_pushjobs_pg_error(PGconn *conn);
 
@@ -166,6 +173,8 @@ ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,
     ngx_queue_init(&pg->queue);
     ngx_pushjobs_init_timer(&pg->queue_ev, ngx_pushjobs_pg_queue_handler, pg,
                             pg->log);
+    ngx_pushjobs_init_timer(&pg->dispatch_ev, ngx_pushjobs_pg_dispatch_handler,
+                            pg, pg->log);
 
     ngx_pushjobs_pg = pg;
     w->pg = pg;
@@ -203,6 +212,13 @@ ngx_pushjobs_pg_done(ngx_pushjobs_worker_t *w)
     }
 
     pg->stopping = 1;
+
+    /* what the exit queued (the channels going offline) is sent, as before */
+
+    if (pg->dispatch_ev.posted) {
+        ngx_delete_posted_event(&pg->dispatch_ev);
+        ngx_pushjobs_pg_dispatch(pg);
+    }
 
     for (i = 0; i < pg->nconns; i++) {
         ngx_pushjobs_pg_close(&pg->conns[i], 0);
@@ -297,9 +313,13 @@ ngx_pushjobs_pg_query(const char *sql, ngx_uint_t nparams, ngx_str_t *params,
     ngx_queue_insert_tail(&pg->queue, &q->queue);
     pg->nqueued++;
 
-    ngx_pushjobs_pg_dispatch(pg);
+    /* sent at the end of this turn of the event loop, see above */
 
-    if (q->pc == NULL && !pg->queue_ev.timer_set) {
+    if (!pg->dispatch_ev.posted) {
+        ngx_post_event(&pg->dispatch_ev, &ngx_posted_events);
+    }
+
+    if (!pg->queue_ev.timer_set) {
         ngx_add_timer(&pg->queue_ev, 1000);
     }
 
@@ -983,6 +1003,13 @@ ngx_pushjobs_pg_dispatch(ngx_pushjobs_pg_t *pg)
             ngx_pushjobs_pg_close(pc, 1);
         }
     }
+}
+
+
+static void
+ngx_pushjobs_pg_dispatch_handler(ngx_event_t *ev)
+{
+    ngx_pushjobs_pg_dispatch(ev->data);
 }
 
 
