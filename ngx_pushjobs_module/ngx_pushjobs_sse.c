@@ -440,7 +440,14 @@ ngx_pushjobs_feed_fetch(ngx_pushjobs_feed_t *f)
                keep[NGX_INT_T_LEN];
     ngx_str_t   params[4];
 
-    if (f->fetching) {
+    /*
+     * One batch at a time, and the next only once the reader has taken the
+     * last one: the write handler fetches when the queue is empty.  So a
+     * reader that reads is never closed as too slow for the size of a
+     * replay, only for the size of a batch.
+     */
+
+    if (f->fetching || f->out.head != NULL) {
         f->dirty = 1;
         return;
     }
@@ -537,6 +544,9 @@ ngx_pushjobs_feed_fetched(void *data, PGresult *res)
 
     nrows = PQntuples(res);
 
+    /* the writes below do not fetch: these rows go first */
+    f->fetching = 1;
+
     for (row = 0; row < nrows && !f->closed && !f->finished; row++) {
         n = ngx_atoof((u_char *) PQgetvalue(res, row, 0),
                       PQgetlength(res, row, 0));
@@ -566,6 +576,8 @@ ngx_pushjobs_feed_fetched(void *data, PGresult *res)
 
         ngx_pushjobs_feed_event(f, &name, &id, &body);
     }
+
+    f->fetching = 0;
 
     if (!f->closed && !f->finished
         && (nrows == NGX_PUSHJOBS_FEED_BATCH || f->dirty))
@@ -700,6 +712,8 @@ ngx_pushjobs_feed_write_handler(ngx_http_request_t *r)
     }
 
     if (c->write->timedout) {
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
+                      "pushjobs: event feed reader timed out, closing");
         c->timedout = 1;
         ngx_pushjobs_feed_close(f);
         return;
@@ -713,8 +727,19 @@ ngx_pushjobs_feed_write_handler(ngx_http_request_t *r)
         return;
     }
 
-    if (rc == NGX_OK && f->finished) {
+    if (rc != NGX_OK) {
+        return;
+    }
+
+    if (f->finished) {
         ngx_pushjobs_feed_close(f);
+        return;
+    }
+
+    /* the reader took what was queued: the rows held back, if any */
+
+    if (f->dirty) {
+        ngx_pushjobs_feed_fetch(f);
     }
 }
 
@@ -732,7 +757,7 @@ ngx_pushjobs_feed_keepalive_handler(ngx_event_t *ev)
 
     ngx_add_timer(ev, NGX_PUSHJOBS_FEED_KEEPALIVE);
 
-    if (f->dirty && !f->fetching) {
+    if (f->dirty) {
         ngx_pushjobs_feed_fetch(f);
     }
 

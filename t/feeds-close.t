@@ -1,12 +1,15 @@
-# A feed whose reader goes away while a batch of events is being delivered
-# (issue 16: the feed was freed inside the loop that still used it).  A
-# reader that stops reading, on a socket with a tiny receive buffer, makes
-# the module close its feed in the middle of a batch ("reader too slow"):
-# a job's feed replayed from Last-Event-ID, an org feed replayed from
-# start_of_history, and one of several readers of a running job when the
-# events of a NOTIFY are fanned out.  The workers must survive (same pids,
-# no "exited on signal") and every other reader must get every event, once
-# and in order.  Under make asan the same runs catch the use-after-free.
+# Feeds closed while a batch of events is being delivered (issue 16: the
+# feed was freed inside the loop that still used it).  Readers that stop
+# reading, on sockets with a tiny receive buffer, are closed by the module
+# in the middle of a batch ("reader too slow") or once their queue stops
+# moving (send_timeout): on a job's feed replayed from Last-Event-ID, an
+# org feed replayed from start_of_history, and a running job's feed when
+# the events of a NOTIFY are fanned out to several readers.  Next to them,
+# readers that read get every event once, in order, up to job_complete
+# (whose feed closes inside that loop too); batches are sent one at a time,
+# so a reader is not closed for the size of a replay.  The workers must
+# survive.
+# Under make asan the same runs catch the use-after-free.
 
 use strict;
 use warnings;
@@ -26,10 +29,10 @@ use PushJobs::SSE;
 # Events are padded to PAD bytes; NPAD of them make more than one batch
 # (1000 rows) and far more than the queue cap plus the socket buffers.
 my $PAD = 2000;
-my $NPAD = 1200;
+my $NPAD = 1500;
 
 my $stack = PushJobs::Stack->new(agents => 1, workers => 2,
-    nginx_extra => 'pushjobs_max_queued_output 64k; '
+    nginx_extra => 'pushjobs_max_queued_output 64k; send_timeout 5s; '
                    . 'pushjobs_feed_linger 600s;');
 $stack->start;
 
@@ -43,19 +46,14 @@ sub workers {
     return "@pids";
 }
 
-sub too_slow {
-    my @l = $stack->error_log =~ /event feed reader too slow, closing/g;
-    return scalar @l;
-}
-
-# A reader that sends its request and never reads: a tiny receive buffer,
-# set before connecting so that the window stays small.
-sub stalled {
-    my ($path, %a) = @_;
+# A TLS connection to fe1 with a receive buffer of RCVBUF bytes, set
+# before connecting so that the window follows it.
+sub tls {
+    my ($rcvbuf) = @_;
 
     my $sock = IO::Socket::INET->new(Proto => 'tcp')
         or die "socket: $!";
-    setsockopt($sock, SOL_SOCKET, SO_RCVBUF, 2048) or die "SO_RCVBUF: $!";
+    setsockopt($sock, SOL_SOCKET, SO_RCVBUF, $rcvbuf) or die "SO_RCVBUF: $!";
     setsockopt($sock, IPPROTO_TCP, TCP_NODELAY, 1);
     connect($sock, sockaddr_in($stack->port, inet_aton('127.0.0.1')))
         or die "connect: $!";
@@ -63,6 +61,15 @@ sub stalled {
         SSL_ca_file => $stack->dir . '/tls/server.crt',
         SSL_hostname => 'localhost', Timeout => 10)
         or die "TLS: $SSL_ERROR";
+
+    return $sock;
+}
+
+# A reader that sends its request and never reads, with a tiny buffer.
+sub stalled {
+    my ($path, %a) = @_;
+
+    my $sock = tls(2048);
 
     my %h = (
         Host => '127.0.0.1:' . $stack->port,
@@ -78,6 +85,21 @@ sub stalled {
                 (map { "$_: $h{$_}\r\n" } sort keys %h), "\r\n";
 
     return $sock;
+}
+
+# A reader that reads, with room for a whole batch of events in its
+# receive buffer: the module queues at most 64k behind the socket.
+sub reader {
+    my ($path, %a) = @_;
+    return PushJobs::SSE->open($stack, $path, %a, sock => tls(4 << 20));
+}
+
+# Readers closed by the server: too slow (a batch overflowed their queue)
+# or timed out (send_timeout, once the queue stopped moving).
+sub closed_readers {
+    my $log = $stack->error_log;
+    my @l = $log =~ /event feed reader (too slow|timed out), closing/g;
+    return scalar @l;
 }
 
 # every event up to job_complete, with the ids as numbers
@@ -122,11 +144,11 @@ my $total = $stack->psql('pushjobs',
 is $total, $NPAD + 6, "the job has $total events";
 
 my @stalled = map { stalled("$feed/$id", last_event_id => 'job-1') } 1 .. 2;
-my $sse = PushJobs::SSE->open($stack, "$feed/$id", last_event_id => 'job-1');
+my $sse = reader("$feed/$id", last_event_id => 'job-1');
 is $sse->status, 200, 'a reader of the same replay';
 
-ok PushJobs::Stack::wait_for(20, sub { too_slow() >= 2 }, 0.1),
-    'the readers that stopped reading are closed mid-batch';
+ok PushJobs::Stack::wait_for(20, sub { closed_readers() >= 2 }, 0.1),
+    'the readers that stopped reading are closed';
 my @ev = read_all($sse, 60);
 is scalar @ev, $total - 1, '  the other reader got every event after job-1';
 is contiguous('job', 2, @ev), '', '  once each, in order';
@@ -145,13 +167,13 @@ SQL
 my $retained = $stack->psql('pushjobs',
     "SELECT count(*) FROM pushjobs.org_events WHERE org = '$org'") + 0;
 
-my $before = too_slow();
+my $before = closed_readers();
 @stalled = map { stalled($feed, last_event_id => 'bogus') } 1 .. 2;
-$sse = PushJobs::SSE->open($stack, $feed, last_event_id => 'bogus');
+$sse = reader($feed, last_event_id => 'bogus');
 is $sse->status, 200, 'an org feed reader of the whole history';
 
-ok PushJobs::Stack::wait_for(20, sub { too_slow() >= $before + 2 }, 0.1),
-    'org feed readers that stopped reading are closed mid-batch';
+ok PushJobs::Stack::wait_for(20, sub { closed_readers() >= $before + 2 }, 0.1),
+    'org feed readers that stopped reading are closed';
 my $soh = $sse->next_event(10);
 is $soh->{event}, 'start_of_history', '  the other reader: start_of_history';
 @ev = $sse->events($retained, 60);
@@ -169,9 +191,9 @@ ok PushJobs::Stack::wait_for(20, sub {
     ($stack->job($id) // {})->{status} eq 'running' }, 0.1),
     'a running job';
 
-my @readers = map { PushJobs::SSE->open($stack, "$feed/$id") } 1 .. 3;
+my @readers = map { reader("$feed/$id") } 1 .. 3;
 @stalled = map { stalled("$feed/$id") } 1 .. 3;
-$before = too_slow();
+$before = closed_readers();
 
 # a burst of events, announced as the SQL transitions announce theirs
 $stack->psql('pushjobs', <<"SQL");
@@ -183,7 +205,7 @@ SELECT '$id', m.last + g, 'pad', '{"timestamp":"x","n":' || g || ',"pad":"$pad"}
 SELECT pg_notify('pushjobs', 'event $org $id');
 SQL
 
-ok PushJobs::Stack::wait_for(20, sub { too_slow() >= $before + 3 }, 0.1),
+ok PushJobs::Stack::wait_for(20, sub { closed_readers() >= $before + 3 }, 0.1),
     'the readers that stopped reading are closed during the fan-out';
 
 my $n = 0;
