@@ -927,13 +927,17 @@ ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code)
                   "code %ui", &a->name, &a->org, a->session, code);
 
     /*
-     * A best-effort close frame, unless a frame is half sent or the
-     * connection is broken.
+     * A best-effort close frame, unless frames wait (OpenSSL may hold a
+     * record of the first one, which must be written again as it was) or
+     * the connection is broken.  Abandoned frames: no TLS close_notify
+     * either, it would fail the same way ("bad write retry").
      */
 
-    if (code && a->out.sent == 0 && !c->error && !c->buffered
-        && (r == NULL || r->out == NULL))
-    {
+    if (a->out.head) {
+        c->error = 1;
+    }
+
+    if (code && !c->error && !c->buffered && (r == NULL || r->out == NULL)) {
         frame[0] = 0x80 | NGX_PUSHJOBS_WS_CLOSE;
         frame[1] = 2;
         frame[2] = (u_char) (code >> 8);

@@ -815,6 +815,15 @@ ngx_pushjobs_feed_close(ngx_pushjobs_feed_t *f)
     r = f->request;
     c = f->connection;
 
+    if (f->out.head) {
+        /*
+         * Output is abandoned, maybe in the middle of a TLS record that
+         * OpenSSL wants to write again: no close_notify after it (that
+         * fails with "bad write retry").
+         */
+        c->error = 1;
+    }
+
     ngx_pushjobs_feed_detach(f);
 
     ngx_http_finalize_request(r, NGX_ERROR);

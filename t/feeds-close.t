@@ -8,7 +8,7 @@
 # readers that read get every event once, in order, up to job_complete
 # (whose feed closes inside that loop too); batches are sent one at a time,
 # so a reader is not closed for the size of a replay.  The workers must
-# survive.
+# survive, with no [crit] (a TLS shutdown after a half-written record).
 # Under make asan the same runs catch the use-after-free.
 
 use strict;
@@ -17,6 +17,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use IO::Select;
 use IO::Socket::INET;
 use IO::Socket::SSL;
 use Socket qw(SOL_SOCKET SO_RCVBUF IPPROTO_TCP TCP_NODELAY
@@ -121,16 +122,10 @@ sub contiguous {
 
 my $pad = 'x' x $PAD;
 
-my $pids = workers();
-like $pids, qr/^\d+ \d+$/, 'two workers';
-
-# --- a job's feed replayed from Last-Event-ID --------------------------------
-
-my $id = $stack->start_job({ command => 'true', nodes => ['node1'] });
-is $stack->wait_job($id, 30)->{status}, 'complete', 'a finished job';
-
-# NPAD padded events between its first ones and job_complete
-$stack->psql('pushjobs', <<"SQL");
+# NPAD padded events between a finished job's first ones and job_complete
+sub pad_job {
+    my ($id) = @_;
+    $stack->psql('pushjobs', <<"SQL");
 UPDATE pushjobs.job_events SET seq = seq + $NPAD
  WHERE job_id = '$id' AND name = 'job_complete';
 INSERT INTO pushjobs.job_events (job_id, seq, name, data)
@@ -139,6 +134,17 @@ SELECT '$id', m.last + g, 'pad', '{"timestamp":"x","n":' || g || ',"pad":"$pad"}
        (SELECT max(seq) AS last FROM pushjobs.job_events
          WHERE job_id = '$id' AND name <> 'job_complete') m;
 SQL
+}
+
+my $pids = workers();
+like $pids, qr/^\d+ \d+$/, 'two workers';
+
+# --- a job's feed replayed from Last-Event-ID --------------------------------
+
+my $id = $stack->start_job({ command => 'true', nodes => ['node1'] });
+is $stack->wait_job($id, 30)->{status}, 'complete', 'a finished job';
+
+pad_job($id);
 my $total = $stack->psql('pushjobs',
     "SELECT count(*) FROM pushjobs.job_events WHERE job_id = '$id'") + 0;
 is $total, $NPAD + 6, "the job has $total events";
@@ -219,6 +225,30 @@ for my $r (@readers) {
 is $stack->wait_job($id, 30)->{status}, 'complete', 'the job completed';
 close $_ for @stalled;
 
+# --- readers closed in the middle of a TLS record, that read again -----------
+
+# Their feeds are closed while OpenSSL holds a record it was writing; when
+# the socket drains, a TLS shutdown must not be attempted behind it
+# (OpenSSL: "bad write retry", logged as [crit]).
+$id = $stack->start_job({ command => 'true', nodes => ['node1'] });
+is $stack->wait_job($id, 30)->{status}, 'complete', 'another finished job';
+pad_job($id);
+$before = closed_readers();
+my @late = map { stalled("$feed/$id", last_event_id => 'job-1') } 1 .. 3;
+ok PushJobs::Stack::wait_for(20, sub { closed_readers() >= $before + 3 }, 0.1),
+    'readers that stopped reading are closed';
+my %open = map { ($_ => $_) } @late;
+my $t_end = time + 20;
+while (%open && time < $t_end) {
+    for my $s (values %open) {
+        next unless IO::Select->new($s)->can_read(0.01);
+        my $n = sysread($s, my $buf, 65536);
+        delete $open{$s} if !defined $n && !$!{EAGAIN} || defined $n && !$n;
+    }
+}
+is scalar(keys %open), 0, '  then read again, to the end of the connection';
+close $_ for @late;
+
 # --- and the server is fine ------------------------------------------------------
 
 is workers(), $pids, 'the same workers as at the start';
@@ -229,6 +259,8 @@ unlike $stack->error_log
     qr/exited on signal|AddressSanitizer|runtime error/,
     'no worker died, no sanitizer report';
 is_deeply [ $stack->alerts ], [], 'no [alert] or [emerg] in error.log';
+is_deeply [ grep { /\[crit\]/ } split /\n/, $stack->error_log ], [],
+    'no [crit] either';
 
 $stack->stop;
 done_testing;
