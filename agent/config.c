@@ -791,7 +791,7 @@ cf_hash_get(cf_val_t *h, const char *key, cf_val_t **val)
 static int
 cf_whitelist(pja_conf_t *cf, cf_lex_t *lx, cf_val_t *v)
 {
-    int        ok, lock_default;
+    int        ok, rc, lock_default;
     char      *lock, *cmd;
     size_t     i;
     cf_val_t  *k, *e, *cl, *lk;
@@ -843,10 +843,14 @@ cf_whitelist(pja_conf_t *cf, cf_lex_t *lx, cf_val_t *v)
             continue;
         }
 
-        if (pja_wl_add(cf, k->s, k->type == V_REGEX, k->icase, cmd, lock,
-                       lock_default)
-            != 0)
-        {
+        rc = pja_wl_add(cf, k->s, k->type == V_REGEX, k->icase, cmd, lock,
+                        lock_default);
+
+        if (rc == PJA_WL_REFUSED) {
+            /* pja_conf_finish() refuses the whole configuration */
+            cf->wl_refused = 1;
+
+        } else if (rc != 0) {
             pja_log(PJA_LOG_WARN, "%s: whitelist key \"%s\" ignored",
                     lx->file, k->s);
         }
@@ -1063,6 +1067,11 @@ pja_conf_finish(pja_conf_t *cf)
 
     if (cf->chef_server_url == NULL) {
         pja_log(PJA_LOG_ERR, "chef_server_url is not set");
+        return -1;
+    }
+
+    if (cf->wl_refused) {
+        pja_log(PJA_LOG_ERR, "the whitelist has a regexp the agent refuses");
         return -1;
     }
 

@@ -125,6 +125,7 @@ typedef struct {
     pja_wl_entry_t        *wl;
     size_t                 nwl;
     int                    wl_set;
+    int                    wl_refused;    /* a regexp over the bounds */
 
     int                    transport;     /* PJA_TRANSPORT_* */
 
@@ -152,8 +153,12 @@ void pja_conf_free(pja_conf_t *cf);
 char *pja_conf_lock_path(const pja_conf_t *cf, const pja_wl_entry_t *e);
 int pja_conf_user_allowed(const pja_conf_t *cf, const char *user);
 
+/* pja_wl_add(): a regexp over pja_wl_check()'s bounds */
+#define PJA_WL_REFUSED  (-2)
+
 int pja_wl_add(pja_conf_t *cf, const char *key, int is_regex, int icase,
     const char *command_line, const char *lock, int lock_default);
+const char *pja_wl_check(const char *re);
 char *pja_wl_resolve(const pja_conf_t *cf, const char *command,
     const pja_wl_entry_t **entry);
 void pja_wl_free(pja_conf_t *cf);

@@ -7,12 +7,264 @@
  * value, where \0..\9 stand for the groups of the match (Ruby's gsub).
  * Ruby regexps are translated to POSIX extended ones: \d \s \w and their
  * negations become bracket expressions, \A and \z become anchors.
+ *
+ * glibc's regcomp() copies a repeated expression once per repetition (x+
+ * is x x*, x{n,m} is m copies), so stacked or nested repetitions make it
+ * allocate memory exponentially: /a+++++++++++++++++++++/ exhausts a
+ * machine.  Every regexp is bounded before regcomp() sees it, by
+ * pja_wl_check(): its length, its group nesting, its counted repetitions,
+ * no quantifier on a quantifier, and the size of the expression once the
+ * repetitions are expanded.
  */
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "pja.h"
+
+
+#define PJA_WL_RE_LEN     1024   /* bytes of the regexp given to regcomp() */
+#define PJA_WL_RE_DEPTH   16     /* groups within groups */
+#define PJA_WL_RE_DUP     255    /* bounds of x{n,m}: POSIX's RE_DUP_MAX */
+#define PJA_WL_RE_SIZE    1000   /* atoms once repetitions are expanded */
+
+
+/* One level of group nesting, sizes in atoms of the expanded expression. */
+
+typedef struct {
+    size_t  alt;          /* the branches before the current one */
+    size_t  branch;       /* the current branch */
+    size_t  last;         /* its last piece, 0 if there is none yet */
+    int     quantified;   /* the last piece has a quantifier */
+} wl_level_t;
+
+
+static const char *
+wl_piece(wl_level_t *l, size_t size)
+{
+    l->branch += size;
+    l->last = size;
+    l->quantified = 0;
+
+    return (l->alt + l->branch > PJA_WL_RE_SIZE)
+           ? "more than 1000 elements once its repetitions are "
+             "expanded" : NULL;
+}
+
+
+/*
+ * Reads a counted repetition {n}, {n,}, {,m} or {n,m} at p ('{'): returns
+ * the number of copies regcomp() makes of the repeated expression, sets
+ * *end to the '}'; 0 if p does not start a repetition, (size_t) -1 if a
+ * bound is over PJA_WL_RE_DUP.
+ */
+
+static size_t
+wl_bound(const char *p, const char **end)
+{
+    int     comma, digits;
+    size_t  n, m;
+
+    n = 0;
+    m = 0;
+    comma = 0;
+    digits = 0;
+
+    for (p++; *p != '}'; p++) {
+        if (*p == ',' && !comma) {
+            comma = 1;
+            continue;
+        }
+
+        if (*p < '0' || *p > '9') {
+            return 0;
+        }
+
+        digits = 1;
+
+        if (comma) {
+            m = m * 10 + (size_t) (*p - '0');
+        } else {
+            n = n * 10 + (size_t) (*p - '0');
+        }
+
+        if (n > PJA_WL_RE_DUP || m > PJA_WL_RE_DUP) {
+            return (size_t) -1;
+        }
+    }
+
+    if (!digits) {
+        return 0;
+    }
+
+    *end = p;
+
+    /* {n}: n copies; {n,}: n copies and a star; {n,m}: m copies */
+
+    if (!comma) {
+        return n ? n : 1;
+    }
+
+    if (m == 0 && p[-1] == ',') {
+        return n + 1;
+    }
+
+    return m > n ? m : (n ? n : 1);
+}
+
+
+/*
+ * Whether glibc's regcomp() may be given an extended regexp: NULL if so,
+ * else why not.  A pure function of the string, for the fuzzers.
+ */
+
+const char *
+pja_wl_check(const char *re)
+{
+    int          depth;
+    size_t       copies, size;
+    const char  *p, *end, *err;
+    wl_level_t   levels[PJA_WL_RE_DEPTH + 1], *l;
+
+    if (strlen(re) > PJA_WL_RE_LEN) {
+        return "longer than 1024 bytes";
+    }
+
+    depth = 0;
+    l = &levels[0];
+    memset(l, 0, sizeof(wl_level_t));
+
+    for (p = re; *p; p++) {
+
+        switch (*p) {
+
+        case '(':
+            if (depth == PJA_WL_RE_DEPTH) {
+                return "groups nested deeper than 16";
+            }
+
+            l = &levels[++depth];
+            memset(l, 0, sizeof(wl_level_t));
+            continue;
+
+        case ')':
+            if (depth == 0) {
+                break;      /* regcomp() refuses it */
+            }
+
+            size = l->alt + l->branch + 1;
+            l = &levels[--depth];
+
+            if ((err = wl_piece(l, size)) != NULL) {
+                return err;
+            }
+
+            continue;
+
+        case '|':
+            l->alt += l->branch + 1;
+            l->branch = 0;
+            l->last = 0;
+            l->quantified = 0;
+            continue;
+
+        case '*':
+        case '+':
+        case '?':
+        case '{':
+            if (*p == '{') {
+                copies = wl_bound(p, &end);
+
+                if (copies == (size_t) -1) {
+                    return "a repetition count over 255";
+                }
+
+                if (copies == 0) {
+                    break;  /* a literal brace */
+                }
+
+            } else {
+                copies = (*p == '+') ? 2 : 1;
+                end = p;
+            }
+
+            if (l->last == 0) {
+                break;      /* nothing to repeat: regcomp() decides */
+            }
+
+            if (l->quantified) {
+                return "a quantifier on a quantifier (Ruby's lazy and "
+                       "possessive forms, such as +? and ++, are not "
+                       "supported)";
+            }
+
+            l->branch -= l->last;
+            size = l->last * copies + 1;
+
+            if ((err = wl_piece(l, size)) != NULL) {
+                return err;
+            }
+
+            l->quantified = 1;
+            p = end;
+            continue;
+
+        case '[':
+            /* a bracket expression is one atom: find its end */
+
+            end = p + 1;
+
+            if (*end == '^') {
+                end++;
+            }
+
+            if (*end == ']') {
+                end++;
+            }
+
+            while (*end != ']') {
+                if (*end == '\0') {
+                    return "an unterminated bracket expression";
+                }
+
+                if (*end == '['
+                    && (end[1] == ':' || end[1] == '.' || end[1] == '='))
+                {
+                    end = strchr(end + 2, end[1]);
+
+                    if (end == NULL || end[1] != ']') {
+                        return "an unterminated bracket expression";
+                    }
+
+                    end += 2;
+                    continue;
+                }
+
+                end++;
+            }
+
+            p = end;
+            break;
+
+        case '\\':
+            if (p[1] != '\0') {
+                p++;
+            }
+
+            break;
+        }
+
+        /* an atom */
+
+        if ((err = wl_piece(l, 1)) != NULL) {
+            return err;
+        }
+    }
+
+    /* empty branches (a||) add to the size too */
+
+    return wl_piece(l, 0);
+}
 
 
 static int
@@ -108,6 +360,7 @@ pja_wl_add(pja_conf_t *cf, const char *key, int is_regex, int icase,
 {
     int              rc;
     char             err[128];
+    const char      *why;
     pja_buf_t        ere = { NULL, 0, 0 };
     pja_wl_entry_t  *wl, *e;
 
@@ -126,6 +379,15 @@ pja_wl_add(pja_conf_t *cf, const char *key, int is_regex, int icase,
                     "agent does not support", key);
             pja_buf_free(&ere);
             return -1;
+        }
+
+        why = pja_wl_check(ere.data);
+
+        if (why != NULL) {
+            pja_log(PJA_LOG_ERR, "whitelist regexp /%.100s%s/ refused: %s",
+                    key, strlen(key) > 100 ? "..." : "", why);
+            pja_buf_free(&ere);
+            return PJA_WL_REFUSED;
         }
 
         rc = regcomp(&e->re, ere.data,

@@ -85,6 +85,7 @@ struct ngx_pushjobs_agent_s {
     unsigned                    registered:1;
     unsigned                    alive:1;
     unsigned                    hello:1;
+    unsigned                    accepting:1;
 };
 
 
@@ -273,8 +274,15 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
                   "pushjobs: agent \"%V\" of \"%V\" connected, session %uL",
                   &a->name, &a->org, a->session);
 
-    /* any write below may close the channel: keep it until we are done */
+    /*
+     * Any write below, and any frame the agent sent behind its request, may
+     * close the channel: keep it until we are done, and let a close leave
+     * the request to nginx, whose handler is still running (see
+     * ngx_pushjobs_agent_close()).
+     */
+
     ngx_pushjobs_agent_ref(a);
+    a->accepting = 1;
 
     ngx_pushjobs_agent_welcome(a);
 
@@ -299,6 +307,7 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
         ngx_post_event(c->read, &ngx_posted_events);
     }
 
+    a->accepting = 0;
     ngx_pushjobs_agent_unref(a);
 
     return NGX_DONE;
@@ -918,13 +927,17 @@ ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code)
                   "code %ui", &a->name, &a->org, a->session, code);
 
     /*
-     * A best-effort close frame, unless a frame is half sent or the
-     * connection is broken.
+     * A best-effort close frame, unless frames wait (OpenSSL may hold a
+     * record of the first one, which must be written again as it was) or
+     * the connection is broken.  Abandoned frames: no TLS close_notify
+     * either, it would fail the same way ("bad write retry").
      */
 
-    if (code && a->out.sent == 0 && !c->error && !c->buffered
-        && (r == NULL || r->out == NULL))
-    {
+    if (a->out.head) {
+        c->error = 1;
+    }
+
+    if (code && !c->error && !c->buffered && (r == NULL || r->out == NULL)) {
         frame[0] = 0x80 | NGX_PUSHJOBS_WS_CLOSE;
         frame[1] = 2;
         frame[2] = (u_char) (code >> 8);
@@ -936,8 +949,18 @@ ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code)
     ngx_pushjobs_agent_detach(a);
 
     if (r) {
+        /*
+         * The request is terminated by a posted request.  Run it now,
+         * unless the channel is being accepted: the request's handler is
+         * then still on the stack and would use the freed request; nginx
+         * runs it when that handler has returned.
+         */
+
         ngx_http_finalize_request(r, NGX_ERROR);
-        ngx_http_run_posted_requests(c);
+
+        if (!a->accepting) {
+            ngx_http_run_posted_requests(c);
+        }
 
     } else {
         /* the pool cleanup must not see the agent after our unref below */

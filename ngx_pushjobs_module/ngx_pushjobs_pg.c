@@ -25,6 +25,11 @@
  * (PQconsumeInput, PQflush, PQconnectPoll): the events of a socket it
  * closed are gone from epoll with it and must not be deleted again, and
  * the number may already belong to a new socket.
+ *
+ * A query's handler is never called before ngx_pushjobs_pg_query() has
+ * returned: queries are sent from a posted event, so a send that fails
+ * cannot call the handler of a caller that is still setting up its state
+ * (or that the handler would free).
  */
 
 
@@ -247,6 +252,13 @@ ngx_pushjobs_pg_done(ngx_pushjobs_worker_t *w)
 
     pg->stopping = 1;
 
+    /* what the exit queued (the channels going offline) is sent, as before */
+
+    if (pg->dispatch_ev.posted) {
+        ngx_delete_posted_event(&pg->dispatch_ev);
+        ngx_pushjobs_pg_dispatch(pg);
+    }
+
     for (i = 0; i < pg->nconns; i++) {
         ngx_pushjobs_pg_close(&pg->conns[i], 0);
     }
@@ -383,9 +395,13 @@ ngx_pushjobs_pg_enqueue(const char *sql, ngx_uint_t nparams,
 
     pg->nqueued++;
 
-    ngx_pushjobs_pg_dispatch(pg);
+    /* sent at the end of this turn of the event loop, see above */
 
-    if (q->pc == NULL && !pg->queue_ev.timer_set) {
+    if (!pg->dispatch_ev.posted) {
+        ngx_post_event(&pg->dispatch_ev, &ngx_posted_events);
+    }
+
+    if (!pg->queue_ev.timer_set) {
         ngx_add_timer(&pg->queue_ev, 1000);
     }
 

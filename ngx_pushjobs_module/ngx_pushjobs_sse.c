@@ -13,6 +13,23 @@
  * the rows after the last one each feed sent.  So a feed is served by any
  * worker, and Last-Event-ID resumes from the table.  Each event is written
  * as one HTTP chunk directly to the socket, flushed at once.
+ *
+ * A feed's lifetime.  The feed is freed when its last reference goes:
+ *
+ *   - the request's, taken at creation; dropped by ngx_pushjobs_feed_close(),
+ *     or by the request's cleanup when nginx frees the request itself
+ *     (client gone, reload, shutdown);
+ *   - a fetch's, taken when its query is queued; dropped by its result
+ *     handler once the rows are delivered, or when the query fails;
+ *   - a caller's, around code that writes and then still uses the feed.
+ *
+ * Any write (ngx_pushjobs_feed_event(), _send(), _write_handler()) may close
+ * the feed: it is detached at once (closed set, out of the list, keepalive
+ * timer deleted, queue freed, request finalized), but its memory stays
+ * while a reference is held.  So whoever writes in a loop, or uses the
+ * feed after a write, holds a reference and checks closed after each write.
+ * Timers and the write handler cannot see a closed feed: the timer is
+ * deleted and the request, which holds the context, is gone.
  */
 
 
@@ -155,6 +172,9 @@ ngx_pushjobs_feed_open(ngx_http_request_t *r, ngx_str_t *org, ngx_str_t *job,
         return NGX_ERROR;
     }
 
+    /* the event below may close the feed: keep it until we are done */
+    f->refs++;
+
     if (job == NULL && !PQgetisnull(res, 0, 1)) {
         /* the org feed lost track of the client's last event */
 
@@ -165,6 +185,7 @@ ngx_pushjobs_feed_open(ngx_http_request_t *r, ngx_str_t *org, ngx_str_t *job,
         data.data = ngx_alloc(len, r->connection->log);
         if (data.data == NULL) {
             ngx_pushjobs_feed_close(f);
+            ngx_pushjobs_feed_unref(f);
             return NGX_DONE;
         }
 
@@ -179,6 +200,8 @@ ngx_pushjobs_feed_open(ngx_http_request_t *r, ngx_str_t *org, ngx_str_t *job,
     if (!f->closed) {
         ngx_pushjobs_feed_fetch(f);
     }
+
+    ngx_pushjobs_feed_unref(f);
 
     return NGX_DONE;
 }
@@ -417,12 +440,23 @@ ngx_pushjobs_feed_fetch(ngx_pushjobs_feed_t *f)
                keep[NGX_INT_T_LEN];
     ngx_str_t   params[4];
 
-    if (f->fetching) {
+    /*
+     * One batch at a time, and the next only once the reader has taken the
+     * last one: the write handler fetches when the queue is empty.  So a
+     * reader that reads is never closed as too slow for the size of a
+     * replay, only for the size of a batch.
+     */
+
+    if (f->fetching || f->out.head != NULL) {
         f->dirty = 1;
         return;
     }
 
     f->dirty = 0;
+
+    /* the query's reference, dropped by ngx_pushjobs_feed_fetched() */
+    f->fetching = 1;
+    f->refs++;
 
     p = ngx_sprintf(after, "%L", f->last);
     params[1].data = after;
@@ -448,7 +482,7 @@ ngx_pushjobs_feed_fetch(ngx_pushjobs_feed_t *f)
                                   4, params, ngx_pushjobs_feed_fetched, f)
             == NULL)
         {
-            return;
+            goto failed;
         }
 
     } else {
@@ -462,12 +496,20 @@ ngx_pushjobs_feed_fetch(ngx_pushjobs_feed_t *f)
                                   3, params, ngx_pushjobs_feed_fetched, f)
             == NULL)
         {
-            return;
+            goto failed;
         }
     }
 
-    f->fetching = 1;
-    f->refs++;
+    return;
+
+failed:
+
+    /* the next notification or the keepalive tries again */
+
+    f->fetching = 0;
+    f->dirty = 1;
+
+    ngx_pushjobs_feed_unref(f);
 }
 
 
@@ -485,20 +527,25 @@ ngx_pushjobs_feed_fetched(void *data, PGresult *res)
 
     f->fetching = 0;
 
-    if (f->closed) {
-        ngx_pushjobs_feed_unref(f);
-        return;
-    }
+    /*
+     * The fetch's reference is held until the rows are sent: a write may
+     * close the feed, which then lives on, closed, until the unref below.
+     */
 
-    ngx_pushjobs_feed_unref(f);
+    if (f->closed) {
+        goto done;
+    }
 
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
         /* the next notification or the keepalive tries again */
         f->dirty = 1;
-        return;
+        goto done;
     }
 
     nrows = PQntuples(res);
+
+    /* the writes below do not fetch: these rows go first */
+    f->fetching = 1;
 
     for (row = 0; row < nrows && !f->closed && !f->finished; row++) {
         n = ngx_atoof((u_char *) PQgetvalue(res, row, 0),
@@ -530,13 +577,17 @@ ngx_pushjobs_feed_fetched(void *data, PGresult *res)
         ngx_pushjobs_feed_event(f, &name, &id, &body);
     }
 
-    if (f->closed || f->finished) {
-        return;
-    }
+    f->fetching = 0;
 
-    if (nrows == NGX_PUSHJOBS_FEED_BATCH || f->dirty) {
+    if (!f->closed && !f->finished
+        && (nrows == NGX_PUSHJOBS_FEED_BATCH || f->dirty))
+    {
         ngx_pushjobs_feed_fetch(f);
     }
+
+done:
+
+    ngx_pushjobs_feed_unref(f);
 }
 
 
@@ -661,6 +712,8 @@ ngx_pushjobs_feed_write_handler(ngx_http_request_t *r)
     }
 
     if (c->write->timedout) {
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
+                      "pushjobs: event feed reader timed out, closing");
         c->timedout = 1;
         ngx_pushjobs_feed_close(f);
         return;
@@ -674,8 +727,19 @@ ngx_pushjobs_feed_write_handler(ngx_http_request_t *r)
         return;
     }
 
-    if (rc == NGX_OK && f->finished) {
+    if (rc != NGX_OK) {
+        return;
+    }
+
+    if (f->finished) {
         ngx_pushjobs_feed_close(f);
+        return;
+    }
+
+    /* the reader took what was queued: the rows held back, if any */
+
+    if (f->dirty) {
+        ngx_pushjobs_feed_fetch(f);
     }
 }
 
@@ -693,7 +757,7 @@ ngx_pushjobs_feed_keepalive_handler(ngx_event_t *ev)
 
     ngx_add_timer(ev, NGX_PUSHJOBS_FEED_KEEPALIVE);
 
-    if (f->dirty && !f->fetching) {
+    if (f->dirty) {
         ngx_pushjobs_feed_fetch(f);
     }
 
@@ -750,6 +814,15 @@ ngx_pushjobs_feed_close(ngx_pushjobs_feed_t *f)
 
     r = f->request;
     c = f->connection;
+
+    if (f->out.head) {
+        /*
+         * Output is abandoned, maybe in the middle of a TLS record that
+         * OpenSSL wants to write again: no close_notify after it (that
+         * fails with "bad write retry").
+         */
+        c->error = 1;
+    }
 
     ngx_pushjobs_feed_detach(f);
 

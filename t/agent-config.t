@@ -12,6 +12,7 @@ use lib "$FindBin::Bin/lib";
 use File::Copy qw(copy);
 use File::Path qw(make_path);
 use Test::More;
+use Time::HiRes qw(time);
 use PushJobs::Stack;
 
 my $stack = PushJobs::Stack->new(agents => 1);
@@ -118,6 +119,64 @@ is_deeply $stack->wait_job($id, 30)->{nodes}, { succeeded => [$node] },
 $id = $stack->start_job({ command => 'say', nodes => [$node] });
 is_deeply $stack->wait_job($id, 30)->{nodes}, { nacked => [$node] },
     'a removed entry is refused';
+
+# --- whitelist regexps over the bounds, refused before regcomp() -----------
+
+# glibc's regcomp() copies a repeated expression per repetition: the first
+# one below made it allocate memory exponentially (about 1 GB, seconds).
+# Each is refused at once, in a 512 MB address space (unless the agent is
+# built with a sanitizer, whose shadow memory needs more), naming the entry.
+my $ulimit = index(PushJobs::Stack::slurp($PushJobs::Stack::AGENT),
+                   '__asan_init') >= 0 ? '' : 'ulimit -v 524288; ';
+my @bad = (
+    [ '/a+++++++++++++++++++++/', qr/a quantifier on a quantifier/ ],
+    [ '/^sleep (\\d+?)$/', qr/a quantifier on a quantifier/ ],
+    [ '/^(a{1,200}){1,200}$/', qr/more than 1000 elements/ ],
+    [ '/^((a?){36}){36}$/', qr/more than 1000 elements/ ],
+    [ '/^a{1000}$/', qr/a repetition count over 255/ ],
+    [ '/' . ('(' x 17) . 'a' . (')' x 17) . '/',
+      qr/groups nested deeper than 16/ ],
+    [ '/^' . ('x' x 1100) . '$/', qr/longer than 1024 bytes/ ],
+);
+
+for my $b (@bad) {
+    my ($re, $why) = @$b;
+    my $show = length $re > 40 ? substr($re, 0, 40) . '...' : $re;
+    pushjobs_rb('{"say"=>"echo said", ' . $re . '=>"true"}');
+    my $t0 = time;
+    $out = `$ulimit$PushJobs::Stack::AGENT @cf --check-config 2>&1`;
+    my $took = time - $t0;
+    isnt $?, 0, "--check-config refuses $show";
+    like $out, qr/whitelist regexp \Q${\ substr($re, 0, 20)}\E.* refused: $why/,
+        '  naming the entry and why' or diag $out;
+    ok $took < 1, sprintf('  at once (%.2f s)', $took);
+}
+
+# regexps within the bounds still load, from the file and the command line
+pushjobs_rb('{"say"=>"echo said", /^sleep (\\d+)$/=>"sleep \\\\1", '
+            . '/^deploy [a-z0-9_-]{1,64}( [a-z0-9_-]{1,64}){0,8}$/=>"true", '
+            . '/^(a?){255}$/=>"true"}');
+$out = `$ulimit$PushJobs::Stack::AGENT @cf --whitelist-regex '^x{2,9}\$=true' --check-config 2>&1`;
+is $?, 0, 'regexps within the bounds are accepted' or diag $out;
+like $out, qr/^  \/\^deploy /m, '  listed';
+$out = `$PushJobs::Stack::AGENT @cf --whitelist-regex 'a++=true' --check-config 2>&1`;
+isnt $?, 0, '--whitelist-regex over the bounds: refused';
+like $out, qr/whitelist regexp \/a\+\+\/ refused: a quantifier on a quantifier/,
+    '  with the reason';
+
+# SIGHUP: the running agent keeps its configuration
+pushjobs_rb('{"say"=>"echo said", /a+++++++++++++++++++++/=>"true"}');
+kill 'HUP', $pid;
+ok PushJobs::Stack::wait_for(10, sub {
+    PushJobs::Stack::slurp("$d/agent.log") =~ /not valid; keeping the old one/ }),
+    'SIGHUP with a refused regexp: the old configuration stays';
+like PushJobs::Stack::slurp("$d/agent.log"),
+    qr/whitelist regexp \/a\+\+\+.* refused: a quantifier on a quantifier/,
+    '  and the log says which regexp and why';
+ok kill(0, $pid), '  the agent runs on';
+$id = $stack->start_job({ command => 'shout', nodes => [$node] });
+is_deeply $stack->wait_job($id, 30)->{nodes}, { succeeded => [$node] },
+    '  an entry of the old whitelist still runs';
 
 is_deeply [ $stack->alerts ], [], 'no [alert] or [emerg] in error.log';
 $stack->stop;

@@ -18,14 +18,14 @@ my $JSON = JSON::PP->new->allow_nonref;
 
 # open(stack, path, user => 'alice', fe => 'fe1', last_event_id => 'job-3',
 #      accept => 'text/event-stream' (undef: no Accept header),
-#      headers => {...}, method => 'GET')
+#      headers => {...}, method => 'GET', sock => a TLS socket to use)
 # Returns the reader once the response head is in; ->status, ->header(NAME).
 sub open {
     my ($class, $stack, $path, %a) = @_;
     my $fe = $a{fe} // 'fe1';
     my $method = $a{method} // 'GET';
 
-    my $sock = IO::Socket::SSL->new(
+    my $sock = $a{sock} // IO::Socket::SSL->new(
         PeerAddr => '127.0.0.1', PeerPort => $stack->port($fe),
         SSL_ca_file => $stack->dir . '/tls/server.crt',
         SSL_hostname => 'localhost', Timeout => 10,
