@@ -1,0 +1,125 @@
+# nginx -s reload (SIGHUP to the master) mid-job, with a job feed and the
+# org feed open: the old workers end their feeds and channels and exit,
+# the readers reconnect with Last-Event-ID and receive every event exactly
+# once, in order (compared with job_events and org_events), the agents
+# move to the new workers, the job completes with each result recorded
+# once, and nginx logs no [alert], [crit] or worker death.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use PushJobs::Stack;
+use PushJobs::Fault qw(check_invariants timed worker_pids wait_reconnected);
+
+my $s = PushJobs::Stack->new(agents => 3, workers => 2,
+    nginx_extra => 'pushjobs_node_lost_timeout 20s; '
+                   . 'pushjobs_sweep_interval 200ms; '
+                   . 'pushjobs_feed_linger 30s;');
+$s->start;
+
+my $org = $s->org;
+my $base = "/organizations/$org/pushy";
+my @nodes = $s->agent_names;
+my $master = $s->{procs}{'nginx:fe1'};
+my @ids;
+
+sub db_list {
+    my ($sql) = @_;
+    return [ split /\n/, $s->psql('pushjobs', $sql) ];
+}
+
+sub org_ids { [ map { $_->{id} } grep { $_->{id} } $_[0]->events ] }
+
+# Reloads nginx mid-job; returns the new worker pids.
+sub reload {
+    my ($what) = @_;
+    my @old = worker_pids($s);
+    my $offset = length $s->error_log;
+    my ($t) = timed(sub { kill 'HUP', $master });
+    my @new;
+    ok PushJobs::Stack::wait_for(30, sub {
+        my %old = map { $_ => 1 } @old;
+        @new = worker_pids($s);
+        return @new == 2 && !grep { $old{$_} } @new;
+    }, 0.1), "$what: reloaded, the old workers (@old) exited, new ones "
+             . "(@new) serve" or diag explain [ worker_pids($s) ];
+    ok wait_reconnected($s, \@nodes, $offset, 20, not => \@old),
+        '  every agent moved to a new worker';
+    my ($rt, $res) = timed(sub {
+        $s->request('GET', "$base/node_states") });
+    ok $res->{status} == 200 && $rt < 3,
+        sprintf('  REST answers at once (%d in %.2f s)', $res->{status}, $rt);
+    return @new;
+}
+
+# the org feed, opened before any job: only what happens next
+my $orgfeed = PushJobs::Fault::Feed->new($s, "$base/job_status_feed");
+
+my $id = $s->start_job({ command => 'sleep 4', nodes => \@nodes,
+                         capture_output => JSON::PP::true });
+push @ids, $id;
+my $feed = PushJobs::Fault::Feed->new($s, "$base/job_status_feed/$id");
+ok $feed->follow(30, sub {
+    3 == grep { $_->{event} eq 'run_start' } $_[0]->events }),
+    'job feed open, sleep 4 runs on 3 agents';
+ok $orgfeed->follow(10, sub { @{ org_ids($_[0]) } >= 1 }),
+    '  the org feed saw its start';
+
+reload('mid-job');
+
+ok $feed->follow(40), 'the job feed reader saw the job end';
+cmp_ok $feed->opens, '>=', 2,
+    '  after the old worker ended its feed, on a new connection';
+is_deeply [ map { $_->{id} } $feed->events ],
+    [ map { "job-$_" } @{ db_list("SELECT seq FROM pushjobs.job_events
+                                    WHERE job_id = '$id' ORDER BY seq") } ],
+    '  every event of job_events exactly once, in order'
+    or diag explain [ map { "$_->{id} $_->{event}" } $feed->events ];
+$feed->close;
+ok $orgfeed->follow(10, sub { $_[0]->opens >= 2 }),
+    'the org feed reader, ended by its old worker, reconnected';
+
+my $job = $s->wait_job($id, 30);
+is $job->{status}, 'complete', 'the job completes';
+is_deeply $job->{nodes}, { succeeded => [ sort @nodes ] },
+    '  every node succeeded' or diag explain $job;
+
+# a second job after the reload, and a second reload with the org feed
+# (on a new worker now) idle
+$id = $s->start_job({ command => 'true', nodes => [ $nodes[0] ] });
+push @ids, $id;
+is $s->wait_job($id, 30)->{status}, 'complete',
+    'a job posted after the reload completes';
+reload('org feed idle');
+ok $orgfeed->follow(10, sub { $_[0]->opens >= 3 }),
+    'the org feed reader reconnected again';
+$id = $s->start_job({ command => 'echo after', nodes => [ @nodes[1, 2] ] });
+push @ids, $id;
+is $s->wait_job($id, 30)->{status}, 'complete',
+    'a job posted after the second reload completes';
+
+# the org feed: 3 starts, 3 job_completes, across two reconnects
+ok $orgfeed->follow(20, sub { @{ org_ids($_[0]) } >= 6 }),
+    'the org feed reader saw the three jobs';
+cmp_ok $orgfeed->opens, '>=', 3, '  on a new connection after each reload';
+my $first = (org_ids($orgfeed)->[0] // 'org-0') =~ s/^org-//r;
+is_deeply org_ids($orgfeed),
+    [ map { "org-$_" } @{ db_list("SELECT id FROM pushjobs.org_events
+                                    WHERE org = '$org' AND id >= $first
+                                    ORDER BY id") } ],
+    '  every event of org_events exactly once, in order'
+    or diag explain [ map { "$_->{id} $_->{event}" } $orgfeed->events ];
+is_deeply [ map { $_->{event} } $orgfeed->events ],
+    [ qw(start job_complete) x 3 ], '  start and job_complete of each job';
+$orgfeed->close;
+
+is_deeply [ check_invariants($s, \@ids) ], [],
+    'invariants: every job final, each result once, no gap, no [alert], '
+    . '[crit] or worker death';
+
+$s->stop;
+done_testing;
