@@ -117,6 +117,36 @@ is_deeply [ map { $_->{event} } $orgfeed->events ],
     [ qw(start job_complete) x 3 ], '  start and job_complete of each job';
 $orgfeed->close;
 
+# an agent that cannot reconnect (stopped) is offline at once after a
+# reload: its old worker, ending cleanly, says so before it exits (twice:
+# whether that write gets out is a race with the worker's exit)
+for my $try (1, 2) {
+    my $n = $nodes[ $try % @nodes ];
+    my $pid = $s->{procs}{"agent:$n"};
+    kill 'STOP', $pid;
+    my @old = worker_pids($s);
+    kill 'HUP', $master;
+    ok PushJobs::Stack::wait_for(30, sub {
+        my %old = map { $_ => 1 } @old;
+        my @w = worker_pids($s);
+        @w == 2 && !grep { $old{$_} } @w;
+    }, 0.1), "reload with $n stopped (SIGSTOP): the old workers exited";
+    my $state;
+    my $offline = PushJobs::Stack::wait_for(3, sub {
+        my $res = $s->request('GET', "$base/node_states/$n");
+        $state = $res->{json};
+        $state && $state->{status} eq 'offline';
+    }, 0.1);
+    {
+        local $TODO = 'an exiting worker may drop its last presence batch '
+                      . '(ngx_pushjobs_pg_done() aborts it): the node then '
+                      . 'stays online until its old owner is overdue (20 s)';
+        ok $offline, "  $n is offline within 3 s" or diag explain $state;
+    }
+    kill 'CONT', $pid;
+    ok $s->wait_online([$n], 20), "  continued, $n is back";
+}
+
 is_deeply [ check_invariants($s, \@ids) ], [],
     'invariants: every job final, each result once, no gap, no [alert], '
     . '[crit] or worker death';
