@@ -89,7 +89,7 @@ sub running {
     }, 0.1);
 }
 
-# --- a worker killed while the job runs ---------------------------------------------
+# --- a worker killed while the job runs -------------------------------------
 
 ok spread(), 'agents spread over both workers' or diag explain by_worker();
 
@@ -118,7 +118,7 @@ is_deeply $job->{nodes}, { succeeded => [ sort @nodes ] },
 is_deeply [ check_invariants($s, \@ids, killed => \@killed) ], [],
     '  invariants: final, each result once, no gap, no unexpected log line';
 
-# --- a worker killed while the job is voting ----------------------------------------
+# --- a worker killed while the job is voting --------------------------------
 
 # ghost, a scripted agent, holds the vote open: it answers the commit only
 # after the kill
@@ -192,7 +192,7 @@ is_deeply [ check_invariants($s, \@ids, killed => \@killed) ], [],
     '  invariants hold';
 $ghost->close;
 
-# --- a worker killed while a job feed is open on it ---------------------------------
+# --- a worker killed while a job feed is open on it -------------------------
 
 ok spread(), 'agents still spread over both workers';
 $id = $s->start_job({ command => 'sleep 4', nodes => \@nodes });

@@ -142,7 +142,9 @@ sub agent_workers {
     $log = substr($log, $offset) if $offset && $offset <= length $log;
     my $org = $stack->org;
     my %w;
-    while ($log =~ /\] (\d+)#\d+: .*?agent "([^"]+)" of "\Q$org\E" connected/g) {
+    while ($log =~
+           /\] (\d+)#\d+: .*?agent "([^"]+)" of "\Q$org\E" connected/g)
+    {
         $w{$2} = $1;
     }
     return \%w;
