@@ -206,12 +206,7 @@ ok ghost_next('commit', $id, 10), 'ghost got a second job';
 ghost_say('nack_commit', $id);
 $s->psql('pushjobs', "SELECT pg_notify('pushjobs', 'commit $org $id')");
 my $again = ghost_next('commit', $id, 2);
-{
-    local $TODO = 'a nack_commit frees the channel\'s job slot '
-                  . '(ngx_pushjobs_agent.c), so a later dispatch offers '
-                  . 'the commit again';
-    ok !$again, '  refused it; a second dispatch does not offer it again';
-}
+ok !$again, '  refused it; a second dispatch does not offer it again';
 ghost_say('ack_commit', $id) if $again;    # as a free agent would
 
 print $lock "COMMIT;\n";
@@ -220,12 +215,9 @@ is $s->wait_job($held, 20)->{status}, 'quorum_failed',
     'the first job fails its quorum';
 $job = $s->wait_job($id, 20);
 is $job->{status}, 'complete', 'the second completes on ' . $nodes[0];
-{
-    local $TODO = 'the same cause: the node votes twice';
-    is_deeply [ PushJobs::Fault::exactly_once($s, $id) ], [],
-        '  with one vote of ghost'
-        or diag explain [ PushJobs::Engine::events($id) ];
-}
+is_deeply [ PushJobs::Fault::exactly_once($s, $id) ], [],
+    '  with one vote of ghost'
+    or diag explain [ PushJobs::Engine::events($id) ];
 $ghost->close;
 push @ids, $held;
 
