@@ -1835,10 +1835,11 @@ ngx_pushjobs_agent_job(ngx_pushjobs_agent_t *a, u_char *job_id,
     ngx_uint_t create)
 {
     ngx_uint_t                 i;
-    ngx_pushjobs_agent_job_t  *free, *refused;
+    ngx_pushjobs_agent_job_t  *free, *refused, *aborted;
 
     free = NULL;
     refused = NULL;
+    aborted = NULL;
 
     for (i = 0; i < NGX_PUSHJOBS_AGENT_JOBS; i++) {
         if (a->jobs[i].state == NGX_PUSHJOBS_JOB_FREE) {
@@ -1857,25 +1858,53 @@ ngx_pushjobs_agent_job(ngx_pushjobs_agent_t *a, u_char *job_id,
         if (a->jobs[i].state == NGX_PUSHJOBS_JOB_REFUSED && refused == NULL) {
             refused = &a->jobs[i];
         }
+
+        if (a->jobs[i].state == NGX_PUSHJOBS_JOB_ABORT_SENT && aborted == NULL)
+        {
+            aborted = &a->jobs[i];
+        }
     }
 
     if (!create) {
         return NULL;
     }
 
-    /* a refused job is forgotten before any job the agent may hold */
+    /*
+     * A refused job is forgotten first, then one already told to abort
+     * (only a forced abort would be sent again), before an offer.
+     */
 
-    if (free == NULL && refused) {
-        free = refused;
-        free->state = NGX_PUSHJOBS_JOB_FREE;
+    if (free == NULL) {
+        free = refused ? refused : aborted;
     }
 
     if (free == NULL) {
-        /* forget the oldest offer: the agent refuses all but one job */
-        a->jobs[0] = a->jobs[1];
-        free = &a->jobs[1];
-        free->state = NGX_PUSHJOBS_JOB_FREE;
+        /*
+         * Forget the newest offer not answered yet: the agent holds the
+         * first job it was offered while free and refuses the others as
+         * busy, and the first one's run and abort need its slot.
+         */
+
+        for (i = NGX_PUSHJOBS_AGENT_JOBS; i-- > 0; /* void */) {
+            if (a->jobs[i].state == NGX_PUSHJOBS_JOB_COMMIT_SENT) {
+                free = &a->jobs[i];
+                break;
+            }
+        }
+
+        if (free == NULL) {
+            free = &a->jobs[NGX_PUSHJOBS_AGENT_JOBS - 1];
+        }
     }
+
+    /* the slots stay in the order of the offers: the new one goes last */
+
+    for (i = free - a->jobs; i + 1 < NGX_PUSHJOBS_AGENT_JOBS; i++) {
+        a->jobs[i] = a->jobs[i + 1];
+    }
+
+    free = &a->jobs[NGX_PUSHJOBS_AGENT_JOBS - 1];
+    free->state = NGX_PUSHJOBS_JOB_FREE;
 
     ngx_memcpy(free->id, job_id, NGX_PUSHJOBS_JOB_ID_LEN);
 
