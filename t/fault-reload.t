@@ -124,11 +124,13 @@ $orgfeed->close;
 # an agent that cannot reconnect (stopped) is offline at once after a
 # reload: its old worker, ending cleanly, says so before it exits (twice:
 # whether that write gets out is a race with the worker's exit)
+my $off;
 for my $try (1, 2) {
     my $n = $nodes[ $try % @nodes ];
     my $pid = $s->{procs}{"agent:$n"};
     kill 'STOP', $pid;
     my @old = worker_pids($s);
+    $off = length $s->error_log;
     kill 'HUP', $master;
     ok PushJobs::Stack::wait_for(30, sub {
         my %old = map { $_ => 1 } @old;
@@ -150,6 +152,8 @@ for my $try (1, 2) {
     kill 'CONT', $pid;
     ok $s->wait_online([$n], 20), "  continued, $n is back";
 }
+ok wait_reconnected($s, \@nodes, $off, 20),
+    'every agent is back, on a new worker';
 
 # A worker that (re)connects its LISTEN channel after a reload or an outage
 # dispatches the commits of every voting job again (recent_jobs()), from a
