@@ -26,7 +26,8 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time sleep);
 use PushJobs::Stack;
-use PushJobs::Fault qw(check_invariants jobs_final timed worker_pids);
+use PushJobs::Fault qw(check_invariants jobs_final timed worker_pids
+                       wait_channels);
 
 my $SEED = $ENV{PUSHJOBS_FAULT_SEED} // (int(time * 1000) ^ $$) % 2**31;
 my $SECONDS = $ENV{PUSHJOBS_FAULT_SECONDS} // 60;
@@ -280,7 +281,8 @@ my $run = time - $t0;
 my @w;
 ok PushJobs::Stack::wait_for(30, sub { @w = worker_pids($s); @w == 2 }, 0.2),
     'two nginx workers once the faults are over' or diag "workers: @w";
-ok $s->wait_online(\@nodes, 40), 'every agent online again';
+ok wait_channels($s, \@nodes, 40),
+    'every agent connected to a live worker again';
 
 my @ids;
 my $settled = PushJobs::Stack::wait_for(60, sub {

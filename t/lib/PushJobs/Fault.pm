@@ -27,7 +27,7 @@ use Time::HiRes qw(time);
 
 our @EXPORT_OK = qw(jobs_final exactly_once bad_log_lines timed
                     check_invariants worker_pids agent_workers socket_worker
-                    kill_worker wait_reconnected);
+                    kill_worker wait_reconnected wait_channels);
 
 my $FINAL_JOB = q{('complete','quorum_failed','timed_out','crashed','aborted')};
 my $ACTIVE_NODE = q{('new','ready','running')};
@@ -162,6 +162,24 @@ sub wait_reconnected {
         return 0 if grep { !$w->{$_} || $not{ $w->{$_} } } @$names;
         return $w;
     }, 0.1);
+}
+
+# Waits until every node of NAMES has a channel online, per the database,
+# on a live worker of front end FE (node_states alone may still count a
+# channel of a worker just gone); true or undef.
+sub wait_channels {
+    my ($stack, $names, $timeout, $fe) = @_;
+    my $org = $stack->org;
+    return PushJobs::Stack::wait_for($timeout, sub {
+        my %live = map { $_ => 1 } worker_pids($stack, $fe);
+        my %on;
+        for (split /\n/, $stack->psql('pushjobs', "SELECT node_name, owner
+                FROM pushjobs.presence WHERE online AND org = '$org'")) {
+            my ($node, $owner) = split /\t/;
+            $on{$node} = 1 if $owner =~ /:(\d+):\d+$/ && $live{$1};
+        }
+        return !grep { !$on{$_} } @$names;
+    }, 0.2);
 }
 
 # The worker of front end FE that holds the server side of a client
