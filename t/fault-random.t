@@ -136,7 +136,7 @@ my $late = 0;                   # the latest 50x after one ended, in seconds
 my $max_fast = 0;
 my $max_slow = 0;
 
-# undone faults are undone at the end, even when the test dies
+# the faults still on are undone at the end, even when the test dies
 sub undo_all {
     kill 'CONT', $_ for values %stopped;
     %stopped = ();
