@@ -37,6 +37,8 @@
 #define NGX_PUSHJOBS_JOB_RUN_SENT      3
 #define NGX_PUSHJOBS_JOB_RUNNING       4
 #define NGX_PUSHJOBS_JOB_ABORT_SENT    5
+/* refused by the agent (nack_commit) on this channel: never offered again */
+#define NGX_PUSHJOBS_JOB_REFUSED       6
 
 /* message types, as the agent names them */
 #define NGX_PUSHJOBS_MSG_UNKNOWN       0
@@ -554,7 +556,9 @@ ngx_pushjobs_agent_abort(ngx_pushjobs_agent_t *a, ngx_str_t *job_id,
 
     j = ngx_pushjobs_agent_job(a, job_id->data, 0);
 
-    if (j == NULL || (j->state == NGX_PUSHJOBS_JOB_ABORT_SENT && !force)) {
+    if (j == NULL || j->state == NGX_PUSHJOBS_JOB_REFUSED
+        || (j->state == NGX_PUSHJOBS_JOB_ABORT_SENT && !force))
+    {
         return;
     }
 
@@ -653,7 +657,9 @@ ngx_pushjobs_agent_input_done(ngx_pushjobs_store_item_t *item,
          */
 
         j = ngx_pushjobs_agent_job(a, item->job_id, 1);
-        if (j && j->state == NGX_PUSHJOBS_JOB_FREE) {
+        if (j && (j->state == NGX_PUSHJOBS_JOB_FREE
+                  || j->state == NGX_PUSHJOBS_JOB_REFUSED))
+        {
             j->state = NGX_PUSHJOBS_JOB_COMMITTED;
         }
 
@@ -693,7 +699,9 @@ ngx_pushjobs_agent_hello_done(ngx_pushjobs_store_item_t *item,
                && ngx_strncmp(action->data, "abort", 5) == 0)
     {
         j = ngx_pushjobs_agent_job(a, job_id->data, 1);
-        if (j && j->state == NGX_PUSHJOBS_JOB_FREE) {
+        if (j && (j->state == NGX_PUSHJOBS_JOB_FREE
+                  || j->state == NGX_PUSHJOBS_JOB_REFUSED))
+        {
             ngx_memcpy(j->id, job_id->data, NGX_PUSHJOBS_JOB_ID_LEN);
             j->state = NGX_PUSHJOBS_JOB_COMMITTED;
         }
@@ -1582,6 +1590,16 @@ ngx_pushjobs_agent_dispatch(ngx_pushjobs_agent_t *a, yajl_val msg)
             }
             break;
 
+        case NGX_PUSHJOBS_MSG_NACK_COMMIT:
+            /*
+             * A dispatch from a snapshot taken before this answer was
+             * applied (a worker catching up after a reload or an outage)
+             * must not offer the job again: an agent free by then would
+             * accept it, and the node would vote twice.
+             */
+            a->jobs[i].state = NGX_PUSHJOBS_JOB_REFUSED;
+            break;
+
         default:
             /* the agent let go of the job */
             a->jobs[i].state = NGX_PUSHJOBS_JOB_FREE;
@@ -1840,9 +1858,11 @@ ngx_pushjobs_agent_job(ngx_pushjobs_agent_t *a, u_char *job_id,
     ngx_uint_t create)
 {
     ngx_uint_t                 i;
-    ngx_pushjobs_agent_job_t  *free;
+    ngx_pushjobs_agent_job_t  *free, *refused, *aborted;
 
     free = NULL;
+    refused = NULL;
+    aborted = NULL;
 
     for (i = 0; i < NGX_PUSHJOBS_AGENT_JOBS; i++) {
         if (a->jobs[i].state == NGX_PUSHJOBS_JOB_FREE) {
@@ -1857,18 +1877,57 @@ ngx_pushjobs_agent_job(ngx_pushjobs_agent_t *a, u_char *job_id,
         {
             return &a->jobs[i];
         }
+
+        if (a->jobs[i].state == NGX_PUSHJOBS_JOB_REFUSED && refused == NULL) {
+            refused = &a->jobs[i];
+        }
+
+        if (a->jobs[i].state == NGX_PUSHJOBS_JOB_ABORT_SENT && aborted == NULL)
+        {
+            aborted = &a->jobs[i];
+        }
     }
 
     if (!create) {
         return NULL;
     }
 
+    /*
+     * A refused job is forgotten first, then one already told to abort
+     * (only a forced abort would be sent again), before an offer.
+     */
+
     if (free == NULL) {
-        /* forget the oldest offer: the agent refuses all but one job */
-        a->jobs[0] = a->jobs[1];
-        free = &a->jobs[1];
-        free->state = NGX_PUSHJOBS_JOB_FREE;
+        free = refused ? refused : aborted;
     }
+
+    if (free == NULL) {
+        /*
+         * Forget the newest offer not answered yet: the agent holds the
+         * first job it was offered while free and refuses the others as
+         * busy, and the first one's run and abort need its slot.
+         */
+
+        for (i = NGX_PUSHJOBS_AGENT_JOBS; i-- > 0; /* void */) {
+            if (a->jobs[i].state == NGX_PUSHJOBS_JOB_COMMIT_SENT) {
+                free = &a->jobs[i];
+                break;
+            }
+        }
+
+        if (free == NULL) {
+            free = &a->jobs[NGX_PUSHJOBS_AGENT_JOBS - 1];
+        }
+    }
+
+    /* the slots stay in the order of the offers: the new one goes last */
+
+    for (i = free - a->jobs; i + 1 < NGX_PUSHJOBS_AGENT_JOBS; i++) {
+        a->jobs[i] = a->jobs[i + 1];
+    }
+
+    free = &a->jobs[NGX_PUSHJOBS_AGENT_JOBS - 1];
+    free->state = NGX_PUSHJOBS_JOB_FREE;
 
     ngx_memcpy(free->id, job_id, NGX_PUSHJOBS_JOB_ID_LEN);
 

@@ -263,6 +263,36 @@ is_deeply wait_nodes($id, { unavailable => ['ghost'], new => ['node3'] }),
 say_($p3, 'nack_commit', $id);
 is $stack->wait_job($id, 10)->{status}, 'quorum_failed', '  quorum_failed';
 
+# three commits offered at once (an agent back from a pause or a
+# reconnect with jobs waiting; found by t/fault-random.t): the agent accepts
+# the first and refuses the others as busy, and the channel must still know
+# the first, to send its run (and its abort)
+# (on this channel, and on a new one: this one still remembers the job
+# it was told to abort above, which ghost never answered)
+for my $channel ('a channel with an abort pending', 'a new channel') {
+    if ($channel eq 'a new channel') {
+        $g->close;
+        $g = peer('ghost');
+    }
+    my @three = map {
+        $stack->start_job({ command => 'true', nodes => ['ghost'],
+                            run_timeout => 30 })
+    } 1 .. 3;
+    ok !(grep { !expect($g, 'commit', $_) } @three),
+        "three commits offered to $channel";
+    say_($g, 'ack_commit', $three[0]);
+    say_($g, 'nack_commit', $_, reason => 'busy') for @three[1, 2];
+    ($m) = expect($g, 'run', $three[0], 10);
+    ok $m, '  the first, accepted, gets its run';
+    say_($g, 'ack_run', $three[0]);
+    say_($g, 'succeeded', $three[0], exit_status => 0);
+    ok expect($g, 'ack', $three[0], 10), '  its result is acked';
+    is $stack->wait_job($three[0], 10)->{status}, 'complete',
+        '  and it completes';
+    is $stack->wait_job($_, 10)->{status}, 'quorum_failed',
+        '  the refused ones fail their quorum' for @three[1, 2];
+}
+
 $g->close;
 $p3->close;
 

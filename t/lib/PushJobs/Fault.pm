@@ -13,6 +13,11 @@ package PushJobs::Fault;
 #                  purpose names the pids it killed);
 #   timed          the wall time of a request, to bound REST latency while
 #                  a fault is on.
+#
+# And the means to strike: which nginx worker holds what (worker_pids,
+# agent_workers, socket_worker), killing one and waiting for its
+# replacement (kill_worker), and a feed reader that resumes by
+# Last-Event-ID whenever its connection ends (PushJobs::Fault::Feed).
 
 use strict;
 use warnings;
@@ -21,7 +26,8 @@ use Exporter qw(import);
 use Time::HiRes qw(time);
 
 our @EXPORT_OK = qw(jobs_final exactly_once bad_log_lines timed
-                    check_invariants);
+                    check_invariants worker_pids agent_workers socket_worker
+                    kill_worker wait_reconnected wait_channels);
 
 my $FINAL_JOB = q{('complete','quorum_failed','timed_out','crashed','aborted')};
 my $ACTIVE_NODE = q{('new','ready','running')};
@@ -110,6 +116,187 @@ sub check_invariants {
     my ($stack, $ids, %opt) = @_;
     return (jobs_final($stack, @$ids), exactly_once($stack, @$ids),
             bad_log_lines($stack, %opt));
+}
+
+# The worker pids of a front end's master, from /proc, sorted.
+sub worker_pids {
+    my ($stack, $fe) = @_;
+    my $master = $stack->{procs}{ 'nginx:' . ($fe // 'fe1') } or return ();
+    my @pids;
+    for my $stat (glob '/proc/[0-9]*/stat') {
+        open my $fh, '<', $stat or next;
+        my $line = <$fh> // next;
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses
+        my ($pid, $ppid) = $line =~ /^(\d+) \(.*\) \S+ (\d+) /s or next;
+        push @pids, $pid if $ppid == $master;
+    }
+    return sort { $a <=> $b } @pids;
+}
+
+# {node => pid of the worker that logged its latest channel open}, from
+# the error log's info lines; only nodes whose channel opened after the
+# log's first OFFSET bytes when OFFSET is given.
+sub agent_workers {
+    my ($stack, $fe, $offset) = @_;
+    my $log = $stack->error_log($fe // 'fe1');
+    $log = substr($log, $offset) if $offset && $offset <= length $log;
+    my $org = $stack->org;
+    my %w;
+    while ($log =~
+           /\] (\d+)#\d+: .*?agent "([^"]+)" of "\Q$org\E" connected/g)
+    {
+        $w{$2} = $1;
+    }
+    return \%w;
+}
+
+# Waits until every node of NAMES has opened a channel after the error
+# log's first OFFSET bytes (on a worker other than those in %opt{not});
+# returns {node => worker pid} or undef.
+sub wait_reconnected {
+    my ($stack, $names, $offset, $timeout, %opt) = @_;
+    my %not = map { $_ => 1 } @{ $opt{not} // [] };
+    my $w;
+    return PushJobs::Stack::wait_for($timeout, sub {
+        $w = agent_workers($stack, $opt{fe}, $offset);
+        return 0 if grep { !$w->{$_} || $not{ $w->{$_} } } @$names;
+        return $w;
+    }, 0.1);
+}
+
+# Waits until every node of NAMES has a channel online, per the database,
+# on a live worker of front end FE (node_states alone may still count a
+# channel of a worker just gone); true or undef.
+sub wait_channels {
+    my ($stack, $names, $timeout, $fe) = @_;
+    my $org = $stack->org;
+    return PushJobs::Stack::wait_for($timeout, sub {
+        my %live = map { $_ => 1 } worker_pids($stack, $fe);
+        my %on;
+        for (split /\n/, $stack->psql('pushjobs', "SELECT node_name, owner
+                FROM pushjobs.presence WHERE online AND org = '$org'")) {
+            my ($node, $owner) = split /\t/;
+            $on{$node} = 1 if $owner =~ /:(\d+):\d+$/ && $live{$1};
+        }
+        return !grep { !$on{$_} } @$names;
+    }, 0.2);
+}
+
+# The worker of front end FE that holds the server side of a client
+# socket (a feed or a channel the test opened), from /proc/net/tcp and the
+# workers' descriptors; undef when none does (yet).
+sub socket_worker {
+    my ($stack, $sock, $fe) = @_;
+    my $port = $stack->port($fe);
+    my $cport = $sock->sockport or return undef;
+    my $want = sprintf ':%04X', $port;
+    my $peer = sprintf ':%04X', $cport;
+    my $inode;
+    for my $f ('/proc/net/tcp', '/proc/net/tcp6') {
+        open my $fh, '<', $f or next;
+        while (<$fh>) {
+            my @f = split ' ';
+            next unless @f > 9;
+            if ($f[1] =~ /\Q$want\E$/ && $f[2] =~ /\Q$peer\E$/) {
+                $inode = $f[9];
+                last;
+            }
+        }
+        last if $inode;
+    }
+    return undef unless $inode;
+    for my $pid (worker_pids($stack, $fe)) {
+        for my $fd (glob "/proc/$pid/fd/*") {
+            my $l = readlink $fd // next;
+            return $pid if $l eq "socket:[$inode]";
+        }
+    }
+    return undef;
+}
+
+# kill -9 one worker; waits (bounded) until the master has replaced it.
+# Returns the new worker pids, or an empty list on timeout.
+sub kill_worker {
+    my ($stack, $pid, %opt) = @_;
+    my @before = worker_pids($stack, $opt{fe});
+    kill 'KILL', $pid or return ();
+    my @after;
+    PushJobs::Stack::wait_for($opt{timeout} // 10, sub {
+        @after = worker_pids($stack, $opt{fe});
+        return @after == @before && !grep { $_ == $pid } @after;
+    }, 0.05) or return ();
+    return @after;
+}
+
+# A feed (a job's or the org's) read as a browser's EventSource would: when
+# its connection ends without the job's end, or a worker drops it, it opens
+# the feed again with the Last-Event-ID of the last event it received.
+package PushJobs::Fault::Feed;
+
+use PushJobs::SSE;
+use Time::HiRes qw(time);
+
+# new(stack, path, %sse_options): opens the feed; croaks unless 200.
+sub new {
+    my ($class, $stack, $path, %opt) = @_;
+    my $self = bless { stack => $stack, path => $path, opt => \%opt,
+                       events => [], opens => 0, last_id => $opt{last_event_id},
+                     }, $class;
+    $self->reopen or die "feed $path: no 200";
+    return $self;
+}
+
+sub reopen {
+    my ($self) = @_;
+    my $sse = eval {
+        PushJobs::SSE->open($self->{stack}, $self->{path}, %{ $self->{opt} },
+                            last_event_id => $self->{last_id});
+    };
+    return 0 unless $sse && $sse->status == 200;
+    $self->{sse} = $sse;
+    $self->{opens}++;
+    return 1;
+}
+
+sub sse { $_[0]{sse} }
+sub events { @{ $_[0]{events} } }
+sub opens { $_[0]{opens} }
+sub ended { $_[0]{ended} }
+
+# Reads for up to TIMEOUT seconds, reconnecting whenever the stream ends,
+# until UNTIL (a code ref on the reader) is true or, for a job feed, its
+# job_complete came.  Returns the reader's "done" condition.
+sub follow {
+    my ($self, $timeout, $until) = @_;
+    my $deadline = time + $timeout;
+    while (time < $deadline) {
+        return 1 if $until && $until->($self);
+        return 1 if $self->{ended};
+        if (!$self->{sse}) {
+            Time::HiRes::sleep(0.1) unless $self->reopen;
+            next;
+        }
+        my $left = $deadline - time;
+        my $ev = $self->{sse}->next_event($left > 0.5 ? 0.5 : $left);
+        if ($ev) {
+            push @{ $self->{events} }, $ev;
+            $self->{last_id} = $ev->{id} if defined $ev->{id};
+            $self->{ended} = 1 if ($ev->{event} // '') eq 'job_complete'
+                                  && $self->{path} =~ m{/job_status_feed/};
+            next;
+        }
+        next unless $self->{sse}->eof || $self->{sse}->done;
+        # the connection ended before the job did: resume where it stopped
+        $self->{sse}->close;
+        $self->{sse} = undef;
+    }
+    return ($until && $until->($self)) || $self->{ended} ? 1 : 0;
+}
+
+sub close {
+    my ($self) = @_;
+    $self->{sse}->close if $self->{sse};
+    $self->{sse} = undef;
 }
 
 1;
