@@ -806,11 +806,11 @@ sub expect_alerts {
 
 # --- sanitizers -------------------------------------------------------------
 
-# Under make asan (ASAN_OPTIONS or UBSAN_OPTIONS set) every process started
-# while the stack lives writes its sanitizer reports to DIR/sanitizer/
-# (log_path: one file per process, apart from the logs the tests parse);
-# nginx workers run as nobody, hence the mode.  The options the stack found
-# are given back at stop.
+# Under make asan (ASAN_OPTIONS, UBSAN_OPTIONS or LSAN_OPTIONS set) every
+# process started while the stack lives writes its sanitizer reports to
+# DIR/sanitizer/ (log_path: one file per process, apart from the logs the
+# tests parse); nginx workers run as nobody, hence the mode.  The options
+# the stack found are given back at stop.
 my $SANITIZER_RE = qr/AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer
                      |runtime\ error:|ThreadSanitizer/x;
 
@@ -819,7 +819,7 @@ sub sanitizer_setup {
     my $d = "$self->{dir}/sanitizer";
     make_path($d);
     chmod 01777, $d;
-    for my $var (qw(ASAN_OPTIONS UBSAN_OPTIONS)) {
+    for my $var (qw(ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS)) {
         next unless defined $ENV{$var};
         $self->{saved_env}{$var} = $ENV{$var};
         $ENV{$var} = join ':', (grep { length && !/^log_path=/ }
