@@ -809,9 +809,9 @@ sub expect_alerts {
 # Under make asan (ASAN_OPTIONS, UBSAN_OPTIONS or LSAN_OPTIONS set) every
 # process started while the stack lives writes its ASan and LSan reports to
 # DIR/sanitizer/ (log_path: one file per process, apart from the logs the
-# tests parse); nginx workers run as nobody, hence the mode.  UBSan (gcc 12)
-# ignores log_path and writes to stderr: an nginx worker's is its error
-# log, an agent's its agent.log, both read by sanitizer_reports.  The
+# tests parse); nginx workers run as nobody, hence the mode.  A report on
+# stderr instead (gcc 12's UBSan ignores log_path) is found in the logs: an
+# nginx worker's stderr is its error log, an agent's its agent.log.  The
 # options the stack found are given back at stop.
 my $SANITIZER_RE = qr/AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer
                      |runtime\ error:|ThreadSanitizer/x;
