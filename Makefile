@@ -6,6 +6,9 @@
 #                        the local stack up, run one job, show its result
 #   make test            install what is missing, build, run the tests
 #                        (prove)
+#   make asan            build nginx 1.22.1 with the module (static), and
+#                        the agent, with ASan + UBSan under build/asan/, and
+#                        run the tests against them (README, "Tests")
 #
 # The module is configured with the exact flags of the target nginx so that
 # load_module accepts it.  By default that is Debian's nginx through nginx-dev
@@ -42,7 +45,7 @@ DPKG_CFLAGS  := $(shell dpkg-buildflags --get CFLAGS 2>/dev/null) \
                 $(shell dpkg-buildflags --get CPPFLAGS 2>/dev/null)
 DPKG_LDFLAGS := $(shell dpkg-buildflags --get LDFLAGS 2>/dev/null)
 
-.PHONY: all module agent deps demo test clean
+.PHONY: all module agent deps demo test asan asan-build clean
 
 all: module agent
 
@@ -91,6 +94,98 @@ demo: deps
 test: deps
 	$(MAKE) all
 	prove -I t/lib -r t/
+
+# --- make asan ------------------------------------------------------------
+#
+# nginx from its pristine release tree (stack/nginx-source: Debian's orig
+# tarball of the installed version) with the module linked in statically:
+# a dynamic module under ASan gets a false global-buffer-overflow report on
+# ngx_modules at reload.  Only the nginx modules the tests' configurations
+# use are built.  clang, not gcc: its UBSan also catches arithmetic on a
+# NULL pointer (NULL + 0, as in a UTF-8 check of an empty message), which
+# gcc 12's does not, and writes its reports to log_path like ASan; it is
+# the fuzzers' compiler too.  Alignment checks are off: nginx reads
+# unaligned words on purpose on x86 (ngx_str4cmp ...).
+# NGX_DEBUG_PALLOC gives every pool allocation its own heap block, so ASan
+# sees overflows of pool memory too.
+
+ASAN_CC       ?= clang
+ASAN_DIR      := $(BUILD)/asan
+ASAN_NGINX    := $(ASAN_DIR)/nginx/sbin/nginx
+ASAN_AGENT    := $(ASAN_DIR)/pushjobs-agent
+ASAN_SAN      := -fsanitize=address,undefined -fno-sanitize=alignment \
+                 -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+ASAN_CFLAGS   := $(ASAN_SAN) -g -O1
+ASAN_NGX_ONLY := -fno-sanitize=nonnull-attribute
+ASAN_NGX_ARGS := --prefix=$(ASAN_DIR)/nginx \
+                 --error-log-path=stderr \
+                 --http-log-path=$(ASAN_DIR)/nginx/logs/access.log \
+                 --with-debug --with-http_ssl_module --with-http_v2_module \
+                 --without-http_charset_module --without-http_gzip_module \
+                 --without-http_ssi_module --without-http_userid_module \
+                 --without-http_auth_basic_module \
+                 --without-http_mirror_module --without-http_autoindex_module \
+                 --without-http_geo_module --without-http_split_clients_module \
+                 --without-http_referer_module --without-http_grpc_module \
+                 --without-http_memcached_module \
+                 --without-http_empty_gif_module --without-http_browser_module \
+                 --without-http_upstream_hash_module \
+                 --without-http_upstream_ip_hash_module \
+                 --without-http_upstream_least_conn_module \
+                 --without-http_upstream_random_module \
+                 --without-http_upstream_zone_module --without-http-cache
+
+# Sanitizer settings of the test run: any report aborts the process and
+# lands in a file PushJobs::Stack reads (it sets log_path per stack).
+# Leaks are checked when a process exits normally (a process killed by a
+# signal is not checked); what is kept until exit on purpose is listed in
+# stack/lsan.supp.
+ASAN_OPTIONS  ?= abort_on_error=1:halt_on_error=1:detect_leaks=1
+UBSAN_OPTIONS ?= abort_on_error=1:halt_on_error=1:print_stacktrace=1
+LSAN_OPTIONS  ?= suppressions=$(CURDIR)/stack/lsan.supp:print_suppressions=0
+ASAN_TESTS    ?= t/
+
+asan-build: $(ASAN_NGINX) $(ASAN_AGENT)
+
+$(ASAN_DIR)/nginx/Makefile: config
+	@mkdir -p $(ASAN_DIR)/nginx
+	src=$$(stack/nginx-source $(BUILD)/src) && cd "$$src" && \
+	./configure $(ASAN_NGX_ARGS) --with-cc=$(ASAN_CC) --with-cc-opt="$(ASAN_CFLAGS) \
+	    $(ASAN_NGX_ONLY) -DNGX_DEBUG_PALLOC=1" --with-ld-opt="$(ASAN_SAN)" \
+	    --add-module=$(CURDIR) --builddir=$(ASAN_DIR)/nginx/objs \
+	    > $(ASAN_DIR)/nginx/configure.log 2>&1 || \
+	    { tail -30 $(ASAN_DIR)/nginx/configure.log; exit 1; }
+	cp $(ASAN_DIR)/nginx/objs/Makefile $@
+
+# nginx's core passes NULL with a length of 0 to memcpy() all along
+# (ngx_pstrdup of an empty string at every start): its objects are built
+# without the nonnull-attribute check, the module's objects (first) with it.
+$(ASAN_NGINX): $(ASAN_DIR)/nginx/Makefile $(MODULE_SRCS)
+	src=$$(stack/nginx-source $(BUILD)/src) && \
+	mk=$(ASAN_DIR)/nginx/objs/Makefile && \
+	$(MAKE) -f $$mk -C "$$src" \
+	    CFLAGS="$$(sed -n 's/^CFLAGS = //p' $$mk \
+	               | sed 's/ $(ASAN_NGX_ONLY)//')" \
+	    $$(grep -o '^[^ :]*/objs/addon/[^ :]*\.o' $$mk | sort -u) && \
+	$(MAKE) -f $$mk -C "$$src" binary
+	@mkdir -p $(ASAN_DIR)/nginx/sbin
+	cp $(ASAN_DIR)/nginx/objs/nginx $@
+
+$(ASAN_AGENT): $(AGENT_SRCS) $(AGENT_HDRS)
+	@mkdir -p $(ASAN_DIR)
+	$(ASAN_CC) $(ASAN_CFLAGS) -std=c99 -Wall -Wextra $(AGENT_CPPFLAGS) \
+	    -o $@ $(AGENT_SRCS) $(AGENT_LDLIBS)
+
+# The tests against the sanitized builds; t/addon.t and t/packages.t test
+# Debian's nginx with the dynamic module (pushjobs-ctl, the .deb) and keep
+# using them, so make all comes first.
+asan: deps
+	$(MAKE) all asan-build
+	PUSHJOBS_NGINX=$(ASAN_NGINX) PUSHJOBS_MODULE=static \
+	PUSHJOBS_AGENT=$(ASAN_AGENT) PUSHJOBS_SANITIZED=1 \
+	ASAN_OPTIONS=$(ASAN_OPTIONS) UBSAN_OPTIONS=$(UBSAN_OPTIONS) \
+	LSAN_OPTIONS=$(LSAN_OPTIONS) \
+	prove -I t/lib -r $(ASAN_TESTS)
 
 clean:
 	rm -rf $(BUILD)

@@ -22,7 +22,7 @@ use File::Path qw(make_path);
 use PushJobs::Stack;
 
 my $CTL = "$PushJobs::Stack::ROOT/omnibus/bin/pushjobs-ctl";
-my $NGINX = $PushJobs::Stack::NGINX;
+my $NGINX = $PushJobs::Stack::DYNAMIC_NGINX;
 
 my $stack = PushJobs::Stack->new(agents => 1, workers => 2);
 bail_unless_built();
@@ -37,7 +37,7 @@ my $conf = "$ngx/etc/nginx.conf";
 my $logs = "$root/var/log/opscode/nginx";
 
 sub bail_unless_built {
-    for ($PushJobs::Stack::MODULE, $PushJobs::Stack::AGENT) {
+    for ($PushJobs::Stack::DYNAMIC_MODULE, $PushJobs::Stack::AGENT) {
         BAIL_OUT("build first (make): $_") unless -e $_;
     }
 }
@@ -170,7 +170,7 @@ sub listing {
 sub ctl {
     my (@args) = @_;
     my @cmd = ($^X, $CTL, '--root', $root,
-               '--module', $PushJobs::Stack::MODULE,
+               '--module', $PushJobs::Stack::DYNAMIC_MODULE,
                '--migrations', "$PushJobs::Stack::ROOT/migrations",
                '--nginx-bin', $NGINX,
                '--nginx-reload-cmd', "kill -HUP \$(cat $ngx/nginx.pid)",
@@ -235,7 +235,7 @@ like slurp($up), qr/^pushjobs_key_zone pushjobs_keys:2m;$/m,
     'key_cache_size mapped';
 like slurp($up), qr{^pushjobs_chef_key \Q$root\E/etc/opscode/pivotal\.pem;$}m,
     'the Chef superuser key';
-like slurp($conf), qr/\Aload_module \Q$PushJobs::Stack::MODULE\E; # pushjobs-ctl/,
+like slurp($conf), qr/\Aload_module \Q$PushJobs::Stack::DYNAMIC_MODULE\E; # pushjobs-ctl/,
     'load_module on the first line of nginx.conf';
 like $stack->psql('postgres', q{SELECT rolpassword FROM pg_authid
                                 WHERE rolname = 'pushjobs'}),
@@ -301,7 +301,7 @@ is_deeply listing(), $after, 'the tree is as after the first run';
 {
     # The same module with another binary-compatibility signature, as a
     # module built for another nginx build would carry.
-    my $so = slurp($PushJobs::Stack::MODULE);
+    my $so = slurp($PushJobs::Stack::DYNAMIC_MODULE);
     my $n = ($so =~ s/(\d,\d,\d,[01]{33})([01])/$1 . ($2 ? '0' : '1')/e);
     is $n, 1, 'signature found in the module';
     make_path("$dir/other");

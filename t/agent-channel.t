@@ -28,7 +28,9 @@ $stack->stop_nginx('fe1');
 ok PushJobs::Stack::wait_for(20, sub {
     PushJobs::Stack::slurp("$dir/agent.log") =~ /job $id: exited with 0/ }),
     'the job ends while the front end is down';
-ok -f "$dir/spool/$id.json", 'its report waits in the spool';
+# the agent logs the exit, then writes the report
+ok PushJobs::Stack::wait_for(10, sub { -f "$dir/spool/$id.json" }),
+    'its report waits in the spool';
 
 $stack->start_nginx('fe1');
 my $job = $stack->wait_job($id, 40);

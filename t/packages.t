@@ -113,7 +113,7 @@ SKIP: {
     print $fh "load_module $x/usr/lib/nginx/modules/ngx_pushjobs_module.so;\n"
             . "events {}\n";
     close $fh;
-    ($rc, $out) = run({}, $PushJobs::Stack::NGINX, '-g',
+    ($rc, $out) = run({}, $PushJobs::Stack::DYNAMIC_NGINX, '-g',
                       "error_log $tmp/error.log; pid $tmp/nginx.pid;",
                       '-t', '-c', "$tmp/t.conf");
     is $rc, 0, "Debian's nginx loads the packaged module" or diag $out;

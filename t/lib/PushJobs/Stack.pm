@@ -22,18 +22,34 @@ use IO::Socket::INET;
 use IPC::Open2 qw(open2);
 use JSON::PP;
 use POSIX qw(:sys_wait_h);
+use Scalar::Util ();
 use Socket ();
 use Time::HiRes qw(time sleep);
 
 our $ROOT = abs_path(dirname(__FILE__) . '/../../..');
 our $PGBIN = $ENV{PGBIN} || (sort glob('/usr/lib/postgresql/*/bin'))[-1]
              || '/usr/lib/postgresql/15/bin';
-our $NGINX = $ENV{NGINX} || '/usr/sbin/nginx';
+# PUSHJOBS_NGINX (or NGINX): the nginx binary.  nginx itself reads NGINX as
+# the list of listening sockets inherited on a binary upgrade, so it must
+# not reach the nginx processes.
+our $NGINX = $ENV{PUSHJOBS_NGINX} || $ENV{NGINX} || '/usr/sbin/nginx';
+delete $ENV{NGINX};
+# PUSHJOBS_MODULE=static: $NGINX has the module built in (make asan), so the
+# configuration has no load_module line.
 our $MODULE = $ENV{PUSHJOBS_MODULE}
               || "$ROOT/build/nginx/ngx_pushjobs_module.so";
+# An nginx and the module it loads with load_module, for the tests of the
+# dynamic module as it is packaged (t/addon.t, t/packages.t): with a static
+# module, Debian's nginx and make all's module.
+our $DYNAMIC_NGINX = $MODULE eq 'static' ? '/usr/sbin/nginx' : $NGINX;
+our $DYNAMIC_MODULE = $MODULE eq 'static'
+                      ? "$ROOT/build/nginx/ngx_pushjobs_module.so" : $MODULE;
 our $AGENT = $ENV{PUSHJOBS_AGENT} || "$ROOT/build/pushjobs-agent";
 
 my $JSON = JSON::PP->new->canonical->allow_nonref;
+
+# the stacks not stopped yet (weak references)
+my %LIVE;
 
 sub json { $JSON }
 
@@ -72,7 +88,20 @@ sub new {
     # nginx workers (nobody) and PostgreSQL (postgres) must reach it
     chmod 0755, $self->{dir};
 
+    $self->sanitizer_setup;
+
+    $LIVE{"$self"} = $self;
+    Scalar::Util::weaken($LIVE{"$self"});
+
     return $self;
+}
+
+# A test that dies leaves its stack to this END block, which runs before
+# Test::Builder's (loaded first): a sanitizer report still fails the test,
+# and is printed.
+END {
+    local $?;
+    $_->stop for grep { defined } values %LIVE;
 }
 
 sub dir { $_[0]{dir} }
@@ -181,7 +210,8 @@ sub stop_proc {
 sub start {
     my ($self) = @_;
 
-    croak "build the module first (make): $MODULE" unless -f $MODULE;
+    croak "build the module first (make): $MODULE"
+        unless $MODULE eq 'static' || -f $MODULE;
     croak "build the agent first (make): $AGENT" unless -x $AGENT;
 
     $self->make_keys;
@@ -443,8 +473,10 @@ sub nginx_conf {
     my $port = $self->port($fe);
     my $org = $self->{org};
 
+    my $load = $MODULE eq 'static' ? '' : "load_module $MODULE;";
+
     return <<"EOF";
-load_module $MODULE;
+$load
 
 worker_processes $self->{workers};
 daemon off;
@@ -801,10 +833,108 @@ sub error_log {
                         defined $fe ? ($fe) : $self->frontends;
 }
 
-# [alert] and [emerg] lines of nginx's error logs.
+# [alert], [emerg] and [crit] lines of nginx's error logs (a worker that
+# "exited on signal" is an [alert]), and the first line of every sanitizer
+# report of the stack, except the lines a test said it causes on purpose
+# (expect_alerts).
 sub alerts {
     my ($self) = @_;
-    return grep { /\[(alert|emerg)\]/ } split /\n/, $self->error_log;
+    my @l = grep { /\[(alert|emerg|crit)\]|exited on signal/ }
+                 split /\n/, $self->error_log;
+    for my $re (@{ $self->{expected_alerts} // [] }) {
+        @l = grep { !/$re/ } @l;
+    }
+    return @l, map { $_->{summary} } $self->sanitizer_reports;
+}
+
+# expect_alerts(qr/.../, ...): error log lines this test causes on purpose
+# (e.g. qr/exited on signal 9/ after killing a worker), not counted by
+# alerts.  Sanitizer reports cannot be expected away.
+sub expect_alerts {
+    my ($self, @re) = @_;
+    push @{ $self->{expected_alerts} }, @re;
+}
+
+# --- sanitizers -------------------------------------------------------------
+
+# Under make asan (ASAN_OPTIONS, UBSAN_OPTIONS or LSAN_OPTIONS set) every
+# process started while the stack lives writes its ASan and LSan reports to
+# DIR/sanitizer/ (log_path: one file per process, apart from the logs the
+# tests parse); nginx workers run as nobody, hence the mode.  A report on
+# stderr instead (gcc 12's UBSan ignores log_path) is found in the logs: an
+# nginx worker's stderr is its error log, an agent's its agent.log.  The
+# options the stack found are given back at stop.
+my $SANITIZER_RE = qr/AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer
+                     |runtime\ error:|ThreadSanitizer/x;
+
+sub sanitizer_setup {
+    my ($self) = @_;
+    my $d = "$self->{dir}/sanitizer";
+    make_path($d);
+    chmod 01777, $d;
+    for my $var (qw(ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS)) {
+        next unless defined $ENV{$var};
+        $self->{saved_env}{$var} = $ENV{$var};
+        $ENV{$var} = join ':', (grep { length && !/^log_path=/ }
+                                     split /:/, $ENV{$var}),
+                               "log_path=$d/report";
+    }
+}
+
+# Every sanitizer report of the stack: the files under DIR/sanitizer/ and
+# any report that went to a log of the stack instead (an nginx worker's
+# stderr is its error log; an agent's is its agent.log).  Returns
+# ({ file, summary, text }, ...).
+sub sanitizer_reports {
+    my ($self) = @_;
+    # not File::Find: this also runs from DESTROY at global destruction
+    my (@files, @dirs);
+    @dirs = ($self->{dir}) if -d $self->{dir};
+    while (defined(my $d = shift @dirs)) {
+        opendir my $dh, $d or next;
+        for my $e (grep { !/^\.\.?$/ } readdir $dh) {
+            my $f = "$d/$e";
+            if (-d $f && !-l $f) {
+                push @dirs, $f unless $e eq 'pg' || $e eq 'spool';
+            } elsif (-f $f && ($d =~ m{/sanitizer$} || $e =~ /\.log$/)) {
+                push @files, $f;
+            }
+        }
+        closedir $dh;
+    }
+    push @files, grep { defined } map { $self->{fe}{$_}{error_log} }
+                                      keys %{ $self->{fe} // {} };
+    my @r;
+    for my $f (sort @files) {
+        my $text = slurp($f);
+        next unless $text =~ $SANITIZER_RE;
+        # from a log, the report only
+        $text =~ s/\A.*?^(?=[^\n]*$SANITIZER_RE)//ms;
+        my ($first) = grep { /$SANITIZER_RE/ } split /\n/, $text;
+        push @r, { file => $f, summary => "$f: $first", text => $text };
+    }
+    return @r;
+}
+
+# At stop: a sanitizer report anywhere in the stack fails the test, and is
+# printed.
+sub sanitizer_check {
+    my ($self) = @_;
+    my @r = $self->sanitizer_reports;
+    if ($INC{'Test/Builder.pm'}) {
+        my $tb = Test::Builder->new;
+        if (@r || ($ENV{PUSHJOBS_SANITIZED} && !$tb->{Done_Testing})) {
+            $tb->ok(!@r, 'no sanitizer report in the stack\'s logs');
+        }
+        $tb->diag("sanitizer report in $_->{file}:\n"
+                  . substr($_->{text}, 0, 20000)) for @r;
+    } elsif (@r) {
+        print STDERR "# sanitizer report in $_->{file}:\n$_->{text}\n"
+            for @r;
+    }
+    for my $var (keys %{ $self->{saved_env} // {} }) {
+        $ENV{$var} = $self->{saved_env}{$var};
+    }
 }
 
 # --- stop -----------------------------------------------------------------
@@ -812,6 +942,7 @@ sub alerts {
 sub stop {
     my ($self) = @_;
     return if $self->{stopped}++ || $self->{owner} != $$;
+    delete $LIVE{"$self"};
 
     for my $name (grep { /^agent:/ } keys %{ $self->{procs} }) {
         $self->stop_proc($name, 'TERM', 5);
@@ -833,6 +964,8 @@ sub stop {
         };
         $self->{pg_up} = 0;
     }
+
+    eval { $self->sanitizer_check };
 
     if ($ENV{PUSHJOBS_KEEP}) {
         print STDERR "# stack kept in $self->{dir}\n";
