@@ -174,7 +174,7 @@ $(ASAN_NGINX): $(ASAN_DIR)/nginx/Makefile $(MODULE_SRCS)
 $(ASAN_AGENT): $(AGENT_SRCS) $(AGENT_HDRS)
 	@mkdir -p $(ASAN_DIR)
 	$(ASAN_CC) $(ASAN_CFLAGS) -std=c99 -Wall -Wextra $(AGENT_CPPFLAGS) \
-	    -o $@ $(AGENT_SRCS) $(AGENT_LDLIBS)
+	    -Icommon -o $@ $(AGENT_SRCS) $(AGENT_LDLIBS)
 
 # The tests against the sanitized builds; t/addon.t and t/packages.t test
 # Debian's nginx with the dynamic module (pushjobs-ctl, the .deb) and keep
