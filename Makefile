@@ -6,6 +6,8 @@
 #                        the local stack up, run one job, show its result
 #   make test            install what is missing, build, run the tests
 #                        (prove)
+#   make fuzz            build the libFuzzer harnesses and run each for
+#                        FUZZ_SECONDS (fuzz/README.md)
 #
 # The module is configured with the exact flags of the target nginx so that
 # load_module accepts it.  By default that is Debian's nginx through nginx-dev
@@ -88,6 +90,8 @@ demo: deps
 test: deps
 	$(MAKE) all
 	prove -I t/lib -r t/
+
+include fuzz/fuzz.mk
 
 clean:
 	rm -rf $(BUILD)
