@@ -46,10 +46,12 @@ FUZZ_AGENT     := $(filter-out agent/main.c,$(AGENT_SRCS))
 
 # The harnesses.
 
-FUZZ_HARNESSES := ws auth agent_ws agent_proto agent_config agent_whitelist
+FUZZ_HARNESSES := ws auth keys agent_ws agent_proto agent_config \
+                  agent_whitelist
 
 fuzz_ws_SRCS              := fuzz/ws.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
 fuzz_auth_SRCS            := fuzz/auth.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
+fuzz_keys_SRCS            := fuzz/keys.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
 fuzz_agent_ws_SRCS        := fuzz/agent_ws.c fuzz/agent_fuzz.c $(FUZZ_AGENT)
 fuzz_agent_proto_SRCS     := fuzz/agent_proto.c fuzz/agent_fuzz.c \
                              $(FUZZ_AGENT)
