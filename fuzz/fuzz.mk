@@ -64,16 +64,16 @@ fuzz_agent_whitelist_SRCS := fuzz/agent_whitelist.c fuzz/agent_fuzz.c \
 fuzz_agent_ws_LDFLAGS     := -Wl,--wrap=pja_job_run
 fuzz_agent_proto_LDFLAGS  := -Wl,--wrap=pja_job_run
 
-# The shared JSON pre-check (common/json_bound.c) and the job body
-# validation: built when their files are there.
+# The shared JSON pre-check and the job body validation (common/, plain
+# C): built when their files are there.
 ifeq ($(words $(wildcard fuzz/json_bound.c common/json_bound.c)),2)
 FUZZ_HARNESSES += json_bound
 fuzz_json_bound_SRCS := fuzz/json_bound.c common/json_bound.c
 endif
 
-ifneq ($(wildcard fuzz/job_body.c),)
+ifeq ($(words $(wildcard fuzz/job_body.c common/job_body.c)),2)
 FUZZ_HARNESSES += job_body
-fuzz_job_body_SRCS := fuzz/job_body.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
+fuzz_job_body_SRCS := fuzz/job_body.c common/job_body.c common/json_bound.c
 endif
 
 
@@ -105,7 +105,7 @@ $(foreach h,$(FUZZ_HARNESSES),$(eval $(call fuzz_harness,$(h))))
 $(FUZZ_BUILD)/obj/agent/%.o: agent/%.c $(AGENT_HDRS) | fuzz-deps
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS_CC) $(FUZZ_WARN) -std=c99 $(AGENT_CPPFLAGS) \
-	    -I agent -c -o $@ $<
+	    -I agent -I common -c -o $@ $<
 
 $(FUZZ_BUILD)/obj/common/%.o: common/%.c | fuzz-deps
 	@mkdir -p $(@D)
@@ -117,7 +117,7 @@ $(FUZZ_BUILD)/obj/fuzz/agent_%.o: fuzz/agent_%.c $(AGENT_HDRS) | fuzz-deps
 	$(FUZZ_CC) $(FUZZ_CFLAGS_CC) $(FUZZ_WARN) -std=c99 $(AGENT_CPPFLAGS) \
 	    -I agent -I common -c -o $@ $<
 
-# module harnesses: nginx's headers and configuration
+# module harnesses: nginx's headers and configuration (plain C ones too)
 $(FUZZ_BUILD)/obj/fuzz/%.o: fuzz/%.c fuzz/ngx_fuzz.h $(FUZZ_NGX_LIB)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS_CC) $(FUZZ_WARN) $(FUZZ_NGX_INCS) -I fuzz \
