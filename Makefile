@@ -9,6 +9,8 @@
 #   make asan            build nginx 1.22.1 with the module (static), and
 #                        the agent, with ASan + UBSan under build/asan/, and
 #                        run the tests against them (README, "Tests")
+#   make fuzz            build the libFuzzer harnesses and run each for
+#                        FUZZ_SECONDS (fuzz/README.md)
 #
 # The module is configured with the exact flags of the target nginx so that
 # load_module accepts it.  By default that is Debian's nginx through nginx-dev
@@ -186,6 +188,8 @@ asan: deps
 	ASAN_OPTIONS=$(ASAN_OPTIONS) UBSAN_OPTIONS=$(UBSAN_OPTIONS) \
 	LSAN_OPTIONS=$(LSAN_OPTIONS) \
 	prove -I t/lib -r $(ASAN_TESTS)
+
+include fuzz/fuzz.mk
 
 clean:
 	rm -rf $(BUILD)

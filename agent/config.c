@@ -670,13 +670,11 @@ failed:
 int
 pja_conf_load(pja_conf_t *cf, const char *file)
 {
-    int          line;
-    FILE        *f;
-    cf_lex_t     lx;
-    const char  *start;
-    pja_buf_t  data = { NULL, 0, 0 };
-    char       chunk[4096];
-    size_t     n;
+    int         rc;
+    FILE       *f;
+    pja_buf_t   data = { NULL, 0, 0 };
+    char        chunk[4096];
+    size_t      n;
 
     f = fopen(file, "r");
     if (f == NULL) {
@@ -702,11 +700,38 @@ pja_conf_load(pja_conf_t *cf, const char *file)
     }
 
     fclose(f);
-    pja_buf_cstr(&data);
+
+    rc = pja_conf_parse(cf, file, data.data, data.len);
+
+    pja_buf_free(&data);
+    return rc;
+}
+
+
+/*
+ * The statements of a config file read into memory; "file" names it in
+ * messages.  The text needs no terminating NUL.
+ */
+
+int
+pja_conf_parse(pja_conf_t *cf, const char *file, const char *data,
+    size_t len)
+{
+    int          line;
+    cf_lex_t     lx;
+    pja_buf_t    text = { NULL, 0, 0 };
+    const char  *start;
+
+    /* a copy, NUL-terminated: the lexer may look one byte ahead */
+
+    if (pja_buf_add(&text, data, len) != 0 || pja_buf_cstr(&text) != 0) {
+        pja_buf_free(&text);
+        return -1;
+    }
 
     memset(&lx, 0, sizeof(lx));
-    lx.p = data.data;
-    lx.end = data.data + data.len;
+    lx.p = text.data;
+    lx.end = text.data + text.len;
     lx.file = file;
     lx.line = 1;
 
@@ -736,7 +761,7 @@ pja_conf_load(pja_conf_t *cf, const char *file)
     }
 
     pja_buf_free(&lx.tok.text);
-    pja_buf_free(&data);
+    pja_buf_free(&text);
     return 0;
 }
 

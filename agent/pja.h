@@ -146,6 +146,8 @@ enum {
 
 void pja_conf_init(pja_conf_t *cf);
 int pja_conf_load(pja_conf_t *cf, const char *file);
+int pja_conf_parse(pja_conf_t *cf, const char *file, const char *data,
+    size_t len);
 int pja_conf_set(pja_conf_t *cf, const char *name, const char *value);
 int pja_conf_finish(pja_conf_t *cf);
 void pja_conf_print(const pja_conf_t *cf, FILE *f);
@@ -228,6 +230,8 @@ int pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents);
 int pja_ws_send_text(pja_ws_t *ws, const char *p, size_t n);
 void pja_ws_close(pja_ws_t *ws, int code);
 void pja_ws_reset(pja_ws_t *ws);
+struct pja_agent_s;
+int pja_ws_input(pja_ws_t *ws, struct pja_agent_s *a);
 
 
 /* job.c */
@@ -321,7 +325,7 @@ yajl_val pja_json_parse(const char *text, size_t len,
 
 /* proto.c */
 
-typedef struct {
+typedef struct pja_agent_s {
     pja_conf_t             conf;
     pja_ws_t               ws;
     pja_job_t              job;

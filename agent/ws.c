@@ -1396,6 +1396,33 @@ ws_poll_response(pja_ws_t *ws, pja_agent_t *a)
 }
 
 /*
+ * Parses what ws->in holds: long-poll answers, or the answer to the
+ * upgrade and then frames.  0 when it needs more bytes, -1 when the channel
+ * is over.  Only the buffer is read, so that the reader can be driven
+ * without a connection (fuzz/agent_ws.c).
+ */
+
+int
+pja_ws_input(pja_ws_t *ws, pja_agent_t *a)
+{
+    int  rc;
+
+    if (ws->poll) {
+        return ws_poll_response(ws, a) != 0 ? -1 : 0;
+    }
+
+    if (ws->state == PJA_WS_HTTP) {
+        rc = ws_http_response(ws, a);
+        if (rc <= 0) {
+            return rc;
+        }
+    }
+
+    return ws_frames(ws, a) != 0 ? -1 : 0;
+}
+
+
+/*
  * Reads what the connection has, up to about `limit` bytes: 1 when it
  * stopped at the limit (TLS may hold more than poll() can see), 0 when
  * the connection would block or hit EOF, -1 on errors.
@@ -1440,7 +1467,7 @@ ws_read(pja_ws_t *ws, size_t limit)
 int
 pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents)
 {
-    int        err, rc, more;
+    int        err, more;
     socklen_t  len;
 
     if (ws->state == PJA_WS_CONNECTING) {
@@ -1482,24 +1509,7 @@ pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents)
             return -1;
         }
 
-        if (ws->poll) {
-            if (ws_poll_response(ws, &pja_agent) != 0) {
-                return -1;
-            }
-            continue;
-        }
-
-        if (ws->state == PJA_WS_HTTP) {
-            rc = ws_http_response(ws, &pja_agent);
-            if (rc < 0) {
-                return -1;
-            }
-            if (rc == 0) {
-                continue;
-            }
-        }
-
-        if (ws_frames(ws, &pja_agent) != 0) {
+        if (pja_ws_input(ws, &pja_agent) != 0) {
             return -1;
         }
 

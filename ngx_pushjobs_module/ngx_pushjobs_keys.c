@@ -98,7 +98,6 @@ static ngx_int_t ngx_pushjobs_keys_parse(ngx_http_request_t *r,
     ngx_pushjobs_keys_cleanup_t *cln);
 static ngx_int_t ngx_pushjobs_keys_principal(ngx_http_request_t *r,
     yajl_val v, ngx_pushjobs_principal_t *p);
-static EVP_PKEY *ngx_pushjobs_keys_pem(ngx_log_t *log, ngx_str_t *pem);
 static EVP_PKEY *ngx_pushjobs_keys_pem_rsa(ngx_str_t *pem);
 static ngx_int_t ngx_pushjobs_keys_der(const u_char **p, const u_char *end,
     int tag, const u_char **content, size_t *len);
@@ -763,10 +762,11 @@ invalid:
 
 /*
  * An RSA public key from PEM: SPKI ("PUBLIC KEY"), PKCS#1 ("RSA PUBLIC
- * KEY") or the key of an X.509 certificate, as chef_authn accepts.
+ * KEY") or the key of an X.509 certificate, as chef_authn accepts; NULL
+ * for anything else.  A function of the text alone (fuzz/keys.c).
  */
 
-static EVP_PKEY *
+EVP_PKEY *
 ngx_pushjobs_keys_pem(ngx_log_t *log, ngx_str_t *pem)
 {
     BIO               *bio;

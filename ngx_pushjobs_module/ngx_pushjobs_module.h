@@ -321,6 +321,7 @@ ngx_int_t ngx_pushjobs_keys_store(ngx_http_request_t *r, ngx_shm_zone_t *zone,
     ngx_pushjobs_principals_t *out);
 void ngx_pushjobs_keys_forget(ngx_shm_zone_t *zone, ngx_str_t *org,
     ngx_str_t *name);
+EVP_PKEY *ngx_pushjobs_keys_pem(ngx_log_t *log, ngx_str_t *pem);
 
 /* ngx_pushjobs_pg.c */
 ngx_int_t ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,

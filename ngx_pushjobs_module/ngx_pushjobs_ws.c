@@ -770,8 +770,10 @@ ngx_pushjobs_ws_frame_done(ngx_pushjobs_ws_reader_t *rd, u_char *data,
     rd->fragmented = 0;
     rd->len = 0;
 
+    /* the payload handed out, never data: NULL for an empty message */
+
     if (frame->opcode == NGX_PUSHJOBS_WS_TEXT
-        && !ngx_pushjobs_ws_utf8(data, len))
+        && !ngx_pushjobs_ws_utf8(frame->payload.data, len))
     {
         return ngx_pushjobs_ws_error(rd, frame, NGX_PUSHJOBS_WS_INVALID,
                                      "text message is not UTF-8");

@@ -1,7 +1,7 @@
 # The agent channel's websocket layer, spoken byte by byte: the upgrade and
 # its refusals, fragmented messages with interleaved control frames, bytes
 # pipelined behind the upgrade request, the message size cap, unmasked
-# frames, replacement of an older channel.
+# frames, replacement of an older channel, an empty fragmented message.
 
 use strict;
 use warnings;
@@ -108,6 +108,26 @@ $ws->close;
 ($ws, $status) = PushJobs::WS->connect($stack, 'ghost');
 $ws->send_raw(PushJobs::WS::frame(2, "\x00\x01"));
 is $ws->read_close(10), 1003, 'binary frame: 1003';
+$ws->close;
+
+# an empty text message made of empty fragments (FIN clear, then an empty
+# continuation: the reader had no buffer, and checked UTF-8 over a NULL
+# pointer, issue 16): it is not a JSON object, 1007, and the worker lives
+($ws, $status) = PushJobs::WS->connect($stack, 'ghost',
+    extra => PushJobs::WS::frame(1, $hello));
+is $status, 101, 'reconnect for empty fragments';
+$welcome = $json->decode($ws->read_text(10) // '{}');
+is $welcome->{type}, 'welcome', '  welcomed';
+$ws->send_raw(pack('H*', '018000000000' . '808000000000'));
+is $ws->read_close(10), 1007, 'empty message from empty fragments: 1007';
+$ws->close;
+
+# the worker that read it still serves: a new channel is welcomed at once
+($ws, $status) = PushJobs::WS->connect($stack, 'ghost',
+    extra => PushJobs::WS::frame(1, $hello));
+is $status, 101, 'channel after the empty fragments';
+$welcome = $json->decode($ws->read_text(10) // '{}');
+is $welcome->{type}, 'welcome', '  welcomed';
 $ws->close;
 
 # the node goes offline once its channel is gone
