@@ -103,11 +103,12 @@ proto_send_aborted(pja_agent_t *a, const char *job_id)
 /*
  * A spooled report goes out again only if it is still the report of its
  * job: the server closes the channel (1007) on a message that is not, so
- * a damaged file would make every new channel fail the same way.
+ * a damaged file would make every new channel fail the same way.  Returns
+ * the report's text, or NULL (none, or damaged and dropped).
  */
 
-static void
-proto_resend(pja_agent_t *a, const char *job_id)
+static char *
+proto_spooled(const char *job_id)
 {
     char        *text;
     yajl_val     v;
@@ -115,7 +116,7 @@ proto_resend(pja_agent_t *a, const char *job_id)
 
     text = pja_spool_read(job_id);
     if (text == NULL) {
-        return;
+        return NULL;
     }
 
     v = pja_json_parse(text, strlen(text), &pj_json_agent_message);
@@ -129,10 +130,26 @@ proto_resend(pja_agent_t *a, const char *job_id)
         yajl_tree_free(v);
         free(text);
         pja_spool_remove(job_id);
-        return;
+        return NULL;
     }
 
     yajl_tree_free(v);
+
+    return text;
+}
+
+
+/* Sends a spooled report again: TEXT as proto_spooled() read it, or NULL. */
+
+static void
+proto_resend(pja_agent_t *a, const char *job_id, char *text)
+{
+    if (text == NULL) {
+        text = proto_spooled(job_id);
+        if (text == NULL) {
+            return;
+        }
+    }
 
     pja_log(PJA_LOG_INFO, "job %s: re-sending the spooled report", job_id);
     pja_proto_send(a, text);
@@ -163,13 +180,18 @@ pja_proto_job_exited(pja_agent_t *a, int status)
 }
 
 
-/* First frame on every channel: the jobs held, then every spooled report. */
+/*
+ * First frame on every channel: the jobs held, then every spooled report.
+ * The hello lists a report as finished only once it has been read back
+ * whole: a job listed as finished whose report then never came would wait
+ * for it.
+ */
 
 void
 pja_proto_open(pja_agent_t *a)
 {
     size_t     i, n;
-    char     **ids;
+    char     **ids, **texts;
     yajl_gen   g;
 
     a->welcomed = 0;
@@ -180,8 +202,10 @@ pja_proto_open(pja_agent_t *a)
     }
 
     ids = pja_spool_list(&n);
+    texts = n ? calloc(n, sizeof(char *)) : NULL;
 
-    if (pja_json_str(g, "agent", PJA_AGENT) != 0
+    if ((n && texts == NULL)
+        || pja_json_str(g, "agent", PJA_AGENT) != 0
         || yajl_gen_string(g, (const unsigned char *) "jobs", 4)
            != yajl_gen_status_ok
         || yajl_gen_array_open(g) != yajl_gen_status_ok)
@@ -201,6 +225,12 @@ pja_proto_open(pja_agent_t *a)
     }
 
     for (i = 0; i < n; i++) {
+        texts[i] = proto_spooled(ids[i]);
+
+        if (texts[i] == NULL) {
+            continue;
+        }
+
         if (yajl_gen_map_open(g) != yajl_gen_status_ok
             || pja_json_str(g, "job_id", ids[i]) != 0
             || pja_json_str(g, "state", "finished") != 0
@@ -218,7 +248,10 @@ pja_proto_open(pja_agent_t *a)
     g = NULL;
 
     for (i = 0; i < n; i++) {
-        proto_resend(a, ids[i]);
+        if (texts[i]) {
+            proto_resend(a, ids[i], texts[i]);
+            texts[i] = NULL;
+        }
     }
 
 failed:
@@ -228,8 +261,12 @@ failed:
     }
 
     for (i = 0; i < n; i++) {
+        if (texts) {
+            free(texts[i]);
+        }
         free(ids[i]);
     }
+    free(texts);
     free(ids);
 }
 
@@ -272,7 +309,7 @@ proto_commit(pja_agent_t *a, const char *id, yajl_val msg)
     }
 
     if (pja_spool_has(id)) {
-        proto_resend(a, id);
+        proto_resend(a, id, NULL);
         return;
     }
 
@@ -347,7 +384,7 @@ proto_abort(pja_agent_t *a, const char *id, int force)
     }
 
     if (pja_spool_has(id)) {
-        proto_resend(a, id);
+        proto_resend(a, id, NULL);
         return;
     }
 

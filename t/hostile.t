@@ -277,6 +277,12 @@ ok PushJobs::Stack::wait_for(20, sub { !-e $spooled }),
 like PushJobs::Stack::slurp($stack->dir . '/agents/node1/agent.log'),
      qr/job $known: the spooled report is damaged, dropped/, '  and says so';
 ok $stack->wait_online(['node1'], 20), '  its channel stays open';
+my ($hello) = reverse grep { /"type":"hello"/ }
+              split /\n/, PushJobs::Stack::slurp($stack->dir
+                                                  . '/agents/node1/agent.log');
+ok defined $hello && $hello !~ /$known/,
+   '  and its hello does not list the job as finished'
+    or diag $hello;
 $id = $stack->start_job({ command => 'true', nodes => ['node1'] });
 is $stack->wait_job($id, 30)->{status}, 'complete', '  and runs jobs';
 
