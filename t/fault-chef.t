@@ -248,4 +248,5 @@ is $s2->request('GET', $jobs, user => 'alice')->{status}, 200,
 
 is_deeply [ check_invariants($s2, []) ], [], 'no alert in the log';
 
+$s2->stop;
 done_testing;
