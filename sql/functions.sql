@@ -244,6 +244,9 @@ $$;
 --     reports after every reconnect until they are acked, so a duplicate
 --     is normal, not a sign of a confused agent (2.x: rehab and
 --     client_died_while_running);
+--   * a second ack_commit from a node already "ready" is the same vote
+--     sent again, a no-op without an event (2.x: quorum_vote
+--     "unexpected_commit"), so each node votes at most once;
 --   * "down" of a terminal node is a no-op (2.x: rehab); the sweeper and
 --     agent_hello() only ever pass it for new/ready/running nodes;
 --   * the node-lost timeout replaces 2.x's heartbeat decay: a node whose
@@ -289,11 +292,16 @@ BEGIN
 
         IF p_status IN ('new', 'ready') THEN
             IF p_input = 'ack_commit' THEN
+                /*
+                 * A ready node's second ack_commit is its agent sending its
+                 * answer again (it re-sends what it has not seen acted on
+                 * after a reconnect): the same vote, not a new one.  2.x
+                 * recorded it as a quorum_vote "unexpected_commit"; here it
+                 * changes nothing and makes no event, so a node votes once.
+                 */
                 IF p_status = 'new' THEN
                     new_status := 'ready';
                     vote := 'success';
-                ELSE
-                    vote := 'unexpected_commit';
                 END IF;
 
             ELSIF p_input = 'nack_commit' THEN
