@@ -4,8 +4,11 @@ package PushJobs::Fault;
 # database and the logs rather than from what the clients saw:
 #
 #   jobs_final     every job reached a final status, and so did its nodes;
-#   exactly_once   each node's result (its run_complete event) and its vote
-#                  (quorum_vote) were recorded at most once, each job ended
+#   exactly_once   each node's result (its run_complete event) was recorded
+#                  at most once, and its vote (quorum_vote success or
+#                  failure) at most once, with no quorum_vote status twice (a
+#                  node that voted may still be lost: success, then down or
+#                  lost_availibility, as in 2.x), each job ended
 #                  (job_complete) exactly once, and its event ids have no
 #                  gap;
 #   bad_log_lines  nginx logged no [alert], [emerg] or [crit], and no
@@ -68,11 +71,16 @@ sub exactly_once {
     my $in = _ids(@ids);
     my @bad;
     for my $row (split /\n/, $stack->psql('pushjobs', qq{
-            SELECT job_id, name, data::json->>'node', count(*)
+            SELECT job_id, name, data::json->>'node',
+                   string_agg(data::json->>'status', ',' ORDER BY seq)
               FROM pushjobs.job_events
              WHERE job_id IN ($in)
                AND name IN ('run_complete', 'quorum_vote')
-             GROUP BY 1, 2, 3 HAVING count(*) > 1})) {
+             GROUP BY 1, 2, 3
+            HAVING name = 'run_complete' AND count(*) > 1
+                OR count(DISTINCT data::json->>'status') < count(*)
+                OR count(*) FILTER (WHERE data::json->>'status'
+                                    IN ('success', 'failure')) > 1})) {
         push @bad, "recorded more than once: $row";
     }
     for my $row (split /\n/, $stack->psql('pushjobs', qq{
