@@ -319,6 +319,25 @@ pj_node_name_valid(const unsigned char *p, size_t len)
 }
 
 
+int
+pj_job_id_valid(const unsigned char *p, size_t len)
+{
+    size_t  i;
+
+    if (len != PJ_JOB_ID_LEN) {
+        return 0;
+    }
+
+    for (i = 0; i < len; i++) {
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f'))) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
 /*
  * Bounds, then parses; an object or "invalid JSON".  yajl_tree_parse()
  * wants a NUL-terminated string: the bound refused any NUL inside.

@@ -51,5 +51,11 @@ int pj_abort_body_check(const unsigned char *p, size_t len,
 
 int pj_node_name_valid(const unsigned char *p, size_t len);
 
+/* 1 if the len bytes at p are a job id: 32 lowercase hex digits. */
+
+#define PJ_JOB_ID_LEN  32
+
+int pj_job_id_valid(const unsigned char *p, size_t len);
+
 
 #endif /* PJ_JOB_BODY_H */

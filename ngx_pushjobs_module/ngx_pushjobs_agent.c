@@ -140,7 +140,6 @@ static size_t ngx_pushjobs_agent_output(void *value, size_t cap,
     ngx_uint_t *truncated);
 static ngx_pushjobs_agent_job_t *ngx_pushjobs_agent_job(
     ngx_pushjobs_agent_t *a, u_char *job_id, ngx_uint_t create);
-static ngx_uint_t ngx_pushjobs_agent_valid_id(ngx_str_t *id);
 static ngx_uint_t ngx_pushjobs_agent_hash(ngx_str_t *org, ngx_str_t *name);
 
 
@@ -1556,7 +1555,7 @@ ngx_pushjobs_agent_dispatch(ngx_pushjobs_agent_t *a, yajl_val msg)
     if (ngx_pushjobs_json_string(ngx_pushjobs_json_get(msg, "job_id"),
                                  &job_id)
         != NGX_OK
-        || !ngx_pushjobs_agent_valid_id(&job_id))
+        || !pj_job_id_valid(job_id.data, job_id.len))
     {
         ngx_log_error(NGX_LOG_INFO, a->log, 0,
                       "pushjobs: agent \"%V\" of \"%V\" sent a message "
@@ -1647,7 +1646,7 @@ ngx_pushjobs_agent_hello(ngx_pushjobs_agent_t *a, void *msg)
             if (ngx_pushjobs_json_string(ngx_pushjobs_json_get(job, "job_id"),
                                          &id)
                 != NGX_OK
-                || !ngx_pushjobs_agent_valid_id(&id)
+                || !pj_job_id_valid(id.data, id.len)
                 || ngx_pushjobs_json_string(ngx_pushjobs_json_get(job,
                                                                   "state"),
                                             &state)
@@ -1932,27 +1931,6 @@ ngx_pushjobs_agent_job(ngx_pushjobs_agent_t *a, u_char *job_id,
     ngx_memcpy(free->id, job_id, NGX_PUSHJOBS_JOB_ID_LEN);
 
     return free;
-}
-
-
-static ngx_uint_t
-ngx_pushjobs_agent_valid_id(ngx_str_t *id)
-{
-    ngx_uint_t  i;
-
-    if (id->len != NGX_PUSHJOBS_JOB_ID_LEN) {
-        return 0;
-    }
-
-    for (i = 0; i < id->len; i++) {
-        if (!((id->data[i] >= '0' && id->data[i] <= '9')
-              || (id->data[i] >= 'a' && id->data[i] <= 'f')))
-        {
-            return 0;
-        }
-    }
-
-    return 1;
 }
 
 

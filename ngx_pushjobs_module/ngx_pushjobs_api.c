@@ -159,7 +159,6 @@ static ngx_int_t ngx_pushjobs_api_not_found(ngx_http_request_t *r);
 static ngx_int_t ngx_pushjobs_api_add_header(ngx_http_request_t *r,
     ngx_list_t *headers, const char *name, ngx_str_t *value);
 static ngx_uint_t ngx_pushjobs_api_valid_name(ngx_str_t *name);
-static ngx_uint_t ngx_pushjobs_api_valid_id(ngx_str_t *id);
 static ngx_uint_t ngx_pushjobs_api_valid_event_id(ngx_str_t *id);
 
 
@@ -1584,7 +1583,7 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
      * that can exist (a byte that is not UTF-8 would be a database error).
      */
 
-    if (ctx->id.len && !ngx_pushjobs_api_valid_id(&ctx->id)) {
+    if (ctx->id.len && !pj_job_id_valid(ctx->id.data, ctx->id.len)) {
         return ngx_pushjobs_api_not_found(r);
     }
 
@@ -2358,29 +2357,6 @@ ngx_pushjobs_api_valid_name(ngx_str_t *name)
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
               || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'
               || c == '@'))
-        {
-            return 0;
-        }
-    }
-
-    return 1;
-}
-
-
-/* A job id: 32 lowercase hex digits. */
-
-static ngx_uint_t
-ngx_pushjobs_api_valid_id(ngx_str_t *id)
-{
-    ngx_uint_t  i;
-
-    if (id->len != NGX_PUSHJOBS_JOB_ID_LEN) {
-        return 0;
-    }
-
-    for (i = 0; i < id->len; i++) {
-        if (!((id->data[i] >= '0' && id->data[i] <= '9')
-              || (id->data[i] >= 'a' && id->data[i] <= 'f')))
         {
             return 0;
         }
