@@ -785,6 +785,14 @@ ngx_pushjobs_api_chef_get(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
         ctx->chef_timer.data = r;
         ctx->chef_timer.log = r->connection->log;
 
+        /*
+         * Not cancelable, as the proxy's own timers of the subrequest are
+         * not: a worker told to exit waits for it (pushjobs_chef_timeout at
+         * most) and answers the request, rather than exit with the request
+         * and its upstream connection open.
+         */
+        ctx->chef_timer.cancelable = 0;
+
         ctx->chef_deadline = ngx_current_msec + pmcf->chef_timeout;
         ctx->chef_armed = 1;
     }

@@ -22,6 +22,13 @@
 #include <openssl/rand.h>
 
 
+/*
+ * How long an exiting worker waits for the PostgreSQL queries it has
+ * queued or sent, before it closes their connections.
+ */
+#define NGX_PUSHJOBS_EXIT_TIME  5000
+
+
 static void *ngx_pushjobs_create_main_conf(ngx_conf_t *cf);
 static char *ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_pushjobs_create_loc_conf(ngx_conf_t *cf);
@@ -41,6 +48,8 @@ static ngx_int_t ngx_pushjobs_incarnation(ngx_conf_t *cf,
     ngx_pushjobs_main_conf_t *pmcf);
 static void ngx_pushjobs_free_key(void *data);
 static ngx_int_t ngx_pushjobs_init_process(ngx_cycle_t *cycle);
+static void ngx_pushjobs_exiting(ngx_uint_t now);
+static void ngx_pushjobs_exit_timeout(ngx_event_t *ev);
 static void ngx_pushjobs_exit_process(ngx_cycle_t *cycle);
 
 
@@ -885,11 +894,27 @@ ngx_pushjobs_init_process(ngx_cycle_t *cycle)
 
     if (ngx_pushjobs_pg_init(w, ngx_pushjobs_job_notify,
                              ngx_pushjobs_job_connected,
-                             ngx_pushjobs_store_owner_regained)
+                             ngx_pushjobs_store_owner_regained,
+                             ngx_pushjobs_exiting)
         != NGX_OK)
     {
         return NGX_ERROR;
     }
+
+    /*
+     * The one timer that is not cancelable (STYLE.md: "every timer
+     * cancelable"), and only while it is set: from the worker's exit until
+     * its last PostgreSQL query has completed, at most
+     * NGX_PUSHJOBS_EXIT_TIME.  nginx ends a worker that has only cancelable
+     * timers left at once, whatever connections it still holds; without
+     * this one, a request waiting on a query would be dropped with its
+     * socket ("open socket left"), and the last writes (channels going
+     * offline) would be lost.
+     */
+
+    ngx_pushjobs_init_timer(&w->exit_ev, ngx_pushjobs_exit_timeout, w,
+                            w->log);
+    w->exit_ev.cancelable = 0;
 
     ngx_pushjobs_init_timer(&w->sweep_ev, ngx_pushjobs_job_sweep, w, w->log);
     ngx_add_timer(&w->sweep_ev, pmcf->sweep_interval
@@ -906,6 +931,90 @@ ngx_pushjobs_init_process(ngx_cycle_t *cycle)
 }
 
 
+/*
+ * The worker exits (reload, graceful stop).  The first call, when nginx
+ * closes the idle connections, stops notifications and writes what agents
+ * did; the queries of requests in progress and those writes run on.  The
+ * exit is held while any query is outstanding, and released as soon as
+ * none is.
+ */
+
+static void
+ngx_pushjobs_exiting(ngx_uint_t now)
+{
+    ngx_msec_int_t          left;
+    ngx_pushjobs_worker_t  *w;
+
+    w = ngx_pushjobs_worker;
+
+    if (w == NULL || w->exit_done || !ngx_exiting) {
+        return;
+    }
+
+    if (now) {
+        ngx_pushjobs_exit_timeout(&w->exit_ev);
+        return;
+    }
+
+    if (!w->exiting) {
+        w->exiting = 1;
+        w->exit_deadline = ngx_current_msec + NGX_PUSHJOBS_EXIT_TIME;
+
+        ngx_pushjobs_pg_unlisten();
+        ngx_pushjobs_store_flush();
+    }
+
+    if (!ngx_pushjobs_pg_busy()) {
+        if (w->exit_ev.timer_set) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, w->log, 0,
+                           "pushjobs: no query outstanding, exit released");
+            ngx_del_timer(&w->exit_ev);
+        }
+
+        return;
+    }
+
+    if (!w->exit_ev.timer_set) {
+        left = (ngx_msec_int_t) (w->exit_deadline - ngx_current_msec);
+        ngx_add_timer(&w->exit_ev, left > 0 ? (ngx_msec_t) left : 1);
+    }
+}
+
+
+/*
+ * The exit's bound has passed (or worker_shutdown_timeout wants everything
+ * closed now): the connections are closed cleanly, and what still waited
+ * for PostgreSQL fails (a request gets 503).
+ */
+
+static void
+ngx_pushjobs_exit_timeout(ngx_event_t *ev)
+{
+    ngx_pushjobs_worker_t  *w;
+
+    w = ev->data;
+
+    if (w->exit_done) {
+        return;
+    }
+
+    w->exit_done = 1;
+
+    if (w->exit_ev.timer_set) {
+        ngx_del_timer(&w->exit_ev);
+    }
+
+    if (ngx_pushjobs_pg_busy()) {
+        ngx_log_error(NGX_LOG_WARN, w->log, 0,
+                      "pushjobs: %ui postgres queries still outstanding "
+                      "as the worker exits, closing their connections",
+                      ngx_pushjobs_pg_busy());
+    }
+
+    ngx_pushjobs_pg_stop();
+}
+
+
 static void
 ngx_pushjobs_exit_process(ngx_cycle_t *cycle)
 {
@@ -914,6 +1023,12 @@ ngx_pushjobs_exit_process(ngx_cycle_t *cycle)
     w = ngx_pushjobs_worker;
     if (w == NULL) {
         return;
+    }
+
+    w->exit_done = 1;
+
+    if (w->exit_ev.timer_set) {
+        ngx_del_timer(&w->exit_ev);
     }
 
     ngx_pushjobs_agent_close_all();

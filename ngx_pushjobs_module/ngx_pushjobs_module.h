@@ -235,6 +235,12 @@ typedef struct {
 typedef void (*ngx_pushjobs_pg_handler_pt)(void *data, PGresult *res);
 typedef void (*ngx_pushjobs_pg_notify_pt)(ngx_str_t *payload);
 typedef void (*ngx_pushjobs_pg_connected_pt)(void);
+/*
+ * While the worker exits: called when nginx asks it to close its idle
+ * connections ("now": worker_shutdown_timeout, everything at once) and
+ * whenever a query is queued or completes.
+ */
+typedef void (*ngx_pushjobs_pg_exiting_pt)(ngx_uint_t now);
 
 
 /* Whom to tell about the outcome of a batched write (ngx_pushjobs_store.c). */
@@ -264,6 +270,12 @@ struct ngx_pushjobs_worker_s {
 
     ngx_event_t                 sweep_ev;
     ngx_event_t                 owner_ev;
+
+    /* the exit: held while queries are outstanding, up to exit_deadline */
+    ngx_event_t                 exit_ev;
+    ngx_msec_t                  exit_deadline;
+    unsigned                    exiting:1;
+    unsigned                    exit_done:1;
 
     void                       *presence;
     void                       *inputs;
@@ -326,8 +338,11 @@ EVP_PKEY *ngx_pushjobs_keys_pem(ngx_log_t *log, ngx_str_t *pem);
 /* ngx_pushjobs_pg.c */
 ngx_int_t ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,
     ngx_pushjobs_pg_notify_pt notify, ngx_pushjobs_pg_connected_pt connected,
-    ngx_pushjobs_pg_connected_pt regained);
+    ngx_pushjobs_pg_connected_pt regained, ngx_pushjobs_pg_exiting_pt exiting);
 void ngx_pushjobs_pg_done(ngx_pushjobs_worker_t *w);
+void ngx_pushjobs_pg_stop(void);
+void ngx_pushjobs_pg_unlisten(void);
+ngx_uint_t ngx_pushjobs_pg_busy(void);
 ngx_pushjobs_pg_query_t *ngx_pushjobs_pg_query(const char *sql,
     ngx_uint_t nparams, ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler,
     void *data);
@@ -418,6 +433,7 @@ void ngx_pushjobs_job_sweep(ngx_event_t *ev);
 /* ngx_pushjobs_store.c */
 ngx_int_t ngx_pushjobs_store_init(ngx_pushjobs_worker_t *w);
 void ngx_pushjobs_store_done(void);
+void ngx_pushjobs_store_flush(void);
 void ngx_pushjobs_store_presence(ngx_str_t *org, ngx_str_t *node,
     uint64_t session, ngx_uint_t online);
 ngx_int_t ngx_pushjobs_store_input(ngx_pushjobs_store_item_t *item,

@@ -30,6 +30,14 @@
  * returned: queries are sent from a posted event, so a send that fails
  * cannot call the handler of a caller that is still setting up its state
  * (or that the handler would free).
+ *
+ * The connections are marked idle, so that a worker told to exit (reload,
+ * graceful stop) calls their read handler with c->close set, as it does for
+ * every idle connection: that is where this worker learns that it exits.
+ * The LISTEN connection is closed then; queries queued or running go on,
+ * and the "exiting" callback hears of every change, so that the worker's
+ * exit waits for them, bounded (ngx_pushjobs_module.c).  libpq's sockets
+ * are closed by PQfinish() only, never by nginx.
  */
 
 
@@ -115,6 +123,7 @@ struct ngx_pushjobs_pg_s {
     ngx_pushjobs_pg_notify_pt   notify;
     ngx_pushjobs_pg_connected_pt  connected;
     ngx_pushjobs_pg_connected_pt  regained;
+    ngx_pushjobs_pg_exiting_pt  exiting;
 
     ngx_uint_t                  stopping;
 };
@@ -148,6 +157,7 @@ static void ngx_pushjobs_pg_set_down(ngx_pushjobs_pg_t *pg,
     ngx_pushjobs_pg_conn_t *pc);
 static void ngx_pushjobs_pg_set_up(ngx_pushjobs_pg_t *pg);
 static void ngx_pushjobs_pg_catch_up(ngx_pushjobs_pg_t *pg);
+static void ngx_pushjobs_pg_stop_all(ngx_pushjobs_pg_t *pg);
 static ngx_pushjobs_pg_query_t *ngx_pushjobs_pg_enqueue(const char *sql,
     ngx_uint_t nparams, ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler,
     void *data, ngx_uint_t barrier);
@@ -162,7 +172,7 @@ static char  ngx_pushjobs_pg_listen_sql[] = "LISTEN " NGX_PUSHJOBS_PG_CHANNEL;
 ngx_int_t
 ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,
     ngx_pushjobs_pg_notify_pt notify, ngx_pushjobs_pg_connected_pt connected,
-    ngx_pushjobs_pg_connected_pt regained)
+    ngx_pushjobs_pg_connected_pt regained, ngx_pushjobs_pg_exiting_pt exiting)
 {
     ngx_uint_t                 i;
     ngx_pushjobs_pg_t         *pg;
@@ -180,6 +190,7 @@ ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,
     pg->notify = notify;
     pg->connected = connected;
     pg->regained = regained;
+    pg->exiting = exiting;
     pg->nconns = pmcf->pool_size;
 
     /* NUL-terminated copies for libpq */
@@ -240,10 +251,7 @@ ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,
 void
 ngx_pushjobs_pg_done(ngx_pushjobs_worker_t *w)
 {
-    ngx_uint_t                i;
-    ngx_queue_t              *qu;
-    ngx_pushjobs_pg_t        *pg;
-    ngx_pushjobs_pg_query_t  *q;
+    ngx_pushjobs_pg_t  *pg;
 
     pg = w->pg;
     if (pg == NULL) {
@@ -252,12 +260,52 @@ ngx_pushjobs_pg_done(ngx_pushjobs_worker_t *w)
 
     pg->stopping = 1;
 
-    /* what the exit queued (the channels going offline) is sent, as before */
+    /*
+     * What a worker that stops at once (SIGTERM) queued in its last moments
+     * (the channels going offline) is sent before the connections close;
+     * a graceful exit has waited for its queries already.
+     */
 
     if (pg->dispatch_ev.posted) {
         ngx_delete_posted_event(&pg->dispatch_ev);
         ngx_pushjobs_pg_dispatch(pg);
     }
+
+    ngx_pushjobs_pg_stop_all(pg);
+
+    ngx_pushjobs_pg = NULL;
+    w->pg = NULL;
+}
+
+
+/*
+ * Closes every connection now and fails what is queued or running (the
+ * handlers get NULL); nothing is queued after it.  A worker whose exit
+ * waited for PostgreSQL as long as it may.
+ */
+
+void
+ngx_pushjobs_pg_stop(void)
+{
+    ngx_pushjobs_pg_t  *pg;
+
+    pg = ngx_pushjobs_pg;
+    if (pg == NULL) {
+        return;
+    }
+
+    pg->stopping = 1;
+
+    ngx_pushjobs_pg_stop_all(pg);
+}
+
+
+static void
+ngx_pushjobs_pg_stop_all(ngx_pushjobs_pg_t *pg)
+{
+    ngx_uint_t                i;
+    ngx_queue_t              *qu;
+    ngx_pushjobs_pg_query_t  *q;
 
     for (i = 0; i < pg->nconns; i++) {
         ngx_pushjobs_pg_close(&pg->conns[i], 0);
@@ -280,9 +328,55 @@ ngx_pushjobs_pg_done(ngx_pushjobs_worker_t *w)
     if (pg->dispatch_ev.posted) {
         ngx_delete_posted_event(&pg->dispatch_ev);
     }
+}
 
-    ngx_pushjobs_pg = NULL;
-    w->pg = NULL;
+
+/*
+ * The worker exits: no more notifications.  Closing the LISTEN connection
+ * ends its LISTEN at once, without a query to wait for.
+ */
+
+void
+ngx_pushjobs_pg_unlisten(void)
+{
+    ngx_pushjobs_pg_t  *pg;
+
+    pg = ngx_pushjobs_pg;
+
+    if (pg == NULL || pg->listener.state == NGX_PUSHJOBS_PG_CLOSED) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, pg->log, 0,
+                  "pushjobs: postgres listen connection closed, the worker "
+                  "exits");
+
+    ngx_pushjobs_pg_close(&pg->listener, 0);
+}
+
+
+/* Queries queued or running: what an exiting worker waits for. */
+
+ngx_uint_t
+ngx_pushjobs_pg_busy(void)
+{
+    ngx_uint_t          i, n;
+    ngx_pushjobs_pg_t  *pg;
+
+    pg = ngx_pushjobs_pg;
+    if (pg == NULL) {
+        return 0;
+    }
+
+    n = pg->nqueued;
+
+    for (i = 0; i < pg->nconns; i++) {
+        if (pg->conns[i].state == NGX_PUSHJOBS_PG_BUSY) {
+            n++;
+        }
+    }
+
+    return n;
 }
 
 
@@ -395,14 +489,24 @@ ngx_pushjobs_pg_enqueue(const char *sql, ngx_uint_t nparams,
 
     pg->nqueued++;
 
-    /* sent at the end of this turn of the event loop, see above */
+    /*
+     * Sent at the end of this turn of the event loop, see above.  What a
+     * worker queues while it is told to exit (its channels going offline,
+     * after the turn's posted events have run) goes at the start of the
+     * next turn, which then does not wait for an event.
+     */
 
     if (!pg->dispatch_ev.posted) {
-        ngx_post_event(&pg->dispatch_ev, &ngx_posted_events);
+        ngx_post_event(&pg->dispatch_ev, ngx_exiting ? &ngx_posted_next_events
+                                                     : &ngx_posted_events);
     }
 
     if (!pg->queue_ev.timer_set) {
         ngx_add_timer(&pg->queue_ev, 1000);
+    }
+
+    if (ngx_exiting && pg->exiting) {
+        pg->exiting(0);
     }
 
     return q;
@@ -642,6 +746,9 @@ ngx_pushjobs_pg_wrap(ngx_pushjobs_pg_conn_t *pc)
     c->read->cancelable = 1;
     c->write->cancelable = 1;
 
+    /* asked to close when the worker exits, see above */
+    c->idle = 1;
+
     pc->c = c;
     pc->want_write = 0;
 
@@ -801,7 +908,14 @@ ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t retry)
         ngx_pushjobs_pg_finish(q, NULL);
     }
 
-    if (!retry || pg->stopping || ngx_exiting || ngx_terminate) {
+    /*
+     * An exiting worker still reconnects its query connections, for the
+     * queries it waits for (its retry timer is cancelable: it holds
+     * nothing), never the LISTEN connection.
+     */
+
+    if (!retry || pg->stopping || ngx_terminate || (ngx_exiting && pc->listen))
+    {
         return;
     }
 
@@ -922,7 +1036,7 @@ ngx_pushjobs_pg_retry_handler(ngx_event_t *ev)
 
     pc = ev->data;
 
-    if (pc->pg->stopping || ngx_exiting || ngx_terminate) {
+    if (pc->pg->stopping || ngx_terminate || (ngx_exiting && pc->listen)) {
         return;
     }
 
@@ -954,6 +1068,22 @@ ngx_pushjobs_pg_read_handler(ngx_event_t *ev)
 
     c = ev->data;
     pc = c->data;
+
+    if (c->close) {
+        /*
+         * The worker exits: ngx_close_idle_connections(), or (c->error)
+         * worker_shutdown_timeout, which wants everything closed now.  The
+         * connection stays ours; it is closed once nothing is outstanding.
+         */
+
+        c->close = 0;
+
+        if (pc->pg->exiting) {
+            pc->pg->exiting(c->error);
+        }
+
+        return;
+    }
 
     if (pc->state == NGX_PUSHJOBS_PG_CONNECTING) {
         ngx_pushjobs_pg_connect_poll(pc);
@@ -1184,6 +1314,12 @@ ngx_pushjobs_pg_finish(ngx_pushjobs_pg_query_t *q, PGresult *res)
     }
 
     ngx_free(q);
+
+    /* an exiting worker may be waiting for this one */
+
+    if (ngx_exiting && pg && pg->exiting) {
+        pg->exiting(0);
+    }
 }
 
 

@@ -149,6 +149,37 @@ ngx_pushjobs_store_done(void)
 }
 
 
+/*
+ * The worker exits: what agents did (their channels going offline, their
+ * last results) is written now, a batch waiting for its retry included.
+ * A batch in flight is followed by what came since when it completes; the
+ * worker's exit waits for both (ngx_pushjobs_module.c).
+ */
+
+void
+ngx_pushjobs_store_flush(void)
+{
+    ngx_uint_t             i;
+    ngx_pushjobs_batch_t  *b[3];
+
+    b[0] = ngx_pushjobs_presence;
+    b[1] = ngx_pushjobs_inputs;
+    b[2] = ngx_pushjobs_hellos;
+
+    for (i = 0; i < 3; i++) {
+        if (b[i] == NULL) {
+            continue;
+        }
+
+        if (b[i]->retry.timer_set) {
+            ngx_del_timer(&b[i]->retry);
+        }
+
+        ngx_pushjobs_batch_flush(b[i]);
+    }
+}
+
+
 /* {"org":"…","node":"…","session":N,"online":true} */
 
 void

@@ -17,7 +17,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
 use PushJobs::Stack;
-use PushJobs::Fault qw(check_invariants timed);
+use PushJobs::Fault qw(check_invariants timed worker_pids);
 
 my $TIMEOUT = 2;        # pushjobs_chef_timeout
 my $MARGIN = 3;         # seconds a loaded machine may add
@@ -165,6 +165,55 @@ for my $mode (qw(down hang error garbage notfound)) {
 
     $stack->stop_agent('node3');
     PushJobs::Stack::wait_for(10, sub { !defined presence()->{node3} });
+}
+
+# The Chef API hung when nginx reloads.  The old worker that waits on it
+# for a request's group stays until pushjobs_chef_timeout and answers 504;
+# if the Chef API answers first, the request goes on to PostgreSQL, which
+# the exiting worker still waits for: 200.  Either way the worker then
+# exits with nothing left open (no [alert] "open socket left in
+# connection", its upstream connection to the Chef API included).
+my $chef_log = "$stack->{dir}/chef/access.log";
+my $hung = sub { scalar(() = PushJobs::Stack::slurp($chef_log) =~ /FAULT hang/g) };
+
+for my $late (1, 0) {
+    my $what = $late ? 'hang at reload' : 'hang at reload, answered in time';
+    my $before = $hung->();
+    my @old = worker_pids($stack);
+    $stack->chef_fault('hang');
+    my $req = $stack->request_async('GET', $jobs, user => 'alice');
+    ok PushJobs::Stack::wait_for(10, sub { $hung->() > $before }, 0.05),
+        "$what: a request waits on the Chef API";
+    my $off = length $stack->error_log;
+    kill 'HUP', $stack->{procs}{'nginx:fe1'};
+    if (!$late) {
+        ok PushJobs::Stack::wait_for(5, sub {
+            () = substr($stack->error_log, $off) =~ /gracefully shutting down/g;
+        }, 0.05), "$what: the old workers are shutting down";
+        $stack->chef_fault('ok');
+    }
+    my $res = $req->result($TIMEOUT + $MARGIN + 5);
+    if ($late) {
+        is $res && $res->{status}, 504, "$what: 504" or diag explain $res;
+        like $res && $res->{json}{error}[0] // '',
+            qr/^Failed to connect to erchef to get group '[^']+': timed out$/,
+            '  the Chef server did not answer in time';
+        cmp_ok $res ? $res->{took} : 99, '<=', $TIMEOUT + $MARGIN,
+            sprintf('  within the bound (%.2f s)', $res ? $res->{took} : -1);
+        $stack->chef_fault('ok');
+    } else {
+        is $res && $res->{status}, 200, "$what: 200" or diag explain $res;
+    }
+    ok PushJobs::Stack::wait_for(10, sub {
+        my %old = map { $_ => 1 } @old;
+        my @w = worker_pids($stack);
+        @w == 2 && !grep { $old{$_} } @w;
+    }, 0.1), '  the old workers exited';
+    is_deeply [ grep { /\[(alert|crit|emerg)\]/ }
+                split /\n/, substr($stack->error_log, $off) ], [],
+        '  no [alert] (open socket left)';
+    is $stack->request('GET', $jobs, user => 'alice')->{status}, 200,
+        "$what, then ok: alice reads the jobs";
 }
 
 is_deeply [ check_invariants($stack, \@ids) ], [],

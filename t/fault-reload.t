@@ -122,8 +122,9 @@ is_deeply [ map { $_->{event} } $orgfeed->events ],
 $orgfeed->close;
 
 # an agent that cannot reconnect (stopped) is offline at once after a
-# reload: its old worker, ending cleanly, says so before it exits (twice:
-# whether that write gets out is a race with the worker's exit)
+# reload: its old worker, ending cleanly, writes its last presence batch
+# (the channels it closed) before it exits, even behind a batch in flight
+# (twice)
 my $off;
 for my $try (1, 2) {
     my $n = $nodes[ $try % @nodes ];
@@ -138,22 +139,102 @@ for my $try (1, 2) {
         @w == 2 && !grep { $old{$_} } @w;
     }, 0.1), "reload with $n stopped (SIGSTOP): the old workers exited";
     my $state;
-    my $offline = PushJobs::Stack::wait_for(3, sub {
+    ok PushJobs::Stack::wait_for(3, sub {
         my $res = $s->request('GET', "$base/node_states/$n");
         $state = $res->{json};
         $state && $state->{status} eq 'offline';
-    }, 0.1);
-    {
-        local $TODO = 'an exiting worker may drop its last presence batch '
-                      . '(ngx_pushjobs_pg_done() aborts it): the node then '
-                      . 'stays online until its old owner is overdue (20 s)';
-        ok $offline, "  $n is offline within 3 s" or diag explain $state;
-    }
+    }, 0.1), "  $n is offline within 3 s: its old worker wrote it before "
+             . 'it exited' or diag explain $state;
     kill 'CONT', $pid;
     ok $s->wait_online([$n], 20), "  continued, $n is back";
 }
 ok wait_reconnected($s, \@nodes, $off, 20),
     'every agent is back, on a new worker';
+
+# A request that waits on PostgreSQL when nginx reloads: its old worker
+# holds its exit while the query is outstanding, at most 5 s, and answers
+# it -- 201 when PostgreSQL answers in time, else 503 with the contract's
+# body -- then exits with nothing left open (no [alert] "open socket left
+# in connection").  A lock on the jobs table holds create_job() back.
+sub lock_jobs {
+    open(my $fh, '|-', 'psql', '-X', '-q', '-o', '/dev/null', '-h',
+         '127.0.0.1', '-p', $s->{pg_port}, '-U', 'pushjobs', '-d', 'pushjobs')
+        or die "psql: $!";
+    my $old = select $fh; $| = 1; select $old;
+    print $fh "SET application_name = 'fault-lock-jobs';\nBEGIN;\n"
+              . "LOCK TABLE pushjobs.jobs IN SHARE MODE;\n";
+    PushJobs::Stack::wait_for(10, sub {
+        $s->psql('pushjobs', "SELECT count(*) FROM pg_stat_activity WHERE "
+                 . "application_name = 'fault-lock-jobs' AND "
+                 . "state = 'idle in transaction'") == 1 }, 0.1)
+        or die 'jobs table not locked';
+    return $fh;
+}
+
+# the pid of the worker whose create_job() waits on the lock, or undef
+sub waiting_post {
+    my ($port) = $s->psql('pushjobs', "SELECT client_port FROM "
+        . "pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+        . "query LIKE '%create_job%'") =~ /^(\d+)$/m or return undef;
+    return PushJobs::Fault::port_worker($s, $port, $s->{pg_port});
+}
+
+for my $case ([ 'answered in time', 201 ], [ 'not answered', 503 ]) {
+    my ($what, $want) = @$case;
+    my $lock = lock_jobs();
+    my $cmd = $want == 201 ? 'echo in-time' : 'echo too-late';
+    my $req = $s->request_async('POST', "$base/jobs",
+        body => { command => $cmd, nodes => [ $nodes[0] ] });
+    my $pid;
+    ok PushJobs::Stack::wait_for(10, sub { $pid = waiting_post() }, 0.05),
+        "reload, PostgreSQL $what: a POST waits on PostgreSQL (worker "
+        . ($pid // '?') . ')';
+    my $off = length $s->error_log;
+    my $t0 = time;
+    kill 'HUP', $master;
+    ok PushJobs::Stack::wait_for(10, sub {
+        substr($s->error_log, $off) =~ /\b$pid#\d+: gracefully shutting down/
+    }, 0.05), '  its worker is shutting down';
+    my $gone = sub { !grep { $_ == $pid } worker_pids($s) };
+    if ($want == 201) {
+        ok !PushJobs::Stack::wait_for(1, $gone, 0.05),
+            '  and waits for the query (still there 1 s later)';
+        print $lock "COMMIT;\n";
+        close $lock;
+    }
+    my $res = $req->result(15);
+    is $res && $res->{status}, $want, "  the POST is answered $want"
+        or diag explain $res;
+    if ($want == 201) {
+        push @ids, my $id = substr($res->{json}{uri} // '', -32);
+        is +($s->wait_job($id, 30) // {})->{status}, 'complete',
+            '  its job runs';
+    } else {
+        is_deeply $res && $res->{json},
+            { error => ['the push jobs database is not available'] },
+            '  with the contract\'s body';
+        my $t = $res ? $res->{at} - $t0 : -1;
+        ok $t > 4 && $t < 8,
+            sprintf('  after the exit\'s bound of 5 s (%.2f s)', $t);
+    }
+    ok PushJobs::Stack::wait_for(3, $gone, 0.05),
+        '  its worker exits once the query is answered';
+    if ($want == 503) {
+        # the abandoned statement still runs once the lock is gone, as any
+        # statement whose connection was lost after it was sent: if it
+        # commits, its job must run as any other
+        print $lock "COMMIT;\n";
+        close $lock;
+        ok PushJobs::Stack::wait_for(10, sub { !defined waiting_post() },
+                                     0.1), '  the lock released';
+        push @ids, split /\n/, $s->psql('pushjobs', "SELECT id FROM "
+            . "pushjobs.jobs WHERE command = '$cmd'");
+    }
+    is_deeply [ PushJobs::Fault::bad_log_lines($s) ], [],
+        '  no [alert] (open socket left), [crit] or worker death';
+    ok wait_reconnected($s, \@nodes, $off, 20, not => [ $pid ]),
+        '  every agent is back, on a new worker';
+}
 
 # A worker that (re)connects its LISTEN channel after a reload or an outage
 # dispatches the commits of every voting job again (recent_jobs()), from a

@@ -195,8 +195,15 @@ sub wait_channels {
 # workers' descriptors; undef when none does (yet).
 sub socket_worker {
     my ($stack, $sock, $fe) = @_;
-    my $port = $stack->port($fe);
     my $cport = $sock->sockport or return undef;
+    return port_worker($stack, $stack->port($fe), $cport, $fe);
+}
+
+# The worker of front end FE holding the TCP socket from local port PORT to
+# remote port PEER (a connection to PostgreSQL: PORT its
+# pg_stat_activity.client_port, PEER the server's); undef if none.
+sub port_worker {
+    my ($stack, $port, $cport, $fe) = @_;
     my $want = sprintf ':%04X', $port;
     my $peer = sprintf ':%04X', $cport;
     my $inode;

@@ -714,6 +714,18 @@ sub sign {
 #         fe => 'fe2')
 sub request {
     my ($self, $method, $path, %a) = @_;
+    my ($url, $opt) = $self->request_args($method, $path, %a);
+    my $res = $self->http->request($method, $url, $opt);
+
+    $res->{json} = eval { $JSON->decode($res->{content}) }
+        if ($res->{headers}{'content-type'} // '') =~ /json/;
+    return $res;
+}
+
+# The URL and HTTP::Tiny options of request(): signed here, in the
+# process that owns the signer.
+sub request_args {
+    my ($self, $method, $path, %a) = @_;
     my $body = $a{body};
     $body = $JSON->encode($body) if ref $body;
     $body //= '';
@@ -739,14 +751,39 @@ sub request {
     %h = (%h, %{ $a{headers} }) if $a{headers};
     delete @h{ grep { !defined $h{$_} } keys %h };
 
-    my $res = $self->http->request($method, $self->url($a{fe}) . $path, {
+    return ($self->url($a{fe}) . $path, {
         headers => \%h,
         (length $body ? (content => $body) : ()),
     });
+}
 
-    $res->{json} = eval { $JSON->decode($res->{content}) }
-        if ($res->{headers}{'content-type'} // '') =~ /json/;
-    return $res;
+# request_async(METHOD, PATH, ...): request()'s arguments; the request is
+# signed at once and sent by a child process, so that the test can act
+# (reload nginx, release a lock) while it waits.  Returns a handle for
+# PushJobs::Stack::Async::result.
+sub request_async {
+    my ($self, $method, $path, %a) = @_;
+    my ($url, $opt) = $self->request_args($method, $path, %a);
+    pipe(my $r, my $w) or croak "pipe: $!";
+    my $t0 = time;
+    my $pid = fork // croak "fork: $!";
+    if ($pid == 0) {
+        close $r;
+        # a connection of its own, not one the parent's client keeps alive
+        my $http = HTTP::Tiny->new(%{ $self->http }{qw(timeout verify_SSL
+                                                      SSL_options agent)});
+        my $res = eval { $http->request($method, $url, $opt) }
+                  // { status => 599, content => "$@" };
+        print $w $JSON->encode({ status => $res->{status},
+                                 headers => $res->{headers},
+                                 content => $res->{content},
+                                 at => time });
+        close $w;
+        POSIX::_exit(0);
+    }
+    close $w;
+    return bless { pid => $pid, fh => $r, t0 => $t0 },
+                 'PushJobs::Stack::Async';
 }
 
 # POST a job as alice; returns the job id.
@@ -975,5 +1012,46 @@ sub stop {
 }
 
 sub DESTROY { $_[0]->stop }
+
+package PushJobs::Stack::Async;
+
+use Carp qw(croak);
+use IO::Select;
+use POSIX ();
+use Time::HiRes qw(time);
+
+# result(TIMEOUT): the response of request_async() as request() returns it,
+# plus {took}, seconds from the call to the response; undef if none came
+# within TIMEOUT seconds (the child is then killed).
+sub result {
+    my ($self, $timeout) = @_;
+    return $self->{res} if $self->{res};
+    my $deadline = time + $timeout;
+    my $sel = IO::Select->new($self->{fh});
+    my ($buf, $eof) = ('', 0);
+    while (!$eof && (my $left = $deadline - time) > 0) {
+        $sel->can_read($left) or next;
+        my $n = sysread $self->{fh}, $buf, 65536, length $buf;
+        croak "read: $!" unless defined $n;
+        $eof = $n == 0;
+    }
+    # the child exits right after it has written the response
+    kill 'KILL', $self->{pid} unless $eof;
+    waitpid $self->{pid}, 0;
+    delete $self->{pid};
+    return undef unless $eof;
+    my $res = eval { PushJobs::Stack::json()->decode($buf) } or return undef;
+    $res->{took} = $res->{at} - $self->{t0};
+    $res->{json} = eval { PushJobs::Stack::json()->decode($res->{content}) }
+        if ($res->{headers}{'content-type'} // '') =~ /json/;
+    return $self->{res} = $res;
+}
+
+sub DESTROY {
+    my ($self) = @_;
+    return if $self->{res} || !$self->{pid};
+    kill 'KILL', $self->{pid};
+    waitpid $self->{pid}, 0;
+}
 
 1;
