@@ -14,7 +14,8 @@
 name "pushjobs-ctl"
 description "pushjobs-ctl and the pushjobs sqitch plan"
 default_version "local_source"
-license :project_license
+license "Apache-2.0"
+license_file "LICENSE"
 skip_transitive_dependency_licensing true
 
 source path: File.expand_path("../../..", __dir__),
