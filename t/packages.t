@@ -90,7 +90,7 @@ sub field {
 }
 
 SKIP: {
-    skip 'no module package', 5 unless $mod && -f $mod;
+    skip 'no module package', 6 unless $mod && -f $mod;
     my $c = contents($mod);
     ok $c->{'/usr/lib/nginx/modules/ngx_pushjobs_module.so'},
         'module in /usr/lib/nginx/modules';
@@ -98,6 +98,8 @@ SKIP: {
         'load snippet in modules-available';
     ok $c->{'/usr/share/pushjobs/migrations/sqitch.plan'},
         'the sqitch plan ships with the module';
+    ok $c->{'/usr/share/pushjobs/sql/functions.sql'},
+        'with sql/, where its changes\' "\\ir ../../sql/..." find it';
 
     my $abi = '';
     if (open my $fh, '<', '/usr/share/nginx/src/debian/libnginx-mod.abisubstvars') {

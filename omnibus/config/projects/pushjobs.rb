@@ -11,7 +11,8 @@
 name "pushjobs"
 maintainer "pushjobs developers <dev@pushjobs.invalid>"
 homepage "https://github.com/pushjobs/pushjobs"
-license "Unspecified"
+license "Apache-2.0"
+license_file "LICENSE"
 
 install_dir "/opt/pushjobs"
 build_version "0.1.0"

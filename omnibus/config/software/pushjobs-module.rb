@@ -33,7 +33,8 @@
 name "pushjobs-module"
 description "ngx_pushjobs_module for the Chef Infra Server's OpenResty"
 default_version "local_source"
-license :project_license
+license "Apache-2.0"
+license_file "LICENSE"
 skip_transitive_dependency_licensing true
 
 # This repository (omnibus/config/software -> ../../..).
