@@ -124,27 +124,41 @@ ngx_pushjobs_store_init(ngx_pushjobs_worker_t *w)
 }
 
 
-void
-ngx_pushjobs_store_done(void)
+/*
+ * The worker's batches (presence, inputs, hellos) into b[3], each with its
+ * retry timer stopped; NULL for one not set up.
+ */
+
+static void
+ngx_pushjobs_store_batches(ngx_pushjobs_batch_t **b)
 {
-    ngx_uint_t             i;
-    ngx_pushjobs_batch_t  *b[3];
+    ngx_uint_t  i;
 
     b[0] = ngx_pushjobs_presence;
     b[1] = ngx_pushjobs_inputs;
     b[2] = ngx_pushjobs_hellos;
 
     for (i = 0; i < 3; i++) {
-        if (b[i] == NULL) {
-            continue;
-        }
-
-        if (b[i]->retry.timer_set) {
+        if (b[i] != NULL && b[i]->retry.timer_set) {
             ngx_del_timer(&b[i]->retry);
         }
+    }
+}
 
-        ngx_pushjobs_batch_release(&b[i]->pending);
-        ngx_pushjobs_batch_release(&b[i]->flight);
+
+void
+ngx_pushjobs_store_done(void)
+{
+    ngx_uint_t             i;
+    ngx_pushjobs_batch_t  *b[3];
+
+    ngx_pushjobs_store_batches(b);
+
+    for (i = 0; i < 3; i++) {
+        if (b[i] != NULL) {
+            ngx_pushjobs_batch_release(&b[i]->pending);
+            ngx_pushjobs_batch_release(&b[i]->flight);
+        }
     }
 }
 
@@ -162,20 +176,12 @@ ngx_pushjobs_store_flush(void)
     ngx_uint_t             i;
     ngx_pushjobs_batch_t  *b[3];
 
-    b[0] = ngx_pushjobs_presence;
-    b[1] = ngx_pushjobs_inputs;
-    b[2] = ngx_pushjobs_hellos;
+    ngx_pushjobs_store_batches(b);
 
     for (i = 0; i < 3; i++) {
-        if (b[i] == NULL) {
-            continue;
+        if (b[i] != NULL) {
+            ngx_pushjobs_batch_flush(b[i]);
         }
-
-        if (b[i]->retry.timer_set) {
-            ngx_del_timer(&b[i]->retry);
-        }
-
-        ngx_pushjobs_batch_flush(b[i]);
     }
 }
 
