@@ -214,10 +214,13 @@ my %do = (
         my ($t, $res) = timed(sub {
             $s->request('POST', "$base/jobs", body => $job) });
         # a keepalive connection its worker closed (reload) or lost (kill)
-        # just as the request went out on it: no response, so no job; a
-        # client sends it again on a new connection (counted as retried)
+        # just as the request went out on it, or a worker killed while it
+        # answered: no response (the job may exist or not; the invariants
+        # count jobs from the database); a client sends it again on a new
+        # connection (counted as retried)
         if ($res->{status} == 599 && time - $front_fault < 2
-            && $res->{content} =~ /closed by remote server|reset by peer/)
+            && $res->{content}
+               =~ /closed by remote server|reset by peer|SSL read error/)
         {
             $post{'599, retried'}++;
             my ($t2, $res2) = timed(sub {
