@@ -326,7 +326,19 @@ $final{$_}++ for split /\n/, $s->psql('pushjobs',
 my $id = eval { $s->start_job({ command => 'true', nodes => \@nodes }) };
 my $job = $id ? $s->wait_job($id, 30) : undef;
 is_deeply $job && $job->{nodes}, { succeeded => [ sort @nodes ] },
-    'a last job runs on every agent' or diag explain $job;
+    'a last job runs on every agent' or do {
+    diag explain $job;
+    # what each agent that did not succeed said last (why it refused)
+    for my $n (@nodes) {
+        my $st = (grep { grep { $_ eq $n } @{ $job->{nodes}{$_} } }
+                  keys %{ ($job // {})->{nodes} // {} })[0] // '?';
+        next if $st eq 'succeeded';
+        open my $fh, '<', "$s->{dir}/agents/$n/agent.log" or next;
+        my @l = <$fh>;
+        diag "$n ($st), agent.log ends:\n", @l[ ($#l > 30 ? $#l - 30 : 0)
+                                                 .. $#l ];
+    }
+};
 
 diag sprintf('seed %d: %.0f s of faults: %s%s; %d jobs (%s); POST: %s; '
              . 'slowest POST %.2f s (%.2f s during PostgreSQL/Chef faults; '
