@@ -269,7 +269,8 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
 
     ngx_pushjobs_agent_register(a);
 
-    ngx_pushjobs_store_presence(&a->org, &a->name, a->session, 1);
+    ngx_pushjobs_store_presence(&a->org, &a->name, a->session,
+                                NGX_PUSHJOBS_PRESENCE_ONLINE);
 
     ngx_log_error(NGX_LOG_INFO, c->log, 0,
                   "pushjobs: agent \"%V\" of \"%V\" connected, session %uL",
@@ -355,7 +356,8 @@ ngx_pushjobs_agent_open_poll(ngx_str_t *org, ngx_str_t *node,
 
     ngx_pushjobs_agent_register(a);
 
-    ngx_pushjobs_store_presence(&a->org, &a->name, a->session, 1);
+    ngx_pushjobs_store_presence(&a->org, &a->name, a->session,
+                                NGX_PUSHJOBS_PRESENCE_ONLINE);
 
     ngx_log_error(NGX_LOG_INFO, a->log, 0,
                   "pushjobs: agent \"%V\" of \"%V\" connected by long-poll, "
@@ -731,7 +733,8 @@ ngx_pushjobs_agent_republish(void)
          n = ngx_rbtree_next(&w->agents, n))
     {
         a = (ngx_pushjobs_agent_t *) n;
-        ngx_pushjobs_store_presence(&a->org, &a->name, a->session, 1);
+        ngx_pushjobs_store_presence(&a->org, &a->name, a->session,
+                                NGX_PUSHJOBS_PRESENCE_ONLINE);
     }
 }
 
@@ -884,7 +887,15 @@ ngx_pushjobs_agent_detach(ngx_pushjobs_agent_t *a)
 
     ngx_pushjobs_agent_unregister(a);
 
-    ngx_pushjobs_store_presence(&a->org, &a->name, a->session, 0);
+    /*
+     * A worker leaving on a reload hands its channels over: their agents
+     * reconnect to the new workers within about a second, and a job posted
+     * meanwhile counts on them (its commit goes with their hello) rather
+     * than failing its quorum.  The node shows offline all the same.
+     */
+    ngx_pushjobs_store_presence(&a->org, &a->name, a->session,
+                                ngx_exiting ? NGX_PUSHJOBS_PRESENCE_HANDOVER
+                                            : NGX_PUSHJOBS_PRESENCE_OFFLINE);
 
     if (a->ping.timer_set) {
         ngx_del_timer(&a->ping);

@@ -32,6 +32,16 @@
 #define NGX_PUSHJOBS_OWNER_BEAT        5000
 #define NGX_PUSHJOBS_OWNER_TIMEOUT     20000
 
+/*
+ * A channel's presence (ngx_pushjobs_store_presence()).  A worker leaving
+ * on a reload hands its channels over: new jobs count on their nodes for
+ * HANDOVER_TIME while their agents reconnect to the new workers.
+ */
+#define NGX_PUSHJOBS_PRESENCE_OFFLINE  0
+#define NGX_PUSHJOBS_PRESENCE_ONLINE   1
+#define NGX_PUSHJOBS_PRESENCE_HANDOVER 2
+#define NGX_PUSHJOBS_HANDOVER_TIME     10000
+
 /* What a location serves (the "pushjobs" and "pushjobs_status" directives). */
 #define NGX_PUSHJOBS_LOC_API           1
 #define NGX_PUSHJOBS_LOC_STATUS        2
@@ -435,7 +445,7 @@ ngx_int_t ngx_pushjobs_store_init(ngx_pushjobs_worker_t *w);
 void ngx_pushjobs_store_done(void);
 void ngx_pushjobs_store_flush(void);
 void ngx_pushjobs_store_presence(ngx_str_t *org, ngx_str_t *node,
-    uint64_t session, ngx_uint_t online);
+    uint64_t session, ngx_uint_t state);
 ngx_int_t ngx_pushjobs_store_input(ngx_pushjobs_store_item_t *item,
     ngx_str_t *json);
 ngx_int_t ngx_pushjobs_store_hello(ngx_pushjobs_store_item_t *item,

@@ -186,13 +186,16 @@ ngx_pushjobs_store_flush(void)
 }
 
 
-/* {"org":"…","node":"…","session":N,"online":true} */
+/*
+ * {"org":"…","node":"…","session":N,"online":true}, or offline, with
+ * "handover_ms" when a worker leaving on a reload closed the channel.
+ */
 
 void
 ngx_pushjobs_store_presence(ngx_str_t *org, ngx_str_t *node,
-    uint64_t session, ngx_uint_t online)
+    uint64_t session, ngx_uint_t state)
 {
-    u_char  *p, buf[2 * 6 * NGX_PUSHJOBS_NAME_MAX + NGX_INT64_LEN + 64];
+    u_char  *p, buf[2 * 6 * NGX_PUSHJOBS_NAME_MAX + 2 * NGX_INT64_LEN + 128];
 
     if (ngx_pushjobs_presence == NULL
         || org->len > NGX_PUSHJOBS_NAME_MAX
@@ -205,8 +208,15 @@ ngx_pushjobs_store_presence(ngx_str_t *org, ngx_str_t *node,
     p = ngx_pushjobs_store_name(p, org);
     p = ngx_cpymem(p, ",\"node\":", sizeof(",\"node\":") - 1);
     p = ngx_pushjobs_store_name(p, node);
-    p = ngx_sprintf(p, ",\"session\":%uL,\"online\":%s}", session,
-                    online ? "true" : "false");
+    p = ngx_sprintf(p, ",\"session\":%uL,\"online\":%s", session,
+                    state == NGX_PUSHJOBS_PRESENCE_ONLINE ? "true" : "false");
+
+    if (state == NGX_PUSHJOBS_PRESENCE_HANDOVER) {
+        p = ngx_sprintf(p, ",\"handover_ms\":%M",
+                        (ngx_msec_t) NGX_PUSHJOBS_HANDOVER_TIME);
+    }
+
+    *p++ = '}';
 
     (void) ngx_pushjobs_batch_append(ngx_pushjobs_presence, buf, p - buf,
                                      NULL);

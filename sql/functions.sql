@@ -104,6 +104,26 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 
+-- The nodes a new job can count on: those online, and those whose channel
+-- a worker leaving on a reload closed moments ago (presence_update()'s
+-- handover), whose agents are reconnecting to the new workers: they get
+-- the job's commit with their hello.  One that does not come back is lost
+-- as any node whose channel went away (sweep(), node_lost_timeout).
+CREATE OR REPLACE FUNCTION pushjobs.available_nodes(p_org text,
+    p_owner_timeout_ms integer)
+RETURNS TABLE (node_name text)
+LANGUAGE sql STABLE AS $$
+    SELECT o.node_name
+      FROM pushjobs.online_nodes(p_org, p_owner_timeout_ms) o
+    UNION
+    SELECT p.node_name
+      FROM pushjobs.presence p
+     WHERE p.org = p_org
+       AND NOT p.online
+       AND p.handover_until > now()
+$$;
+
+
 CREATE OR REPLACE FUNCTION pushjobs.commit_message(p_job pushjobs.jobs)
 RETURNS text
 LANGUAGE sql STABLE AS $$
@@ -445,7 +465,8 @@ $$;
 
 
 -- Creates a job from a validated POST body (the module checks every field
--- first).  Nodes without a live channel are unavailable at once, as in 2.x.
+-- first).  Nodes without a live channel are unavailable at once, as in 2.x,
+-- but for those being handed over by a reload (available_nodes()).
 CREATE OR REPLACE FUNCTION pushjobs.create_job(p_org text, p_requestor text,
     p_body jsonb, p_default_run_timeout integer, p_voting_timeout_ms integer,
     p_owner_timeout_ms integer)
@@ -486,7 +507,7 @@ BEGIN
            CASE WHEN o.node_name IS NULL THEN 'unavailable'
                 ELSE 'new' END::pushjobs.node_status
       FROM unnest(v_nodes) AS u(node)
-      LEFT JOIN pushjobs.online_nodes(p_org, p_owner_timeout_ms) o
+      LEFT JOIN pushjobs.available_nodes(p_org, p_owner_timeout_ms) o
              ON o.node_name = u.node;
 
     PERFORM pushjobs.emit(v_id, p_org, 'start',
@@ -1137,7 +1158,8 @@ BEGIN
     FOR r IN
         SELECT e.v ->> 'org' AS org, e.v ->> 'node' AS node,
                (e.v ->> 'session')::bigint AS session,
-               (e.v ->> 'online')::boolean AS online
+               (e.v ->> 'online')::boolean AS online,
+               (e.v ->> 'handover_ms')::integer AS handover_ms
           FROM jsonb_array_elements(p_changes) WITH ORDINALITY AS e(v, ord)
          ORDER BY e.v ->> 'org', e.v ->> 'node', e.ord
     LOOP
@@ -1158,11 +1180,16 @@ BEGIN
             VALUES (r.org, r.node, p_owner, r.session, true)
             ON CONFLICT (org, node_name) DO UPDATE
                SET owner = excluded.owner, session = excluded.session,
-                   online = true, changed_at = now();
+                   online = true, changed_at = now(), handover_until = NULL;
 
         ELSE
+            -- "handover_ms": closed by a worker leaving on a reload, its
+            -- agent reconnecting elsewhere (see available_nodes())
             UPDATE pushjobs.presence
-               SET online = false, changed_at = now()
+               SET online = false, changed_at = now(),
+                   handover_until = CASE WHEN r.handover_ms > 0
+                       THEN now() + LEAST(r.handover_ms, 60000)
+                                    * interval '1 millisecond' END
              WHERE org = r.org AND node_name = r.node
                AND owner = p_owner AND session = r.session AND online;
         END IF;

@@ -116,6 +116,9 @@ CREATE TABLE pushjobs.presence (
     session          bigint NOT NULL,
     online           boolean NOT NULL,
     changed_at       timestamptz NOT NULL DEFAULT now(),
+    -- offline, closed by a worker leaving on a reload: new jobs count on
+    -- the node until then (presence_handover)
+    handover_until   timestamptz,
     PRIMARY KEY (org, node_name)
 );
 

@@ -145,8 +145,17 @@ for my $try (1, 2) {
         $state && $state->{status} eq 'offline';
     }, 0.1), "  $n is offline within 3 s: its old worker wrote it before "
              . 'it exited' or diag explain $state;
+    # a job posted now, its agent still away, counts on it (the old worker
+    # handed its channel over): the commit goes with its hello
+    my $job = $try == 1 && $s->start_job({ command => 'echo handover',
+                                           nodes => [ $n ] });
     kill 'CONT', $pid;
     ok $s->wait_online([$n], 20), "  continued, $n is back";
+    if ($job) {
+        push @ids, $job;
+        is +($s->wait_job($job, 30) // {})->{status}, 'complete',
+            "  a job posted while $n was away (handed over) ran on it";
+    }
 }
 ok wait_reconnected($s, \@nodes, $off, 20),
     'every agent is back, on a new worker';
