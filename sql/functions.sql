@@ -1116,27 +1116,32 @@ $$;
 
 
 -- Jobs a worker must catch up on after (re)connecting its LISTEN channel:
--- the active ones, those stopped recently, and running ones with nodes
--- still to be aborted.
+-- the active ones, and a "stop" for every job, running or ended recently,
+-- that has a node whose agent may still hold it: told to abort (nodes
+-- aborted, lost, timed out in voting or running, was_ready) and the abort
+-- perhaps never sent.  A node that reported its result (succeeded, failed)
+-- or refused the job (nacked) holds nothing, so a job whose nodes all did
+-- needs no stop; a job whose commit no agent answered yet (voting) gets its
+-- commit again, which is all its nodes need.
 CREATE OR REPLACE FUNCTION pushjobs.recent_jobs()
 RETURNS TABLE (org text, job_id text, kind text)
 LANGUAGE sql STABLE AS $$
     SELECT j.org, j.id,
-           CASE j.status WHEN 'voting' THEN 'commit'
-                         WHEN 'running' THEN 'run'
-                         ELSE 'stop' END
+           CASE j.status WHEN 'voting' THEN 'commit' ELSE 'run' END
       FROM pushjobs.jobs j
-     WHERE j.status IN ('new', 'voting', 'running')
-        OR (j.updated_at > now() - interval '10 minutes'
-            AND j.status IN ('quorum_failed', 'timed_out', 'crashed',
-                             'aborted'))
+     WHERE j.status IN ('voting', 'running')
     UNION ALL
     SELECT j.org, j.id, 'stop'
       FROM pushjobs.jobs j
-     WHERE j.status = 'running'
+     WHERE (j.status = 'running'
+            OR (j.status NOT IN ('new', 'voting')
+                AND j.updated_at > now() - interval '10 minutes'))
        AND EXISTS (SELECT 1 FROM pushjobs.job_nodes n
-                    WHERE n.job_id = j.id AND n.abort_requested
-                      AND n.status IN ('ready', 'running'))
+                    WHERE n.job_id = j.id
+                      AND (n.abort_requested
+                           OR n.status NOT IN ('new', 'ready', 'running',
+                                               'succeeded', 'failed',
+                                               'nacked')))
 $$;
 
 

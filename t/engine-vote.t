@@ -14,6 +14,7 @@ use Test::More;
 use PushJobs::Stack;
 use PushJobs::WS;
 use PushJobs::Engine;
+use PushJobs::Fault qw(listen_cut listen_restore);
 
 my $json = PushJobs::Stack::json();
 
@@ -293,6 +294,24 @@ for my $channel ('a channel with an abort pending', 'a new channel') {
     is $stack->wait_job($_, 10)->{status}, 'quorum_failed',
         '  the refused ones fail their quorum' for @three[1, 2];
 }
+
+# a stop the workers missed: a node times out in voting (rehab: abort)
+# while the LISTEN connections are down, so that neither the abort nor the
+# others' run reaches a worker; once they listen again they catch up on
+# both (recent_jobs()), else the silent node's agent would hold the commit
+# of a job that went on without it (and nack every job as busy)
+$id = $stack->start_job({ command => 'true', nodes => [ 'ghost', $n2 ],
+                          quorum => 1 });
+ok expect($g, 'commit', $id), 'a stop missed: ghost got the commit';
+wait_nodes($id, { new => ['ghost'], ready => [$n2] });
+my $cut = listen_cut($stack);
+ok $cut, '  the LISTEN connections cut';
+is_deeply wait_nodes($id, { unavailable => ['ghost'], ready => [$n2] }),
+    { unavailable => ['ghost'], ready => [$n2] },
+    '  ghost timed out in voting, its abort and the run unsent';
+ok listen_restore($stack, $cut), '  the workers listen again';
+ok expect($g, 'abort', $id, 15), '  ghost is told to abort';
+is $stack->wait_job($id, 15)->{status}, 'complete', '  and the job runs';
 
 $g->close;
 $p3->close;

@@ -34,7 +34,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time sleep);
 use PushJobs::Stack;
-use PushJobs::Fault qw(check_invariants timed);
+use PushJobs::Fault qw(check_invariants timed listen_cut listen_restore);
 
 my $OWNER_TIMEOUT = 20;       # seconds, NGX_PUSHJOBS_OWNER_TIMEOUT
 my $REST_BOUND = 2;           # a 503 within ~1 s, with a margin for 2 cores
@@ -205,30 +205,16 @@ like $s->error_log, qr/postgres is unreachable/,
 
 # --- the LISTEN connections lost, the query pool up ------------------------
 
-sub su { my $out = $s->psql('postgres', $_[0], 'pushjobs'); chomp $out; $out }
-
-my $listeners = "SELECT pid FROM pg_stat_activity
-                  WHERE datname = 'pushjobs' AND usename = 'pushjobs'
-                    AND query = 'LISTEN pushjobs'";
-is su("SELECT count(*) FROM ($listeners) l"), 2, 'listen: one LISTEN connection per worker';
-
-# no connection of the role beyond those there now, less the listeners
-# (the postgres superuser is not counted)
-my $conns = su("SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = 'pushjobs' AND usename = 'pushjobs'");
-su('ALTER DATABASE pushjobs CONNECTION LIMIT ' . ($conns - 2));
-su("SELECT pg_terminate_backend(pid) FROM ($listeners) l");
-ok wait_for(10, sub { su("SELECT count(*) FROM ($listeners) l") == 0 }, 0.1),
-    'listen: both are gone, and cannot come back';
+is PushJobs::Fault::listen_count($s), 2,
+    'listen: one LISTEN connection per worker';
+ok listen_cut($s), 'listen: both are gone, and cannot come back';
 
 $id = $s->start_job({ command => 'true', nodes => \@nodes });
 push @ids, $id;
 ok !wait_for(3, sub { ($s->job($id) // {})->{status} ne 'voting' }, 0.2),
     'listen: a job posted meanwhile waits: its NOTIFY reached no worker';
 
-su('ALTER DATABASE pushjobs CONNECTION LIMIT -1');
-ok wait_for(15, sub { su("SELECT count(*) FROM ($listeners) l") == 2 }, 0.1),
-    'listen: the workers LISTEN again';
+ok listen_restore($s, 2), 'listen: the workers LISTEN again';
 $job = $s->wait_job($id, 20);
 is $job->{status}, 'complete',
     'listen: they catch up: the job runs, long before its voting timeout'

@@ -30,7 +30,8 @@ use Time::HiRes qw(time);
 
 our @EXPORT_OK = qw(jobs_final exactly_once bad_log_lines timed
                     check_invariants worker_pids agent_workers socket_worker
-                    kill_worker wait_reconnected wait_channels);
+                    kill_worker wait_reconnected wait_channels
+                    listen_cut listen_restore);
 
 my $FINAL_JOB = q{('complete','quorum_failed','timed_out','crashed','aborted')};
 my $ACTIVE_NODE = q{('new','ready','running')};
@@ -170,6 +171,44 @@ sub wait_reconnected {
         return 0 if grep { !$w->{$_} || $not{ $w->{$_} } } @$names;
         return $w;
     }, 0.1);
+}
+
+# The workers' LISTEN connections lost, and kept from reconnecting, while
+# their query connections stay up: what a worker misses then (NOTIFYs), it
+# must catch up on (recent_jobs()) once it listens again.  A connection
+# limit on the database keeps new connections of the role out (the
+# postgres superuser is not counted).  Returns how many were cut; true.
+my $LISTENERS = "SELECT pid FROM pg_stat_activity
+                  WHERE datname = 'pushjobs' AND usename = 'pushjobs'
+                    AND query = 'LISTEN pushjobs'";
+
+sub _su {
+    my ($stack, $sql) = @_;
+    my $out = $stack->psql('postgres', $sql, 'pushjobs');
+    chomp $out;
+    return $out;
+}
+
+sub listen_count { _su($_[0], "SELECT count(*) FROM ($LISTENERS) l") }
+
+sub listen_cut {
+    my ($stack) = @_;
+    my $n = listen_count($stack);
+    my $conns = _su($stack, "SELECT count(*) FROM pg_stat_activity
+                    WHERE datname = 'pushjobs' AND usename = 'pushjobs'");
+    _su($stack, 'ALTER DATABASE pushjobs CONNECTION LIMIT ' . ($conns - $n));
+    _su($stack, "SELECT pg_terminate_backend(pid) FROM ($LISTENERS) l");
+    PushJobs::Stack::wait_for(10, sub { listen_count($stack) == 0 }, 0.1)
+        or return undef;
+    return $n;
+}
+
+# Lets the LISTEN connections back; true once N of them listen again.
+sub listen_restore {
+    my ($stack, $n, $timeout) = @_;
+    _su($stack, 'ALTER DATABASE pushjobs CONNECTION LIMIT -1');
+    return PushJobs::Stack::wait_for($timeout // 15,
+        sub { listen_count($stack) == $n }, 0.1);
 }
 
 # Waits until every node of NAMES has a channel online, per the database,
