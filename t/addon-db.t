@@ -163,7 +163,10 @@ sub chef_tree {
     my $root = "$dir/$name";
     my $ngx = "$root/var/opt/opscode/nginx";
     make_path("$root/etc/opscode", "$root/etc/pushjobs", "$ngx/etc/addon.d",
-              "$ngx/logs");
+              "$ngx/logs", "$root/opt/opscode");
+    # what chef-server-ctl version reads (omnibus's version manifest)
+    spew("$root/opt/opscode/version-manifest.json",
+         $json->encode({ build_version => '15.10.91' }), 0644);
     spew("$root/etc/opscode/chef-server-running.json", $json->encode({
         private_chef => {
             api_fqdn => 'localhost', insecure_addon_compat => JSON::PP::false,
@@ -232,7 +235,7 @@ my $root = chef_tree('cs', { vip => '127.0.0.1', db_superuser => 'postgres',
                              external => JSON::PP::false },
                      secrets => \%store, settings => "db_pool_size 2\n");
 my $ngx = "$root/var/opt/opscode/nginx";
-my $up = "$ngx/etc/addon.d/40-pushjobs_upstreams.conf";
+my $up = "$ngx/etc/pushjobs/enabled/pushjobs_http.conf";
 my $sec = "$root/etc/opscode/pushjobs-secrets.json";
 my $key = "$root/etc/pushjobs/chef-superuser.pem";
 my $chef_store = sha256_hex(slurp("$root/etc/opscode/private-chef-secrets.json"));
@@ -392,7 +395,7 @@ like $out, qr/granted role pushjobs_ext to chefadmin/,
     "it grants the new role to Chef's superuser";
 like $out, qr/created database pushjobs_ext/, 'so that it can create its database';
 like $out, qr/deployed the schema/, 'and the plan is deployed';
-my $eup = slurp("$ext/var/opt/opscode/nginx/etc/addon.d/40-pushjobs_upstreams.conf");
+my $eup = slurp("$ext/var/opt/opscode/nginx/etc/pushjobs/enabled/pushjobs_http.conf");
 like $eup, qr/"host=localhost port=$pgport /, 'the module connects by host name';
 unlike $eup, qr/hostaddr/, 'with no resolved address pinned';
 ($rc, $out) = ctl($ext, 'reconfigure');

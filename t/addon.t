@@ -1,11 +1,19 @@
 # The Chef server add-on: omnibus/bin/pushjobs-ctl turns push jobs on in a
-# directory tree laid out like a Chef Infra Server (nginx.conf with Chef's
-# addon.d includes, chef-server-running.json, private-chef-secrets.json,
-# pivotal.pem), with the stack's PostgreSQL as the Chef server's and the
-# Chef API stand-in as erchef (upstream opscode_erchef).  nginx runs from
-# that tree; after reconfigure it serves a job end to end; a second
-# reconfigure changes nothing; a module built for another nginx is refused
-# at nginx -t and rolled back; disable gives the tree back as it was.
+# directory tree laid out like a Chef Infra Server 15.10.x: nginx.conf and
+# chef_https_lb.conf rendered from templates shaped like Chef's own (main
+# context without any include, Chef's error_page to @errorrespfilter, the
+# addon.d includes in their real contexts) by a stand-in for the nginx part
+# of chef-server-ctl reconfigure that instance_evals chef-server.rb as Chef
+# does (t/fixtures/chef-server), a veil v2 credential store, the version
+# manifest, a leftover Push Jobs 2.x snippet; the stack's PostgreSQL as the
+# Chef server's and the Chef API stand-in as erchef.  (The superuser's
+# password over TCP, sqitch as Chef calls it and external PostgreSQL are
+# t/addon-db.t's.)  After reconfigure a job runs end to end; then Chef
+# renders nginx.conf again (with and without an operator's
+# worker_processes), the Chef server "upgrades" to an nginx the module does
+# not fit and back, and push jobs is disabled: after each, nginx restarted,
+# a plain Chef API request still answers, and push jobs is on or says why
+# it is off.
 
 use strict;
 use warnings;
@@ -20,6 +28,8 @@ use File::Copy qw(copy);
 use File::Find qw(find);
 use File::Path qw(make_path);
 use PushJobs::Stack;
+use PushJobs::ChefSecrets;
+use PushJobs::Fault qw(worker_pids);
 
 my $CTL = "$PushJobs::Stack::ROOT/omnibus/bin/pushjobs-ctl";
 my $NGINX = $PushJobs::Stack::DYNAMIC_NGINX;
@@ -63,12 +73,15 @@ $stack->psql('postgres', 'DROP ROLE pushjobs');
 # --- the Chef server tree -------------------------------------------------
 
 make_path("$root/etc/opscode", "$root/etc/pushjobs", "$ngx/etc/addon.d",
-          "$ngx/etc/nginx.d", "$ngx/ca", "$ngx/tmp", $logs);
+          "$ngx/etc/nginx.d", "$ngx/ca", "$ngx/tmp", "$ngx/html", $logs,
+          "$root/opt/opscode", "$root/opt/pushjobs/embedded/lib");
 chmod 0755, $root;
 
 my $port = PushJobs::Stack::free_port();
 my $json = JSON::PP->new->canonical->pretty;
 
+spew("$root/opt/opscode/version-manifest.json",
+     $json->encode({ build_version => '15.10.91' }), 0644);
 spew("$root/etc/opscode/chef-server-running.json", $json->encode({
     private_chef => {
         api_fqdn => 'localhost',
@@ -79,71 +92,44 @@ spew("$root/etc/opscode/chef-server-running.json", $json->encode({
         'opscode-erchef' => { vip => '127.0.0.1', port => $stack->{chef_port} },
     },
 }), 0600);
-spew("$root/etc/opscode/private-chef-secrets.json", $json->encode({
+PushJobs::ChefSecrets::write_veil("$root/etc/opscode/private-chef-secrets.json", {
     postgresql => { db_superuser_password => 'trusted-locally-here' },
-    'opscode_erchef' => { sql_password => 'not-ours' },
-}), 0600);
+    opscode_erchef => { sql_password => 'not-ours' },
+});
 copy($stack->user_key('pivotal'), "$root/etc/opscode/pivotal.pem") or die $!;
 chmod 0600, "$root/etc/opscode/pivotal.pem";
 copy("$dir/tls/server.crt", "$ngx/ca/localhost.crt") or die $!;
 copy("$dir/tls/server.key", "$ngx/ca/localhost.key") or die $!;
 
-# The shape of Chef's nginx.conf (private-chef cookbook): upstreams,
-# addon.d/*_upstreams.conf in http{}, *_external.conf inside the API
-# server{} before its catch-all location, nginx.d/*.conf last.
-spew($conf, <<"EOF", 0644);
-worker_processes 2;
-error_log $logs/error.log info;
-pid $ngx/nginx.pid;
-daemon off;
+# an operator's chef-server.rb
+spew("$root/etc/opscode/chef-server.rb", <<'EOF', 0644);
+api_fqdn 'localhost'
+nginx['client_max_body_size'] = '250m'
+EOF
 
-events {
-  worker_connections 1024;
-}
-
-http {
-  server_tokens off;
-  access_log $logs/access.log;
-  client_body_temp_path $ngx/tmp/client_body;
-  proxy_temp_path $ngx/tmp/proxy;
-  fastcgi_temp_path $ngx/tmp/fastcgi;
-  uwsgi_temp_path $ngx/tmp/uwsgi;
-  scgi_temp_path $ngx/tmp/scgi;
-
-  upstream opscode_erchef {
-    server 127.0.0.1:$stack->{chef_port};
-    keepalive 8;
-  }
-
-  # Include upstream definitions for addons
-  include $ngx/etc/addon.d/*_upstreams.conf;
-
-  # Chef HTTPS API
-  server {
-    listen 127.0.0.1:$port ssl;
-    server_name localhost;
-    ssl_certificate $ngx/ca/localhost.crt;
-    ssl_certificate_key $ngx/ca/localhost.key;
-    client_max_body_size 250m;
-
-    proxy_set_header Host \$host;
-    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    proxy_set_header X-Forwarded-Proto https;
-    proxy_read_timeout 300;
-
-    # Include external routes for addons
-    include $ngx/etc/addon.d/*_external.conf;
-
-    location / {
-      proxy_pass http://opscode_erchef;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-
-  include $ngx/etc/nginx.d/*.conf;
+# Push Jobs 2.x's addon.d file, left behind: its location takes the same
+# routes (among regex locations the first one wins)
+my $leftover = "$ngx/etc/addon.d/10-push_jobs_external.conf";
+spew($leftover, <<'EOF', 0644);
+location ~ "^/organizations/([^/]+)/pushy/" {
+    return 200 "opscode-pushy-server 2.x\n";
 }
 EOF
+
+# The module as the package installs it (the test replaces it, to play an
+# nginx it does not fit, by rename: the running nginx keeps its mapping).
+my $module = "$root/opt/pushjobs/embedded/lib/ngx_pushjobs_module.so";
+copy($PushJobs::Stack::DYNAMIC_MODULE, $module) or die $!;
+
+# The nginx part of chef-server-ctl reconfigure: render (restart: below).
+my $RENDER = "$PushJobs::Stack::ROOT/t/fixtures/chef-server/"
+           . 'chef-server-ctl-reconfigure.rb';
+sub chef_render {
+    my $out = `ruby $RENDER $root 2>&1`;
+    die "chef-server-ctl reconfigure stand-in failed: $out" if $?;
+    return $out;
+}
+chef_render();
 
 spew("$root/etc/pushjobs/pushjobs.rb", <<'EOF', 0644);
 # pushjobs settings (test)
@@ -170,7 +156,7 @@ sub listing {
 sub ctl {
     my (@args) = @_;
     my @cmd = ($^X, $CTL, '--root', $root,
-               '--module', $PushJobs::Stack::DYNAMIC_MODULE,
+               '--module', $module,
                '--migrations', "$PushJobs::Stack::ROOT/migrations",
                '--nginx-bin', $NGINX,
                '--nginx-reload-cmd', "kill -HUP \$(cat $ngx/nginx.pid)",
@@ -194,11 +180,40 @@ sub status_of {
 
 # --- the Chef server's nginx, before push jobs ---------------------------
 
+# What a Chef API client sees: erchef's /_status, through nginx.
+sub chef_api_ok {
+    my $res = $stack->http->get($stack->url . '/_status');
+    return $res->{status} == 200;
+}
+
+# Who answers the /pushy/ routes: us (an unsigned request gets the
+# module's error), the 2.x leftover, or erchef.
+sub pushy_route {
+    my $res = $stack->http->get($stack->url . '/organizations/demo/pushy/jobs');
+    return 'push jobs 2.x' if $res->{content} =~ /opscode-pushy-server/;
+    return 'pushjobs' if $res->{status} =~ /^40[01]$/
+                         && !$res->{headers}{'x-errorrespfilter'}
+                         && $res->{content} =~ /"error"/;
+    return "other $res->{status}";
+}
+
+sub start_nginx {
+    $stack->spawn('nginx:fe1', "$logs/stdout.log", $NGINX, '-c', $conf);
+    return PushJobs::Stack::wait_for(20, sub { status_of() ne 'down' });
+}
+
+# component_runit_service[nginx] :restart, after Chef rendered nginx.conf
+sub chef_restart {
+    $stack->stop_nginx('fe1');
+    return start_nginx();
+}
+
 $stack->{fe}{fe1} = { port => $port, error_log => "$logs/error.log" };
-$stack->spawn('nginx:fe1', "$logs/stdout.log", $NGINX, '-c', $conf);
-ok PushJobs::Stack::wait_for(20, sub { status_of() ne 'down' }),
-    'the Chef server nginx is up' or diag slurp("$logs/stdout.log");
+ok start_nginx(), 'the Chef server nginx is up'
+    or diag slurp("$logs/stdout.log");
+ok chef_api_ok(), 'the Chef API answers through it';
 is status_of(), 'other 404', 'no push jobs before reconfigure';
+is pushy_route(), 'push jobs 2.x', 'the 2.x leftover has the /pushy/ routes';
 
 my $before = listing();
 
@@ -213,19 +228,24 @@ like $out, qr/created role pushjobs/, 'it created the role';
 like $out, qr/created database pushjobs/, 'it created the database';
 like $out, qr/deployed the schema/, 'it deployed the sqitch plan';
 like $out, qr/reloaded nginx/, 'it reloaded nginx';
+like $out, qr/warning: \Q$leftover\E is Push Jobs 2\.x's/,
+    'it warns of the 2.x leftover';
 
-my $up = "$ngx/etc/addon.d/40-pushjobs_upstreams.conf";
-my $ext = "$ngx/etc/addon.d/40-pushjobs_external.conf";
+my $pj = "$ngx/etc/pushjobs/enabled";
+my $up = "$pj/pushjobs_http.conf";
+my $ext = "$pj/pushjobs_server.conf";
+my $rb = "$root/etc/opscode/chef-server.rb";
 my $sec = "$root/etc/opscode/pushjobs-secrets.json";
 my $secret = eval { JSON::PP->new->decode(slurp($sec)) } || {};
-my $pw = $secret->{pushjobs}{sql_password} // '';
+my $pw = PushJobs::ChefSecrets::read_veil($sec)->{pushjobs}{sql_password}
+    // $secret->{pushjobs}{sql_password} // '';
 like $pw, qr/^[0-9a-f]{48}$/, 'a generated PostgreSQL password is kept in '
                             . 'pushjobs-secrets.json';
 is sprintf('%04o', (stat $sec)[2] & 07777), '0600', 'secrets file is 0600';
 is sprintf('%04o', (stat $up)[2] & 07777), '0600',
-    'the upstreams file (it holds the password) is 0600';
+    'the http{} file (it holds the password) is 0600';
 like slurp($up), qr/password=\Q$pw\E /, 'the module gets the password';
-unlike slurp($ext), qr/\Q$pw\E/, 'no password in the external file';
+unlike slurp($ext), qr/\Q$pw\E/, 'no password in the server{} file';
 like slurp($up), qr/^pushjobs_ping_interval 5s;$/m, 'ping_interval mapped';
 like slurp($up), qr/^pushjobs_voting_timeout 30s;$/m, 'voting_timeout mapped';
 like slurp($up), qr/^pushjobs_max_output_size 128k;$/m,
@@ -235,46 +255,68 @@ like slurp($up), qr/^pushjobs_key_zone pushjobs_keys:2m;$/m,
     'key_cache_size mapped';
 like slurp($up), qr{^pushjobs_chef_key \Q$root\E/etc/opscode/pivotal\.pem;$}m,
     'the Chef superuser key';
-like slurp($conf), qr/\Aload_module \Q$PushJobs::Stack::DYNAMIC_MODULE\E; # pushjobs-ctl/,
-    'load_module on the first line of nginx.conf';
+like slurp("$pj/pushjobs_main.conf"), qr/^load_module \Q$module\E;$/m,
+    'load_module in the main{} file';
+like slurp($conf),
+    qr/^worker_processes \d+;\ninclude \Q$pj\E\/\*_main\.conf;$/m,
+    'nginx.conf includes it, right after worker_processes';
+like slurp("$ngx/etc/addon.d/00-pushjobs_upstreams.conf"),
+    qr/^include \Q$pj\E\/\*_http\.conf;$/m, 'addon.d: the http{} include';
+like slurp("$ngx/etc/addon.d/00-pushjobs_external.conf"),
+    qr/^include \Q$pj\E\/\*_server\.conf;$/m, 'addon.d: the server{} include';
+like slurp($rb), qr/\Aapi_fqdn 'localhost'\nnginx\['client_max_body_size'\] = '250m'\n# BEGIN pushjobs/,
+    'chef-server.rb: our block after the operator\'s lines';
 like $stack->psql('postgres', q{SELECT rolpassword FROM pg_authid
                                 WHERE rolname = 'pushjobs'}),
     qr/^SCRAM-SHA-256/, 'the role has a password';
 
-my ($trc, $tout) = (0, '');
-{
+sub nginx_t {
     my $pid = open(my $fh, '-|') // die;
     if (!$pid) { open STDERR, '>&', \*STDOUT; exec $NGINX, '-t', '-c', $conf; }
     local $/;
-    $tout = <$fh>;
+    my $out = <$fh>;
     close $fh;
-    $trc = $?;
+    return ($?, $out);
 }
+my ($trc, $tout) = nginx_t();
 is $trc, 0, 'nginx -t passes with the Chef layout' or diag $tout;
 
 ok PushJobs::Stack::wait_for(20, sub { status_of() eq 'pushjobs' }),
     'after the reload nginx serves /pushy/_status';
+is pushy_route(), 'pushjobs', 'and the /pushy/ routes, before the 2.x leftover';
+ok chef_api_ok(), 'the Chef API still answers';
 
 ($rc, $out) = ctl('status');
 is $rc, 0, 'status: enabled' or diag $out;
 
 # --- a job end to end through the Chef server's nginx -----------------------
 
+sub job_runs {
+    my ($what) = @_;
+    my $id = $stack->start_job({ command => "echo $what",
+                                 nodes => ['node1'],
+                                 capture_output => JSON::PP::true });
+    my $job = $stack->wait_job($id, 60) // {};
+    my $res = $stack->request('GET',
+        "/organizations/demo/pushy/jobs/$id/output/node1/stdout",
+        headers => { Accept => 'application/octet-stream' });
+    return ($job->{status} // '') eq 'complete'
+        && ($res->{content} // '') eq "$what\n";
+}
+
 $stack->start_agent('node1');
 ok $stack->wait_online(['node1'], 30), 'agent online through the Chef nginx'
     or diag slurp("$dir/agents/node1/agent.log"), $stack->error_log;
+ok job_runs('via chef nginx'), 'a job runs, its output through the Chef nginx';
 
-my $id = $stack->start_job({ command => 'echo via chef nginx',
-                             nodes => ['node1'],
-                             capture_output => JSON::PP::true });
-my $job = $stack->wait_job($id, 60);
-is $job->{status}, 'complete', 'job complete';
-is_deeply $job->{nodes}, { succeeded => ['node1'] }, 'node1 succeeded'
-    or diag explain $job;
-my $res = $stack->request('GET',
-    "/organizations/demo/pushy/jobs/$id/output/node1/stdout",
-    headers => { Accept => 'application/octet-stream' });
-is $res->{content}, "via chef nginx\n", 'output through the Chef nginx';
+# Chef's error_page sends the errors nginx makes to @errorrespfilter; the
+# module's own answers do not go there
+my $res = $stack->request('POST', '/organizations/demo/pushy/jobs',
+                          body => { command => 'true', nodes => [] });
+is $res->{status}, 400, 'a job without nodes: 400';
+ok !$res->{headers}{'x-errorrespfilter'}, '  not rewritten by Chef\'s '
+                                        . '@errorrespfilter';
+like $res->{content}, qr/"error"/, '  with the contract\'s body';
 
 # --- a second run changes nothing --------------------------------------------
 
@@ -285,48 +327,85 @@ like $out, qr/^pushjobs: no changes$/m, 'second reconfigure: no changes';
 unlike $out, qr/reloaded/, 'and no reload';
 is_deeply listing(), $after, 'second reconfigure left every file as it was';
 
-# --- chef-server-ctl reconfigure rewrites nginx.conf from its template -----
+# --- chef-server-ctl reconfigure renders nginx.conf again, restarts nginx ----
 
-spew($conf, join('', grep { !/pushjobs-ctl/ } split /^/, slurp($conf)), 0644);
-($rc, $out) = ctl('status');
-is $rc, 1, 'status: inconsistent once Chef rewrote nginx.conf' or diag $out;
-like $out, qr/load_module\s+absent/, 'status names the missing load_module';
-($rc, $out) = ctl('reconfigure');
-is $rc, 0, 'reconfigure puts it back' or diag $out;
-like $out, qr/updated \Q$conf\E/, 'only nginx.conf was updated';
-is_deeply listing(), $after, 'the tree is as after the first run';
+$out = chef_render();
+like slurp($conf),
+    qr/^worker_processes auto;\ninclude \Q$pj\E\/\*_main\.conf;$/m,
+    'Chef\'s render: our include, from chef-server.rb (worker_processes auto)';
+ok chef_restart(), 'chef-server-ctl reconfigure: nginx restarted';
+ok chef_api_ok(), '  the Chef API answers';
+is status_of(), 'pushjobs', '  push jobs is on';
+ok $stack->wait_online(['node1'], 30), '  the agent is back';
+ok job_runs('after chef-server-ctl reconfigure'), '  a job runs';
 
-# --- a module built for another nginx ---------------------------------------
+# an operator sets worker_processes after our block
+spew($rb, slurp($rb) . "nginx['worker_processes'] = 3\n", 0644);
+chef_render();
+like slurp($conf),
+    qr/^worker_processes 3;\ninclude \Q$pj\E\/\*_main\.conf;$/m,
+    'worker_processes set after our block: 3, still with our include';
+ok chef_restart(), '  nginx restarted';
+ok chef_api_ok(), '  the Chef API answers';
+is status_of(), 'pushjobs', '  push jobs is on';
+is scalar(() = worker_pids($stack)), 3, '  with 3 workers';
+spew($rb, slurp($rb) =~ s/^nginx\['worker_processes'\] = 3\n//mr, 0644);
+
+# --- an upgrade to a Chef server whose nginx the module does not fit ---------
 
 {
-    # The same module with another binary-compatibility signature, as a
-    # module built for another nginx build would carry.
+    # The same module with another binary-compatibility signature: what
+    # nginx sees of a module built for another nginx build.  Installed by
+    # rename, as a package does (the running nginx keeps its mapping).
     my $so = slurp($PushJobs::Stack::DYNAMIC_MODULE);
     my $n = ($so =~ s/(\d,\d,\d,[01]{33})([01])/$1 . ($2 ? '0' : '1')/e);
     is $n, 1, 'signature found in the module';
-    make_path("$dir/other");
-    spew("$dir/other/ngx_pushjobs_module.so", $so, 0644);
+    spew("$module.new", $so, 0644);
+    rename "$module.new", $module or die $!;
 
-    # what the omnibus build records next to the module
-    spew("$dir/other/ngx_pushjobs_module.so.nginx-V",
-         "nginx version: openresty/1.21.4.1\n"
-         . "configure arguments: --prefix=/opt/opscode/embedded/nginx\n");
+    $out = chef_render();
+    like $out, qr/push jobs is off \(its nginx files are parked; the Chef API is not affected\)/,
+        'chef-server-ctl reconfigure: the hook parks push jobs';
+    like $out, qr/is not binary compatible/, '  saying why (nginx\'s words)';
+    ok -e "$ngx/etc/pushjobs/parked/pushjobs_http.conf"
+       && !glob("$pj/*.conf"), '  its files are parked';
+    ok chef_restart(), '  nginx restarted';
+    ok chef_api_ok(), '  the Chef API answers';
+    is status_of(), 'other 404', '  push jobs is off';
+    is pushy_route(), 'push jobs 2.x', '  (the 2.x leftover has its routes)';
+    ($rc, $out) = ctl('status');
+    is $rc, 1, '  status: 1' or diag $out;
+    like $out, qr/does not load into this Chef server's nginx .*\n.*is not binary compatible/,
+        '  status says the module does not fit this nginx';
+    like $out, qr/Install the pushjobs package built for this Chef server version/,
+        '  and what to do';
+    ($rc, $out) = ctl('reconfigure');
+    is $rc, 1, '  pushjobs-ctl reconfigure refuses';
+    like $out, qr/does not load into this Chef server's nginx/, '  saying why';
+    ok chef_api_ok(), '  the Chef API still answers';
 
-    # ctl() gives --module first; the later one wins (Getopt::Long)
-    ($rc, $out) = ctl('--module', "$dir/other/ngx_pushjobs_module.so",
-                      'reconfigure');
-    isnt $rc, 0, 'reconfigure with a mismatched module fails';
-    like $out, qr/warning: .*built for another nginx/,
-        'the recorded nginx -V differs: warned before nginx -t';
-    like $out, qr/is not binary compatible/, 'nginx -t said why';
-    like $out, qr/rolled back/, 'the change was rolled back';
-    like $out, qr/built for another nginx than \Q$NGINX\E\.\s+Install/,
-        'and the error explains it';
-    like $out, qr{The module was built for:\nnginx version: openresty/1\.21},
-        'quoting what the module was built for';
-    is_deeply listing(), $after, 'the tree is as before the failed run';
-    is status_of(), 'pushjobs', 'nginx keeps serving push jobs';
+    # the matching package
+    copy($PushJobs::Stack::DYNAMIC_MODULE, "$module.new") or die $!;
+    rename "$module.new", $module or die $!;
+    $out = chef_render();
+    like $out, qr/push jobs is on/, 'the matching module: the hook unparks it';
+    ok chef_restart(), '  nginx restarted';
+    ok chef_api_ok(), '  the Chef API answers';
+    is status_of(), 'pushjobs', '  push jobs is on again';
+    ($rc, $out) = ctl('status');
+    is $rc, 0, '  status: enabled' or diag $out;
 }
+
+# --- an old Chef server ------------------------------------------------------
+
+spew("$root/opt/opscode/version-manifest.json",
+     $json->encode({ build_version => '15.10.48' }), 0644);
+($rc, $out) = ctl('reconfigure');
+is $rc, 1, 'Chef Infra Server 15.10.48: reconfigure refuses';
+like $out, qr/Chef Infra Server 15\.10\.48 is not supported: pushjobs needs Chef Infra Server 15\.10\.50 or newer/,
+    '  naming the minimum version';
+spew("$root/opt/opscode/version-manifest.json",
+     $json->encode({ build_version => '15.10.91' }), 0644);
 
 # --- disable ------------------------------------------------------------------
 
@@ -334,9 +413,13 @@ $stack->stop_agent('node1');
 ($rc, $out) = ctl('disable');
 is $rc, 0, 'disable succeeds' or diag $out;
 like $out, qr/reloaded nginx/, 'disable reloaded nginx';
-is_deeply listing(), $before, 'disable restored the tree exactly';
 ok PushJobs::Stack::wait_for(20, sub { status_of() eq 'other 404' }),
-    'after disable the pushy locations are gone (erchef answers)';
+    'after disable the pushy locations are gone';
+unlike slurp($conf), qr{pushjobs/enabled}, '  nginx.conf has no include of ours';
+chef_render();
+is_deeply listing(), $before, 'Chef\'s next render: the tree is as before';
+ok chef_restart(), '  nginx restarted';
+ok chef_api_ok(), '  the Chef API answers';
 ($rc, $out) = ctl('disable');
 like $out, qr/no changes/, 'a second disable changes nothing';
 ($rc, $out) = ctl('status');
@@ -359,6 +442,7 @@ $stack->stop_agent('node1');
 is $rc, 0, 'disable --purge' or diag $out;
 like $out, qr/dropped database pushjobs/, 'database dropped';
 like $out, qr/dropped role pushjobs/, 'role dropped';
+chef_render();
 is_deeply listing(), $before, 'tree restored again';
 
 # graceful stop first, so that shutdown problems are in the log too
