@@ -438,6 +438,59 @@ $stack->start_agent('node1');
 ok $stack->wait_online(['node1'], 30), 'agent online again';
 $stack->stop_agent('node1');
 
+# --- nginx_no_root: the nginx master runs as the Chef user --------------------
+
+SKIP: {
+    skip 'nginx_no_root needs root (a user to create, nginx to run as it)', 12
+        unless $> == 0;
+    my $u = 'pushjobs-noroot';
+    system('useradd', '--system', '--no-create-home', '--shell',
+           '/usr/sbin/nologin', $u) unless getpwnam($u);
+    my ($uid, $gid) = (getpwnam($u))[2, 3];
+    my $runfile = "$root/etc/opscode/chef-server-running.json";
+    my $running = slurp($runfile);
+    my $r = JSON::PP->new->decode($running);
+    $r->{private_chef}{user}{username} = $u;
+    $r->{private_chef}{nginx}{nginx_no_root} = JSON::PP::true;
+    spew($runfile, $json->encode($r), 0600);
+    # what Chef's nginx recipe owns by the Chef user then; the stack's temp
+    # dir is 0700
+    system('chown', '-R', "$uid:$gid", $ngx, $logs) == 0 or die;
+    chmod 0711, $dir;
+
+    ($rc, $out) = ctl('reconfigure');
+    is $rc, 0, 'nginx_no_root: reconfigure' or diag $out;
+    is +(stat $up)[4], $uid, '  the http{} file is the Chef user\'s';
+    is sprintf('%04o', (stat $up)[2] & 07777), '0600', '  and 0600';
+    my $own_key = "$root/etc/pushjobs/chef-superuser.pem";
+    is +(stat $own_key)[4], $uid,
+        '  a copy of the superuser key, the Chef user\'s (pivotal.pem is root\'s)';
+    like slurp($up), qr{^pushjobs_chef_key \Q$own_key\E;$}m, '  given to the module';
+
+    # runit: chpst -U/-u the Chef user
+    $stack->stop_nginx('fe1');
+    $stack->spawn('nginx:fe1', "$logs/stdout.log", 'setpriv',
+                  "--reuid=$uid", "--regid=$gid", '--clear-groups', '--',
+                  $NGINX, '-c', $conf);
+    ok PushJobs::Stack::wait_for(20, sub { status_of() eq 'pushjobs' }),
+        '  nginx started as the Chef user serves push jobs'
+        or diag slurp("$logs/stdout.log");
+    ok chef_api_ok(), '  and the Chef API';
+    is +((stat "/proc/$stack->{procs}{'nginx:fe1'}")[4]), $uid,
+        '  its master runs as the Chef user';
+    $stack->start_agent('node1');
+    ok $stack->wait_online(['node1'], 30), '  agent online';
+    ok job_runs('as the chef user'), '  a job runs';
+    $stack->stop_agent('node1');
+
+    # back to a root master: Chef's reconfigure restarts nginx (a reload
+    # would leave the master as it is, unable to read root's files)
+    spew($runfile, $running, 0600);
+    ($rc, $out) = ctl('--nginx-reload-cmd', 'true', 'reconfigure');
+    is $rc, 0, 'back to a root nginx master: reconfigure' or diag $out;
+    ok chef_restart(), '  nginx restarted';
+}
+
 ($rc, $out) = ctl('disable', '--purge');
 is $rc, 0, 'disable --purge' or diag $out;
 like $out, qr/dropped database pushjobs/, 'database dropped';
