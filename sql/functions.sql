@@ -53,6 +53,30 @@ $$;
 -- Appends an event to a job's feed, and to its org's feed when asked.  The
 -- event data is a JSON object whose first key is "timestamp" (and "job" next
 -- in the org feed), followed by p_fields.  The caller holds the job's lock.
+-- Org feed ids in commit order.  A reader resumes after the last id it has
+-- seen, so no id may become visible after a greater one; but the serial
+-- hands out ids as rows are inserted, and two transactions (a POST's
+-- create_job(), a batch that ends a job) may commit in the other order: a
+-- reader between the two commits would skip the smaller id for good.  At
+-- commit (a deferred trigger) each new row takes its final id from the
+-- serial (until then it has a negative one: migrations/deploy/
+-- org_feed_order.sql) under one lock that the commit releases, so that ids
+-- follow commit order, without gaps but for rolled back rows.  One lock
+-- for all orgs: a transaction may end jobs of several orgs, and org locks
+-- taken in different orders could deadlock; org events are two per job.
+CREATE OR REPLACE FUNCTION pushjobs.org_event_commit_order()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('pushjobs.org_events'));
+    UPDATE pushjobs.org_events
+       SET id = nextval(pg_get_serial_sequence('pushjobs.org_events', 'id'))
+     WHERE id = NEW.id;
+    RETURN NULL;
+END
+$$;
+
+
 CREATE OR REPLACE FUNCTION pushjobs.emit(p_job text, p_org text, p_name text,
     p_fields json, p_org_feed boolean DEFAULT false)
 RETURNS void

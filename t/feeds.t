@@ -350,6 +350,35 @@ is $res->{status}, 200, 'server still fine';
 
 $_->close for $orgfeed, $otherfeed, $resumed, $hist;
 
+# --- org feed ids follow commit order ------------------------------------------
+# A reader resumes after the last id it saw: an org event inserted first but
+# committed last must not keep the smaller id (it would be skipped).
+
+{
+    my $q = "INSERT INTO pushjobs.org_events (org, job_id, name, data) "
+          . "VALUES ('order-test', '" . ('0' x 32) . "', '%s', '{}')";
+    open(my $tx, '|-', 'psql', '-X', '-q', '-o', '/dev/null', '-h',
+         '127.0.0.1', '-p', $stack->{pg_port}, '-U', 'pushjobs', '-d',
+         'pushjobs') or die "psql: $!";
+    my $old = select $tx; $| = 1; select $old;
+    print $tx "SET application_name = 'order-test';\nBEGIN;\n"
+              . sprintf($q, 'first') . ";\n";
+    ok PushJobs::Stack::wait_for(10, sub {
+        $stack->psql('pushjobs', "SELECT count(*) FROM pg_stat_activity
+            WHERE application_name = 'order-test'
+              AND state = 'idle in transaction'") == 1 }, 0.1),
+        'org event "first" inserted, its transaction open';
+    $stack->psql('pushjobs', sprintf($q, 'second'));
+    print $tx "COMMIT;\n";
+    close $tx;
+    my %id = map { split /\t/ } split /\n/, $stack->psql('pushjobs',
+        "SELECT name, id FROM pushjobs.org_events WHERE org = 'order-test'");
+    cmp_ok $id{first}, '>', $id{second},
+        '  "second", committed first, has the smaller id';
+    $stack->psql('pushjobs',
+                 "DELETE FROM pushjobs.org_events WHERE org = 'order-test'");
+}
+
 is_deeply [ $stack->alerts ], [], 'no [alert] or [emerg] in error.log';
 
 $stack->stop;
