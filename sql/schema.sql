@@ -83,7 +83,8 @@ CREATE TABLE pushjobs.job_events (
 );
 
 -- Org feed: start and job_complete of every job of the org, kept for a
--- limited time; ids org-N are the serial.
+-- limited time; ids org-N are the serial, taken at commit, in commit order
+-- (org_event_commit_order(), sqitch change org_feed_order).
 CREATE TABLE pushjobs.org_events (
     id               bigserial PRIMARY KEY,
     org              text NOT NULL,
