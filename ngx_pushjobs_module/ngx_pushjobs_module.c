@@ -845,6 +845,7 @@ static ngx_int_t
 ngx_pushjobs_init_process(ngx_cycle_t *cycle)
 {
     u_char                    *p;
+    ngx_time_t                *tp;
     ngx_pushjobs_worker_t     *w;
     ngx_pushjobs_main_conf_t  *pmcf;
 
@@ -880,10 +881,16 @@ ngx_pushjobs_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    /*
+     * Not "ngx_timeofday()->msec": the macro is a cast, "->" binds first,
+     * and that was pointer arithmetic (UBSan: an offset to a null pointer
+     * whenever msec was 0).
+     */
+    tp = ngx_timeofday();
+
     w->owner.data = p;
     w->owner.len = ngx_sprintf(p, "%V:%P:%M", &cycle->hostname, ngx_pid,
-                               (ngx_msec_t) (ngx_time() * 1000
-                                             + ngx_timeofday()->msec))
+                               (ngx_msec_t) tp->sec * 1000 + tp->msec)
                    - p;
 
     ngx_pushjobs_worker = w;
