@@ -734,7 +734,7 @@ ngx_pushjobs_agent_republish(void)
     {
         a = (ngx_pushjobs_agent_t *) n;
         ngx_pushjobs_store_presence(&a->org, &a->name, a->session,
-                                NGX_PUSHJOBS_PRESENCE_ONLINE);
+                                    NGX_PUSHJOBS_PRESENCE_ONLINE);
     }
 }
 

@@ -50,9 +50,6 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 
--- Appends an event to a job's feed, and to its org's feed when asked.  The
--- event data is a JSON object whose first key is "timestamp" (and "job" next
--- in the org feed), followed by p_fields.  The caller holds the job's lock.
 -- Org feed ids in commit order.  A reader resumes after the last id it has
 -- seen, so no id may become visible after a greater one; but the serial
 -- hands out ids as rows are inserted, and two transactions (a POST's
@@ -77,6 +74,9 @@ END
 $$;
 
 
+-- Appends an event to a job's feed, and to its org's feed when asked.  The
+-- event data is a JSON object whose first key is "timestamp" (and "job" next
+-- in the org feed), followed by p_fields.  The caller holds the job's lock.
 CREATE OR REPLACE FUNCTION pushjobs.emit(p_job text, p_org text, p_name text,
     p_fields json, p_org_feed boolean DEFAULT false)
 RETURNS void
