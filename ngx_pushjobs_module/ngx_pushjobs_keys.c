@@ -43,7 +43,7 @@
 typedef struct {
     u_char                      type;
     u_char                      org_member;
-    uint32_t                    der_len;    /* of the stored key */
+    uint32_t                    stored_len; /* of the stored key */
 } ngx_pushjobs_keys_principal_t;
 
 
@@ -210,7 +210,7 @@ ngx_pushjobs_keys_lookup(ngx_http_request_t *r, ngx_shm_zone_t *zone,
     time_t ttl, ngx_uint_t stale, ngx_str_t *org, ngx_str_t *name,
     ngx_pushjobs_principals_t *out)
 {
-    u_char                       *der, *p;
+    u_char                       *stored, *p;
     size_t                        len;
     time_t                        now, age;
     uint32_t                      hash;
@@ -238,7 +238,7 @@ ngx_pushjobs_keys_lookup(ngx_http_request_t *r, ngx_shm_zone_t *zone,
     hash = ngx_crc32_short(key.data, key.len);
     now = ngx_time();
 
-    der = NULL;
+    stored = NULL;
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
@@ -281,20 +281,20 @@ ngx_pushjobs_keys_lookup(ngx_http_request_t *r, ngx_shm_zone_t *zone,
 
     for (i = 0; i < n; i++) {
         principal[i] = kn->principal[i];
-        len += principal[i].der_len;
+        len += principal[i].stored_len;
     }
 
     if (len) {
-        der = ngx_pnalloc(r->pool, len);
+        stored = ngx_pnalloc(r->pool, len);
 
-        if (der) {
-            ngx_memcpy(der, kn->data + kn->key_len, len);
+        if (stored) {
+            ngx_memcpy(stored, kn->data + kn->key_len, len);
         }
     }
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
 
-    if (len && der == NULL) {
+    if (len && stored == NULL) {
         return NGX_ERROR;
     }
 
@@ -313,13 +313,13 @@ ngx_pushjobs_keys_lookup(ngx_http_request_t *r, ngx_shm_zone_t *zone,
         return NGX_ERROR;
     }
 
-    p = der;
+    p = stored;
 
     for (i = 0; i < n; i++) {
         q = p;
 
         out->principal[i].key = ngx_pushjobs_keys_decode(q,
-                                                    principal[i].der_len);
+                                                    principal[i].stored_len);
 
         if (out->principal[i].key == NULL) {
             ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
@@ -337,7 +337,7 @@ ngx_pushjobs_keys_lookup(ngx_http_request_t *r, ngx_shm_zone_t *zone,
         out->principal[i].type = principal[i].type;
         out->principal[i].org_member = principal[i].org_member;
 
-        p += principal[i].der_len;
+        p += principal[i].stored_len;
     }
 
     out->n = n;
@@ -850,7 +850,7 @@ ngx_pushjobs_keys_save(ngx_http_request_t *r, ngx_shm_zone_t *zone,
     ngx_str_t *key, ngx_pushjobs_principals_t *out)
 {
     int                           n;
-    u_char                       *der[NGX_PUSHJOBS_MAX_PRINCIPALS], *p;
+    u_char                       *stored[NGX_PUSHJOBS_MAX_PRINCIPALS], *p;
     size_t                        size, len;
     time_t                        ttl, keep, now;
     uint32_t                      hash;
@@ -875,12 +875,12 @@ ngx_pushjobs_keys_save(ngx_http_request_t *r, ngx_shm_zone_t *zone,
         return;
     }
 
-    ngx_memzero(der, sizeof(der));
+    ngx_memzero(stored, sizeof(stored));
 
     len = 0;
 
     for (i = 0; i < out->n; i++) {
-        n = ngx_pushjobs_keys_encode(out->principal[i].key, &der[i]);
+        n = ngx_pushjobs_keys_encode(out->principal[i].key, &stored[i]);
 
         if (n <= 0) {
             ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
@@ -891,7 +891,7 @@ ngx_pushjobs_keys_save(ngx_http_request_t *r, ngx_shm_zone_t *zone,
 
         principal[i].type = (u_char) out->principal[i].type;
         principal[i].org_member = (u_char) out->principal[i].org_member;
-        principal[i].der_len = n;
+        principal[i].stored_len = n;
 
         len += n;
     }
@@ -946,7 +946,7 @@ ngx_pushjobs_keys_save(ngx_http_request_t *r, ngx_shm_zone_t *zone,
 
     for (i = 0; i < out->n; i++) {
         kn->principal[i] = principal[i];
-        p = ngx_cpymem(p, der[i], principal[i].der_len);
+        p = ngx_cpymem(p, stored[i], principal[i].stored_len);
     }
 
     ngx_rbtree_insert(&ctx->rbtree, node);
@@ -957,8 +957,8 @@ ngx_pushjobs_keys_save(ngx_http_request_t *r, ngx_shm_zone_t *zone,
 free:
 
     for (i = 0; i < out->n; i++) {
-        if (der[i]) {
-            OPENSSL_free(der[i]);
+        if (stored[i]) {
+            OPENSSL_free(stored[i]);
         }
     }
 }

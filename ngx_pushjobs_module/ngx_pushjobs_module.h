@@ -306,8 +306,6 @@ ngx_table_elt_t *ngx_pushjobs_header_in(ngx_http_request_t *r, u_char *name,
     ngx_pushjobs_header_in(r, (u_char *) name, sizeof(name) - 1)
 
 /* ngx_pushjobs_json.c */
-ngx_int_t ngx_pushjobs_json_escape(ngx_pool_t *pool, ngx_str_t *src,
-    ngx_str_t *dst);
 u_char *ngx_pushjobs_json_escape_copy(u_char *dst, u_char *src, size_t len);
 size_t ngx_pushjobs_json_escape_len(u_char *src, size_t len);
 ngx_int_t ngx_pushjobs_json_error(ngx_http_request_t *r, ngx_uint_t status,
