@@ -47,11 +47,12 @@ FUZZ_AGENT     := $(filter-out agent/main.c,$(AGENT_SRCS))
 # The harnesses.
 
 FUZZ_HARNESSES := ws auth keys agent_ws agent_proto agent_config \
-                  agent_whitelist
+                  agent_whitelist session
 
 fuzz_ws_SRCS              := fuzz/ws.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
 fuzz_auth_SRCS            := fuzz/auth.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
 fuzz_keys_SRCS            := fuzz/keys.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
+fuzz_session_SRCS         := fuzz/session.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
 fuzz_agent_ws_SRCS        := fuzz/agent_ws.c fuzz/agent_fuzz.c $(FUZZ_AGENT)
 fuzz_agent_proto_SRCS     := fuzz/agent_proto.c fuzz/agent_fuzz.c \
                              $(FUZZ_AGENT)
@@ -63,6 +64,11 @@ fuzz_agent_whitelist_SRCS := fuzz/agent_whitelist.c fuzz/agent_fuzz.c \
 # a server's "run" never starts a process (fuzz/agent_fuzz.c)
 fuzz_agent_ws_LDFLAGS     := -Wl,--wrap=pja_job_run
 fuzz_agent_proto_LDFLAGS  := -Wl,--wrap=pja_job_run
+
+# the session's store is the harness's (fuzz/session.c)
+fuzz_session_LDFLAGS      := -Wl,--wrap=ngx_pushjobs_store_presence \
+                             -Wl,--wrap=ngx_pushjobs_store_input \
+                             -Wl,--wrap=ngx_pushjobs_store_hello
 
 # The shared JSON pre-check and the job body validation (common/, plain
 # C): built when their files are there.

@@ -1039,6 +1039,7 @@ ngx_pushjobs_exit_process(ngx_cycle_t *cycle)
     }
 
     ngx_pushjobs_agent_close_all();
+    ngx_pushjobs_ws_chan_done();
     ngx_pushjobs_feed_close_all();
 
     if (w->sweep_ev.timer_set) {

@@ -89,8 +89,8 @@
 typedef struct ngx_pushjobs_worker_s    ngx_pushjobs_worker_t;
 typedef struct ngx_pushjobs_out_link_s  ngx_pushjobs_out_link_t;
 typedef struct ngx_pushjobs_agent_s     ngx_pushjobs_agent_t;
+typedef struct ngx_pushjobs_chan_s      ngx_pushjobs_chan_t;
 typedef struct ngx_pushjobs_pg_query_s  ngx_pushjobs_pg_query_t;
-typedef struct ngx_pushjobs_poll_s      ngx_pushjobs_poll_t;
 
 
 /* Configuration. */
@@ -262,6 +262,85 @@ typedef struct {
 } ngx_pushjobs_store_item_t;
 
 
+/*
+ * The agent channel in layers: a session (ngx_pushjobs_session.c) speaks
+ * the protocol with one agent through a transport, the websocket
+ * (ngx_pushjobs_transport_ws.c) or long-poll requests
+ * (ngx_pushjobs_transport_poll.c); what agents cause is written to
+ * PostgreSQL by the store (ngx_pushjobs_store.c).
+ *
+ * A transport's state of one channel begins with an ngx_pushjobs_chan_t,
+ * by which the session holds it.  The operations:
+ *
+ *   send   queues a message: NGX_OK; NGX_DECLINED if the agent reads too
+ *          slowly (its queue is full), NGX_ERROR if it could not be queued,
+ *          NGX_ABORT if the connection broke;
+ *   close  ends the channel, the session detached already; code is the
+ *          close code to tell the agent, 0 for none;
+ *   tick   every ping interval: NGX_DECLINED (logged) if the agent is gone;
+ *   free   the session's last reference is gone.
+ *
+ * A transport tells its session what happens with ngx_pushjobs_agent_open(),
+ * _receive(), _handle(), _close() and _gone().
+ */
+
+typedef struct {
+    ngx_int_t                 (*send)(ngx_pushjobs_chan_t *ch,
+                                      ngx_pushjobs_msg_t *msg);
+    void                      (*close)(ngx_pushjobs_chan_t *ch,
+                                       ngx_uint_t code);
+    ngx_int_t                 (*tick)(ngx_pushjobs_chan_t *ch);
+    void                      (*free)(ngx_pushjobs_chan_t *ch);
+
+    /* for the log, after "connected": "" or " by long-poll" */
+    const char                 *via;
+    /* how long a poll is held, told to the agent in the welcome; or 0 */
+    ngx_msec_t                  poll_timeout;
+} ngx_pushjobs_transport_t;
+
+
+struct ngx_pushjobs_chan_s {
+    const ngx_pushjobs_transport_t  *transport;
+    ngx_pushjobs_agent_t            *agent;
+};
+
+
+#define NGX_PUSHJOBS_AGENT_JOBS        2
+
+typedef struct {
+    u_char                      id[NGX_PUSHJOBS_JOB_ID_LEN];
+    ngx_uint_t                  state;
+} ngx_pushjobs_agent_job_t;
+
+
+/*
+ * An agent's session, registered in its worker by org and node.  It
+ * outlives its channel while batched writes still refer to it, so it is
+ * reference counted.  Transports read its names and closed flag; the rest
+ * is the session's.
+ */
+
+struct ngx_pushjobs_agent_s {
+    ngx_rbtree_node_t           node;
+    ngx_str_t                   org;
+    ngx_str_t                   name;
+    uint64_t                    session;
+    ngx_log_t                  *log;
+
+    ngx_pushjobs_chan_t        *chan;
+
+    /* ticks the transport every ping interval */
+    ngx_event_t                 ping;
+
+    ngx_pushjobs_agent_job_t    jobs[NGX_PUSHJOBS_AGENT_JOBS];
+
+    ngx_uint_t                  refs;
+
+    unsigned                    closed:1;
+    unsigned                    registered:1;
+};
+
+
 /* Per-worker runtime state, created in init_process. */
 
 struct ngx_pushjobs_worker_s {
@@ -390,9 +469,14 @@ void ngx_pushjobs_out_free(ngx_pushjobs_out_t *out);
 ngx_int_t ngx_pushjobs_api_handler(ngx_http_request_t *r);
 ngx_int_t ngx_pushjobs_status_handler(ngx_http_request_t *r);
 
-/* ngx_pushjobs_agent.c */
-ngx_int_t ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
-    ngx_str_t *node);
+/* ngx_pushjobs_session.c */
+ngx_pushjobs_agent_t *ngx_pushjobs_agent_create(ngx_str_t *org,
+    ngx_str_t *node, ngx_log_t *log);
+void ngx_pushjobs_agent_open(ngx_pushjobs_agent_t *a, ngx_pushjobs_chan_t *ch);
+void ngx_pushjobs_agent_receive(ngx_pushjobs_agent_t *a, ngx_str_t *payload);
+void ngx_pushjobs_agent_handle(ngx_pushjobs_agent_t *a, void *msg);
+void ngx_pushjobs_agent_send(ngx_pushjobs_agent_t *a, ngx_pushjobs_msg_t *msg);
+void ngx_pushjobs_agent_gone(ngx_pushjobs_agent_t *a);
 ngx_pushjobs_agent_t *ngx_pushjobs_agent_find(ngx_str_t *org,
     ngx_str_t *node);
 ngx_uint_t ngx_pushjobs_agent_org_count(ngx_str_t *org);
@@ -412,19 +496,15 @@ void ngx_pushjobs_agent_hello_done(ngx_pushjobs_store_item_t *item,
 void ngx_pushjobs_agent_republish(void);
 void ngx_pushjobs_agent_close_all(void);
 void ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code);
-ngx_pushjobs_agent_t *ngx_pushjobs_agent_open_poll(ngx_str_t *org,
-    ngx_str_t *node, ngx_pushjobs_poll_t *poll);
-ngx_pushjobs_poll_t *ngx_pushjobs_agent_poll(ngx_pushjobs_agent_t *a);
-void ngx_pushjobs_agent_handle(ngx_pushjobs_agent_t *a, void *msg);
 
-/* ngx_pushjobs_poll.c */
+/* ngx_pushjobs_transport_ws.c */
+ngx_int_t ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
+    ngx_str_t *node);
+void ngx_pushjobs_ws_chan_done(void);
+
+/* ngx_pushjobs_transport_poll.c */
 ngx_int_t ngx_pushjobs_poll_handler(ngx_http_request_t *r, ngx_str_t *org,
     ngx_str_t *node, ngx_str_t *body);
-ngx_int_t ngx_pushjobs_poll_send(ngx_pushjobs_poll_t *p,
-    ngx_pushjobs_msg_t *msg);
-ngx_int_t ngx_pushjobs_poll_tick(ngx_pushjobs_poll_t *p);
-void ngx_pushjobs_poll_close(ngx_pushjobs_poll_t *p, ngx_uint_t code);
-void ngx_pushjobs_poll_free(ngx_pushjobs_poll_t *p);
 
 /* ngx_pushjobs_sse.c */
 ngx_int_t ngx_pushjobs_feed_open(ngx_http_request_t *r, ngx_str_t *org,

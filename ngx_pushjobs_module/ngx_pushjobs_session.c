@@ -1,23 +1,20 @@
-
 /*
  * Copyright (C) pushjobs developers
  */
 
 
 /*
- * Agent channels: the per-worker registry of connected agents, the
- * websocket read and write loops of each channel, and the agent side of the
- * protocol (docs/protocol.md).
+ * Agent sessions: the per-worker registry of connected agents, what each
+ * channel knows of its agent's jobs, and the server side of the protocol
+ * (docs/protocol.md): the welcome, the agent's messages (hello, answers to
+ * commit and run, final reports) handed to the store, commit, run and abort
+ * sent to the agent, and the outcomes of the store's writes.
  *
- * The channel does its own I/O with c->recv()/c->send() (TLS included).
- * Once the 101 is on the wire the HTTP request is released, as nginx does
- * between keepalive requests: the access log gets its line, the request's
- * pool and the header buffers are freed, and the connection's handlers
- * become the channel's.  An idle channel then costs its TLS state, the
- * connection's small pool and the agent object.  An agent object outlives
- * its connection while batched writes still refer to it, so it is reference
- * counted; it owns no buffer while idle.  Every frame sent is a refcounted
- * message, framed once and shared by all agents it goes to.
+ * A session reaches its agent through its channel's transport
+ * (ngx_pushjobs_transport_ws.c, ngx_pushjobs_transport_poll.c), which
+ * hands it the agent's messages and tells it when the channel is gone; a
+ * session knows nothing of how.  It is reference counted: batched writes
+ * still refer to it after its channel closed.
  */
 
 
@@ -26,9 +23,6 @@
 #include <yajl/yajl_tree.h>
 
 
-#define NGX_PUSHJOBS_AGENT_JOBS        2
-#define NGX_PUSHJOBS_AGENT_READ_BUF    16384
-#define NGX_PUSHJOBS_AGENT_READS       32
 #define NGX_PUSHJOBS_HELLO_JOBS_MAX    16
 
 #define NGX_PUSHJOBS_JOB_FREE          0
@@ -53,45 +47,6 @@
 
 
 typedef struct {
-    u_char                      id[NGX_PUSHJOBS_JOB_ID_LEN];
-    ngx_uint_t                  state;
-} ngx_pushjobs_agent_job_t;
-
-
-struct ngx_pushjobs_agent_s {
-    ngx_rbtree_node_t           node;
-    ngx_str_t                   org;
-    ngx_str_t                   name;
-    uint64_t                    session;
-
-    /* until the channel has released its HTTP request */
-    ngx_http_request_t         *request;
-    ngx_connection_t           *connection;
-    ngx_log_t                  *log;
-    ngx_msec_t                  send_timeout;
-
-    /* a long-poll session (ngx_pushjobs_poll.c), NULL for a websocket */
-    ngx_pushjobs_poll_t        *poll;
-
-    ngx_pushjobs_ws_reader_t    reader;
-
-    ngx_pushjobs_out_t          out;
-
-    ngx_event_t                 ping;
-
-    ngx_pushjobs_agent_job_t    jobs[NGX_PUSHJOBS_AGENT_JOBS];
-
-    ngx_uint_t                  refs;
-
-    unsigned                    closed:1;
-    unsigned                    registered:1;
-    unsigned                    alive:1;
-    unsigned                    hello:1;
-    unsigned                    accepting:1;
-};
-
-
-typedef struct {
     ngx_str_t                   org;
     ngx_uint_t                  count;
 } ngx_pushjobs_agent_org_t;
@@ -106,30 +61,12 @@ typedef struct {
 static void ngx_pushjobs_agent_register(ngx_pushjobs_agent_t *a);
 static void ngx_pushjobs_agent_unregister(ngx_pushjobs_agent_t *a);
 static void ngx_pushjobs_agent_org_add(ngx_str_t *org, ngx_int_t n);
-static void ngx_pushjobs_agent_cleanup(void *data);
 static void ngx_pushjobs_agent_detach(ngx_pushjobs_agent_t *a);
-static void ngx_pushjobs_agent_release(ngx_event_t *wev);
-static void ngx_pushjobs_agent_gone(void *data);
-static void ngx_pushjobs_agent_read_request(ngx_http_request_t *r);
-static void ngx_pushjobs_agent_read_event(ngx_event_t *rev);
-static void ngx_pushjobs_agent_read(ngx_pushjobs_agent_t *a);
-static ngx_pushjobs_agent_t *ngx_pushjobs_agent_create(ngx_str_t *org,
-    ngx_str_t *node, ngx_log_t *log);
-static ngx_int_t ngx_pushjobs_agent_feed(ngx_pushjobs_agent_t *a,
-    u_char *pos, u_char *last);
-static void ngx_pushjobs_agent_write_request(ngx_http_request_t *r);
-static void ngx_pushjobs_agent_write_event(ngx_event_t *wev);
-static void ngx_pushjobs_agent_write(ngx_pushjobs_agent_t *a);
-static ngx_int_t ngx_pushjobs_agent_flush(ngx_pushjobs_agent_t *a);
-static void ngx_pushjobs_agent_ping_handler(ngx_event_t *ev);
-static void ngx_pushjobs_agent_send(ngx_pushjobs_agent_t *a,
-    ngx_pushjobs_msg_t *msg);
+static void ngx_pushjobs_agent_tick(ngx_event_t *ev);
 static void ngx_pushjobs_agent_send_text(ngx_pushjobs_agent_t *a,
     u_char *data, size_t len);
 static void ngx_pushjobs_agent_send_job(ngx_pushjobs_agent_t *a,
     const char *type, u_char *job_id, const char *extra);
-static void ngx_pushjobs_agent_message(ngx_pushjobs_agent_t *a,
-    ngx_str_t *payload);
 static void ngx_pushjobs_agent_welcome(ngx_pushjobs_agent_t *a);
 static void ngx_pushjobs_agent_dispatch(ngx_pushjobs_agent_t *a,
     yajl_val msg);
@@ -156,252 +93,26 @@ static ngx_pushjobs_agent_type_t  ngx_pushjobs_agent_types[] = {
 };
 
 
-/* Per-worker state, set up at the first channel of a worker process. */
-static u_char              *ngx_pushjobs_agent_buf;
-static ngx_array_t         *ngx_pushjobs_agent_orgs;
-static ngx_pushjobs_msg_t  *ngx_pushjobs_agent_ping_msg;
-
-/* the HTTP/1.x connection write handler, given back if a release fails */
-static ngx_event_handler_pt  ngx_pushjobs_agent_http_write;
-
-
-ngx_int_t
-ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
-    ngx_str_t *node)
-{
-    ngx_int_t                  rc;
-    ngx_connection_t          *c;
-    ngx_http_cleanup_t        *cln;
-    ngx_pushjobs_agent_t      *a;
-    ngx_pushjobs_worker_t     *w;
-    ngx_http_core_loc_conf_t  *clcf;
-    ngx_pushjobs_main_conf_t  *pmcf;
-
-    w = ngx_pushjobs_worker;
-    c = r->connection;
-
-    if (w == NULL || org->len > NGX_PUSHJOBS_NAME_MAX
-        || node->len > NGX_PUSHJOBS_NAME_MAX)
-    {
-        return NGX_HTTP_SERVICE_UNAVAILABLE;
-    }
-
-    pmcf = w->pmcf;
-
-    if (ngx_pushjobs_agent_buf == NULL) {
-        ngx_pushjobs_agent_buf = ngx_alloc(NGX_PUSHJOBS_AGENT_READ_BUF,
-                                           w->log);
-        if (ngx_pushjobs_agent_buf == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
-
-    if (ngx_pushjobs_agent_ping_msg == NULL) {
-        ngx_pushjobs_agent_ping_msg = ngx_pushjobs_msg_create(
-                                          NGX_PUSHJOBS_WS_PING, NULL, 0);
-        if (ngx_pushjobs_agent_ping_msg == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
-
-    a = ngx_pushjobs_agent_create(org, node, w->log);
-    if (a == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    cln = ngx_http_cleanup_add(r, 0);
-    if (cln == NULL) {
-        ngx_free(a);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    rc = ngx_pushjobs_ws_handshake(r);
-
-    if (rc != NGX_OK) {
-        ngx_free(a);
-        return rc;
-    }
-
-    cln->handler = ngx_pushjobs_agent_cleanup;
-    cln->data = a;
-
-    /* from now on the request's context is the channel */
-    ngx_http_set_ctx(r, a, ngx_pushjobs_module);
-
-    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-
-    a->request = r;
-    a->connection = c;
-    a->log = c->log;
-    a->send_timeout = clcf->send_timeout;
-    a->session = ++w->next_session;
-    a->alive = 1;
-
-    ngx_pushjobs_ws_reader_init(&a->reader, pmcf->max_message_size, c->log);
-
-    ngx_pushjobs_init_timer(&a->ping, ngx_pushjobs_agent_ping_handler, a,
-                            c->log);
-
-    if (c->read->timer_set) {
-        ngx_del_timer(c->read);
-    }
-
-    if (c->write->timer_set) {
-        ngx_del_timer(c->write);
-    }
-
-    (void) ngx_tcp_nodelay(c);
-
-    r->read_event_handler = ngx_pushjobs_agent_read_request;
-    r->write_event_handler = ngx_pushjobs_agent_write_request;
-
-    /*
-     * The request is released from the write event, posted: not here,
-     * where the callers up the stack still use it.
-     */
-
-    ngx_pushjobs_agent_http_write = c->write->handler;
-    c->write->handler = ngx_pushjobs_agent_release;
-    ngx_post_event(c->write, &ngx_posted_events);
-
-    /* a reload or shutdown closes idle connections: let it close ours */
-    c->idle = 1;
-
-    ngx_pushjobs_agent_register(a);
-
-    ngx_pushjobs_store_presence(&a->org, &a->name, a->session,
-                                NGX_PUSHJOBS_PRESENCE_ONLINE);
-
-    ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                  "pushjobs: agent \"%V\" of \"%V\" connected, session %uL",
-                  &a->name, &a->org, a->session);
-
-    /*
-     * Any write below, and any frame the agent sent behind its request, may
-     * close the channel: keep it until we are done, and let a close leave
-     * the request to nginx, whose handler is still running (see
-     * ngx_pushjobs_agent_close()).
-     */
-
-    ngx_pushjobs_agent_ref(a);
-    a->accepting = 1;
-
-    ngx_pushjobs_agent_welcome(a);
-
-    if (!a->closed) {
-        ngx_add_timer(&a->ping, pmcf->ping_interval);
-    }
-
-    /* bytes the agent sent right after its upgrade request */
-
-    if (!a->closed && r->header_in->pos < r->header_in->last) {
-        if (ngx_pushjobs_agent_feed(a, r->header_in->pos,
-                                    r->header_in->last)
-            == NGX_OK)
-        {
-            r->header_in->pos = r->header_in->last;
-        }
-    }
-
-    /* bytes that arrived while the request was being authenticated */
-
-    if (!a->closed && c->read->ready) {
-        ngx_post_event(c->read, &ngx_posted_events);
-    }
-
-    a->accepting = 0;
-    ngx_pushjobs_agent_unref(a);
-
-    return NGX_DONE;
-}
+/* Per-worker state: the count of channels of each org. */
+static ngx_array_t  *ngx_pushjobs_agent_orgs;
 
 
 /*
- * A long-poll session (ngx_pushjobs_poll.c): an agent without a connection
- * of its own, whose frames go to the session's queue.  It is registered
- * and replaces an older channel of the node like a websocket; its ping
- * timer ticks the session's expiry instead of sending pings.
+ * A session with its names and one reference, the channel's, dropped by
+ * its close; not registered until ngx_pushjobs_agent_open().
  */
 
 ngx_pushjobs_agent_t *
-ngx_pushjobs_agent_open_poll(ngx_str_t *org, ngx_str_t *node,
-    ngx_pushjobs_poll_t *poll)
-{
-    ngx_pushjobs_agent_t   *a;
-    ngx_pushjobs_worker_t  *w;
-
-    w = ngx_pushjobs_worker;
-
-    if (w == NULL || org->len > NGX_PUSHJOBS_NAME_MAX
-        || node->len > NGX_PUSHJOBS_NAME_MAX)
-    {
-        return NULL;
-    }
-
-    a = ngx_pushjobs_agent_create(org, node, w->log);
-    if (a == NULL) {
-        return NULL;
-    }
-
-    /* the session's reference, dropped by its close, and the caller's */
-    a->refs = 2;
-
-    a->log = w->log;
-    a->poll = poll;
-    a->session = ++w->next_session;
-    a->alive = 1;
-
-    ngx_pushjobs_init_timer(&a->ping, ngx_pushjobs_agent_ping_handler, a,
-                            w->log);
-
-    ngx_pushjobs_agent_register(a);
-
-    ngx_pushjobs_store_presence(&a->org, &a->name, a->session,
-                                NGX_PUSHJOBS_PRESENCE_ONLINE);
-
-    ngx_log_error(NGX_LOG_INFO, a->log, 0,
-                  "pushjobs: agent \"%V\" of \"%V\" connected by long-poll, "
-                  "session %uL", &a->name, &a->org, a->session);
-
-    ngx_pushjobs_agent_welcome(a);
-
-    if (!a->closed) {
-        ngx_add_timer(&a->ping, w->pmcf->ping_interval);
-    }
-
-    return a;
-}
-
-
-ngx_pushjobs_poll_t *
-ngx_pushjobs_agent_poll(ngx_pushjobs_agent_t *a)
-{
-    return a->closed ? NULL : a->poll;
-}
-
-
-/* A message of a long-poll body, a JSON object (yajl_val). */
-
-void
-ngx_pushjobs_agent_handle(ngx_pushjobs_agent_t *a, void *msg)
-{
-    if (a->closed) {
-        return;
-    }
-
-    a->alive = 1;
-
-    ngx_pushjobs_agent_dispatch(a, msg);
-}
-
-
-/* A channel object with its names, one reference, an empty queue. */
-
-static ngx_pushjobs_agent_t *
 ngx_pushjobs_agent_create(ngx_str_t *org, ngx_str_t *node, ngx_log_t *log)
 {
     u_char                *p;
     ngx_pushjobs_agent_t  *a;
+
+    if (ngx_pushjobs_worker == NULL || org->len > NGX_PUSHJOBS_NAME_MAX
+        || node->len > NGX_PUSHJOBS_NAME_MAX)
+    {
+        return NULL;
+    }
 
     a = ngx_alloc(sizeof(ngx_pushjobs_agent_t) + org->len + node->len, log);
     if (a == NULL) {
@@ -418,10 +129,87 @@ ngx_pushjobs_agent_create(ngx_str_t *org, ngx_str_t *node, ngx_log_t *log)
     a->name.len = node->len;
     ngx_memcpy(p, node->data, node->len);
 
+    a->log = log;
     a->refs = 1;
-    ngx_pushjobs_out_init(&a->out);
 
     return a;
+}
+
+
+/*
+ * The channel is open: the session is registered (an older channel of the
+ * node is closed), the node goes online and the agent is welcomed.  The
+ * welcome may close the channel: the caller holds a reference.
+ */
+
+void
+ngx_pushjobs_agent_open(ngx_pushjobs_agent_t *a, ngx_pushjobs_chan_t *ch)
+{
+    ngx_pushjobs_worker_t  *w;
+
+    w = ngx_pushjobs_worker;
+
+    a->chan = ch;
+    a->session = ++w->next_session;
+
+    ngx_pushjobs_init_timer(&a->ping, ngx_pushjobs_agent_tick, a, a->log);
+
+    ngx_pushjobs_agent_register(a);
+
+    ngx_pushjobs_store_presence(&a->org, &a->name, a->session,
+                                NGX_PUSHJOBS_PRESENCE_ONLINE);
+
+    ngx_log_error(NGX_LOG_INFO, a->log, 0,
+                  "pushjobs: agent \"%V\" of \"%V\" connected%s, session %uL",
+                  &a->name, &a->org, ch->transport->via, a->session);
+
+    ngx_pushjobs_agent_welcome(a);
+
+    if (!a->closed) {
+        ngx_add_timer(&a->ping, w->pmcf->ping_interval);
+    }
+}
+
+
+/* A message of the agent as a websocket frame carries it: JSON text. */
+
+void
+ngx_pushjobs_agent_receive(ngx_pushjobs_agent_t *a, ngx_str_t *payload)
+{
+    yajl_val  msg;
+
+    if (a->closed) {
+        return;
+    }
+
+    msg = ngx_pushjobs_json_parse_bounded(payload->data, payload->len,
+                                          &pj_json_agent_message, a->log);
+
+    if (msg == NULL || !YAJL_IS_OBJECT(msg)) {
+        ngx_log_error(NGX_LOG_INFO, a->log, 0,
+                      "pushjobs: agent \"%V\" of \"%V\" sent a frame that "
+                      "is not a JSON object", &a->name, &a->org);
+        ngx_pushjobs_json_free(msg);
+        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_INVALID);
+        return;
+    }
+
+    ngx_pushjobs_agent_dispatch(a, msg);
+
+    ngx_pushjobs_json_free(msg);
+}
+
+
+/* A message of the agent already parsed, a JSON object (yajl_val). */
+
+void
+ngx_pushjobs_agent_handle(ngx_pushjobs_agent_t *a, void *msg)
+{
+    if (a->closed) {
+        return;
+    }
+
+    ngx_pushjobs_agent_dispatch(a, msg);
 }
 
 
@@ -615,8 +403,8 @@ void
 ngx_pushjobs_agent_unref(ngx_pushjobs_agent_t *a)
 {
     if (--a->refs == 0) {
-        if (a->poll) {
-            ngx_pushjobs_poll_free(a->poll);
+        if (a->chan) {
+            a->chan->transport->free(a->chan);
         }
 
         ngx_free(a);
@@ -757,15 +545,83 @@ ngx_pushjobs_agent_close_all(void)
                                      NGX_PUSHJOBS_WS_GOING_AWAY);
         }
     }
+}
 
-    if (ngx_pushjobs_agent_buf) {
-        ngx_free(ngx_pushjobs_agent_buf);
-        ngx_pushjobs_agent_buf = NULL;
+
+/*
+ * Closes the channel, telling the agent code (0: nothing to tell, the
+ * connection is broken), and drops the channel's reference.
+ */
+
+void
+ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code)
+{
+    if (a->closed) {
+        return;
     }
 
-    if (ngx_pushjobs_agent_ping_msg) {
-        ngx_pushjobs_msg_release(ngx_pushjobs_agent_ping_msg);
-        ngx_pushjobs_agent_ping_msg = NULL;
+    ngx_pushjobs_agent_detach(a);
+
+    a->chan->transport->close(a->chan, code);
+
+    /* the reference the channel held */
+    ngx_pushjobs_agent_unref(a);
+}
+
+
+/*
+ * The channel is gone without a close (its connection freed by nginx):
+ * the transport has let go of it already.
+ */
+
+void
+ngx_pushjobs_agent_gone(ngx_pushjobs_agent_t *a)
+{
+    if (a->closed) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                  "pushjobs: agent \"%V\" of \"%V\" gone, session %uL",
+                  &a->name, &a->org, a->session);
+
+    ngx_pushjobs_agent_detach(a);
+    ngx_pushjobs_agent_unref(a);
+}
+
+
+/* Sends a message; the channel is closed if it cannot take it. */
+
+void
+ngx_pushjobs_agent_send(ngx_pushjobs_agent_t *a, ngx_pushjobs_msg_t *msg)
+{
+    ngx_int_t  rc;
+
+    if (a->closed) {
+        return;
+    }
+
+    rc = a->chan->transport->send(a->chan, msg);
+
+    switch (rc) {
+
+    case NGX_OK:
+        break;
+
+    case NGX_DECLINED:
+        ngx_log_error(NGX_LOG_WARN, a->log, 0,
+                      "pushjobs: agent \"%V\" of \"%V\" reads too slowly",
+                      &a->name, &a->org);
+        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_POLICY);
+        break;
+
+    case NGX_ABORT:
+        ngx_pushjobs_agent_close(a, 0);
+        break;
+
+    default:
+        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_SERVER_ERROR);
+        break;
     }
 }
 
@@ -864,21 +720,7 @@ ngx_pushjobs_agent_org_add(ngx_str_t *org, ngx_int_t n)
 }
 
 
-/*
- * The request is being freed while the channel still holds it: by nginx
- * (shutdown, reload), or by us.  Not when the channel releases it.
- */
-
-static void
-ngx_pushjobs_agent_cleanup(void *data)
-{
-    ngx_pushjobs_agent_t *a = data;
-
-    if (a->request) {
-        ngx_pushjobs_agent_gone(a);
-    }
-}
-
+/* The session leaves the registry; its node goes offline. */
 
 static void
 ngx_pushjobs_agent_detach(ngx_pushjobs_agent_t *a)
@@ -900,455 +742,15 @@ ngx_pushjobs_agent_detach(ngx_pushjobs_agent_t *a)
     if (a->ping.timer_set) {
         ngx_del_timer(&a->ping);
     }
-
-    ngx_pushjobs_ws_reader_free(&a->reader);
-
-    ngx_pushjobs_out_free(&a->out);
-
-    a->request = NULL;
-    a->connection = NULL;
 }
 
 
-void
-ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code)
-{
-    u_char               frame[4];
-    ngx_connection_t    *c;
-    ngx_pool_cleanup_t  *cln;
-    ngx_http_request_t  *r;
-
-    if (a->closed) {
-        return;
-    }
-
-    if (a->poll) {
-        ngx_log_error(NGX_LOG_INFO, a->log, 0,
-                      "pushjobs: closing long-poll agent \"%V\" of \"%V\", "
-                      "session %uL, code %ui", &a->name, &a->org, a->session,
-                      code);
-
-        ngx_pushjobs_agent_detach(a);
-
-        /* answers a held poll with the close code */
-        ngx_pushjobs_poll_close(a->poll, code);
-
-        ngx_pushjobs_agent_unref(a);
-        return;
-    }
-
-    r = a->request;
-    c = a->connection;
-
-    ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                  "pushjobs: closing agent \"%V\" of \"%V\", session %uL, "
-                  "code %ui", &a->name, &a->org, a->session, code);
-
-    /*
-     * A best-effort close frame, unless frames wait (OpenSSL may hold a
-     * record of the first one, which must be written again as it was) or
-     * the connection is broken.  Abandoned frames: no TLS close_notify
-     * either, it would fail the same way ("bad write retry").
-     */
-
-    if (a->out.head) {
-        c->error = 1;
-    }
-
-    if (code && !c->error && !c->buffered && (r == NULL || r->out == NULL)) {
-        frame[0] = 0x80 | NGX_PUSHJOBS_WS_CLOSE;
-        frame[1] = 2;
-        frame[2] = (u_char) (code >> 8);
-        frame[3] = (u_char) (code & 0xff);
-
-        (void) c->send(c, frame, 4);
-    }
-
-    ngx_pushjobs_agent_detach(a);
-
-    if (r) {
-        /*
-         * The request is terminated by a posted request.  Run it now,
-         * unless the channel is being accepted: the request's handler is
-         * then still on the stack and would use the freed request; nginx
-         * runs it when that handler has returned.
-         */
-
-        ngx_http_finalize_request(r, NGX_ERROR);
-
-        if (!a->accepting) {
-            ngx_http_run_posted_requests(c);
-        }
-
-    } else {
-        /* the pool cleanup must not see the agent after our unref below */
-
-        for (cln = c->pool->cleanup; cln; cln = cln->next) {
-            if (cln->handler == ngx_pushjobs_agent_gone && cln->data == a) {
-                cln->handler = NULL;
-            }
-        }
-
-        ngx_http_close_connection(c);
-    }
-
-    /* the reference the channel held */
-    ngx_pushjobs_agent_unref(a);
-}
-
-
-/*
- * The posted write event after the 101: once the response header is on
- * the wire, the request is freed and the connection belongs to the
- * channel, as between keepalive requests (ngx_http_set_keepalive()).
- */
+/* Every ping interval: the transport checks that the agent is there. */
 
 static void
-ngx_pushjobs_agent_release(ngx_event_t *wev)
+ngx_pushjobs_agent_tick(ngx_event_t *ev)
 {
-    ngx_uint_t               closed;
-    ngx_chain_t             *cl;
-    ngx_connection_t        *c;
-    ngx_pool_cleanup_t      *cln;
-    ngx_http_log_ctx_t      *ctx;
-    ngx_http_request_t      *r;
-    ngx_pushjobs_agent_t    *a;
-    ngx_http_connection_t   *hc;
-
-    c = wev->data;
-    r = c->data;
-    a = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
-
-    if (a == NULL || a->closed || a->request != r) {
-        return;
-    }
-
-    /* the 101, then what is queued, as the write handler does */
-
-    ngx_pushjobs_agent_ref(a);
-    ngx_pushjobs_agent_write(a);
-    closed = a->closed;
-    ngx_pushjobs_agent_unref(a);
-
-    if (closed) {
-        return;
-    }
-
-    if (r->out || c->buffered) {
-        /* the 101 is not out yet: called again when the socket takes it */
-        return;
-    }
-
-    if (r != r->main || r->main->count != 1 || r->blocked || r->postponed
-        || r->main->posted_requests)
-    {
-        /* something else still uses the request: the channel keeps it */
-        ngx_log_error(NGX_LOG_WARN, c->log, 0,
-                      "pushjobs: agent \"%V\" of \"%V\" keeps its request "
-                      "(count %d)", &a->name, &a->org, r->main->count);
-        wev->handler = ngx_pushjobs_agent_http_write;
-        return;
-    }
-
-    cln = ngx_pool_cleanup_add(c->pool, 0);
-    if (cln == NULL) {
-        wev->handler = ngx_pushjobs_agent_http_write;
-        return;
-    }
-
-    cln->handler = ngx_pushjobs_agent_gone;
-    cln->data = a;
-
-    hc = r->http_connection;
-
-    /* logs the 101 and destroys the request's pool */
-
-    a->request = NULL;
-    ngx_http_free_request(r, 0);
-
-    c->destroyed = 0;
-    c->data = a;
-
-    ctx = c->log->data;
-    ctx->current_request = NULL;
-    c->log->action = "serving websocket channel";
-
-    /* the header buffers: large allocations from the connection's pool */
-
-    for (cl = hc->busy; cl; cl = cl->next) {
-        ngx_pfree(c->pool, cl->buf->start);
-    }
-
-    for (cl = hc->free; cl; cl = cl->next) {
-        ngx_pfree(c->pool, cl->buf->start);
-    }
-
-    hc->busy = NULL;
-    hc->free = NULL;
-    hc->nbusy = 0;
-
-    if (c->buffer) {
-        ngx_pfree(c->pool, c->buffer->start);
-        c->buffer = NULL;
-    }
-
-    c->read->handler = ngx_pushjobs_agent_read_event;
-    wev->handler = ngx_pushjobs_agent_write_event;
-
-    if (c->read->ready) {
-        ngx_post_event(c->read, &ngx_posted_events);
-    }
-
-    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
-                   "pushjobs: channel released its request");
-}
-
-
-/*
- * The channel's connection is going away without ngx_pushjobs_agent_close():
- * its request being freed by nginx (shutdown, reload) while the channel
- * holds it, or, once released, its pool being destroyed (the connection is
- * already freed then; ngx_pushjobs_agent_close() disarms this cleanup).
- */
-
-static void
-ngx_pushjobs_agent_gone(void *data)
-{
-    ngx_pushjobs_agent_t *a = data;
-
-    if (a->closed) {
-        return;
-    }
-
-    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
-                  "pushjobs: agent \"%V\" of \"%V\" gone, session %uL",
-                  &a->name, &a->org, a->session);
-
-    ngx_pushjobs_agent_detach(a);
-    ngx_pushjobs_agent_unref(a);
-}
-
-
-static void
-ngx_pushjobs_agent_read_request(ngx_http_request_t *r)
-{
-    ngx_pushjobs_agent_t  *a;
-
-    a = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
-
-    if (a != NULL && !a->closed) {
-        ngx_pushjobs_agent_read(a);
-    }
-}
-
-
-static void
-ngx_pushjobs_agent_read_event(ngx_event_t *rev)
-{
-    ngx_connection_t      *c;
-    ngx_pushjobs_agent_t  *a;
-
-    c = rev->data;
-    a = c->data;
-
-    if (a == NULL || a->closed) {
-        return;
-    }
-
-    if (c->close) {
-        /* a reload or shutdown closing idle connections */
-        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_GOING_AWAY);
-        return;
-    }
-
-    ngx_pushjobs_agent_read(a);
-}
-
-
-static void
-ngx_pushjobs_agent_read(ngx_pushjobs_agent_t *a)
-{
-    ssize_t            n;
-    ngx_uint_t         i;
-    ngx_connection_t  *c;
-
-    c = a->connection;
-
-    ngx_pushjobs_agent_ref(a);
-
-    for (i = 0; i < NGX_PUSHJOBS_AGENT_READS; i++) {
-
-        n = c->recv(c, ngx_pushjobs_agent_buf, NGX_PUSHJOBS_AGENT_READ_BUF);
-
-        if (n == NGX_AGAIN) {
-            break;
-        }
-
-        if (n == 0 || n == NGX_ERROR) {
-            ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                          "pushjobs: agent \"%V\" of \"%V\" closed the "
-                          "connection", &a->name, &a->org);
-            c->error = 1;
-            ngx_pushjobs_agent_close(a, 0);
-            goto done;
-        }
-
-        if (ngx_pushjobs_agent_feed(a, ngx_pushjobs_agent_buf,
-                                    ngx_pushjobs_agent_buf + n)
-            != NGX_OK)
-        {
-            goto done;
-        }
-    }
-
-    if (i == NGX_PUSHJOBS_AGENT_READS) {
-        /* let other connections have their turn */
-        ngx_post_event(c->read, &ngx_posted_events);
-        goto done;
-    }
-
-    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
-        ngx_pushjobs_agent_close(a, 0);
-    }
-
-done:
-
-    ngx_pushjobs_agent_unref(a);
-}
-
-
-/* Feeds received bytes to the frame reader; NGX_ERROR if the agent closed. */
-
-static ngx_int_t
-ngx_pushjobs_agent_feed(ngx_pushjobs_agent_t *a, u_char *pos, u_char *last)
-{
-    ngx_int_t                 rc;
-    ngx_pushjobs_ws_frame_t   frame;
-
-    for ( ;; ) {
-        rc = ngx_pushjobs_ws_read(&a->reader, &pos, last, &frame);
-
-        if (rc == NGX_AGAIN) {
-            return NGX_OK;
-        }
-
-        if (rc == NGX_ERROR) {
-            ngx_log_error(NGX_LOG_INFO, a->log, 0,
-                          "pushjobs: bad frame from agent \"%V\" of \"%V\", "
-                          "closing with %ui", &a->name, &a->org,
-                          frame.close_code);
-            ngx_pushjobs_agent_close(a, frame.close_code);
-            return NGX_ERROR;
-        }
-
-        a->alive = 1;
-
-        switch (frame.opcode) {
-
-        case NGX_PUSHJOBS_WS_TEXT:
-            ngx_pushjobs_agent_message(a, &frame.payload);
-            break;
-
-        case NGX_PUSHJOBS_WS_BINARY:
-            ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_UNSUPPORTED);
-            break;
-
-        case NGX_PUSHJOBS_WS_PING:
-            {
-            ngx_pushjobs_msg_t  *pong;
-
-            pong = ngx_pushjobs_msg_create(NGX_PUSHJOBS_WS_PONG,
-                                           frame.payload.data,
-                                           frame.payload.len);
-            if (pong) {
-                ngx_pushjobs_agent_send(a, pong);
-                ngx_pushjobs_msg_release(pong);
-            }
-            }
-            break;
-
-        case NGX_PUSHJOBS_WS_PONG:
-            break;
-
-        case NGX_PUSHJOBS_WS_CLOSE:
-            ngx_pushjobs_agent_close(a, frame.close_code == 1005
-                                        ? NGX_PUSHJOBS_WS_NORMAL
-                                        : frame.close_code);
-            break;
-        }
-
-        if (a->closed) {
-            return NGX_ERROR;
-        }
-    }
-}
-
-
-static void
-ngx_pushjobs_agent_write_request(ngx_http_request_t *r)
-{
-    ngx_pushjobs_agent_t  *a;
-
-    a = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
-
-    if (a != NULL && !a->closed) {
-        ngx_pushjobs_agent_write(a);
-    }
-}
-
-
-static void
-ngx_pushjobs_agent_write_event(ngx_event_t *wev)
-{
-    ngx_connection_t      *c;
-    ngx_pushjobs_agent_t  *a;
-
-    c = wev->data;
-    a = c->data;
-
-    if (a != NULL && !a->closed) {
-        ngx_pushjobs_agent_write(a);
-    }
-}
-
-
-static void
-ngx_pushjobs_agent_write(ngx_pushjobs_agent_t *a)
-{
-    ngx_connection_t  *c;
-
-    c = a->connection;
-
-    if (c->write->timedout) {
-        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
-                      "pushjobs: agent \"%V\" of \"%V\" does not read",
-                      &a->name, &a->org);
-        c->timedout = 1;
-        ngx_pushjobs_agent_close(a, 0);
-        return;
-    }
-
-    if (ngx_pushjobs_agent_flush(a) == NGX_ERROR) {
-        c->error = 1;
-        ngx_pushjobs_agent_close(a, 0);
-    }
-}
-
-
-static ngx_int_t
-ngx_pushjobs_agent_flush(ngx_pushjobs_agent_t *a)
-{
-    if (a->request) {
-        return ngx_pushjobs_out_flush(&a->out, a->request);
-    }
-
-    return ngx_pushjobs_out_send(&a->out, a->connection, a->send_timeout);
-}
-
-
-static void
-ngx_pushjobs_agent_ping_handler(ngx_event_t *ev)
-{
+    ngx_int_t              rc;
     ngx_pushjobs_agent_t  *a;
 
     a = ev->data;
@@ -1357,84 +759,18 @@ ngx_pushjobs_agent_ping_handler(ngx_event_t *ev)
         return;
     }
 
-    if (a->poll) {
-        if (ngx_pushjobs_poll_tick(a->poll) != NGX_OK) {
-            ngx_log_error(NGX_LOG_INFO, a->log, 0,
-                          "pushjobs: agent \"%V\" of \"%V\" stopped polling",
-                          &a->name, &a->org);
-            ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_GOING_AWAY);
-            return;
-        }
+    ngx_pushjobs_agent_ref(a);
 
-        ngx_add_timer(&a->ping, ngx_pushjobs_worker->pmcf->ping_interval);
-        return;
-    }
-
-    if (!a->alive) {
-        ngx_log_error(NGX_LOG_INFO, a->log, 0,
-                      "pushjobs: agent \"%V\" of \"%V\" did not answer the "
-                      "last ping", &a->name, &a->org);
-        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_GOING_AWAY);
-        return;
-    }
-
-    a->alive = 0;
-
-    ngx_add_timer(&a->ping, ngx_pushjobs_worker->pmcf->ping_interval);
-
-    ngx_pushjobs_agent_send(a, ngx_pushjobs_agent_ping_msg);
-}
-
-
-static void
-ngx_pushjobs_agent_send(ngx_pushjobs_agent_t *a, ngx_pushjobs_msg_t *msg)
-{
-    ngx_int_t   rc;
-    ngx_uint_t  waiting;
-
-    if (a->closed) {
-        return;
-    }
-
-    if (a->poll) {
-        if (msg->data[0] != (0x80 | NGX_PUSHJOBS_WS_TEXT)) {
-            /* pings and pongs are the websocket's own */
-            return;
-        }
-
-        waiting = 1;
-        rc = ngx_pushjobs_poll_send(a->poll, msg);
-
-    } else {
-        /* a non-empty queue means the write handler is already waiting */
-        waiting = (a->out.head != NULL);
-
-        rc = ngx_pushjobs_out_push(&a->out, msg,
-                                 ngx_pushjobs_worker->pmcf->max_queued_output,
-                                 a->log);
-    }
-
-    if (rc == NGX_DECLINED) {
-        ngx_log_error(NGX_LOG_WARN, a->log, 0,
-                      "pushjobs: agent \"%V\" of \"%V\" reads too slowly",
-                      &a->name, &a->org);
-        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_POLICY);
-        return;
-    }
+    rc = a->chan->transport->tick(a->chan);
 
     if (rc != NGX_OK) {
-        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_SERVER_ERROR);
-        return;
+        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_GOING_AWAY);
+
+    } else if (!a->closed) {
+        ngx_add_timer(&a->ping, ngx_pushjobs_worker->pmcf->ping_interval);
     }
 
-    if (waiting) {
-        return;
-    }
-
-    if (ngx_pushjobs_agent_flush(a) == NGX_ERROR) {
-        a->connection->error = 1;
-        ngx_pushjobs_agent_close(a, 0);
-    }
+    ngx_pushjobs_agent_unref(a);
 }
 
 
@@ -1479,9 +815,9 @@ ngx_pushjobs_agent_welcome(ngx_pushjobs_agent_t *a)
     p = ngx_sprintf(p, ",\"ping_interval\":%M,\"max_message_size\":%uz",
                     pmcf->ping_interval / 1000, pmcf->max_message_size);
 
-    if (a->poll) {
-        p = ngx_sprintf(p, ",\"poll_timeout\":%d",
-                        NGX_PUSHJOBS_POLL_HOLD / 1000);
+    if (a->chan->transport->poll_timeout) {
+        p = ngx_sprintf(p, ",\"poll_timeout\":%M",
+                        a->chan->transport->poll_timeout / 1000);
     }
 
     *p++ = '}';
@@ -1501,29 +837,6 @@ ngx_pushjobs_agent_send_job(ngx_pushjobs_agent_t *a, const char *type,
                     extra ? extra : "");
 
     ngx_pushjobs_agent_send_text(a, buf, p - buf);
-}
-
-
-static void
-ngx_pushjobs_agent_message(ngx_pushjobs_agent_t *a, ngx_str_t *payload)
-{
-    yajl_val  msg;
-
-    msg = ngx_pushjobs_json_parse_bounded(payload->data, payload->len,
-                                          &pj_json_agent_message, a->log);
-
-    if (msg == NULL || !YAJL_IS_OBJECT(msg)) {
-        ngx_log_error(NGX_LOG_INFO, a->log, 0,
-                      "pushjobs: agent \"%V\" of \"%V\" sent a frame that "
-                      "is not a JSON object", &a->name, &a->org);
-        ngx_pushjobs_json_free(msg);
-        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_INVALID);
-        return;
-    }
-
-    ngx_pushjobs_agent_dispatch(a, msg);
-
-    ngx_pushjobs_json_free(msg);
 }
 
 
@@ -1636,8 +949,6 @@ ngx_pushjobs_agent_hello(ngx_pushjobs_agent_t *a, void *msg)
     ngx_pushjobs_store_item_t   item;
     u_char                      buf[2 * 6 * NGX_PUSHJOBS_NAME_MAX + 128
                                     + NGX_PUSHJOBS_HELLO_JOBS_MAX * 80];
-
-    a->hello = 1;
 
     p = ngx_cpymem(buf, "{\"org\":", sizeof("{\"org\":") - 1);
     p = ngx_pushjobs_store_json_name(p, &a->org);

@@ -5,19 +5,21 @@
 
 
 /*
- * Long-poll sessions of the agent channel (docs/protocol.md §6): the
+ * The long-poll transport of the agent channel (docs/protocol.md §6): the
  * websocket's messages over signed POST requests, for networks whose
  * proxies do not pass websockets.
  *
- * A session is an agent object (ngx_pushjobs_agent.c) without a connection
- * of its own.  What the server sends waits in the session's queue, capped
- * like a websocket's, until a poll takes it.  A poll that finds the queue
- * empty is held until a message comes, the hold time passes, or the bytes
- * of a next request arrive behind it on its connection (the agent pipelines
- * a request when it has something to say).  A session lives in one worker:
- * a poll that reaches another worker is told that its session is unknown,
- * and the agent opens a new one, which replaces the old one as a newer
- * websocket would.
+ * A long-poll session is a session (ngx_pushjobs_session.c) without a
+ * connection of its own: its channel is this transport's state, and its
+ * ticks expire it when the agent stops polling.  Polls are answered through
+ * nginx's output chain.  What the server sends waits in the session's
+ * queue, capped like a websocket's, until a poll takes it.  A poll that
+ * finds the queue empty is held until a message comes, the hold time
+ * passes, or the bytes of a next request arrive behind it on its connection
+ * (the agent pipelines a request when it has something to say).  A session
+ * lives in one worker: a poll that reaches another worker is told that its
+ * session is unknown, and the agent opens a new one, which replaces the old
+ * one as a newer websocket would.
  */
 
 
@@ -32,6 +34,9 @@
 #define NGX_PUSHJOBS_POLL_MISSED       2
 
 
+typedef struct ngx_pushjobs_poll_s  ngx_pushjobs_poll_t;
+
+
 typedef struct {
     ngx_http_request_t         *request;
     ngx_pushjobs_poll_t        *poll;       /* NULL once answered */
@@ -39,6 +44,8 @@ typedef struct {
 
 
 struct ngx_pushjobs_poll_s {
+    ngx_pushjobs_chan_t         chan;
+
     ngx_pushjobs_out_t          out;
     ngx_pushjobs_poll_req_t    *held;
 
@@ -57,6 +64,12 @@ struct ngx_pushjobs_poll_s {
 };
 
 
+static ngx_int_t ngx_pushjobs_poll_send(ngx_pushjobs_chan_t *ch,
+    ngx_pushjobs_msg_t *msg);
+static void ngx_pushjobs_poll_close(ngx_pushjobs_chan_t *ch,
+    ngx_uint_t code);
+static ngx_int_t ngx_pushjobs_poll_tick(ngx_pushjobs_chan_t *ch);
+static void ngx_pushjobs_poll_free(ngx_pushjobs_chan_t *ch);
 static ngx_pushjobs_poll_t *ngx_pushjobs_poll_create(ngx_log_t *log);
 static ngx_int_t ngx_pushjobs_poll_respond(ngx_http_request_t *r,
     ngx_pushjobs_poll_t *p, ngx_uint_t code);
@@ -67,6 +80,16 @@ static void ngx_pushjobs_poll_event(ngx_event_t *ev);
 static void ngx_pushjobs_poll_read_handler(ngx_http_request_t *r);
 static void ngx_pushjobs_poll_cleanup(void *data);
 static ngx_uint_t ngx_pushjobs_poll_is_close(void *msg);
+
+
+static const ngx_pushjobs_transport_t  ngx_pushjobs_poll_transport = {
+    ngx_pushjobs_poll_send,
+    ngx_pushjobs_poll_close,
+    ngx_pushjobs_poll_tick,
+    ngx_pushjobs_poll_free,
+    " by long-poll",
+    NGX_PUSHJOBS_POLL_HOLD
+};
 
 
 ngx_int_t
@@ -134,20 +157,27 @@ ngx_pushjobs_poll_handler(ngx_http_request_t *r, ngx_str_t *org,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        p->processing = 1;
-
-        a = ngx_pushjobs_agent_open_poll(org, node, p);
+        a = ngx_pushjobs_agent_create(org, node, ngx_pushjobs_worker->log);
         if (a == NULL) {
-            ngx_pushjobs_poll_free(p);
+            ngx_pushjobs_poll_free(&p->chan);
             ngx_pushjobs_json_free(msgs);
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        /* open_poll() returned with a reference for us */
+        /* ours, beside the channel's one that its close drops */
+        ngx_pushjobs_agent_ref(a);
+
+        p->chan.agent = a;
+        p->processing = 1;
+
+        ngx_pushjobs_agent_open(a, &p->chan);
 
     } else {
         a = ngx_pushjobs_agent_find(org, node);
-        p = a ? ngx_pushjobs_agent_poll(a) : NULL;
+
+        p = (a && !a->closed
+             && a->chan->transport == &ngx_pushjobs_poll_transport)
+            ? (ngx_pushjobs_poll_t *) a->chan : NULL;
 
         if (p == NULL || p->closed || h->value.len != p->token_len
             || ngx_memcmp(h->value.data, p->token, p->token_len) != 0)
@@ -219,10 +249,17 @@ ngx_pushjobs_poll_handler(ngx_http_request_t *r, ngx_str_t *org,
 }
 
 
-ngx_int_t
-ngx_pushjobs_poll_send(ngx_pushjobs_poll_t *p, ngx_pushjobs_msg_t *msg)
+static ngx_int_t
+ngx_pushjobs_poll_send(ngx_pushjobs_chan_t *ch, ngx_pushjobs_msg_t *msg)
 {
+    ngx_pushjobs_poll_t *p = (ngx_pushjobs_poll_t *) ch;
+
     ngx_int_t  rc;
+
+    if (msg->data[0] != (0x80 | NGX_PUSHJOBS_WS_TEXT)) {
+        /* pings and pongs are the websocket's own */
+        return NGX_OK;
+    }
 
     rc = ngx_pushjobs_out_push(&p->out, msg,
                                ngx_pushjobs_worker->pmcf->max_queued_output,
@@ -247,9 +284,11 @@ ngx_pushjobs_poll_send(ngx_pushjobs_poll_t *p, ngx_pushjobs_msg_t *msg)
  * polled nor held a poll for NGX_PUSHJOBS_POLL_MISSED intervals.
  */
 
-ngx_int_t
-ngx_pushjobs_poll_tick(ngx_pushjobs_poll_t *p)
+static ngx_int_t
+ngx_pushjobs_poll_tick(ngx_pushjobs_chan_t *ch)
 {
+    ngx_pushjobs_poll_t *p = (ngx_pushjobs_poll_t *) ch;
+
     if (p->held || p->polled) {
         p->polled = 0;
         p->missed = 0;
@@ -257,6 +296,9 @@ ngx_pushjobs_poll_tick(ngx_pushjobs_poll_t *p)
     }
 
     if (++p->missed >= NGX_PUSHJOBS_POLL_MISSED) {
+        ngx_log_error(NGX_LOG_INFO, ch->agent->log, 0,
+                      "pushjobs: agent \"%V\" of \"%V\" stopped polling",
+                      &ch->agent->name, &ch->agent->org);
         return NGX_DECLINED;
     }
 
@@ -264,14 +306,25 @@ ngx_pushjobs_poll_tick(ngx_pushjobs_poll_t *p)
 }
 
 
-/* The agent object is closed: a held poll gets the close code. */
+/* The session is closed: a held poll gets the close code. */
 
-void
-ngx_pushjobs_poll_close(ngx_pushjobs_poll_t *p, ngx_uint_t code)
+static void
+ngx_pushjobs_poll_close(ngx_pushjobs_chan_t *ch, ngx_uint_t code)
 {
+    ngx_pushjobs_poll_t *p = (ngx_pushjobs_poll_t *) ch;
+
+    ngx_pushjobs_agent_t  *a;
+
     if (p->closed) {
         return;
     }
+
+    a = ch->agent;
+
+    ngx_log_error(NGX_LOG_INFO, a->log, 0,
+                  "pushjobs: closing long-poll agent \"%V\" of \"%V\", "
+                  "session %uL, code %ui", &a->name, &a->org, a->session,
+                  code);
 
     p->closed = 1;
     p->code = code ? code : NGX_PUSHJOBS_WS_NORMAL;
@@ -286,11 +339,13 @@ ngx_pushjobs_poll_close(ngx_pushjobs_poll_t *p, ngx_uint_t code)
 }
 
 
-/* The agent object is freed. */
+/* The session is freed, or could not be created. */
 
-void
-ngx_pushjobs_poll_free(ngx_pushjobs_poll_t *p)
+static void
+ngx_pushjobs_poll_free(ngx_pushjobs_chan_t *ch)
 {
+    ngx_pushjobs_poll_t *p = (ngx_pushjobs_poll_t *) ch;
+
     if (p->held) {
         p->held->poll = NULL;
         p->held = NULL;
@@ -315,6 +370,8 @@ ngx_pushjobs_poll_create(ngx_log_t *log)
     }
 
     ngx_memzero(p, sizeof(ngx_pushjobs_poll_t));
+
+    p->chan.transport = &ngx_pushjobs_poll_transport;
 
     ngx_pushjobs_out_init(&p->out);
 
