@@ -91,6 +91,7 @@ typedef struct ngx_pushjobs_out_link_s  ngx_pushjobs_out_link_t;
 typedef struct ngx_pushjobs_agent_s     ngx_pushjobs_agent_t;
 typedef struct ngx_pushjobs_chan_s      ngx_pushjobs_chan_t;
 typedef struct ngx_pushjobs_pg_query_s  ngx_pushjobs_pg_query_t;
+typedef struct ngx_pushjobs_pg_s        ngx_pushjobs_pg_t;
 
 
 /* Configuration. */
@@ -348,7 +349,8 @@ struct ngx_pushjobs_worker_s {
     ngx_log_t                  *log;
     ngx_pushjobs_main_conf_t   *pmcf;
 
-    void                       *pg;
+    /* the PostgreSQL connections (ngx_pushjobs_pg.c) */
+    ngx_pushjobs_pg_t          *pg;
 
     ngx_rbtree_t                agents;
     ngx_rbtree_node_t           agents_sentinel;

@@ -60,9 +60,6 @@
 #define NGX_PUSHJOBS_PG_CHANNEL       "pushjobs"
 
 
-typedef struct ngx_pushjobs_pg_s  ngx_pushjobs_pg_t;
-
-
 typedef struct {
     ngx_pushjobs_pg_t          *pg;
     PGconn                     *conn;
@@ -162,9 +159,8 @@ static ngx_pushjobs_pg_query_t *ngx_pushjobs_pg_enqueue(const char *sql,
     ngx_uint_t nparams, ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler,
     void *data, ngx_uint_t barrier);
 static const char *ngx_pushjobs_pg_error(PGconn *conn);
+static ngx_pushjobs_pg_t *ngx_pushjobs_pg_current(void);
 
-
-static ngx_pushjobs_pg_t  *ngx_pushjobs_pg;
 
 static char  ngx_pushjobs_pg_listen_sql[] = "LISTEN " NGX_PUSHJOBS_PG_CHANNEL;
 
@@ -226,7 +222,6 @@ ngx_pushjobs_pg_init(ngx_pushjobs_worker_t *w,
     ngx_pushjobs_init_timer(&pg->dispatch_ev, ngx_pushjobs_pg_dispatch_handler,
                             pg, pg->log);
 
-    ngx_pushjobs_pg = pg;
     w->pg = pg;
 
     for (i = 0; i <= pg->nconns; i++) {
@@ -273,8 +268,24 @@ ngx_pushjobs_pg_done(ngx_pushjobs_worker_t *w)
 
     ngx_pushjobs_pg_stop_all(pg);
 
-    ngx_pushjobs_pg = NULL;
     w->pg = NULL;
+}
+
+
+/*
+ * The worker's pool, for the calls that do not name it; NULL in a process
+ * without one (the master, a worker of no pushjobs location) and after
+ * ngx_pushjobs_pg_done().
+ */
+
+static ngx_pushjobs_pg_t *
+ngx_pushjobs_pg_current(void)
+{
+    if (ngx_pushjobs_worker == NULL) {
+        return NULL;
+    }
+
+    return ngx_pushjobs_worker->pg;
 }
 
 
@@ -289,7 +300,7 @@ ngx_pushjobs_pg_stop(void)
 {
     ngx_pushjobs_pg_t  *pg;
 
-    pg = ngx_pushjobs_pg;
+    pg = ngx_pushjobs_pg_current();
     if (pg == NULL) {
         return;
     }
@@ -341,7 +352,7 @@ ngx_pushjobs_pg_unlisten(void)
 {
     ngx_pushjobs_pg_t  *pg;
 
-    pg = ngx_pushjobs_pg;
+    pg = ngx_pushjobs_pg_current();
 
     if (pg == NULL || pg->listener.state == NGX_PUSHJOBS_PG_CLOSED) {
         return;
@@ -363,7 +374,7 @@ ngx_pushjobs_pg_busy(void)
     ngx_uint_t          i, n;
     ngx_pushjobs_pg_t  *pg;
 
-    pg = ngx_pushjobs_pg;
+    pg = ngx_pushjobs_pg_current();
     if (pg == NULL) {
         return 0;
     }
@@ -403,7 +414,11 @@ ngx_pushjobs_pg_query_t *
 ngx_pushjobs_pg_barrier(const char *sql, ngx_uint_t nparams,
     ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler, void *data)
 {
-    if (ngx_pushjobs_pg == NULL || ngx_pushjobs_pg->barrier) {
+    ngx_pushjobs_pg_t  *pg;
+
+    pg = ngx_pushjobs_pg_current();
+
+    if (pg == NULL || pg->barrier) {
         return NULL;
     }
 
@@ -422,7 +437,7 @@ ngx_pushjobs_pg_enqueue(const char *sql, ngx_uint_t nparams,
     ngx_pushjobs_pg_t        *pg;
     ngx_pushjobs_pg_query_t  *q;
 
-    pg = ngx_pushjobs_pg;
+    pg = ngx_pushjobs_pg_current();
 
     if (pg == NULL || pg->stopping || pg->down) {
         return NULL;
@@ -532,7 +547,7 @@ ngx_pushjobs_pg_ok(void)
     ngx_uint_t          i;
     ngx_pushjobs_pg_t  *pg;
 
-    pg = ngx_pushjobs_pg;
+    pg = ngx_pushjobs_pg_current();
     if (pg == NULL) {
         return 0;
     }
@@ -553,7 +568,7 @@ ngx_pushjobs_pg_idle(void)
     ngx_uint_t          i, n;
     ngx_pushjobs_pg_t  *pg;
 
-    pg = ngx_pushjobs_pg;
+    pg = ngx_pushjobs_pg_current();
     if (pg == NULL) {
         return 0;
     }
@@ -1291,7 +1306,7 @@ ngx_pushjobs_pg_finish(ngx_pushjobs_pg_query_t *q, PGresult *res)
     ngx_pushjobs_pg_t          *pg;
     ngx_pushjobs_pg_handler_pt  handler;
 
-    pg = ngx_pushjobs_pg;
+    pg = ngx_pushjobs_pg_current();
     handler = q->handler;
 
     if (q->barrier && pg && pg->barrier == q) {
