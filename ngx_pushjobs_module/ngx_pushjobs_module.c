@@ -1052,7 +1052,7 @@ ngx_pushjobs_exit_process(ngx_cycle_t *cycle)
 
     ngx_pushjobs_pg_done(w);
 
-    ngx_pushjobs_store_done();
+    ngx_pushjobs_store_done(w);
 
     ngx_pushjobs_worker = NULL;
 }

@@ -92,6 +92,7 @@ typedef struct ngx_pushjobs_agent_s     ngx_pushjobs_agent_t;
 typedef struct ngx_pushjobs_chan_s      ngx_pushjobs_chan_t;
 typedef struct ngx_pushjobs_pg_query_s  ngx_pushjobs_pg_query_t;
 typedef struct ngx_pushjobs_pg_s        ngx_pushjobs_pg_t;
+typedef struct ngx_pushjobs_store_s     ngx_pushjobs_store_t;
 
 
 /* Configuration. */
@@ -359,6 +360,9 @@ struct ngx_pushjobs_worker_s {
 
     ngx_str_t                   owner;
 
+    /* the batched writes (ngx_pushjobs_store.c) */
+    ngx_pushjobs_store_t       *store;
+
     ngx_event_t                 sweep_ev;
     ngx_event_t                 owner_ev;
 
@@ -367,9 +371,6 @@ struct ngx_pushjobs_worker_s {
     ngx_msec_t                  exit_deadline;
     unsigned                    exiting:1;
     unsigned                    exit_done:1;
-
-    void                       *presence;
-    void                       *inputs;
 };
 
 
@@ -522,7 +523,7 @@ void ngx_pushjobs_job_sweep(ngx_event_t *ev);
 
 /* ngx_pushjobs_store.c */
 ngx_int_t ngx_pushjobs_store_init(ngx_pushjobs_worker_t *w);
-void ngx_pushjobs_store_done(void);
+void ngx_pushjobs_store_done(ngx_pushjobs_worker_t *w);
 void ngx_pushjobs_store_flush(void);
 void ngx_pushjobs_store_presence(ngx_str_t *org, ngx_str_t *node,
     uint64_t session, ngx_uint_t state);

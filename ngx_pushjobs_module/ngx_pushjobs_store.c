@@ -22,6 +22,11 @@
 #define NGX_PUSHJOBS_BATCH_LIMIT       (64 * 1024 * 1024)
 #define NGX_PUSHJOBS_BATCH_RETRY       1000
 
+#define NGX_PUSHJOBS_STORE_PRESENCE    0
+#define NGX_PUSHJOBS_STORE_INPUTS      1
+#define NGX_PUSHJOBS_STORE_HELLOS      2
+#define NGX_PUSHJOBS_STORE_BATCHES     3
+
 
 typedef struct ngx_pushjobs_batch_s  ngx_pushjobs_batch_t;
 
@@ -43,6 +48,7 @@ struct ngx_pushjobs_batch_s {
     const char                 *name;
     const char                 *sql;
     ngx_uint_t                  with_owner;
+    /* hands on the outcome of each entry; NULL when there is none */
     ngx_pushjobs_batch_done_pt  done;
 
     ngx_pushjobs_batch_buf_t    pending;
@@ -51,6 +57,22 @@ struct ngx_pushjobs_batch_s {
 
     ngx_event_t                 retry;
     ngx_log_t                  *log;
+};
+
+
+/* The worker's store: its batches and its owner row's beat. */
+
+struct ngx_pushjobs_store_s {
+    ngx_pushjobs_batch_t        batch[NGX_PUSHJOBS_STORE_BATCHES];
+
+    /* an owner_beat() or owner_regained() query is outstanding */
+    unsigned                    owner_busy:1;
+
+    /*
+     * PostgreSQL has answered this worker's first beat: its owner row
+     * exists.  Until then the worker beats every 200 ms.
+     */
+    unsigned                    owner_known:1;
 };
 
 
@@ -63,22 +85,13 @@ static void ngx_pushjobs_batch_result(void *data, PGresult *res);
 static void ngx_pushjobs_batch_requeue(ngx_pushjobs_batch_t *b);
 static void ngx_pushjobs_batch_retry(ngx_event_t *ev);
 static void ngx_pushjobs_batch_release(ngx_pushjobs_batch_buf_t *bb);
-static void ngx_pushjobs_presence_done(ngx_pushjobs_batch_t *b,
-    PGresult *res);
 static void ngx_pushjobs_inputs_done(ngx_pushjobs_batch_t *b,
     PGresult *res);
 static void ngx_pushjobs_hellos_done(ngx_pushjobs_batch_t *b,
     PGresult *res);
 static void ngx_pushjobs_owner_beat_done(void *data, PGresult *res);
 static u_char *ngx_pushjobs_store_name(u_char *p, ngx_str_t *s);
-
-
-static ngx_pushjobs_batch_t  *ngx_pushjobs_presence;
-static ngx_pushjobs_batch_t  *ngx_pushjobs_inputs;
-static ngx_pushjobs_batch_t  *ngx_pushjobs_hellos;
-static ngx_uint_t             ngx_pushjobs_owner_busy;
-/* the owner row written once: until then, beat every 200 ms */
-static ngx_uint_t             ngx_pushjobs_owner_known;
+static ngx_pushjobs_store_t *ngx_pushjobs_store_current(void);
 
 
 ngx_int_t
@@ -86,80 +99,85 @@ ngx_pushjobs_store_init(ngx_pushjobs_worker_t *w)
 {
     ngx_uint_t             i;
     ngx_pushjobs_batch_t  *b;
+    ngx_pushjobs_store_t  *st;
 
-    b = ngx_pcalloc(w->cycle->pool, 3 * sizeof(ngx_pushjobs_batch_t));
-    if (b == NULL) {
+    st = ngx_pcalloc(w->cycle->pool, sizeof(ngx_pushjobs_store_t));
+    if (st == NULL) {
         return NGX_ERROR;
     }
 
-    b[0].name = "presence";
-    b[0].sql = "SELECT pushjobs.presence_update($1, $2)";
-    b[0].with_owner = 1;
-    b[0].done = ngx_pushjobs_presence_done;
+    b = st->batch;
 
-    b[1].name = "inputs";
-    b[1].sql = "SELECT i, rehab FROM pushjobs.node_inputs($1)";
-    b[1].done = ngx_pushjobs_inputs_done;
+    /* presence_update() returns nothing: there is no outcome to hand on */
 
-    b[2].name = "hellos";
-    b[2].sql = "SELECT i, job_id, action, message"
-               " FROM pushjobs.agent_hellos($1)";
-    b[2].done = ngx_pushjobs_hellos_done;
+    b[NGX_PUSHJOBS_STORE_PRESENCE].name = "presence";
+    b[NGX_PUSHJOBS_STORE_PRESENCE].sql =
+                                     "SELECT pushjobs.presence_update($1, $2)";
+    b[NGX_PUSHJOBS_STORE_PRESENCE].with_owner = 1;
 
-    for (i = 0; i < 3; i++) {
+    b[NGX_PUSHJOBS_STORE_INPUTS].name = "inputs";
+    b[NGX_PUSHJOBS_STORE_INPUTS].sql =
+                                 "SELECT i, rehab FROM pushjobs.node_inputs($1)";
+    b[NGX_PUSHJOBS_STORE_INPUTS].done = ngx_pushjobs_inputs_done;
+
+    b[NGX_PUSHJOBS_STORE_HELLOS].name = "hellos";
+    b[NGX_PUSHJOBS_STORE_HELLOS].sql = "SELECT i, job_id, action, message"
+                                       " FROM pushjobs.agent_hellos($1)";
+    b[NGX_PUSHJOBS_STORE_HELLOS].done = ngx_pushjobs_hellos_done;
+
+    for (i = 0; i < NGX_PUSHJOBS_STORE_BATCHES; i++) {
         b[i].log = w->log;
         ngx_pushjobs_init_timer(&b[i].retry, ngx_pushjobs_batch_retry, &b[i],
                                 w->log);
     }
 
-    ngx_pushjobs_presence = &b[0];
-    ngx_pushjobs_inputs = &b[1];
-    ngx_pushjobs_hellos = &b[2];
-    ngx_pushjobs_owner_busy = 0;
-
-    w->presence = &b[0];
-    w->inputs = &b[1];
+    w->store = st;
 
     return NGX_OK;
 }
 
 
-/*
- * The worker's batches (presence, inputs, hellos) into b[3], each with its
- * retry timer stopped; NULL for one not set up.
- */
+/* The worker exits: its batches are given up, what they hold released. */
 
-static void
-ngx_pushjobs_store_batches(ngx_pushjobs_batch_t **b)
+void
+ngx_pushjobs_store_done(ngx_pushjobs_worker_t *w)
 {
-    ngx_uint_t  i;
+    ngx_uint_t             i;
+    ngx_pushjobs_batch_t  *b;
 
-    b[0] = ngx_pushjobs_presence;
-    b[1] = ngx_pushjobs_inputs;
-    b[2] = ngx_pushjobs_hellos;
-
-    for (i = 0; i < 3; i++) {
-        if (b[i] != NULL && b[i]->retry.timer_set) {
-            ngx_del_timer(&b[i]->retry);
-        }
+    if (w->store == NULL) {
+        return;
     }
+
+    for (i = 0; i < NGX_PUSHJOBS_STORE_BATCHES; i++) {
+        b = &w->store->batch[i];
+
+        if (b->retry.timer_set) {
+            ngx_del_timer(&b->retry);
+        }
+
+        ngx_pushjobs_batch_release(&b->pending);
+        ngx_pushjobs_batch_release(&b->flight);
+    }
+
+    w->store = NULL;
 }
 
 
-void
-ngx_pushjobs_store_done(void)
+/*
+ * The worker's store, for the calls that do not name it; NULL in a process
+ * without one (the master, a worker of no pushjobs location) and after
+ * ngx_pushjobs_store_done().
+ */
+
+static ngx_pushjobs_store_t *
+ngx_pushjobs_store_current(void)
 {
-    ngx_uint_t             i;
-    ngx_pushjobs_batch_t  *b[3];
-
-    ngx_pushjobs_store_batches(b);
-
-    for (i = 0; i < 3; i++) {
-        if (b[i] != NULL) {
-            ngx_pushjobs_batch_release(&b[i]->pending);
-            ngx_pushjobs_batch_release(&b[i]->flight);
-        }
+    if (ngx_pushjobs_worker == NULL) {
+        return NULL;
     }
+
+    return ngx_pushjobs_worker->store;
 }
 
 
@@ -174,14 +192,22 @@ void
 ngx_pushjobs_store_flush(void)
 {
     ngx_uint_t             i;
-    ngx_pushjobs_batch_t  *b[3];
+    ngx_pushjobs_batch_t  *b;
+    ngx_pushjobs_store_t  *st;
 
-    ngx_pushjobs_store_batches(b);
+    st = ngx_pushjobs_store_current();
+    if (st == NULL) {
+        return;
+    }
 
-    for (i = 0; i < 3; i++) {
-        if (b[i] != NULL) {
-            ngx_pushjobs_batch_flush(b[i]);
+    for (i = 0; i < NGX_PUSHJOBS_STORE_BATCHES; i++) {
+        b = &st->batch[i];
+
+        if (b->retry.timer_set) {
+            ngx_del_timer(&b->retry);
         }
+
+        ngx_pushjobs_batch_flush(b);
     }
 }
 
@@ -195,9 +221,14 @@ void
 ngx_pushjobs_store_presence(ngx_str_t *org, ngx_str_t *node,
     uint64_t session, ngx_uint_t state)
 {
-    u_char  *p, buf[2 * 6 * NGX_PUSHJOBS_NAME_MAX + 2 * NGX_INT64_LEN + 128];
+    u_char                *p;
+    u_char                 buf[2 * 6 * NGX_PUSHJOBS_NAME_MAX
+                               + 2 * NGX_INT64_LEN + 128];
+    ngx_pushjobs_store_t  *st;
 
-    if (ngx_pushjobs_presence == NULL
+    st = ngx_pushjobs_store_current();
+
+    if (st == NULL
         || org->len > NGX_PUSHJOBS_NAME_MAX
         || node->len > NGX_PUSHJOBS_NAME_MAX)
     {
@@ -218,8 +249,8 @@ ngx_pushjobs_store_presence(ngx_str_t *org, ngx_str_t *node,
 
     *p++ = '}';
 
-    (void) ngx_pushjobs_batch_append(ngx_pushjobs_presence, buf, p - buf,
-                                     NULL);
+    (void) ngx_pushjobs_batch_append(&st->batch[NGX_PUSHJOBS_STORE_PRESENCE],
+                                     buf, p - buf, NULL);
 }
 
 
@@ -231,24 +262,30 @@ ngx_pushjobs_store_presence(ngx_str_t *org, ngx_str_t *node,
 ngx_int_t
 ngx_pushjobs_store_input(ngx_pushjobs_store_item_t *item, ngx_str_t *json)
 {
-    if (ngx_pushjobs_inputs == NULL) {
+    ngx_pushjobs_store_t  *st;
+
+    st = ngx_pushjobs_store_current();
+    if (st == NULL) {
         return NGX_ERROR;
     }
 
-    return ngx_pushjobs_batch_append(ngx_pushjobs_inputs, json->data,
-                                     json->len, item);
+    return ngx_pushjobs_batch_append(&st->batch[NGX_PUSHJOBS_STORE_INPUTS],
+                                     json->data, json->len, item);
 }
 
 
 ngx_int_t
 ngx_pushjobs_store_hello(ngx_pushjobs_store_item_t *item, ngx_str_t *json)
 {
-    if (ngx_pushjobs_hellos == NULL) {
+    ngx_pushjobs_store_t  *st;
+
+    st = ngx_pushjobs_store_current();
+    if (st == NULL) {
         return NGX_ERROR;
     }
 
-    return ngx_pushjobs_batch_append(ngx_pushjobs_hellos, json->data,
-                                     json->len, item);
+    return ngx_pushjobs_batch_append(&st->batch[NGX_PUSHJOBS_STORE_HELLOS],
+                                     json->data, json->len, item);
 }
 
 
@@ -423,7 +460,9 @@ ngx_pushjobs_batch_result(void *data, PGresult *res)
         return;
     }
 
-    b->done(b, res);
+    if (b->done) {
+        b->done(b, res);
+    }
 
     ngx_pushjobs_batch_release(&b->flight);
 
@@ -556,12 +595,6 @@ ngx_pushjobs_batch_release(ngx_pushjobs_batch_buf_t *bb)
 }
 
 
-static void
-ngx_pushjobs_presence_done(ngx_pushjobs_batch_t *b, PGresult *res)
-{
-}
-
-
 /* rows: (i, rehab) for each input of the batch */
 
 static void
@@ -626,9 +659,11 @@ ngx_pushjobs_hellos_done(ngx_pushjobs_batch_t *b, PGresult *res)
 void
 ngx_pushjobs_store_owner_beat(ngx_event_t *ev)
 {
+    ngx_pushjobs_store_t   *st;
     ngx_pushjobs_worker_t  *w;
 
     w = ev->data;
+    st = w->store;
 
     if (ngx_exiting || ngx_terminate) {
         return;
@@ -639,18 +674,17 @@ ngx_pushjobs_store_owner_beat(ngx_event_t *ev)
      * (presence_update() does not write it), so the first beat goes as
      * soon as PostgreSQL answers.
      */
-    ngx_add_timer(ev, ngx_pushjobs_owner_known ? NGX_PUSHJOBS_OWNER_BEAT
-                                               : 200);
+    ngx_add_timer(ev, st->owner_known ? NGX_PUSHJOBS_OWNER_BEAT : 200);
 
-    if (ngx_pushjobs_owner_busy) {
+    if (st->owner_busy) {
         return;
     }
 
     if (ngx_pushjobs_pg_query("SELECT pushjobs.owner_beat($1)", 1, &w->owner,
-                              ngx_pushjobs_owner_beat_done, w)
+                              ngx_pushjobs_owner_beat_done, st)
         != NULL)
     {
-        ngx_pushjobs_owner_busy = 1;
+        st->owner_busy = 1;
     }
 }
 
@@ -668,20 +702,23 @@ void
 ngx_pushjobs_store_owner_regained(void)
 {
     ngx_uint_t              i;
-    ngx_pushjobs_batch_t   *b[3];
+    ngx_pushjobs_batch_t   *b;
+    ngx_pushjobs_store_t   *st;
     ngx_pushjobs_worker_t  *w;
 
     w = ngx_pushjobs_worker;
 
-    if (w == NULL || ngx_exiting || ngx_terminate) {
+    if (w == NULL || w->store == NULL || ngx_exiting || ngx_terminate) {
         return;
     }
 
+    st = w->store;
+
     if (ngx_pushjobs_pg_barrier("SELECT pushjobs.owner_regained($1)", 1,
-                                &w->owner, ngx_pushjobs_owner_beat_done, w)
+                                &w->owner, ngx_pushjobs_owner_beat_done, st)
         != NULL)
     {
-        ngx_pushjobs_owner_busy = 1;
+        st->owner_busy = 1;
     }
 
     /*
@@ -689,14 +726,12 @@ ngx_pushjobs_store_owner_regained(void)
      * for its retry: send it now, right after the barrier.
      */
 
-    b[0] = ngx_pushjobs_presence;
-    b[1] = ngx_pushjobs_inputs;
-    b[2] = ngx_pushjobs_hellos;
+    for (i = 0; i < NGX_PUSHJOBS_STORE_BATCHES; i++) {
+        b = &st->batch[i];
 
-    for (i = 0; i < 3; i++) {
-        if (b[i] && b[i]->retry.timer_set) {
-            ngx_del_timer(&b[i]->retry);
-            ngx_pushjobs_batch_flush(b[i]);
+        if (b->retry.timer_set) {
+            ngx_del_timer(&b->retry);
+            ngx_pushjobs_batch_flush(b);
         }
     }
 }
@@ -705,7 +740,9 @@ ngx_pushjobs_store_owner_regained(void)
 static void
 ngx_pushjobs_owner_beat_done(void *data, PGresult *res)
 {
-    ngx_pushjobs_owner_busy = 0;
+    ngx_pushjobs_store_t *st = data;
+
+    st->owner_busy = 0;
 
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK
         || PQntuples(res) != 1)
@@ -713,9 +750,9 @@ ngx_pushjobs_owner_beat_done(void *data, PGresult *res)
         return;
     }
 
-    if (!ngx_pushjobs_owner_known) {
+    if (!st->owner_known) {
         /* the first beat of this worker: nothing was published before */
-        ngx_pushjobs_owner_known = 1;
+        st->owner_known = 1;
         return;
     }
 
