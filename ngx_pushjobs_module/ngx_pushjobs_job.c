@@ -39,8 +39,6 @@ static const char  *ngx_pushjobs_job_kinds[] = {
     NULL, "commit", "run", "stop"
 };
 
-static ngx_uint_t  ngx_pushjobs_sweeping;
-
 
 /*
  * "commit ORG JOB", "run ORG JOB", "stop ORG JOB", "event ORG JOB",
@@ -146,7 +144,7 @@ ngx_pushjobs_job_sweep(ngx_event_t *ev)
 
     ngx_add_timer(ev, pmcf->sweep_interval);
 
-    if (ngx_pushjobs_sweeping || !ngx_pushjobs_pg_ok()) {
+    if (w->sweeping || !ngx_pushjobs_pg_ok()) {
         return;
     }
 
@@ -168,10 +166,10 @@ ngx_pushjobs_job_sweep(ngx_event_t *ev)
 
     if (ngx_pushjobs_pg_query("SELECT pushjobs.sweep($1, $2, $4), "
                               "pushjobs.purge($3)", 4, params,
-                              ngx_pushjobs_job_sweep_done, NULL)
+                              ngx_pushjobs_job_sweep_done, w)
         != NULL)
     {
-        ngx_pushjobs_sweeping = 1;
+        w->sweeping = 1;
     }
 }
 
@@ -179,7 +177,9 @@ ngx_pushjobs_job_sweep(ngx_event_t *ev)
 static void
 ngx_pushjobs_job_sweep_done(void *data, PGresult *res)
 {
-    ngx_pushjobs_sweeping = 0;
+    ngx_pushjobs_worker_t *w = data;
+
+    w->sweeping = 0;
 
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK
         || PQntuples(res) != 1 || PQnfields(res) != 2)

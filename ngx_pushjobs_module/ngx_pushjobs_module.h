@@ -371,6 +371,9 @@ struct ngx_pushjobs_worker_s {
     ngx_msec_t                  exit_deadline;
     unsigned                    exiting:1;
     unsigned                    exit_done:1;
+
+    /* a sweep query is outstanding: the next sweep waits for it */
+    unsigned                    sweeping:1;
 };
 
 
