@@ -359,8 +359,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         worker.cycle = (ngx_cycle_t *) ngx_cycle;
         worker.log = log;
         worker.pmcf = pmcf;
-        ngx_rbtree_init(&worker.agents, &worker.agents_sentinel,
-                        ngx_rbtree_insert_value);
+
+        if (ngx_pushjobs_session_init(&worker) != NGX_OK) {
+            abort();
+        }
 
         ngx_pushjobs_worker = &worker;
     }

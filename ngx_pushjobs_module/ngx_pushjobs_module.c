@@ -872,8 +872,6 @@ ngx_pushjobs_init_process(ngx_cycle_t *cycle)
     w->log = cycle->log;
     w->pmcf = pmcf;
 
-    ngx_rbtree_init(&w->agents, &w->agents_sentinel, ngx_rbtree_insert_value);
-
     /* a name no other worker of any front end has, now or later */
 
     p = ngx_pnalloc(cycle->pool, cycle->hostname.len + 2 * NGX_INT64_LEN + 3);
@@ -905,6 +903,10 @@ ngx_pushjobs_init_process(ngx_cycle_t *cycle)
                              ngx_pushjobs_exiting)
         != NGX_OK)
     {
+        return NGX_ERROR;
+    }
+
+    if (ngx_pushjobs_session_init(w) != NGX_OK) {
         return NGX_ERROR;
     }
 

@@ -357,6 +357,8 @@ struct ngx_pushjobs_worker_s {
     ngx_rbtree_node_t           agents_sentinel;
     ngx_uint_t                  nagents;
     uint64_t                    next_session;
+    /* the count of channels of each org, ngx_pushjobs_agent_org_t */
+    ngx_array_t                 agent_orgs;
 
     ngx_str_t                   owner;
 
@@ -476,6 +478,7 @@ ngx_int_t ngx_pushjobs_api_handler(ngx_http_request_t *r);
 ngx_int_t ngx_pushjobs_status_handler(ngx_http_request_t *r);
 
 /* ngx_pushjobs_session.c */
+ngx_int_t ngx_pushjobs_session_init(ngx_pushjobs_worker_t *w);
 ngx_pushjobs_agent_t *ngx_pushjobs_agent_create(ngx_str_t *org,
     ngx_str_t *node, ngx_log_t *log);
 void ngx_pushjobs_agent_open(ngx_pushjobs_agent_t *a, ngx_pushjobs_chan_t *ch);

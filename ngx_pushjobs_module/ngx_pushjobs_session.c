@@ -93,8 +93,17 @@ static ngx_pushjobs_agent_type_t  ngx_pushjobs_agent_types[] = {
 };
 
 
-/* Per-worker state: the count of channels of each org. */
-static ngx_array_t  *ngx_pushjobs_agent_orgs;
+
+/* The worker's registry of sessions, empty. */
+
+ngx_int_t
+ngx_pushjobs_session_init(ngx_pushjobs_worker_t *w)
+{
+    ngx_rbtree_init(&w->agents, &w->agents_sentinel, ngx_rbtree_insert_value);
+
+    return ngx_array_init(&w->agent_orgs, w->cycle->pool, 4,
+                          sizeof(ngx_pushjobs_agent_org_t));
+}
 
 
 /*
@@ -265,15 +274,17 @@ ngx_uint_t
 ngx_pushjobs_agent_org_count(ngx_str_t *org)
 {
     ngx_uint_t                 i;
+    ngx_pushjobs_worker_t     *w;
     ngx_pushjobs_agent_org_t  *o;
 
-    if (ngx_pushjobs_agent_orgs == NULL) {
+    w = ngx_pushjobs_worker;
+    if (w == NULL) {
         return 0;
     }
 
-    o = ngx_pushjobs_agent_orgs->elts;
+    o = w->agent_orgs.elts;
 
-    for (i = 0; i < ngx_pushjobs_agent_orgs->nelts; i++) {
+    for (i = 0; i < w->agent_orgs.nelts; i++) {
         if (o[i].org.len == org->len
             && ngx_memcmp(o[i].org.data, org->data, org->len) == 0)
         {
@@ -676,20 +687,14 @@ static void
 ngx_pushjobs_agent_org_add(ngx_str_t *org, ngx_int_t n)
 {
     ngx_uint_t                 i;
+    ngx_pushjobs_worker_t     *w;
     ngx_pushjobs_agent_org_t  *o;
 
-    if (ngx_pushjobs_agent_orgs == NULL) {
-        ngx_pushjobs_agent_orgs = ngx_array_create(
-                                      ngx_pushjobs_worker->cycle->pool, 4,
-                                      sizeof(ngx_pushjobs_agent_org_t));
-        if (ngx_pushjobs_agent_orgs == NULL) {
-            return;
-        }
-    }
+    w = ngx_pushjobs_worker;
 
-    o = ngx_pushjobs_agent_orgs->elts;
+    o = w->agent_orgs.elts;
 
-    for (i = 0; i < ngx_pushjobs_agent_orgs->nelts; i++) {
+    for (i = 0; i < w->agent_orgs.nelts; i++) {
         if (o[i].org.len == org->len
             && ngx_memcmp(o[i].org.data, org->data, org->len) == 0)
         {
@@ -702,16 +707,16 @@ ngx_pushjobs_agent_org_add(ngx_str_t *org, ngx_int_t n)
         return;
     }
 
-    o = ngx_array_push(ngx_pushjobs_agent_orgs);
+    o = ngx_array_push(&w->agent_orgs);
     if (o == NULL) {
         return;
     }
 
     /* org names are few; they are kept for the life of the worker */
 
-    o->org.data = ngx_pstrdup(ngx_pushjobs_worker->cycle->pool, org);
+    o->org.data = ngx_pstrdup(w->cycle->pool, org);
     if (o->org.data == NULL) {
-        ngx_pushjobs_agent_orgs->nelts--;
+        w->agent_orgs.nelts--;
         return;
     }
 
