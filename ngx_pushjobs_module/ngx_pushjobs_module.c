@@ -906,6 +906,10 @@ ngx_pushjobs_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (ngx_pushjobs_ws_chan_init(w) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (ngx_pushjobs_session_init(w) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -1041,7 +1045,7 @@ ngx_pushjobs_exit_process(ngx_cycle_t *cycle)
     }
 
     ngx_pushjobs_agent_close_all();
-    ngx_pushjobs_ws_chan_done();
+    ngx_pushjobs_ws_chan_done(w);
     ngx_pushjobs_feed_close_all();
 
     if (w->sweep_ev.timer_set) {

@@ -353,6 +353,11 @@ struct ngx_pushjobs_worker_s {
     /* the PostgreSQL connections (ngx_pushjobs_pg.c) */
     ngx_pushjobs_pg_t          *pg;
 
+    /* shared by the websocket channels (ngx_pushjobs_transport_ws.c) */
+    u_char                     *ws_read_buf;
+    ngx_pushjobs_msg_t         *ws_ping;
+
+    /* the agent sessions (ngx_pushjobs_session.c) */
     ngx_rbtree_t                agents;
     ngx_rbtree_node_t           agents_sentinel;
     ngx_uint_t                  nagents;
@@ -509,7 +514,8 @@ void ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code);
 /* ngx_pushjobs_transport_ws.c */
 ngx_int_t ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
     ngx_str_t *node);
-void ngx_pushjobs_ws_chan_done(void);
+ngx_int_t ngx_pushjobs_ws_chan_init(ngx_pushjobs_worker_t *w);
+void ngx_pushjobs_ws_chan_done(ngx_pushjobs_worker_t *w);
 
 /* ngx_pushjobs_transport_poll.c */
 ngx_int_t ngx_pushjobs_poll_handler(ngx_http_request_t *r, ngx_str_t *org,

@@ -45,6 +45,9 @@ typedef struct {
 
     ngx_pushjobs_out_t          out;
 
+    /* the HTTP/1.x connection write handler, given back if a release fails */
+    ngx_event_handler_pt        http_write;
+
     unsigned                    alive:1;
     unsigned                    accepting:1;
 } ngx_pushjobs_ws_chan_t;
@@ -80,12 +83,44 @@ static const ngx_pushjobs_transport_t  ngx_pushjobs_ws_transport = {
 };
 
 
-/* Per-worker state, set up at the first channel of a worker process. */
-static u_char              *ngx_pushjobs_ws_chan_buf;
-static ngx_pushjobs_msg_t  *ngx_pushjobs_ws_chan_ping_msg;
+/*
+ * What the worker's websocket channels share, created with the worker: the
+ * buffer each read goes into (the frame reader keeps what it needs of it)
+ * and the ping message.
+ */
 
-/* the HTTP/1.x connection write handler, given back if a release fails */
-static ngx_event_handler_pt  ngx_pushjobs_ws_chan_http_write;
+ngx_int_t
+ngx_pushjobs_ws_chan_init(ngx_pushjobs_worker_t *w)
+{
+    w->ws_read_buf = ngx_alloc(NGX_PUSHJOBS_WS_READ_BUF, w->log);
+    if (w->ws_read_buf == NULL) {
+        return NGX_ERROR;
+    }
+
+    w->ws_ping = ngx_pushjobs_msg_create(NGX_PUSHJOBS_WS_PING, NULL, 0);
+    if (w->ws_ping == NULL) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* The worker exits, its channels closed. */
+
+void
+ngx_pushjobs_ws_chan_done(ngx_pushjobs_worker_t *w)
+{
+    if (w->ws_read_buf) {
+        ngx_free(w->ws_read_buf);
+        w->ws_read_buf = NULL;
+    }
+
+    if (w->ws_ping) {
+        ngx_pushjobs_msg_release(w->ws_ping);
+        w->ws_ping = NULL;
+    }
+}
 
 
 ngx_int_t
@@ -107,22 +142,6 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
         || node->len > NGX_PUSHJOBS_NAME_MAX)
     {
         return NGX_HTTP_SERVICE_UNAVAILABLE;
-    }
-
-    if (ngx_pushjobs_ws_chan_buf == NULL) {
-        ngx_pushjobs_ws_chan_buf = ngx_alloc(NGX_PUSHJOBS_WS_READ_BUF,
-                                             w->log);
-        if (ngx_pushjobs_ws_chan_buf == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
-
-    if (ngx_pushjobs_ws_chan_ping_msg == NULL) {
-        ngx_pushjobs_ws_chan_ping_msg = ngx_pushjobs_msg_create(
-                                            NGX_PUSHJOBS_WS_PING, NULL, 0);
-        if (ngx_pushjobs_ws_chan_ping_msg == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
     }
 
     ws = ngx_alloc(sizeof(ngx_pushjobs_ws_chan_t), w->log);
@@ -190,7 +209,7 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
      * where the callers up the stack still use it.
      */
 
-    ngx_pushjobs_ws_chan_http_write = c->write->handler;
+    ws->http_write = c->write->handler;
     c->write->handler = ngx_pushjobs_ws_chan_release;
     ngx_post_event(c->write, &ngx_posted_events);
 
@@ -230,23 +249,6 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
     ngx_pushjobs_agent_unref(a);
 
     return NGX_DONE;
-}
-
-
-/* The worker exits, its channels closed. */
-
-void
-ngx_pushjobs_ws_chan_done(void)
-{
-    if (ngx_pushjobs_ws_chan_buf) {
-        ngx_free(ngx_pushjobs_ws_chan_buf);
-        ngx_pushjobs_ws_chan_buf = NULL;
-    }
-
-    if (ngx_pushjobs_ws_chan_ping_msg) {
-        ngx_pushjobs_msg_release(ngx_pushjobs_ws_chan_ping_msg);
-        ngx_pushjobs_ws_chan_ping_msg = NULL;
-    }
 }
 
 
@@ -380,7 +382,7 @@ ngx_pushjobs_ws_chan_tick(ngx_pushjobs_chan_t *ch)
 
     ws->alive = 0;
 
-    ngx_pushjobs_agent_send(a, ngx_pushjobs_ws_chan_ping_msg);
+    ngx_pushjobs_agent_send(a, ngx_pushjobs_worker->ws_ping);
 
     return NGX_OK;
 }
@@ -461,13 +463,13 @@ ngx_pushjobs_ws_chan_release(ngx_event_t *wev)
         ngx_log_error(NGX_LOG_WARN, c->log, 0,
                       "pushjobs: agent \"%V\" of \"%V\" keeps its request "
                       "(count %d)", &a->name, &a->org, r->main->count);
-        wev->handler = ngx_pushjobs_ws_chan_http_write;
+        wev->handler = ws->http_write;
         return;
     }
 
     cln = ngx_pool_cleanup_add(c->pool, 0);
     if (cln == NULL) {
-        wev->handler = ngx_pushjobs_ws_chan_http_write;
+        wev->handler = ws->http_write;
         return;
     }
 
@@ -586,18 +588,20 @@ static void
 ngx_pushjobs_ws_chan_read(ngx_pushjobs_ws_chan_t *ws)
 {
     ssize_t                n;
+    u_char                *buf;
     ngx_uint_t             i;
     ngx_connection_t      *c;
     ngx_pushjobs_agent_t  *a;
 
     a = ws->chan.agent;
     c = ws->connection;
+    buf = ngx_pushjobs_worker->ws_read_buf;
 
     ngx_pushjobs_agent_ref(a);
 
     for (i = 0; i < NGX_PUSHJOBS_WS_READS; i++) {
 
-        n = c->recv(c, ngx_pushjobs_ws_chan_buf, NGX_PUSHJOBS_WS_READ_BUF);
+        n = c->recv(c, buf, NGX_PUSHJOBS_WS_READ_BUF);
 
         if (n == NGX_AGAIN) {
             break;
@@ -612,10 +616,7 @@ ngx_pushjobs_ws_chan_read(ngx_pushjobs_ws_chan_t *ws)
             goto done;
         }
 
-        if (ngx_pushjobs_ws_chan_feed(ws, ngx_pushjobs_ws_chan_buf,
-                                      ngx_pushjobs_ws_chan_buf + n)
-            != NGX_OK)
-        {
+        if (ngx_pushjobs_ws_chan_feed(ws, buf, buf + n) != NGX_OK) {
             goto done;
         }
     }
