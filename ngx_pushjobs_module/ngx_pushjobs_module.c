@@ -893,6 +893,14 @@ ngx_pushjobs_init_process(ngx_cycle_t *cycle)
 
     ngx_pushjobs_worker = w;
 
+    /*
+     * The parts, each on what comes before it: the store's batches, the
+     * PostgreSQL pool they are written through, the websocket channels'
+     * shared buffers, the registry of agent sessions.  exit_process
+     * releases them in the reverse order: the sessions' close writes their
+     * nodes' presence through the store and the pool.
+     */
+
     if (ngx_pushjobs_store_init(w) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -1044,10 +1052,6 @@ ngx_pushjobs_exit_process(ngx_cycle_t *cycle)
         ngx_del_timer(&w->exit_ev);
     }
 
-    ngx_pushjobs_agent_close_all();
-    ngx_pushjobs_ws_chan_done(w);
-    ngx_pushjobs_feed_close_all();
-
     if (w->sweep_ev.timer_set) {
         ngx_del_timer(&w->sweep_ev);
     }
@@ -1056,8 +1060,12 @@ ngx_pushjobs_exit_process(ngx_cycle_t *cycle)
         ngx_del_timer(&w->owner_ev);
     }
 
-    ngx_pushjobs_pg_done(w);
+    /* the reverse of init_process */
 
+    ngx_pushjobs_session_done(w);
+    ngx_pushjobs_feed_close_all();
+    ngx_pushjobs_ws_chan_done(w);
+    ngx_pushjobs_pg_done(w);
     ngx_pushjobs_store_done(w);
 
     ngx_pushjobs_worker = NULL;

@@ -343,12 +343,22 @@ struct ngx_pushjobs_agent_s {
 };
 
 
-/* Per-worker runtime state, created in init_process. */
+/*
+ * Per-worker runtime state, its one owner: created in init_process, each
+ * part in a fixed order, and released in exit_process in the reverse order
+ * (ngx_pushjobs_module.c).  A part whose struct is private to its file is
+ * a pointer to a type declared above.
+ */
 
 struct ngx_pushjobs_worker_s {
     ngx_cycle_t                *cycle;
     ngx_log_t                  *log;
     ngx_pushjobs_main_conf_t   *pmcf;
+
+    ngx_str_t                   owner;
+
+    /* the batched writes (ngx_pushjobs_store.c) */
+    ngx_pushjobs_store_t       *store;
 
     /* the PostgreSQL connections (ngx_pushjobs_pg.c) */
     ngx_pushjobs_pg_t          *pg;
@@ -364,11 +374,6 @@ struct ngx_pushjobs_worker_s {
     uint64_t                    next_session;
     /* the count of channels of each org, ngx_pushjobs_agent_org_t */
     ngx_array_t                 agent_orgs;
-
-    ngx_str_t                   owner;
-
-    /* the batched writes (ngx_pushjobs_store.c) */
-    ngx_pushjobs_store_t       *store;
 
     ngx_event_t                 sweep_ev;
     ngx_event_t                 owner_ev;
@@ -484,6 +489,7 @@ ngx_int_t ngx_pushjobs_status_handler(ngx_http_request_t *r);
 
 /* ngx_pushjobs_session.c */
 ngx_int_t ngx_pushjobs_session_init(ngx_pushjobs_worker_t *w);
+void ngx_pushjobs_session_done(ngx_pushjobs_worker_t *w);
 ngx_pushjobs_agent_t *ngx_pushjobs_agent_create(ngx_str_t *org,
     ngx_str_t *node, ngx_log_t *log);
 void ngx_pushjobs_agent_open(ngx_pushjobs_agent_t *a, ngx_pushjobs_chan_t *ch);
@@ -508,7 +514,6 @@ void ngx_pushjobs_agent_input_done(ngx_pushjobs_store_item_t *item,
 void ngx_pushjobs_agent_hello_done(ngx_pushjobs_store_item_t *item,
     ngx_str_t *job_id, ngx_str_t *action, ngx_str_t *message);
 void ngx_pushjobs_agent_republish(void);
-void ngx_pushjobs_agent_close_all(void);
 void ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code);
 
 /* ngx_pushjobs_transport_ws.c */

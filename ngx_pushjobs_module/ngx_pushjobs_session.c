@@ -538,15 +538,14 @@ ngx_pushjobs_agent_republish(void)
 }
 
 
+/* The worker exits: every channel is closed, its session gone with it. */
+
 void
-ngx_pushjobs_agent_close_all(void)
+ngx_pushjobs_session_done(ngx_pushjobs_worker_t *w)
 {
-    ngx_rbtree_node_t      *n, *next;
-    ngx_pushjobs_worker_t  *w;
+    ngx_rbtree_node_t  *n, *next;
 
-    w = ngx_pushjobs_worker;
-
-    if (w != NULL && w->agents.root != w->agents.sentinel) {
+    if (w->agents.root != w->agents.sentinel) {
         for (n = ngx_rbtree_min(w->agents.root, w->agents.sentinel);
              n;
              n = next)
