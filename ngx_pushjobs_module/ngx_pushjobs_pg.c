@@ -123,6 +123,9 @@ struct ngx_pushjobs_pg_s {
     ngx_pushjobs_pg_exiting_pt  exiting;
 
     ngx_uint_t                  stopping;
+
+    /* a libpq error message made one line (ngx_pushjobs_pg_error()) */
+    u_char                      error[512];
 };
 
 
@@ -158,7 +161,7 @@ static void ngx_pushjobs_pg_stop_all(ngx_pushjobs_pg_t *pg);
 static ngx_pushjobs_pg_query_t *ngx_pushjobs_pg_enqueue(const char *sql,
     ngx_uint_t nparams, ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler,
     void *data, ngx_uint_t barrier);
-static const char *ngx_pushjobs_pg_error(PGconn *conn);
+static const char *ngx_pushjobs_pg_error(ngx_pushjobs_pg_conn_t *pc);
 static ngx_pushjobs_pg_t *ngx_pushjobs_pg_current(void);
 
 
@@ -680,7 +683,7 @@ ngx_pushjobs_pg_connected(ngx_pushjobs_pg_conn_t *pc)
     if (PQsetnonblocking(pc->conn, 1) != 0) {
         ngx_log_error(NGX_LOG_ERR, pg->log, 0,
                       "pushjobs: postgres PQsetnonblocking failed: %s",
-                      ngx_pushjobs_pg_error(pc->conn));
+                      ngx_pushjobs_pg_error(pc));
         ngx_pushjobs_pg_close(pc, 1);
         return;
     }
@@ -702,7 +705,7 @@ ngx_pushjobs_pg_connected(ngx_pushjobs_pg_conn_t *pc)
         if (PQsendQuery(pc->conn, ngx_pushjobs_pg_listen_sql) != 1) {
             ngx_log_error(NGX_LOG_ERR, pg->log, 0,
                           "pushjobs: postgres LISTEN failed: %s",
-                          ngx_pushjobs_pg_error(pc->conn));
+                          ngx_pushjobs_pg_error(pc));
             ngx_pushjobs_pg_close(pc, 1);
             return;
         }
@@ -884,7 +887,7 @@ ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t retry)
 
         ngx_log_error(level, pg->log, 0,
                       "pushjobs: postgres connect failed: %s",
-                      pc->conn ? ngx_pushjobs_pg_error(pc->conn)
+                      pc->conn ? ngx_pushjobs_pg_error(pc)
                                : "out of memory");
     }
 
@@ -1108,7 +1111,7 @@ ngx_pushjobs_pg_read_handler(ngx_event_t *ev)
     if (PQconsumeInput(pc->conn) != 1) {
         ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
                       "pushjobs: postgres connection lost: %s",
-                      ngx_pushjobs_pg_error(pc->conn));
+                      ngx_pushjobs_pg_error(pc));
         ngx_pushjobs_pg_close(pc, 1);
         return;
     }
@@ -1147,7 +1150,7 @@ ngx_pushjobs_pg_send(ngx_pushjobs_pg_conn_t *pc, ngx_pushjobs_pg_query_t *q)
     {
         ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
                       "pushjobs: postgres send failed: %s",
-                      ngx_pushjobs_pg_error(pc->conn));
+                      ngx_pushjobs_pg_error(pc));
         return NGX_ERROR;
     }
 
@@ -1171,7 +1174,7 @@ ngx_pushjobs_pg_flush(ngx_pushjobs_pg_conn_t *pc)
     if (rc == -1) {
         ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
                       "pushjobs: postgres flush failed: %s",
-                      ngx_pushjobs_pg_error(pc->conn));
+                      ngx_pushjobs_pg_error(pc));
         return NGX_ERROR;
     }
 
@@ -1440,20 +1443,21 @@ ngx_pushjobs_pg_queue_handler(ngx_event_t *ev)
 
 
 static const char *
-ngx_pushjobs_pg_error(PGconn *conn)
+ngx_pushjobs_pg_error(ngx_pushjobs_pg_conn_t *pc)
 {
-    u_char         *p, *last;
-    const char     *msg;
-    static u_char   buf[512];
+    u_char      *p, *last, *buf;
+    const char  *msg;
 
-    msg = PQerrorMessage(conn);
+    buf = pc->pg->error;
+
+    msg = PQerrorMessage(pc->conn);
     if (msg == NULL || *msg == '\0') {
         return "unknown error";
     }
 
     /* libpq's messages may span lines; a log entry should not */
 
-    last = ngx_cpystrn(buf, (u_char *) msg, sizeof(buf)) - 1;
+    last = ngx_cpystrn(buf, (u_char *) msg, sizeof(pc->pg->error)) - 1;
 
     while (last >= buf && (*last == '\n' || *last == ' ')) {
         *last-- = '\0';
