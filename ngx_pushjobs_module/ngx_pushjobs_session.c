@@ -93,7 +93,6 @@ static ngx_pushjobs_agent_type_t  ngx_pushjobs_agent_types[] = {
 };
 
 
-
 /* The worker's registry of sessions, empty. */
 
 ngx_int_t

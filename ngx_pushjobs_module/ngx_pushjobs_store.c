@@ -106,28 +106,28 @@ ngx_pushjobs_store_init(ngx_pushjobs_worker_t *w)
         return NGX_ERROR;
     }
 
-    b = st->batch;
-
     /* presence_update() returns nothing: there is no outcome to hand on */
 
-    b[NGX_PUSHJOBS_STORE_PRESENCE].name = "presence";
-    b[NGX_PUSHJOBS_STORE_PRESENCE].sql =
-                                     "SELECT pushjobs.presence_update($1, $2)";
-    b[NGX_PUSHJOBS_STORE_PRESENCE].with_owner = 1;
+    b = &st->batch[NGX_PUSHJOBS_STORE_PRESENCE];
+    b->name = "presence";
+    b->sql = "SELECT pushjobs.presence_update($1, $2)";
+    b->with_owner = 1;
 
-    b[NGX_PUSHJOBS_STORE_INPUTS].name = "inputs";
-    b[NGX_PUSHJOBS_STORE_INPUTS].sql =
-                                 "SELECT i, rehab FROM pushjobs.node_inputs($1)";
-    b[NGX_PUSHJOBS_STORE_INPUTS].done = ngx_pushjobs_inputs_done;
+    b = &st->batch[NGX_PUSHJOBS_STORE_INPUTS];
+    b->name = "inputs";
+    b->sql = "SELECT i, rehab FROM pushjobs.node_inputs($1)";
+    b->done = ngx_pushjobs_inputs_done;
 
-    b[NGX_PUSHJOBS_STORE_HELLOS].name = "hellos";
-    b[NGX_PUSHJOBS_STORE_HELLOS].sql = "SELECT i, job_id, action, message"
-                                       " FROM pushjobs.agent_hellos($1)";
-    b[NGX_PUSHJOBS_STORE_HELLOS].done = ngx_pushjobs_hellos_done;
+    b = &st->batch[NGX_PUSHJOBS_STORE_HELLOS];
+    b->name = "hellos";
+    b->sql = "SELECT i, job_id, action, message"
+             " FROM pushjobs.agent_hellos($1)";
+    b->done = ngx_pushjobs_hellos_done;
 
     for (i = 0; i < NGX_PUSHJOBS_STORE_BATCHES; i++) {
-        b[i].log = w->log;
-        ngx_pushjobs_init_timer(&b[i].retry, ngx_pushjobs_batch_retry, &b[i],
+        b = &st->batch[i];
+        b->log = w->log;
+        ngx_pushjobs_init_timer(&b->retry, ngx_pushjobs_batch_retry, b,
                                 w->log);
     }
 
