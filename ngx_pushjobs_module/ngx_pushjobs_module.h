@@ -455,7 +455,6 @@ ngx_pushjobs_pg_query_t *ngx_pushjobs_pg_barrier(const char *sql,
     ngx_uint_t nparams, ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler,
     void *data);
 void ngx_pushjobs_pg_cancel(ngx_pushjobs_pg_query_t *q);
-ngx_uint_t ngx_pushjobs_pg_idle(void);
 ngx_uint_t ngx_pushjobs_pg_ok(void);
 
 /* ngx_pushjobs_ws.c */

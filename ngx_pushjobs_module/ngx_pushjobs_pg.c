@@ -565,29 +565,6 @@ ngx_pushjobs_pg_ok(void)
 }
 
 
-ngx_uint_t
-ngx_pushjobs_pg_idle(void)
-{
-    ngx_uint_t          i, n;
-    ngx_pushjobs_pg_t  *pg;
-
-    pg = ngx_pushjobs_pg_current();
-    if (pg == NULL) {
-        return 0;
-    }
-
-    n = 0;
-
-    for (i = 0; i < pg->nconns; i++) {
-        if (pg->conns[i].state == NGX_PUSHJOBS_PG_IDLE) {
-            n++;
-        }
-    }
-
-    return n;
-}
-
-
 static void
 ngx_pushjobs_pg_connect(ngx_pushjobs_pg_conn_t *pc)
 {
