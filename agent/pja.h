@@ -341,6 +341,8 @@ typedef struct {
 
 int pja_ps_socketpair(int sv[2]);
 const char *pja_ps_req_check(const pja_ps_req_t *r);
+char *pja_ps_req_resolve(const pja_conf_t *cf, const pja_ps_req_t *r,
+    const char **why);
 int pja_ps_send(int fd, const void *rec, size_t size, const int *fds,
     int nfds);
 int pja_ps_recv(int fd, void *rec, size_t size, int *fds, int maxfds,

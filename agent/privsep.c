@@ -13,6 +13,7 @@
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
@@ -329,4 +330,59 @@ pja_ps_drop(const char *user)
     pja_log(PJA_LOG_INFO, "privsep: network process runs as %s (%ld:%ld)",
             user, (long) uid, (long) gid);
     return 0;
+}
+
+
+/*
+ * The root parent's own decision on a run request, after
+ * pja_ps_req_check(): the command is resolved against the parent's copy
+ * of the whitelist (whatever the network process resolved does not
+ * count), and a user must exist and be in allowed_users.  Returns the
+ * command line to run (malloc()ed), or NULL and the reason in *why.
+ */
+
+char *
+pja_ps_req_resolve(const pja_conf_t *cf, const pja_ps_req_t *r,
+    const char **why)
+{
+    char                  *cmdline, **argv;
+    const pja_wl_entry_t  *e;
+
+    *why = pja_ps_req_check(r);
+    if (*why) {
+        return NULL;
+    }
+
+    if (r->type != PJA_PS_RUN) {
+        *why = "not a run request";
+        return NULL;
+    }
+
+    if (r->user[0] != '\0') {
+        if (getpwnam(r->user) == NULL) {
+            *why = "unknown user";
+            return NULL;
+        }
+
+        if (!pja_conf_user_allowed(cf, r->user)) {
+            *why = "user not allowed (allowed_users)";
+            return NULL;
+        }
+    }
+
+    cmdline = pja_wl_resolve(cf, r->command, &e);
+    if (cmdline == NULL) {
+        *why = "command not in the whitelist";
+        return NULL;
+    }
+
+    argv = pja_argv_split(cmdline);
+    if (argv == NULL) {
+        free(cmdline);
+        *why = "bad command line in the whitelist";
+        return NULL;
+    }
+
+    pja_argv_free(argv);
+    return cmdline;
 }
