@@ -293,6 +293,64 @@ void pja_job_timers(pja_job_t *job, const pja_conf_t *cf, int64_t now);
 void pja_job_recover(const pja_conf_t *cf);
 
 
+/* privsep.c: the records over the socketpair of the two processes */
+
+#define PJA_PS_MAGIC            0x706a7073  /* "pjps" */
+#define PJA_PS_USER             "pushjobs-agent"
+#define PJA_PS_COMMAND_MAX      1024
+#define PJA_PS_USER_MAX         256
+#define PJA_PS_DIR_MAX          4096
+#define PJA_PS_ENV_MAX          (64 * 1024)
+#define PJA_PS_ENV_COUNT        256
+#define PJA_PS_MAX_FDS          2          /* a job's stdout and stderr */
+
+enum {
+    PJA_PS_RUN = 1,       /* network process: run this committed job */
+    PJA_PS_SIGNAL,        /* network process: signal the job's group */
+    PJA_PS_STARTED,       /* parent: pid (= pgid), output fds attached */
+    PJA_PS_REFUSED,       /* parent: reason */
+    PJA_PS_EXITED         /* parent: the job's wait status */
+};
+
+/* Network process to parent.  Strings are NUL-terminated in place. */
+
+typedef struct {
+    uint32_t               magic;
+    uint32_t               type;
+    char                   job_id[33];
+    char                   command[PJA_PS_COMMAND_MAX]; /* whitelist key */
+    char                   user[PJA_PS_USER_MAX];       /* "": none */
+    char                   dir[PJA_PS_DIR_MAX];         /* "": none */
+    uint32_t               capture;
+    int32_t                signo;         /* PJA_PS_SIGNAL: TERM or KILL */
+    uint32_t               nenv;
+    uint32_t               env_len;
+    char                   env[PJA_PS_ENV_MAX];        /* "K=V\0"... */
+} pja_ps_req_t;
+
+/* Parent to network process. */
+
+typedef struct {
+    uint32_t               magic;
+    uint32_t               type;
+    char                   job_id[33];
+    int32_t                pid;
+    int32_t                status;
+    char                   reason[256];
+} pja_ps_rep_t;
+
+int pja_ps_socketpair(int sv[2]);
+const char *pja_ps_req_check(const pja_ps_req_t *r);
+char *pja_ps_req_resolve(const pja_conf_t *cf, const pja_ps_req_t *r,
+    const char **why);
+int pja_ps_send(int fd, const void *rec, size_t size, const int *fds,
+    int nfds);
+int pja_ps_recv(int fd, void *rec, size_t size, int *fds, int maxfds,
+    int *nfds);
+const char *pja_ps_default_user(void);
+int pja_ps_drop(const char *user);
+
+
 /* spool.c */
 
 int pja_spool_init(const char *dir);
