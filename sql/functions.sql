@@ -50,6 +50,21 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 
+-- The statuses of a job not ended yet (it may still change), and of a node
+-- still taking part in its job: the sets transitions and queries test.
+CREATE OR REPLACE FUNCTION pushjobs.job_active(p_status pushjobs.job_status)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT p_status IN ('new', 'voting', 'running')
+$$;
+
+CREATE OR REPLACE FUNCTION pushjobs.node_active(p_status pushjobs.node_status)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT p_status IN ('new', 'ready', 'running')
+$$;
+
+
 -- Org feed ids in commit order.  A reader resumes after the last id it has
 -- seen, so no id may become visible after a greater one; but the serial
 -- hands out ids as rows are inserted, and two transactions (a POST's
@@ -1688,3 +1703,11 @@ LANGUAGE sql STABLE AS $$
      ORDER BY e.id
      LIMIT p_limit
 $$;
+
+
+-- org_event_commit_order() runs at the commit of each new org event
+DROP TRIGGER IF EXISTS org_events_commit_order ON pushjobs.org_events;
+CREATE CONSTRAINT TRIGGER org_events_commit_order
+    AFTER INSERT ON pushjobs.org_events
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION pushjobs.org_event_commit_order();
