@@ -30,6 +30,9 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 
+-- Queues the NOTIFY "P_KIND P_ORG P_JOB" on channel "pushjobs": every
+-- notification goes through here ("kick" passes its owner as p_org and
+-- "SESSION ORG NODE" as p_job).
 CREATE OR REPLACE FUNCTION pushjobs.notify(p_kind text, p_org text,
     p_job text)
 RETURNS void
@@ -123,7 +126,7 @@ BEGIN
     END IF;
 
     -- identical notifications of one transaction are delivered once
-    PERFORM pg_notify('pushjobs', 'event ' || p_org || ' ' || p_job);
+    PERFORM pushjobs.notify('event', p_org, p_job);
 END
 $$;
 
@@ -784,7 +787,7 @@ BEGIN
                e.data
           FROM unnest(p_keys, p_names, p_data) AS e(k, name, data);
 
-        PERFORM pg_notify('pushjobs', 'event ' || p_org || ' ' || p_job);
+        PERFORM pushjobs.notify('event', p_org, p_job);
     END IF;
 END
 $$;
@@ -1213,10 +1216,9 @@ BEGIN
                FOR UPDATE;
 
             IF FOUND AND v_old.online AND v_old.owner <> p_owner THEN
-                PERFORM pg_notify('pushjobs',
-                                  'kick ' || v_old.owner || ' '
-                                  || v_old.session || ' ' || r.org || ' '
-                                  || r.node);
+                PERFORM pushjobs.notify('kick', v_old.owner,
+                                        v_old.session || ' ' || r.org || ' '
+                                        || r.node);
             END IF;
 
             INSERT INTO pushjobs.presence (org, node_name, owner, session,
