@@ -30,6 +30,9 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 
+-- Queues the NOTIFY "P_KIND P_ORG P_JOB" on channel "pushjobs": every
+-- notification goes through here ("kick" passes its owner as p_org and
+-- "SESSION ORG NODE" as p_job).
 CREATE OR REPLACE FUNCTION pushjobs.notify(p_kind text, p_org text,
     p_job text)
 RETURNS void
@@ -47,6 +50,21 @@ LANGUAGE sql IMMUTABLE AS $$
                                              length(btrim(p_fields::text))
                                              - 2)), ''), '')
            || '}'
+$$;
+
+
+-- The statuses of a job not ended yet (it may still change), and of a node
+-- still taking part in its job: the sets transitions and queries test.
+CREATE OR REPLACE FUNCTION pushjobs.job_active(p_status pushjobs.job_status)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT p_status IN ('new', 'voting', 'running')
+$$;
+
+CREATE OR REPLACE FUNCTION pushjobs.node_active(p_status pushjobs.node_status)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT p_status IN ('new', 'ready', 'running')
 $$;
 
 
@@ -108,7 +126,7 @@ BEGIN
     END IF;
 
     -- identical notifications of one transaction are delivered once
-    PERFORM pg_notify('pushjobs', 'event ' || p_org || ' ' || p_job);
+    PERFORM pushjobs.notify('event', p_org, p_job);
 END
 $$;
 
@@ -325,7 +343,7 @@ BEGIN
      * vote, its "aborted") changes nothing and makes no event; anything but
      * a final report gets it another abort.
      */
-    IF p_status IS NULL OR p_job_status NOT IN ('new', 'voting', 'running')
+    IF p_status IS NULL OR NOT pushjobs.job_active(p_job_status)
        OR p_status = 'aborted'
     THEN
         rehab := NOT v_final;
@@ -642,14 +660,13 @@ BEGIN
         END IF;
     END IF;
 
-    IF v_job.status IN ('new', 'voting', 'running') THEN
+    IF pushjobs.job_active(v_job.status) THEN
         v_voting := v_job.status <> 'running';
 
         v_whole := p_nodes IS NULL
                    OR NOT EXISTS (SELECT 1 FROM pushjobs.job_nodes n
                                    WHERE n.job_id = p_job
-                                     AND n.status IN ('new', 'ready',
-                                                      'running')
+                                     AND pushjobs.node_active(n.status)
                                      AND NOT n.abort_requested
                                      AND n.node_name <> ALL (v_nodes));
 
@@ -660,7 +677,7 @@ BEGIN
               LEFT JOIN pushjobs.online_nodes(p_org, p_owner_timeout_ms) o
                      ON o.node_name = n.node_name
              WHERE n.job_id = p_job
-               AND n.status IN ('new', 'ready', 'running')
+               AND pushjobs.node_active(n.status)
                AND (p_nodes IS NULL OR n.node_name = ANY (v_nodes))
              ORDER BY n.node_name
         LOOP
@@ -769,7 +786,7 @@ BEGIN
                e.data
           FROM unnest(p_keys, p_names, p_data) AS e(k, name, data);
 
-        PERFORM pg_notify('pushjobs', 'event ' || p_org || ' ' || p_job);
+        PERFORM pushjobs.notify('event', p_org, p_job);
     END IF;
 END
 $$;
@@ -978,7 +995,7 @@ BEGIN
         SELECT n.job_id
           FROM pushjobs.job_nodes n
          WHERE n.org = p_org AND n.node_name = p_node
-           AND n.status IN ('new', 'ready', 'running')
+           AND pushjobs.node_active(n.status)
          ORDER BY n.job_id
     LOOP
         SELECT * INTO v_job FROM pushjobs.jobs
@@ -1061,7 +1078,7 @@ BEGIN
               JOIN pushjobs.jobs j ON j.id = n.job_id
              WHERE n.job_id = v_id AND n.org = p_org
                AND n.node_name = p_node
-               AND n.status IN ('new', 'ready', 'running')
+               AND pushjobs.node_active(n.status)
                AND j.status IN ('voting', 'running'));
 
         job_id := v_id;
@@ -1133,7 +1150,7 @@ BEGIN
               FROM pushjobs.job_nodes n
              WHERE n.job_id = p_job
                AND (n.abort_requested
-                    OR n.status NOT IN ('new', 'ready', 'running'));
+                    OR NOT pushjobs.node_active(n.status));
     END IF;
 END
 $$;
@@ -1198,10 +1215,9 @@ BEGIN
                FOR UPDATE;
 
             IF FOUND AND v_old.online AND v_old.owner <> p_owner THEN
-                PERFORM pg_notify('pushjobs',
-                                  'kick ' || v_old.owner || ' '
-                                  || v_old.session || ' ' || r.org || ' '
-                                  || r.node);
+                PERFORM pushjobs.notify('kick', v_old.owner,
+                                        v_old.session || ' ' || r.org || ' '
+                                        || r.node);
             END IF;
 
             INSERT INTO pushjobs.presence (org, node_name, owner, session,
@@ -1282,7 +1298,7 @@ LANGUAGE sql AS $$
     WITH old AS (
         SELECT id FROM pushjobs.jobs
          WHERE p_retention_s > 0
-           AND status NOT IN ('new', 'voting', 'running')
+           AND NOT pushjobs.job_active(status)
            AND updated_at < now() - p_retention_s * interval '1 second'
          ORDER BY updated_at
          LIMIT 1000
@@ -1392,7 +1408,7 @@ BEGIN
      WHERE NOT p.online
        AND p.changed_at > (SELECT min(created_at) - interval '5 minutes'
                              FROM pushjobs.jobs
-                            WHERE status IN ('new', 'voting', 'running'))
+                            WHERE pushjobs.job_active(status))
        AND p.changed_at <= now() - p_lost_ms * interval '1 millisecond';
 
     FOR v_job IN
@@ -1403,7 +1419,7 @@ BEGIN
                                                                      node)
                           JOIN pushjobs.job_nodes n
                             ON n.org = l.org AND n.node_name = l.node
-                           AND n.status IN ('new', 'ready', 'running'))
+                           AND pushjobs.node_active(n.status))
          ORDER BY j.id
            FOR UPDATE OF j SKIP LOCKED
     LOOP
@@ -1413,7 +1429,7 @@ BEGIN
               JOIN pushjobs.job_nodes n
                 ON n.job_id = v_job.id AND n.node_name = l.node
              WHERE n.org = l.org
-               AND n.status IN ('new', 'ready', 'running')
+               AND pushjobs.node_active(n.status)
              ORDER BY n.node_name
         LOOP
             PERFORM pushjobs.node_transition(v_job, v_node, 'down', NULL);
@@ -1563,7 +1579,7 @@ LANGUAGE sql STABLE AS $$
         'job_processes',
             (SELECT COALESCE(jsonb_agg(j.id ORDER BY j.id), '[]'::jsonb)
                FROM pushjobs.jobs j
-              WHERE j.status IN ('new', 'voting', 'running')))::text
+              WHERE pushjobs.job_active(j.status)))::text
 $$;
 
 
@@ -1590,7 +1606,7 @@ BEGIN
         RETURN;
     END IF;
 
-    IF v_job.status NOT IN ('new', 'voting', 'running')
+    IF NOT pushjobs.job_active(v_job.status)
        AND v_job.updated_at < now() - p_linger_ms * interval '1 millisecond'
     THEN
         mode := 'summary';
@@ -1616,7 +1632,7 @@ BEGIN
     END IF;
 
     -- a finished job whose last event the client has: nothing to stream
-    IF v_job.status NOT IN ('new', 'voting', 'running')
+    IF NOT pushjobs.job_active(v_job.status)
        AND after >= v_last
     THEN
         mode := 'ended';
@@ -1688,3 +1704,11 @@ LANGUAGE sql STABLE AS $$
      ORDER BY e.id
      LIMIT p_limit
 $$;
+
+
+-- org_event_commit_order() runs at the commit of each new org event
+DROP TRIGGER IF EXISTS org_events_commit_order ON pushjobs.org_events;
+CREATE CONSTRAINT TRIGGER org_events_commit_order
+    AFTER INSERT ON pushjobs.org_events
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION pushjobs.org_event_commit_order();

@@ -96,6 +96,12 @@ CREATE TABLE pushjobs.org_events (
 
 CREATE INDEX org_events_org ON pushjobs.org_events (org, id);
 
+-- a row's id until its commit: negative, from a sequence of its own, so that
+-- the final ids, from the serial, come without gaps
+CREATE SEQUENCE pushjobs.org_events_pending_id;
+ALTER TABLE pushjobs.org_events
+    ALTER COLUMN id SET DEFAULT -nextval('pushjobs.org_events_pending_id');
+
 -- One row per nginx worker process of every front end that holds agent
 -- channels.  A worker refreshes seen_at every few seconds; the channels of a
 -- worker that stopped doing so count as gone.

@@ -1,8 +1,1657 @@
 -- Deploy pushjobs:functions to pg
 -- requires: schema
 
+-- Released in @v2.0.0: this script is frozen (migrations/README.md).  It
+-- has every function of the release but owner_regained() (change
+-- owner_regained) and org_event_commit_order() (change org_feed_order).
+
 BEGIN;
 
-\ir ../../sql/functions.sql
+-- pushjobs functions: every state transition of jobs and nodes.
+--
+-- Each function is one statement for the caller, so each runs in its own
+-- transaction.  Transitions lock the job row first (always in job id order
+-- when several jobs are touched), then change it conditionally, append event
+-- rows and queue NOTIFYs, which PostgreSQL delivers on commit to every nginx
+-- worker of every front end.
+--
+-- NOTIFY channel "pushjobs", payloads (space separated, names last):
+--   commit ORG JOB   nodes of a voting job wait for their commit
+--   run ORG JOB      ready nodes of a running job wait for their run
+--   stop ORG JOB     nodes of this job were stopped: agents still holding it
+--                    must be sent an abort
+--   event ORG JOB    new rows in job_events (and maybe org_events)
+--   kick OWNER SESSION ORG NODE
+--                    a newer channel replaced this one: close it
+
+CREATE OR REPLACE FUNCTION pushjobs.http_date(p_time timestamptz)
+RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT to_char(p_time AT TIME ZONE 'UTC', 'Dy, DD Mon YYYY HH24:MI:SS')
+           || ' GMT'
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.event_time(p_time timestamptz)
+RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT to_char(p_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || 'Z'
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.notify(p_kind text, p_org text,
+    p_job text)
+RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_notify('pushjobs', p_kind || ' ' || p_org || ' ' || p_job)
+$$;
+
+
+-- An event's data: the JSON object {p_head, the members of p_fields}.
+CREATE OR REPLACE FUNCTION pushjobs.event_data(p_head text, p_fields json)
+RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT '{' || p_head
+           || COALESCE(', ' || NULLIF(btrim(substr(btrim(p_fields::text), 2,
+                                             length(btrim(p_fields::text))
+                                             - 2)), ''), '')
+           || '}'
+$$;
+
+
+-- Appends an event to a job's feed, and to its org's feed when asked.  The
+-- event data is a JSON object whose first key is "timestamp" (and "job" next
+-- in the org feed), followed by p_fields.  The caller holds the job's lock.
+CREATE OR REPLACE FUNCTION pushjobs.emit(p_job text, p_org text, p_name text,
+    p_fields json, p_org_feed boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_seq   integer;
+    v_ts    text := pushjobs.event_time(now());
+BEGIN
+
+    -- The next id of the job's feed.  The caller's job row lock
+    -- serializes writers (the primary key would refuse a duplicate);
+    -- reading the last seq through the primary key keeps a batch of
+    -- thousands of transitions linear, where bumping a counter in the
+    -- jobs row made each update slower than the last (one row version
+    -- per event, all in one transaction).
+    SELECT COALESCE(max(seq), 0) + 1 INTO v_seq
+      FROM pushjobs.job_events
+     WHERE job_id = p_job;
+
+    INSERT INTO pushjobs.job_events (job_id, seq, name, data)
+    VALUES (p_job, v_seq, p_name,
+            pushjobs.event_data('"timestamp": "' || v_ts || '"', p_fields));
+
+    IF p_org_feed THEN
+        INSERT INTO pushjobs.org_events (org, job_id, name, data)
+        VALUES (p_org, p_job, p_name,
+                pushjobs.event_data('"timestamp": "' || v_ts || '", "job": "'
+                                    || p_job || '"', p_fields));
+    END IF;
+
+    -- identical notifications of one transaction are delivered once
+    PERFORM pg_notify('pushjobs', 'event ' || p_org || ' ' || p_job);
+END
+$$;
+
+
+-- A node counts as online when its channel's worker is alive.
+CREATE OR REPLACE FUNCTION pushjobs.online_nodes(p_org text,
+    p_owner_timeout_ms integer)
+RETURNS TABLE (node_name text)
+LANGUAGE sql STABLE AS $$
+    SELECT p.node_name
+      FROM pushjobs.presence p
+      JOIN pushjobs.owners o ON o.id = p.owner
+     WHERE p.org = p_org
+       AND p.online
+       AND NOT o.dead
+       AND o.seen_at > now() - p_owner_timeout_ms * interval '1 millisecond'
+$$;
+
+
+-- The nodes a new job can count on: those online, and those whose channel
+-- a worker leaving on a reload closed moments ago (presence_update()'s
+-- handover), whose agents are reconnecting to the new workers: they get
+-- the job's commit with their hello.  One that does not come back is lost
+-- as any node whose channel went away (sweep(), node_lost_timeout).
+CREATE OR REPLACE FUNCTION pushjobs.available_nodes(p_org text,
+    p_owner_timeout_ms integer)
+RETURNS TABLE (node_name text)
+LANGUAGE sql STABLE AS $$
+    SELECT o.node_name
+      FROM pushjobs.online_nodes(p_org, p_owner_timeout_ms) o
+    UNION
+    SELECT p.node_name
+      FROM pushjobs.presence p
+     WHERE p.org = p_org
+       AND NOT p.online
+       AND p.handover_until > now()
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.commit_message(p_job pushjobs.jobs)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT json_strip_nulls(json_build_object(
+               'type', 'commit',
+               'v', 1,
+               'job_id', p_job.id,
+               'command', p_job.command,
+               'capture', p_job.capture,
+               'run_timeout', p_job.run_timeout,
+               'user', p_job.job_user,
+               'dir', p_job.dir,
+               'env', p_job.env,
+               'file', p_job.file))::text
+$$;
+
+
+-- Ends voting or the run phase of a job once nothing is left to wait for.
+-- The caller holds the job's lock.
+CREATE OR REPLACE FUNCTION pushjobs.settle(p_job text)
+RETURNS pushjobs.job_status
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_job    pushjobs.jobs;
+    v_ready  integer;
+BEGIN
+    SELECT * INTO v_job FROM pushjobs.jobs WHERE id = p_job;
+
+    IF v_job.status = 'voting'
+       AND NOT EXISTS (SELECT 1 FROM pushjobs.job_nodes
+                        WHERE job_id = p_job AND status = 'new')
+    THEN
+        SELECT count(*) INTO v_ready
+          FROM pushjobs.job_nodes
+         WHERE job_id = p_job AND status = 'ready';
+
+        IF v_ready >= v_job.quorum THEN
+            UPDATE pushjobs.jobs
+               SET status = 'running', updated_at = now(),
+                   run_deadline = now()
+                                  + v_job.run_timeout * interval '1 second'
+             WHERE id = p_job
+            RETURNING * INTO v_job;
+
+            PERFORM pushjobs.emit(p_job, v_job.org, 'quorum_succeeded', NULL);
+
+            IF v_ready > 0 THEN
+                PERFORM pushjobs.notify('run', v_job.org, p_job);
+            END IF;
+
+        ELSE
+            UPDATE pushjobs.job_nodes
+               SET status = 'was_ready', updated_at = now()
+             WHERE job_id = p_job AND status = 'ready';
+
+            UPDATE pushjobs.jobs
+               SET status = 'quorum_failed', updated_at = now()
+             WHERE id = p_job
+            RETURNING * INTO v_job;
+
+            PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
+                                  json_build_object('status', 'quorum_failed'),
+                                  true);
+            PERFORM pushjobs.notify('stop', v_job.org, p_job);
+        END IF;
+    END IF;
+
+    IF v_job.status = 'running'
+       AND NOT EXISTS (SELECT 1 FROM pushjobs.job_nodes
+                        WHERE job_id = p_job
+                          AND status IN ('ready', 'running'))
+    THEN
+        UPDATE pushjobs.jobs
+           SET status = CASE WHEN abort_requested THEN 'aborted'
+                             ELSE 'complete' END::pushjobs.job_status,
+               updated_at = now()
+         WHERE id = p_job
+        RETURNING * INTO v_job;
+
+        PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
+                              json_build_object('status', v_job.status),
+                              true);
+        PERFORM pushjobs.notify('stop', v_job.org, p_job);
+    END IF;
+
+    RETURN v_job.status;
+END
+$$;
+
+
+-- Ends a running job whose run_timeout has passed: its ready and running
+-- nodes become timed_out (no per-node events, as in 2.x), the job
+-- timed_out, and the agents still holding it are told to abort.  Returns
+-- false if the job is not running or its deadline is still ahead.  The
+-- caller holds the job's lock.  The sweeper calls it, and so does every
+-- agent message for the job first: an agent that ends the process itself
+-- at run_timeout reports "failed" a moment before the sweeper would run,
+-- and the job must still end timed_out, not complete.
+CREATE OR REPLACE FUNCTION pushjobs.time_out(p_job text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_job  pushjobs.jobs;
+BEGIN
+    UPDATE pushjobs.jobs
+       SET status = 'timed_out', updated_at = now()
+     WHERE id = p_job AND status = 'running' AND run_deadline <= now()
+    RETURNING * INTO v_job;
+
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+
+    UPDATE pushjobs.job_nodes
+       SET status = 'timed_out', updated_at = now()
+     WHERE job_id = p_job AND status IN ('ready', 'running');
+
+    PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
+                          json_build_object('status', 'timed_out'), true);
+    PERFORM pushjobs.notify('stop', v_job.org, p_job);
+
+    RETURN true;
+END
+$$;
+
+
+-- One input for one node of a job: an agent message (ack_commit,
+-- nack_commit, ack_run, nack_run, succeeded, failed, aborted) or a server
+-- input (down, voting_timeout).  Implements the node-in-job transition
+-- tables of the Push Jobs 2.x contract (§3.4), with these deliberate
+-- changes (tested in t/engine-vote.t and t/engine-run.t):
+--   * a final report from a node still "ready" in a running job counts as
+--     run and finished (the run was sent; only its ack_run was lost with a
+--     connection), so a result is never turned into "crashed";
+--   * a final report (succeeded, failed, aborted) for a node that is
+--     already terminal, or for a job that has ended or is unknown, changes
+--     nothing, emits nothing and causes no abort: agents re-send spooled
+--     reports after every reconnect until they are acked, so a duplicate
+--     is normal, not a sign of a confused agent (2.x: rehab and
+--     client_died_while_running);
+--   * a second ack_commit from a node already "ready" is the same vote
+--     sent again, a no-op without an event (2.x: quorum_vote
+--     "unexpected_commit"), so each node votes at most once;
+--   * "down" of a terminal node is a no-op (2.x: rehab); the sweeper and
+--     agent_hello() only ever pass it for new/ready/running nodes;
+--   * the node-lost timeout replaces 2.x's heartbeat decay: a node whose
+--     channel is gone is "down" after pushjobs_node_lost_timeout, and a
+--     reconnect within it continues the job (agent_hello());
+--   * a message arriving after the job's run_deadline first times the job
+--     out (time_out()), so the run timer wins over a report the agent sent
+--     because it ended the process itself at run_timeout.
+-- The rehab (abort) of 2.x is an abort sent once per channel and job
+-- until the agent answers "aborted", not re-sent every second.
+--
+-- node_step() decides, without touching a table: the node's new status (its
+-- old one when nothing changes), the events to emit, and whether the agent
+-- should be sent an abort ("rehab" in 2.x).
+CREATE OR REPLACE FUNCTION pushjobs.node_step(
+    p_job_status pushjobs.job_status, p_status pushjobs.node_status,
+    p_abort boolean, p_input text,
+    OUT new_status pushjobs.node_status, OUT vote text, OUT rehab boolean,
+    OUT rehab_event boolean, OUT run_start boolean, OUT run text)
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_final  boolean := p_input IN ('succeeded', 'failed', 'aborted');
+BEGIN
+    new_status := p_status;
+    rehab := false;
+    rehab_event := false;
+    run_start := false;
+
+    /*
+     * An unknown node, a job that has ended, or a node aborted by
+     * abort_job(): whatever its agent still says about the job (a late
+     * vote, its "aborted") changes nothing and makes no event; anything but
+     * a final report gets it another abort.
+     */
+    IF p_status IS NULL OR p_job_status NOT IN ('new', 'voting', 'running')
+       OR p_status = 'aborted'
+    THEN
+        rehab := NOT v_final;
+        RETURN;
+    END IF;
+
+    IF p_job_status IN ('new', 'voting') THEN
+
+        IF p_status IN ('new', 'ready') THEN
+            IF p_input = 'ack_commit' THEN
+                /*
+                 * A ready node's second ack_commit is its agent sending its
+                 * answer again (it re-sends what it has not seen acted on
+                 * after a reconnect): the same vote, not a new one.  2.x
+                 * recorded it as a quorum_vote "unexpected_commit"; here it
+                 * changes nothing and makes no event, so a node votes once.
+                 */
+                IF p_status = 'new' THEN
+                    new_status := 'ready';
+                    vote := 'success';
+                END IF;
+
+            ELSIF p_input = 'nack_commit' THEN
+                IF p_status = 'new' THEN
+                    new_status := 'nacked';
+                    vote := 'failure';
+                ELSE
+                    new_status := 'unavailable';
+                    vote := 'lost_availibility';
+                    rehab := true;
+                    rehab_event := true;
+                END IF;
+
+            ELSIF p_input = 'down' THEN
+                new_status := 'unavailable';
+                vote := 'down';
+                rehab := true;
+                rehab_event := true;
+
+            ELSIF p_input = 'voting_timeout' THEN
+                new_status := 'unavailable';
+                vote := 'voting_timeout';
+                rehab := true;
+
+            ELSIF p_input = 'aborted' AND p_abort THEN
+                new_status := 'aborted';
+
+            ELSE
+                new_status := 'unavailable';
+                rehab := true;
+                rehab_event := true;
+            END IF;
+
+        ELSIF p_input IN ('ack_commit', 'nack_commit') THEN
+            vote := 'client_died_while_voting';
+            rehab := true;
+            rehab_event := true;
+
+        ELSIF NOT v_final AND p_input NOT IN ('down', 'voting_timeout') THEN
+            rehab := true;
+            rehab_event := true;
+        END IF;
+
+    ELSE /* running */
+
+        IF p_status IN ('ready', 'running') THEN
+            IF p_input = 'ack_run' THEN
+                IF p_status = 'ready' THEN
+                    new_status := 'running';
+                    run_start := true;
+                END IF;
+
+            ELSIF p_input = 'nack_run' THEN
+                new_status := 'failed';
+                run := CASE WHEN p_status = 'ready' THEN 'run_nacked'
+                              ELSE 'run_nacked_while_running' END;
+                rehab := true;
+                rehab_event := true;
+
+            ELSIF p_input IN ('succeeded', 'failed') THEN
+                run_start := p_status = 'ready';
+                new_status := p_input::pushjobs.node_status;
+                run := CASE WHEN p_input = 'succeeded' THEN 'success'
+                              ELSE 'failure' END;
+
+            ELSIF p_input IN ('aborted', 'down') AND p_abort THEN
+                /* asked to stop, then stopped or gone: aborted either way */
+                new_status := 'aborted';
+                run := 'aborted';
+
+            ELSE
+                new_status := 'crashed';
+                run := 'crashed';
+                rehab := true;
+                rehab_event := true;
+            END IF;
+
+        ELSIF NOT v_final AND p_input NOT IN ('down', 'voting_timeout') THEN
+            run := 'client_died_while_running';
+            rehab := true;
+            rehab_event := true;
+        END IF;
+    END IF;
+
+END
+$$;
+
+
+-- node_step() applied to one node: the row updated, the events emitted.
+-- Returns true when the agent should be sent an abort ("rehab" in 2.x).
+-- The caller holds the job's lock (no row lock is taken: every writer of a
+-- job's nodes holds it) and calls settle() afterwards.
+CREATE OR REPLACE FUNCTION pushjobs.node_transition(p_job pushjobs.jobs,
+    p_node text, p_input text, p_exit integer)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_status  pushjobs.node_status;
+    v_abort   boolean;
+    v_step    record;
+BEGIN
+    SELECT status, abort_requested INTO v_status, v_abort
+      FROM pushjobs.job_nodes
+     WHERE job_id = p_job.id AND node_name = p_node;
+
+    v_step := pushjobs.node_step(p_job.status, v_status, v_abort, p_input);
+
+    IF v_step.new_status <> v_status THEN
+        UPDATE pushjobs.job_nodes
+           SET status = v_step.new_status,
+               exit_status = COALESCE(p_exit, exit_status),
+               updated_at = now()
+         WHERE job_id = p_job.id AND node_name = p_node;
+    END IF;
+
+    IF v_step.vote IS NOT NULL THEN
+        PERFORM pushjobs.emit(p_job.id, p_job.org, 'quorum_vote',
+                              json_build_object('node', p_node,
+                                                'status', v_step.vote));
+    END IF;
+
+    IF v_step.rehab_event THEN
+        PERFORM pushjobs.emit(p_job.id, p_job.org, 'rehab',
+                              json_build_object('node', p_node));
+    END IF;
+
+    IF v_step.run_start THEN
+        PERFORM pushjobs.emit(p_job.id, p_job.org, 'run_start',
+                              json_build_object('node', p_node));
+    END IF;
+
+    IF v_step.run IS NOT NULL THEN
+        PERFORM pushjobs.emit(p_job.id, p_job.org, 'run_complete',
+                              json_build_object('node', p_node,
+                                                'status', v_step.run));
+    END IF;
+
+    RETURN v_step.rehab;
+END
+$$;
+
+
+-- Creates a job from a validated POST body (the module checks every field
+-- first).  Nodes without a live channel are unavailable at once, as in 2.x,
+-- but for those being handed over by a reload (available_nodes()).
+CREATE OR REPLACE FUNCTION pushjobs.create_job(p_org text, p_requestor text,
+    p_body jsonb, p_default_run_timeout integer, p_voting_timeout_ms integer,
+    p_owner_timeout_ms integer)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id       text := replace(gen_random_uuid()::text, '-', '');
+    v_nodes    text[];
+    v_job      pushjobs.jobs;
+    v_ts       text := '"timestamp": "' || pushjobs.event_time(now()) || '"';
+    v_keys     bigint[];
+    v_names    text[];
+    v_data     text[];
+BEGIN
+    v_nodes := ARRAY(SELECT jsonb_array_elements_text(p_body -> 'nodes'));
+
+    INSERT INTO pushjobs.jobs (id, org, command, quorum, run_timeout,
+                               requestor, job_user, dir, env, file, capture,
+                               status, voting_deadline)
+    VALUES (v_id, p_org, p_body ->> 'command',
+            CASE WHEN p_body ? 'quorum'
+                 THEN LEAST(GREATEST(ceil((p_body ->> 'quorum')::numeric),
+                                     -2147483648), 2147483647)::integer
+                 ELSE cardinality(v_nodes) END,
+            CASE WHEN p_body ? 'run_timeout'
+                 THEN LEAST(GREATEST(ceil((p_body ->> 'run_timeout')::numeric),
+                                     0), 2147483647)::integer
+                 ELSE p_default_run_timeout END,
+            p_requestor, p_body ->> 'user', p_body ->> 'dir', p_body -> 'env',
+            p_body ->> 'file',
+            COALESCE((p_body ->> 'capture_output')::boolean, false),
+            'voting',
+            now() + p_voting_timeout_ms * interval '1 millisecond')
+    RETURNING * INTO v_job;
+
+    INSERT INTO pushjobs.job_nodes (job_id, org, node_name, status)
+    SELECT v_id, p_org, u.node,
+           CASE WHEN o.node_name IS NULL THEN 'unavailable'
+                ELSE 'new' END::pushjobs.node_status
+      FROM unnest(v_nodes) AS u(node)
+      LEFT JOIN pushjobs.available_nodes(p_org, p_owner_timeout_ms) o
+             ON o.node_name = u.node;
+
+    PERFORM pushjobs.emit(v_id, p_org, 'start',
+        json_strip_nulls(json_build_object(
+            'command', v_job.command,
+            'run_timeout', v_job.run_timeout,
+            'quorum', v_job.quorum,
+            'node_count', cardinality(v_nodes),
+            'user', p_requestor,
+            'job_user', v_job.job_user,
+            'dir', v_job.dir,
+            'env', v_job.env,
+            'file_specified', CASE WHEN v_job.file IS NOT NULL
+                                   THEN true END,
+            'capture', v_job.capture)),
+        true);
+
+    -- a vote "down" and a rehab for every node without a channel, in the
+    -- order the nodes were named
+    SELECT COALESCE(array_agg(x.k ORDER BY x.k), '{}'),
+           COALESCE(array_agg(x.name ORDER BY x.k), '{}'),
+           COALESCE(array_agg(x.data ORDER BY x.k), '{}')
+      INTO v_keys, v_names, v_data
+      FROM (SELECT u.ord * 2 + k.k AS k, k.name,
+                   pushjobs.event_data(v_ts,
+                       CASE k.k
+                       WHEN 0 THEN json_build_object('node', u.node,
+                                                     'status', 'down')
+                       ELSE json_build_object('node', u.node) END) AS data
+              FROM unnest(v_nodes) WITH ORDINALITY AS u(node, ord)
+              JOIN pushjobs.job_nodes n
+                ON n.job_id = v_id AND n.node_name = u.node
+               AND n.status = 'unavailable'
+             CROSS JOIN (VALUES (0, 'quorum_vote'), (1, 'rehab')) AS k(k, name)
+           ) x;
+
+    PERFORM pushjobs.node_inputs_write(v_id, p_org, '{}', '{}', '{}',
+                                       v_keys, v_names, v_data);
+
+    IF EXISTS (SELECT 1 FROM pushjobs.job_nodes
+                WHERE job_id = v_id AND status = 'new')
+    THEN
+        PERFORM pushjobs.notify('commit', p_org, v_id);
+    END IF;
+
+    PERFORM pushjobs.settle(v_id);
+
+    RETURN v_id;
+END
+$$;
+
+
+-- Aborts a job, or some of its nodes (POST jobs/ID/abort).  p_nodes is a
+-- JSON array of node names (checked by the module), or NULL for the whole
+-- job.  Nodes still voting, and nodes without a live agent channel, end
+-- "aborted" at once; a node with a run to stop is marked abort_requested
+-- (abort_force for a kill at once) and ends "aborted" when its agent
+-- answers "aborted" or is gone.  Aborting the whole job, or every node it
+-- still waits for, makes the job end "aborted" once nothing is left
+-- running; a partial abort lets the job end as it otherwise would.  A job
+-- that has ended is left as it is; repeating an abort changes nothing but
+-- may add force.
+--
+-- Returns the HTTP answer: 404 (no such job in the org); 400 and an error
+-- message (a node that is not in the job); else 202 while a node of the
+-- job is still being stopped, 200 when not, with the job document.
+CREATE OR REPLACE FUNCTION pushjobs.abort_job(p_org text, p_job text,
+    p_requestor text, p_nodes jsonb, p_force boolean,
+    p_owner_timeout_ms integer)
+RETURNS TABLE (code integer, doc text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_job      pushjobs.jobs;
+    v_nodes    text[];
+    v_missing  text;
+    v_whole    boolean;
+    v_voting   boolean;
+    v_changed  text[] := '{}';
+    v_ended    text[] := '{}';
+    v_node     text;
+    r          record;
+BEGIN
+    SELECT * INTO v_job FROM pushjobs.jobs
+     WHERE id = p_job AND org = p_org
+       FOR UPDATE;
+
+    IF NOT FOUND THEN
+        code := 404;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    IF p_nodes IS NOT NULL THEN
+        v_nodes := ARRAY(SELECT DISTINCT jsonb_array_elements_text(p_nodes));
+
+        SELECT u.node INTO v_missing
+          FROM unnest(v_nodes) AS u(node)
+         WHERE NOT EXISTS (SELECT 1 FROM pushjobs.job_nodes n
+                            WHERE n.job_id = p_job AND n.node_name = u.node)
+         ORDER BY u.node
+         LIMIT 1;
+
+        IF v_missing IS NOT NULL THEN
+            code := 400;
+            doc := 'node ' || v_missing || ' is not part of job ' || p_job;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+    END IF;
+
+    IF v_job.status IN ('new', 'voting', 'running') THEN
+        v_voting := v_job.status <> 'running';
+
+        v_whole := p_nodes IS NULL
+                   OR NOT EXISTS (SELECT 1 FROM pushjobs.job_nodes n
+                                   WHERE n.job_id = p_job
+                                     AND n.status IN ('new', 'ready',
+                                                      'running')
+                                     AND NOT n.abort_requested
+                                     AND n.node_name <> ALL (v_nodes));
+
+        FOR r IN
+            SELECT n.node_name, n.abort_requested, n.abort_force,
+                   o.node_name IS NOT NULL AS online
+              FROM pushjobs.job_nodes n
+              LEFT JOIN pushjobs.online_nodes(p_org, p_owner_timeout_ms) o
+                     ON o.node_name = n.node_name
+             WHERE n.job_id = p_job
+               AND n.status IN ('new', 'ready', 'running')
+               AND (p_nodes IS NULL OR n.node_name = ANY (v_nodes))
+             ORDER BY n.node_name
+        LOOP
+            IF v_voting OR NOT r.online THEN
+                /* nothing runs there, or nothing we can reach */
+                UPDATE pushjobs.job_nodes
+                   SET status = 'aborted', abort_requested = true,
+                       abort_force = r.abort_force OR p_force,
+                       updated_at = now()
+                 WHERE job_id = p_job AND node_name = r.node_name;
+
+                v_ended := v_ended || r.node_name;
+                v_changed := v_changed || r.node_name;
+
+            ELSIF NOT r.abort_requested OR (p_force AND NOT r.abort_force)
+            THEN
+                UPDATE pushjobs.job_nodes
+                   SET abort_requested = true,
+                       abort_force = r.abort_force OR p_force,
+                       updated_at = now()
+                 WHERE job_id = p_job AND node_name = r.node_name;
+
+                v_changed := v_changed || r.node_name;
+            END IF;
+        END LOOP;
+
+        IF cardinality(v_changed) > 0
+           OR (v_whole AND NOT v_job.abort_requested)
+        THEN
+            UPDATE pushjobs.jobs
+               SET abort_requested = abort_requested OR v_whole,
+                   updated_at = now()
+             WHERE id = p_job
+            RETURNING * INTO v_job;
+
+            PERFORM pushjobs.emit(p_job, p_org, 'abort',
+                                  json_build_object('user', p_requestor,
+                                                    'nodes', v_changed,
+                                                    'force', p_force));
+        END IF;
+
+        FOREACH v_node IN ARRAY v_ended LOOP
+            PERFORM pushjobs.emit(p_job, p_org,
+                                  CASE WHEN v_voting THEN 'quorum_vote'
+                                       ELSE 'run_complete' END,
+                                  json_build_object('node', v_node,
+                                                    'status', 'aborted'));
+        END LOOP;
+
+        IF v_voting AND v_whole THEN
+            /* every node it waited for has ended: no quorum to decide */
+            UPDATE pushjobs.jobs
+               SET status = 'aborted', updated_at = now()
+             WHERE id = p_job;
+
+            PERFORM pushjobs.emit(p_job, p_org, 'job_complete',
+                                  json_build_object('status', 'aborted'),
+                                  true);
+        ELSE
+            PERFORM pushjobs.settle(p_job);
+        END IF;
+
+        /* (again) to the agents: abort, or abort with force */
+        PERFORM pushjobs.notify('stop', p_org, p_job);
+    END IF;
+
+    code := CASE WHEN EXISTS (SELECT 1 FROM pushjobs.job_nodes n
+                               WHERE n.job_id = p_job
+                                 AND n.abort_requested
+                                 AND n.status IN ('ready', 'running'))
+                 THEN 202 ELSE 200 END;
+    doc := pushjobs.job_json(p_org, p_job, false);
+    RETURN NEXT;
+END
+$$;
+
+
+-- The node changes and events of one job from one node_inputs() batch,
+-- written at once: one UPDATE, one INSERT, one notification.  Events are
+-- appended in p_keys order.  The caller holds the job's lock.
+CREATE OR REPLACE FUNCTION pushjobs.node_inputs_write(p_job text, p_org text,
+    p_nodes text[], p_status pushjobs.node_status[], p_exit integer[],
+    p_keys bigint[], p_names text[], p_data text[])
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_seq  integer;
+BEGIN
+    IF cardinality(p_nodes) > 0 THEN
+        UPDATE pushjobs.job_nodes n
+           SET status = u.status,
+               exit_status = COALESCE(u.exit_status, n.exit_status),
+               updated_at = now()
+          FROM unnest(p_nodes, p_status, p_exit) AS u(node, status,
+                                                      exit_status)
+         WHERE n.job_id = p_job AND n.node_name = u.node;
+    END IF;
+
+    IF cardinality(p_names) > 0 THEN
+        SELECT COALESCE(max(seq), 0) INTO v_seq
+          FROM pushjobs.job_events
+         WHERE job_id = p_job;
+
+        INSERT INTO pushjobs.job_events (job_id, seq, name, data)
+        SELECT p_job, v_seq + row_number() OVER (ORDER BY e.k), e.name,
+               e.data
+          FROM unnest(p_keys, p_names, p_data) AS e(k, name, data);
+
+        PERFORM pg_notify('pushjobs', 'event ' || p_org || ' ' || p_job);
+    END IF;
+END
+$$;
+
+
+-- A batch of agent messages from one worker: a JSON array of
+-- {"org", "node", "job_id", "type", "exit_status", "stdout", "stderr",
+--  "truncated"}.  Returns, for each element (0-based), whether the agent
+-- should be sent an abort for that job.  Final reports are applied once
+-- however often they arrive.
+--
+-- Each message is node_step() as in node_transition(), but the batch is
+-- set-based: the jobs are locked (and timed out) first, then one query
+-- reads every message with its node's row, walked per job and node in
+-- arrival order; each job's node updates and events are written at once
+-- (node_inputs_write()), its events in arrival order, and the job is then
+-- settled.  Per message that leaves no statement but the captured output.
+CREATE OR REPLACE FUNCTION pushjobs.node_inputs(p_inputs jsonb)
+RETURNS TABLE (i integer, rehab boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r         record;
+    v_step    record;
+    v_job     pushjobs.jobs;
+    v_id      text;
+    v_ts      text := '"timestamp": "' || pushjobs.event_time(now()) || '"';
+    v_node    text;
+    v_status  pushjobs.node_status;
+    v_exit    integer;
+    v_moved   boolean := false;
+    u_nodes   text[] := '{}';
+    u_status  pushjobs.node_status[] := '{}';
+    u_exit    integer[] := '{}';
+    e_keys    bigint[] := '{}';
+    e_names   text[] := '{}';
+    e_data    text[] := '{}';
+BEGIN
+    -- every job of the batch locked, in id order, before the snapshot of
+    -- the query below; the run timer first (see time_out())
+    FOR v_job IN
+        SELECT j.* FROM pushjobs.jobs j
+         WHERE (j.id, j.org) IN (SELECT e ->> 'job_id', e ->> 'org'
+                                   FROM jsonb_array_elements(p_inputs) e)
+         ORDER BY j.id
+           FOR UPDATE
+    LOOP
+        IF v_job.status = 'running' AND v_job.run_deadline <= now() THEN
+            PERFORM pushjobs.time_out(v_job.id);
+        END IF;
+    END LOOP;
+
+    v_job := NULL;
+
+    FOR r IN
+        SELECT (e.ord - 1)::integer AS idx, e.ord,
+               e.v ->> 'org' AS org,
+               e.v ->> 'node' AS node,
+               e.v ->> 'job_id' AS job_id,
+               e.v ->> 'type' AS input,
+               (e.v ->> 'exit_status')::integer AS exit_status,
+               e.v ->> 'stdout' AS stdout,
+               e.v ->> 'stderr' AS stderr,
+               COALESCE((e.v ->> 'truncated')::boolean, false) AS truncated,
+               n.status, n.abort_requested
+          FROM jsonb_array_elements(p_inputs) WITH ORDINALITY AS e(v, ord)
+          LEFT JOIN pushjobs.jobs j
+                 ON j.id = e.v ->> 'job_id' AND j.org = e.v ->> 'org'
+          LEFT JOIN pushjobs.job_nodes n
+                 ON n.job_id = j.id AND n.node_name = e.v ->> 'node'
+         ORDER BY e.v ->> 'job_id', e.v ->> 'node', e.ord
+    LOOP
+        IF v_node IS DISTINCT FROM r.node OR v_id IS DISTINCT FROM r.job_id
+        THEN
+            IF v_moved THEN
+                u_nodes := array_append(u_nodes, v_node);
+                u_status := array_append(u_status, v_status);
+                u_exit := array_append(u_exit, v_exit);
+            END IF;
+
+            v_node := r.node;
+            v_status := r.status;
+            v_exit := NULL;
+            v_moved := false;
+        END IF;
+
+        IF v_id IS DISTINCT FROM r.job_id THEN
+            IF v_job.id IS NOT NULL THEN
+                PERFORM pushjobs.node_inputs_write(v_job.id, v_job.org,
+                            u_nodes, u_status, u_exit,
+                            e_keys, e_names, e_data);
+                PERFORM pushjobs.settle(v_job.id);
+                u_nodes := '{}'; u_status := '{}'; u_exit := '{}';
+                e_keys := '{}'; e_names := '{}'; e_data := '{}';
+            END IF;
+
+            -- locked above
+            SELECT * INTO v_job FROM pushjobs.jobs
+             WHERE id = r.job_id AND org = r.org;
+
+            v_id := r.job_id;
+        END IF;
+
+        i := r.idx;
+
+        IF v_job.id IS NULL THEN
+            rehab := r.input NOT IN ('succeeded', 'failed', 'aborted');
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+
+        IF r.input IN ('succeeded', 'failed')
+           AND (r.stdout IS NOT NULL OR r.stderr IS NOT NULL)
+           AND r.status IS NOT NULL
+        THEN
+            BEGIN
+                INSERT INTO pushjobs.job_output (job_id, node_name, stdout,
+                                                 stderr, truncated)
+                VALUES (v_job.id, r.node,
+                        decode(COALESCE(r.stdout, ''), 'base64'),
+                        decode(COALESCE(r.stderr, ''), 'base64'),
+                        r.truncated)
+                ON CONFLICT DO NOTHING;
+            EXCEPTION WHEN invalid_parameter_value THEN
+                RAISE WARNING 'pushjobs: undecodable output from node % '
+                              'for job %', r.node, v_job.id;
+            END;
+        END IF;
+
+        v_step := pushjobs.node_step(v_job.status, v_status,
+                                     r.abort_requested, r.input);
+
+        IF v_step.new_status <> v_status THEN
+            v_status := v_step.new_status;
+            v_exit := COALESCE(r.exit_status, v_exit);
+            v_moved := true;
+        END IF;
+
+        -- the events of one message in node_transition()'s order
+        IF v_step.vote IS NOT NULL THEN
+            e_keys := array_append(e_keys, r.ord * 4);
+            e_names := array_append(e_names, 'quorum_vote');
+            e_data := array_append(e_data, pushjobs.event_data(v_ts,
+                          json_build_object('node', r.node,
+                                            'status', v_step.vote)));
+        END IF;
+
+        IF v_step.rehab_event THEN
+            e_keys := array_append(e_keys, r.ord * 4 + 1);
+            e_names := array_append(e_names, 'rehab');
+            e_data := array_append(e_data, pushjobs.event_data(v_ts,
+                          json_build_object('node', r.node)));
+        END IF;
+
+        IF v_step.run_start THEN
+            e_keys := array_append(e_keys, r.ord * 4 + 2);
+            e_names := array_append(e_names, 'run_start');
+            e_data := array_append(e_data, pushjobs.event_data(v_ts,
+                          json_build_object('node', r.node)));
+        END IF;
+
+        IF v_step.run IS NOT NULL THEN
+            e_keys := array_append(e_keys, r.ord * 4 + 3);
+            e_names := array_append(e_names, 'run_complete');
+            e_data := array_append(e_data, pushjobs.event_data(v_ts,
+                          json_build_object('node', r.node,
+                                            'status', v_step.run)));
+        END IF;
+
+        rehab := v_step.rehab;
+        RETURN NEXT;
+    END LOOP;
+
+    IF v_job.id IS NOT NULL THEN
+        IF v_moved THEN
+            u_nodes := array_append(u_nodes, v_node);
+            u_status := array_append(u_status, v_status);
+            u_exit := array_append(u_exit, v_exit);
+        END IF;
+
+        PERFORM pushjobs.node_inputs_write(v_job.id, v_job.org,
+                    u_nodes, u_status, u_exit, e_keys, e_names, e_data);
+        PERFORM pushjobs.settle(v_job.id);
+    END IF;
+END
+$$;
+
+
+-- Reconciles a (re)connected agent with the jobs it takes part in.  p_jobs is
+-- the hello's list [{"job_id", "state": "committed"|"running"|"finished"}].
+-- Returns what the channel must send: "commit" (with the message), "run" or
+-- "abort" (with the message "force" when the abort kills at once).
+CREATE OR REPLACE FUNCTION pushjobs.agent_hello(p_org text, p_node text,
+    p_jobs jsonb)
+RETURNS TABLE (job_id text, action text, message text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id     text;
+    v_job    pushjobs.jobs;
+    v_node   pushjobs.node_status;
+    v_has    text;
+    v_input  text;
+    v_abort  boolean;
+    v_force  boolean;
+BEGIN
+    FOR v_id IN
+        SELECT n.job_id
+          FROM pushjobs.job_nodes n
+         WHERE n.org = p_org AND n.node_name = p_node
+           AND n.status IN ('new', 'ready', 'running')
+         ORDER BY n.job_id
+    LOOP
+        SELECT * INTO v_job FROM pushjobs.jobs
+         WHERE id = v_id AND status IN ('voting', 'running')
+           FOR UPDATE;
+
+        CONTINUE WHEN NOT FOUND;
+
+        -- the run timer fired (see time_out()); the loop below then tells
+        -- the agent to abort the job if it still holds it
+        IF v_job.status = 'running' AND v_job.run_deadline <= now()
+           AND pushjobs.time_out(v_id)
+        THEN
+            CONTINUE;
+        END IF;
+
+        SELECT n.status, n.abort_requested, n.abort_force
+          INTO v_node, v_abort, v_force
+          FROM pushjobs.job_nodes n
+         WHERE n.job_id = v_id AND n.node_name = p_node;
+
+        SELECT e ->> 'state' INTO v_has
+          FROM jsonb_array_elements(p_jobs) e
+         WHERE e ->> 'job_id' = v_id
+         LIMIT 1;
+
+        v_input := NULL;
+        job_id := v_id;
+        action := NULL;
+        message := NULL;
+
+        IF v_abort AND v_has IN ('committed', 'running') THEN
+            /* an abort (abort_job()) this agent has not answered yet */
+            action := 'abort';
+            message := CASE WHEN v_force THEN 'force' END;
+
+        ELSIF v_job.status = 'voting' THEN
+            IF v_node = 'new' AND v_has IS NULL THEN
+                action := 'commit';
+                message := pushjobs.commit_message(v_job);
+            ELSIF v_node = 'new' AND v_has = 'committed' THEN
+                v_input := 'ack_commit';
+            ELSIF v_has IS NULL OR v_has <> 'committed' THEN
+                v_input := 'down';
+            END IF;
+
+        ELSIF v_node = 'ready' THEN
+            IF v_has = 'committed' THEN
+                action := 'run';
+            ELSIF v_has = 'running' THEN
+                v_input := 'ack_run';
+            ELSIF v_has IS NULL THEN
+                v_input := 'down';
+            END IF;
+
+        ELSIF v_has IS NULL OR v_has = 'committed' THEN
+            v_input := 'down';
+        END IF;
+
+        IF v_input IS NOT NULL THEN
+            IF pushjobs.node_transition(v_job, p_node, v_input, NULL) THEN
+                action := 'abort';
+            END IF;
+            PERFORM pushjobs.settle(v_id);
+        END IF;
+
+        IF action IS NOT NULL THEN
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+
+    FOR v_id, v_has IN
+        SELECT e ->> 'job_id', e ->> 'state'
+          FROM jsonb_array_elements(p_jobs) e
+    LOOP
+        CONTINUE WHEN v_has = 'finished';
+        CONTINUE WHEN EXISTS (
+            SELECT 1
+              FROM pushjobs.job_nodes n
+              JOIN pushjobs.jobs j ON j.id = n.job_id
+             WHERE n.job_id = v_id AND n.org = p_org
+               AND n.node_name = p_node
+               AND n.status IN ('new', 'ready', 'running')
+               AND j.status IN ('voting', 'running'));
+
+        job_id := v_id;
+        action := 'abort';
+        message := NULL;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+
+-- A batch of hellos from one worker: [{"org", "node", "jobs": [...]}].
+-- Returns agent_hello()'s rows, each with the index of its hello.
+CREATE OR REPLACE FUNCTION pushjobs.agent_hellos(p_hellos jsonb)
+RETURNS TABLE (i integer, job_id text, action text, message text)
+LANGUAGE sql AS $$
+    SELECT (e.ord - 1)::integer, h.job_id, h.action, h.message
+      FROM jsonb_array_elements(p_hellos) WITH ORDINALITY AS e(v, ord),
+           LATERAL pushjobs.agent_hello(e.v ->> 'org', e.v ->> 'node',
+                                        COALESCE(e.v -> 'jobs', '[]'::jsonb)) h
+     ORDER BY e.ord
+$$;
+
+
+-- Which nodes of a job a worker must message after a NOTIFY.  For "commit"
+-- the first row carries the commit message and no node.  For "stop" the
+-- message column says "force" for nodes to be killed at once.
+CREATE OR REPLACE FUNCTION pushjobs.dispatch(p_job text, p_kind text)
+RETURNS TABLE (node_name text, message text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_job  pushjobs.jobs;
+BEGIN
+    SELECT * INTO v_job FROM pushjobs.jobs WHERE id = p_job;
+
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+
+    IF p_kind = 'commit' THEN
+        IF v_job.status <> 'voting' THEN
+            RETURN;
+        END IF;
+
+        node_name := NULL;
+        message := pushjobs.commit_message(v_job);
+        RETURN NEXT;
+
+        RETURN QUERY
+            SELECT n.node_name, NULL::text
+              FROM pushjobs.job_nodes n
+             WHERE n.job_id = p_job AND n.status = 'new';
+
+    ELSIF p_kind = 'run' THEN
+        IF v_job.status <> 'running' THEN
+            RETURN;
+        END IF;
+
+        RETURN QUERY
+            SELECT n.node_name, NULL::text
+              FROM pushjobs.job_nodes n
+             WHERE n.job_id = p_job AND n.status = 'ready'
+               AND NOT n.abort_requested;
+
+    ELSIF p_kind = 'stop' THEN
+        RETURN QUERY
+            SELECT n.node_name,
+                   CASE WHEN n.abort_force THEN 'force' END
+              FROM pushjobs.job_nodes n
+             WHERE n.job_id = p_job
+               AND (n.abort_requested
+                    OR n.status NOT IN ('new', 'ready', 'running'));
+    END IF;
+END
+$$;
+
+
+-- Jobs a worker must catch up on after (re)connecting its LISTEN channel:
+-- the active ones, and a "stop" for every job, running or ended recently,
+-- that has a node whose agent may still hold it: told to abort (nodes
+-- aborted, lost, timed out in voting or running, was_ready) and the abort
+-- perhaps never sent.  A node that reported its result (succeeded, failed)
+-- or refused the job (nacked) holds nothing, so a job whose nodes all did
+-- needs no stop; a job whose commit no agent answered yet (voting) gets its
+-- commit again, which is all its nodes need.
+CREATE OR REPLACE FUNCTION pushjobs.recent_jobs()
+RETURNS TABLE (org text, job_id text, kind text)
+LANGUAGE sql STABLE AS $$
+    SELECT j.org, j.id,
+           CASE j.status WHEN 'voting' THEN 'commit' ELSE 'run' END
+      FROM pushjobs.jobs j
+     WHERE j.status IN ('voting', 'running')
+    UNION ALL
+    SELECT j.org, j.id, 'stop'
+      FROM pushjobs.jobs j
+     WHERE (j.status = 'running'
+            OR (j.status NOT IN ('new', 'voting')
+                AND j.updated_at > now() - interval '10 minutes'))
+       AND EXISTS (SELECT 1 FROM pushjobs.job_nodes n
+                    WHERE n.job_id = j.id
+                      AND (n.abort_requested
+                           OR n.status NOT IN ('new', 'ready', 'running',
+                                               'succeeded', 'failed',
+                                               'nacked')))
+$$;
+
+
+-- Connect/disconnect changes of agent channels, batched by one worker
+-- (p_owner): [{"org", "node", "session", "online"}] in the order they
+-- happened.  A connect that replaces a channel held by another worker asks
+-- that worker to close it.
+CREATE OR REPLACE FUNCTION pushjobs.presence_update(p_owner text,
+    p_changes jsonb)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    r      record;
+    v_old  pushjobs.presence;
+BEGIN
+    -- The owner row is owner_beat()'s alone: a worker declared dead must
+    -- learn it from its next beat, and publish all its channels again,
+    -- which it would not if a batch of its here brought the row back.
+    FOR r IN
+        SELECT e.v ->> 'org' AS org, e.v ->> 'node' AS node,
+               (e.v ->> 'session')::bigint AS session,
+               (e.v ->> 'online')::boolean AS online,
+               (e.v ->> 'handover_ms')::integer AS handover_ms
+          FROM jsonb_array_elements(p_changes) WITH ORDINALITY AS e(v, ord)
+         ORDER BY e.v ->> 'org', e.v ->> 'node', e.ord
+    LOOP
+        IF r.online THEN
+            SELECT * INTO v_old FROM pushjobs.presence
+             WHERE org = r.org AND node_name = r.node
+               FOR UPDATE;
+
+            IF FOUND AND v_old.online AND v_old.owner <> p_owner THEN
+                PERFORM pg_notify('pushjobs',
+                                  'kick ' || v_old.owner || ' '
+                                  || v_old.session || ' ' || r.org || ' '
+                                  || r.node);
+            END IF;
+
+            INSERT INTO pushjobs.presence (org, node_name, owner, session,
+                                           online)
+            VALUES (r.org, r.node, p_owner, r.session, true)
+            ON CONFLICT (org, node_name) DO UPDATE
+               SET owner = excluded.owner, session = excluded.session,
+                   online = true, changed_at = now(), handover_until = NULL;
+
+        ELSE
+            -- "handover_ms": closed by a worker leaving on a reload, its
+            -- agent reconnecting elsewhere (see available_nodes())
+            UPDATE pushjobs.presence
+               SET online = false, changed_at = now(),
+                   handover_until = CASE WHEN r.handover_ms > 0
+                       THEN now() + LEAST(r.handover_ms, 60000)
+                                    * interval '1 millisecond' END
+             WHERE org = r.org AND node_name = r.node
+               AND owner = p_owner AND session = r.session AND online;
+        END IF;
+    END LOOP;
+END
+$$;
+
+
+-- A worker's periodic sign of life.  Returns false if the worker had been
+-- declared dead meanwhile (its channels were marked offline): it then
+-- publishes the presence of all its channels again.
+CREATE OR REPLACE FUNCTION pushjobs.owner_beat(p_owner text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE pushjobs.owners SET seen_at = now()
+     WHERE id = p_owner AND NOT dead;
+
+    IF FOUND THEN
+        RETURN true;
+    END IF;
+
+    INSERT INTO pushjobs.owners (id) VALUES (p_owner)
+    ON CONFLICT (id) DO UPDATE SET seen_at = now(), dead = false;
+
+    RETURN false;
+END
+$$;
+
+
+-- Deadlines, enforced by whichever worker runs first: workers of dead front
+-- ends, voting timeouts, run timeouts, and nodes whose channel has been gone
+-- for longer than p_lost_ms.  Jobs another worker is working on are skipped
+-- and picked up by the next sweep.  Returns the number of jobs changed.
+-- Deletes finished jobs not updated for p_retention_s seconds (0: never),
+-- at most 1000 per call so that one sweep never holds locks for long; their
+-- nodes, output and events go with them.  Returns how many were deleted.
+CREATE OR REPLACE FUNCTION pushjobs.purge(p_retention_s integer)
+RETURNS integer
+LANGUAGE sql AS $$
+    WITH old AS (
+        SELECT id FROM pushjobs.jobs
+         WHERE p_retention_s > 0
+           AND status NOT IN ('new', 'voting', 'running')
+           AND updated_at < now() - p_retention_s * interval '1 second'
+         ORDER BY updated_at
+         LIMIT 1000
+           FOR UPDATE SKIP LOCKED
+    ), nodes AS (
+        -- their output goes with them (ON DELETE CASCADE)
+        DELETE FROM pushjobs.job_nodes n USING old WHERE n.job_id = old.id
+    ), gone AS (
+        -- their events go with them (ON DELETE CASCADE)
+        DELETE FROM pushjobs.jobs j USING old WHERE j.id = old.id
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM gone
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.sweep(p_lost_ms integer,
+    p_owner_timeout_ms integer, p_org_feed_retention_s integer)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_count  integer := 0;
+    v_job    pushjobs.jobs;
+    v_node   text;
+    v_lost_orgs   text[];
+    v_lost_nodes  text[];
+BEGIN
+    /*
+     * Workers that stopped beating: their channels count as offline at
+     * once (online_nodes() checks the owner), and are marked so here 20,000
+     * a sweep, so that a front end of 100k channels is not one UPDATE that
+     * every presence batch would wait for.  The owner row goes when none is
+     * left; a worker that beats again meanwhile is told by owner_beat().
+     * The owner row is locked (FOR SHARE) against a concurrent revival.
+     */
+    UPDATE pushjobs.owners SET dead = true
+     WHERE NOT dead
+       AND seen_at < now() - p_owner_timeout_ms * interval '1 millisecond';
+
+    UPDATE pushjobs.presence p
+       SET online = false, changed_at = now()
+     WHERE (p.org, p.node_name) IN (
+               SELECT q.org, q.node_name
+                 FROM pushjobs.presence q
+                 JOIN pushjobs.owners o ON o.id = q.owner
+                WHERE o.dead AND q.online
+                LIMIT 20000
+                  FOR UPDATE OF q SKIP LOCKED
+                  FOR SHARE OF o);
+
+    DELETE FROM pushjobs.owners o
+     WHERE o.dead
+       AND NOT EXISTS (SELECT 1 FROM pushjobs.presence p
+                        WHERE p.owner = o.id AND p.online);
+
+    -- the org feeds keep their events for pushjobs_org_feed_retention
+    -- (2.x: org_feed_expiration, 60 s; the module's feeds replay as much)
+    DELETE FROM pushjobs.org_events
+     WHERE created_at < now() - p_org_feed_retention_s * interval '1 second';
+
+    FOR v_job IN
+        SELECT * FROM pushjobs.jobs
+         WHERE status = 'voting' AND voting_deadline <= now()
+         ORDER BY id
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        FOR v_node IN
+            SELECT n.node_name FROM pushjobs.job_nodes n
+             WHERE n.job_id = v_job.id AND n.status = 'new'
+             ORDER BY n.node_name
+        LOOP
+            PERFORM pushjobs.node_transition(v_job, v_node, 'voting_timeout',
+                                             NULL);
+        END LOOP;
+
+        -- the silent nodes are told to abort now (rehab), also when the
+        -- job goes on running without them; settle() says so itself when
+        -- the job ends
+        IF pushjobs.settle(v_job.id) IN ('voting', 'running') THEN
+            PERFORM pushjobs.notify('stop', v_job.org, v_job.id);
+        END IF;
+        v_count := v_count + 1;
+    END LOOP;
+
+    FOR v_job IN
+        SELECT * FROM pushjobs.jobs
+         WHERE status = 'running' AND run_deadline <= now()
+         ORDER BY id
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        IF pushjobs.time_out(v_job.id) THEN
+            v_count := v_count + 1;
+        END IF;
+    END LOOP;
+
+    /*
+     * Nodes whose channel has been gone for too long, found from the
+     * channels that went away since the oldest active job began (a range
+     * of presence_offline, small), not by reading every node of every
+     * active job at every sweep.  A node in a job always has a presence
+     * row: create_job() makes only online nodes "new".  The margin covers
+     * a presence change committed after a job that began before it.
+     */
+    SELECT array_agg(p.org), array_agg(p.node_name)
+      INTO v_lost_orgs, v_lost_nodes
+      FROM pushjobs.presence p
+     WHERE NOT p.online
+       AND p.changed_at > (SELECT min(created_at) - interval '5 minutes'
+                             FROM pushjobs.jobs
+                            WHERE status IN ('new', 'voting', 'running'))
+       AND p.changed_at <= now() - p_lost_ms * interval '1 millisecond';
+
+    FOR v_job IN
+        SELECT j.* FROM pushjobs.jobs j
+         WHERE j.status IN ('voting', 'running')
+           AND j.id IN (SELECT n.job_id
+                          FROM unnest(v_lost_orgs, v_lost_nodes) AS l(org,
+                                                                     node)
+                          JOIN pushjobs.job_nodes n
+                            ON n.org = l.org AND n.node_name = l.node
+                           AND n.status IN ('new', 'ready', 'running'))
+         ORDER BY j.id
+           FOR UPDATE OF j SKIP LOCKED
+    LOOP
+        FOR v_node IN
+            SELECT n.node_name
+              FROM unnest(v_lost_orgs, v_lost_nodes) AS l(org, node)
+              JOIN pushjobs.job_nodes n
+                ON n.job_id = v_job.id AND n.node_name = l.node
+             WHERE n.org = l.org
+               AND n.status IN ('new', 'ready', 'running')
+             ORDER BY n.node_name
+        LOOP
+            PERFORM pushjobs.node_transition(v_job, v_node, 'down', NULL);
+        END LOOP;
+
+        PERFORM pushjobs.settle(v_job.id);
+        v_count := v_count + 1;
+    END LOOP;
+
+    RETURN v_count;
+END
+$$;
+
+
+-- REST documents, built where the data is.
+
+CREATE OR REPLACE FUNCTION pushjobs.job_summary(p_job pushjobs.jobs)
+RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+               'id', p_job.id,
+               'command', p_job.command,
+               'status', p_job.status,
+               'run_timeout', p_job.run_timeout,
+               'created_at', pushjobs.http_date(p_job.created_at),
+               'updated_at', pushjobs.http_date(p_job.updated_at),
+               'user', p_job.job_user,
+               'dir', p_job.dir,
+               'capture_output', CASE WHEN p_job.capture THEN true END,
+               'file_specified', CASE WHEN p_job.file IS NOT NULL
+                                      THEN true END))
+           || CASE WHEN p_job.env IS NOT NULL
+                   THEN jsonb_build_object('env', p_job.env)
+                   ELSE '{}'::jsonb END
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.jobs_json(p_org text)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(jsonb_agg(pushjobs.job_summary(j)
+                              ORDER BY j.created_at, j.id), '[]'::jsonb)::text
+      FROM pushjobs.jobs j
+     WHERE j.org = p_org
+$$;
+
+
+-- GET jobs?status=S&limit=N (API.md §2): jobs in one status, the N most
+-- recent; still listed oldest first, in the same array shape.  A NULL
+-- status or limit does not filter.
+CREATE OR REPLACE FUNCTION pushjobs.jobs_json(p_org text, p_status text,
+    p_limit integer)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(jsonb_agg(pushjobs.job_summary(j)
+                              ORDER BY j.created_at, j.id), '[]'::jsonb)::text
+      FROM pushjobs.jobs j
+     WHERE j.org = p_org
+       AND j.id IN (SELECT l.id
+                      FROM pushjobs.jobs l
+                     WHERE l.org = p_org
+                       AND (p_status IS NULL OR l.status::text = p_status)
+                     ORDER BY l.created_at DESC, l.id DESC
+                     LIMIT p_limit)
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.job_json(p_org text, p_job text,
+    p_include_file boolean)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT (pushjobs.job_summary(j)
+            - CASE WHEN p_include_file AND j.file IS NOT NULL
+                   THEN 'file_specified' ELSE '' END
+            || CASE WHEN p_include_file AND j.file IS NOT NULL
+                    THEN jsonb_build_object('file', j.file)
+                    ELSE '{}'::jsonb END
+            || jsonb_build_object('nodes', COALESCE(
+                   (SELECT jsonb_object_agg(s.status, s.names)
+                      FROM (SELECT n.status::text AS status,
+                                   jsonb_agg(n.node_name
+                                             ORDER BY n.node_name) AS names
+                              FROM pushjobs.job_nodes n
+                             WHERE n.job_id = j.id
+                             GROUP BY n.status) s),
+                   '{}'::jsonb)))::text
+      FROM pushjobs.jobs j
+     WHERE j.id = p_job AND j.org = p_org
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.node_states_json(p_org text,
+    p_owner_timeout_ms integer)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(jsonb_agg(jsonb_build_object('node_name', o.node_name,
+                                                 'availability', 'available')
+                              ORDER BY o.node_name), '[]'::jsonb)::text
+      FROM pushjobs.online_nodes(p_org, p_owner_timeout_ms) o
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.node_state_json(p_org text, p_node text,
+    p_owner_timeout_ms integer)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+               'node_name', p_node,
+               'status', CASE WHEN o.node_name IS NULL THEN 'offline'
+                              ELSE 'online' END,
+               'availability', CASE WHEN o.node_name IS NULL
+                                    THEN 'unavailable'
+                                    ELSE 'available' END)::text
+      FROM (SELECT 1) one
+      LEFT JOIN pushjobs.online_nodes(p_org, p_owner_timeout_ms) o
+             ON o.node_name = p_node
+$$;
+
+
+-- Captured output of one node, base64 without line breaks; no row when the
+-- job, the node or the output does not exist.
+CREATE OR REPLACE FUNCTION pushjobs.job_output_b64(p_org text, p_job text,
+    p_node text, p_channel text)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT translate(encode(CASE WHEN p_channel = 'stderr' THEN o.stderr
+                                 ELSE o.stdout END, 'base64'), E'\n', '')
+      FROM pushjobs.job_output o
+      JOIN pushjobs.jobs j ON j.id = o.job_id
+     WHERE j.org = p_org AND o.job_id = p_job AND o.node_name = p_node
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.status_json(p_owner_timeout_ms integer)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'status', 'it''s alive',
+        'node_fsm_count',
+            (SELECT count(*)
+               FROM pushjobs.presence p
+               JOIN pushjobs.owners o ON o.id = p.owner
+              WHERE p.online
+                AND NOT o.dead
+                AND o.seen_at > now()
+                                - p_owner_timeout_ms * interval '1 millisecond'),
+        'job_processes',
+            (SELECT COALESCE(jsonb_agg(j.id ORDER BY j.id), '[]'::jsonb)
+               FROM pushjobs.jobs j
+              WHERE j.status IN ('new', 'voting', 'running')))::text
+$$;
+
+
+-- Event feeds (contract §5).
+
+-- Opens a job's feed: "missing" (no such job in the org: 404), "summary"
+-- with the job document when the job ended more than p_linger_ms ago, or
+-- "stream" with the sequence number to start after, from Last-Event-ID
+-- ("job-N"; an unknown or absent id starts from the beginning).
+CREATE OR REPLACE FUNCTION pushjobs.feed_open(p_org text, p_job text,
+    p_last_event_id text, p_linger_ms integer)
+RETURNS TABLE (mode text, after integer, summary text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_job   pushjobs.jobs;
+    v_seq   integer;
+    v_last  integer;
+BEGIN
+    SELECT * INTO v_job FROM pushjobs.jobs WHERE id = p_job AND org = p_org;
+
+    IF NOT FOUND THEN
+        mode := 'missing';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    IF v_job.status NOT IN ('new', 'voting', 'running')
+       AND v_job.updated_at < now() - p_linger_ms * interval '1 millisecond'
+    THEN
+        mode := 'summary';
+        summary := '{"timestamp": "' || pushjobs.event_time(now()) || '", '
+                   || substr(pushjobs.job_json(p_org, p_job, false), 2);
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    mode := 'stream';
+    after := 0;
+
+    SELECT COALESCE(max(seq), 0) INTO v_last
+      FROM pushjobs.job_events
+     WHERE job_id = p_job;
+
+    IF p_last_event_id ~ '^job-[0-9]{1,9}$' THEN
+        v_seq := substr(p_last_event_id, 5)::integer;
+
+        IF v_seq <= v_last THEN
+            after := v_seq;
+        END IF;
+    END IF;
+
+    -- a finished job whose last event the client has: nothing to stream
+    IF v_job.status NOT IN ('new', 'voting', 'running')
+       AND after >= v_last
+    THEN
+        mode := 'ended';
+    END IF;
+
+    RETURN NEXT;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.feed_events(p_job text, p_after integer,
+    p_limit integer)
+RETURNS TABLE (seq integer, name text, data text)
+LANGUAGE sql STABLE AS $$
+    SELECT e.seq, e.name, e.data
+      FROM pushjobs.job_events e
+     WHERE e.job_id = p_job AND e.seq > p_after
+     ORDER BY e.seq
+     LIMIT p_limit
+$$;
+
+
+-- Opens an org feed.  No Last-Event-ID: only what comes next.  A retained
+-- "org-N": what came after it.  Anything else: a start_of_history event
+-- (its timestamp is returned), then every retained event.
+CREATE OR REPLACE FUNCTION pushjobs.org_feed_open(p_org text,
+    p_last_event_id text, p_retention_ms integer)
+RETURNS TABLE (after bigint, history text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_id  bigint;
+BEGIN
+    IF p_last_event_id IS NULL OR p_last_event_id = '' THEN
+        SELECT COALESCE(max(e.id), 0) INTO after FROM pushjobs.org_events e;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    IF p_last_event_id ~ '^org-[0-9]{1,18}$' THEN
+        v_id := substr(p_last_event_id, 5)::bigint;
+
+        IF EXISTS (SELECT 1 FROM pushjobs.org_events e
+                    WHERE e.id = v_id AND e.org = p_org
+                      AND e.created_at > now() - p_retention_ms
+                                                 * interval '1 millisecond')
+        THEN
+            after := v_id;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+    END IF;
+
+    after := 0;
+    history := pushjobs.event_time(now() - p_retention_ms
+                                           * interval '1 millisecond');
+    RETURN NEXT;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.org_feed_events(p_org text,
+    p_after bigint, p_retention_ms integer, p_limit integer)
+RETURNS TABLE (id bigint, name text, data text)
+LANGUAGE sql STABLE AS $$
+    SELECT e.id, e.name, e.data
+      FROM pushjobs.org_events e
+     WHERE e.org = p_org AND e.id > p_after
+       AND e.created_at > now() - p_retention_ms * interval '1 millisecond'
+     ORDER BY e.id
+     LIMIT p_limit
+$$;
 
 COMMIT;

@@ -1,15 +1,32 @@
 -- Deploy pushjobs:org_feed_order to pg
 -- requires: stop_catch_up
 
--- Org feed ids in commit order: org_event_commit_order() (in
--- sql/functions.sql, with every function as the file now has it) gives each
--- new org_events row its final id at commit, under a lock the commit
--- releases.  Before, the serial's id was taken at insert, and a reader
--- resuming after id N could miss an id below N committed after it.
+-- Released in @v2.0.0: this script is frozen (migrations/README.md).
 
 BEGIN;
 
-\ir ../../sql/functions.sql
+-- Org feed ids in commit order.  A reader resumes after the last id it has
+-- seen, so no id may become visible after a greater one; but the serial
+-- hands out ids as rows are inserted, and two transactions (a POST's
+-- create_job(), a batch that ends a job) may commit in the other order: a
+-- reader between the two commits would skip the smaller id for good.  At
+-- commit (a deferred trigger) each new row takes its final id from the
+-- serial (until then it has a negative one: migrations/deploy/
+-- org_feed_order.sql) under one lock that the commit releases, so that ids
+-- follow commit order, without gaps but for rolled back rows.  One lock
+-- for all orgs: a transaction may end jobs of several orgs, and org locks
+-- taken in different orders could deadlock; org events are two per job.
+CREATE OR REPLACE FUNCTION pushjobs.org_event_commit_order()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('pushjobs.org_events'));
+    UPDATE pushjobs.org_events
+       SET id = nextval(pg_get_serial_sequence('pushjobs.org_events', 'id'))
+     WHERE id = NEW.id;
+    RETURN NULL;
+END
+$$;
 
 -- a row's id until its commit: negative, from a sequence of its own, so that
 -- the final ids, from the serial, come without gaps

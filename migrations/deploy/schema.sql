@@ -1,7 +1,138 @@
 -- Deploy pushjobs:schema to pg
 
+-- Released in @v2.0.0: this script is frozen (migrations/README.md).
+
 BEGIN;
 
-\ir ../../sql/schema.sql
+-- pushjobs schema: jobs, their nodes, output, events and node presence.
+--
+-- Everything lives in the schema "pushjobs" of the database the module is
+-- configured with.  State changes go through the functions of functions.sql;
+-- the constraints here are the last line of defence.
+
+CREATE SCHEMA pushjobs;
+
+CREATE TYPE pushjobs.job_status AS ENUM (
+    'new', 'voting', 'running', 'complete', 'quorum_failed', 'timed_out',
+    'crashed', 'aborted');
+
+CREATE TYPE pushjobs.node_status AS ENUM (
+    'new', 'ready', 'running', 'succeeded', 'failed', 'aborted',
+    'unavailable', 'nacked', 'faulty', 'was_ready', 'crashed', 'timed_out');
+
+CREATE TABLE pushjobs.jobs (
+    id               text PRIMARY KEY CHECK (id ~ '^[0-9a-f]{32}$'),
+    org              text NOT NULL CHECK (org <> ''),
+    command          text NOT NULL,
+    quorum           integer NOT NULL,
+    run_timeout      integer NOT NULL CHECK (run_timeout >= 0),
+    requestor        text NOT NULL,
+    job_user         text,
+    dir              text,
+    env              jsonb CHECK (env IS NULL OR jsonb_typeof(env) = 'object'),
+    file             text CHECK (file IS NULL OR file ~ '^(raw|base64):'),
+    capture          boolean NOT NULL DEFAULT false,
+    status           pushjobs.job_status NOT NULL,
+    voting_deadline  timestamptz,
+    run_deadline     timestamptz,
+    abort_requested  boolean NOT NULL DEFAULT false,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX jobs_org_created ON pushjobs.jobs (org, created_at);
+CREATE INDEX jobs_active ON pushjobs.jobs (status)
+    WHERE status IN ('new', 'voting', 'running');
+
+-- the retention purge (purge()): finished jobs, oldest first
+CREATE INDEX jobs_finished ON pushjobs.jobs (updated_at)
+    WHERE status NOT IN ('new', 'voting', 'running');
+
+-- A job's nodes.  No foreign key to jobs: only create_job() adds rows, in
+-- the transaction that adds the job, and a per-row check made a 10k-node
+-- job's INSERT 40 % slower; purge() deletes them with their job.
+CREATE TABLE pushjobs.job_nodes (
+    job_id           text NOT NULL,
+    org              text NOT NULL,
+    node_name        text NOT NULL CHECK (node_name <> ''),
+    status           pushjobs.node_status NOT NULL DEFAULT 'new',
+    exit_status      integer,
+    abort_requested  boolean NOT NULL DEFAULT false,
+    abort_force      boolean NOT NULL DEFAULT false,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, node_name)
+);
+
+CREATE INDEX job_nodes_active ON pushjobs.job_nodes (org, node_name)
+    WHERE status IN ('new', 'ready', 'running');
+
+CREATE TABLE pushjobs.job_output (
+    job_id           text NOT NULL,
+    node_name        text NOT NULL,
+    stdout           bytea NOT NULL,
+    stderr           bytea NOT NULL,
+    truncated        boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (job_id, node_name),
+    FOREIGN KEY (job_id, node_name)
+        REFERENCES pushjobs.job_nodes (job_id, node_name) ON DELETE CASCADE
+);
+
+-- Per-job event feed: ids job-1, job-2, ... are (job_id, seq).
+CREATE TABLE pushjobs.job_events (
+    job_id           text NOT NULL
+                     REFERENCES pushjobs.jobs (id) ON DELETE CASCADE,
+    seq              integer NOT NULL CHECK (seq > 0),
+    name             text NOT NULL,
+    data             text NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, seq)
+);
+
+-- Org feed: start and job_complete of every job of the org, kept for a
+-- limited time; ids org-N are the serial, taken at commit, in commit order
+-- (org_event_commit_order(), sqitch change org_feed_order).
+CREATE TABLE pushjobs.org_events (
+    id               bigserial PRIMARY KEY,
+    org              text NOT NULL,
+    job_id           text NOT NULL,
+    name             text NOT NULL,
+    data             text NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX org_events_org ON pushjobs.org_events (org, id);
+
+-- One row per nginx worker process of every front end that holds agent
+-- channels.  A worker refreshes seen_at every few seconds; the channels of a
+-- worker that stopped doing so count as gone.
+CREATE TABLE pushjobs.owners (
+    id               text PRIMARY KEY,
+    started_at       timestamptz NOT NULL DEFAULT now(),
+    seen_at          timestamptz NOT NULL DEFAULT now(),
+    -- overdue: its channels are being marked offline (sweep()); its next
+    -- beat finds it so and publishes them again (owner_beat())
+    dead             boolean NOT NULL DEFAULT false
+);
+
+-- Where each node's agent channel is.  Written in batches on connect and
+-- disconnect, never per heartbeat.
+CREATE TABLE pushjobs.presence (
+    org              text NOT NULL,
+    node_name        text NOT NULL,
+    owner            text NOT NULL,
+    session          bigint NOT NULL,
+    online           boolean NOT NULL,
+    changed_at       timestamptz NOT NULL DEFAULT now(),
+    -- offline, closed by a worker leaving on a reload: new jobs count on
+    -- the node until then (presence_handover)
+    handover_until   timestamptz,
+    PRIMARY KEY (org, node_name)
+);
+
+CREATE INDEX presence_owner ON pushjobs.presence (owner) WHERE online;
+
+-- the sweeper's lost channels: recent changes to offline
+CREATE INDEX presence_offline ON pushjobs.presence (changed_at)
+    WHERE NOT online;
 
 COMMIT;

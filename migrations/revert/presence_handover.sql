@@ -1,9 +1,8 @@
 -- Revert pushjobs:presence_handover from pg
 
--- Nothing is undone: the functions still installed (CREATE OR REPLACE'd
--- from sql/functions.sql) read presence.handover_until, and the column,
--- NULL unless a reload just closed a channel, changes nothing for the
--- functions of an earlier checkout.
+-- Released in @v2.0.0: this script is frozen (migrations/README.md).
+-- Nothing is undone: change schema created presence.handover_until in the
+-- release, and the functions of change functions read it.
 
 BEGIN;
 COMMIT;

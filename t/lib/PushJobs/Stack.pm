@@ -59,6 +59,7 @@ sub new {
     my $self = bless {
         org       => $opt{org} // 'demo',
         agents    => $opt{agents} // 3,
+        deploy_to => $opt{deploy_to},
         workers   => $opt{workers} // 2,
         whitelist => $opt{whitelist} // {
             'chef-client' => 'true',
@@ -362,6 +363,17 @@ sub start_postgres {
     $self->psql('postgres', 'CREATE ROLE pushjobs LOGIN');
     $self->psql('postgres', 'CREATE DATABASE pushjobs OWNER pushjobs');
 
+    $self->sqitch('deploy', '--verify',
+                  $self->{deploy_to} ? ('--to', $self->{deploy_to}) : ());
+
+    $self->log("postgres on $self->{pg_port}");
+}
+
+# sqitch: run sqitch COMMAND ARGS on the plan in migrations/, against the
+# stack's database (deploy_to => '@TAG' in new(): start_postgres deploys
+# the plan up to there only).
+sub sqitch {
+    my ($self, $cmd, @args) = @_;
     local $ENV{HOME} = $self->{dir};
     local $ENV{SQITCH_CONFIG} = '/dev/null';
     local $ENV{SQITCH_USER_CONFIG} = '/dev/null';
@@ -369,14 +381,13 @@ sub start_postgres {
     my $cwd = Cwd::getcwd();
     chdir "$ROOT/migrations" or croak $!;
     eval {
-        $self->run_cmd('sqitch', 'deploy', '--verify', '--target',
-                       "db:pg://pushjobs\@127.0.0.1:$self->{pg_port}/pushjobs");
+        $self->run_cmd('sqitch', $cmd, '--target',
+                       "db:pg://pushjobs\@127.0.0.1:$self->{pg_port}/pushjobs",
+                       @args);
     };
     my $err = $@;
     chdir $cwd;
     croak $err if $err;
-
-    $self->log("postgres on $self->{pg_port}");
 }
 
 # pg_stop: stop PostgreSQL fast (pg_ctl -m fast: sessions are ended, the
