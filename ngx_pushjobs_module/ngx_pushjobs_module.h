@@ -232,6 +232,9 @@ typedef struct {
     ngx_pushjobs_out_link_t   **tail;
     size_t                      sent;
     size_t                      bytes;
+    /* the buffers of ngx_pushjobs_out_output() */
+    ngx_chain_t                *free;
+    ngx_chain_t                *busy;
 } ngx_pushjobs_out_t;
 
 
@@ -385,6 +388,8 @@ ngx_int_t ngx_pushjobs_out_flush(ngx_pushjobs_out_t *out,
     ngx_http_request_t *r);
 ngx_int_t ngx_pushjobs_out_send(ngx_pushjobs_out_t *out, ngx_connection_t *c,
     ngx_msec_t send_timeout);
+ngx_int_t ngx_pushjobs_out_output(ngx_pushjobs_out_t *out,
+    ngx_http_request_t *r);
 ngx_pushjobs_msg_t *ngx_pushjobs_out_pop(ngx_pushjobs_out_t *out);
 void ngx_pushjobs_out_free(ngx_pushjobs_out_t *out);
 
