@@ -329,8 +329,16 @@ ngx_pushjobs_feed_headers(ngx_http_request_t *r)
     r->keepalive = 0;
 
 #if (NGX_HTTP_SSL)
-    /* a long-lived stream: no 16k TLS buffer kept per feed (see ws.c) */
-    if (r->connection->ssl) {
+    /*
+     * A long-lived stream: no 16k TLS buffer kept per feed (see ws.c).  Not
+     * for an HTTP/2 stream, whose TLS connection is its streams' to share.
+     */
+    if (r->connection->ssl
+#if (NGX_HTTP_V2)
+        && r->stream == NULL
+#endif
+       )
+    {
         r->connection->ssl->buffer = 0;
     }
 #endif
