@@ -72,6 +72,8 @@ sub new {
             [ '^sleep ([0-9]+)$', 'sleep \\1' ],
         ],
         nginx_extra => $opt{nginx_extra} // '',
+        # the front ends' listener also speaks HTTP/2 (ALPN h2)
+        http2     => $opt{http2} // 0,
         # the key cache's parameters, e.g. 'ttl=2s stale=10s'
         key_zone  => $opt{key_zone} // 'ttl=300s',
         tls_key   => $opt{tls_key},
@@ -509,7 +511,7 @@ http {
     pushjobs_server_name $fe;
 $self->{nginx_extra}
     server {
-        listen 127.0.0.1:$port ssl reuseport;
+        listen 127.0.0.1:$port ssl@{[ $self->{http2} ? ' http2' : '' ]} reuseport;
         server_name localhost;
 
         ssl_certificate $self->{dir}/tls/server.crt;
