@@ -234,6 +234,9 @@ typedef struct {
     ngx_pushjobs_out_link_t   **tail;
     size_t                      sent;
     size_t                      bytes;
+    /* the buffers of ngx_pushjobs_out_output() */
+    ngx_chain_t                *free;
+    ngx_chain_t                *busy;
 } ngx_pushjobs_out_t;
 
 
@@ -479,6 +482,8 @@ ngx_int_t ngx_pushjobs_out_flush(ngx_pushjobs_out_t *out,
     ngx_http_request_t *r);
 ngx_int_t ngx_pushjobs_out_send(ngx_pushjobs_out_t *out, ngx_connection_t *c,
     ngx_msec_t send_timeout);
+ngx_int_t ngx_pushjobs_out_output(ngx_pushjobs_out_t *out,
+    ngx_http_request_t *r);
 ngx_pushjobs_msg_t *ngx_pushjobs_out_pop(ngx_pushjobs_out_t *out);
 void ngx_pushjobs_out_free(ngx_pushjobs_out_t *out);
 

@@ -5,11 +5,18 @@
 
 
 /*
- * The output queue of a long-lived connection (agent channel, event feed).
- * After the response header, such a connection writes its own bytes with
- * c->send() (TLS included): a queue of shared, refcounted messages, with a
- * byte cap so that a peer that does not read cannot make us hold unbounded
- * memory, and send_timeout while the socket is full.
+ * The output queue of a long-lived connection (agent channel, event feed):
+ * a queue of shared, refcounted messages, with a byte cap so that a peer
+ * that does not read cannot make us hold unbounded memory, and send_timeout
+ * while the peer does not take what is written.
+ *
+ * An event feed keeps its HTTP request: its queue goes through nginx's
+ * output filter chain (ngx_pushjobs_out_output), which does the chunked
+ * encoding or the HTTP/2 framing on a connection that HTTP/2 streams
+ * share, and runs any body filter.  An agent channel writes its bytes
+ * itself with c->send() (ngx_pushjobs_out_send, TLS included): after the
+ * 101 a websocket's HTTP request is released and the connection is a plain
+ * byte stream, as nginx's own upgraded proxy connection writes directly.
  */
 
 
@@ -59,6 +66,8 @@ ngx_pushjobs_out_init(ngx_pushjobs_out_t *out)
     out->tail = &out->head;
     out->sent = 0;
     out->bytes = 0;
+    out->free = NULL;
+    out->busy = NULL;
 }
 
 
@@ -171,6 +180,111 @@ ngx_pushjobs_out_send(ngx_pushjobs_out_t *out, ngx_connection_t *c,
 
         ngx_pushjobs_msg_release(msg);
         ngx_free(l);
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * For a request that keeps its HTTP request (an event feed, HTTP/1.x or an
+ * HTTP/2 stream): the queue through the output filter chain, one message
+ * at a time, each flushed.  The message passed to the filters stays at the
+ * head of the queue (out->sent is its length), and counts against the byte
+ * cap, until the filters hold nothing more (r->out, c->buffered): they may
+ * point into it until then.  NGX_OK when all is written, NGX_AGAIN when the
+ * rest waits for the request's write event (at most send_timeout),
+ * NGX_ERROR when the connection broke.
+ */
+
+ngx_int_t
+ngx_pushjobs_out_output(ngx_pushjobs_out_t *out, ngx_http_request_t *r)
+{
+    ngx_buf_t                 *b;
+    ngx_int_t                  rc;
+    ngx_chain_t               *cl;
+    ngx_connection_t          *c;
+    ngx_pushjobs_msg_t        *msg;
+    ngx_pushjobs_out_link_t   *l;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    c = r->connection;
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (r->out || c->buffered) {
+        rc = ngx_http_output_filter(r, NULL);
+
+        if (rc == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (r->out || c->buffered) {
+            return ngx_pushjobs_out_wait(c, clcf->send_timeout);
+        }
+    }
+
+    for ( ;; ) {
+
+        l = out->head;
+
+        if (l != NULL && out->sent) {
+
+            /* the filters are done with the message at the head */
+
+            out->head = l->next;
+            if (out->head == NULL) {
+                out->tail = &out->head;
+            }
+
+            out->sent = 0;
+            out->bytes -= l->msg->len;
+
+            ngx_pushjobs_msg_release(l->msg);
+            ngx_free(l);
+
+            l = out->head;
+        }
+
+        if (l == NULL) {
+            break;
+        }
+
+        msg = l->msg;
+
+        cl = ngx_chain_get_free_buf(r->pool, &out->free);
+        if (cl == NULL) {
+            return NGX_ERROR;
+        }
+
+        b = cl->buf;
+        ngx_memzero(b, sizeof(ngx_buf_t));
+
+        b->tag = (ngx_buf_tag_t) &ngx_pushjobs_module;
+        b->pos = msg->data;
+        b->last = msg->data + msg->len;
+        b->start = b->pos;
+        b->end = b->last;
+        b->memory = 1;
+        b->flush = 1;
+
+        out->sent = msg->len;
+
+        rc = ngx_http_output_filter(r, cl);
+
+        ngx_chain_update_chains(r->pool, &out->free, &out->busy, &cl,
+                                (ngx_buf_tag_t) &ngx_pushjobs_module);
+
+        if (rc == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (r->out || c->buffered) {
+            return ngx_pushjobs_out_wait(c, clcf->send_timeout);
+        }
     }
 
     if (c->write->timer_set) {

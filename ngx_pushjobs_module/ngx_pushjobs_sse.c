@@ -5,14 +5,15 @@
 
 
 /*
- * Server-Sent Events feeds (contract §5): a job's feed and an org's feed.
+ * Server-Sent Events feeds: a job's feed and an org's feed.
  *
  * Events are rows of pushjobs.job_events / pushjobs.org_events, written by
  * the SQL transitions; their NOTIFY ("event ORG JOB") reaches every worker
  * of every front end, and a worker holding feeds of that job or org reads
  * the rows after the last one each feed sent.  So a feed is served by any
- * worker, and Last-Event-ID resumes from the table.  Each event is written
- * as one HTTP chunk directly to the socket, flushed at once.
+ * worker, and Last-Event-ID resumes from the table.  Each event goes
+ * through nginx's output filter chain, flushed at once: one HTTP/1.1 chunk,
+ * or DATA frames of an HTTP/2 stream (ngx_pushjobs_out_output()).
  *
  * A feed's lifetime.  The feed is freed when its last reference goes:
  *
@@ -60,7 +61,7 @@ typedef struct {
     unsigned                    fetching:1;
     unsigned                    dirty:1;
     unsigned                    finished:1;
-    unsigned                    chunked:1;
+    unsigned                    last_sent:1;
 } ngx_pushjobs_feed_t;
 
 
@@ -328,8 +329,16 @@ ngx_pushjobs_feed_headers(ngx_http_request_t *r)
     r->keepalive = 0;
 
 #if (NGX_HTTP_SSL)
-    /* a long-lived stream: no 16k TLS buffer kept per feed (see ws.c) */
-    if (r->connection->ssl) {
+    /*
+     * A long-lived stream: no 16k TLS buffer kept per feed (see ws.c).  Not
+     * for an HTTP/2 stream, whose TLS connection is its streams' to share.
+     */
+    if (r->connection->ssl
+#if (NGX_HTTP_V2)
+        && r->stream == NULL
+#endif
+       )
+    {
         r->connection->ssl->buffer = 0;
     }
 #endif
@@ -397,7 +406,6 @@ ngx_pushjobs_feed_create(ngx_http_request_t *r, ngx_str_t *org,
     f->connection = c;
     f->last = last;
     f->refs = 1;
-    f->chunked = r->chunked;
 
     ngx_pushjobs_out_init(&f->out);
 
@@ -617,13 +625,15 @@ ngx_pushjobs_feed_event(ngx_pushjobs_feed_t *f, ngx_str_t *name,
 }
 
 
-/* one HTTP chunk (unless the client speaks HTTP/1.0), flushed at once */
+/*
+ * Bytes of the stream, flushed at once through the output filters (which
+ * frame them: an HTTP/1.1 chunk, HTTP/2 DATA frames); with no bytes, only
+ * a look at whether a finished feed can end.
+ */
 
 static void
 ngx_pushjobs_feed_send(ngx_pushjobs_feed_t *f, u_char *data, size_t len)
 {
-    u_char              *p;
-    size_t               size;
     ngx_int_t            rc;
     ngx_uint_t           waiting;
     ngx_pushjobs_msg_t  *msg;
@@ -632,18 +642,7 @@ ngx_pushjobs_feed_send(ngx_pushjobs_feed_t *f, u_char *data, size_t len)
         return;
     }
 
-    size = len;
-    if (f->chunked && len) {
-        size += NGX_OFF_T_LEN + sizeof(CRLF CRLF) - 1;
-    }
-
-    if (f->finished && f->chunked) {
-        size += sizeof("0" CRLF CRLF) - 1;
-    }
-
-    if (size == 0) {
-        /* nothing to frame: only the end of an HTTP/1.0 response */
-
+    if (len == 0) {
         if (f->out.head == NULL) {
             ngx_pushjobs_feed_write_handler(f->request);
         }
@@ -651,28 +650,13 @@ ngx_pushjobs_feed_send(ngx_pushjobs_feed_t *f, u_char *data, size_t len)
         return;
     }
 
-    msg = ngx_pushjobs_msg_raw(size, f->connection->log);
+    msg = ngx_pushjobs_msg_raw(len, f->connection->log);
     if (msg == NULL) {
         ngx_pushjobs_feed_close(f);
         return;
     }
 
-    p = msg->data;
-
-    if (f->chunked && len) {
-        p = ngx_sprintf(p, "%xz" CRLF, len);
-        p = ngx_cpymem(p, data, len);
-        *p++ = CR; *p++ = LF;
-
-    } else if (len) {
-        p = ngx_cpymem(p, data, len);
-    }
-
-    if (f->chunked && f->finished) {
-        p = ngx_cpymem(p, "0" CRLF CRLF, sizeof("0" CRLF CRLF) - 1);
-    }
-
-    msg->len = p - msg->data;
+    ngx_memcpy(msg->data, data, len);
 
     waiting = (f->out.head != NULL);
 
@@ -719,21 +703,37 @@ ngx_pushjobs_feed_write_handler(ngx_http_request_t *r)
         return;
     }
 
-    rc = ngx_pushjobs_out_flush(&f->out, r);
+    for ( ;; ) {
+        rc = ngx_pushjobs_out_output(&f->out, r);
 
-    if (rc == NGX_ERROR) {
-        c->error = 1;
-        ngx_pushjobs_feed_close(f);
-        return;
-    }
+        if (rc == NGX_ERROR) {
+            c->error = 1;
+            ngx_pushjobs_feed_close(f);
+            return;
+        }
 
-    if (rc != NGX_OK) {
-        return;
-    }
+        if (rc != NGX_OK) {
+            return;
+        }
 
-    if (f->finished) {
-        ngx_pushjobs_feed_close(f);
-        return;
+        if (!f->finished) {
+            break;
+        }
+
+        if (f->last_sent) {
+            ngx_pushjobs_feed_close(f);
+            return;
+        }
+
+        /* the end of the response: the last chunk, or END_STREAM */
+
+        f->last_sent = 1;
+
+        if (ngx_http_send_special(r, NGX_HTTP_LAST) == NGX_ERROR) {
+            c->error = 1;
+            ngx_pushjobs_feed_close(f);
+            return;
+        }
     }
 
     /* the reader took what was queued: the rows held back, if any */
@@ -815,7 +815,7 @@ ngx_pushjobs_feed_close(ngx_pushjobs_feed_t *f)
     r = f->request;
     c = f->connection;
 
-    if (f->out.head) {
+    if (f->out.head || r->out || c->buffered) {
         /*
          * Output is abandoned, maybe in the middle of a TLS record that
          * OpenSSL wants to write again: no close_notify after it (that

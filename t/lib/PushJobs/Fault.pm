@@ -106,6 +106,7 @@ sub exactly_once {
 sub bad_log_lines {
     my ($stack, %opt) = @_;
     my %killed = map { $_ => 1 } @{ $opt{killed} // [] };
+    $stack->alerts_checked;
     return grep {
         my $expected = / (\d+) exited on signal 9\b/ && $killed{$1};
         !$expected && (/\[(alert|emerg|crit)\]/ || /exited on signal/);

@@ -73,6 +73,8 @@ sub new {
             [ '^sleep ([0-9]+)$', 'sleep \\1' ],
         ],
         nginx_extra => $opt{nginx_extra} // '',
+        # the front ends' listener also speaks HTTP/2 (ALPN h2)
+        http2     => $opt{http2} // 0,
         # the key cache's parameters, e.g. 'ttl=2s stale=10s'
         key_zone  => $opt{key_zone} // 'ttl=300s',
         tls_key   => $opt{tls_key},
@@ -520,7 +522,7 @@ http {
     pushjobs_server_name $fe;
 $self->{nginx_extra}
     server {
-        listen 127.0.0.1:$port ssl reuseport;
+        listen 127.0.0.1:$port ssl@{[ $self->{http2} ? ' http2' : '' ]} reuseport;
         server_name localhost;
 
         ssl_certificate $self->{dir}/tls/server.crt;
@@ -887,12 +889,54 @@ sub error_log {
 # (expect_alerts).
 sub alerts {
     my ($self) = @_;
+    $self->alerts_checked;
+    return $self->log_alerts, map { $_->{summary} } $self->sanitizer_reports;
+}
+
+# The error log lines of alerts(), without the sanitizer reports; of the
+# text after OFFSETS ({ FE => bytes }) when given.
+sub log_alerts {
+    my ($self, $offsets) = @_;
+    my $log = join '', map {
+        my $t = slurp($self->{fe}{$_}{error_log}
+                      // "$self->{dir}/$_/error.log");
+        my $o = $offsets ? $offsets->{$_} // 0 : 0;
+        $o <= length $t ? substr($t, $o) : $t;
+    } $self->frontends;
     my @l = grep { /\[(alert|emerg|crit)\]|exited on signal/ }
-                 split /\n/, $self->error_log;
+                 split /\n/, $log;
     for my $re (@{ $self->{expected_alerts} // [] }) {
         @l = grep { !/$re/ } @l;
     }
-    return @l, map { $_->{summary} } $self->sanitizer_reports;
+    return @l;
+}
+
+# alerts_checked(): the test has checked the error logs up to here (alerts()
+# does this; so does a test's own check, e.g. PushJobs::Fault's).
+sub alerts_checked {
+    my ($self) = @_;
+    $self->{alerts_checked}{$_} = length slurp($self->{fe}{$_}{error_log}
+                                               // "$self->{dir}/$_/error.log")
+        for $self->frontends;
+}
+
+# At stop, once nginx has exited: in a test that checks the error logs, an
+# [alert], [emerg] or [crit] that nginx logged after the test's last check
+# (while exiting, say) fails the test, as one before stop does.
+sub exit_alerts_check {
+    my ($self) = @_;
+    my $at = $self->{alerts_checked} or return;
+    my @l = $self->log_alerts($at);
+    if ($INC{'Test/Builder.pm'}) {
+        my $tb = Test::Builder->new;
+        if (@l || !$tb->has_plan) {
+            $tb->ok(!@l, 'no [alert], [emerg] or [crit] in error.log '
+                         . 'after nginx exited');
+        }
+        $tb->diag("after stop: $_") for @l;
+    } elsif (@l) {
+        print STDERR "# error.log after stop: $_\n" for @l;
+    }
 }
 
 # expect_alerts(qr/.../, ...): error log lines this test causes on purpose
@@ -1013,6 +1057,7 @@ sub stop {
         $self->{pg_up} = 0;
     }
 
+    eval { $self->exit_alerts_check };
     eval { $self->sanitizer_check };
 
     if ($ENV{PUSHJOBS_KEEP}) {
