@@ -41,7 +41,6 @@
 #define NGX_PUSHJOBS_ROUTE_AGENT_POLL    12
 
 #define NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE    406
-#define NGX_HTTP_PUSHJOBS_UPGRADE_REQUIRED  426
 
 
 typedef struct ngx_pushjobs_api_ctx_s  ngx_pushjobs_api_ctx_t;
@@ -1861,11 +1860,11 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
     case NGX_PUSHJOBS_ROUTE_CONFIG:
         return ngx_pushjobs_api_config(r, ctx);
-
-    default:
-        return ngx_pushjobs_json_error(r, NGX_HTTP_NOT_IMPLEMENTED, 1,
-                                       "not implemented yet");
     }
+
+    /* every route is answered above */
+
+    return NGX_HTTP_INTERNAL_SERVER_ERROR;
 }
 
 
