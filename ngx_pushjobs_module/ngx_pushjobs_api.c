@@ -200,6 +200,28 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
         return ngx_pushjobs_api_method_not_allowed(r, ctx);
     }
 
+#if (NGX_HTTP_V2)
+
+    /*
+     * The agent channel holds its connection (a websocket, or a long poll
+     * answered when the worker has something to say): it is refused over
+     * HTTP/2 before the body is read or the client authenticated.
+     */
+
+    if (r->stream
+        && (ctx->route == NGX_PUSHJOBS_ROUTE_AGENT
+            || ctx->route == NGX_PUSHJOBS_ROUTE_AGENT_POLL))
+    {
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_pushjobs_json_error(r, NGX_HTTP_VERSION_NOT_SUPPORTED, 1,
+                                       "the agent channel needs HTTP/1.1");
+    }
+
+#endif
+
     if (ngx_pushjobs_worker == NULL) {
         ngx_http_discard_request_body(r);
         return ngx_pushjobs_json_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, 1,
