@@ -157,6 +157,8 @@ static ngx_int_t ngx_pushjobs_api_db_error(ngx_http_request_t *r,
 static ngx_int_t ngx_pushjobs_api_not_found(ngx_http_request_t *r);
 static ngx_int_t ngx_pushjobs_api_add_header(ngx_http_request_t *r,
     ngx_list_t *headers, const char *name, ngx_str_t *value);
+static ngx_int_t ngx_pushjobs_api_number_arg(ngx_http_request_t *r,
+    char *name, ngx_int_t min, ngx_int_t max, ngx_str_t *arg);
 static ngx_uint_t ngx_pushjobs_api_valid_name(ngx_str_t *name);
 static ngx_uint_t ngx_pushjobs_api_valid_event_id(ngx_str_t *id);
 
@@ -2165,14 +2167,14 @@ ngx_pushjobs_api_feed_result(ngx_http_request_t *r,
 
 /*
  * GET jobs, the 2.x array of every job, or with the optional filters of
- * API.md §2: ?status=STATUS (one job status) and ?limit=N (the N most
+ * GET jobs takes ?status=STATUS (one job status) and ?limit=N (the N most
  * recent).  A bad filter is a 400 in the job body's error shape.
  */
 
 static ngx_int_t
 ngx_pushjobs_api_jobs_list(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
-    ngx_int_t   n;
+    ngx_int_t   rc;
     ngx_str_t   params[3], arg;
     ngx_uint_t  i;
 
@@ -2205,16 +2207,13 @@ ngx_pushjobs_api_jobs_list(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
         }
     }
 
-    if (ngx_http_arg(r, (u_char *) "limit", sizeof("limit") - 1, &arg)
-        == NGX_OK)
-    {
-        n = ngx_atoi(arg.data, arg.len);
+    rc = ngx_pushjobs_api_number_arg(r, "limit", 1, 999999999, &arg);
 
-        if (n <= 0 || arg.len > 9) {
-            return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
-                                           "invalid limit supplied");
-        }
+    if (r->header_sent || (rc != NGX_OK && rc != NGX_DECLINED)) {
+        return rc;
+    }
 
+    if (rc == NGX_OK) {
         params[2] = arg;
     }
 
@@ -2363,6 +2362,39 @@ ngx_pushjobs_api_add_header(ngx_http_request_t *r, ngx_list_t *headers,
     }
 
     h->hash = ngx_hash_strlow(h->lowcase_key, h->key.data, h->key.len);
+
+    return NGX_OK;
+}
+
+
+/*
+ * A numeric query argument: NGX_DECLINED when absent; NGX_OK with its text
+ * in *arg when it is decimal digits, no more of them than max has, with a
+ * value in min..max; else a 400 "invalid NAME supplied" in the job body's
+ * error shape is sent, and what sending it returned is returned.
+ */
+
+static ngx_int_t
+ngx_pushjobs_api_number_arg(ngx_http_request_t *r, char *name,
+    ngx_int_t min, ngx_int_t max, ngx_str_t *arg)
+{
+    size_t     digits;
+    ngx_int_t  n, m;
+
+    if (ngx_http_arg(r, (u_char *) name, ngx_strlen(name), arg) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    for (digits = 1, m = max; m >= 10; m /= 10) {
+        digits++;
+    }
+
+    n = (arg->len <= digits) ? ngx_atoi(arg->data, arg->len) : NGX_ERROR;
+
+    if (n == NGX_ERROR || n < min || n > max) {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
+                                       "invalid %s supplied", name);
+    }
 
     return NGX_OK;
 }
