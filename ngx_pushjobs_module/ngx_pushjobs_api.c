@@ -49,9 +49,45 @@ typedef ngx_int_t (*ngx_pushjobs_api_result_pt)(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
 
 
+/* who may use a route, checked once the client is authenticated */
+#define NGX_PUSHJOBS_AUTHZ_NONE     0   /* anyone, unauthenticated */
+#define NGX_PUSHJOBS_AUTHZ_AGENT    1   /* any client, as itself */
+#define NGX_PUSHJOBS_AUTHZ_NODE     2   /* the client named by the path */
+#define NGX_PUSHJOBS_AUTHZ_GROUPS   3   /* pushy_job_readers to read,
+                                           pushy_job_writers to POST */
+
+/* route flags */
+#define NGX_PUSHJOBS_ROUTE_HTTP11      0x01  /* refused over HTTP/2 */
+#define NGX_PUSHJOBS_ROUTE_WEBSOCKET   0x02  /* 426 unless an upgrade */
+#define NGX_PUSHJOBS_ROUTE_MESSAGES    0x04  /* body capped like a frame */
+
+
+typedef struct {
+    ngx_uint_t                  route;
+
+    /*
+     * the path after /organizations/ORG/pushy/: ":id", ":node" and
+     * ":channel" (stdout or stderr) are taken from it
+     */
+    char                       *seg[6];
+
+    ngx_uint_t                  methods;
+    ngx_uint_t                  authz;
+    ngx_uint_t                  flags;
+
+    /* the body's checks for a POST, before authentication */
+    ngx_int_t                 (*validate)(ngx_http_request_t *r,
+                                          ngx_pushjobs_api_ctx_t *ctx);
+} ngx_pushjobs_api_route_t;
+
+
 struct ngx_pushjobs_api_ctx_s {
     ngx_uint_t                  route;
     ngx_uint_t                  methods;
+    ngx_uint_t                  authz;
+    ngx_uint_t                  flags;
+    ngx_int_t                 (*validate)(ngx_http_request_t *r,
+                                          ngx_pushjobs_api_ctx_t *ctx);
 
     ngx_str_t                   org;
     ngx_str_t                   id;
@@ -90,6 +126,8 @@ struct ngx_pushjobs_api_ctx_s {
 
 static ngx_int_t ngx_pushjobs_api_route(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
+static ngx_uint_t ngx_pushjobs_api_route_match(ngx_pushjobs_api_route_t *rt,
+    ngx_str_t *seg, ngx_uint_t n, ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_method_not_allowed(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static void ngx_pushjobs_api_body_handler(ngx_http_request_t *r);
@@ -167,6 +205,59 @@ static ngx_str_t  ngx_pushjobs_octet_stream =
     ngx_string("application/octet-stream");
 
 
+/*
+ * The routes under /organizations/ORG/pushy/, each with an optional
+ * trailing slash; a path matching none is 404, a method not listed 405.
+ */
+
+static ngx_pushjobs_api_route_t  ngx_pushjobs_api_routes[] = {
+
+    { NGX_PUSHJOBS_ROUTE_JOBS, { "jobs", NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST, NGX_PUSHJOBS_AUTHZ_GROUPS, 0,
+      ngx_pushjobs_api_validate_job },
+
+    { NGX_PUSHJOBS_ROUTE_JOB, { "jobs", ":id", NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL },
+
+    { NGX_PUSHJOBS_ROUTE_ABORT, { "jobs", ":id", "abort", NULL },
+      NGX_HTTP_POST, NGX_PUSHJOBS_AUTHZ_GROUPS, 0,
+      ngx_pushjobs_api_validate_abort },
+
+    { NGX_PUSHJOBS_ROUTE_OUTPUT,
+      { "jobs", ":id", "output", ":node", ":channel", NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL },
+
+    { NGX_PUSHJOBS_ROUTE_NODE_STATES, { "node_states", NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL },
+
+    { NGX_PUSHJOBS_ROUTE_NODE_STATE, { "node_states", ":node", NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL },
+
+    /*
+     * only the node itself, whatever the groups: 2.x let any reader have
+     * a node's config, with its session key
+     */
+    { NGX_PUSHJOBS_ROUTE_CONFIG, { "config", ":node", NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_NODE, 0, NULL },
+
+    { NGX_PUSHJOBS_ROUTE_FEED, { "job_status_feed", NULL },
+      NGX_HTTP_GET, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL },
+
+    { NGX_PUSHJOBS_ROUTE_JOB_FEED, { "job_status_feed", ":id", NULL },
+      NGX_HTTP_GET, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL },
+
+    { NGX_PUSHJOBS_ROUTE_AGENT, { "agent", NULL },
+      NGX_HTTP_GET, NGX_PUSHJOBS_AUTHZ_AGENT,
+      NGX_PUSHJOBS_ROUTE_HTTP11|NGX_PUSHJOBS_ROUTE_WEBSOCKET, NULL },
+
+    { NGX_PUSHJOBS_ROUTE_AGENT_POLL, { "agent", "poll", NULL },
+      NGX_HTTP_POST, NGX_PUSHJOBS_AUTHZ_AGENT,
+      NGX_PUSHJOBS_ROUTE_HTTP11|NGX_PUSHJOBS_ROUTE_MESSAGES, NULL },
+
+    { 0, { NULL }, 0, 0, 0, NULL }
+};
+
+
 ngx_int_t
 ngx_pushjobs_api_handler(ngx_http_request_t *r)
 {
@@ -210,10 +301,7 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
      * HTTP/2 before the body is read or the client authenticated.
      */
 
-    if (r->stream
-        && (ctx->route == NGX_PUSHJOBS_ROUTE_AGENT
-            || ctx->route == NGX_PUSHJOBS_ROUTE_AGENT_POLL))
-    {
+    if (r->stream && (ctx->flags & NGX_PUSHJOBS_ROUTE_HTTP11)) {
         if (ngx_http_discard_request_body(r) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
@@ -231,7 +319,7 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
                                        "process");
     }
 
-    if (ctx->route == NGX_PUSHJOBS_ROUTE_AGENT
+    if ((ctx->flags & NGX_PUSHJOBS_ROUTE_WEBSOCKET)
         && !ngx_pushjobs_ws_is_upgrade(r))
     {
         ngx_table_elt_t  *h;
@@ -253,7 +341,7 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
 
     if (r->method == NGX_HTTP_POST) {
         /* a long-poll body holds agent messages: capped like a frame */
-        max = (ctx->route == NGX_PUSHJOBS_ROUTE_AGENT_POLL)
+        max = (ctx->flags & NGX_PUSHJOBS_ROUTE_MESSAGES)
               ? pmcf->max_message_size : pmcf->max_body_size;
 
         if (r->headers_in.content_length_n > (off_t) max) {
@@ -283,18 +371,15 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
 }
 
 
-/*
- * /organizations/ORG/pushy/{jobs[/ID[/output/NODE/CHANNEL|/abort]] |
- * node_states[/NODE] | config/NODE | job_status_feed[/ID] | agent}, with
- * an optional trailing slash.
- */
+/* /organizations/ORG/pushy/..., matched against the route table */
 
 static ngx_int_t
 ngx_pushjobs_api_route(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
-    u_char      *p, *last;
-    ngx_str_t    seg[7];
-    ngx_uint_t   n;
+    u_char                    *p, *last;
+    ngx_str_t                  seg[7];
+    ngx_uint_t                 n;
+    ngx_pushjobs_api_route_t  *rt;
 
     p = r->uri.data;
     last = r->uri.data + r->uri.len;
@@ -345,105 +430,77 @@ ngx_pushjobs_api_route(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
         return NGX_DECLINED;
     }
 
-#define ngx_pushjobs_seg_is(s, name)                                          \
-    ((s).len == sizeof(name) - 1 && ngx_strncmp((s).data, name, (s).len) == 0)
-
-    if (ngx_pushjobs_seg_is(seg[2], "jobs")) {
-
-        if (n == 3) {
-            ctx->route = NGX_PUSHJOBS_ROUTE_JOBS;
-            ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST;
+    for (rt = ngx_pushjobs_api_routes; rt->route; rt++) {
+        if (ngx_pushjobs_api_route_match(rt, &seg[2], n - 2, ctx)) {
+            ctx->route = rt->route;
+            ctx->methods = rt->methods;
+            ctx->authz = rt->authz;
+            ctx->flags = rt->flags;
+            ctx->validate = rt->validate;
             return NGX_OK;
         }
-
-        ctx->id = seg[3];
-
-        if (n == 4) {
-            ctx->route = NGX_PUSHJOBS_ROUTE_JOB;
-            ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
-            return NGX_OK;
-        }
-
-        if (n == 5 && ngx_pushjobs_seg_is(seg[4], "abort")) {
-            ctx->route = NGX_PUSHJOBS_ROUTE_ABORT;
-            ctx->methods = NGX_HTTP_POST;
-            return NGX_OK;
-        }
-
-        if (n == 7 && ngx_pushjobs_seg_is(seg[4], "output")
-            && (ngx_pushjobs_seg_is(seg[6], "stdout")
-                || ngx_pushjobs_seg_is(seg[6], "stderr")))
-        {
-            ctx->route = NGX_PUSHJOBS_ROUTE_OUTPUT;
-            ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
-            ctx->node = seg[5];
-            ctx->channel = seg[6];
-            return NGX_OK;
-        }
-
-        return NGX_DECLINED;
     }
-
-    if (ngx_pushjobs_seg_is(seg[2], "node_states")) {
-
-        if (n == 3) {
-            ctx->route = NGX_PUSHJOBS_ROUTE_NODE_STATES;
-            ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
-            return NGX_OK;
-        }
-
-        if (n == 4) {
-            ctx->route = NGX_PUSHJOBS_ROUTE_NODE_STATE;
-            ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
-            ctx->node = seg[3];
-            return NGX_OK;
-        }
-
-        return NGX_DECLINED;
-    }
-
-    if (ngx_pushjobs_seg_is(seg[2], "config") && n == 4) {
-        ctx->route = NGX_PUSHJOBS_ROUTE_CONFIG;
-        ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
-        ctx->node = seg[3];
-        return NGX_OK;
-    }
-
-    if (ngx_pushjobs_seg_is(seg[2], "job_status_feed")) {
-
-        if (n == 3) {
-            ctx->route = NGX_PUSHJOBS_ROUTE_FEED;
-            ctx->methods = NGX_HTTP_GET;
-            return NGX_OK;
-        }
-
-        if (n == 4) {
-            ctx->route = NGX_PUSHJOBS_ROUTE_JOB_FEED;
-            ctx->methods = NGX_HTTP_GET;
-            ctx->id = seg[3];
-            return NGX_OK;
-        }
-
-        return NGX_DECLINED;
-    }
-
-    if (ngx_pushjobs_seg_is(seg[2], "agent") && n == 3) {
-        ctx->route = NGX_PUSHJOBS_ROUTE_AGENT;
-        ctx->methods = NGX_HTTP_GET;
-        return NGX_OK;
-    }
-
-    if (ngx_pushjobs_seg_is(seg[2], "agent") && n == 4
-        && ngx_pushjobs_seg_is(seg[3], "poll"))
-    {
-        ctx->route = NGX_PUSHJOBS_ROUTE_AGENT_POLL;
-        ctx->methods = NGX_HTTP_POST;
-        return NGX_OK;
-    }
-
-#undef ngx_pushjobs_seg_is
 
     return NGX_DECLINED;
+}
+
+
+static ngx_uint_t
+ngx_pushjobs_api_route_match(ngx_pushjobs_api_route_t *rt, ngx_str_t *seg,
+    ngx_uint_t n, ngx_pushjobs_api_ctx_t *ctx)
+{
+    char        *pat;
+    size_t       len;
+    ngx_uint_t   i;
+
+    for (i = 0; rt->seg[i]; i++) {
+        if (i == n) {
+            return 0;
+        }
+
+        pat = rt->seg[i];
+
+        if (ngx_strcmp(pat, ":channel") == 0) {
+            if (!(seg[i].len == 6
+                  && (ngx_strncmp(seg[i].data, "stdout", 6) == 0
+                      || ngx_strncmp(seg[i].data, "stderr", 6) == 0)))
+            {
+                return 0;
+            }
+
+            continue;
+        }
+
+        if (pat[0] == ':') {
+            continue;
+        }
+
+        len = ngx_strlen(pat);
+
+        if (seg[i].len != len || ngx_strncmp(seg[i].data, pat, len) != 0) {
+            return 0;
+        }
+    }
+
+    if (i != n) {
+        return 0;
+    }
+
+    for (i = 0; rt->seg[i]; i++) {
+        pat = rt->seg[i];
+
+        if (ngx_strcmp(pat, ":id") == 0) {
+            ctx->id = seg[i];
+
+        } else if (ngx_strcmp(pat, ":node") == 0) {
+            ctx->node = seg[i];
+
+        } else if (ngx_strcmp(pat, ":channel") == 0) {
+            ctx->channel = seg[i];
+        }
+    }
+
+    return 1;
 }
 
 
@@ -510,23 +567,16 @@ ngx_pushjobs_api_body_handler(ngx_http_request_t *r)
         goto done;
     }
 
-    if (ctx->route == NGX_PUSHJOBS_ROUTE_STATUS) {
-        /* unauthenticated, as in 2.x: a health check */
+    if (ctx->authz == NGX_PUSHJOBS_AUTHZ_NONE) {
+        /* unauthenticated, as in 2.x: the health check */
         rc = ngx_pushjobs_api_content(r, ctx);
         goto done;
     }
 
     /* malformed request: the job body first, then the auth headers */
 
-    if (ctx->route == NGX_PUSHJOBS_ROUTE_JOBS && r->method == NGX_HTTP_POST) {
-        rc = ngx_pushjobs_api_validate_job(r, ctx);
-        if (rc != NGX_OK || r->header_sent) {
-            goto done;
-        }
-    }
-
-    if (ctx->route == NGX_PUSHJOBS_ROUTE_ABORT) {
-        rc = ngx_pushjobs_api_validate_abort(r, ctx);
+    if (ctx->validate && r->method == NGX_HTTP_POST) {
+        rc = ctx->validate(r, ctx);
         if (rc != NGX_OK || r->header_sent) {
             goto done;
         }
@@ -566,7 +616,7 @@ ngx_pushjobs_api_read_body(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
 
-    max = (ctx->route == NGX_PUSHJOBS_ROUTE_AGENT_POLL)
+    max = (ctx->flags & NGX_PUSHJOBS_ROUTE_MESSAGES)
           ? pmcf->max_message_size : pmcf->max_body_size;
 
     ngx_str_null(&ctx->body);
@@ -1281,10 +1331,9 @@ ngx_pushjobs_api_authorize(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
     ngx_str_t  group;
 
-    switch (ctx->route) {
+    switch (ctx->authz) {
 
-    case NGX_PUSHJOBS_ROUTE_AGENT:
-    case NGX_PUSHJOBS_ROUTE_AGENT_POLL:
+    case NGX_PUSHJOBS_AUTHZ_AGENT:
 
         /* an agent acts only as itself: the node is the signing client */
 
@@ -1297,12 +1346,7 @@ ngx_pushjobs_api_authorize(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
         return ngx_pushjobs_api_content(r, ctx);
 
-    case NGX_PUSHJOBS_ROUTE_CONFIG:
-
-        /*
-         * Only the node itself, whatever the groups (API.md §2: 2.x let
-         * any reader have a node's config, with its session key).
-         */
+    case NGX_PUSHJOBS_AUTHZ_NODE:
 
         if (ctx->requestor->type != NGX_PUSHJOBS_CLIENT
             || ctx->node.len != ctx->auth.user_id.len
@@ -1315,18 +1359,13 @@ ngx_pushjobs_api_authorize(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
         }
 
         return ngx_pushjobs_api_content(r, ctx);
+    }
 
-    case NGX_PUSHJOBS_ROUTE_ABORT:
+    /* NGX_PUSHJOBS_AUTHZ_GROUPS */
+
+    if (r->method == NGX_HTTP_POST) {
         ngx_str_set(&group, "pushy_job_writers");
         return ngx_pushjobs_api_group_fetch(r, ctx, &group, 1);
-
-    case NGX_PUSHJOBS_ROUTE_JOBS:
-        if (r->method == NGX_HTTP_POST) {
-            ngx_str_set(&group, "pushy_job_writers");
-            return ngx_pushjobs_api_group_fetch(r, ctx, &group, 1);
-        }
-
-        break;
     }
 
     ngx_str_set(&group, "pushy_job_readers");
