@@ -15,6 +15,10 @@
  * content negotiation (406, 415), then the resource itself, read from or
  * written to PostgreSQL.  Each step either answers, or returns NGX_DONE when it
  * waits for a subrequest or a query and will go on from its callback.
+ *
+ * The route table (ngx_pushjobs_api_routes) lives here, next to the
+ * handlers it names: a route is its path, its methods, who may use it, its
+ * flags, its body check and its handler, read together in one place.
  */
 
 
@@ -45,6 +49,8 @@
 
 typedef struct ngx_pushjobs_api_ctx_s  ngx_pushjobs_api_ctx_t;
 
+typedef ngx_int_t (*ngx_pushjobs_api_handler_pt)(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
 typedef ngx_int_t (*ngx_pushjobs_api_result_pt)(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
 
@@ -76,8 +82,10 @@ typedef struct {
     ngx_uint_t                  flags;
 
     /* the body's checks for a POST, before authentication */
-    ngx_int_t                 (*validate)(ngx_http_request_t *r,
-                                          ngx_pushjobs_api_ctx_t *ctx);
+    ngx_pushjobs_api_handler_pt  validate;
+
+    /* the resource, once the client may have it */
+    ngx_pushjobs_api_handler_pt  handler;
 } ngx_pushjobs_api_route_t;
 
 
@@ -86,8 +94,8 @@ struct ngx_pushjobs_api_ctx_s {
     ngx_uint_t                  methods;
     ngx_uint_t                  authz;
     ngx_uint_t                  flags;
-    ngx_int_t                 (*validate)(ngx_http_request_t *r,
-                                          ngx_pushjobs_api_ctx_t *ctx);
+    ngx_pushjobs_api_handler_pt  validate;
+    ngx_pushjobs_api_handler_pt  handler;
 
     ngx_str_t                   org;
     ngx_str_t                   id;
@@ -186,6 +194,26 @@ static ngx_int_t ngx_pushjobs_api_output_result(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
 static ngx_int_t ngx_pushjobs_api_feed_result(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_pushjobs_api_jobs(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_job(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_output(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_node_states(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_node_state(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_agent(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_agent_poll(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_feed(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_abort(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_status(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_config(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_jobs_list(ngx_http_request_t *r,
@@ -214,47 +242,58 @@ static ngx_pushjobs_api_route_t  ngx_pushjobs_api_routes[] = {
 
     { NGX_PUSHJOBS_ROUTE_JOBS, { "jobs", NULL },
       NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST, NGX_PUSHJOBS_AUTHZ_GROUPS, 0,
-      ngx_pushjobs_api_validate_job },
+      ngx_pushjobs_api_validate_job,
+      ngx_pushjobs_api_jobs },
 
     { NGX_PUSHJOBS_ROUTE_JOB, { "jobs", ":id", NULL },
-      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL,
+      ngx_pushjobs_api_job },
 
     { NGX_PUSHJOBS_ROUTE_ABORT, { "jobs", ":id", "abort", NULL },
       NGX_HTTP_POST, NGX_PUSHJOBS_AUTHZ_GROUPS, 0,
-      ngx_pushjobs_api_validate_abort },
+      ngx_pushjobs_api_validate_abort,
+      ngx_pushjobs_api_abort },
 
     { NGX_PUSHJOBS_ROUTE_OUTPUT,
       { "jobs", ":id", "output", ":node", ":channel", NULL },
-      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL,
+      ngx_pushjobs_api_output },
 
     { NGX_PUSHJOBS_ROUTE_NODE_STATES, { "node_states", NULL },
-      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL,
+      ngx_pushjobs_api_node_states },
 
     { NGX_PUSHJOBS_ROUTE_NODE_STATE, { "node_states", ":node", NULL },
-      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL,
+      ngx_pushjobs_api_node_state },
 
     /*
      * only the node itself, whatever the groups: 2.x let any reader have
      * a node's config, with its session key
      */
     { NGX_PUSHJOBS_ROUTE_CONFIG, { "config", ":node", NULL },
-      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_NODE, 0, NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_NODE, 0, NULL,
+      ngx_pushjobs_api_config },
 
     { NGX_PUSHJOBS_ROUTE_FEED, { "job_status_feed", NULL },
-      NGX_HTTP_GET, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL },
+      NGX_HTTP_GET, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL,
+      ngx_pushjobs_api_feed },
 
     { NGX_PUSHJOBS_ROUTE_JOB_FEED, { "job_status_feed", ":id", NULL },
-      NGX_HTTP_GET, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL },
+      NGX_HTTP_GET, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL,
+      ngx_pushjobs_api_feed },
 
     { NGX_PUSHJOBS_ROUTE_AGENT, { "agent", NULL },
       NGX_HTTP_GET, NGX_PUSHJOBS_AUTHZ_AGENT,
-      NGX_PUSHJOBS_ROUTE_HTTP11|NGX_PUSHJOBS_ROUTE_WEBSOCKET, NULL },
+      NGX_PUSHJOBS_ROUTE_HTTP11|NGX_PUSHJOBS_ROUTE_WEBSOCKET, NULL,
+      ngx_pushjobs_api_agent },
 
     { NGX_PUSHJOBS_ROUTE_AGENT_POLL, { "agent", "poll", NULL },
       NGX_HTTP_POST, NGX_PUSHJOBS_AUTHZ_AGENT,
-      NGX_PUSHJOBS_ROUTE_HTTP11|NGX_PUSHJOBS_ROUTE_MESSAGES, NULL },
+      NGX_PUSHJOBS_ROUTE_HTTP11|NGX_PUSHJOBS_ROUTE_MESSAGES, NULL,
+      ngx_pushjobs_api_agent_poll },
 
-    { 0, { NULL }, 0, 0, 0, NULL }
+    { 0, { NULL }, 0, 0, 0, NULL, NULL }
 };
 
 
@@ -280,6 +319,7 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
     if (plcf->serve == NGX_PUSHJOBS_LOC_STATUS) {
         ctx->route = NGX_PUSHJOBS_ROUTE_STATUS;
         ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
+        ctx->handler = ngx_pushjobs_api_status;
 
     } else if (ngx_pushjobs_api_route(r, ctx) != NGX_OK) {
         if (ngx_http_discard_request_body(r) != NGX_OK) {
@@ -437,6 +477,7 @@ ngx_pushjobs_api_route(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
             ctx->authz = rt->authz;
             ctx->flags = rt->flags;
             ctx->validate = rt->validate;
+            ctx->handler = rt->handler;
             return NGX_OK;
         }
     }
@@ -1639,15 +1680,6 @@ ngx_pushjobs_api_forbidden(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 static ngx_int_t
 ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
-    u_char                    *p;
-    ngx_int_t                  rc;
-    ngx_str_t                  params[6], include, *accept;
-    ngx_table_elt_t           *h;
-    ngx_pushjobs_main_conf_t  *pmcf;
-    u_char                     buf[3][NGX_INT_T_LEN];
-
-    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
-
     /*
      * Ids and names from the path reach PostgreSQL as text: only those
      * that can exist (a byte that is not UTF-8 would be a database error).
@@ -1664,270 +1696,333 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
                                        "invalid node name supplied");
     }
 
-    switch (ctx->route) {
+    return ctx->handler(r, ctx);
+}
 
-    case NGX_PUSHJOBS_ROUTE_JOBS:
 
-        if (r->method != NGX_HTTP_POST) {
-            return ngx_pushjobs_api_jobs_list(r, ctx);
-        }
+static ngx_int_t
+ngx_pushjobs_api_jobs(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char                    *p;
+    ngx_str_t                  params[6];
+    ngx_table_elt_t           *h;
+    ngx_pushjobs_main_conf_t  *pmcf;
+    u_char                     buf[3][NGX_INT_T_LEN];
 
-        h = r->headers_in.content_type;
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
 
-        if (h == NULL
-            || h->value.len < sizeof("application/json") - 1
-            || ngx_strncasecmp(h->value.data, (u_char *) "application/json",
-                               sizeof("application/json") - 1) != 0)
-        {
-            return ngx_pushjobs_json_error(r,
-                                       NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, 1,
-                                       "Content-Type must be "
+    if (r->method != NGX_HTTP_POST) {
+        return ngx_pushjobs_api_jobs_list(r, ctx);
+    }
+
+    h = r->headers_in.content_type;
+
+    if (h == NULL
+        || h->value.len < sizeof("application/json") - 1
+        || ngx_strncasecmp(h->value.data, (u_char *) "application/json",
+                           sizeof("application/json") - 1) != 0)
+    {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                       1, "Content-Type must be "
                                        "application/json");
+    }
+
+    params[0] = ctx->org;
+    params[1] = ctx->auth.user_id;
+    params[2] = ctx->body;
+
+    p = ngx_sprintf(buf[0], "%T", pmcf->default_run_timeout);
+    params[3].data = buf[0];
+    params[3].len = p - buf[0];
+
+    p = ngx_sprintf(buf[1], "%M", pmcf->voting_timeout);
+    params[4].data = buf[1];
+    params[4].len = p - buf[1];
+
+    p = ngx_sprintf(buf[2], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
+    params[5].data = buf[2];
+    params[5].len = p - buf[2];
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT pushjobs.create_job($1, $2, "
+                                  "$3::jsonb, $4, $5, $6)",
+                                  6, params, ngx_pushjobs_api_created);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_job(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    ngx_str_t   params[6], include;
+
+    if (ngx_http_arg(r, (u_char *) "include_file",
+                     sizeof("include_file") - 1, &include)
+        != NGX_OK)
+    {
+        ngx_str_null(&include);
+    }
+
+    params[0] = ctx->org;
+    params[1] = ctx->id;
+
+    if (include.len == 4 && ngx_strncmp(include.data, "true", 4) == 0) {
+        ngx_str_set(&params[2], "t");
+
+    } else {
+        ngx_str_set(&params[2], "f");
+    }
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT pushjobs.job_json($1, $2, $3)",
+                                  3, params, ngx_pushjobs_api_json_result);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_output(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    ngx_str_t         params[6], *accept;
+    ngx_table_elt_t  *h;
+
+    accept = NULL;
+    h = ngx_pushjobs_header(r, "Accept");
+    if (h) {
+        accept = &h->value;
+    }
+
+    if (accept == NULL
+        || ngx_strlcasestrn(accept->data, accept->data + accept->len,
+                            (u_char *) "application/octet-stream",
+                            sizeof("application/octet-stream") - 2)
+           == NULL)
+    {
+        return ngx_pushjobs_json_error(r,
+                                       NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE,
+                                       1, "output is served as "
+                                       "application/octet-stream");
+    }
+
+    params[0] = ctx->org;
+    params[1] = ctx->id;
+    params[2] = ctx->node;
+    params[3] = ctx->channel;
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT pushjobs.job_output_b64($1, $2,"
+                                  " $3, $4)",
+                                  4, params,
+                                  ngx_pushjobs_api_output_result);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_node_states(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char     *p;
+    ngx_str_t   params[6];
+    u_char      buf[3][NGX_INT_T_LEN];
+
+    params[0] = ctx->org;
+
+    p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
+    params[1].data = buf[0];
+    params[1].len = p - buf[0];
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT pushjobs.node_states_json($1,"
+                                  " $2)",
+                                  2, params, ngx_pushjobs_api_json_result);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_node_state(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char     *p;
+    ngx_str_t   params[6];
+    u_char      buf[3][NGX_INT_T_LEN];
+
+    params[0] = ctx->org;
+    params[1] = ctx->node;
+
+    p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
+    params[2].data = buf[0];
+    params[2].len = p - buf[0];
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT pushjobs.node_state_json($1,"
+                                  " $2, $3)",
+                                  3, params, ngx_pushjobs_api_json_result);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_agent(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    ngx_int_t   rc;
+
+    rc = ngx_pushjobs_agent_accept(r, &ctx->org, &ctx->auth.user_id);
+
+    if (rc == NGX_DONE || rc == NGX_ERROR) {
+        return rc;
+    }
+
+    return ngx_pushjobs_json_error(r, rc, 1,
+                                   "cannot open the agent channel");
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_agent_poll(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    return ngx_pushjobs_poll_handler(r, &ctx->org, &ctx->auth.user_id,
+                                     &ctx->body);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_feed(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char                    *p;
+    ngx_str_t                  params[6];
+    ngx_table_elt_t           *h;
+    ngx_pushjobs_main_conf_t  *pmcf;
+    u_char                     buf[3][NGX_INT_T_LEN];
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    h = ngx_pushjobs_header(r, "Accept");
+
+    if (h == NULL
+        || ngx_strlcasestrn(h->value.data, h->value.data + h->value.len,
+                            (u_char *) "text/event-stream",
+                            sizeof("text/event-stream") - 2)
+           == NULL)
+    {
+        return ngx_pushjobs_json_error(r,
+                                       NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE,
+                                       1, "feeds are served as "
+                                       "text/event-stream");
+    }
+
+    h = ngx_pushjobs_header(r, "Last-Event-ID");
+
+    if (h && !ngx_pushjobs_api_valid_event_id(&h->value)) {
+        /* an id that cannot be ours is an unknown one: from the start */
+        h = NULL;
+    }
+
+    params[0] = ctx->org;
+
+    if (ctx->route == NGX_PUSHJOBS_ROUTE_JOB_FEED) {
+        params[1] = ctx->id;
+
+        if (h) {
+            params[2] = h->value;
+        } else {
+            ngx_str_null(&params[2]);
         }
 
-        params[0] = ctx->org;
-        params[1] = ctx->auth.user_id;
-        params[2] = ctx->body;
-
-        p = ngx_sprintf(buf[0], "%T", pmcf->default_run_timeout);
+        p = ngx_sprintf(buf[0], "%M", pmcf->feed_linger);
         params[3].data = buf[0];
         params[3].len = p - buf[0];
 
-        p = ngx_sprintf(buf[1], "%M", pmcf->voting_timeout);
-        params[4].data = buf[1];
-        params[4].len = p - buf[1];
-
-        p = ngx_sprintf(buf[2], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-        params[5].data = buf[2];
-        params[5].len = p - buf[2];
-
         return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT pushjobs.create_job($1, $2, "
-                                      "$3::jsonb, $4, $5, $6)",
-                                      6, params, ngx_pushjobs_api_created);
-
-    case NGX_PUSHJOBS_ROUTE_JOB:
-
-        if (ngx_http_arg(r, (u_char *) "include_file",
-                         sizeof("include_file") - 1, &include)
-            != NGX_OK)
-        {
-            ngx_str_null(&include);
-        }
-
-        params[0] = ctx->org;
-        params[1] = ctx->id;
-
-        if (include.len == 4 && ngx_strncmp(include.data, "true", 4) == 0) {
-            ngx_str_set(&params[2], "t");
-
-        } else {
-            ngx_str_set(&params[2], "f");
-        }
-
-        return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT pushjobs.job_json($1, $2, $3)",
-                                      3, params, ngx_pushjobs_api_json_result);
-
-    case NGX_PUSHJOBS_ROUTE_OUTPUT:
-
-        accept = NULL;
-        h = ngx_pushjobs_header(r, "Accept");
-        if (h) {
-            accept = &h->value;
-        }
-
-        if (accept == NULL
-            || ngx_strlcasestrn(accept->data, accept->data + accept->len,
-                                (u_char *) "application/octet-stream",
-                                sizeof("application/octet-stream") - 2)
-               == NULL)
-        {
-            return ngx_pushjobs_json_error(r,
-                                           NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE,
-                                           1, "output is served as "
-                                           "application/octet-stream");
-        }
-
-        params[0] = ctx->org;
-        params[1] = ctx->id;
-        params[2] = ctx->node;
-        params[3] = ctx->channel;
-
-        return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT pushjobs.job_output_b64($1, $2,"
+                                      "SELECT mode, after, summary"
+                                      " FROM pushjobs.feed_open($1, $2,"
                                       " $3, $4)",
                                       4, params,
-                                      ngx_pushjobs_api_output_result);
-
-    case NGX_PUSHJOBS_ROUTE_NODE_STATES:
-
-        params[0] = ctx->org;
-
-        p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-        params[1].data = buf[0];
-        params[1].len = p - buf[0];
-
-        return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT pushjobs.node_states_json($1,"
-                                      " $2)",
-                                      2, params, ngx_pushjobs_api_json_result);
-
-    case NGX_PUSHJOBS_ROUTE_NODE_STATE:
-
-        params[0] = ctx->org;
-        params[1] = ctx->node;
-
-        p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-        params[2].data = buf[0];
-        params[2].len = p - buf[0];
-
-        return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT pushjobs.node_state_json($1,"
-                                      " $2, $3)",
-                                      3, params, ngx_pushjobs_api_json_result);
-
-    case NGX_PUSHJOBS_ROUTE_AGENT:
-
-        rc = ngx_pushjobs_agent_accept(r, &ctx->org, &ctx->auth.user_id);
-
-        if (rc == NGX_DONE || rc == NGX_ERROR) {
-            return rc;
-        }
-
-        return ngx_pushjobs_json_error(r, rc, 1,
-                                       "cannot open the agent channel");
-
-    case NGX_PUSHJOBS_ROUTE_AGENT_POLL:
-
-        return ngx_pushjobs_poll_handler(r, &ctx->org, &ctx->auth.user_id,
-                                         &ctx->body);
-
-    case NGX_PUSHJOBS_ROUTE_FEED:
-    case NGX_PUSHJOBS_ROUTE_JOB_FEED:
-
-        h = ngx_pushjobs_header(r, "Accept");
-
-        if (h == NULL
-            || ngx_strlcasestrn(h->value.data, h->value.data + h->value.len,
-                                (u_char *) "text/event-stream",
-                                sizeof("text/event-stream") - 2)
-               == NULL)
-        {
-            return ngx_pushjobs_json_error(r,
-                                           NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE,
-                                           1, "feeds are served as "
-                                           "text/event-stream");
-        }
-
-        h = ngx_pushjobs_header(r, "Last-Event-ID");
-
-        if (h && !ngx_pushjobs_api_valid_event_id(&h->value)) {
-            /* an id that cannot be ours is an unknown one: from the start */
-            h = NULL;
-        }
-
-        params[0] = ctx->org;
-
-        if (ctx->route == NGX_PUSHJOBS_ROUTE_JOB_FEED) {
-            params[1] = ctx->id;
-
-            if (h) {
-                params[2] = h->value;
-            } else {
-                ngx_str_null(&params[2]);
-            }
-
-            p = ngx_sprintf(buf[0], "%M", pmcf->feed_linger);
-            params[3].data = buf[0];
-            params[3].len = p - buf[0];
-
-            return ngx_pushjobs_api_query(r, ctx,
-                                          "SELECT mode, after, summary"
-                                          " FROM pushjobs.feed_open($1, $2,"
-                                          " $3, $4)",
-                                          4, params,
-                                          ngx_pushjobs_api_feed_result);
-        }
-
-        if (h) {
-            params[1] = h->value;
-        } else {
-            ngx_str_null(&params[1]);
-        }
-
-        p = ngx_sprintf(buf[0], "%T", pmcf->org_feed_retention * 1000);
-        params[2].data = buf[0];
-        params[2].len = p - buf[0];
-
-        return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT after, history"
-                                      " FROM pushjobs.org_feed_open($1, $2,"
-                                      " $3)",
-                                      3, params, ngx_pushjobs_api_feed_result);
-
-    case NGX_PUSHJOBS_ROUTE_ABORT:
-
-        h = r->headers_in.content_type;
-
-        if (ctx->body.len
-            && (h == NULL
-                || h->value.len < sizeof("application/json") - 1
-                || ngx_strncasecmp(h->value.data,
-                                   (u_char *) "application/json",
-                                   sizeof("application/json") - 1)
-                   != 0))
-        {
-            return ngx_pushjobs_json_error(r,
-                                       NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, 1,
-                                       "Content-Type must be "
-                                       "application/json");
-        }
-
-        params[0] = ctx->org;
-        params[1] = ctx->id;
-        params[2] = ctx->auth.user_id;
-        params[3] = ctx->body;
-
-        p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-        params[4].data = buf[0];
-        params[4].len = p - buf[0];
-
-        return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT code, doc"
-                                      " FROM pushjobs.abort_job($1, $2, $3,"
-                                      " $4::jsonb -> 'nodes',"
-                                      " COALESCE(($4::jsonb ->> 'force')"
-                                      "::boolean, false), $5)",
-                                      5, params,
-                                      ngx_pushjobs_api_abort_result);
-
-    case NGX_PUSHJOBS_ROUTE_STATUS:
-
-        rc = ngx_pushjobs_status_down(r);
-        if (rc != NGX_DECLINED) {
-            return rc;
-        }
-
-        p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-        params[0].data = buf[0];
-        params[0].len = p - buf[0];
-
-        params[1] = pmcf->incarnation;
-
-        return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT (pushjobs.status_json($1)::jsonb"
-                                      " || jsonb_build_object("
-                                      "'incarnation_id', $2::text))::text",
-                                      2, params, ngx_pushjobs_api_json_result);
-
-    case NGX_PUSHJOBS_ROUTE_CONFIG:
-        return ngx_pushjobs_api_config(r, ctx);
+                                      ngx_pushjobs_api_feed_result);
     }
 
-    /* every route is answered above */
+    if (h) {
+        params[1] = h->value;
+    } else {
+        ngx_str_null(&params[1]);
+    }
 
-    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    p = ngx_sprintf(buf[0], "%T", pmcf->org_feed_retention * 1000);
+    params[2].data = buf[0];
+    params[2].len = p - buf[0];
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT after, history"
+                                  " FROM pushjobs.org_feed_open($1, $2,"
+                                  " $3)",
+                                  3, params, ngx_pushjobs_api_feed_result);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_abort(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char           *p;
+    ngx_str_t         params[6];
+    ngx_table_elt_t  *h;
+    u_char            buf[3][NGX_INT_T_LEN];
+
+    h = r->headers_in.content_type;
+
+    if (ctx->body.len
+        && (h == NULL
+            || h->value.len < sizeof("application/json") - 1
+            || ngx_strncasecmp(h->value.data,
+                               (u_char *) "application/json",
+                               sizeof("application/json") - 1)
+               != 0))
+    {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                       1, "Content-Type must be "
+                                       "application/json");
+    }
+
+    params[0] = ctx->org;
+    params[1] = ctx->id;
+    params[2] = ctx->auth.user_id;
+    params[3] = ctx->body;
+
+    p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
+    params[4].data = buf[0];
+    params[4].len = p - buf[0];
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT code, doc"
+                                  " FROM pushjobs.abort_job($1, $2, $3,"
+                                  " $4::jsonb -> 'nodes',"
+                                  " COALESCE(($4::jsonb ->> 'force')"
+                                  "::boolean, false), $5)",
+                                  5, params,
+                                  ngx_pushjobs_api_abort_result);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_status(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char                    *p;
+    ngx_int_t                  rc;
+    ngx_str_t                  params[6];
+    ngx_pushjobs_main_conf_t  *pmcf;
+    u_char                     buf[3][NGX_INT_T_LEN];
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    rc = ngx_pushjobs_status_down(r);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
+    params[0].data = buf[0];
+    params[0].len = p - buf[0];
+
+    params[1] = pmcf->incarnation;
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT (pushjobs.status_json($1)::jsonb"
+                                  " || jsonb_build_object("
+                                  "'incarnation_id', $2::text))::text",
+                                  2, params, ngx_pushjobs_api_json_result);
 }
 
 
