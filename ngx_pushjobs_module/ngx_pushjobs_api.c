@@ -1355,7 +1355,7 @@ ngx_pushjobs_api_verify(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
 
 /*
- * Authorization as in 2.x (contract §2.3): reads need membership of
+ * Authorization as in 2.x: reads need membership of
  * pushy_job_readers if that group exists, writes of pushy_job_writers, or
  * of admins when there is no writers group; membership is looked up in the
  * group's users or clients and then, depth first, in its nested groups.
@@ -2366,7 +2366,7 @@ ngx_pushjobs_api_jobs_list(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
 
 /*
- * GET config/NODE (API.md §3): the 2.x document without its ZeroMQ
+ * GET config/NODE: the 2.x document without its ZeroMQ
  * addresses, keys and session key, plus where the agent channel is: the
  * scheme and host the node used for this request.  "interval" stays a
  * JSON float, as 2.x wrote it.
