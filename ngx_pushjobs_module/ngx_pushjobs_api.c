@@ -15,6 +15,10 @@
  * content negotiation (406, 415), then the resource itself, read from or
  * written to PostgreSQL.  Each step either answers, or returns NGX_DONE when it
  * waits for a subrequest or a query and will go on from its callback.
+ *
+ * The route table (ngx_pushjobs_api_routes) lives here, next to the
+ * handlers it names: a route is its path, its methods, who may use it, its
+ * flags, its body check and its handler, read together in one place.
  */
 
 
@@ -41,18 +45,57 @@
 #define NGX_PUSHJOBS_ROUTE_AGENT_POLL    12
 
 #define NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE    406
-#define NGX_HTTP_PUSHJOBS_UPGRADE_REQUIRED  426
 
 
 typedef struct ngx_pushjobs_api_ctx_s  ngx_pushjobs_api_ctx_t;
 
+typedef ngx_int_t (*ngx_pushjobs_api_handler_pt)(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
 typedef ngx_int_t (*ngx_pushjobs_api_result_pt)(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
+
+
+/* who may use a route, checked once the client is authenticated */
+#define NGX_PUSHJOBS_AUTHZ_NONE     0   /* anyone, unauthenticated */
+#define NGX_PUSHJOBS_AUTHZ_AGENT    1   /* any client, as itself */
+#define NGX_PUSHJOBS_AUTHZ_NODE     2   /* the client named by the path */
+#define NGX_PUSHJOBS_AUTHZ_GROUPS   3   /* pushy_job_readers to read,
+                                           pushy_job_writers to POST */
+
+/* route flags */
+#define NGX_PUSHJOBS_ROUTE_HTTP11      0x01  /* refused over HTTP/2 */
+#define NGX_PUSHJOBS_ROUTE_WEBSOCKET   0x02  /* 426 unless an upgrade */
+#define NGX_PUSHJOBS_ROUTE_MESSAGES    0x04  /* body capped like a frame */
+
+
+typedef struct {
+    ngx_uint_t                  route;
+
+    /*
+     * the path after /organizations/ORG/pushy/: ":id", ":node" and
+     * ":channel" (stdout or stderr) are taken from it
+     */
+    char                       *seg[6];
+
+    ngx_uint_t                  methods;
+    ngx_uint_t                  authz;
+    ngx_uint_t                  flags;
+
+    /* the body's checks for a POST, before authentication */
+    ngx_pushjobs_api_handler_pt  validate;
+
+    /* the resource, once the client may have it */
+    ngx_pushjobs_api_handler_pt  handler;
+} ngx_pushjobs_api_route_t;
 
 
 struct ngx_pushjobs_api_ctx_s {
     ngx_uint_t                  route;
     ngx_uint_t                  methods;
+    ngx_uint_t                  authz;
+    ngx_uint_t                  flags;
+    ngx_pushjobs_api_handler_pt  validate;
+    ngx_pushjobs_api_handler_pt  handler;
 
     ngx_str_t                   org;
     ngx_str_t                   id;
@@ -91,6 +134,8 @@ struct ngx_pushjobs_api_ctx_s {
 
 static ngx_int_t ngx_pushjobs_api_route(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
+static ngx_uint_t ngx_pushjobs_api_route_match(ngx_pushjobs_api_route_t *rt,
+    ngx_str_t *seg, ngx_uint_t n, ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_method_not_allowed(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static void ngx_pushjobs_api_body_handler(ngx_http_request_t *r);
@@ -149,6 +194,26 @@ static ngx_int_t ngx_pushjobs_api_output_result(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
 static ngx_int_t ngx_pushjobs_api_feed_result(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_pushjobs_api_jobs(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_job(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_output(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_node_states(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_node_state(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_agent(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_agent_poll(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_feed(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_abort(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_status(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_config(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_jobs_list(ngx_http_request_t *r,
@@ -158,12 +223,78 @@ static ngx_int_t ngx_pushjobs_api_db_error(ngx_http_request_t *r,
 static ngx_int_t ngx_pushjobs_api_not_found(ngx_http_request_t *r);
 static ngx_int_t ngx_pushjobs_api_add_header(ngx_http_request_t *r,
     ngx_list_t *headers, const char *name, ngx_str_t *value);
+static ngx_int_t ngx_pushjobs_api_number_arg(ngx_http_request_t *r,
+    char *name, ngx_int_t min, ngx_int_t max, ngx_str_t *arg);
 static ngx_uint_t ngx_pushjobs_api_valid_name(ngx_str_t *name);
 static ngx_uint_t ngx_pushjobs_api_valid_event_id(ngx_str_t *id);
 
 
 static ngx_str_t  ngx_pushjobs_octet_stream =
     ngx_string("application/octet-stream");
+
+
+/*
+ * The routes under /organizations/ORG/pushy/, each with an optional
+ * trailing slash; a path matching none is 404, a method not listed 405.
+ */
+
+static ngx_pushjobs_api_route_t  ngx_pushjobs_api_routes[] = {
+
+    { NGX_PUSHJOBS_ROUTE_JOBS, { "jobs", NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST, NGX_PUSHJOBS_AUTHZ_GROUPS, 0,
+      ngx_pushjobs_api_validate_job,
+      ngx_pushjobs_api_jobs },
+
+    { NGX_PUSHJOBS_ROUTE_JOB, { "jobs", ":id", NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL,
+      ngx_pushjobs_api_job },
+
+    { NGX_PUSHJOBS_ROUTE_ABORT, { "jobs", ":id", "abort", NULL },
+      NGX_HTTP_POST, NGX_PUSHJOBS_AUTHZ_GROUPS, 0,
+      ngx_pushjobs_api_validate_abort,
+      ngx_pushjobs_api_abort },
+
+    { NGX_PUSHJOBS_ROUTE_OUTPUT,
+      { "jobs", ":id", "output", ":node", ":channel", NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL,
+      ngx_pushjobs_api_output },
+
+    { NGX_PUSHJOBS_ROUTE_NODE_STATES, { "node_states", NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL,
+      ngx_pushjobs_api_node_states },
+
+    { NGX_PUSHJOBS_ROUTE_NODE_STATE, { "node_states", ":node", NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL,
+      ngx_pushjobs_api_node_state },
+
+    /*
+     * only the node itself, whatever the groups: 2.x let any reader have
+     * a node's config, with its session key
+     */
+    { NGX_PUSHJOBS_ROUTE_CONFIG, { "config", ":node", NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_NODE, 0, NULL,
+      ngx_pushjobs_api_config },
+
+    { NGX_PUSHJOBS_ROUTE_FEED, { "job_status_feed", NULL },
+      NGX_HTTP_GET, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL,
+      ngx_pushjobs_api_feed },
+
+    { NGX_PUSHJOBS_ROUTE_JOB_FEED, { "job_status_feed", ":id", NULL },
+      NGX_HTTP_GET, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL,
+      ngx_pushjobs_api_feed },
+
+    { NGX_PUSHJOBS_ROUTE_AGENT, { "agent", NULL },
+      NGX_HTTP_GET, NGX_PUSHJOBS_AUTHZ_AGENT,
+      NGX_PUSHJOBS_ROUTE_HTTP11|NGX_PUSHJOBS_ROUTE_WEBSOCKET, NULL,
+      ngx_pushjobs_api_agent },
+
+    { NGX_PUSHJOBS_ROUTE_AGENT_POLL, { "agent", "poll", NULL },
+      NGX_HTTP_POST, NGX_PUSHJOBS_AUTHZ_AGENT,
+      NGX_PUSHJOBS_ROUTE_HTTP11|NGX_PUSHJOBS_ROUTE_MESSAGES, NULL,
+      ngx_pushjobs_api_agent_poll },
+
+    { 0, { NULL }, 0, 0, 0, NULL, NULL }
+};
 
 
 ngx_int_t
@@ -188,6 +319,7 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
     if (plcf->serve == NGX_PUSHJOBS_LOC_STATUS) {
         ctx->route = NGX_PUSHJOBS_ROUTE_STATUS;
         ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
+        ctx->handler = ngx_pushjobs_api_status;
 
     } else if (ngx_pushjobs_api_route(r, ctx) != NGX_OK) {
         if (ngx_http_discard_request_body(r) != NGX_OK) {
@@ -201,6 +333,25 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
         return ngx_pushjobs_api_method_not_allowed(r, ctx);
     }
 
+#if (NGX_HTTP_V2)
+
+    /*
+     * The agent channel holds its connection (a websocket, or a long poll
+     * answered when the worker has something to say): it is refused over
+     * HTTP/2 before the body is read or the client authenticated.
+     */
+
+    if (r->stream && (ctx->flags & NGX_PUSHJOBS_ROUTE_HTTP11)) {
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_pushjobs_json_error(r, NGX_HTTP_VERSION_NOT_SUPPORTED, 1,
+                                       "the agent channel needs HTTP/1.1");
+    }
+
+#endif
+
     if (ngx_pushjobs_worker == NULL) {
         ngx_http_discard_request_body(r);
         return ngx_pushjobs_json_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, 1,
@@ -208,7 +359,7 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
                                        "process");
     }
 
-    if (ctx->route == NGX_PUSHJOBS_ROUTE_AGENT
+    if ((ctx->flags & NGX_PUSHJOBS_ROUTE_WEBSOCKET)
         && !ngx_pushjobs_ws_is_upgrade(r))
     {
         ngx_table_elt_t  *h;
@@ -230,7 +381,7 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
 
     if (r->method == NGX_HTTP_POST) {
         /* a long-poll body holds agent messages: capped like a frame */
-        max = (ctx->route == NGX_PUSHJOBS_ROUTE_AGENT_POLL)
+        max = (ctx->flags & NGX_PUSHJOBS_ROUTE_MESSAGES)
               ? pmcf->max_message_size : pmcf->max_body_size;
 
         if (r->headers_in.content_length_n > (off_t) max) {
@@ -260,18 +411,15 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
 }
 
 
-/*
- * /organizations/ORG/pushy/{jobs[/ID[/output/NODE/CHANNEL|/abort]] |
- * node_states[/NODE] | config/NODE | job_status_feed[/ID] | agent}, with
- * an optional trailing slash.
- */
+/* /organizations/ORG/pushy/..., matched against the route table */
 
 static ngx_int_t
 ngx_pushjobs_api_route(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
-    u_char      *p, *last;
-    ngx_str_t    seg[7];
-    ngx_uint_t   n;
+    u_char                    *p, *last;
+    ngx_str_t                  seg[7];
+    ngx_uint_t                 n;
+    ngx_pushjobs_api_route_t  *rt;
 
     p = r->uri.data;
     last = r->uri.data + r->uri.len;
@@ -322,105 +470,78 @@ ngx_pushjobs_api_route(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
         return NGX_DECLINED;
     }
 
-#define ngx_pushjobs_seg_is(s, name)                                          \
-    ((s).len == sizeof(name) - 1 && ngx_strncmp((s).data, name, (s).len) == 0)
-
-    if (ngx_pushjobs_seg_is(seg[2], "jobs")) {
-
-        if (n == 3) {
-            ctx->route = NGX_PUSHJOBS_ROUTE_JOBS;
-            ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST;
+    for (rt = ngx_pushjobs_api_routes; rt->route; rt++) {
+        if (ngx_pushjobs_api_route_match(rt, &seg[2], n - 2, ctx)) {
+            ctx->route = rt->route;
+            ctx->methods = rt->methods;
+            ctx->authz = rt->authz;
+            ctx->flags = rt->flags;
+            ctx->validate = rt->validate;
+            ctx->handler = rt->handler;
             return NGX_OK;
         }
-
-        ctx->id = seg[3];
-
-        if (n == 4) {
-            ctx->route = NGX_PUSHJOBS_ROUTE_JOB;
-            ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
-            return NGX_OK;
-        }
-
-        if (n == 5 && ngx_pushjobs_seg_is(seg[4], "abort")) {
-            ctx->route = NGX_PUSHJOBS_ROUTE_ABORT;
-            ctx->methods = NGX_HTTP_POST;
-            return NGX_OK;
-        }
-
-        if (n == 7 && ngx_pushjobs_seg_is(seg[4], "output")
-            && (ngx_pushjobs_seg_is(seg[6], "stdout")
-                || ngx_pushjobs_seg_is(seg[6], "stderr")))
-        {
-            ctx->route = NGX_PUSHJOBS_ROUTE_OUTPUT;
-            ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
-            ctx->node = seg[5];
-            ctx->channel = seg[6];
-            return NGX_OK;
-        }
-
-        return NGX_DECLINED;
     }
-
-    if (ngx_pushjobs_seg_is(seg[2], "node_states")) {
-
-        if (n == 3) {
-            ctx->route = NGX_PUSHJOBS_ROUTE_NODE_STATES;
-            ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
-            return NGX_OK;
-        }
-
-        if (n == 4) {
-            ctx->route = NGX_PUSHJOBS_ROUTE_NODE_STATE;
-            ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
-            ctx->node = seg[3];
-            return NGX_OK;
-        }
-
-        return NGX_DECLINED;
-    }
-
-    if (ngx_pushjobs_seg_is(seg[2], "config") && n == 4) {
-        ctx->route = NGX_PUSHJOBS_ROUTE_CONFIG;
-        ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
-        ctx->node = seg[3];
-        return NGX_OK;
-    }
-
-    if (ngx_pushjobs_seg_is(seg[2], "job_status_feed")) {
-
-        if (n == 3) {
-            ctx->route = NGX_PUSHJOBS_ROUTE_FEED;
-            ctx->methods = NGX_HTTP_GET;
-            return NGX_OK;
-        }
-
-        if (n == 4) {
-            ctx->route = NGX_PUSHJOBS_ROUTE_JOB_FEED;
-            ctx->methods = NGX_HTTP_GET;
-            ctx->id = seg[3];
-            return NGX_OK;
-        }
-
-        return NGX_DECLINED;
-    }
-
-    if (ngx_pushjobs_seg_is(seg[2], "agent") && n == 3) {
-        ctx->route = NGX_PUSHJOBS_ROUTE_AGENT;
-        ctx->methods = NGX_HTTP_GET;
-        return NGX_OK;
-    }
-
-    if (ngx_pushjobs_seg_is(seg[2], "agent") && n == 4
-        && ngx_pushjobs_seg_is(seg[3], "poll"))
-    {
-        ctx->route = NGX_PUSHJOBS_ROUTE_AGENT_POLL;
-        ctx->methods = NGX_HTTP_POST;
-        return NGX_OK;
-    }
-
-#undef ngx_pushjobs_seg_is
 
     return NGX_DECLINED;
+}
+
+
+static ngx_uint_t
+ngx_pushjobs_api_route_match(ngx_pushjobs_api_route_t *rt, ngx_str_t *seg,
+    ngx_uint_t n, ngx_pushjobs_api_ctx_t *ctx)
+{
+    char        *pat;
+    size_t       len;
+    ngx_uint_t   i;
+
+    for (i = 0; rt->seg[i]; i++) {
+        if (i == n) {
+            return 0;
+        }
+
+        pat = rt->seg[i];
+
+        if (ngx_strcmp(pat, ":channel") == 0) {
+            if (!(seg[i].len == 6
+                  && (ngx_strncmp(seg[i].data, "stdout", 6) == 0
+                      || ngx_strncmp(seg[i].data, "stderr", 6) == 0)))
+            {
+                return 0;
+            }
+
+            continue;
+        }
+
+        if (pat[0] == ':') {
+            continue;
+        }
+
+        len = ngx_strlen(pat);
+
+        if (seg[i].len != len || ngx_strncmp(seg[i].data, pat, len) != 0) {
+            return 0;
+        }
+    }
+
+    if (i != n) {
+        return 0;
+    }
+
+    for (i = 0; rt->seg[i]; i++) {
+        pat = rt->seg[i];
+
+        if (ngx_strcmp(pat, ":id") == 0) {
+            ctx->id = seg[i];
+
+        } else if (ngx_strcmp(pat, ":node") == 0) {
+            ctx->node = seg[i];
+
+        } else if (ngx_strcmp(pat, ":channel") == 0) {
+            ctx->channel = seg[i];
+        }
+    }
+
+    return 1;
 }
 
 
@@ -487,23 +608,16 @@ ngx_pushjobs_api_body_handler(ngx_http_request_t *r)
         goto done;
     }
 
-    if (ctx->route == NGX_PUSHJOBS_ROUTE_STATUS) {
-        /* unauthenticated, as in 2.x: a health check */
+    if (ctx->authz == NGX_PUSHJOBS_AUTHZ_NONE) {
+        /* unauthenticated, as in 2.x: the health check */
         rc = ngx_pushjobs_api_content(r, ctx);
         goto done;
     }
 
     /* malformed request: the job body first, then the auth headers */
 
-    if (ctx->route == NGX_PUSHJOBS_ROUTE_JOBS && r->method == NGX_HTTP_POST) {
-        rc = ngx_pushjobs_api_validate_job(r, ctx);
-        if (rc != NGX_OK || r->header_sent) {
-            goto done;
-        }
-    }
-
-    if (ctx->route == NGX_PUSHJOBS_ROUTE_ABORT) {
-        rc = ngx_pushjobs_api_validate_abort(r, ctx);
+    if (ctx->validate && r->method == NGX_HTTP_POST) {
+        rc = ctx->validate(r, ctx);
         if (rc != NGX_OK || r->header_sent) {
             goto done;
         }
@@ -543,7 +657,7 @@ ngx_pushjobs_api_read_body(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
 
-    max = (ctx->route == NGX_PUSHJOBS_ROUTE_AGENT_POLL)
+    max = (ctx->flags & NGX_PUSHJOBS_ROUTE_MESSAGES)
           ? pmcf->max_message_size : pmcf->max_body_size;
 
     ngx_str_null(&ctx->body);
@@ -1241,7 +1355,7 @@ ngx_pushjobs_api_verify(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
 
 /*
- * Authorization as in 2.x (contract §2.3): reads need membership of
+ * Authorization as in 2.x: reads need membership of
  * pushy_job_readers if that group exists, writes of pushy_job_writers, or
  * of admins when there is no writers group; membership is looked up in the
  * group's users or clients and then, depth first, in its nested groups.
@@ -1258,10 +1372,9 @@ ngx_pushjobs_api_authorize(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
     ngx_str_t  group;
 
-    switch (ctx->route) {
+    switch (ctx->authz) {
 
-    case NGX_PUSHJOBS_ROUTE_AGENT:
-    case NGX_PUSHJOBS_ROUTE_AGENT_POLL:
+    case NGX_PUSHJOBS_AUTHZ_AGENT:
 
         /* an agent acts only as itself: the node is the signing client */
 
@@ -1274,12 +1387,7 @@ ngx_pushjobs_api_authorize(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
         return ngx_pushjobs_api_content(r, ctx);
 
-    case NGX_PUSHJOBS_ROUTE_CONFIG:
-
-        /*
-         * Only the node itself, whatever the groups (API.md §2: 2.x let
-         * any reader have a node's config, with its session key).
-         */
+    case NGX_PUSHJOBS_AUTHZ_NODE:
 
         if (ctx->requestor->type != NGX_PUSHJOBS_CLIENT
             || ctx->node.len != ctx->auth.user_id.len
@@ -1292,18 +1400,13 @@ ngx_pushjobs_api_authorize(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
         }
 
         return ngx_pushjobs_api_content(r, ctx);
+    }
 
-    case NGX_PUSHJOBS_ROUTE_ABORT:
+    /* NGX_PUSHJOBS_AUTHZ_GROUPS */
+
+    if (r->method == NGX_HTTP_POST) {
         ngx_str_set(&group, "pushy_job_writers");
         return ngx_pushjobs_api_group_fetch(r, ctx, &group, 1);
-
-    case NGX_PUSHJOBS_ROUTE_JOBS:
-        if (r->method == NGX_HTTP_POST) {
-            ngx_str_set(&group, "pushy_job_writers");
-            return ngx_pushjobs_api_group_fetch(r, ctx, &group, 1);
-        }
-
-        break;
     }
 
     ngx_str_set(&group, "pushy_job_readers");
@@ -1577,15 +1680,6 @@ ngx_pushjobs_api_forbidden(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 static ngx_int_t
 ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
-    u_char                    *p;
-    ngx_int_t                  rc;
-    ngx_str_t                  params[6], include, *accept;
-    ngx_table_elt_t           *h;
-    ngx_pushjobs_main_conf_t  *pmcf;
-    u_char                     buf[3][NGX_INT_T_LEN];
-
-    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
-
     /*
      * Ids and names from the path reach PostgreSQL as text: only those
      * that can exist (a byte that is not UTF-8 would be a database error).
@@ -1602,270 +1696,333 @@ ngx_pushjobs_api_content(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
                                        "invalid node name supplied");
     }
 
-    switch (ctx->route) {
+    return ctx->handler(r, ctx);
+}
 
-    case NGX_PUSHJOBS_ROUTE_JOBS:
 
-        if (r->method != NGX_HTTP_POST) {
-            return ngx_pushjobs_api_jobs_list(r, ctx);
-        }
+static ngx_int_t
+ngx_pushjobs_api_jobs(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char                    *p;
+    ngx_str_t                  params[6];
+    ngx_table_elt_t           *h;
+    ngx_pushjobs_main_conf_t  *pmcf;
+    u_char                     buf[3][NGX_INT_T_LEN];
 
-        h = r->headers_in.content_type;
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
 
-        if (h == NULL
-            || h->value.len < sizeof("application/json") - 1
-            || ngx_strncasecmp(h->value.data, (u_char *) "application/json",
-                               sizeof("application/json") - 1) != 0)
-        {
-            return ngx_pushjobs_json_error(r,
-                                       NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, 1,
-                                       "Content-Type must be "
+    if (r->method != NGX_HTTP_POST) {
+        return ngx_pushjobs_api_jobs_list(r, ctx);
+    }
+
+    h = r->headers_in.content_type;
+
+    if (h == NULL
+        || h->value.len < sizeof("application/json") - 1
+        || ngx_strncasecmp(h->value.data, (u_char *) "application/json",
+                           sizeof("application/json") - 1) != 0)
+    {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                       1, "Content-Type must be "
                                        "application/json");
+    }
+
+    params[0] = ctx->org;
+    params[1] = ctx->auth.user_id;
+    params[2] = ctx->body;
+
+    p = ngx_sprintf(buf[0], "%T", pmcf->default_run_timeout);
+    params[3].data = buf[0];
+    params[3].len = p - buf[0];
+
+    p = ngx_sprintf(buf[1], "%M", pmcf->voting_timeout);
+    params[4].data = buf[1];
+    params[4].len = p - buf[1];
+
+    p = ngx_sprintf(buf[2], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
+    params[5].data = buf[2];
+    params[5].len = p - buf[2];
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT pushjobs.create_job($1, $2, "
+                                  "$3::jsonb, $4, $5, $6)",
+                                  6, params, ngx_pushjobs_api_created);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_job(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    ngx_str_t   params[6], include;
+
+    if (ngx_http_arg(r, (u_char *) "include_file",
+                     sizeof("include_file") - 1, &include)
+        != NGX_OK)
+    {
+        ngx_str_null(&include);
+    }
+
+    params[0] = ctx->org;
+    params[1] = ctx->id;
+
+    if (include.len == 4 && ngx_strncmp(include.data, "true", 4) == 0) {
+        ngx_str_set(&params[2], "t");
+
+    } else {
+        ngx_str_set(&params[2], "f");
+    }
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT pushjobs.job_json($1, $2, $3)",
+                                  3, params, ngx_pushjobs_api_json_result);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_output(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    ngx_str_t         params[6], *accept;
+    ngx_table_elt_t  *h;
+
+    accept = NULL;
+    h = ngx_pushjobs_header(r, "Accept");
+    if (h) {
+        accept = &h->value;
+    }
+
+    if (accept == NULL
+        || ngx_strlcasestrn(accept->data, accept->data + accept->len,
+                            (u_char *) "application/octet-stream",
+                            sizeof("application/octet-stream") - 2)
+           == NULL)
+    {
+        return ngx_pushjobs_json_error(r,
+                                       NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE,
+                                       1, "output is served as "
+                                       "application/octet-stream");
+    }
+
+    params[0] = ctx->org;
+    params[1] = ctx->id;
+    params[2] = ctx->node;
+    params[3] = ctx->channel;
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT pushjobs.job_output_b64($1, $2,"
+                                  " $3, $4)",
+                                  4, params,
+                                  ngx_pushjobs_api_output_result);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_node_states(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char     *p;
+    ngx_str_t   params[6];
+    u_char      buf[3][NGX_INT_T_LEN];
+
+    params[0] = ctx->org;
+
+    p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
+    params[1].data = buf[0];
+    params[1].len = p - buf[0];
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT pushjobs.node_states_json($1,"
+                                  " $2)",
+                                  2, params, ngx_pushjobs_api_json_result);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_node_state(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char     *p;
+    ngx_str_t   params[6];
+    u_char      buf[3][NGX_INT_T_LEN];
+
+    params[0] = ctx->org;
+    params[1] = ctx->node;
+
+    p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
+    params[2].data = buf[0];
+    params[2].len = p - buf[0];
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT pushjobs.node_state_json($1,"
+                                  " $2, $3)",
+                                  3, params, ngx_pushjobs_api_json_result);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_agent(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    ngx_int_t   rc;
+
+    rc = ngx_pushjobs_agent_accept(r, &ctx->org, &ctx->auth.user_id);
+
+    if (rc == NGX_DONE || rc == NGX_ERROR) {
+        return rc;
+    }
+
+    return ngx_pushjobs_json_error(r, rc, 1,
+                                   "cannot open the agent channel");
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_agent_poll(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    return ngx_pushjobs_poll_handler(r, &ctx->org, &ctx->auth.user_id,
+                                     &ctx->body);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_feed(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char                    *p;
+    ngx_str_t                  params[6];
+    ngx_table_elt_t           *h;
+    ngx_pushjobs_main_conf_t  *pmcf;
+    u_char                     buf[3][NGX_INT_T_LEN];
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    h = ngx_pushjobs_header(r, "Accept");
+
+    if (h == NULL
+        || ngx_strlcasestrn(h->value.data, h->value.data + h->value.len,
+                            (u_char *) "text/event-stream",
+                            sizeof("text/event-stream") - 2)
+           == NULL)
+    {
+        return ngx_pushjobs_json_error(r,
+                                       NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE,
+                                       1, "feeds are served as "
+                                       "text/event-stream");
+    }
+
+    h = ngx_pushjobs_header(r, "Last-Event-ID");
+
+    if (h && !ngx_pushjobs_api_valid_event_id(&h->value)) {
+        /* an id that cannot be ours is an unknown one: from the start */
+        h = NULL;
+    }
+
+    params[0] = ctx->org;
+
+    if (ctx->route == NGX_PUSHJOBS_ROUTE_JOB_FEED) {
+        params[1] = ctx->id;
+
+        if (h) {
+            params[2] = h->value;
+        } else {
+            ngx_str_null(&params[2]);
         }
 
-        params[0] = ctx->org;
-        params[1] = ctx->auth.user_id;
-        params[2] = ctx->body;
-
-        p = ngx_sprintf(buf[0], "%T", pmcf->default_run_timeout);
+        p = ngx_sprintf(buf[0], "%M", pmcf->feed_linger);
         params[3].data = buf[0];
         params[3].len = p - buf[0];
 
-        p = ngx_sprintf(buf[1], "%M", pmcf->voting_timeout);
-        params[4].data = buf[1];
-        params[4].len = p - buf[1];
-
-        p = ngx_sprintf(buf[2], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-        params[5].data = buf[2];
-        params[5].len = p - buf[2];
-
         return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT pushjobs.create_job($1, $2, "
-                                      "$3::jsonb, $4, $5, $6)",
-                                      6, params, ngx_pushjobs_api_created);
-
-    case NGX_PUSHJOBS_ROUTE_JOB:
-
-        if (ngx_http_arg(r, (u_char *) "include_file",
-                         sizeof("include_file") - 1, &include)
-            != NGX_OK)
-        {
-            ngx_str_null(&include);
-        }
-
-        params[0] = ctx->org;
-        params[1] = ctx->id;
-
-        if (include.len == 4 && ngx_strncmp(include.data, "true", 4) == 0) {
-            ngx_str_set(&params[2], "t");
-
-        } else {
-            ngx_str_set(&params[2], "f");
-        }
-
-        return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT pushjobs.job_json($1, $2, $3)",
-                                      3, params, ngx_pushjobs_api_json_result);
-
-    case NGX_PUSHJOBS_ROUTE_OUTPUT:
-
-        accept = NULL;
-        h = ngx_pushjobs_header(r, "Accept");
-        if (h) {
-            accept = &h->value;
-        }
-
-        if (accept == NULL
-            || ngx_strlcasestrn(accept->data, accept->data + accept->len,
-                                (u_char *) "application/octet-stream",
-                                sizeof("application/octet-stream") - 2)
-               == NULL)
-        {
-            return ngx_pushjobs_json_error(r,
-                                           NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE,
-                                           1, "output is served as "
-                                           "application/octet-stream");
-        }
-
-        params[0] = ctx->org;
-        params[1] = ctx->id;
-        params[2] = ctx->node;
-        params[3] = ctx->channel;
-
-        return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT pushjobs.job_output_b64($1, $2,"
+                                      "SELECT mode, after, summary"
+                                      " FROM pushjobs.feed_open($1, $2,"
                                       " $3, $4)",
                                       4, params,
-                                      ngx_pushjobs_api_output_result);
-
-    case NGX_PUSHJOBS_ROUTE_NODE_STATES:
-
-        params[0] = ctx->org;
-
-        p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-        params[1].data = buf[0];
-        params[1].len = p - buf[0];
-
-        return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT pushjobs.node_states_json($1,"
-                                      " $2)",
-                                      2, params, ngx_pushjobs_api_json_result);
-
-    case NGX_PUSHJOBS_ROUTE_NODE_STATE:
-
-        params[0] = ctx->org;
-        params[1] = ctx->node;
-
-        p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-        params[2].data = buf[0];
-        params[2].len = p - buf[0];
-
-        return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT pushjobs.node_state_json($1,"
-                                      " $2, $3)",
-                                      3, params, ngx_pushjobs_api_json_result);
-
-    case NGX_PUSHJOBS_ROUTE_AGENT:
-
-        rc = ngx_pushjobs_agent_accept(r, &ctx->org, &ctx->auth.user_id);
-
-        if (rc == NGX_DONE || rc == NGX_ERROR) {
-            return rc;
-        }
-
-        return ngx_pushjobs_json_error(r, rc, 1,
-                                       "cannot open the agent channel");
-
-    case NGX_PUSHJOBS_ROUTE_AGENT_POLL:
-
-        return ngx_pushjobs_poll_handler(r, &ctx->org, &ctx->auth.user_id,
-                                         &ctx->body);
-
-    case NGX_PUSHJOBS_ROUTE_FEED:
-    case NGX_PUSHJOBS_ROUTE_JOB_FEED:
-
-        h = ngx_pushjobs_header(r, "Accept");
-
-        if (h == NULL
-            || ngx_strlcasestrn(h->value.data, h->value.data + h->value.len,
-                                (u_char *) "text/event-stream",
-                                sizeof("text/event-stream") - 2)
-               == NULL)
-        {
-            return ngx_pushjobs_json_error(r,
-                                           NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE,
-                                           1, "feeds are served as "
-                                           "text/event-stream");
-        }
-
-        h = ngx_pushjobs_header(r, "Last-Event-ID");
-
-        if (h && !ngx_pushjobs_api_valid_event_id(&h->value)) {
-            /* an id that cannot be ours is an unknown one: from the start */
-            h = NULL;
-        }
-
-        params[0] = ctx->org;
-
-        if (ctx->route == NGX_PUSHJOBS_ROUTE_JOB_FEED) {
-            params[1] = ctx->id;
-
-            if (h) {
-                params[2] = h->value;
-            } else {
-                ngx_str_null(&params[2]);
-            }
-
-            p = ngx_sprintf(buf[0], "%M", pmcf->feed_linger);
-            params[3].data = buf[0];
-            params[3].len = p - buf[0];
-
-            return ngx_pushjobs_api_query(r, ctx,
-                                          "SELECT mode, after, summary"
-                                          " FROM pushjobs.feed_open($1, $2,"
-                                          " $3, $4)",
-                                          4, params,
-                                          ngx_pushjobs_api_feed_result);
-        }
-
-        if (h) {
-            params[1] = h->value;
-        } else {
-            ngx_str_null(&params[1]);
-        }
-
-        p = ngx_sprintf(buf[0], "%T", pmcf->org_feed_retention * 1000);
-        params[2].data = buf[0];
-        params[2].len = p - buf[0];
-
-        return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT after, history"
-                                      " FROM pushjobs.org_feed_open($1, $2,"
-                                      " $3)",
-                                      3, params, ngx_pushjobs_api_feed_result);
-
-    case NGX_PUSHJOBS_ROUTE_ABORT:
-
-        h = r->headers_in.content_type;
-
-        if (ctx->body.len
-            && (h == NULL
-                || h->value.len < sizeof("application/json") - 1
-                || ngx_strncasecmp(h->value.data,
-                                   (u_char *) "application/json",
-                                   sizeof("application/json") - 1)
-                   != 0))
-        {
-            return ngx_pushjobs_json_error(r,
-                                       NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, 1,
-                                       "Content-Type must be "
-                                       "application/json");
-        }
-
-        params[0] = ctx->org;
-        params[1] = ctx->id;
-        params[2] = ctx->auth.user_id;
-        params[3] = ctx->body;
-
-        p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-        params[4].data = buf[0];
-        params[4].len = p - buf[0];
-
-        return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT code, doc"
-                                      " FROM pushjobs.abort_job($1, $2, $3,"
-                                      " $4::jsonb -> 'nodes',"
-                                      " COALESCE(($4::jsonb ->> 'force')"
-                                      "::boolean, false), $5)",
-                                      5, params,
-                                      ngx_pushjobs_api_abort_result);
-
-    case NGX_PUSHJOBS_ROUTE_STATUS:
-
-        rc = ngx_pushjobs_status_down(r);
-        if (rc != NGX_DECLINED) {
-            return rc;
-        }
-
-        p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-        params[0].data = buf[0];
-        params[0].len = p - buf[0];
-
-        params[1] = pmcf->incarnation;
-
-        return ngx_pushjobs_api_query(r, ctx,
-                                      "SELECT (pushjobs.status_json($1)::jsonb"
-                                      " || jsonb_build_object("
-                                      "'incarnation_id', $2::text))::text",
-                                      2, params, ngx_pushjobs_api_json_result);
-
-    case NGX_PUSHJOBS_ROUTE_CONFIG:
-        return ngx_pushjobs_api_config(r, ctx);
-
-    default:
-        return ngx_pushjobs_json_error(r, NGX_HTTP_NOT_IMPLEMENTED, 1,
-                                       "not implemented yet");
+                                      ngx_pushjobs_api_feed_result);
     }
+
+    if (h) {
+        params[1] = h->value;
+    } else {
+        ngx_str_null(&params[1]);
+    }
+
+    p = ngx_sprintf(buf[0], "%T", pmcf->org_feed_retention * 1000);
+    params[2].data = buf[0];
+    params[2].len = p - buf[0];
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT after, history"
+                                  " FROM pushjobs.org_feed_open($1, $2,"
+                                  " $3)",
+                                  3, params, ngx_pushjobs_api_feed_result);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_abort(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char           *p;
+    ngx_str_t         params[6];
+    ngx_table_elt_t  *h;
+    u_char            buf[3][NGX_INT_T_LEN];
+
+    h = r->headers_in.content_type;
+
+    if (ctx->body.len
+        && (h == NULL
+            || h->value.len < sizeof("application/json") - 1
+            || ngx_strncasecmp(h->value.data,
+                               (u_char *) "application/json",
+                               sizeof("application/json") - 1)
+               != 0))
+    {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                       1, "Content-Type must be "
+                                       "application/json");
+    }
+
+    params[0] = ctx->org;
+    params[1] = ctx->id;
+    params[2] = ctx->auth.user_id;
+    params[3] = ctx->body;
+
+    p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
+    params[4].data = buf[0];
+    params[4].len = p - buf[0];
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT code, doc"
+                                  " FROM pushjobs.abort_job($1, $2, $3,"
+                                  " $4::jsonb -> 'nodes',"
+                                  " COALESCE(($4::jsonb ->> 'force')"
+                                  "::boolean, false), $5)",
+                                  5, params,
+                                  ngx_pushjobs_api_abort_result);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_status(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char                    *p;
+    ngx_int_t                  rc;
+    ngx_str_t                  params[6];
+    ngx_pushjobs_main_conf_t  *pmcf;
+    u_char                     buf[3][NGX_INT_T_LEN];
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    rc = ngx_pushjobs_status_down(r);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
+    params[0].data = buf[0];
+    params[0].len = p - buf[0];
+
+    params[1] = pmcf->incarnation;
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT (pushjobs.status_json($1)::jsonb"
+                                  " || jsonb_build_object("
+                                  "'incarnation_id', $2::text))::text",
+                                  2, params, ngx_pushjobs_api_json_result);
 }
 
 
@@ -2144,14 +2301,14 @@ ngx_pushjobs_api_feed_result(ngx_http_request_t *r,
 
 /*
  * GET jobs, the 2.x array of every job, or with the optional filters of
- * API.md §2: ?status=STATUS (one job status) and ?limit=N (the N most
+ * GET jobs takes ?status=STATUS (one job status) and ?limit=N (the N most
  * recent).  A bad filter is a 400 in the job body's error shape.
  */
 
 static ngx_int_t
 ngx_pushjobs_api_jobs_list(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
-    ngx_int_t   n;
+    ngx_int_t   rc;
     ngx_str_t   params[3], arg;
     ngx_uint_t  i;
 
@@ -2184,16 +2341,13 @@ ngx_pushjobs_api_jobs_list(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
         }
     }
 
-    if (ngx_http_arg(r, (u_char *) "limit", sizeof("limit") - 1, &arg)
-        == NGX_OK)
-    {
-        n = ngx_atoi(arg.data, arg.len);
+    rc = ngx_pushjobs_api_number_arg(r, "limit", 1, 999999999, &arg);
 
-        if (n <= 0 || arg.len > 9) {
-            return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
-                                           "invalid limit supplied");
-        }
+    if (r->header_sent || (rc != NGX_OK && rc != NGX_DECLINED)) {
+        return rc;
+    }
 
+    if (rc == NGX_OK) {
         params[2] = arg;
     }
 
@@ -2212,7 +2366,7 @@ ngx_pushjobs_api_jobs_list(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
 
 /*
- * GET config/NODE (API.md §3): the 2.x document without its ZeroMQ
+ * GET config/NODE: the 2.x document without its ZeroMQ
  * addresses, keys and session key, plus where the agent channel is: the
  * scheme and host the node used for this request.  "interval" stays a
  * JSON float, as 2.x wrote it.
@@ -2342,6 +2496,39 @@ ngx_pushjobs_api_add_header(ngx_http_request_t *r, ngx_list_t *headers,
     }
 
     h->hash = ngx_hash_strlow(h->lowcase_key, h->key.data, h->key.len);
+
+    return NGX_OK;
+}
+
+
+/*
+ * A numeric query argument: NGX_DECLINED when absent; NGX_OK with its text
+ * in *arg when it is decimal digits, no more of them than max has, with a
+ * value in min..max; else a 400 "invalid NAME supplied" in the job body's
+ * error shape is sent, and what sending it returned is returned.
+ */
+
+static ngx_int_t
+ngx_pushjobs_api_number_arg(ngx_http_request_t *r, char *name,
+    ngx_int_t min, ngx_int_t max, ngx_str_t *arg)
+{
+    size_t     digits;
+    ngx_int_t  n, m;
+
+    if (ngx_http_arg(r, (u_char *) name, ngx_strlen(name), arg) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    for (digits = 1, m = max; m >= 10; m /= 10) {
+        digits++;
+    }
+
+    n = (arg->len <= digits) ? ngx_atoi(arg->data, arg->len) : NGX_ERROR;
+
+    if (n == NGX_ERROR || n < min || n > max) {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
+                                       "invalid %s supplied", name);
+    }
 
     return NGX_OK;
 }

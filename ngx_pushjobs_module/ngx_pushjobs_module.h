@@ -25,6 +25,9 @@
 #define NGX_PUSHJOBS_JOB_ID_LEN        32
 #define NGX_PUSHJOBS_NAME_MAX          255
 
+/* an HTTP status nginx has no name for */
+#define NGX_HTTP_PUSHJOBS_UPGRADE_REQUIRED  426
+
 /*
  * A worker refreshes its row in pushjobs.owners every OWNER_BEAT; a worker
  * not heard of for OWNER_TIMEOUT is gone, and so are its agent channels.
