@@ -954,8 +954,8 @@ ngx_pushjobs_init_process(ngx_cycle_t *cycle)
 
 /*
  * The worker exits (reload, graceful stop).  The first call, when nginx
- * closes the idle connections, stops notifications and writes what agents
- * did; the queries of requests in progress and those writes run on.  The
+ * closes the idle connections, stops notifications, closes the event feeds
+ * and writes what agents did; the queries of requests in progress and those writes run on.  The
  * exit is held while any query is outstanding, and released as soon as
  * none is.
  */
@@ -983,6 +983,14 @@ ngx_pushjobs_exiting(ngx_uint_t now)
 
         ngx_pushjobs_pg_unlisten();
         ngx_pushjobs_store_flush();
+
+        /*
+         * nginx closes the idle connections, an HTTP/1.x feed's among them,
+         * but an HTTP/2 feed is a stream of a connection that only gets a
+         * GOAWAY: closing the feeds here ends their streams, and with them
+         * the connection, before the worker goes.
+         */
+        ngx_pushjobs_feed_close_all();
     }
 
     if (!ngx_pushjobs_pg_busy()) {

@@ -15,6 +15,7 @@ use Test::More;
 use IO::Select;
 use Time::HiRes qw(time);
 use PushJobs::Stack;
+use PushJobs::Fault qw(worker_pids);
 
 my $json = PushJobs::Stack::json();
 
@@ -228,11 +229,27 @@ if (@oev > 1) {
     feed_close($of);
 }
 
+# --- a reload with an HTTP/2 feed open ----------------------------------------
+# An HTTP/2 feed is a stream of a connection nginx does not see idle while it
+# is open: the exiting worker must still close it and go at once, as with an
+# HTTP/1.1 feed, not hold the reload until worker_shutdown_timeout.
+{
+    # resumed after its first event: the rest arrive at once, so it is open
+    my $of = h2_feed($feed, headers => { 'Last-Event-ID' => $oev[0]{id} });
+    ok scalar(feed_events($of, 10, $oev[-1]{event})),
+        'reload: an org feed open over HTTP/2';
+    my @old = worker_pids($stack);
+    kill 'HUP', $stack->{procs}{'nginx:fe1'};
+    ok feed_ends($of, 15), '  the exiting worker ends it';
+    ok PushJobs::Stack::wait_for(15, sub {
+        !grep { kill 0, $_ } @old }, 0.1),
+        "  and the old workers (@old) exit at once";
+    feed_close($of);
+}
+
 # --- the agent channel endpoints: not over HTTP/2 ---------------------------
 
 {
-    local $TODO = 'channel refusal on r12-api';
-
     $res = h2('GET', "$base/agent", user => 'node1', max_time => 5,
               headers => { Upgrade => 'websocket', Connection => 'Upgrade',
                            'Sec-WebSocket-Version' => '13',
