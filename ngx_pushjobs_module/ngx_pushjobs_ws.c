@@ -19,7 +19,6 @@
 #define NGX_PUSHJOBS_WS_KEY_LEN       24
 #define NGX_PUSHJOBS_WS_ACCEPT_LEN    28
 
-#define NGX_HTTP_PUSHJOBS_WS_UPGRADE_REQUIRED  426
 
 /* The smallest message buffer worth allocating. */
 #define NGX_PUSHJOBS_WS_BUF_MIN       4096
@@ -387,7 +386,7 @@ ngx_pushjobs_ws_upgrade_required(ngx_http_request_t *r, ngx_uint_t version)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return NGX_HTTP_PUSHJOBS_WS_UPGRADE_REQUIRED;
+    return NGX_HTTP_PUSHJOBS_UPGRADE_REQUIRED;
 }
 
 
