@@ -232,6 +232,17 @@ void pja_ws_close(pja_ws_t *ws, int code);
 void pja_ws_reset(pja_ws_t *ws);
 struct pja_agent_s;
 int pja_ws_input(pja_ws_t *ws, struct pja_agent_s *a);
+int pja_ws_flush(pja_ws_t *ws);
+int pja_ws_header(const char *head, const char *name, char *val, size_t size);
+int pja_ws_response_head(pja_ws_t *ws, size_t *head_len, int *status);
+
+
+/* transport_poll.c: the channel's long-poll fallback */
+
+int pja_poll_queue(pja_ws_t *ws, const char *p, size_t n);
+int pja_poll_kick(pja_ws_t *ws);
+int pja_poll_open(pja_ws_t *ws, const pja_conf_t *cf);
+int pja_poll_response(pja_ws_t *ws, struct pja_agent_s *a);
 
 
 /* job.c */

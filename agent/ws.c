@@ -1,6 +1,7 @@
 /*
  * pushjobs-agent: the channel, a websocket client over TLS (RFC 6455),
- * or its long-poll fallback (HTTP/1.1 POSTs on a keep-alive connection).
+ * or its long-poll fallback (HTTP/1.1 POSTs on a keep-alive connection,
+ * transport_poll.c), on the connection this file opens and reads.
  *
  * Everything is non-blocking: pja_ws_handle() is called from the poll loop
  * and moves the connection through TCP connect, TLS handshake, the signed
@@ -40,14 +41,7 @@
 #define WS_OP_PONG   0xa
 
 
-static int ws_flush(pja_ws_t *ws);
 static int ws_send_frame(pja_ws_t *ws, int op, const void *p, size_t n);
-static int ws_header(const char *head, const char *name, char *val,
-    size_t size);
-static int ws_poll_queue(pja_ws_t *ws, const char *p, size_t n);
-static int ws_poll_kick(pja_ws_t *ws);
-static int ws_poll_open(pja_ws_t *ws, const pja_conf_t *cf);
-static int ws_poll_response(pja_ws_t *ws, pja_agent_t *a);
 
 
 static void
@@ -425,8 +419,8 @@ ws_io_write(pja_ws_t *ws, const void *buf, size_t n)
 }
 
 
-static int
-ws_flush(pja_ws_t *ws)
+int
+pja_ws_flush(pja_ws_t *ws)
 {
     size_t   n;
     ssize_t  w;
@@ -506,7 +500,7 @@ ws_send_frame(pja_ws_t *ws, int op, const void *p, size_t n)
     }
     ws->out.len += n;
 
-    return ws_flush(ws);
+    return pja_ws_flush(ws);
 }
 
 
@@ -518,11 +512,11 @@ pja_ws_send_text(pja_ws_t *ws, const char *p, size_t n)
     }
 
     if (ws->poll) {
-        if (ws_poll_queue(ws, p, n) != 0) {
+        if (pja_poll_queue(ws, p, n) != 0) {
             return -1;
         }
 
-        return ws_poll_kick(ws);
+        return pja_poll_kick(ws);
     }
 
     return ws_send_frame(ws, WS_OP_TEXT, p, n);
@@ -549,13 +543,13 @@ pja_ws_close(pja_ws_t *ws, int code)
         ws->close_sent = 1;
         ws->close_deadline = pja_now_ms() + 3000;
 
-        if (ws_poll_queue(ws, text, strlen(text)) != 0) {
+        if (pja_poll_queue(ws, text, strlen(text)) != 0) {
             ws->close_deadline = 0;
         }
 
         ws->state = PJA_WS_CLOSING;
 
-        if (ws_poll_kick(ws) != 0) {
+        if (pja_poll_kick(ws) != 0) {
             ws->close_deadline = 0;
         }
 
@@ -580,7 +574,7 @@ ws_fail(pja_ws_t *ws, int code, const char *why)
 {
     pja_log(PJA_LOG_ERR, "channel: %s, closing with %d", why, code);
     pja_ws_close(ws, code);
-    (void) ws_flush(ws);
+    (void) pja_ws_flush(ws);
     return -1;
 }
 
@@ -652,7 +646,7 @@ ws_start_http(pja_ws_t *ws, const pja_conf_t *cf)
     pja_buf_free(&b);
     ws->state = PJA_WS_HTTP;
 
-    return ws_flush(ws);
+    return pja_ws_flush(ws);
 }
 
 
@@ -708,7 +702,7 @@ ws_handshake_tls(pja_ws_t *ws, const pja_conf_t *cf)
     if (rc == 1) {
         pja_log(PJA_LOG_DEBUG, "TLS: %s %s", SSL_get_version(ws->ssl),
                 SSL_get_cipher_name(ws->ssl));
-        return ws->poll ? ws_poll_open(ws, cf) : ws_start_http(ws, cf);
+        return ws->poll ? pja_poll_open(ws, cf) : ws_start_http(ws, cf);
     }
 
     err = SSL_get_error(ws->ssl, rc);
@@ -735,8 +729,8 @@ ws_handshake_tls(pja_ws_t *ws, const pja_conf_t *cf)
 
 /* Finds header NAME in the response head; copies its value to val. */
 
-static int
-ws_header(const char *head, const char *name, char *val, size_t size)
+int
+pja_ws_header(const char *head, const char *name, char *val, size_t size)
 {
     size_t       n, len;
     const char  *p, *e, *v;
@@ -800,8 +794,8 @@ ws_contains_token(const char *s, const char *token)
  * is too long or not HTTP.
  */
 
-static int
-ws_response_head(pja_ws_t *ws, size_t *head_len, int *status)
+int
+pja_ws_response_head(pja_ws_t *ws, size_t *head_len, int *status)
 {
     char  *end;
 
@@ -835,7 +829,7 @@ ws_http_response(pja_ws_t *ws, pja_agent_t *a)
     size_t    head_len, body_len, i;
     long      clen;
 
-    rc = ws_response_head(ws, &head_len, &status);
+    rc = pja_ws_response_head(ws, &head_len, &status);
 
     if (rc == 0 && ws->peer_eof) {
         pja_log(PJA_LOG_ERR, "channel: the server closed the connection "
@@ -854,11 +848,11 @@ ws_http_response(pja_ws_t *ws, pja_agent_t *a)
     if (status != 101) {
         *end = '\0';
         clen = -1;
-        if (ws_header(ws->in.data, "Content-Length", val, sizeof(val))) {
+        if (pja_ws_header(ws->in.data, "Content-Length", val, sizeof(val))) {
             clen = strtol(val, NULL, 10);
         }
 
-        chunked = ws_header(ws->in.data, "Transfer-Encoding", val,
+        chunked = pja_ws_header(ws->in.data, "Transfer-Encoding", val,
                             sizeof(val))
                   && ws_contains_token(val, "chunked");
 
@@ -894,16 +888,16 @@ ws_http_response(pja_ws_t *ws, pja_agent_t *a)
 
     *end = '\0';
 
-    if (!ws_header(ws->in.data, "Upgrade", val, sizeof(val))
+    if (!pja_ws_header(ws->in.data, "Upgrade", val, sizeof(val))
         || strcasecmp(val, "websocket") != 0
-        || !ws_header(ws->in.data, "Connection", val, sizeof(val))
+        || !pja_ws_header(ws->in.data, "Connection", val, sizeof(val))
         || !ws_contains_token(val, "upgrade"))
     {
         pja_log(PJA_LOG_ERR, "channel: 101 without a websocket upgrade");
         return -1;
     }
 
-    if (!ws_header(ws->in.data, "Sec-WebSocket-Accept", val, sizeof(val))
+    if (!pja_ws_header(ws->in.data, "Sec-WebSocket-Accept", val, sizeof(val))
         || strcmp(val, ws->accept) != 0)
     {
         pja_log(PJA_LOG_ERR, "channel: bad Sec-WebSocket-Accept");
@@ -1092,310 +1086,6 @@ ws_frames(pja_ws_t *ws, pja_agent_t *a)
 
 
 /*
- * Long-poll (docs/protocol.md §6): the same messages in signed POSTs to
- * .../agent/poll on one keep-alive connection.  One poll is always out,
- * held by the server until it has something to say; when the agent has
- * something to say, it pipelines a second request behind the held one,
- * which makes the server answer the held one at once.  The first poll
- * carries the hello alone and is answered with the welcome and the
- * session id, which every later poll sends back.
- */
-
-static int
-ws_poll_queue(pja_ws_t *ws, const char *p, size_t n)
-{
-    uint32_t  len;
-
-    if (ws->pending.len + n > PJA_OUT_QUEUE_CAP) {
-        pja_log(PJA_LOG_ERR, "the channel's output queue is full");
-        return -1;
-    }
-
-    len = (uint32_t) n;
-
-    if (pja_buf_add(&ws->pending, &len, sizeof(len)) != 0
-        || pja_buf_add(&ws->pending, p, n) != 0)
-    {
-        return -1;
-    }
-
-    return 0;
-}
-
-
-static int
-ws_poll_request(pja_ws_t *ws)
-{
-    int                count;
-    size_t             off, max;
-    uint32_t           len;
-    pja_buf_t          body = { NULL, 0, 0 }, b = { NULL, 0, 0 };
-    const pja_conf_t  *cf = &pja_agent.conf;
-
-    max = pja_agent.max_message_size;
-    count = 0;
-
-    if (pja_buf_addstr(&body, "[") != 0) {
-        return -1;
-    }
-
-    for (off = 0; off + sizeof(len) <= ws->pending.len; /* void */ ) {
-        memcpy(&len, ws->pending.data + off, sizeof(len));
-
-        if ((size_t) len + 2 > max) {
-            pja_log(PJA_LOG_ERR, "channel: a message of %u bytes is over "
-                    "the server's limit of %zu, dropped", len, max);
-            off += sizeof(len) + len;
-            continue;
-        }
-
-        if (body.len + (count ? 1 : 0) + len + 1 > max) {
-            break;
-        }
-
-        if ((count && pja_buf_add(&body, ",", 1) != 0)
-            || pja_buf_add(&body, ws->pending.data + off + sizeof(len), len)
-               != 0)
-        {
-            goto failed;
-        }
-
-        off += sizeof(len) + len;
-        count++;
-
-        if (ws->session[0] == '\0') {
-            /* the first poll opens the session with the hello alone */
-            break;
-        }
-    }
-
-    if (pja_buf_addstr(&body, "]") != 0) {
-        goto failed;
-    }
-
-    pja_buf_consume(&ws->pending, off);
-
-    if (pja_buf_printf(&b,
-                       "POST %s/poll HTTP/1.1\r\n"
-                       "Host: %s\r\n"
-                       "Accept: application/json\r\n"
-                       "Content-Type: application/json\r\n"
-                       "Content-Length: %zu\r\n"
-                       "X-Pushjobs-Agent: " PJA_AGENT "\r\n",
-                       cf->ws_path, cf->host_header, body.len) != 0
-        || (ws->session[0]
-            && pja_buf_printf(&b, "X-Pushjobs-Session: %s\r\n", ws->session)
-               != 0))
-    {
-        goto failed;
-    }
-
-    /* the path signed is the request's */
-    {
-        char  path[4096];
-
-        snprintf(path, sizeof(path), "%s/poll", cf->ws_path);
-
-        if (pja_sign_headers(cf->node_name, ws->key, "POST", path, body.data,
-                             body.len, "\r\n", &b) != 0)
-        {
-            goto failed;
-        }
-    }
-
-    if (pja_buf_addstr(&b, "\r\n") != 0
-        || pja_buf_add(&b, body.data, body.len) != 0
-        || pja_buf_add(&ws->out, b.data, b.len) != 0)
-    {
-        goto failed;
-    }
-
-    pja_log(PJA_LOG_DEBUG, "-> poll: %.300s", body.data);
-
-    pja_buf_free(&body);
-    pja_buf_free(&b);
-
-    ws->inflight++;
-
-    return ws_flush(ws);
-
-failed:
-
-    pja_buf_free(&body);
-    pja_buf_free(&b);
-    return -1;
-}
-
-
-/* A poll out at all times, and one more when there is something to say. */
-
-static int
-ws_poll_kick(pja_ws_t *ws)
-{
-    if (!ws->poll || ws->batching) {
-        return 0;
-    }
-
-    if (ws->state != PJA_WS_OPEN
-        && !(ws->state == PJA_WS_CLOSING && ws->pending.len))
-    {
-        return 0;
-    }
-
-    if (ws->inflight == 0) {
-        return ws_poll_request(ws);
-    }
-
-    if (ws->inflight == 1 && ws->pending.len && ws->session[0]) {
-        return ws_poll_request(ws);
-    }
-
-    return 0;
-}
-
-
-static int
-ws_poll_open(pja_ws_t *ws, const pja_conf_t *cf)
-{
-    ws->key = pja_sign_load_key(cf->client_key);
-    if (ws->key == NULL) {
-        return -1;
-    }
-
-    ws->state = PJA_WS_OPEN;
-    ws->opened_at = pja_now_ms();
-    ws->last_rx = ws->opened_at;
-
-    pja_log(PJA_LOG_INFO, "channel open (long-poll)");
-
-    ws->batching = 1;
-    pja_proto_open(&pja_agent);
-    ws->batching = 0;
-
-    return ws_poll_kick(ws);
-}
-
-
-/* Handles the complete answers in ws->in; -1 ends the channel. */
-
-static int
-ws_poll_response(pja_ws_t *ws, pja_agent_t *a)
-{
-    int          status, rc;
-    char        *end, *body, saved, val[256];
-    size_t       head_len, i;
-    long         clen;
-    yajl_val     msgs, m;
-    const char  *type;
-
-    for ( ;; ) {
-        if (ws->in.len == 0) {
-            return 0;
-        }
-
-        rc = ws_response_head(ws, &head_len, &status);
-
-        if (rc != 1) {
-            return rc;
-        }
-
-        end = ws->in.data + head_len - 4;
-
-        *end = '\0';
-
-        clen = -1;
-        if (ws_header(ws->in.data, "Content-Length", val, sizeof(val))) {
-            clen = strtol(val, NULL, 10);
-        }
-
-        if (clen < 0 || clen > PJA_IN_MESSAGE_CAP) {
-            pja_log(PJA_LOG_ERR, "channel: the server answered %d without a "
-                    "usable Content-Length", status);
-            return -1;
-        }
-
-        if (ws->in.len - head_len < (size_t) clen) {
-            *end = '\r';
-            return 0;
-        }
-
-        if (status == 200
-            && ws_header(ws->in.data, "X-Pushjobs-Session", val, sizeof(val)))
-        {
-            snprintf(ws->session, sizeof(ws->session), "%s", val);
-        }
-
-        body = end + 4;
-        ws->inflight--;
-
-        if (status != 200) {
-            ws->http_status = status;
-
-            if (clen > 1024) {
-                clen = 1024;
-            }
-
-            for (i = 0; i < (size_t) clen; i++) {
-                if ((unsigned char) body[i] < 0x20) {
-                    body[i] = ' ';
-                }
-            }
-
-            pja_log(PJA_LOG_ERR, "channel: the server answered %d: %.*s",
-                    status, (int) clen, body);
-            return -1;
-        }
-
-        saved = body[clen];
-        body[clen] = '\0';
-
-        pja_log(PJA_LOG_DEBUG, "<- %.300s", body);
-
-        msgs = pja_json_parse(body, (size_t) clen, &pj_json_server_message);
-        body[clen] = saved;
-
-        pja_buf_consume(&ws->in, head_len + (size_t) clen);
-
-        if (msgs == NULL || !YAJL_IS_ARRAY(msgs)) {
-            pja_log(PJA_LOG_ERR, "channel: the server's answer is not a JSON "
-                    "array");
-            yajl_tree_free(msgs);
-            return -1;
-        }
-
-        rc = 0;
-        ws->batching = 1;
-
-        for (i = 0; i < msgs->u.array.len; i++) {
-            m = msgs->u.array.values[i];
-            type = pja_json_get_str(m, "type");
-
-            if (type && strcmp(type, "close") == 0) {
-                ws->close_code = (int) pja_json_get_int(m, "code", 1000);
-
-                pja_log(ws->close_code == 1000 || ws->close_code == 1001
-                        ? PJA_LOG_INFO : PJA_LOG_WARN,
-                        "channel: the server closed the session (%d)",
-                        ws->close_code);
-                rc = -1;
-                break;
-            }
-
-            if (ws->state == PJA_WS_OPEN) {
-                pja_proto_handle(a, m);
-            }
-        }
-
-        ws->batching = 0;
-        yajl_tree_free(msgs);
-
-        if (rc != 0 || ws_poll_kick(ws) != 0) {
-            return -1;
-        }
-    }
-}
-
-/*
  * Parses what ws->in holds: long-poll answers, or the answer to the
  * upgrade and then frames.  0 when it needs more bytes, -1 when the channel
  * is over.  Only the buffer is read, so that the reader can be driven
@@ -1408,7 +1098,7 @@ pja_ws_input(pja_ws_t *ws, pja_agent_t *a)
     int  rc;
 
     if (ws->poll) {
-        return ws_poll_response(ws, a) != 0 ? -1 : 0;
+        return pja_poll_response(ws, a) != 0 ? -1 : 0;
     }
 
     if (ws->state == PJA_WS_HTTP) {
@@ -1491,7 +1181,7 @@ pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents)
                 return -1;
             }
         } else {
-            return ws->poll ? ws_poll_open(ws, cf) : ws_start_http(ws, cf);
+            return ws->poll ? pja_poll_open(ws, cf) : ws_start_http(ws, cf);
         }
     }
 
@@ -1499,7 +1189,7 @@ pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents)
         return ws_handshake_tls(ws, cf);
     }
 
-    if (ws_flush(ws) != 0) {
+    if (pja_ws_flush(ws) != 0) {
         return -1;
     }
 
@@ -1515,7 +1205,7 @@ pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents)
 
     } while (more && ws->fd != -1);
 
-    if (ws_flush(ws) != 0) {
+    if (pja_ws_flush(ws) != 0) {
         return -1;
     }
 
