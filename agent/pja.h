@@ -221,7 +221,27 @@ typedef struct {
     pja_buf_t              pending;       /* messages: u32 length, text */
     EVP_PKEY              *key;
     char                   session[256];
+
+    const struct pja_transport_s  *transport;
 } pja_ws_t;
+
+struct pja_agent_s;
+
+/*
+ * What the channel does differently over a websocket (ws.c) and over
+ * long-poll (transport_poll.c), once TCP and TLS are up.
+ */
+
+typedef struct pja_transport_s {
+    /* the connection is up: send the upgrade, or the first poll */
+    int   (*open)(pja_ws_t *ws, const pja_conf_t *cf);
+    /* one message out; called when the channel is open */
+    int   (*send)(pja_ws_t *ws, const char *p, size_t n);
+    /* say goodbye with this code; called when the channel is open */
+    void  (*close)(pja_ws_t *ws, int code);
+    /* parse what ws->in holds: 0 for more bytes, -1 when it is over */
+    int   (*input)(pja_ws_t *ws, struct pja_agent_s *a);
+} pja_transport_t;
 
 int pja_ws_init_ctx(pja_ws_t *ws, const pja_conf_t *cf);
 int pja_ws_connect(pja_ws_t *ws, const pja_conf_t *cf);
@@ -230,7 +250,6 @@ int pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents);
 int pja_ws_send_text(pja_ws_t *ws, const char *p, size_t n);
 void pja_ws_close(pja_ws_t *ws, int code);
 void pja_ws_reset(pja_ws_t *ws);
-struct pja_agent_s;
 int pja_ws_input(pja_ws_t *ws, struct pja_agent_s *a);
 int pja_ws_flush(pja_ws_t *ws);
 int pja_ws_header(const char *head, const char *name, char *val, size_t size);
@@ -239,10 +258,10 @@ int pja_ws_response_head(pja_ws_t *ws, size_t *head_len, int *status);
 
 /* transport_poll.c: the channel's long-poll fallback */
 
-int pja_poll_queue(pja_ws_t *ws, const char *p, size_t n);
-int pja_poll_kick(pja_ws_t *ws);
-int pja_poll_open(pja_ws_t *ws, const pja_conf_t *cf);
 int pja_poll_response(pja_ws_t *ws, struct pja_agent_s *a);
+
+extern const pja_transport_t  pja_transport_ws;
+extern const pja_transport_t  pja_transport_poll;
 
 
 /* job.c */

@@ -11,6 +11,9 @@
 #include "pja.h"
 
 
+static int poll_kick(pja_ws_t *ws);
+
+
 /*
  * Long-poll (docs/protocol.md §6): the same messages in signed POSTs to
  * .../agent/poll on one keep-alive connection.  One poll is always out,
@@ -21,8 +24,8 @@
  * session id, which every later poll sends back.
  */
 
-int
-pja_poll_queue(pja_ws_t *ws, const char *p, size_t n)
+static int
+poll_queue(pja_ws_t *ws, const char *p, size_t n)
 {
     uint32_t  len;
 
@@ -149,8 +152,8 @@ failed:
 
 /* A poll out at all times, and one more when there is something to say. */
 
-int
-pja_poll_kick(pja_ws_t *ws)
+static int
+poll_kick(pja_ws_t *ws)
 {
     if (!ws->poll || ws->batching) {
         return 0;
@@ -174,8 +177,8 @@ pja_poll_kick(pja_ws_t *ws)
 }
 
 
-int
-pja_poll_open(pja_ws_t *ws, const pja_conf_t *cf)
+static int
+poll_open(pja_ws_t *ws, const pja_conf_t *cf)
 {
     ws->key = pja_sign_load_key(cf->client_key);
     if (ws->key == NULL) {
@@ -192,7 +195,7 @@ pja_poll_open(pja_ws_t *ws, const pja_conf_t *cf)
     pja_proto_open(&pja_agent);
     ws->batching = 0;
 
-    return pja_poll_kick(ws);
+    return poll_kick(ws);
 }
 
 
@@ -309,8 +312,59 @@ pja_poll_response(pja_ws_t *ws, pja_agent_t *a)
         ws->batching = 0;
         yajl_tree_free(msgs);
 
-        if (rc != 0 || pja_poll_kick(ws) != 0) {
+        if (rc != 0 || poll_kick(ws) != 0) {
             return -1;
         }
     }
 }
+
+
+static int
+poll_input(pja_ws_t *ws, pja_agent_t *a)
+{
+    return pja_poll_response(ws, a) != 0 ? -1 : 0;
+}
+
+
+static int
+poll_send(pja_ws_t *ws, const char *p, size_t n)
+{
+    if (poll_queue(ws, p, n) != 0) {
+        return -1;
+    }
+
+    return poll_kick(ws);
+}
+
+
+static void
+poll_close(pja_ws_t *ws, int code)
+{
+    char  text[64];
+
+    /* the last poll says goodbye; its answer ends the channel */
+
+    snprintf(text, sizeof(text), "{\"type\":\"close\",\"v\":1,"
+             "\"code\":%d}", code);
+
+    ws->close_sent = 1;
+    ws->close_deadline = pja_now_ms() + 3000;
+
+    if (poll_queue(ws, text, strlen(text)) != 0) {
+        ws->close_deadline = 0;
+    }
+
+    ws->state = PJA_WS_CLOSING;
+
+    if (poll_kick(ws) != 0) {
+        ws->close_deadline = 0;
+    }
+}
+
+
+const pja_transport_t  pja_transport_poll = {
+    poll_open,
+    poll_send,
+    poll_close,
+    poll_input
+};

@@ -293,6 +293,7 @@ pja_ws_connect(pja_ws_t *ws, const pja_conf_t *cf)
 
     /* long-poll when configured, or once after a refused upgrade */
     ws->poll = cf->transport == PJA_TRANSPORT_LONG_POLL || pja_agent.fallback;
+    ws->transport = ws->poll ? &pja_transport_poll : &pja_transport_ws;
     pja_agent.fallback = 0;
 
     memset(&hints, 0, sizeof(hints));
@@ -511,14 +512,13 @@ pja_ws_send_text(pja_ws_t *ws, const char *p, size_t n)
         return -1;
     }
 
-    if (ws->poll) {
-        if (pja_poll_queue(ws, p, n) != 0) {
-            return -1;
-        }
+    return ws->transport->send(ws, p, n);
+}
 
-        return pja_poll_kick(ws);
-    }
 
+static int
+ws_send_text(pja_ws_t *ws, const char *p, size_t n)
+{
     return ws_send_frame(ws, WS_OP_TEXT, p, n);
 }
 
@@ -526,35 +526,18 @@ pja_ws_send_text(pja_ws_t *ws, const char *p, size_t n)
 void
 pja_ws_close(pja_ws_t *ws, int code)
 {
-    unsigned char  b[2];
-
     if (ws->state != PJA_WS_OPEN) {
         return;
     }
 
-    if (ws->poll) {
-        char  text[64];
+    ws->transport->close(ws, code);
+}
 
-        /* the last poll says goodbye; its answer ends the channel */
 
-        snprintf(text, sizeof(text), "{\"type\":\"close\",\"v\":1,"
-                 "\"code\":%d}", code);
-
-        ws->close_sent = 1;
-        ws->close_deadline = pja_now_ms() + 3000;
-
-        if (pja_poll_queue(ws, text, strlen(text)) != 0) {
-            ws->close_deadline = 0;
-        }
-
-        ws->state = PJA_WS_CLOSING;
-
-        if (pja_poll_kick(ws) != 0) {
-            ws->close_deadline = 0;
-        }
-
-        return;
-    }
+static void
+ws_close(pja_ws_t *ws, int code)
+{
+    unsigned char  b[2];
 
     b[0] = (unsigned char) (code >> 8);
     b[1] = (unsigned char) code;
@@ -702,7 +685,7 @@ ws_handshake_tls(pja_ws_t *ws, const pja_conf_t *cf)
     if (rc == 1) {
         pja_log(PJA_LOG_DEBUG, "TLS: %s %s", SSL_get_version(ws->ssl),
                 SSL_get_cipher_name(ws->ssl));
-        return ws->poll ? pja_poll_open(ws, cf) : ws_start_http(ws, cf);
+        return ws->transport->open(ws, cf);
     }
 
     err = SSL_get_error(ws->ssl, rc);
@@ -1095,11 +1078,14 @@ ws_frames(pja_ws_t *ws, pja_agent_t *a)
 int
 pja_ws_input(pja_ws_t *ws, pja_agent_t *a)
 {
-    int  rc;
+    return ws->transport->input(ws, a);
+}
 
-    if (ws->poll) {
-        return pja_poll_response(ws, a) != 0 ? -1 : 0;
-    }
+
+static int
+ws_input(pja_ws_t *ws, pja_agent_t *a)
+{
+    int  rc;
 
     if (ws->state == PJA_WS_HTTP) {
         rc = ws_http_response(ws, a);
@@ -1181,7 +1167,7 @@ pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents)
                 return -1;
             }
         } else {
-            return ws->poll ? pja_poll_open(ws, cf) : ws_start_http(ws, cf);
+            return ws->transport->open(ws, cf);
         }
     }
 
@@ -1224,3 +1210,11 @@ pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents)
 
     return 0;
 }
+
+
+const pja_transport_t  pja_transport_ws = {
+    ws_start_http,
+    ws_send_text,
+    ws_close,
+    ws_input
+};

@@ -120,6 +120,7 @@ agent_fuzz_channel(pja_ws_t *ws, int state, int poll)
 
     ws->state = state;
     ws->poll = poll;
+    ws->transport = poll ? &pja_transport_poll : &pja_transport_ws;
 
     if (poll) {
         /* the hello's poll is out */
