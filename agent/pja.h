@@ -187,6 +187,16 @@ enum {
     PJA_WS_CLOSING
 };
 
+/* the long-poll transport's state (transport_poll.c) */
+
+typedef struct {
+    int                    inflight;      /* requests sent, not answered */
+    int                    batching;      /* handling an answer */
+    pja_buf_t              pending;       /* messages: u32 length, text */
+    EVP_PKEY              *key;
+    char                   session[256];
+} pja_poll_t;
+
 typedef struct {
     int                    state;
     int                    fd;
@@ -214,15 +224,8 @@ typedef struct {
     int                    close_sent;
     int                    http_status;
 
-    /* long-poll (docs/protocol.md §6) */
-    int                    poll;          /* this channel is long-poll */
-    int                    inflight;      /* requests sent, not answered */
-    int                    batching;      /* handling an answer */
-    pja_buf_t              pending;       /* messages: u32 length, text */
-    EVP_PKEY              *key;
-    char                   session[256];
-
     const struct pja_transport_s  *transport;
+    pja_poll_t             poll;          /* the long-poll transport's */
 } pja_ws_t;
 
 struct pja_agent_s;
@@ -241,6 +244,13 @@ typedef struct pja_transport_s {
     void  (*close)(pja_ws_t *ws, int code);
     /* parse what ws->in holds: 0 for more bytes, -1 when it is over */
     int   (*input)(pja_ws_t *ws, struct pja_agent_s *a);
+    /* free the transport's state */
+    void  (*reset)(pja_ws_t *ws);
+
+    /* for the log: the URL's scheme without and with TLS, a path suffix */
+    const char  *scheme;
+    const char  *tls_scheme;
+    const char  *path;
 } pja_transport_t;
 
 int pja_ws_init_ctx(pja_ws_t *ws, const pja_conf_t *cf);

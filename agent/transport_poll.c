@@ -29,15 +29,15 @@ poll_queue(pja_ws_t *ws, const char *p, size_t n)
 {
     uint32_t  len;
 
-    if (ws->pending.len + n > PJA_OUT_QUEUE_CAP) {
+    if (ws->poll.pending.len + n > PJA_OUT_QUEUE_CAP) {
         pja_log(PJA_LOG_ERR, "the channel's output queue is full");
         return -1;
     }
 
     len = (uint32_t) n;
 
-    if (pja_buf_add(&ws->pending, &len, sizeof(len)) != 0
-        || pja_buf_add(&ws->pending, p, n) != 0)
+    if (pja_buf_add(&ws->poll.pending, &len, sizeof(len)) != 0
+        || pja_buf_add(&ws->poll.pending, p, n) != 0)
     {
         return -1;
     }
@@ -62,8 +62,8 @@ poll_request(pja_ws_t *ws)
         return -1;
     }
 
-    for (off = 0; off + sizeof(len) <= ws->pending.len; /* void */ ) {
-        memcpy(&len, ws->pending.data + off, sizeof(len));
+    for (off = 0; off + sizeof(len) <= ws->poll.pending.len; /* void */ ) {
+        memcpy(&len, ws->poll.pending.data + off, sizeof(len));
 
         if ((size_t) len + 2 > max) {
             pja_log(PJA_LOG_ERR, "channel: a message of %u bytes is over "
@@ -77,7 +77,7 @@ poll_request(pja_ws_t *ws)
         }
 
         if ((count && pja_buf_add(&body, ",", 1) != 0)
-            || pja_buf_add(&body, ws->pending.data + off + sizeof(len), len)
+            || pja_buf_add(&body, ws->poll.pending.data + off + sizeof(len), len)
                != 0)
         {
             goto failed;
@@ -86,7 +86,7 @@ poll_request(pja_ws_t *ws)
         off += sizeof(len) + len;
         count++;
 
-        if (ws->session[0] == '\0') {
+        if (ws->poll.session[0] == '\0') {
             /* the first poll opens the session with the hello alone */
             break;
         }
@@ -96,7 +96,7 @@ poll_request(pja_ws_t *ws)
         goto failed;
     }
 
-    pja_buf_consume(&ws->pending, off);
+    pja_buf_consume(&ws->poll.pending, off);
 
     if (pja_buf_printf(&b,
                        "POST %s/poll HTTP/1.1\r\n"
@@ -106,8 +106,8 @@ poll_request(pja_ws_t *ws)
                        "Content-Length: %zu\r\n"
                        "X-Pushjobs-Agent: " PJA_AGENT "\r\n",
                        cf->ws_path, cf->host_header, body.len) != 0
-        || (ws->session[0]
-            && pja_buf_printf(&b, "X-Pushjobs-Session: %s\r\n", ws->session)
+        || (ws->poll.session[0]
+            && pja_buf_printf(&b, "X-Pushjobs-Session: %s\r\n", ws->poll.session)
                != 0))
     {
         goto failed;
@@ -119,7 +119,7 @@ poll_request(pja_ws_t *ws)
 
         snprintf(path, sizeof(path), "%s/poll", cf->ws_path);
 
-        if (pja_sign_headers(cf->node_name, ws->key, "POST", path, body.data,
+        if (pja_sign_headers(cf->node_name, ws->poll.key, "POST", path, body.data,
                              body.len, "\r\n", &b) != 0)
         {
             goto failed;
@@ -138,7 +138,7 @@ poll_request(pja_ws_t *ws)
     pja_buf_free(&body);
     pja_buf_free(&b);
 
-    ws->inflight++;
+    ws->poll.inflight++;
 
     return pja_ws_flush(ws);
 
@@ -155,21 +155,21 @@ failed:
 static int
 poll_kick(pja_ws_t *ws)
 {
-    if (!ws->poll || ws->batching) {
+    if (ws->poll.batching) {
         return 0;
     }
 
     if (ws->state != PJA_WS_OPEN
-        && !(ws->state == PJA_WS_CLOSING && ws->pending.len))
+        && !(ws->state == PJA_WS_CLOSING && ws->poll.pending.len))
     {
         return 0;
     }
 
-    if (ws->inflight == 0) {
+    if (ws->poll.inflight == 0) {
         return poll_request(ws);
     }
 
-    if (ws->inflight == 1 && ws->pending.len && ws->session[0]) {
+    if (ws->poll.inflight == 1 && ws->poll.pending.len && ws->poll.session[0]) {
         return poll_request(ws);
     }
 
@@ -180,8 +180,8 @@ poll_kick(pja_ws_t *ws)
 static int
 poll_open(pja_ws_t *ws, const pja_conf_t *cf)
 {
-    ws->key = pja_sign_load_key(cf->client_key);
-    if (ws->key == NULL) {
+    ws->poll.key = pja_sign_load_key(cf->client_key);
+    if (ws->poll.key == NULL) {
         return -1;
     }
 
@@ -191,9 +191,9 @@ poll_open(pja_ws_t *ws, const pja_conf_t *cf)
 
     pja_log(PJA_LOG_INFO, "channel open (long-poll)");
 
-    ws->batching = 1;
+    ws->poll.batching = 1;
     pja_proto_open(&pja_agent);
-    ws->batching = 0;
+    ws->poll.batching = 0;
 
     return poll_kick(ws);
 }
@@ -245,11 +245,11 @@ pja_poll_response(pja_ws_t *ws, pja_agent_t *a)
         if (status == 200
             && pja_ws_header(ws->in.data, "X-Pushjobs-Session", val, sizeof(val)))
         {
-            snprintf(ws->session, sizeof(ws->session), "%s", val);
+            snprintf(ws->poll.session, sizeof(ws->poll.session), "%s", val);
         }
 
         body = end + 4;
-        ws->inflight--;
+        ws->poll.inflight--;
 
         if (status != 200) {
             ws->http_status = status;
@@ -287,7 +287,7 @@ pja_poll_response(pja_ws_t *ws, pja_agent_t *a)
         }
 
         rc = 0;
-        ws->batching = 1;
+        ws->poll.batching = 1;
 
         for (i = 0; i < msgs->u.array.len; i++) {
             m = msgs->u.array.values[i];
@@ -309,7 +309,7 @@ pja_poll_response(pja_ws_t *ws, pja_agent_t *a)
             }
         }
 
-        ws->batching = 0;
+        ws->poll.batching = 0;
         yajl_tree_free(msgs);
 
         if (rc != 0 || poll_kick(ws) != 0) {
@@ -362,9 +362,24 @@ poll_close(pja_ws_t *ws, int code)
 }
 
 
+static void
+poll_reset(pja_ws_t *ws)
+{
+    pja_buf_free(&ws->poll.pending);
+
+    if (ws->poll.key) {
+        EVP_PKEY_free(ws->poll.key);
+    }
+}
+
+
 const pja_transport_t  pja_transport_poll = {
     poll_open,
     poll_send,
     poll_close,
-    poll_input
+    poll_input,
+    poll_reset,
+    "http",
+    "https",
+    "/poll (long-poll)"
 };

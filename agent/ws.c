@@ -214,10 +214,9 @@ pja_ws_reset(pja_ws_t *ws)
     pja_buf_free(&ws->out);
     pja_buf_free(&ws->in);
     pja_buf_free(&ws->msg);
-    pja_buf_free(&ws->pending);
 
-    if (ws->key) {
-        EVP_PKEY_free(ws->key);
+    if (ws->transport) {
+        ws->transport->reset(ws);
     }
 
     ctx = ws->ctx;
@@ -292,8 +291,9 @@ pja_ws_connect(pja_ws_t *ws, const pja_conf_t *cf)
     pja_ws_reset(ws);
 
     /* long-poll when configured, or once after a refused upgrade */
-    ws->poll = cf->transport == PJA_TRANSPORT_LONG_POLL || pja_agent.fallback;
-    ws->transport = ws->poll ? &pja_transport_poll : &pja_transport_ws;
+    ws->transport = cf->transport == PJA_TRANSPORT_LONG_POLL
+                    || pja_agent.fallback
+                    ? &pja_transport_poll : &pja_transport_ws;
     pja_agent.fallback = 0;
 
     memset(&hints, 0, sizeof(hints));
@@ -302,8 +302,8 @@ pja_ws_connect(pja_ws_t *ws, const pja_conf_t *cf)
     hints.ai_flags = AI_ADDRCONFIG;
 
     pja_log(PJA_LOG_INFO, "connecting to %s://%s%s%s",
-            ws->poll ? (cf->tls ? "https" : "http") : (cf->tls ? "wss" : "ws"),
-            cf->host_header, cf->ws_path, ws->poll ? "/poll (long-poll)" : "");
+            cf->tls ? ws->transport->tls_scheme : ws->transport->scheme,
+            cf->host_header, cf->ws_path, ws->transport->path);
 
     /* getaddrinfo() blocks; a job's pipes just wait in the kernel. */
     rc = getaddrinfo(cf->host, cf->port, &hints, &ws->ai_list);
@@ -1212,9 +1212,22 @@ pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents)
 }
 
 
+/* the websocket keeps nothing of its own outside the connection */
+
+static void
+ws_reset(pja_ws_t *ws)
+{
+    (void) ws;
+}
+
+
 const pja_transport_t  pja_transport_ws = {
     ws_start_http,
     ws_send_text,
     ws_close,
-    ws_input
+    ws_input,
+    ws_reset,
+    "ws",
+    "wss",
+    ""
 };
