@@ -176,7 +176,7 @@ int pja_sign_headers(const char *userid, EVP_PKEY *key, const char *method,
     pja_buf_t *out);
 
 
-/* ws.c */
+/* the channel: conn.c (connection), ws.c and transport_poll.c (transports) */
 
 enum {
     PJA_WS_IDLE = 0,
