@@ -254,7 +254,8 @@ channel_ended(pja_agent_t *a, int *attempt, int64_t *reconnect_at)
      * without websockets, an old front end): long-poll at once, and the
      * websocket again at the next reconnect.
      */
-    fallback = !a->ws.poll && a->conf.transport == PJA_TRANSPORT_AUTO
+    fallback = a->ws.transport != &pja_transport_poll
+               && a->conf.transport == PJA_TRANSPORT_AUTO
                && a->ws.http_status != 0 && a->ws.http_status != 101
                && a->ws.http_status != 401 && a->ws.http_status != 403;
 
@@ -457,7 +458,7 @@ run(pja_agent_t *a)
                                             : PJA_DEFAULT_PING);
 
             /* a poll is answered within the hold time */
-            if (a->ws.poll) {
+            if (a->ws.transport == &pja_transport_poll) {
                 silence = (int64_t) 1000 * ((a->poll_timeout
                                              ? a->poll_timeout
                                              : PJA_DEFAULT_POLL)

@@ -176,7 +176,7 @@ int pja_sign_headers(const char *userid, EVP_PKEY *key, const char *method,
     pja_buf_t *out);
 
 
-/* ws.c */
+/* the channel: conn.c (connection), ws.c and transport_poll.c (transports) */
 
 enum {
     PJA_WS_IDLE = 0,
@@ -186,6 +186,16 @@ enum {
     PJA_WS_OPEN,
     PJA_WS_CLOSING
 };
+
+/* the long-poll transport's state (transport_poll.c) */
+
+typedef struct {
+    int                    inflight;      /* requests sent, not answered */
+    int                    batching;      /* handling an answer */
+    pja_buf_t              pending;       /* messages: u32 length, text */
+    EVP_PKEY              *key;
+    char                   session[256];
+} pja_poll_t;
 
 typedef struct {
     int                    state;
@@ -214,14 +224,34 @@ typedef struct {
     int                    close_sent;
     int                    http_status;
 
-    /* long-poll (docs/protocol.md §6) */
-    int                    poll;          /* this channel is long-poll */
-    int                    inflight;      /* requests sent, not answered */
-    int                    batching;      /* handling an answer */
-    pja_buf_t              pending;       /* messages: u32 length, text */
-    EVP_PKEY              *key;
-    char                   session[256];
+    const struct pja_transport_s  *transport;
+    pja_poll_t             poll;          /* the long-poll transport's */
 } pja_ws_t;
+
+struct pja_agent_s;
+
+/*
+ * What the channel does differently over a websocket (ws.c) and over
+ * long-poll (transport_poll.c), once TCP and TLS are up.
+ */
+
+typedef struct pja_transport_s {
+    /* the connection is up: send the upgrade, or the first poll */
+    int   (*open)(pja_ws_t *ws, const pja_conf_t *cf);
+    /* one message out; called when the channel is open */
+    int   (*send)(pja_ws_t *ws, const char *p, size_t n);
+    /* say goodbye with this code; called when the channel is open */
+    void  (*close)(pja_ws_t *ws, int code);
+    /* parse what ws->in holds: 0 for more bytes, -1 when it is over */
+    int   (*input)(pja_ws_t *ws, struct pja_agent_s *a);
+    /* free the transport's state */
+    void  (*reset)(pja_ws_t *ws);
+
+    /* for the log: the URL's scheme without and with TLS, a path suffix */
+    const char  *scheme;
+    const char  *tls_scheme;
+    const char  *path;
+} pja_transport_t;
 
 int pja_ws_init_ctx(pja_ws_t *ws, const pja_conf_t *cf);
 int pja_ws_connect(pja_ws_t *ws, const pja_conf_t *cf);
@@ -230,8 +260,18 @@ int pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents);
 int pja_ws_send_text(pja_ws_t *ws, const char *p, size_t n);
 void pja_ws_close(pja_ws_t *ws, int code);
 void pja_ws_reset(pja_ws_t *ws);
-struct pja_agent_s;
 int pja_ws_input(pja_ws_t *ws, struct pja_agent_s *a);
+int pja_ws_flush(pja_ws_t *ws);
+int pja_ws_header(const char *head, const char *name, char *val, size_t size);
+int pja_ws_response_head(pja_ws_t *ws, size_t *head_len, int *status);
+
+
+/* transport_poll.c: the channel's long-poll fallback */
+
+int pja_poll_response(pja_ws_t *ws, struct pja_agent_s *a);
+
+extern const pja_transport_t  pja_transport_ws;
+extern const pja_transport_t  pja_transport_poll;
 
 
 /* job.c */

@@ -1,11 +1,6 @@
 /*
- * pushjobs-agent: the channel, a websocket client over TLS (RFC 6455),
- * or its long-poll fallback (HTTP/1.1 POSTs on a keep-alive connection).
- *
- * Everything is non-blocking: pja_ws_handle() is called from the poll loop
- * and moves the connection through TCP connect, TLS handshake, the signed
- * HTTP upgrade and then frames.  It returns -1 when the channel is over;
- * the caller then calls pja_ws_reset() and schedules a reconnect.
+ * pushjobs-agent: the channel's websocket transport (RFC 6455): the signed
+ * HTTP upgrade, then frames, on the connection conn.c opens and reads.
  */
 
 #include <dirent.h>
@@ -40,422 +35,7 @@
 #define WS_OP_PONG   0xa
 
 
-static int ws_flush(pja_ws_t *ws);
 static int ws_send_frame(pja_ws_t *ws, int op, const void *p, size_t n);
-static int ws_header(const char *head, const char *name, char *val,
-    size_t size);
-static int ws_poll_queue(pja_ws_t *ws, const char *p, size_t n);
-static int ws_poll_kick(pja_ws_t *ws);
-static int ws_poll_open(pja_ws_t *ws, const pja_conf_t *cf);
-static int ws_poll_response(pja_ws_t *ws, pja_agent_t *a);
-
-
-static void
-ws_log_ssl_errors(const char *what)
-{
-    unsigned long  e;
-    char           buf[256];
-
-    e = ERR_get_error();
-    if (e == 0) {
-        pja_log(PJA_LOG_ERR, "%s failed", what);
-        return;
-    }
-
-    for ( ; e; e = ERR_get_error()) {
-        ERR_error_string_n(e, buf, sizeof(buf));
-        pja_log(PJA_LOG_ERR, "%s: %s", what, buf);
-    }
-}
-
-
-/*
- * Chef's trusted_certs_dir (knife ssl fetch puts the server's certificate
- * there): every certificate in every file of it is trusted, whatever the
- * file names (no c_rehash needed).  A missing default directory is fine.
- */
-
-static int
-ws_trusted_certs(SSL_CTX *ctx, const pja_conf_t *cf)
-{
-    int             n;
-    DIR            *d;
-    FILE           *f;
-    X509           *x;
-    const char     *dir;
-    X509_STORE     *store;
-    struct dirent  *de;
-    pja_buf_t       path = { NULL, 0, 0 };
-
-    dir = cf->trusted_certs_dir ? cf->trusted_certs_dir : PJA_DEFAULT_TRUSTED;
-
-    d = opendir(dir);
-    if (d == NULL) {
-        if (cf->trusted_certs_dir && errno != ENOENT) {
-            pja_log(PJA_LOG_ERR, "cannot open trusted_certs_dir %s: %s", dir,
-                    strerror(errno));
-            return -1;
-        }
-        return 0;
-    }
-
-    store = SSL_CTX_get_cert_store(ctx);
-    n = 0;
-
-    while ((de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.') {
-            continue;
-        }
-
-        path.len = 0;
-        if (pja_buf_printf(&path, "%s/%s", dir, de->d_name) != 0) {
-            break;
-        }
-
-        f = fopen(path.data, "r");
-        if (f == NULL) {
-            continue;
-        }
-
-        while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
-            if (X509_STORE_add_cert(store, x) == 1) {
-                n++;
-            }
-            X509_free(x);
-        }
-
-        /* the end of the file, or a file that is not PEM */
-        ERR_clear_error();
-        fclose(f);
-    }
-
-    closedir(d);
-    pja_buf_free(&path);
-
-    pja_log(PJA_LOG_DEBUG, "trusted %d certificates from %s", n, dir);
-    return 0;
-}
-
-
-int
-pja_ws_init_ctx(pja_ws_t *ws, const pja_conf_t *cf)
-{
-    SSL_CTX  *ctx;
-
-    memset(ws, 0, sizeof(pja_ws_t));
-    ws->fd = -1;
-
-    if (!cf->tls) {
-        pja_log(PJA_LOG_WARN, "chef_server_url is plain http: the channel "
-                "is not encrypted");
-        return 0;
-    }
-
-    ctx = SSL_CTX_new(TLS_client_method());
-    if (ctx == NULL) {
-        ws_log_ssl_errors("SSL_CTX_new()");
-        return -1;
-    }
-
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-
-#ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
-    /* A peer that drops TCP without close_notify is just EOF for us. */
-    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
-#endif
-    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
-                          | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-
-    if (cf->ssl_verify) {
-        if (ws_trusted_certs(ctx, cf) != 0) {
-            SSL_CTX_free(ctx);
-            return -1;
-        }
-
-        if (cf->ssl_ca_file) {
-            if (SSL_CTX_load_verify_locations(ctx, cf->ssl_ca_file, NULL)
-                != 1)
-            {
-                ws_log_ssl_errors(cf->ssl_ca_file);
-                SSL_CTX_free(ctx);
-                return -1;
-            }
-
-        } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
-            ws_log_ssl_errors("SSL_CTX_set_default_verify_paths()");
-            SSL_CTX_free(ctx);
-            return -1;
-        }
-
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-
-    } else {
-        pja_log(PJA_LOG_WARN, "ssl_verify_mode is :verify_none: the server's "
-                "certificate is not checked");
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
-    }
-
-    ws->ctx = ctx;
-    return 0;
-}
-
-
-void
-pja_ws_reset(pja_ws_t *ws)
-{
-    SSL_CTX  *ctx;
-
-    if (ws->ssl) {
-        SSL_free(ws->ssl);
-    }
-
-    if (ws->fd != -1) {
-        close(ws->fd);
-    }
-
-    if (ws->ai_list) {
-        freeaddrinfo(ws->ai_list);
-    }
-
-    pja_buf_free(&ws->out);
-    pja_buf_free(&ws->in);
-    pja_buf_free(&ws->msg);
-    pja_buf_free(&ws->pending);
-
-    if (ws->key) {
-        EVP_PKEY_free(ws->key);
-    }
-
-    ctx = ws->ctx;
-    memset(ws, 0, sizeof(pja_ws_t));
-    ws->ctx = ctx;
-    ws->fd = -1;
-}
-
-
-/* Starts a non-blocking connect to the next address; -1 when none is left. */
-
-static int
-ws_connect_next(pja_ws_t *ws)
-{
-    int               fd, one;
-    char              addr[INET6_ADDRSTRLEN];
-    struct addrinfo  *ai;
-
-    while ((ai = ws->ai_next) != NULL) {
-        ws->ai_next = ai->ai_next;
-
-        if (ws->fd != -1) {
-            close(ws->fd);
-            ws->fd = -1;
-        }
-
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK
-                    | SOCK_CLOEXEC, ai->ai_protocol);
-        if (fd == -1) {
-            pja_log(PJA_LOG_WARN, "socket(): %s", strerror(errno));
-            continue;
-        }
-
-        one = 1;
-        (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        (void) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-
-        addr[0] = '\0';
-        if (ai->ai_family == AF_INET) {
-            inet_ntop(AF_INET, &((struct sockaddr_in *) ai->ai_addr)->sin_addr,
-                      addr, sizeof(addr));
-        } else if (ai->ai_family == AF_INET6) {
-            inet_ntop(AF_INET6,
-                      &((struct sockaddr_in6 *) ai->ai_addr)->sin6_addr,
-                      addr, sizeof(addr));
-        }
-
-        pja_log(PJA_LOG_DEBUG, "connecting to %s", addr);
-
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0
-            || errno == EINPROGRESS)
-        {
-            ws->fd = fd;
-            ws->state = PJA_WS_CONNECTING;
-            return 0;
-        }
-
-        pja_log(PJA_LOG_WARN, "connect() to %s: %s", addr, strerror(errno));
-        close(fd);
-    }
-
-    return -1;
-}
-
-
-int
-pja_ws_connect(pja_ws_t *ws, const pja_conf_t *cf)
-{
-    int              rc;
-    struct addrinfo  hints;
-
-    pja_ws_reset(ws);
-
-    /* long-poll when configured, or once after a refused upgrade */
-    ws->poll = cf->transport == PJA_TRANSPORT_LONG_POLL || pja_agent.fallback;
-    pja_agent.fallback = 0;
-
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_ADDRCONFIG;
-
-    pja_log(PJA_LOG_INFO, "connecting to %s://%s%s%s",
-            ws->poll ? (cf->tls ? "https" : "http") : (cf->tls ? "wss" : "ws"),
-            cf->host_header, cf->ws_path, ws->poll ? "/poll (long-poll)" : "");
-
-    /* getaddrinfo() blocks; a job's pipes just wait in the kernel. */
-    rc = getaddrinfo(cf->host, cf->port, &hints, &ws->ai_list);
-    if (rc != 0) {
-        pja_log(PJA_LOG_ERR, "cannot resolve %s: %s", cf->host,
-                gai_strerror(rc));
-        ws->ai_list = NULL;
-        return -1;
-    }
-
-    ws->ai_next = ws->ai_list;
-    ws->started_at = pja_now_ms();
-    ws->last_rx = ws->started_at;
-
-    if (ws_connect_next(ws) != 0) {
-        pja_log(PJA_LOG_ERR, "cannot connect to %s port %s", cf->host,
-                cf->port);
-        return -1;
-    }
-
-    return 0;
-}
-
-
-short
-pja_ws_events(pja_ws_t *ws)
-{
-    if (ws->fd == -1) {
-        return 0;
-    }
-
-    if (ws->state == PJA_WS_CONNECTING) {
-        return POLLOUT;
-    }
-
-    if (ws->want_write || ws->out.len) {
-        return POLLIN | POLLOUT;
-    }
-
-    return POLLIN;
-}
-
-
-/*
- * The result of a read or write on the channel, plain or TLS: bytes, 0 on
- * EOF (reads only), -1 on error (logged), -2 when it would block.  Called
- * right after the call, with its errno and OpenSSL error queue.
- */
-
-static ssize_t
-ws_io_result(pja_ws_t *ws, ssize_t r, const char *what, int reading)
-{
-    if (ws->ssl == NULL) {
-        if (r >= 0) {
-            return r;
-        }
-
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-            return -2;
-        }
-
-        pja_log(PJA_LOG_ERR, "%s: %s", what, strerror(errno));
-        return -1;
-    }
-
-    if (r > 0) {
-        return r;
-    }
-
-    switch (SSL_get_error(ws->ssl, (int) r)) {
-    case SSL_ERROR_WANT_READ:
-        return -2;
-    case SSL_ERROR_WANT_WRITE:
-        ws->want_write = 1;
-        return -2;
-    case SSL_ERROR_ZERO_RETURN:
-        return reading ? 0 : -1;
-    case SSL_ERROR_SYSCALL:
-        if (ERR_peek_error() == 0) {
-            /* the peer went away without a TLS close_notify */
-            if (errno && errno != EPIPE && errno != ECONNRESET) {
-                pja_log(PJA_LOG_ERR, "%s: %s", what, strerror(errno));
-            }
-            return reading ? 0 : -1;
-        }
-        /* fall through */
-    default:
-        ws_log_ssl_errors(what);
-        return -1;
-    }
-}
-
-
-static ssize_t
-ws_io_read(pja_ws_t *ws, void *buf, size_t n)
-{
-    if (ws->ssl == NULL) {
-        return ws_io_result(ws, read(ws->fd, buf, n), "read()", 1);
-    }
-
-    return ws_io_result(ws, SSL_read(ws->ssl, buf, (int) n), "SSL_read()", 1);
-}
-
-
-static ssize_t
-ws_io_write(pja_ws_t *ws, const void *buf, size_t n)
-{
-    if (ws->ssl == NULL) {
-        return ws_io_result(ws, write(ws->fd, buf, n), "write()", 0);
-    }
-
-    return ws_io_result(ws, SSL_write(ws->ssl, buf, (int) n), "SSL_write()",
-                        0);
-}
-
-
-static int
-ws_flush(pja_ws_t *ws)
-{
-    size_t   n;
-    ssize_t  w;
-
-    ws->want_write = 0;
-
-    while (ws->out.len) {
-        /* A retried SSL_write() must ask for the same length. */
-        n = ws->ssl_retry_len ? ws->ssl_retry_len
-                              : (ws->out.len < 65536 ? ws->out.len : 65536);
-
-        w = ws_io_write(ws, ws->out.data, n);
-
-        if (w == -2) {
-            ws->ssl_retry_len = n;
-            ws->want_write = 1;
-            return 0;
-        }
-
-        if (w < 0) {
-            return -1;
-        }
-
-        ws->ssl_retry_len = 0;
-        pja_buf_consume(&ws->out, (size_t) w);
-    }
-
-    return 0;
-}
 
 
 static int
@@ -506,61 +86,21 @@ ws_send_frame(pja_ws_t *ws, int op, const void *p, size_t n)
     }
     ws->out.len += n;
 
-    return ws_flush(ws);
+    return pja_ws_flush(ws);
 }
 
 
-int
-pja_ws_send_text(pja_ws_t *ws, const char *p, size_t n)
+static int
+ws_send_text(pja_ws_t *ws, const char *p, size_t n)
 {
-    if (ws->state != PJA_WS_OPEN) {
-        return -1;
-    }
-
-    if (ws->poll) {
-        if (ws_poll_queue(ws, p, n) != 0) {
-            return -1;
-        }
-
-        return ws_poll_kick(ws);
-    }
-
     return ws_send_frame(ws, WS_OP_TEXT, p, n);
 }
 
 
-void
-pja_ws_close(pja_ws_t *ws, int code)
+static void
+ws_close(pja_ws_t *ws, int code)
 {
     unsigned char  b[2];
-
-    if (ws->state != PJA_WS_OPEN) {
-        return;
-    }
-
-    if (ws->poll) {
-        char  text[64];
-
-        /* the last poll says goodbye; its answer ends the channel */
-
-        snprintf(text, sizeof(text), "{\"type\":\"close\",\"v\":1,"
-                 "\"code\":%d}", code);
-
-        ws->close_sent = 1;
-        ws->close_deadline = pja_now_ms() + 3000;
-
-        if (ws_poll_queue(ws, text, strlen(text)) != 0) {
-            ws->close_deadline = 0;
-        }
-
-        ws->state = PJA_WS_CLOSING;
-
-        if (ws_poll_kick(ws) != 0) {
-            ws->close_deadline = 0;
-        }
-
-        return;
-    }
 
     b[0] = (unsigned char) (code >> 8);
     b[1] = (unsigned char) code;
@@ -580,7 +120,7 @@ ws_fail(pja_ws_t *ws, int code, const char *why)
 {
     pja_log(PJA_LOG_ERR, "channel: %s, closing with %d", why, code);
     pja_ws_close(ws, code);
-    (void) ws_flush(ws);
+    (void) pja_ws_flush(ws);
     return -1;
 }
 
@@ -652,128 +192,7 @@ ws_start_http(pja_ws_t *ws, const pja_conf_t *cf)
     pja_buf_free(&b);
     ws->state = PJA_WS_HTTP;
 
-    return ws_flush(ws);
-}
-
-
-static int
-ws_start_tls(pja_ws_t *ws, const pja_conf_t *cf)
-{
-    int           is_ip;
-    unsigned char ip[16];
-
-    ws->ssl = SSL_new(ws->ctx);
-    if (ws->ssl == NULL || SSL_set_fd(ws->ssl, ws->fd) != 1) {
-        ws_log_ssl_errors("SSL_new()");
-        return -1;
-    }
-
-    is_ip = inet_pton(AF_INET, cf->host, ip) == 1
-            || inet_pton(AF_INET6, cf->host, ip) == 1;
-
-    if (!is_ip) {
-        SSL_set_tlsext_host_name(ws->ssl, cf->host);
-    }
-
-    if (cf->ssl_verify) {
-        if (is_ip) {
-            if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ws->ssl),
-                                              cf->host) != 1)
-            {
-                ws_log_ssl_errors("X509_VERIFY_PARAM_set1_ip_asc()");
-                return -1;
-            }
-
-        } else if (SSL_set1_host(ws->ssl, cf->host) != 1) {
-            ws_log_ssl_errors("SSL_set1_host()");
-            return -1;
-        }
-    }
-
-    SSL_set_connect_state(ws->ssl);
-    ws->state = PJA_WS_TLS;
-    return 0;
-}
-
-
-static int
-ws_handshake_tls(pja_ws_t *ws, const pja_conf_t *cf)
-{
-    int   rc, err;
-    long  vr;
-
-    ws->want_write = 0;
-    rc = SSL_connect(ws->ssl);
-
-    if (rc == 1) {
-        pja_log(PJA_LOG_DEBUG, "TLS: %s %s", SSL_get_version(ws->ssl),
-                SSL_get_cipher_name(ws->ssl));
-        return ws->poll ? ws_poll_open(ws, cf) : ws_start_http(ws, cf);
-    }
-
-    err = SSL_get_error(ws->ssl, rc);
-
-    if (err == SSL_ERROR_WANT_READ) {
-        return 0;
-    }
-
-    if (err == SSL_ERROR_WANT_WRITE) {
-        ws->want_write = 1;
-        return 0;
-    }
-
-    vr = SSL_get_verify_result(ws->ssl);
-    if (vr != X509_V_OK) {
-        pja_log(PJA_LOG_ERR, "TLS: the server's certificate: %s",
-                X509_verify_cert_error_string(vr));
-    }
-
-    ws_log_ssl_errors("TLS handshake");
-    return -1;
-}
-
-
-/* Finds header NAME in the response head; copies its value to val. */
-
-static int
-ws_header(const char *head, const char *name, char *val, size_t size)
-{
-    size_t       n, len;
-    const char  *p, *e, *v;
-
-    n = strlen(name);
-
-    for (p = strstr(head, "\r\n"); p; p = strstr(p, "\r\n")) {
-        p += 2;
-
-        if (strncasecmp(p, name, n) != 0 || p[n] != ':') {
-            continue;
-        }
-
-        for (v = p + n + 1; *v == ' ' || *v == '\t'; v++) {
-            /* void */
-        }
-
-        e = strstr(v, "\r\n");
-        if (e == NULL) {
-            e = v + strlen(v);
-        }
-
-        while (e > v && (e[-1] == ' ' || e[-1] == '\t')) {
-            e--;
-        }
-
-        len = (size_t) (e - v);
-        if (len >= size) {
-            len = size - 1;
-        }
-
-        memcpy(val, v, len);
-        val[len] = '\0';
-        return 1;
-    }
-
-    return 0;
+    return pja_ws_flush(ws);
 }
 
 
@@ -794,39 +213,6 @@ ws_contains_token(const char *s, const char *token)
 }
 
 
-/*
- * The head of the HTTP response at the start of ws->in: 1 with its length
- * (blank line included) and status, 0 while incomplete, -1 (logged) if it
- * is too long or not HTTP.
- */
-
-static int
-ws_response_head(pja_ws_t *ws, size_t *head_len, int *status)
-{
-    char  *end;
-
-    end = strstr(ws->in.data ? ws->in.data : "", "\r\n\r\n");
-
-    if (end == NULL) {
-        if (ws->in.len > 64 * 1024) {
-            pja_log(PJA_LOG_ERR, "channel: the server's response head is too "
-                    "long");
-            return -1;
-        }
-        return 0;
-    }
-
-    *head_len = (size_t) (end - ws->in.data) + 4;
-
-    if (sscanf(ws->in.data, "HTTP/1.%*d %d", status) != 1) {
-        pja_log(PJA_LOG_ERR, "channel: bad HTTP response from the server");
-        return -1;
-    }
-
-    return 1;
-}
-
-
 static int
 ws_http_response(pja_ws_t *ws, pja_agent_t *a)
 {
@@ -835,7 +221,7 @@ ws_http_response(pja_ws_t *ws, pja_agent_t *a)
     size_t    head_len, body_len, i;
     long      clen;
 
-    rc = ws_response_head(ws, &head_len, &status);
+    rc = pja_ws_response_head(ws, &head_len, &status);
 
     if (rc == 0 && ws->peer_eof) {
         pja_log(PJA_LOG_ERR, "channel: the server closed the connection "
@@ -854,11 +240,11 @@ ws_http_response(pja_ws_t *ws, pja_agent_t *a)
     if (status != 101) {
         *end = '\0';
         clen = -1;
-        if (ws_header(ws->in.data, "Content-Length", val, sizeof(val))) {
+        if (pja_ws_header(ws->in.data, "Content-Length", val, sizeof(val))) {
             clen = strtol(val, NULL, 10);
         }
 
-        chunked = ws_header(ws->in.data, "Transfer-Encoding", val,
+        chunked = pja_ws_header(ws->in.data, "Transfer-Encoding", val,
                             sizeof(val))
                   && ws_contains_token(val, "chunked");
 
@@ -894,16 +280,16 @@ ws_http_response(pja_ws_t *ws, pja_agent_t *a)
 
     *end = '\0';
 
-    if (!ws_header(ws->in.data, "Upgrade", val, sizeof(val))
+    if (!pja_ws_header(ws->in.data, "Upgrade", val, sizeof(val))
         || strcasecmp(val, "websocket") != 0
-        || !ws_header(ws->in.data, "Connection", val, sizeof(val))
+        || !pja_ws_header(ws->in.data, "Connection", val, sizeof(val))
         || !ws_contains_token(val, "upgrade"))
     {
         pja_log(PJA_LOG_ERR, "channel: 101 without a websocket upgrade");
         return -1;
     }
 
-    if (!ws_header(ws->in.data, "Sec-WebSocket-Accept", val, sizeof(val))
+    if (!pja_ws_header(ws->in.data, "Sec-WebSocket-Accept", val, sizeof(val))
         || strcmp(val, ws->accept) != 0)
     {
         pja_log(PJA_LOG_ERR, "channel: bad Sec-WebSocket-Accept");
@@ -1090,326 +476,10 @@ ws_frames(pja_ws_t *ws, pja_agent_t *a)
 }
 
 
-
-/*
- * Long-poll (docs/protocol.md §6): the same messages in signed POSTs to
- * .../agent/poll on one keep-alive connection.  One poll is always out,
- * held by the server until it has something to say; when the agent has
- * something to say, it pipelines a second request behind the held one,
- * which makes the server answer the held one at once.  The first poll
- * carries the hello alone and is answered with the welcome and the
- * session id, which every later poll sends back.
- */
-
 static int
-ws_poll_queue(pja_ws_t *ws, const char *p, size_t n)
-{
-    uint32_t  len;
-
-    if (ws->pending.len + n > PJA_OUT_QUEUE_CAP) {
-        pja_log(PJA_LOG_ERR, "the channel's output queue is full");
-        return -1;
-    }
-
-    len = (uint32_t) n;
-
-    if (pja_buf_add(&ws->pending, &len, sizeof(len)) != 0
-        || pja_buf_add(&ws->pending, p, n) != 0)
-    {
-        return -1;
-    }
-
-    return 0;
-}
-
-
-static int
-ws_poll_request(pja_ws_t *ws)
-{
-    int                count;
-    size_t             off, max;
-    uint32_t           len;
-    pja_buf_t          body = { NULL, 0, 0 }, b = { NULL, 0, 0 };
-    const pja_conf_t  *cf = &pja_agent.conf;
-
-    max = pja_agent.max_message_size;
-    count = 0;
-
-    if (pja_buf_addstr(&body, "[") != 0) {
-        return -1;
-    }
-
-    for (off = 0; off + sizeof(len) <= ws->pending.len; /* void */ ) {
-        memcpy(&len, ws->pending.data + off, sizeof(len));
-
-        if ((size_t) len + 2 > max) {
-            pja_log(PJA_LOG_ERR, "channel: a message of %u bytes is over "
-                    "the server's limit of %zu, dropped", len, max);
-            off += sizeof(len) + len;
-            continue;
-        }
-
-        if (body.len + (count ? 1 : 0) + len + 1 > max) {
-            break;
-        }
-
-        if ((count && pja_buf_add(&body, ",", 1) != 0)
-            || pja_buf_add(&body, ws->pending.data + off + sizeof(len), len)
-               != 0)
-        {
-            goto failed;
-        }
-
-        off += sizeof(len) + len;
-        count++;
-
-        if (ws->session[0] == '\0') {
-            /* the first poll opens the session with the hello alone */
-            break;
-        }
-    }
-
-    if (pja_buf_addstr(&body, "]") != 0) {
-        goto failed;
-    }
-
-    pja_buf_consume(&ws->pending, off);
-
-    if (pja_buf_printf(&b,
-                       "POST %s/poll HTTP/1.1\r\n"
-                       "Host: %s\r\n"
-                       "Accept: application/json\r\n"
-                       "Content-Type: application/json\r\n"
-                       "Content-Length: %zu\r\n"
-                       "X-Pushjobs-Agent: " PJA_AGENT "\r\n",
-                       cf->ws_path, cf->host_header, body.len) != 0
-        || (ws->session[0]
-            && pja_buf_printf(&b, "X-Pushjobs-Session: %s\r\n", ws->session)
-               != 0))
-    {
-        goto failed;
-    }
-
-    /* the path signed is the request's */
-    {
-        char  path[4096];
-
-        snprintf(path, sizeof(path), "%s/poll", cf->ws_path);
-
-        if (pja_sign_headers(cf->node_name, ws->key, "POST", path, body.data,
-                             body.len, "\r\n", &b) != 0)
-        {
-            goto failed;
-        }
-    }
-
-    if (pja_buf_addstr(&b, "\r\n") != 0
-        || pja_buf_add(&b, body.data, body.len) != 0
-        || pja_buf_add(&ws->out, b.data, b.len) != 0)
-    {
-        goto failed;
-    }
-
-    pja_log(PJA_LOG_DEBUG, "-> poll: %.300s", body.data);
-
-    pja_buf_free(&body);
-    pja_buf_free(&b);
-
-    ws->inflight++;
-
-    return ws_flush(ws);
-
-failed:
-
-    pja_buf_free(&body);
-    pja_buf_free(&b);
-    return -1;
-}
-
-
-/* A poll out at all times, and one more when there is something to say. */
-
-static int
-ws_poll_kick(pja_ws_t *ws)
-{
-    if (!ws->poll || ws->batching) {
-        return 0;
-    }
-
-    if (ws->state != PJA_WS_OPEN
-        && !(ws->state == PJA_WS_CLOSING && ws->pending.len))
-    {
-        return 0;
-    }
-
-    if (ws->inflight == 0) {
-        return ws_poll_request(ws);
-    }
-
-    if (ws->inflight == 1 && ws->pending.len && ws->session[0]) {
-        return ws_poll_request(ws);
-    }
-
-    return 0;
-}
-
-
-static int
-ws_poll_open(pja_ws_t *ws, const pja_conf_t *cf)
-{
-    ws->key = pja_sign_load_key(cf->client_key);
-    if (ws->key == NULL) {
-        return -1;
-    }
-
-    ws->state = PJA_WS_OPEN;
-    ws->opened_at = pja_now_ms();
-    ws->last_rx = ws->opened_at;
-
-    pja_log(PJA_LOG_INFO, "channel open (long-poll)");
-
-    ws->batching = 1;
-    pja_proto_open(&pja_agent);
-    ws->batching = 0;
-
-    return ws_poll_kick(ws);
-}
-
-
-/* Handles the complete answers in ws->in; -1 ends the channel. */
-
-static int
-ws_poll_response(pja_ws_t *ws, pja_agent_t *a)
-{
-    int          status, rc;
-    char        *end, *body, saved, val[256];
-    size_t       head_len, i;
-    long         clen;
-    yajl_val     msgs, m;
-    const char  *type;
-
-    for ( ;; ) {
-        if (ws->in.len == 0) {
-            return 0;
-        }
-
-        rc = ws_response_head(ws, &head_len, &status);
-
-        if (rc != 1) {
-            return rc;
-        }
-
-        end = ws->in.data + head_len - 4;
-
-        *end = '\0';
-
-        clen = -1;
-        if (ws_header(ws->in.data, "Content-Length", val, sizeof(val))) {
-            clen = strtol(val, NULL, 10);
-        }
-
-        if (clen < 0 || clen > PJA_IN_MESSAGE_CAP) {
-            pja_log(PJA_LOG_ERR, "channel: the server answered %d without a "
-                    "usable Content-Length", status);
-            return -1;
-        }
-
-        if (ws->in.len - head_len < (size_t) clen) {
-            *end = '\r';
-            return 0;
-        }
-
-        if (status == 200
-            && ws_header(ws->in.data, "X-Pushjobs-Session", val, sizeof(val)))
-        {
-            snprintf(ws->session, sizeof(ws->session), "%s", val);
-        }
-
-        body = end + 4;
-        ws->inflight--;
-
-        if (status != 200) {
-            ws->http_status = status;
-
-            if (clen > 1024) {
-                clen = 1024;
-            }
-
-            for (i = 0; i < (size_t) clen; i++) {
-                if ((unsigned char) body[i] < 0x20) {
-                    body[i] = ' ';
-                }
-            }
-
-            pja_log(PJA_LOG_ERR, "channel: the server answered %d: %.*s",
-                    status, (int) clen, body);
-            return -1;
-        }
-
-        saved = body[clen];
-        body[clen] = '\0';
-
-        pja_log(PJA_LOG_DEBUG, "<- %.300s", body);
-
-        msgs = pja_json_parse(body, (size_t) clen, &pj_json_server_message);
-        body[clen] = saved;
-
-        pja_buf_consume(&ws->in, head_len + (size_t) clen);
-
-        if (msgs == NULL || !YAJL_IS_ARRAY(msgs)) {
-            pja_log(PJA_LOG_ERR, "channel: the server's answer is not a JSON "
-                    "array");
-            yajl_tree_free(msgs);
-            return -1;
-        }
-
-        rc = 0;
-        ws->batching = 1;
-
-        for (i = 0; i < msgs->u.array.len; i++) {
-            m = msgs->u.array.values[i];
-            type = pja_json_get_str(m, "type");
-
-            if (type && strcmp(type, "close") == 0) {
-                ws->close_code = (int) pja_json_get_int(m, "code", 1000);
-
-                pja_log(ws->close_code == 1000 || ws->close_code == 1001
-                        ? PJA_LOG_INFO : PJA_LOG_WARN,
-                        "channel: the server closed the session (%d)",
-                        ws->close_code);
-                rc = -1;
-                break;
-            }
-
-            if (ws->state == PJA_WS_OPEN) {
-                pja_proto_handle(a, m);
-            }
-        }
-
-        ws->batching = 0;
-        yajl_tree_free(msgs);
-
-        if (rc != 0 || ws_poll_kick(ws) != 0) {
-            return -1;
-        }
-    }
-}
-
-/*
- * Parses what ws->in holds: long-poll answers, or the answer to the
- * upgrade and then frames.  0 when it needs more bytes, -1 when the channel
- * is over.  Only the buffer is read, so that the reader can be driven
- * without a connection (fuzz/agent_ws.c).
- */
-
-int
-pja_ws_input(pja_ws_t *ws, pja_agent_t *a)
+ws_input(pja_ws_t *ws, pja_agent_t *a)
 {
     int  rc;
-
-    if (ws->poll) {
-        return ws_poll_response(ws, a) != 0 ? -1 : 0;
-    }
 
     if (ws->state == PJA_WS_HTTP) {
         rc = ws_http_response(ws, a);
@@ -1422,115 +492,22 @@ pja_ws_input(pja_ws_t *ws, pja_agent_t *a)
 }
 
 
-/*
- * Reads what the connection has, up to about `limit` bytes: 1 when it
- * stopped at the limit (TLS may hold more than poll() can see), 0 when
- * the connection would block or hit EOF, -1 on errors.
- */
+/* the websocket keeps nothing of its own outside the connection */
 
-static int
-ws_read(pja_ws_t *ws, size_t limit)
+static void
+ws_reset(pja_ws_t *ws)
 {
-    size_t   got;
-    ssize_t  r;
-
-    for (got = 0; got < limit; got += (size_t) r) {
-        if (pja_buf_reserve(&ws->in, 16384) != 0) {
-            return -1;
-        }
-
-        r = ws_io_read(ws, ws->in.data + ws->in.len,
-                       ws->in.cap - ws->in.len - 1);
-
-        if (r == -2) {
-            return 0;
-        }
-
-        if (r < 0) {
-            return -1;
-        }
-
-        if (r == 0) {
-            ws->peer_eof = 1;
-            return 0;
-        }
-
-        ws->in.len += (size_t) r;
-        ws->in.data[ws->in.len] = '\0';
-        ws->last_rx = pja_now_ms();
-    }
-
-    return 1;
+    (void) ws;
 }
 
 
-int
-pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents)
-{
-    int        err, more;
-    socklen_t  len;
-
-    if (ws->state == PJA_WS_CONNECTING) {
-        if (!(revents & (POLLOUT | POLLERR | POLLHUP))) {
-            return 0;
-        }
-
-        err = 0;
-        len = sizeof(err);
-        if (getsockopt(ws->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
-            err = errno;
-        }
-
-        if (err) {
-            pja_log(PJA_LOG_WARN, "connect(): %s", strerror(err));
-            return ws_connect_next(ws);
-        }
-
-        if (cf->tls) {
-            if (ws_start_tls(ws, cf) != 0) {
-                return -1;
-            }
-        } else {
-            return ws->poll ? ws_poll_open(ws, cf) : ws_start_http(ws, cf);
-        }
-    }
-
-    if (ws->state == PJA_WS_TLS) {
-        return ws_handshake_tls(ws, cf);
-    }
-
-    if (ws_flush(ws) != 0) {
-        return -1;
-    }
-
-    do {
-        more = ws_read(ws, 1024 * 1024);
-        if (more < 0) {
-            return -1;
-        }
-
-        if (pja_ws_input(ws, &pja_agent) != 0) {
-            return -1;
-        }
-
-    } while (more && ws->fd != -1);
-
-    if (ws_flush(ws) != 0) {
-        return -1;
-    }
-
-    if (ws->peer_eof) {
-        if (ws->state == PJA_WS_OPEN) {
-            pja_log(PJA_LOG_WARN, "channel: the server closed the connection");
-        }
-        return -1;
-    }
-
-    if (ws->state == PJA_WS_CLOSING && ws->out.len == 0
-        && ws->close_code)
-    {
-        return -1;
-    }
-
-    return 0;
-}
+const pja_transport_t  pja_transport_ws = {
+    ws_start_http,
+    ws_send_text,
+    ws_close,
+    ws_input,
+    ws_reset,
+    "ws",
+    "wss",
+    ""
+};

@@ -119,17 +119,17 @@ agent_fuzz_channel(pja_ws_t *ws, int state, int poll)
     }
 
     ws->state = state;
-    ws->poll = poll;
+    ws->transport = poll ? &pja_transport_poll : &pja_transport_ws;
 
     if (poll) {
         /* the hello's poll is out */
-        ws->inflight = 1;
+        ws->poll.inflight = 1;
 
         if (EVP_PKEY_up_ref(agent_fuzz_key) != 1) {
             abort();
         }
 
-        ws->key = agent_fuzz_key;
+        ws->poll.key = agent_fuzz_key;
     }
 
     /* the answer to the key the fuzz seeds use, RFC 6455's example */

@@ -46,14 +46,15 @@ FUZZ_AGENT     := $(filter-out agent/main.c,$(AGENT_SRCS))
 
 # The harnesses.
 
-FUZZ_HARNESSES := ws auth keys agent_ws agent_proto agent_config \
-                  agent_whitelist session
+FUZZ_HARNESSES := ws auth keys session agent_ws agent_poll agent_proto \
+                  agent_config agent_whitelist
 
 fuzz_ws_SRCS              := fuzz/ws.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
 fuzz_auth_SRCS            := fuzz/auth.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
 fuzz_keys_SRCS            := fuzz/keys.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
 fuzz_session_SRCS         := fuzz/session.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
 fuzz_agent_ws_SRCS        := fuzz/agent_ws.c fuzz/agent_fuzz.c $(FUZZ_AGENT)
+fuzz_agent_poll_SRCS      := fuzz/agent_poll.c fuzz/agent_fuzz.c $(FUZZ_AGENT)
 fuzz_agent_proto_SRCS     := fuzz/agent_proto.c fuzz/agent_fuzz.c \
                              $(FUZZ_AGENT)
 fuzz_agent_config_SRCS    := fuzz/agent_config.c fuzz/agent_fuzz.c \
@@ -63,6 +64,7 @@ fuzz_agent_whitelist_SRCS := fuzz/agent_whitelist.c fuzz/agent_fuzz.c \
 
 # a server's "run" never starts a process (fuzz/agent_fuzz.c)
 fuzz_agent_ws_LDFLAGS     := -Wl,--wrap=pja_job_run
+fuzz_agent_poll_LDFLAGS   := -Wl,--wrap=pja_job_run
 fuzz_agent_proto_LDFLAGS  := -Wl,--wrap=pja_job_run
 
 # the session's store is the harness's (fuzz/session.c)

@@ -1,0 +1,69 @@
+/*
+ * The agent's long-poll reader alone (pja_poll_response, transport_poll.c):
+ * what the server answers to the agent's polls, as it arrives in chunks:
+ * HTTP responses whose bodies are JSON arrays of messages.  The messages
+ * go to the agent's real protocol code (proto.c, job.c) with the whitelist
+ * {"true" => "true"}; a "run" is refused without starting anything
+ * (linked with --wrap=pja_job_run, fuzz/agent_fuzz.c).
+ *
+ * Input: one byte, the chunking seed, then the bytes.
+ */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent_fuzz.h"
+
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    int        rc;
+    size_t     n;
+    uint32_t   seed;
+    pja_ws_t  *ws;
+
+    agent_fuzz_init();
+
+    if (size < 1) {
+        return 0;
+    }
+
+    seed = data[0];
+    data++;
+    size--;
+
+    /* the agent's own channel, open in long-poll with the hello's poll out */
+    ws = &pja_agent.ws;
+
+    agent_fuzz_channel(ws, PJA_WS_OPEN, 1);
+
+    rc = 0;
+
+    while (size && rc == 0) {
+        n = agent_fuzz_chunk(&seed, size);
+
+        /* as the connection's reader leaves it: the bytes, then a NUL */
+
+        if (pja_buf_reserve(&ws->in, n + 1) != 0) {
+            abort();
+        }
+
+        memcpy(ws->in.data + ws->in.len, data, n);
+        ws->in.len += n;
+        ws->in.data[ws->in.len] = '\0';
+
+        data += n;
+        size -= n;
+
+        rc = pja_poll_response(ws, &pja_agent);
+
+        if (rc != 0 && rc != -1) {
+            abort();
+        }
+    }
+
+    agent_fuzz_done(ws);
+
+    return 0;
+}
