@@ -183,6 +183,39 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 
+-- Every change of a job's status after create_job(): the row updated and
+-- the event it makes.  "running" starts the run timer and emits
+-- quorum_succeeded; an end status emits job_complete (to the org feed too)
+-- and tells the agents still holding the job to stop.  Returns the updated
+-- row.  The caller holds the job's lock.
+CREATE OR REPLACE FUNCTION pushjobs.job_status_set(p_job text,
+    p_status pushjobs.job_status)
+RETURNS pushjobs.jobs
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_job  pushjobs.jobs;
+BEGIN
+    UPDATE pushjobs.jobs
+       SET status = p_status, updated_at = now(),
+           run_deadline = CASE WHEN p_status = 'running'
+                               THEN now() + run_timeout * interval '1 second'
+                               ELSE run_deadline END
+     WHERE id = p_job
+    RETURNING * INTO v_job;
+
+    IF p_status = 'running' THEN
+        PERFORM pushjobs.emit(p_job, v_job.org, 'quorum_succeeded', NULL);
+    ELSE
+        PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
+                              json_build_object('status', p_status), true);
+        PERFORM pushjobs.notify('stop', v_job.org, p_job);
+    END IF;
+
+    RETURN v_job;
+END
+$$;
+
+
 -- Ends voting or the run phase of a job once nothing is left to wait for.
 -- The caller holds the job's lock.
 CREATE OR REPLACE FUNCTION pushjobs.settle(p_job text)
@@ -203,14 +236,7 @@ BEGIN
          WHERE job_id = p_job AND status = 'ready';
 
         IF v_ready >= v_job.quorum THEN
-            UPDATE pushjobs.jobs
-               SET status = 'running', updated_at = now(),
-                   run_deadline = now()
-                                  + v_job.run_timeout * interval '1 second'
-             WHERE id = p_job
-            RETURNING * INTO v_job;
-
-            PERFORM pushjobs.emit(p_job, v_job.org, 'quorum_succeeded', NULL);
+            v_job := pushjobs.job_status_set(p_job, 'running');
 
             IF v_ready > 0 THEN
                 PERFORM pushjobs.notify('run', v_job.org, p_job);
@@ -221,15 +247,7 @@ BEGIN
                SET status = 'was_ready', updated_at = now()
              WHERE job_id = p_job AND status = 'ready';
 
-            UPDATE pushjobs.jobs
-               SET status = 'quorum_failed', updated_at = now()
-             WHERE id = p_job
-            RETURNING * INTO v_job;
-
-            PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
-                                  json_build_object('status', 'quorum_failed'),
-                                  true);
-            PERFORM pushjobs.notify('stop', v_job.org, p_job);
+            v_job := pushjobs.job_status_set(p_job, 'quorum_failed');
         END IF;
     END IF;
 
@@ -238,17 +256,9 @@ BEGIN
                         WHERE job_id = p_job
                           AND status IN ('ready', 'running'))
     THEN
-        UPDATE pushjobs.jobs
-           SET status = CASE WHEN abort_requested THEN 'aborted'
-                             ELSE 'complete' END::pushjobs.job_status,
-               updated_at = now()
-         WHERE id = p_job
-        RETURNING * INTO v_job;
-
-        PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
-                              json_build_object('status', v_job.status),
-                              true);
-        PERFORM pushjobs.notify('stop', v_job.org, p_job);
+        v_job := pushjobs.job_status_set(p_job,
+                     CASE WHEN v_job.abort_requested THEN 'aborted'
+                          ELSE 'complete' END::pushjobs.job_status);
     END IF;
 
     RETURN v_job.status;
@@ -267,15 +277,11 @@ $$;
 CREATE OR REPLACE FUNCTION pushjobs.time_out(p_job text)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_job  pushjobs.jobs;
 BEGIN
-    UPDATE pushjobs.jobs
-       SET status = 'timed_out', updated_at = now()
-     WHERE id = p_job AND status = 'running' AND run_deadline <= now()
-    RETURNING * INTO v_job;
-
-    IF NOT FOUND THEN
+    IF NOT EXISTS (SELECT 1 FROM pushjobs.jobs
+                    WHERE id = p_job AND status = 'running'
+                      AND run_deadline <= now())
+    THEN
         RETURN false;
     END IF;
 
@@ -283,9 +289,7 @@ BEGIN
        SET status = 'timed_out', updated_at = now()
      WHERE job_id = p_job AND status IN ('ready', 'running');
 
-    PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
-                          json_build_object('status', 'timed_out'), true);
-    PERFORM pushjobs.notify('stop', v_job.org, p_job);
+    PERFORM pushjobs.job_status_set(p_job, 'timed_out');
 
     RETURN true;
 END
@@ -729,13 +733,7 @@ BEGIN
 
         IF v_voting AND v_whole THEN
             /* every node it waited for has ended: no quorum to decide */
-            UPDATE pushjobs.jobs
-               SET status = 'aborted', updated_at = now()
-             WHERE id = p_job;
-
-            PERFORM pushjobs.emit(p_job, p_org, 'job_complete',
-                                  json_build_object('status', 'aborted'),
-                                  true);
+            PERFORM pushjobs.job_status_set(p_job, 'aborted');
         ELSE
             PERFORM pushjobs.settle(p_job);
         END IF;
