@@ -92,17 +92,23 @@ END
 $$;
 
 
--- Appends an event to a job's feed, and to its org's feed when asked.  The
--- event data is a JSON object whose first key is "timestamp" (and "job" next
--- in the org feed), followed by p_fields.  The caller holds the job's lock.
-CREATE OR REPLACE FUNCTION pushjobs.emit(p_job text, p_org text, p_name text,
-    p_fields json, p_org_feed boolean DEFAULT false)
+-- Appends events to a job's feed, and to its org's feed when asked, in
+-- p_keys order (array order when p_keys is NULL): one INSERT per feed and
+-- one notification.  The event data is a JSON object whose first key is
+-- "timestamp" (and "job" next in the org feed), followed by the event's
+-- fields (NULL: none).  The caller holds the job's lock.
+CREATE OR REPLACE FUNCTION pushjobs.emit_events(p_job text, p_org text,
+    p_keys bigint[], p_names text[], p_fields json[],
+    p_org_feed boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_seq   integer;
     v_ts    text := pushjobs.event_time(now());
 BEGIN
+    IF COALESCE(cardinality(p_names), 0) = 0 THEN
+        RETURN;
+    END IF;
 
     -- The next id of the job's feed.  The caller's job row lock
     -- serializes writers (the primary key would refuse a duplicate);
@@ -110,24 +116,39 @@ BEGIN
     -- thousands of transitions linear, where bumping a counter in the
     -- jobs row made each update slower than the last (one row version
     -- per event, all in one transaction).
-    SELECT COALESCE(max(seq), 0) + 1 INTO v_seq
+    SELECT COALESCE(max(seq), 0) INTO v_seq
       FROM pushjobs.job_events
      WHERE job_id = p_job;
 
     INSERT INTO pushjobs.job_events (job_id, seq, name, data)
-    VALUES (p_job, v_seq, p_name,
-            pushjobs.event_data('"timestamp": "' || v_ts || '"', p_fields));
+    SELECT p_job, v_seq + row_number() OVER (ORDER BY e.k, e.ord), e.name,
+           pushjobs.event_data('"timestamp": "' || v_ts || '"', e.fields)
+      FROM unnest(p_keys, p_names, p_fields)
+           WITH ORDINALITY AS e(k, name, fields, ord);
 
     IF p_org_feed THEN
         INSERT INTO pushjobs.org_events (org, job_id, name, data)
-        VALUES (p_org, p_job, p_name,
-                pushjobs.event_data('"timestamp": "' || v_ts || '", "job": "'
-                                    || p_job || '"', p_fields));
+        SELECT p_org, p_job, e.name,
+               pushjobs.event_data('"timestamp": "' || v_ts || '", "job": "'
+                                   || p_job || '"', e.fields)
+          FROM unnest(p_keys, p_names, p_fields)
+               WITH ORDINALITY AS e(k, name, fields, ord)
+         ORDER BY e.k, e.ord;
     END IF;
 
     -- identical notifications of one transaction are delivered once
     PERFORM pushjobs.notify('event', p_org, p_job);
 END
+$$;
+
+
+-- One event: emit_events() of one.
+CREATE OR REPLACE FUNCTION pushjobs.emit(p_job text, p_org text, p_name text,
+    p_fields json, p_org_feed boolean DEFAULT false)
+RETURNS void
+LANGUAGE sql AS $$
+    SELECT pushjobs.emit_events(p_job, p_org, NULL, ARRAY[p_name],
+                                ARRAY[p_fields], p_org_feed)
 $$;
 
 
@@ -325,21 +346,26 @@ $$;
 -- until the agent answers "aborted", not re-sent every second.
 --
 -- node_step() decides, without touching a table: the node's new status (its
--- old one when nothing changes), the events to emit, and whether the agent
--- should be sent an abort ("rehab" in 2.x).
+-- old one when nothing changes), the events to emit in their order (names,
+-- and the fields of each for emit_events()), and whether the agent should
+-- be sent an abort ("rehab" in 2.x).  p_node names the node in the events.
 CREATE OR REPLACE FUNCTION pushjobs.node_step(
     p_job_status pushjobs.job_status, p_status pushjobs.node_status,
-    p_abort boolean, p_input text,
-    OUT new_status pushjobs.node_status, OUT vote text, OUT rehab boolean,
-    OUT rehab_event boolean, OUT run_start boolean, OUT run text)
+    p_abort boolean, p_input text, p_node text,
+    OUT new_status pushjobs.node_status, OUT rehab boolean,
+    OUT event_names text[], OUT event_fields json[])
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
-    v_final  boolean := p_input IN ('succeeded', 'failed', 'aborted');
+    v_final        boolean := p_input IN ('succeeded', 'failed', 'aborted');
+    v_vote         text;
+    v_rehab_event  boolean := false;
+    v_run_start    boolean := false;
+    v_run          text;
 BEGIN
     new_status := p_status;
     rehab := false;
-    rehab_event := false;
-    run_start := false;
+    event_names := '{}';
+    event_fields := '{}';
 
     /*
      * An unknown node, a job that has ended, or a node aborted by
@@ -367,29 +393,29 @@ BEGIN
                  */
                 IF p_status = 'new' THEN
                     new_status := 'ready';
-                    vote := 'success';
+                    v_vote := 'success';
                 END IF;
 
             ELSIF p_input = 'nack_commit' THEN
                 IF p_status = 'new' THEN
                     new_status := 'nacked';
-                    vote := 'failure';
+                    v_vote := 'failure';
                 ELSE
                     new_status := 'unavailable';
-                    vote := 'lost_availibility';
+                    v_vote := 'lost_availibility';
                     rehab := true;
-                    rehab_event := true;
+                    v_rehab_event := true;
                 END IF;
 
             ELSIF p_input = 'down' THEN
                 new_status := 'unavailable';
-                vote := 'down';
+                v_vote := 'down';
                 rehab := true;
-                rehab_event := true;
+                v_rehab_event := true;
 
             ELSIF p_input = 'voting_timeout' THEN
                 new_status := 'unavailable';
-                vote := 'voting_timeout';
+                v_vote := 'voting_timeout';
                 rehab := true;
 
             ELSIF p_input = 'aborted' AND p_abort THEN
@@ -398,17 +424,17 @@ BEGIN
             ELSE
                 new_status := 'unavailable';
                 rehab := true;
-                rehab_event := true;
+                v_rehab_event := true;
             END IF;
 
         ELSIF p_input IN ('ack_commit', 'nack_commit') THEN
-            vote := 'client_died_while_voting';
+            v_vote := 'client_died_while_voting';
             rehab := true;
-            rehab_event := true;
+            v_rehab_event := true;
 
         ELSIF NOT v_final AND p_input NOT IN ('down', 'voting_timeout') THEN
             rehab := true;
-            rehab_event := true;
+            v_rehab_event := true;
         END IF;
 
     ELSE /* running */
@@ -417,41 +443,67 @@ BEGIN
             IF p_input = 'ack_run' THEN
                 IF p_status = 'ready' THEN
                     new_status := 'running';
-                    run_start := true;
+                    v_run_start := true;
                 END IF;
 
             ELSIF p_input = 'nack_run' THEN
                 new_status := 'failed';
-                run := CASE WHEN p_status = 'ready' THEN 'run_nacked'
+                v_run := CASE WHEN p_status = 'ready' THEN 'run_nacked'
                               ELSE 'run_nacked_while_running' END;
                 rehab := true;
-                rehab_event := true;
+                v_rehab_event := true;
 
             ELSIF p_input IN ('succeeded', 'failed') THEN
-                run_start := p_status = 'ready';
+                v_run_start := p_status = 'ready';
                 new_status := p_input::pushjobs.node_status;
-                run := CASE WHEN p_input = 'succeeded' THEN 'success'
+                v_run := CASE WHEN p_input = 'succeeded' THEN 'success'
                               ELSE 'failure' END;
 
             ELSIF p_input IN ('aborted', 'down') AND p_abort THEN
                 /* asked to stop, then stopped or gone: aborted either way */
                 new_status := 'aborted';
-                run := 'aborted';
+                v_run := 'aborted';
 
             ELSE
                 new_status := 'crashed';
-                run := 'crashed';
+                v_run := 'crashed';
                 rehab := true;
-                rehab_event := true;
+                v_rehab_event := true;
             END IF;
 
         ELSIF NOT v_final AND p_input NOT IN ('down', 'voting_timeout') THEN
-            run := 'client_died_while_running';
+            v_run := 'client_died_while_running';
             rehab := true;
-            rehab_event := true;
+            v_rehab_event := true;
         END IF;
     END IF;
 
+    /* the events, in this order */
+    IF v_vote IS NOT NULL THEN
+        event_names := array_append(event_names, 'quorum_vote');
+        event_fields := array_append(event_fields,
+                            json_build_object('node', p_node,
+                                              'status', v_vote));
+    END IF;
+
+    IF v_rehab_event THEN
+        event_names := array_append(event_names, 'rehab');
+        event_fields := array_append(event_fields,
+                            json_build_object('node', p_node));
+    END IF;
+
+    IF v_run_start THEN
+        event_names := array_append(event_names, 'run_start');
+        event_fields := array_append(event_fields,
+                            json_build_object('node', p_node));
+    END IF;
+
+    IF v_run IS NOT NULL THEN
+        event_names := array_append(event_names, 'run_complete');
+        event_fields := array_append(event_fields,
+                            json_build_object('node', p_node,
+                                              'status', v_run));
+    END IF;
 END
 $$;
 
@@ -473,7 +525,8 @@ BEGIN
       FROM pushjobs.job_nodes
      WHERE job_id = p_job.id AND node_name = p_node;
 
-    v_step := pushjobs.node_step(p_job.status, v_status, v_abort, p_input);
+    v_step := pushjobs.node_step(p_job.status, v_status, v_abort, p_input,
+                                 p_node);
 
     IF v_step.new_status <> v_status THEN
         UPDATE pushjobs.job_nodes
@@ -483,27 +536,8 @@ BEGIN
          WHERE job_id = p_job.id AND node_name = p_node;
     END IF;
 
-    IF v_step.vote IS NOT NULL THEN
-        PERFORM pushjobs.emit(p_job.id, p_job.org, 'quorum_vote',
-                              json_build_object('node', p_node,
-                                                'status', v_step.vote));
-    END IF;
-
-    IF v_step.rehab_event THEN
-        PERFORM pushjobs.emit(p_job.id, p_job.org, 'rehab',
-                              json_build_object('node', p_node));
-    END IF;
-
-    IF v_step.run_start THEN
-        PERFORM pushjobs.emit(p_job.id, p_job.org, 'run_start',
-                              json_build_object('node', p_node));
-    END IF;
-
-    IF v_step.run IS NOT NULL THEN
-        PERFORM pushjobs.emit(p_job.id, p_job.org, 'run_complete',
-                              json_build_object('node', p_node,
-                                                'status', v_step.run));
-    END IF;
+    PERFORM pushjobs.emit_events(p_job.id, p_job.org, NULL,
+                                 v_step.event_names, v_step.event_fields);
 
     RETURN v_step.rehab;
 END
@@ -522,10 +556,9 @@ DECLARE
     v_id       text := replace(gen_random_uuid()::text, '-', '');
     v_nodes    text[];
     v_job      pushjobs.jobs;
-    v_ts       text := '"timestamp": "' || pushjobs.event_time(now()) || '"';
     v_keys     bigint[];
     v_names    text[];
-    v_data     text[];
+    v_fields   json[];
 BEGIN
     v_nodes := ARRAY(SELECT jsonb_array_elements_text(p_body -> 'nodes'));
 
@@ -575,14 +608,13 @@ BEGIN
     -- order the nodes were named
     SELECT COALESCE(array_agg(x.k ORDER BY x.k), '{}'),
            COALESCE(array_agg(x.name ORDER BY x.k), '{}'),
-           COALESCE(array_agg(x.data ORDER BY x.k), '{}')
-      INTO v_keys, v_names, v_data
+           COALESCE(array_agg(x.fields ORDER BY x.k), '{}')
+      INTO v_keys, v_names, v_fields
       FROM (SELECT u.ord * 2 + k.k AS k, k.name,
-                   pushjobs.event_data(v_ts,
-                       CASE k.k
-                       WHEN 0 THEN json_build_object('node', u.node,
-                                                     'status', 'down')
-                       ELSE json_build_object('node', u.node) END) AS data
+                   CASE k.k
+                   WHEN 0 THEN json_build_object('node', u.node,
+                                                 'status', 'down')
+                   ELSE json_build_object('node', u.node) END AS fields
               FROM unnest(v_nodes) WITH ORDINALITY AS u(node, ord)
               JOIN pushjobs.job_nodes n
                 ON n.job_id = v_id AND n.node_name = u.node
@@ -591,7 +623,7 @@ BEGIN
            ) x;
 
     PERFORM pushjobs.node_inputs_write(v_id, p_org, '{}', '{}', '{}',
-                                       v_keys, v_names, v_data);
+                                       v_keys, v_names, v_fields);
 
     IF EXISTS (SELECT 1 FROM pushjobs.job_nodes
                 WHERE job_id = v_id AND status = 'new')
@@ -754,15 +786,14 @@ $$;
 
 
 -- The node changes and events of one job from one node_inputs() batch,
--- written at once: one UPDATE, one INSERT, one notification.  Events are
--- appended in p_keys order.  The caller holds the job's lock.
+-- written at once: one UPDATE, then the events in p_keys order
+-- (emit_events(): one INSERT, one notification).  The caller holds the
+-- job's lock.
 CREATE OR REPLACE FUNCTION pushjobs.node_inputs_write(p_job text, p_org text,
     p_nodes text[], p_status pushjobs.node_status[], p_exit integer[],
-    p_keys bigint[], p_names text[], p_data text[])
+    p_keys bigint[], p_names text[], p_fields json[])
 RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_seq  integer;
 BEGIN
     IF cardinality(p_nodes) > 0 THEN
         UPDATE pushjobs.job_nodes n
@@ -774,18 +805,7 @@ BEGIN
          WHERE n.job_id = p_job AND n.node_name = u.node;
     END IF;
 
-    IF cardinality(p_names) > 0 THEN
-        SELECT COALESCE(max(seq), 0) INTO v_seq
-          FROM pushjobs.job_events
-         WHERE job_id = p_job;
-
-        INSERT INTO pushjobs.job_events (job_id, seq, name, data)
-        SELECT p_job, v_seq + row_number() OVER (ORDER BY e.k), e.name,
-               e.data
-          FROM unnest(p_keys, p_names, p_data) AS e(k, name, data);
-
-        PERFORM pushjobs.notify('event', p_org, p_job);
-    END IF;
+    PERFORM pushjobs.emit_events(p_job, p_org, p_keys, p_names, p_fields);
 END
 $$;
 
@@ -810,7 +830,6 @@ DECLARE
     v_step    record;
     v_job     pushjobs.jobs;
     v_id      text;
-    v_ts      text := '"timestamp": "' || pushjobs.event_time(now()) || '"';
     v_node    text;
     v_status  pushjobs.node_status;
     v_exit    integer;
@@ -820,7 +839,7 @@ DECLARE
     u_exit    integer[] := '{}';
     e_keys    bigint[] := '{}';
     e_names   text[] := '{}';
-    e_data    text[] := '{}';
+    e_fields  json[] := '{}';
 BEGIN
     -- every job of the batch locked, in id order, before the snapshot of
     -- the query below; the run timer first (see time_out())
@@ -874,10 +893,10 @@ BEGIN
             IF v_job.id IS NOT NULL THEN
                 PERFORM pushjobs.node_inputs_write(v_job.id, v_job.org,
                             u_nodes, u_status, u_exit,
-                            e_keys, e_names, e_data);
+                            e_keys, e_names, e_fields);
                 PERFORM pushjobs.settle(v_job.id);
                 u_nodes := '{}'; u_status := '{}'; u_exit := '{}';
-                e_keys := '{}'; e_names := '{}'; e_data := '{}';
+                e_keys := '{}'; e_names := '{}'; e_fields := '{}';
             END IF;
 
             -- locked above
@@ -914,7 +933,7 @@ BEGIN
         END IF;
 
         v_step := pushjobs.node_step(v_job.status, v_status,
-                                     r.abort_requested, r.input);
+                                     r.abort_requested, r.input, r.node);
 
         IF v_step.new_status <> v_status THEN
             v_status := v_step.new_status;
@@ -922,36 +941,13 @@ BEGIN
             v_moved := true;
         END IF;
 
-        -- the events of one message in node_transition()'s order
-        IF v_step.vote IS NOT NULL THEN
-            e_keys := array_append(e_keys, r.ord * 4);
-            e_names := array_append(e_names, 'quorum_vote');
-            e_data := array_append(e_data, pushjobs.event_data(v_ts,
-                          json_build_object('node', r.node,
-                                            'status', v_step.vote)));
-        END IF;
-
-        IF v_step.rehab_event THEN
-            e_keys := array_append(e_keys, r.ord * 4 + 1);
-            e_names := array_append(e_names, 'rehab');
-            e_data := array_append(e_data, pushjobs.event_data(v_ts,
-                          json_build_object('node', r.node)));
-        END IF;
-
-        IF v_step.run_start THEN
-            e_keys := array_append(e_keys, r.ord * 4 + 2);
-            e_names := array_append(e_names, 'run_start');
-            e_data := array_append(e_data, pushjobs.event_data(v_ts,
-                          json_build_object('node', r.node)));
-        END IF;
-
-        IF v_step.run IS NOT NULL THEN
-            e_keys := array_append(e_keys, r.ord * 4 + 3);
-            e_names := array_append(e_names, 'run_complete');
-            e_data := array_append(e_data, pushjobs.event_data(v_ts,
-                          json_build_object('node', r.node,
-                                            'status', v_step.run)));
-        END IF;
+        -- the events of one message in their order, after those of the
+        -- messages before it (node_step() makes at most four)
+        FOR k IN 1 .. cardinality(v_step.event_names) LOOP
+            e_keys := array_append(e_keys, r.ord * 4 + k);
+            e_names := array_append(e_names, v_step.event_names[k]);
+            e_fields := array_append(e_fields, v_step.event_fields[k]);
+        END LOOP;
 
         rehab := v_step.rehab;
         RETURN NEXT;
@@ -965,7 +961,7 @@ BEGIN
         END IF;
 
         PERFORM pushjobs.node_inputs_write(v_job.id, v_job.org,
-                    u_nodes, u_status, u_exit, e_keys, e_names, e_data);
+                    u_nodes, u_status, u_exit, e_keys, e_names, e_fields);
         PERFORM pushjobs.settle(v_job.id);
     END IF;
 END
