@@ -264,9 +264,11 @@ BEGIN
             END IF;
 
         ELSE
-            UPDATE pushjobs.job_nodes
-               SET status = 'was_ready', updated_at = now()
-             WHERE job_id = p_job AND status = 'ready';
+            PERFORM pushjobs.nodes_step(v_job,
+                        ARRAY(SELECT node_name FROM pushjobs.job_nodes
+                               WHERE job_id = p_job AND status = 'ready'
+                               ORDER BY node_name),
+                        'quorum_failed');
 
             v_job := pushjobs.job_status_set(p_job, 'quorum_failed');
         END IF;
@@ -298,17 +300,21 @@ $$;
 CREATE OR REPLACE FUNCTION pushjobs.time_out(p_job text)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_job  pushjobs.jobs;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pushjobs.jobs
-                    WHERE id = p_job AND status = 'running'
-                      AND run_deadline <= now())
-    THEN
+    SELECT * INTO v_job FROM pushjobs.jobs
+     WHERE id = p_job AND status = 'running' AND run_deadline <= now();
+
+    IF NOT FOUND THEN
         RETURN false;
     END IF;
 
-    UPDATE pushjobs.job_nodes
-       SET status = 'timed_out', updated_at = now()
-     WHERE job_id = p_job AND status IN ('ready', 'running');
+    PERFORM pushjobs.nodes_step(v_job,
+                ARRAY(SELECT node_name FROM pushjobs.job_nodes
+                       WHERE job_id = p_job AND status IN ('ready', 'running')
+                       ORDER BY node_name),
+                'run_timeout');
 
     PERFORM pushjobs.job_status_set(p_job, 'timed_out');
 
@@ -319,9 +325,12 @@ $$;
 
 -- One input for one node of a job: an agent message (ack_commit,
 -- nack_commit, ack_run, nack_run, succeeded, failed, aborted) or a server
--- input (down, voting_timeout).  Implements the node-in-job transition
--- tables of the Push Jobs 2.x contract (§3.4), with these deliberate
--- changes (tested in t/engine-vote.t and t/engine-run.t):
+-- input: down (also every node without a channel when the job is
+-- created), voting_timeout, quorum_failed (voting ended short of the
+-- quorum: a ready node is was_ready) and run_timeout (the job timed out:
+-- a ready or running node is timed_out, no event, as in 2.x).  Implements
+-- the node-in-job transition tables of Push Jobs 2.x, with these
+-- deliberate changes (tested in t/engine-vote.t and t/engine-run.t):
 --   * a final report from a node still "ready" in a running job counts as
 --     run and finished (the run was sent; only its ack_run was lost with a
 --     connection), so a result is never turned into "crashed";
@@ -357,6 +366,8 @@ CREATE OR REPLACE FUNCTION pushjobs.node_step(
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     v_final        boolean := p_input IN ('succeeded', 'failed', 'aborted');
+    v_server       boolean := p_input IN ('down', 'voting_timeout',
+                                          'quorum_failed', 'run_timeout');
     v_vote         text;
     v_rehab_event  boolean := false;
     v_run_start    boolean := false;
@@ -418,6 +429,11 @@ BEGIN
                 v_vote := 'voting_timeout';
                 rehab := true;
 
+            ELSIF p_input = 'quorum_failed' THEN
+                IF p_status = 'ready' THEN
+                    new_status := 'was_ready';
+                END IF;
+
             ELSIF p_input = 'aborted' AND p_abort THEN
                 new_status := 'aborted';
 
@@ -432,7 +448,7 @@ BEGIN
             rehab := true;
             v_rehab_event := true;
 
-        ELSIF NOT v_final AND p_input NOT IN ('down', 'voting_timeout') THEN
+        ELSIF NOT v_final AND NOT v_server THEN
             rehab := true;
             v_rehab_event := true;
         END IF;
@@ -459,6 +475,9 @@ BEGIN
                 v_run := CASE WHEN p_input = 'succeeded' THEN 'success'
                               ELSE 'failure' END;
 
+            ELSIF p_input = 'run_timeout' THEN
+                new_status := 'timed_out';
+
             ELSIF p_input IN ('aborted', 'down') AND p_abort THEN
                 /* asked to stop, then stopped or gone: aborted either way */
                 new_status := 'aborted';
@@ -471,7 +490,7 @@ BEGIN
                 v_rehab_event := true;
             END IF;
 
-        ELSIF NOT v_final AND p_input NOT IN ('down', 'voting_timeout') THEN
+        ELSIF NOT v_final AND NOT v_server THEN
             v_run := 'client_died_while_running';
             rehab := true;
             v_rehab_event := true;
@@ -544,6 +563,49 @@ END
 $$;
 
 
+-- node_step() applied to the named nodes of a job at once, all with the
+-- same server input: one UPDATE of the nodes whose status changes, then
+-- their events (emit_events()), node by node in p_nodes order.  The caller
+-- holds the job's lock and calls settle() afterwards when it should.
+CREATE OR REPLACE FUNCTION pushjobs.nodes_step(p_job pushjobs.jobs,
+    p_nodes text[], p_input text)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_keys    bigint[];
+    v_names   text[];
+    v_fields  json[];
+BEGIN
+    WITH s AS (
+        SELECT u.ord, n.node_name, n.status, st.new_status,
+               st.event_names, st.event_fields
+          FROM unnest(p_nodes) WITH ORDINALITY AS u(node, ord)
+          JOIN pushjobs.job_nodes n
+            ON n.job_id = p_job.id AND n.node_name = u.node
+         CROSS JOIN LATERAL pushjobs.node_step(p_job.status, n.status,
+                                               n.abort_requested, p_input,
+                                               n.node_name) AS st
+    ), moved AS (
+        UPDATE pushjobs.job_nodes n
+           SET status = s.new_status, updated_at = now()
+          FROM s
+         WHERE n.job_id = p_job.id AND n.node_name = s.node_name
+           AND s.new_status <> s.status
+    )
+    SELECT array_agg(s.ord * 4 + e.k ORDER BY s.ord, e.k),
+           array_agg(e.name ORDER BY s.ord, e.k),
+           array_agg(e.fields ORDER BY s.ord, e.k)
+      INTO v_keys, v_names, v_fields
+      FROM s
+     CROSS JOIN LATERAL unnest(s.event_names, s.event_fields)
+           WITH ORDINALITY AS e(name, fields, k);
+
+    PERFORM pushjobs.emit_events(p_job.id, p_job.org, v_keys, v_names,
+                                 v_fields);
+END
+$$;
+
+
 -- Creates a job from a validated POST body (the module checks every field
 -- first).  Nodes without a live channel are unavailable at once, as in 2.x,
 -- but for those being handed over by a reload (available_nodes()).
@@ -556,11 +618,18 @@ DECLARE
     v_id       text := replace(gen_random_uuid()::text, '-', '');
     v_nodes    text[];
     v_job      pushjobs.jobs;
-    v_keys     bigint[];
-    v_names    text[];
-    v_fields   json[];
+    v_down     text[];
 BEGIN
     v_nodes := ARRAY(SELECT jsonb_array_elements_text(p_body -> 'nodes'));
+
+    -- the nodes without a channel, in the order they were named
+    v_down := ARRAY(SELECT u.node
+                      FROM unnest(v_nodes) WITH ORDINALITY AS u(node, ord)
+                      LEFT JOIN pushjobs.available_nodes(p_org,
+                                                         p_owner_timeout_ms) o
+                             ON o.node_name = u.node
+                     WHERE o.node_name IS NULL
+                     ORDER BY u.ord);
 
     INSERT INTO pushjobs.jobs (id, org, command, quorum, run_timeout,
                                requestor, job_user, dir, env, file, capture,
@@ -582,12 +651,8 @@ BEGIN
     RETURNING * INTO v_job;
 
     INSERT INTO pushjobs.job_nodes (job_id, org, node_name, status)
-    SELECT v_id, p_org, u.node,
-           CASE WHEN o.node_name IS NULL THEN 'unavailable'
-                ELSE 'new' END::pushjobs.node_status
-      FROM unnest(v_nodes) AS u(node)
-      LEFT JOIN pushjobs.available_nodes(p_org, p_owner_timeout_ms) o
-             ON o.node_name = u.node;
+    SELECT v_id, p_org, u.node, 'new'
+      FROM unnest(v_nodes) AS u(node);
 
     PERFORM pushjobs.emit(v_id, p_org, 'start',
         json_strip_nulls(json_build_object(
@@ -604,26 +669,9 @@ BEGIN
             'capture', v_job.capture)),
         true);
 
-    -- a vote "down" and a rehab for every node without a channel, in the
-    -- order the nodes were named
-    SELECT COALESCE(array_agg(x.k ORDER BY x.k), '{}'),
-           COALESCE(array_agg(x.name ORDER BY x.k), '{}'),
-           COALESCE(array_agg(x.fields ORDER BY x.k), '{}')
-      INTO v_keys, v_names, v_fields
-      FROM (SELECT u.ord * 2 + k.k AS k, k.name,
-                   CASE k.k
-                   WHEN 0 THEN json_build_object('node', u.node,
-                                                 'status', 'down')
-                   ELSE json_build_object('node', u.node) END AS fields
-              FROM unnest(v_nodes) WITH ORDINALITY AS u(node, ord)
-              JOIN pushjobs.job_nodes n
-                ON n.job_id = v_id AND n.node_name = u.node
-               AND n.status = 'unavailable'
-             CROSS JOIN (VALUES (0, 'quorum_vote'), (1, 'rehab')) AS k(k, name)
-           ) x;
-
-    PERFORM pushjobs.node_inputs_write(v_id, p_org, '{}', '{}', '{}',
-                                       v_keys, v_names, v_fields);
+    -- every node without a channel is "down" at once: unavailable, with
+    -- its vote "down" and its rehab, in the order the nodes were named
+    PERFORM pushjobs.nodes_step(v_job, v_down, 'down');
 
     IF EXISTS (SELECT 1 FROM pushjobs.job_nodes
                 WHERE job_id = v_id AND status = 'new')
