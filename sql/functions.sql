@@ -327,8 +327,10 @@ $$;
 -- nack_commit, ack_run, nack_run, succeeded, failed, aborted) or a server
 -- input: down (also every node without a channel when the job is
 -- created), voting_timeout, quorum_failed (voting ended short of the
--- quorum: a ready node is was_ready) and run_timeout (the job timed out:
--- a ready or running node is timed_out, no event, as in 2.x).  Implements
+-- quorum: a ready node is was_ready), run_timeout (the job timed out: a
+-- ready or running node is timed_out, no event, as in 2.x) and abort
+-- (abort_job() ends a node still voting, or one without a channel: it is
+-- aborted, with its vote or run_complete "aborted").  Implements
 -- the node-in-job transition tables of Push Jobs 2.x, with these
 -- deliberate changes (tested in t/engine-vote.t and t/engine-run.t):
 --   * a final report from a node still "ready" in a running job counts as
@@ -367,7 +369,8 @@ LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     v_final        boolean := p_input IN ('succeeded', 'failed', 'aborted');
     v_server       boolean := p_input IN ('down', 'voting_timeout',
-                                          'quorum_failed', 'run_timeout');
+                                          'quorum_failed', 'run_timeout',
+                                          'abort');
     v_vote         text;
     v_rehab_event  boolean := false;
     v_run_start    boolean := false;
@@ -434,6 +437,10 @@ BEGIN
                     new_status := 'was_ready';
                 END IF;
 
+            ELSIF p_input = 'abort' THEN
+                new_status := 'aborted';
+                v_vote := 'aborted';
+
             ELSIF p_input = 'aborted' AND p_abort THEN
                 new_status := 'aborted';
 
@@ -477,6 +484,10 @@ BEGIN
 
             ELSIF p_input = 'run_timeout' THEN
                 new_status := 'timed_out';
+
+            ELSIF p_input = 'abort' THEN
+                new_status := 'aborted';
+                v_run := 'aborted';
 
             ELSIF p_input IN ('aborted', 'down') AND p_abort THEN
                 /* asked to stop, then stopped or gone: aborted either way */
@@ -713,7 +724,6 @@ DECLARE
     v_voting   boolean;
     v_changed  text[] := '{}';
     v_ended    text[] := '{}';
-    v_node     text;
     r          record;
 BEGIN
     SELECT * INTO v_job FROM pushjobs.jobs
@@ -765,18 +775,8 @@ BEGIN
                AND (p_nodes IS NULL OR n.node_name = ANY (v_nodes))
              ORDER BY n.node_name
         LOOP
-            IF v_voting OR NOT r.online THEN
-                /* nothing runs there, or nothing we can reach */
-                UPDATE pushjobs.job_nodes
-                   SET status = 'aborted', abort_requested = true,
-                       abort_force = r.abort_force OR p_force,
-                       updated_at = now()
-                 WHERE job_id = p_job AND node_name = r.node_name;
-
-                v_ended := v_ended || r.node_name;
-                v_changed := v_changed || r.node_name;
-
-            ELSIF NOT r.abort_requested OR (p_force AND NOT r.abort_force)
+            IF v_voting OR NOT r.online
+               OR NOT r.abort_requested OR (p_force AND NOT r.abort_force)
             THEN
                 UPDATE pushjobs.job_nodes
                    SET abort_requested = true,
@@ -785,6 +785,12 @@ BEGIN
                  WHERE job_id = p_job AND node_name = r.node_name;
 
                 v_changed := v_changed || r.node_name;
+
+                IF v_voting OR NOT r.online THEN
+                    /* nothing runs there, or nothing we can reach: it ends
+                     * aborted below (node_step()'s "abort") */
+                    v_ended := v_ended || r.node_name;
+                END IF;
             END IF;
         END LOOP;
 
@@ -803,13 +809,7 @@ BEGIN
                                                     'force', p_force));
         END IF;
 
-        FOREACH v_node IN ARRAY v_ended LOOP
-            PERFORM pushjobs.emit(p_job, p_org,
-                                  CASE WHEN v_voting THEN 'quorum_vote'
-                                       ELSE 'run_complete' END,
-                                  json_build_object('node', v_node,
-                                                    'status', 'aborted'));
-        END LOOP;
+        PERFORM pushjobs.nodes_step(v_job, v_ended, 'abort');
 
         IF v_voting AND v_whole THEN
             /* every node it waited for has ended: no quorum to decide */
