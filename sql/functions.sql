@@ -92,17 +92,23 @@ END
 $$;
 
 
--- Appends an event to a job's feed, and to its org's feed when asked.  The
--- event data is a JSON object whose first key is "timestamp" (and "job" next
--- in the org feed), followed by p_fields.  The caller holds the job's lock.
-CREATE OR REPLACE FUNCTION pushjobs.emit(p_job text, p_org text, p_name text,
-    p_fields json, p_org_feed boolean DEFAULT false)
+-- Appends events to a job's feed, and to its org's feed when asked, in
+-- p_keys order (array order when p_keys is NULL): one INSERT per feed and
+-- one notification.  The event data is a JSON object whose first key is
+-- "timestamp" (and "job" next in the org feed), followed by the event's
+-- fields (NULL: none).  The caller holds the job's lock.
+CREATE OR REPLACE FUNCTION pushjobs.emit_events(p_job text, p_org text,
+    p_keys bigint[], p_names text[], p_fields json[],
+    p_org_feed boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_seq   integer;
     v_ts    text := pushjobs.event_time(now());
 BEGIN
+    IF COALESCE(cardinality(p_names), 0) = 0 THEN
+        RETURN;
+    END IF;
 
     -- The next id of the job's feed.  The caller's job row lock
     -- serializes writers (the primary key would refuse a duplicate);
@@ -110,24 +116,39 @@ BEGIN
     -- thousands of transitions linear, where bumping a counter in the
     -- jobs row made each update slower than the last (one row version
     -- per event, all in one transaction).
-    SELECT COALESCE(max(seq), 0) + 1 INTO v_seq
+    SELECT COALESCE(max(seq), 0) INTO v_seq
       FROM pushjobs.job_events
      WHERE job_id = p_job;
 
     INSERT INTO pushjobs.job_events (job_id, seq, name, data)
-    VALUES (p_job, v_seq, p_name,
-            pushjobs.event_data('"timestamp": "' || v_ts || '"', p_fields));
+    SELECT p_job, v_seq + row_number() OVER (ORDER BY e.k, e.ord), e.name,
+           pushjobs.event_data('"timestamp": "' || v_ts || '"', e.fields)
+      FROM unnest(p_keys, p_names, p_fields)
+           WITH ORDINALITY AS e(k, name, fields, ord);
 
     IF p_org_feed THEN
         INSERT INTO pushjobs.org_events (org, job_id, name, data)
-        VALUES (p_org, p_job, p_name,
-                pushjobs.event_data('"timestamp": "' || v_ts || '", "job": "'
-                                    || p_job || '"', p_fields));
+        SELECT p_org, p_job, e.name,
+               pushjobs.event_data('"timestamp": "' || v_ts || '", "job": "'
+                                   || p_job || '"', e.fields)
+          FROM unnest(p_keys, p_names, p_fields)
+               WITH ORDINALITY AS e(k, name, fields, ord)
+         ORDER BY e.k, e.ord;
     END IF;
 
     -- identical notifications of one transaction are delivered once
     PERFORM pushjobs.notify('event', p_org, p_job);
 END
+$$;
+
+
+-- One event: emit_events() of one.
+CREATE OR REPLACE FUNCTION pushjobs.emit(p_job text, p_org text, p_name text,
+    p_fields json, p_org_feed boolean DEFAULT false)
+RETURNS void
+LANGUAGE sql AS $$
+    SELECT pushjobs.emit_events(p_job, p_org, NULL, ARRAY[p_name],
+                                ARRAY[p_fields], p_org_feed)
 $$;
 
 
@@ -183,6 +204,39 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 
+-- Every change of a job's status after create_job(): the row updated and
+-- the event it makes.  "running" starts the run timer and emits
+-- quorum_succeeded; an end status emits job_complete (to the org feed too)
+-- and tells the agents still holding the job to stop.  Returns the updated
+-- row.  The caller holds the job's lock.
+CREATE OR REPLACE FUNCTION pushjobs.job_status_set(p_job text,
+    p_status pushjobs.job_status)
+RETURNS pushjobs.jobs
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_job  pushjobs.jobs;
+BEGIN
+    UPDATE pushjobs.jobs
+       SET status = p_status, updated_at = now(),
+           run_deadline = CASE WHEN p_status = 'running'
+                               THEN now() + run_timeout * interval '1 second'
+                               ELSE run_deadline END
+     WHERE id = p_job
+    RETURNING * INTO v_job;
+
+    IF p_status = 'running' THEN
+        PERFORM pushjobs.emit(p_job, v_job.org, 'quorum_succeeded', NULL);
+    ELSE
+        PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
+                              json_build_object('status', p_status), true);
+        PERFORM pushjobs.notify('stop', v_job.org, p_job);
+    END IF;
+
+    RETURN v_job;
+END
+$$;
+
+
 -- Ends voting or the run phase of a job once nothing is left to wait for.
 -- The caller holds the job's lock.
 CREATE OR REPLACE FUNCTION pushjobs.settle(p_job text)
@@ -203,33 +257,20 @@ BEGIN
          WHERE job_id = p_job AND status = 'ready';
 
         IF v_ready >= v_job.quorum THEN
-            UPDATE pushjobs.jobs
-               SET status = 'running', updated_at = now(),
-                   run_deadline = now()
-                                  + v_job.run_timeout * interval '1 second'
-             WHERE id = p_job
-            RETURNING * INTO v_job;
-
-            PERFORM pushjobs.emit(p_job, v_job.org, 'quorum_succeeded', NULL);
+            v_job := pushjobs.job_status_set(p_job, 'running');
 
             IF v_ready > 0 THEN
                 PERFORM pushjobs.notify('run', v_job.org, p_job);
             END IF;
 
         ELSE
-            UPDATE pushjobs.job_nodes
-               SET status = 'was_ready', updated_at = now()
-             WHERE job_id = p_job AND status = 'ready';
+            PERFORM pushjobs.nodes_step(v_job,
+                        ARRAY(SELECT node_name FROM pushjobs.job_nodes
+                               WHERE job_id = p_job AND status = 'ready'
+                               ORDER BY node_name),
+                        'quorum_failed');
 
-            UPDATE pushjobs.jobs
-               SET status = 'quorum_failed', updated_at = now()
-             WHERE id = p_job
-            RETURNING * INTO v_job;
-
-            PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
-                                  json_build_object('status', 'quorum_failed'),
-                                  true);
-            PERFORM pushjobs.notify('stop', v_job.org, p_job);
+            v_job := pushjobs.job_status_set(p_job, 'quorum_failed');
         END IF;
     END IF;
 
@@ -238,17 +279,9 @@ BEGIN
                         WHERE job_id = p_job
                           AND status IN ('ready', 'running'))
     THEN
-        UPDATE pushjobs.jobs
-           SET status = CASE WHEN abort_requested THEN 'aborted'
-                             ELSE 'complete' END::pushjobs.job_status,
-               updated_at = now()
-         WHERE id = p_job
-        RETURNING * INTO v_job;
-
-        PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
-                              json_build_object('status', v_job.status),
-                              true);
-        PERFORM pushjobs.notify('stop', v_job.org, p_job);
+        v_job := pushjobs.job_status_set(p_job,
+                     CASE WHEN v_job.abort_requested THEN 'aborted'
+                          ELSE 'complete' END::pushjobs.job_status);
     END IF;
 
     RETURN v_job.status;
@@ -270,22 +303,20 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_job  pushjobs.jobs;
 BEGIN
-    UPDATE pushjobs.jobs
-       SET status = 'timed_out', updated_at = now()
-     WHERE id = p_job AND status = 'running' AND run_deadline <= now()
-    RETURNING * INTO v_job;
+    SELECT * INTO v_job FROM pushjobs.jobs
+     WHERE id = p_job AND status = 'running' AND run_deadline <= now();
 
     IF NOT FOUND THEN
         RETURN false;
     END IF;
 
-    UPDATE pushjobs.job_nodes
-       SET status = 'timed_out', updated_at = now()
-     WHERE job_id = p_job AND status IN ('ready', 'running');
+    PERFORM pushjobs.nodes_step(v_job,
+                ARRAY(SELECT node_name FROM pushjobs.job_nodes
+                       WHERE job_id = p_job AND status IN ('ready', 'running')
+                       ORDER BY node_name),
+                'run_timeout');
 
-    PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
-                          json_build_object('status', 'timed_out'), true);
-    PERFORM pushjobs.notify('stop', v_job.org, p_job);
+    PERFORM pushjobs.job_status_set(p_job, 'timed_out');
 
     RETURN true;
 END
@@ -294,9 +325,14 @@ $$;
 
 -- One input for one node of a job: an agent message (ack_commit,
 -- nack_commit, ack_run, nack_run, succeeded, failed, aborted) or a server
--- input (down, voting_timeout).  Implements the node-in-job transition
--- tables of the Push Jobs 2.x contract (§3.4), with these deliberate
--- changes (tested in t/engine-vote.t and t/engine-run.t):
+-- input: down (also every node without a channel when the job is
+-- created), voting_timeout, quorum_failed (voting ended short of the
+-- quorum: a ready node is was_ready), run_timeout (the job timed out: a
+-- ready or running node is timed_out, no event, as in 2.x) and abort
+-- (abort_job() ends a node still voting, or one without a channel: it is
+-- aborted, with its vote or run_complete "aborted").  Implements
+-- the node-in-job transition tables of Push Jobs 2.x, with these
+-- deliberate changes (tested in t/engine-vote.t and t/engine-run.t):
 --   * a final report from a node still "ready" in a running job counts as
 --     run and finished (the run was sent; only its ack_run was lost with a
 --     connection), so a result is never turned into "crashed";
@@ -321,21 +357,29 @@ $$;
 -- until the agent answers "aborted", not re-sent every second.
 --
 -- node_step() decides, without touching a table: the node's new status (its
--- old one when nothing changes), the events to emit, and whether the agent
--- should be sent an abort ("rehab" in 2.x).
+-- old one when nothing changes), the events to emit in their order (names,
+-- and the fields of each for emit_events()), and whether the agent should
+-- be sent an abort ("rehab" in 2.x).  p_node names the node in the events.
 CREATE OR REPLACE FUNCTION pushjobs.node_step(
     p_job_status pushjobs.job_status, p_status pushjobs.node_status,
-    p_abort boolean, p_input text,
-    OUT new_status pushjobs.node_status, OUT vote text, OUT rehab boolean,
-    OUT rehab_event boolean, OUT run_start boolean, OUT run text)
+    p_abort boolean, p_input text, p_node text,
+    OUT new_status pushjobs.node_status, OUT rehab boolean,
+    OUT event_names text[], OUT event_fields json[])
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
-    v_final  boolean := p_input IN ('succeeded', 'failed', 'aborted');
+    v_final        boolean := p_input IN ('succeeded', 'failed', 'aborted');
+    v_server       boolean := p_input IN ('down', 'voting_timeout',
+                                          'quorum_failed', 'run_timeout',
+                                          'abort');
+    v_vote         text;
+    v_rehab_event  boolean := false;
+    v_run_start    boolean := false;
+    v_run          text;
 BEGIN
     new_status := p_status;
     rehab := false;
-    rehab_event := false;
-    run_start := false;
+    event_names := '{}';
+    event_fields := '{}';
 
     /*
      * An unknown node, a job that has ended, or a node aborted by
@@ -363,30 +407,39 @@ BEGIN
                  */
                 IF p_status = 'new' THEN
                     new_status := 'ready';
-                    vote := 'success';
+                    v_vote := 'success';
                 END IF;
 
             ELSIF p_input = 'nack_commit' THEN
                 IF p_status = 'new' THEN
                     new_status := 'nacked';
-                    vote := 'failure';
+                    v_vote := 'failure';
                 ELSE
                     new_status := 'unavailable';
-                    vote := 'lost_availibility';
+                    v_vote := 'lost_availibility';
                     rehab := true;
-                    rehab_event := true;
+                    v_rehab_event := true;
                 END IF;
 
             ELSIF p_input = 'down' THEN
                 new_status := 'unavailable';
-                vote := 'down';
+                v_vote := 'down';
                 rehab := true;
-                rehab_event := true;
+                v_rehab_event := true;
 
             ELSIF p_input = 'voting_timeout' THEN
                 new_status := 'unavailable';
-                vote := 'voting_timeout';
+                v_vote := 'voting_timeout';
                 rehab := true;
+
+            ELSIF p_input = 'quorum_failed' THEN
+                IF p_status = 'ready' THEN
+                    new_status := 'was_ready';
+                END IF;
+
+            ELSIF p_input = 'abort' THEN
+                new_status := 'aborted';
+                v_vote := 'aborted';
 
             ELSIF p_input = 'aborted' AND p_abort THEN
                 new_status := 'aborted';
@@ -394,17 +447,17 @@ BEGIN
             ELSE
                 new_status := 'unavailable';
                 rehab := true;
-                rehab_event := true;
+                v_rehab_event := true;
             END IF;
 
         ELSIF p_input IN ('ack_commit', 'nack_commit') THEN
-            vote := 'client_died_while_voting';
+            v_vote := 'client_died_while_voting';
             rehab := true;
-            rehab_event := true;
+            v_rehab_event := true;
 
-        ELSIF NOT v_final AND p_input NOT IN ('down', 'voting_timeout') THEN
+        ELSIF NOT v_final AND NOT v_server THEN
             rehab := true;
-            rehab_event := true;
+            v_rehab_event := true;
         END IF;
 
     ELSE /* running */
@@ -413,41 +466,74 @@ BEGIN
             IF p_input = 'ack_run' THEN
                 IF p_status = 'ready' THEN
                     new_status := 'running';
-                    run_start := true;
+                    v_run_start := true;
                 END IF;
 
             ELSIF p_input = 'nack_run' THEN
                 new_status := 'failed';
-                run := CASE WHEN p_status = 'ready' THEN 'run_nacked'
+                v_run := CASE WHEN p_status = 'ready' THEN 'run_nacked'
                               ELSE 'run_nacked_while_running' END;
                 rehab := true;
-                rehab_event := true;
+                v_rehab_event := true;
 
             ELSIF p_input IN ('succeeded', 'failed') THEN
-                run_start := p_status = 'ready';
+                v_run_start := p_status = 'ready';
                 new_status := p_input::pushjobs.node_status;
-                run := CASE WHEN p_input = 'succeeded' THEN 'success'
+                v_run := CASE WHEN p_input = 'succeeded' THEN 'success'
                               ELSE 'failure' END;
+
+            ELSIF p_input = 'run_timeout' THEN
+                new_status := 'timed_out';
+
+            ELSIF p_input = 'abort' THEN
+                new_status := 'aborted';
+                v_run := 'aborted';
 
             ELSIF p_input IN ('aborted', 'down') AND p_abort THEN
                 /* asked to stop, then stopped or gone: aborted either way */
                 new_status := 'aborted';
-                run := 'aborted';
+                v_run := 'aborted';
 
             ELSE
                 new_status := 'crashed';
-                run := 'crashed';
+                v_run := 'crashed';
                 rehab := true;
-                rehab_event := true;
+                v_rehab_event := true;
             END IF;
 
-        ELSIF NOT v_final AND p_input NOT IN ('down', 'voting_timeout') THEN
-            run := 'client_died_while_running';
+        ELSIF NOT v_final AND NOT v_server THEN
+            v_run := 'client_died_while_running';
             rehab := true;
-            rehab_event := true;
+            v_rehab_event := true;
         END IF;
     END IF;
 
+    /* the events, in this order */
+    IF v_vote IS NOT NULL THEN
+        event_names := array_append(event_names, 'quorum_vote');
+        event_fields := array_append(event_fields,
+                            json_build_object('node', p_node,
+                                              'status', v_vote));
+    END IF;
+
+    IF v_rehab_event THEN
+        event_names := array_append(event_names, 'rehab');
+        event_fields := array_append(event_fields,
+                            json_build_object('node', p_node));
+    END IF;
+
+    IF v_run_start THEN
+        event_names := array_append(event_names, 'run_start');
+        event_fields := array_append(event_fields,
+                            json_build_object('node', p_node));
+    END IF;
+
+    IF v_run IS NOT NULL THEN
+        event_names := array_append(event_names, 'run_complete');
+        event_fields := array_append(event_fields,
+                            json_build_object('node', p_node,
+                                              'status', v_run));
+    END IF;
 END
 $$;
 
@@ -469,7 +555,8 @@ BEGIN
       FROM pushjobs.job_nodes
      WHERE job_id = p_job.id AND node_name = p_node;
 
-    v_step := pushjobs.node_step(p_job.status, v_status, v_abort, p_input);
+    v_step := pushjobs.node_step(p_job.status, v_status, v_abort, p_input,
+                                 p_node);
 
     IF v_step.new_status <> v_status THEN
         UPDATE pushjobs.job_nodes
@@ -479,29 +566,53 @@ BEGIN
          WHERE job_id = p_job.id AND node_name = p_node;
     END IF;
 
-    IF v_step.vote IS NOT NULL THEN
-        PERFORM pushjobs.emit(p_job.id, p_job.org, 'quorum_vote',
-                              json_build_object('node', p_node,
-                                                'status', v_step.vote));
-    END IF;
-
-    IF v_step.rehab_event THEN
-        PERFORM pushjobs.emit(p_job.id, p_job.org, 'rehab',
-                              json_build_object('node', p_node));
-    END IF;
-
-    IF v_step.run_start THEN
-        PERFORM pushjobs.emit(p_job.id, p_job.org, 'run_start',
-                              json_build_object('node', p_node));
-    END IF;
-
-    IF v_step.run IS NOT NULL THEN
-        PERFORM pushjobs.emit(p_job.id, p_job.org, 'run_complete',
-                              json_build_object('node', p_node,
-                                                'status', v_step.run));
-    END IF;
+    PERFORM pushjobs.emit_events(p_job.id, p_job.org, NULL,
+                                 v_step.event_names, v_step.event_fields);
 
     RETURN v_step.rehab;
+END
+$$;
+
+
+-- node_step() applied to the named nodes of a job at once, all with the
+-- same server input: one UPDATE of the nodes whose status changes, then
+-- their events (emit_events()), node by node in p_nodes order.  The caller
+-- holds the job's lock and calls settle() afterwards when it should.
+CREATE OR REPLACE FUNCTION pushjobs.nodes_step(p_job pushjobs.jobs,
+    p_nodes text[], p_input text)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_keys    bigint[];
+    v_names   text[];
+    v_fields  json[];
+BEGIN
+    WITH s AS (
+        SELECT u.ord, n.node_name, n.status, st.new_status,
+               st.event_names, st.event_fields
+          FROM unnest(p_nodes) WITH ORDINALITY AS u(node, ord)
+          JOIN pushjobs.job_nodes n
+            ON n.job_id = p_job.id AND n.node_name = u.node
+         CROSS JOIN LATERAL pushjobs.node_step(p_job.status, n.status,
+                                               n.abort_requested, p_input,
+                                               n.node_name) AS st
+    ), moved AS (
+        UPDATE pushjobs.job_nodes n
+           SET status = s.new_status, updated_at = now()
+          FROM s
+         WHERE n.job_id = p_job.id AND n.node_name = s.node_name
+           AND s.new_status <> s.status
+    )
+    SELECT array_agg(s.ord * 4 + e.k ORDER BY s.ord, e.k),
+           array_agg(e.name ORDER BY s.ord, e.k),
+           array_agg(e.fields ORDER BY s.ord, e.k)
+      INTO v_keys, v_names, v_fields
+      FROM s
+     CROSS JOIN LATERAL unnest(s.event_names, s.event_fields)
+           WITH ORDINALITY AS e(name, fields, k);
+
+    PERFORM pushjobs.emit_events(p_job.id, p_job.org, v_keys, v_names,
+                                 v_fields);
 END
 $$;
 
@@ -518,12 +629,18 @@ DECLARE
     v_id       text := replace(gen_random_uuid()::text, '-', '');
     v_nodes    text[];
     v_job      pushjobs.jobs;
-    v_ts       text := '"timestamp": "' || pushjobs.event_time(now()) || '"';
-    v_keys     bigint[];
-    v_names    text[];
-    v_data     text[];
+    v_down     text[];
 BEGIN
     v_nodes := ARRAY(SELECT jsonb_array_elements_text(p_body -> 'nodes'));
+
+    -- the nodes without a channel, in the order they were named
+    v_down := ARRAY(SELECT u.node
+                      FROM unnest(v_nodes) WITH ORDINALITY AS u(node, ord)
+                      LEFT JOIN pushjobs.available_nodes(p_org,
+                                                         p_owner_timeout_ms) o
+                             ON o.node_name = u.node
+                     WHERE o.node_name IS NULL
+                     ORDER BY u.ord);
 
     INSERT INTO pushjobs.jobs (id, org, command, quorum, run_timeout,
                                requestor, job_user, dir, env, file, capture,
@@ -545,12 +662,8 @@ BEGIN
     RETURNING * INTO v_job;
 
     INSERT INTO pushjobs.job_nodes (job_id, org, node_name, status)
-    SELECT v_id, p_org, u.node,
-           CASE WHEN o.node_name IS NULL THEN 'unavailable'
-                ELSE 'new' END::pushjobs.node_status
-      FROM unnest(v_nodes) AS u(node)
-      LEFT JOIN pushjobs.available_nodes(p_org, p_owner_timeout_ms) o
-             ON o.node_name = u.node;
+    SELECT v_id, p_org, u.node, 'new'
+      FROM unnest(v_nodes) AS u(node);
 
     PERFORM pushjobs.emit(v_id, p_org, 'start',
         json_strip_nulls(json_build_object(
@@ -567,27 +680,9 @@ BEGIN
             'capture', v_job.capture)),
         true);
 
-    -- a vote "down" and a rehab for every node without a channel, in the
-    -- order the nodes were named
-    SELECT COALESCE(array_agg(x.k ORDER BY x.k), '{}'),
-           COALESCE(array_agg(x.name ORDER BY x.k), '{}'),
-           COALESCE(array_agg(x.data ORDER BY x.k), '{}')
-      INTO v_keys, v_names, v_data
-      FROM (SELECT u.ord * 2 + k.k AS k, k.name,
-                   pushjobs.event_data(v_ts,
-                       CASE k.k
-                       WHEN 0 THEN json_build_object('node', u.node,
-                                                     'status', 'down')
-                       ELSE json_build_object('node', u.node) END) AS data
-              FROM unnest(v_nodes) WITH ORDINALITY AS u(node, ord)
-              JOIN pushjobs.job_nodes n
-                ON n.job_id = v_id AND n.node_name = u.node
-               AND n.status = 'unavailable'
-             CROSS JOIN (VALUES (0, 'quorum_vote'), (1, 'rehab')) AS k(k, name)
-           ) x;
-
-    PERFORM pushjobs.node_inputs_write(v_id, p_org, '{}', '{}', '{}',
-                                       v_keys, v_names, v_data);
+    -- every node without a channel is "down" at once: unavailable, with
+    -- its vote "down" and its rehab, in the order the nodes were named
+    PERFORM pushjobs.nodes_step(v_job, v_down, 'down');
 
     IF EXISTS (SELECT 1 FROM pushjobs.job_nodes
                 WHERE job_id = v_id AND status = 'new')
@@ -629,7 +724,6 @@ DECLARE
     v_voting   boolean;
     v_changed  text[] := '{}';
     v_ended    text[] := '{}';
-    v_node     text;
     r          record;
 BEGIN
     SELECT * INTO v_job FROM pushjobs.jobs
@@ -681,18 +775,8 @@ BEGIN
                AND (p_nodes IS NULL OR n.node_name = ANY (v_nodes))
              ORDER BY n.node_name
         LOOP
-            IF v_voting OR NOT r.online THEN
-                /* nothing runs there, or nothing we can reach */
-                UPDATE pushjobs.job_nodes
-                   SET status = 'aborted', abort_requested = true,
-                       abort_force = r.abort_force OR p_force,
-                       updated_at = now()
-                 WHERE job_id = p_job AND node_name = r.node_name;
-
-                v_ended := v_ended || r.node_name;
-                v_changed := v_changed || r.node_name;
-
-            ELSIF NOT r.abort_requested OR (p_force AND NOT r.abort_force)
+            IF v_voting OR NOT r.online
+               OR NOT r.abort_requested OR (p_force AND NOT r.abort_force)
             THEN
                 UPDATE pushjobs.job_nodes
                    SET abort_requested = true,
@@ -701,6 +785,12 @@ BEGIN
                  WHERE job_id = p_job AND node_name = r.node_name;
 
                 v_changed := v_changed || r.node_name;
+
+                IF v_voting OR NOT r.online THEN
+                    /* nothing runs there, or nothing we can reach: it ends
+                     * aborted below (node_step()'s "abort") */
+                    v_ended := v_ended || r.node_name;
+                END IF;
             END IF;
         END LOOP;
 
@@ -719,23 +809,11 @@ BEGIN
                                                     'force', p_force));
         END IF;
 
-        FOREACH v_node IN ARRAY v_ended LOOP
-            PERFORM pushjobs.emit(p_job, p_org,
-                                  CASE WHEN v_voting THEN 'quorum_vote'
-                                       ELSE 'run_complete' END,
-                                  json_build_object('node', v_node,
-                                                    'status', 'aborted'));
-        END LOOP;
+        PERFORM pushjobs.nodes_step(v_job, v_ended, 'abort');
 
         IF v_voting AND v_whole THEN
             /* every node it waited for has ended: no quorum to decide */
-            UPDATE pushjobs.jobs
-               SET status = 'aborted', updated_at = now()
-             WHERE id = p_job;
-
-            PERFORM pushjobs.emit(p_job, p_org, 'job_complete',
-                                  json_build_object('status', 'aborted'),
-                                  true);
+            PERFORM pushjobs.job_status_set(p_job, 'aborted');
         ELSE
             PERFORM pushjobs.settle(p_job);
         END IF;
@@ -756,15 +834,14 @@ $$;
 
 
 -- The node changes and events of one job from one node_inputs() batch,
--- written at once: one UPDATE, one INSERT, one notification.  Events are
--- appended in p_keys order.  The caller holds the job's lock.
+-- written at once: one UPDATE, then the events in p_keys order
+-- (emit_events(): one INSERT, one notification).  The caller holds the
+-- job's lock.
 CREATE OR REPLACE FUNCTION pushjobs.node_inputs_write(p_job text, p_org text,
     p_nodes text[], p_status pushjobs.node_status[], p_exit integer[],
-    p_keys bigint[], p_names text[], p_data text[])
+    p_keys bigint[], p_names text[], p_fields json[])
 RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_seq  integer;
 BEGIN
     IF cardinality(p_nodes) > 0 THEN
         UPDATE pushjobs.job_nodes n
@@ -776,18 +853,7 @@ BEGIN
          WHERE n.job_id = p_job AND n.node_name = u.node;
     END IF;
 
-    IF cardinality(p_names) > 0 THEN
-        SELECT COALESCE(max(seq), 0) INTO v_seq
-          FROM pushjobs.job_events
-         WHERE job_id = p_job;
-
-        INSERT INTO pushjobs.job_events (job_id, seq, name, data)
-        SELECT p_job, v_seq + row_number() OVER (ORDER BY e.k), e.name,
-               e.data
-          FROM unnest(p_keys, p_names, p_data) AS e(k, name, data);
-
-        PERFORM pushjobs.notify('event', p_org, p_job);
-    END IF;
+    PERFORM pushjobs.emit_events(p_job, p_org, p_keys, p_names, p_fields);
 END
 $$;
 
@@ -812,7 +878,6 @@ DECLARE
     v_step    record;
     v_job     pushjobs.jobs;
     v_id      text;
-    v_ts      text := '"timestamp": "' || pushjobs.event_time(now()) || '"';
     v_node    text;
     v_status  pushjobs.node_status;
     v_exit    integer;
@@ -822,7 +887,7 @@ DECLARE
     u_exit    integer[] := '{}';
     e_keys    bigint[] := '{}';
     e_names   text[] := '{}';
-    e_data    text[] := '{}';
+    e_fields  json[] := '{}';
 BEGIN
     -- every job of the batch locked, in id order, before the snapshot of
     -- the query below; the run timer first (see time_out())
@@ -876,10 +941,10 @@ BEGIN
             IF v_job.id IS NOT NULL THEN
                 PERFORM pushjobs.node_inputs_write(v_job.id, v_job.org,
                             u_nodes, u_status, u_exit,
-                            e_keys, e_names, e_data);
+                            e_keys, e_names, e_fields);
                 PERFORM pushjobs.settle(v_job.id);
                 u_nodes := '{}'; u_status := '{}'; u_exit := '{}';
-                e_keys := '{}'; e_names := '{}'; e_data := '{}';
+                e_keys := '{}'; e_names := '{}'; e_fields := '{}';
             END IF;
 
             -- locked above
@@ -916,7 +981,7 @@ BEGIN
         END IF;
 
         v_step := pushjobs.node_step(v_job.status, v_status,
-                                     r.abort_requested, r.input);
+                                     r.abort_requested, r.input, r.node);
 
         IF v_step.new_status <> v_status THEN
             v_status := v_step.new_status;
@@ -924,36 +989,13 @@ BEGIN
             v_moved := true;
         END IF;
 
-        -- the events of one message in node_transition()'s order
-        IF v_step.vote IS NOT NULL THEN
-            e_keys := array_append(e_keys, r.ord * 4);
-            e_names := array_append(e_names, 'quorum_vote');
-            e_data := array_append(e_data, pushjobs.event_data(v_ts,
-                          json_build_object('node', r.node,
-                                            'status', v_step.vote)));
-        END IF;
-
-        IF v_step.rehab_event THEN
-            e_keys := array_append(e_keys, r.ord * 4 + 1);
-            e_names := array_append(e_names, 'rehab');
-            e_data := array_append(e_data, pushjobs.event_data(v_ts,
-                          json_build_object('node', r.node)));
-        END IF;
-
-        IF v_step.run_start THEN
-            e_keys := array_append(e_keys, r.ord * 4 + 2);
-            e_names := array_append(e_names, 'run_start');
-            e_data := array_append(e_data, pushjobs.event_data(v_ts,
-                          json_build_object('node', r.node)));
-        END IF;
-
-        IF v_step.run IS NOT NULL THEN
-            e_keys := array_append(e_keys, r.ord * 4 + 3);
-            e_names := array_append(e_names, 'run_complete');
-            e_data := array_append(e_data, pushjobs.event_data(v_ts,
-                          json_build_object('node', r.node,
-                                            'status', v_step.run)));
-        END IF;
+        -- the events of one message in their order, after those of the
+        -- messages before it (node_step() makes at most four)
+        FOR k IN 1 .. cardinality(v_step.event_names) LOOP
+            e_keys := array_append(e_keys, r.ord * 4 + k);
+            e_names := array_append(e_names, v_step.event_names[k]);
+            e_fields := array_append(e_fields, v_step.event_fields[k]);
+        END LOOP;
 
         rehab := v_step.rehab;
         RETURN NEXT;
@@ -967,7 +1009,7 @@ BEGIN
         END IF;
 
         PERFORM pushjobs.node_inputs_write(v_job.id, v_job.org,
-                    u_nodes, u_status, u_exit, e_keys, e_names, e_data);
+                    u_nodes, u_status, u_exit, e_keys, e_names, e_fields);
         PERFORM pushjobs.settle(v_job.id);
     END IF;
 END
