@@ -204,6 +204,7 @@ typedef struct {
     /* the client or user named by the auth headers, once parsed */
     ngx_str_t                   user;
 
+    /* the flow's own state, from here on */
     ngx_http_request_t         *request;
     ngx_uint_t                  step;
 
@@ -552,9 +553,9 @@ ngx_int_t ngx_pushjobs_status_handler(ngx_http_request_t *r);
 
 /* ngx_pushjobs_authz.c */
 ngx_int_t ngx_pushjobs_authz_start(ngx_http_request_t *r,
-    ngx_pushjobs_authz_t *az);
+    ngx_pushjobs_authz_t *ctx);
 ngx_int_t ngx_pushjobs_authz_resume(ngx_http_request_t *r,
-    ngx_pushjobs_authz_t *az);
+    ngx_pushjobs_authz_t *ctx);
 ngx_uint_t ngx_pushjobs_authz_valid_name(ngx_str_t *name);
 
 /* ngx_pushjobs_session.c */
