@@ -177,6 +177,63 @@ typedef struct {
 
 
 /*
+ * Authentication and authorization of a REST request
+ * (ngx_pushjobs_authz.c).  The caller embeds the struct in its request
+ * context, zeroed, and sets what the route requires before
+ * ngx_pushjobs_authz_start(); the rest is authz's own.  The results are
+ * described at the top of ngx_pushjobs_authz.c.
+ */
+
+/* who may use a route, checked once the client is authenticated */
+#define NGX_PUSHJOBS_AUTHZ_NONE        0   /* anyone, unauthenticated */
+#define NGX_PUSHJOBS_AUTHZ_AGENT       1   /* any client, as itself */
+#define NGX_PUSHJOBS_AUTHZ_NODE        2   /* the client named by node */
+#define NGX_PUSHJOBS_AUTHZ_GROUPS      3   /* pushy_job_readers to read,
+                                              pushy_job_writers to POST */
+
+typedef struct {
+    ngx_str_t                   org;
+    ngx_uint_t                  rule;
+    /* the node of NGX_PUSHJOBS_AUTHZ_NODE */
+    ngx_str_t                   node;
+    /* the request body, whose hash the client signed */
+    ngx_str_t                   body;
+    /* the request's write event handler while a subrequest is out */
+    ngx_http_event_handler_pt   resume;
+
+    /* the client or user named by the auth headers, once parsed */
+    ngx_str_t                   user;
+
+    /* the flow's own state, from here on */
+    ngx_http_request_t         *request;
+    ngx_uint_t                  step;
+
+    ngx_pushjobs_auth_t         auth;
+    ngx_pushjobs_principals_t   principals;
+    ngx_pushjobs_principal_t   *requestor;
+    ngx_uint_t                  cached;
+    ngx_uint_t                  refetched;
+    ngx_uint_t                  stale;
+
+    ngx_uint_t                  sr_done;
+    ngx_uint_t                  sr_status;
+    ngx_str_t                   sr_body;
+    ngx_http_request_t         *sr;
+
+    /* the one bound of every wait for the Chef server in this request */
+    ngx_event_t                 chef_timer;
+    ngx_msec_t                  chef_deadline;
+    unsigned                    chef_armed:1;
+    unsigned                    chef_timedout:1;
+
+    ngx_str_t                   group;
+    ngx_uint_t                  top;
+    ngx_array_t                *pending;
+    ngx_array_t                *seen;
+} ngx_pushjobs_authz_t;
+
+
+/*
  * Websocket frame reader (ngx_pushjobs_ws.c): a resumable parser fed with
  * whatever bytes arrived.  It assembles fragmented messages up to max_size
  * and hands out one complete message or control frame at a time.
@@ -493,6 +550,13 @@ void ngx_pushjobs_out_free(ngx_pushjobs_out_t *out);
 /* ngx_pushjobs_api.c */
 ngx_int_t ngx_pushjobs_api_handler(ngx_http_request_t *r);
 ngx_int_t ngx_pushjobs_status_handler(ngx_http_request_t *r);
+
+/* ngx_pushjobs_authz.c */
+ngx_int_t ngx_pushjobs_authz_start(ngx_http_request_t *r,
+    ngx_pushjobs_authz_t *ctx);
+ngx_int_t ngx_pushjobs_authz_resume(ngx_http_request_t *r,
+    ngx_pushjobs_authz_t *ctx);
+ngx_uint_t ngx_pushjobs_authz_valid_name(ngx_str_t *name);
 
 /* ngx_pushjobs_session.c */
 ngx_int_t ngx_pushjobs_session_init(ngx_pushjobs_worker_t *w);
