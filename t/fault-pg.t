@@ -23,7 +23,7 @@
 #
 # And the LISTEN connections alone lost and kept from reconnecting: a job
 # posted meanwhile gets no NOTIFY; once they listen again the workers catch
-# up and the job runs (DESIGN.md 3.6).
+# up and the job runs (docs/DESIGN.md §3, step 6).
 
 use strict;
 use warnings;

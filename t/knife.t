@@ -1,4 +1,4 @@
-# knife-push's request sequences (contract §8, environment-notes §5),
+# knife-push's request sequences (contract §8, observed from knife-push 2.0.1),
 # replayed as knife sends them: Chef signing 1.1, X-Ops-Server-API-Version 2,
 # X-Chef-Version, Accept: application/json, and exactly knife's bodies.
 # Every response knife parses is checked for the keys and types it uses.

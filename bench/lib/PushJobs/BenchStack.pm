@@ -95,7 +95,7 @@ sub fixture {
 sub nginx_conf {
     my ($self, $fe) = @_;
     my $conf = $self->SUPER::nginx_conf($fe);
-    # ulimit -n is 20000 here and cannot be raised (environment notes §7)
+    # ulimit -n is 20000 on the bench machine and cannot be raised there
     $conf =~ s/worker_rlimit_nofile \d+;/worker_rlimit_nofile 20000;/;
     $conf =~ s/worker_connections \d+;/worker_connections 19500;/;
     # one cached principal per simulated client (~0.5 KB each)

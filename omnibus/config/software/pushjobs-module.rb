@@ -4,8 +4,8 @@
 #
 # Chef's OpenResty is not configured --with-compat, so nginx accepts a
 # dynamic module only if it was configured with the very same arguments on
-# the very same nginx version (the module signature, nginx-module-notes
-# §5.3/5.4).  This definition therefore:
+# the very same nginx version (the module signature,
+# NGX_MODULE_SIGNATURE, that nginx compares when it loads a module).  This definition therefore:
 #
 #   1. reads `nginx -V` of the Chef server's nginx (CHEF_SERVER_DIR,
 #      default /opt/opscode: the Chef server package installed on the build
