@@ -1062,7 +1062,7 @@ ngx_pushjobs_api_abort(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
     params[4].len = p - buf[0];
 
     return ngx_pushjobs_api_query(r, ctx,
-                                  "SELECT code, doc"
+                                  "SELECT outcome, doc"
                                   " FROM pushjobs.abort_job($1, $2, $3,"
                                   " $4::jsonb -> 'nodes',"
                                   " COALESCE(($4::jsonb ->> 'force')"
@@ -1288,23 +1288,26 @@ ngx_pushjobs_api_created(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
 }
 
 
-/* one row (code, doc): 404; 400 and an error; 200 or 202 and the job */
+/*
+ * one row (outcome, doc): no_job is a 404; not_in_job a 400 naming the node
+ * (doc); stopping a 202 and stopped a 200 with the job document (doc)
+ */
 
 static ngx_int_t
 ngx_pushjobs_api_abort_result(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx, PGresult *res)
 {
-    ngx_int_t  code;
-    ngx_str_t  doc;
+    char       *outcome;
+    ngx_int_t   code;
+    ngx_str_t   doc;
 
     if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
         return ngx_pushjobs_api_db_error(r, res);
     }
 
-    code = ngx_atoi((u_char *) PQgetvalue(res, 0, 0),
-                    PQgetlength(res, 0, 0));
+    outcome = PQgetvalue(res, 0, 0);
 
-    if (code == NGX_HTTP_NOT_FOUND) {
+    if (ngx_strcmp(outcome, "no_job") == 0) {
         return ngx_pushjobs_api_not_found(r);
     }
 
@@ -1312,12 +1315,19 @@ ngx_pushjobs_api_abort_result(ngx_http_request_t *r,
         return ngx_pushjobs_api_db_error(r, res);
     }
 
-    if (code == NGX_HTTP_BAD_REQUEST) {
-        return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0, "%s",
-                                       PQgetvalue(res, 0, 1));
+    if (ngx_strcmp(outcome, "not_in_job") == 0) {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_BAD_REQUEST, 0,
+                                       "node %s is not part of job %V",
+                                       PQgetvalue(res, 0, 1), &ctx->id);
     }
 
-    if (code != NGX_HTTP_OK && code != NGX_HTTP_ACCEPTED) {
+    if (ngx_strcmp(outcome, "stopping") == 0) {
+        code = NGX_HTTP_ACCEPTED;
+
+    } else if (ngx_strcmp(outcome, "stopped") == 0) {
+        code = NGX_HTTP_OK;
+
+    } else {
         return ngx_pushjobs_api_db_error(r, res);
     }
 

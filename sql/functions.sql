@@ -708,13 +708,14 @@ $$;
 -- that has ended is left as it is; repeating an abort changes nothing but
 -- may add force.
 --
--- Returns the HTTP answer: 404 (no such job in the org); 400 and an error
--- message (a node that is not in the job); else 202 while a node of the
--- job is still being stopped, 200 when not, with the job document.
+-- Returns the outcome, which the module answers: no_job (no such job in
+-- the org), not_in_job (doc: the first node named, in name order, that is
+-- not in the job; nothing is changed), else stopping while a node of the
+-- job is still being stopped and stopped when not, with the job document.
 CREATE OR REPLACE FUNCTION pushjobs.abort_job(p_org text, p_job text,
     p_requestor text, p_nodes jsonb, p_force boolean,
     p_owner_timeout_ms integer)
-RETURNS TABLE (code integer, doc text)
+RETURNS TABLE (outcome text, doc text)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_job      pushjobs.jobs;
@@ -731,7 +732,7 @@ BEGIN
        FOR UPDATE;
 
     IF NOT FOUND THEN
-        code := 404;
+        outcome := 'no_job';
         RETURN NEXT;
         RETURN;
     END IF;
@@ -747,8 +748,8 @@ BEGIN
          LIMIT 1;
 
         IF v_missing IS NOT NULL THEN
-            code := 400;
-            doc := 'node ' || v_missing || ' is not part of job ' || p_job;
+            outcome := 'not_in_job';
+            doc := v_missing;
             RETURN NEXT;
             RETURN;
         END IF;
@@ -822,11 +823,11 @@ BEGIN
         PERFORM pushjobs.notify('stop', p_org, p_job);
     END IF;
 
-    code := CASE WHEN EXISTS (SELECT 1 FROM pushjobs.job_nodes n
-                               WHERE n.job_id = p_job
-                                 AND n.abort_requested
-                                 AND n.status IN ('ready', 'running'))
-                 THEN 202 ELSE 200 END;
+    outcome := CASE WHEN EXISTS (SELECT 1 FROM pushjobs.job_nodes n
+                                  WHERE n.job_id = p_job
+                                    AND n.abort_requested
+                                    AND n.status IN ('ready', 'running'))
+                    THEN 'stopping' ELSE 'stopped' END;
     doc := pushjobs.job_json(p_org, p_job, false);
     RETURN NEXT;
 END
