@@ -629,18 +629,10 @@ DECLARE
     v_id       text := replace(gen_random_uuid()::text, '-', '');
     v_nodes    text[];
     v_job      pushjobs.jobs;
-    v_down     text[];
+    v_names    text[];
+    v_fields   json[];
 BEGIN
     v_nodes := ARRAY(SELECT jsonb_array_elements_text(p_body -> 'nodes'));
-
-    -- the nodes without a channel, in the order they were named
-    v_down := ARRAY(SELECT u.node
-                      FROM unnest(v_nodes) WITH ORDINALITY AS u(node, ord)
-                      LEFT JOIN pushjobs.available_nodes(p_org,
-                                                         p_owner_timeout_ms) o
-                             ON o.node_name = u.node
-                     WHERE o.node_name IS NULL
-                     ORDER BY u.ord);
 
     INSERT INTO pushjobs.jobs (id, org, command, quorum, run_timeout,
                                requestor, job_user, dir, env, file, capture,
@@ -661,9 +653,32 @@ BEGIN
             now() + p_voting_timeout_ms * interval '1 millisecond')
     RETURNING * INTO v_job;
 
-    INSERT INTO pushjobs.job_nodes (job_id, org, node_name, status)
-    SELECT v_id, p_org, u.node, 'new'
-      FROM unnest(v_nodes) AS u(node);
+    -- Every node is inserted with the status node_step() gives it: a node
+    -- without a channel is "down" at once (unavailable, with its vote
+    -- "down" and its rehab), the others are new.  Its events are emitted
+    -- after the job's start, in the order the nodes were named.
+    WITH s AS (
+        SELECT u.node, u.ord, st.new_status, st.event_names,
+               st.event_fields
+          FROM unnest(v_nodes) WITH ORDINALITY AS u(node, ord)
+          LEFT JOIN pushjobs.available_nodes(p_org, p_owner_timeout_ms) o
+                 ON o.node_name = u.node
+          LEFT JOIN LATERAL (SELECT *
+                               FROM pushjobs.node_step(v_job.status, 'new',
+                                                       false, 'down', u.node)
+                              WHERE o.node_name IS NULL) AS st
+                 ON true
+    ), ins AS (
+        INSERT INTO pushjobs.job_nodes (job_id, org, node_name, status)
+        SELECT v_id, p_org, s.node, COALESCE(s.new_status, 'new')
+          FROM s
+    )
+    SELECT array_agg(e.name ORDER BY s.ord, e.k),
+           array_agg(e.fields ORDER BY s.ord, e.k)
+      INTO v_names, v_fields
+      FROM s
+     CROSS JOIN LATERAL unnest(s.event_names, s.event_fields)
+           WITH ORDINALITY AS e(name, fields, k);
 
     PERFORM pushjobs.emit(v_id, p_org, 'start',
         json_strip_nulls(json_build_object(
@@ -680,9 +695,7 @@ BEGIN
             'capture', v_job.capture)),
         true);
 
-    -- every node without a channel is "down" at once: unavailable, with
-    -- its vote "down" and its rehab, in the order the nodes were named
-    PERFORM pushjobs.nodes_step(v_job, v_down, 'down');
+    PERFORM pushjobs.emit_events(v_id, p_org, NULL, v_names, v_fields);
 
     IF EXISTS (SELECT 1 FROM pushjobs.job_nodes
                 WHERE job_id = v_id AND status = 'new')
