@@ -896,9 +896,10 @@ ngx_pushjobs_init_process(ngx_cycle_t *cycle)
     /*
      * The parts, each on what comes before it: the store's batches, the
      * PostgreSQL pool they are written through, the websocket channels'
-     * shared buffers, the registry of agent sessions.  exit_process
-     * releases them in the reverse order: the sessions' close writes their
-     * nodes' presence through the store and the pool.
+     * shared buffers, the event feeds (they read through the pool), the
+     * registry of agent sessions.  exit_process releases them in the
+     * reverse order: the sessions' close writes their nodes' presence
+     * through the store and the pool.
      */
 
     if (ngx_pushjobs_store_init(w) != NGX_OK) {
@@ -917,6 +918,8 @@ ngx_pushjobs_init_process(ngx_cycle_t *cycle)
     if (ngx_pushjobs_ws_chan_init(w) != NGX_OK) {
         return NGX_ERROR;
     }
+
+    ngx_pushjobs_feed_init(w);
 
     if (ngx_pushjobs_session_init(w) != NGX_OK) {
         return NGX_ERROR;
@@ -990,7 +993,7 @@ ngx_pushjobs_exiting(ngx_uint_t now)
          * GOAWAY: closing the feeds here ends their streams, and with them
          * the connection, before the worker goes.
          */
-        ngx_pushjobs_feed_close_all();
+        ngx_pushjobs_feed_done(w);
     }
 
     if (!ngx_pushjobs_pg_busy()) {
@@ -1071,7 +1074,7 @@ ngx_pushjobs_exit_process(ngx_cycle_t *cycle)
     /* the reverse of init_process */
 
     ngx_pushjobs_session_done(w);
-    ngx_pushjobs_feed_close_all();
+    ngx_pushjobs_feed_done(w);
     ngx_pushjobs_ws_chan_done(w);
     ngx_pushjobs_pg_done(w);
     ngx_pushjobs_store_done(w);

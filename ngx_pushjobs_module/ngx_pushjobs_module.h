@@ -430,6 +430,9 @@ struct ngx_pushjobs_worker_s {
     u_char                     *ws_read_buf;
     ngx_pushjobs_msg_t         *ws_ping;
 
+    /* the open event feeds (ngx_pushjobs_sse.c) */
+    ngx_queue_t                 feeds;
+
     /* the agent sessions (ngx_pushjobs_session.c) */
     ngx_rbtree_t                agents;
     ngx_rbtree_node_t           agents_sentinel;
@@ -598,11 +601,12 @@ ngx_int_t ngx_pushjobs_poll_handler(ngx_http_request_t *r, ngx_str_t *org,
     ngx_str_t *node, ngx_str_t *body);
 
 /* ngx_pushjobs_sse.c */
+void ngx_pushjobs_feed_init(ngx_pushjobs_worker_t *w);
+void ngx_pushjobs_feed_done(ngx_pushjobs_worker_t *w);
 ngx_int_t ngx_pushjobs_feed_open(ngx_http_request_t *r, ngx_str_t *org,
     ngx_str_t *job, PGresult *res);
 void ngx_pushjobs_feed_notify(ngx_str_t *org, ngx_str_t *job);
 void ngx_pushjobs_feed_catch_up(void);
-void ngx_pushjobs_feed_close_all(void);
 
 /* ngx_pushjobs_job.c */
 void ngx_pushjobs_job_notify(ngx_str_t *payload);

@@ -82,8 +82,33 @@ static void ngx_pushjobs_feed_close(ngx_pushjobs_feed_t *f);
 static void ngx_pushjobs_feed_unref(ngx_pushjobs_feed_t *f);
 
 
-static ngx_queue_t  ngx_pushjobs_feeds;
-static ngx_uint_t   ngx_pushjobs_feeds_ready;
+/* The worker's list of open feeds, w->feeds: from init_process on. */
+
+void
+ngx_pushjobs_feed_init(ngx_pushjobs_worker_t *w)
+{
+    ngx_queue_init(&w->feeds);
+}
+
+
+/*
+ * Every feed is closed: when the worker starts to exit (an HTTP/2 feed is
+ * a stream that nginx does not close with the idle connections), and in
+ * exit_process, for those opened since and those of a fast stop.
+ */
+
+void
+ngx_pushjobs_feed_done(ngx_pushjobs_worker_t *w)
+{
+    ngx_queue_t          *q;
+    ngx_pushjobs_feed_t  *f;
+
+    while (!ngx_queue_empty(&w->feeds)) {
+        q = ngx_queue_head(&w->feeds);
+        f = ngx_queue_data(q, ngx_pushjobs_feed_t, queue);
+        ngx_pushjobs_feed_close(f);
+    }
+}
 
 
 /*
@@ -213,15 +238,13 @@ ngx_pushjobs_feed_open(ngx_http_request_t *r, ngx_str_t *org, ngx_str_t *job,
 void
 ngx_pushjobs_feed_notify(ngx_str_t *org, ngx_str_t *job)
 {
-    ngx_queue_t          *q, *next;
+    ngx_queue_t          *feeds, *q, *next;
     ngx_pushjobs_feed_t  *f;
 
-    if (!ngx_pushjobs_feeds_ready) {
-        return;
-    }
+    feeds = &ngx_pushjobs_worker->feeds;
 
-    for (q = ngx_queue_head(&ngx_pushjobs_feeds);
-         q != ngx_queue_sentinel(&ngx_pushjobs_feeds);
+    for (q = ngx_queue_head(feeds);
+         q != ngx_queue_sentinel(feeds);
          q = next)
     {
         next = ngx_queue_next(q);
@@ -251,15 +274,13 @@ ngx_pushjobs_feed_notify(ngx_str_t *org, ngx_str_t *job)
 void
 ngx_pushjobs_feed_catch_up(void)
 {
-    ngx_queue_t          *q, *next;
+    ngx_queue_t          *feeds, *q, *next;
     ngx_pushjobs_feed_t  *f;
 
-    if (!ngx_pushjobs_feeds_ready) {
-        return;
-    }
+    feeds = &ngx_pushjobs_worker->feeds;
 
-    for (q = ngx_queue_head(&ngx_pushjobs_feeds);
-         q != ngx_queue_sentinel(&ngx_pushjobs_feeds);
+    for (q = ngx_queue_head(feeds);
+         q != ngx_queue_sentinel(feeds);
          q = next)
     {
         next = ngx_queue_next(q);
@@ -268,24 +289,6 @@ ngx_pushjobs_feed_catch_up(void)
         if (!f->closed && !f->finished) {
             ngx_pushjobs_feed_fetch(f);
         }
-    }
-}
-
-
-void
-ngx_pushjobs_feed_close_all(void)
-{
-    ngx_queue_t          *q;
-    ngx_pushjobs_feed_t  *f;
-
-    if (!ngx_pushjobs_feeds_ready) {
-        return;
-    }
-
-    while (!ngx_queue_empty(&ngx_pushjobs_feeds)) {
-        q = ngx_queue_head(&ngx_pushjobs_feeds);
-        f = ngx_queue_data(q, ngx_pushjobs_feed_t, queue);
-        ngx_pushjobs_feed_close(f);
     }
 }
 
@@ -412,12 +415,7 @@ ngx_pushjobs_feed_create(ngx_http_request_t *r, ngx_str_t *org,
     cln->handler = ngx_pushjobs_feed_cleanup;
     cln->data = f;
 
-    if (!ngx_pushjobs_feeds_ready) {
-        ngx_queue_init(&ngx_pushjobs_feeds);
-        ngx_pushjobs_feeds_ready = 1;
-    }
-
-    ngx_queue_insert_tail(&ngx_pushjobs_feeds, &f->queue);
+    ngx_queue_insert_tail(&ngx_pushjobs_worker->feeds, &f->queue);
 
     ngx_pushjobs_init_timer(&f->keepalive,
                             ngx_pushjobs_feed_keepalive_handler, f, c->log);
