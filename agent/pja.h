@@ -170,7 +170,10 @@ void pja_argv_free(char **argv);
 
 /* sign.c */
 
+struct pja_agent_s;
+
 EVP_PKEY *pja_sign_load_key(const char *file);
+EVP_PKEY *pja_sign_key(struct pja_agent_s *a);
 int pja_sign_headers(const char *userid, EVP_PKEY *key, const char *method,
     const char *path, const void *body, size_t blen, const char *eol,
     pja_buf_t *out);
@@ -193,7 +196,6 @@ typedef struct {
     int                    inflight;      /* requests sent, not answered */
     int                    batching;      /* handling an answer */
     pja_buf_t              pending;       /* messages: u32 length, text */
-    EVP_PKEY              *key;
     char                   session[256];
 } pja_poll_t;
 
@@ -433,6 +435,7 @@ typedef struct pja_agent_s {
     int                    fallback;      /* next channel: long-poll */
     size_t                 max_message_size;
     int                    stopping;
+    EVP_PKEY              *key;           /* the client key, see sign.c */
 
     /* what a SIGHUP re-reads */
     const char           **conf_files;
