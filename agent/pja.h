@@ -2,7 +2,8 @@
  * pushjobs-agent: shared types and prototypes.
  *
  * The agent is one process with one poll() loop: the channel to the server
- * (ws.c), the job it holds (job.c), the spool of final reports (spool.c).
+ * (conn.c, session.c, transport_ws.c, transport_poll.c), the job it holds
+ * (job.c), the spool of final reports (store.c).
  */
 
 #ifndef PJA_H
@@ -179,7 +180,10 @@ int pja_sign_headers(const char *userid, EVP_PKEY *key, const char *method,
     pja_buf_t *out);
 
 
-/* the channel: conn.c (connection), ws.c and transport_poll.c (transports) */
+/*
+ * the channel: conn.c (connection), transport_ws.c and transport_poll.c
+ * (transports)
+ */
 
 enum {
     PJA_WS_IDLE = 0,
@@ -233,8 +237,8 @@ typedef struct {
 struct pja_agent_s;
 
 /*
- * What the channel does differently over a websocket (ws.c) and over
- * long-poll (transport_poll.c), once TCP and TLS are up.
+ * What the channel does differently over a websocket (transport_ws.c) and
+ * over long-poll (transport_poll.c), once TCP and TLS are up.
  */
 
 typedef struct pja_transport_s {
@@ -393,7 +397,7 @@ const char *pja_ps_default_user(void);
 int pja_ps_drop(const char *user);
 
 
-/* spool.c */
+/* store.c */
 
 int pja_spool_init(const char *dir);
 int pja_spool_write(const char *job_id, const char *text);
@@ -423,7 +427,7 @@ yajl_val pja_json_parse(const char *text, size_t len,
     const pj_json_limits_t *lim);
 
 
-/* proto.c */
+/* session.c */
 
 typedef struct pja_agent_s {
     pja_conf_t             conf;

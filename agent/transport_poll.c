@@ -1,7 +1,7 @@
 /*
  * pushjobs-agent: the channel's long-poll fallback (docs/protocol.md §6):
  * the channel's messages in signed HTTP/1.1 POSTs on one keep-alive
- * connection, which ws.c opens (TCP, TLS) and reads into ws->in.
+ * connection, which conn.c opens (TCP, TLS) and reads into ws->in.
  */
 
 #include <stdio.h>
