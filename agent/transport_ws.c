@@ -3,24 +3,12 @@
  * HTTP upgrade, then frames, on the connection conn.c opens and reads.
  */
 
-#include <dirent.h>
-#include <errno.h>
-#include <netdb.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <unistd.h>
-#include <arpa/inet.h>
-#include <sys/socket.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 
-#include <openssl/err.h>
-#include <openssl/pem.h>
 #include <openssl/sha.h>
-#include <openssl/x509v3.h>
 
 #include "pja.h"
 
