@@ -3,7 +3,7 @@
  * connect with the next address on failure, TLS with the trusted certs,
  * non-blocking reads and writes, the HTTP response head both transports
  * read; and the poll loop's entry points, which hand what arrives to the
- * transport (ws.c, transport_poll.c).
+ * transport (transport_ws.c, transport_poll.c).
  *
  * Everything is non-blocking: pja_ws_handle() is called from the poll loop
  * and moves the connection through TCP connect and TLS handshake, then

@@ -708,12 +708,12 @@ job_boot_id(char *id, size_t size)
 
 
 /*
- * Records the job's process group (SPOOL/JOBID.run, spool.c) before its
+ * Records the job's process group (SPOOL/JOBID.run, store.c) before its
  * command runs: the group's number (the leader's pid, as the child calls
  * setsid()), the leader's start time and the boot it started in, which
  * together tell the leader apart from a later process given the same pid,
  * and the job's file directory.  The record goes when the job's report
- * is spooled (proto.c); pja_job_recover() reads the ones left by an agent
+ * is spooled (session.c); pja_job_recover() reads the ones left by an agent
  * process that died.
  */
 

@@ -809,11 +809,19 @@ main(int argc, char **argv)
         return 1;
     }
 
+    /*
+     * Once, while the agent may still read it; one that does not load is
+     * tried again on each connect (pja_sign_key()).
+     */
+    (void) pja_sign_key(a);
+
     rc = run(a);
 
     if (a->ws.ctx) {
         SSL_CTX_free(a->ws.ctx);
     }
+
+    EVP_PKEY_free(a->key);
 
     pja_log(PJA_LOG_INFO, "stopped");
     return rc;

@@ -2,7 +2,8 @@
  * pushjobs-agent: shared types and prototypes.
  *
  * The agent is one process with one poll() loop: the channel to the server
- * (ws.c), the job it holds (job.c), the spool of final reports (spool.c).
+ * (conn.c, session.c, transport_ws.c, transport_poll.c), the job it holds
+ * (job.c), the spool of final reports (store.c).
  */
 
 #ifndef PJA_H
@@ -170,13 +171,19 @@ void pja_argv_free(char **argv);
 
 /* sign.c */
 
+struct pja_agent_s;
+
 EVP_PKEY *pja_sign_load_key(const char *file);
+EVP_PKEY *pja_sign_key(struct pja_agent_s *a);
 int pja_sign_headers(const char *userid, EVP_PKEY *key, const char *method,
     const char *path, const void *body, size_t blen, const char *eol,
     pja_buf_t *out);
 
 
-/* the channel: conn.c (connection), ws.c and transport_poll.c (transports) */
+/*
+ * the channel: conn.c (connection), transport_ws.c and transport_poll.c
+ * (transports)
+ */
 
 enum {
     PJA_WS_IDLE = 0,
@@ -193,7 +200,6 @@ typedef struct {
     int                    inflight;      /* requests sent, not answered */
     int                    batching;      /* handling an answer */
     pja_buf_t              pending;       /* messages: u32 length, text */
-    EVP_PKEY              *key;
     char                   session[256];
 } pja_poll_t;
 
@@ -231,8 +237,8 @@ typedef struct {
 struct pja_agent_s;
 
 /*
- * What the channel does differently over a websocket (ws.c) and over
- * long-poll (transport_poll.c), once TCP and TLS are up.
+ * What the channel does differently over a websocket (transport_ws.c) and
+ * over long-poll (transport_poll.c), once TCP and TLS are up.
  */
 
 typedef struct pja_transport_s {
@@ -391,7 +397,7 @@ const char *pja_ps_default_user(void);
 int pja_ps_drop(const char *user);
 
 
-/* spool.c */
+/* store.c */
 
 int pja_spool_init(const char *dir);
 int pja_spool_write(const char *job_id, const char *text);
@@ -421,7 +427,7 @@ yajl_val pja_json_parse(const char *text, size_t len,
     const pj_json_limits_t *lim);
 
 
-/* proto.c */
+/* session.c */
 
 typedef struct pja_agent_s {
     pja_conf_t             conf;
@@ -433,6 +439,7 @@ typedef struct pja_agent_s {
     int                    fallback;      /* next channel: long-poll */
     size_t                 max_message_size;
     int                    stopping;
+    EVP_PKEY              *key;           /* the client key, see sign.c */
 
     /* what a SIGHUP re-reads */
     const char           **conf_files;

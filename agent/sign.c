@@ -54,6 +54,25 @@ pja_sign_load_key(const char *file)
 }
 
 
+/*
+ * The client key both transports sign with.  main() loads it at start,
+ * before privileges could be dropped, and the agent keeps it until it
+ * exits; a SIGHUP does not re-read it.  A key that does not load is
+ * tried again, and reported, on each connect, as when the channel read
+ * the file itself: chef-client's first run may write it later.
+ */
+
+EVP_PKEY *
+pja_sign_key(pja_agent_t *a)
+{
+    if (a->key == NULL) {
+        a->key = pja_sign_load_key(a->conf.client_key);
+    }
+
+    return a->key;
+}
+
+
 /* Drops the query, collapses runs of '/', drops a trailing '/'. */
 
 static void

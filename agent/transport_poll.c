@@ -1,7 +1,7 @@
 /*
  * pushjobs-agent: the channel's long-poll fallback (docs/protocol.md §6):
  * the channel's messages in signed HTTP/1.1 POSTs on one keep-alive
- * connection, which ws.c opens (TCP, TLS) and reads into ws->in.
+ * connection, which conn.c opens (TCP, TLS) and reads into ws->in.
  */
 
 #include <stdio.h>
@@ -119,8 +119,8 @@ poll_request(pja_ws_t *ws)
 
         snprintf(path, sizeof(path), "%s/poll", cf->ws_path);
 
-        if (pja_sign_headers(cf->node_name, ws->poll.key, "POST", path, body.data,
-                             body.len, "\r\n", &b) != 0)
+        if (pja_sign_headers(cf->node_name, pja_agent.key, "POST", path,
+                             body.data, body.len, "\r\n", &b) != 0)
         {
             goto failed;
         }
@@ -180,8 +180,9 @@ poll_kick(pja_ws_t *ws)
 static int
 poll_open(pja_ws_t *ws, const pja_conf_t *cf)
 {
-    ws->poll.key = pja_sign_load_key(cf->client_key);
-    if (ws->poll.key == NULL) {
+    (void) cf;
+
+    if (pja_sign_key(&pja_agent) == NULL) {
         return -1;
     }
 
@@ -366,10 +367,6 @@ static void
 poll_reset(pja_ws_t *ws)
 {
     pja_buf_free(&ws->poll.pending);
-
-    if (ws->poll.key) {
-        EVP_PKEY_free(ws->poll.key);
-    }
 }
 
 

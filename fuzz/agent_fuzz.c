@@ -16,8 +16,6 @@
 
 pja_agent_t  pja_agent;
 
-static EVP_PKEY  *agent_fuzz_key;
-
 
 void
 agent_fuzz_init(void)
@@ -81,7 +79,7 @@ agent_fuzz_init(void)
     if (kctx == NULL
         || EVP_PKEY_keygen_init(kctx) != 1
         || EVP_PKEY_CTX_set_rsa_keygen_bits(kctx, 1024) != 1
-        || EVP_PKEY_keygen(kctx, &agent_fuzz_key) != 1)
+        || EVP_PKEY_keygen(kctx, &pja_agent.key) != 1)
     {
         abort();
     }
@@ -124,12 +122,6 @@ agent_fuzz_channel(pja_ws_t *ws, int state, int poll)
     if (poll) {
         /* the hello's poll is out */
         ws->poll.inflight = 1;
-
-        if (EVP_PKEY_up_ref(agent_fuzz_key) != 1) {
-            abort();
-        }
-
-        ws->poll.key = agent_fuzz_key;
     }
 
     /* the answer to the key the fuzz seeds use, RFC 6455's example */

@@ -2,7 +2,7 @@
  * The agent's long-poll reader alone (pja_poll_response, transport_poll.c):
  * what the server answers to the agent's polls, as it arrives in chunks:
  * HTTP responses whose bodies are JSON arrays of messages.  The messages
- * go to the agent's real protocol code (proto.c, job.c) with the whitelist
+ * go to the agent's real protocol code (session.c, job.c) with the whitelist
  * {"true" => "true"}; a "run" is refused without starting anything
  * (linked with --wrap=pja_job_run, fuzz/agent_fuzz.c).
  *

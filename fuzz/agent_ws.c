@@ -2,7 +2,7 @@
  * The agent's channel reader (pja_ws_input): what the server sends, as it
  * arrives in chunks: the answer to the upgrade then websocket frames, or
  * long-poll answers (HTTP responses with JSON arrays of messages).  The
- * messages go to the agent's real protocol code (proto.c, job.c) with the
+ * messages go to the agent's real protocol code (session.c, job.c) with the
  * whitelist {"true" => "true"}; a "run" is refused without starting
  * anything (linked with --wrap=pja_job_run, fuzz/agent_fuzz.c).
  *
@@ -35,7 +35,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     data++;
     size--;
 
-    /* the agent's own channel: replies of proto.c go out on it */
+    /* the agent's own channel: replies of session.c go out on it */
     ws = &pja_agent.ws;
 
     switch (mode) {

@@ -1,6 +1,8 @@
 # pushjobs-agent never loses a result: the front end goes away while a job
 # runs; the agent spools the final report, reconnects (backoff with jitter)
-# and re-sends it; the server records it exactly once.
+# and re-sends it; the server records it exactly once.  The agent signs the
+# reconnect with the client key it loaded at start: the key's file is gone
+# by then.
 
 use strict;
 use warnings;
@@ -32,6 +34,10 @@ ok PushJobs::Stack::wait_for(20, sub {
 ok PushJobs::Stack::wait_for(10, sub { -f "$dir/spool/$id.json" }),
     'its report waits in the spool';
 
+# the key is read once, at start, not on each connect
+my $key = $stack->user_key($node);
+rename $key, "$key.away" or die "rename $key: $!";
+
 $stack->start_nginx('fe1');
 my $job = $stack->wait_job($id, 40);
 is $job->{status}, 'complete', 'job complete after the reconnect';
@@ -40,6 +46,9 @@ ok PushJobs::Stack::wait_for(10, sub { !-e "$dir/spool/$id.json" }),
     'the report left the spool on the server\'s ack';
 like PushJobs::Stack::slurp("$dir/agent.log"),
     qr/reconnecting in \d+\.\d s/, 'the agent reconnected with a backoff';
+unlike PushJobs::Stack::slurp("$dir/agent.log"), qr/client key/,
+    'without its key file, signing with the key it loaded at start';
+rename "$key.away", $key or die "rename $key.away: $!";
 
 my $events = $stack->psql('pushjobs', "SELECT name, data FROM"
     . " pushjobs.job_events WHERE job_id = '$id' AND name = 'run_complete'");

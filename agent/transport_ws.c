@@ -3,24 +3,12 @@
  * HTTP upgrade, then frames, on the connection conn.c opens and reads.
  */
 
-#include <dirent.h>
-#include <errno.h>
-#include <netdb.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <unistd.h>
-#include <arpa/inet.h>
-#include <sys/socket.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 
-#include <openssl/err.h>
-#include <openssl/pem.h>
 #include <openssl/sha.h>
-#include <openssl/x509v3.h>
 
 #include "pja.h"
 
@@ -153,7 +141,7 @@ ws_start_http(pja_ws_t *ws, const pja_conf_t *cf)
     snprintf(ws->accept, sizeof(ws->accept), "%s", acc);
     free(acc);
 
-    pkey = pja_sign_load_key(cf->client_key);
+    pkey = pja_sign_key(&pja_agent);
     if (pkey == NULL) {
         free(key64);
         pja_buf_free(&b);
@@ -176,12 +164,10 @@ ws_start_http(pja_ws_t *ws, const pja_conf_t *cf)
     if (pja_sign_headers(cf->node_name, pkey, "GET", cf->ws_path, NULL, 0,
                          "\r\n", &b) != 0)
     {
-        EVP_PKEY_free(pkey);
         pja_buf_free(&b);
         return -1;
     }
 
-    EVP_PKEY_free(pkey);
     pja_buf_addstr(&b, "\r\n");
 
     if (b.data == NULL || pja_buf_add(&ws->out, b.data, b.len) != 0) {
