@@ -815,9 +815,7 @@ ngx_pushjobs_api_jobs(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
     params[4].data = buf[1];
     params[4].len = p - buf[1];
 
-    p = ngx_sprintf(buf[2], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-    params[5].data = buf[2];
-    params[5].len = p - buf[2];
+    ngx_pushjobs_owner_timeout_param(&params[5]);
 
     return ngx_pushjobs_api_query(r, ctx,
                                   "SELECT pushjobs.create_job($1, $2, "
@@ -894,15 +892,11 @@ ngx_pushjobs_api_output(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 static ngx_int_t
 ngx_pushjobs_api_node_states(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
-    u_char     *p;
-    ngx_str_t   params[6];
-    u_char      buf[3][NGX_INT_T_LEN];
+    ngx_str_t  params[2];
 
     params[0] = ctx->org;
 
-    p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-    params[1].data = buf[0];
-    params[1].len = p - buf[0];
+    ngx_pushjobs_owner_timeout_param(&params[1]);
 
     return ngx_pushjobs_api_query(r, ctx,
                                   "SELECT pushjobs.node_states_json($1,"
@@ -914,16 +908,12 @@ ngx_pushjobs_api_node_states(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 static ngx_int_t
 ngx_pushjobs_api_node_state(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
-    u_char     *p;
-    ngx_str_t   params[6];
-    u_char      buf[3][NGX_INT_T_LEN];
+    ngx_str_t  params[3];
 
     params[0] = ctx->org;
     params[1] = ctx->node;
 
-    p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-    params[2].data = buf[0];
-    params[2].len = p - buf[0];
+    ngx_pushjobs_owner_timeout_param(&params[2]);
 
     return ngx_pushjobs_api_query(r, ctx,
                                   "SELECT pushjobs.node_state_json($1,"
@@ -1032,10 +1022,8 @@ ngx_pushjobs_api_feed(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 static ngx_int_t
 ngx_pushjobs_api_abort(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
-    u_char           *p;
-    ngx_str_t         params[6];
+    ngx_str_t         params[5];
     ngx_table_elt_t  *h;
-    u_char            buf[3][NGX_INT_T_LEN];
 
     h = r->headers_in.content_type;
 
@@ -1057,9 +1045,7 @@ ngx_pushjobs_api_abort(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
     params[2] = ctx->authz.user;
     params[3] = ctx->body;
 
-    p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-    params[4].data = buf[0];
-    params[4].len = p - buf[0];
+    ngx_pushjobs_owner_timeout_param(&params[4]);
 
     return ngx_pushjobs_api_query(r, ctx,
                                   "SELECT outcome, doc"
@@ -1075,11 +1061,9 @@ ngx_pushjobs_api_abort(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 static ngx_int_t
 ngx_pushjobs_api_status(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
-    u_char                    *p;
     ngx_int_t                  rc;
-    ngx_str_t                  params[6];
+    ngx_str_t                  params[2];
     ngx_pushjobs_main_conf_t  *pmcf;
-    u_char                     buf[3][NGX_INT_T_LEN];
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
 
@@ -1088,9 +1072,7 @@ ngx_pushjobs_api_status(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
         return rc;
     }
 
-    p = ngx_sprintf(buf[0], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-    params[0].data = buf[0];
-    params[0].len = p - buf[0];
+    ngx_pushjobs_owner_timeout_param(&params[0]);
 
     params[1] = pmcf->incarnation;
 

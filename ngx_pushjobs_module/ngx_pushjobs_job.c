@@ -152,9 +152,7 @@ ngx_pushjobs_job_sweep(ngx_event_t *ev)
     params[0].data = buf[0];
     params[0].len = p - buf[0];
 
-    p = ngx_sprintf(buf[1], "%d", NGX_PUSHJOBS_OWNER_TIMEOUT);
-    params[1].data = buf[1];
-    params[1].len = p - buf[1];
+    ngx_pushjobs_owner_timeout_param(&params[1]);
 
     p = ngx_sprintf(buf[2], "%T", pmcf->job_retention);
     params[2].data = buf[2];

@@ -35,6 +35,12 @@
 #define NGX_PUSHJOBS_OWNER_BEAT        5000
 #define NGX_PUSHJOBS_OWNER_TIMEOUT     20000
 
+/* NGX_PUSHJOBS_OWNER_TIMEOUT as the text of a query parameter */
+#define ngx_pushjobs_owner_timeout_param(str)                                \
+    ngx_str_set(str, ngx_pushjobs_stringify(NGX_PUSHJOBS_OWNER_TIMEOUT))
+#define ngx_pushjobs_stringify(n)      ngx_pushjobs_stringify_text(n)
+#define ngx_pushjobs_stringify_text(n) #n
+
 /*
  * A channel's presence (ngx_pushjobs_store_presence()).  A worker leaving
  * on a reload hands its channels over: new jobs count on their nodes for
