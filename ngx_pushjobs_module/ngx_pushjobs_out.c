@@ -23,6 +23,7 @@
 #include "ngx_pushjobs_module.h"
 
 
+static ngx_int_t ngx_pushjobs_out_filters_done(ngx_http_request_t *r);
 static ngx_int_t ngx_pushjobs_out_wait(ngx_connection_t *c,
     ngx_msec_t send_timeout);
 
@@ -113,25 +114,50 @@ ngx_int_t
 ngx_pushjobs_out_flush(ngx_pushjobs_out_t *out, ngx_http_request_t *r)
 {
     ngx_int_t                  rc;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    rc = ngx_pushjobs_out_filters_done(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    return ngx_pushjobs_out_send(out, r->connection, clcf->send_timeout);
+}
+
+
+/*
+ * What the filters still hold of a request's output: NGX_OK when nothing,
+ * else NGX_AGAIN (the rest waits for the write event, at most
+ * send_timeout) or NGX_ERROR.
+ */
+
+static ngx_int_t
+ngx_pushjobs_out_filters_done(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
     ngx_connection_t          *c;
     ngx_http_core_loc_conf_t  *clcf;
 
     c = r->connection;
-    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
 
-    if (r->out || c->buffered) {
-        rc = ngx_http_output_filter(r, NULL);
-
-        if (rc == NGX_ERROR) {
-            return NGX_ERROR;
-        }
-
-        if (r->out || c->buffered) {
-            return ngx_pushjobs_out_wait(c, clcf->send_timeout);
-        }
+    if (r->out == NULL && !c->buffered) {
+        return NGX_OK;
     }
 
-    return ngx_pushjobs_out_send(out, c, clcf->send_timeout);
+    rc = ngx_http_output_filter(r, NULL);
+
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (r->out || c->buffered) {
+        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+        return ngx_pushjobs_out_wait(c, clcf->send_timeout);
+    }
+
+    return NGX_OK;
 }
 
 
@@ -212,20 +238,13 @@ ngx_pushjobs_out_output(ngx_pushjobs_out_t *out, ngx_http_request_t *r)
     ngx_pushjobs_out_link_t   *l;
     ngx_http_core_loc_conf_t  *clcf;
 
+    rc = ngx_pushjobs_out_filters_done(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
     c = r->connection;
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-
-    if (r->out || c->buffered) {
-        rc = ngx_http_output_filter(r, NULL);
-
-        if (rc == NGX_ERROR) {
-            return NGX_ERROR;
-        }
-
-        if (r->out || c->buffered) {
-            return ngx_pushjobs_out_wait(c, clcf->send_timeout);
-        }
-    }
 
     for ( ;; ) {
 
