@@ -140,8 +140,11 @@ FUZZ_NGX_WITHOUT := $(addprefix --without-http_,$(addsuffix _module, \
 
 # nginx with the module built in, instrumented; every object but nginx.o
 # (main) in one archive, from which a harness takes what it needs
+# (the module's objects go with a reconfigure: a source renamed or removed
+# must not leave its old object in the archive)
 $(FUZZ_NGX)/Makefile: config | fuzz-deps
 	@mkdir -p $(FUZZ_NGX)
+	rm -rf $(FUZZ_NGX)/addon
 	src=$$(stack/nginx-source $(BUILD)/src) && \
 	ln -sfn $$src $(FUZZ_NGX_SRC) && cd $$src && \
 	./configure --with-cc=$(FUZZ_CC) \
