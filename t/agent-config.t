@@ -89,11 +89,21 @@ like $out, qr/^allowed_users \["deploy"\]$/m, '--allowed-user';
 like $out, qr/^kill_grace_period 3$/m, '--kill-grace';
 
 # the pair runs the node for real, trusting the server via trusted_certs_dir
+# (waited on by the node's availability: node_states lists a node that is
+# offline too, and a job posted after the old agent's channel is marked
+# offline but before the new one's hello would find the node unavailable)
+sub availability {
+    my $r = $stack->request('GET', "/organizations/$org/pushy/node_states/$node");
+    return $r->{json} ? $r->{json}{availability} // '' : '';
+}
 pushjobs_rb('{"say"=>"echo said"}');
 $stack->stop_agent($node);
+ok PushJobs::Stack::wait_for(15, sub { availability() eq 'unavailable' }, 0.1),
+    'the agent stopped: its node is unavailable';
 $stack->spawn("agent:$node", "$d/agent.log", $PushJobs::Stack::AGENT, @cf,
               '--spool', "$d/spool");
-ok $stack->wait_online([$node], 20), 'the agent connects with the pair';
+ok PushJobs::Stack::wait_for(20, sub { availability() eq 'available' }, 0.1),
+    'the agent connects with the pair';
 
 my $id = $stack->start_job({ command => 'say', nodes => [$node] });
 is_deeply $stack->wait_job($id, 30)->{nodes}, { succeeded => [$node] },
