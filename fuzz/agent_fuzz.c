@@ -187,3 +187,37 @@ agent_fuzz_chunk(uint32_t *seed, size_t left)
 
     return n;
 }
+
+
+int
+agent_fuzz_feed(pja_ws_t *ws, const uint8_t *data, size_t size,
+    uint32_t seed, int (*reader)(pja_ws_t *ws, pja_agent_t *a))
+{
+    int     rc;
+    size_t  n;
+
+    rc = 0;
+
+    while (size && rc == 0) {
+        n = agent_fuzz_chunk(&seed, size);
+
+        if (pja_buf_reserve(&ws->in, n + 1) != 0) {
+            abort();
+        }
+
+        memcpy(ws->in.data + ws->in.len, data, n);
+        ws->in.len += n;
+        ws->in.data[ws->in.len] = '\0';
+
+        data += n;
+        size -= n;
+
+        rc = reader(ws, &pja_agent);
+
+        if (rc != 0 && rc != -1) {
+            abort();
+        }
+    }
+
+    return rc;
+}

@@ -26,4 +26,12 @@ void agent_fuzz_done(pja_ws_t *ws);
 /* A deterministic split of an input into chunks, from a seed. */
 size_t agent_fuzz_chunk(uint32_t *seed, size_t left);
 
+/*
+ * Feeds the bytes to a channel reader in chunks, as the connection's reader
+ * leaves them (the bytes, then a NUL), until the input ends or the reader
+ * returns nonzero; returns the reader's last result (0 or -1).
+ */
+int agent_fuzz_feed(pja_ws_t *ws, const uint8_t *data, size_t size,
+    uint32_t seed, int (*reader)(pja_ws_t *ws, pja_agent_t *a));
+
 #endif

@@ -18,8 +18,6 @@
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    int        rc;
-    size_t     n;
     uint32_t   seed;
     pja_ws_t  *ws;
 
@@ -38,30 +36,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     agent_fuzz_channel(ws, PJA_WS_OPEN, 1);
 
-    rc = 0;
-
-    while (size && rc == 0) {
-        n = agent_fuzz_chunk(&seed, size);
-
-        /* as the connection's reader leaves it: the bytes, then a NUL */
-
-        if (pja_buf_reserve(&ws->in, n + 1) != 0) {
-            abort();
-        }
-
-        memcpy(ws->in.data + ws->in.len, data, n);
-        ws->in.len += n;
-        ws->in.data[ws->in.len] = '\0';
-
-        data += n;
-        size -= n;
-
-        rc = pja_poll_response(ws, &pja_agent);
-
-        if (rc != 0 && rc != -1) {
-            abort();
-        }
-    }
+    (void) agent_fuzz_feed(ws, data, size, seed, pja_poll_response);
 
     agent_fuzz_done(ws);
 

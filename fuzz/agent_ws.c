@@ -20,7 +20,6 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     int        rc, mode;
-    size_t     n;
     uint32_t   seed;
     pja_ws_t  *ws;
 
@@ -51,30 +50,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     }
 
-    rc = 0;
-
-    while (size && rc == 0) {
-        n = agent_fuzz_chunk(&seed, size);
-
-        /* as ws_read() leaves it: the bytes, then a NUL */
-
-        if (pja_buf_reserve(&ws->in, n + 1) != 0) {
-            abort();
-        }
-
-        memcpy(ws->in.data + ws->in.len, data, n);
-        ws->in.len += n;
-        ws->in.data[ws->in.len] = '\0';
-
-        data += n;
-        size -= n;
-
-        rc = pja_ws_input(ws, &pja_agent);
-
-        if (rc != 0 && rc != -1) {
-            abort();
-        }
-    }
+    rc = agent_fuzz_feed(ws, data, size, seed, pja_ws_input);
 
     if (rc == 0) {
         /* the server closes the connection */
