@@ -5,10 +5,10 @@
  * read; and the poll loop's entry points, which hand what arrives to the
  * transport (transport_ws.c, transport_poll.c).
  *
- * Everything is non-blocking: pja_ws_handle() is called from the poll loop
+ * Everything is non-blocking: pja_conn_handle() is called from the poll loop
  * and moves the connection through TCP connect and TLS handshake, then
  * lets the transport open the channel.  It returns -1 when the channel is
- * over; the caller then calls pja_ws_reset() and schedules a reconnect.
+ * over; the caller then calls pja_conn_reset() and schedules a reconnect.
  */
 
 #include <dirent.h>
@@ -32,7 +32,7 @@
 #include "pja.h"
 
 
-static int ws_read(pja_ws_t *ws, size_t limit);
+static int ws_read(pja_conn_t *ws, size_t limit);
 
 
 static void
@@ -123,11 +123,11 @@ ws_trusted_certs(SSL_CTX *ctx, const pja_conf_t *cf)
 
 
 int
-pja_ws_init_ctx(pja_ws_t *ws, const pja_conf_t *cf)
+pja_conn_init_ctx(pja_conn_t *ws, const pja_conf_t *cf)
 {
     SSL_CTX  *ctx;
 
-    memset(ws, 0, sizeof(pja_ws_t));
+    memset(ws, 0, sizeof(pja_conn_t));
     ws->fd = -1;
 
     if (!cf->tls) {
@@ -186,7 +186,7 @@ pja_ws_init_ctx(pja_ws_t *ws, const pja_conf_t *cf)
 
 
 void
-pja_ws_reset(pja_ws_t *ws)
+pja_conn_reset(pja_conn_t *ws)
 {
     SSL_CTX  *ctx;
 
@@ -211,7 +211,7 @@ pja_ws_reset(pja_ws_t *ws)
     }
 
     ctx = ws->ctx;
-    memset(ws, 0, sizeof(pja_ws_t));
+    memset(ws, 0, sizeof(pja_conn_t));
     ws->ctx = ctx;
     ws->fd = -1;
 }
@@ -220,7 +220,7 @@ pja_ws_reset(pja_ws_t *ws)
 /* Starts a non-blocking connect to the next address; -1 when none is left. */
 
 static int
-ws_connect_next(pja_ws_t *ws)
+ws_connect_next(pja_conn_t *ws)
 {
     int               fd, one;
     char              addr[INET6_ADDRSTRLEN];
@@ -274,12 +274,12 @@ ws_connect_next(pja_ws_t *ws)
 
 
 int
-pja_ws_connect(pja_ws_t *ws, const pja_conf_t *cf)
+pja_conn_connect(pja_conn_t *ws, const pja_conf_t *cf)
 {
     int              rc;
     struct addrinfo  hints;
 
-    pja_ws_reset(ws);
+    pja_conn_reset(ws);
 
     /* long-poll when configured, or once after a refused upgrade */
     ws->transport = cf->transport == PJA_TRANSPORT_LONG_POLL
@@ -320,7 +320,7 @@ pja_ws_connect(pja_ws_t *ws, const pja_conf_t *cf)
 
 
 short
-pja_ws_events(pja_ws_t *ws)
+pja_conn_events(pja_conn_t *ws)
 {
     if (ws->fd == -1) {
         return 0;
@@ -345,7 +345,7 @@ pja_ws_events(pja_ws_t *ws)
  */
 
 static ssize_t
-ws_io_result(pja_ws_t *ws, ssize_t r, const char *what, int reading)
+ws_io_result(pja_conn_t *ws, ssize_t r, const char *what, int reading)
 {
     if (ws->ssl == NULL) {
         if (r >= 0) {
@@ -389,7 +389,7 @@ ws_io_result(pja_ws_t *ws, ssize_t r, const char *what, int reading)
 
 
 static ssize_t
-ws_io_read(pja_ws_t *ws, void *buf, size_t n)
+ws_io_read(pja_conn_t *ws, void *buf, size_t n)
 {
     if (ws->ssl == NULL) {
         return ws_io_result(ws, read(ws->fd, buf, n), "read()", 1);
@@ -400,7 +400,7 @@ ws_io_read(pja_ws_t *ws, void *buf, size_t n)
 
 
 static ssize_t
-ws_io_write(pja_ws_t *ws, const void *buf, size_t n)
+ws_io_write(pja_conn_t *ws, const void *buf, size_t n)
 {
     if (ws->ssl == NULL) {
         return ws_io_result(ws, write(ws->fd, buf, n), "write()", 0);
@@ -412,7 +412,7 @@ ws_io_write(pja_ws_t *ws, const void *buf, size_t n)
 
 
 int
-pja_ws_flush(pja_ws_t *ws)
+pja_conn_flush(pja_conn_t *ws)
 {
     size_t   n;
     ssize_t  w;
@@ -445,7 +445,7 @@ pja_ws_flush(pja_ws_t *ws)
 
 
 int
-pja_ws_send_text(pja_ws_t *ws, const char *p, size_t n)
+pja_conn_send_text(pja_conn_t *ws, const char *p, size_t n)
 {
     if (ws->state != PJA_WS_OPEN) {
         return -1;
@@ -456,7 +456,7 @@ pja_ws_send_text(pja_ws_t *ws, const char *p, size_t n)
 
 
 void
-pja_ws_close(pja_ws_t *ws, int code)
+pja_conn_close(pja_conn_t *ws, int code)
 {
     if (ws->state != PJA_WS_OPEN) {
         return;
@@ -467,7 +467,7 @@ pja_ws_close(pja_ws_t *ws, int code)
 
 
 static int
-ws_start_tls(pja_ws_t *ws, const pja_conf_t *cf)
+ws_start_tls(pja_conn_t *ws, const pja_conf_t *cf)
 {
     int           is_ip;
     unsigned char ip[16];
@@ -507,7 +507,7 @@ ws_start_tls(pja_ws_t *ws, const pja_conf_t *cf)
 
 
 static int
-ws_handshake_tls(pja_ws_t *ws, const pja_conf_t *cf)
+ws_handshake_tls(pja_conn_t *ws, const pja_conf_t *cf)
 {
     int   rc, err;
     long  vr;
@@ -546,7 +546,7 @@ ws_handshake_tls(pja_ws_t *ws, const pja_conf_t *cf)
 /* Finds header NAME in the response head; copies its value to val. */
 
 int
-pja_ws_header(const char *head, const char *name, char *val, size_t size)
+pja_conn_header(const char *head, const char *name, char *val, size_t size)
 {
     size_t       n, len;
     const char  *p, *e, *v;
@@ -594,7 +594,7 @@ pja_ws_header(const char *head, const char *name, char *val, size_t size)
  */
 
 int
-pja_ws_response_head(pja_ws_t *ws, size_t *head_len, int *status)
+pja_conn_response_head(pja_conn_t *ws, size_t *head_len, int *status)
 {
     char  *end;
 
@@ -628,7 +628,7 @@ pja_ws_response_head(pja_ws_t *ws, size_t *head_len, int *status)
  */
 
 int
-pja_ws_input(pja_ws_t *ws, pja_agent_t *a)
+pja_conn_input(pja_conn_t *ws, pja_agent_t *a)
 {
     return ws->transport->input(ws, a);
 }
@@ -641,7 +641,7 @@ pja_ws_input(pja_ws_t *ws, pja_agent_t *a)
  */
 
 static int
-ws_read(pja_ws_t *ws, size_t limit)
+ws_read(pja_conn_t *ws, size_t limit)
 {
     size_t   got;
     ssize_t  r;
@@ -677,7 +677,7 @@ ws_read(pja_ws_t *ws, size_t limit)
 
 
 int
-pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents)
+pja_conn_handle(pja_conn_t *ws, const pja_conf_t *cf, short revents)
 {
     int        err, more;
     socklen_t  len;
@@ -711,7 +711,7 @@ pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents)
         return ws_handshake_tls(ws, cf);
     }
 
-    if (pja_ws_flush(ws) != 0) {
+    if (pja_conn_flush(ws) != 0) {
         return -1;
     }
 
@@ -721,13 +721,13 @@ pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents)
             return -1;
         }
 
-        if (pja_ws_input(ws, &pja_agent) != 0) {
+        if (pja_conn_input(ws, &pja_agent) != 0) {
             return -1;
         }
 
     } while (more && ws->fd != -1);
 
-    if (pja_ws_flush(ws) != 0) {
+    if (pja_conn_flush(ws) != 0) {
         return -1;
     }
 

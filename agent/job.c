@@ -746,7 +746,7 @@ job_record(pja_job_t *job, pid_t pid)
         return -1;
     }
 
-    rc = pja_spool_run_write(job->id, b.data);
+    rc = pja_store_run_write(job->id, b.data);
     pja_buf_free(&b);
 
     return rc;
@@ -962,7 +962,7 @@ pja_job_run(pja_job_t *job, const pja_conf_t *cf)
     if (n > 0) {
         why[n] = '\0';
         waitpid(pid, NULL, 0);
-        pja_spool_run_remove(job->id);
+        pja_store_run_remove(job->id);
         if (job->capture) {
             close(outp[0]);
             close(errp[0]);
@@ -1616,19 +1616,19 @@ job_recover_one(const pja_conf_t *cf, const char *id)
     char          *text, boot[64];
     job_record_t   r;
 
-    if (pja_spool_has(id)) {
+    if (pja_store_has(id)) {
         /* it ended, and its report is spooled: it goes out as usual */
-        pja_spool_run_remove(id);
+        pja_store_run_remove(id);
         return;
     }
 
-    text = pja_spool_run_read(id);
+    text = pja_store_run_read(id);
 
     if (text == NULL || job_record_parse(text, id, &r) != 0) {
         pja_log(PJA_LOG_WARN, "job %s: the record of its process group is "
                 "not valid; removed", id);
         free(text);
-        pja_spool_run_remove(id);
+        pja_store_run_remove(id);
         return;
     }
 
@@ -1657,7 +1657,7 @@ job_recover_one(const pja_conf_t *cf, const char *id)
     pja_log(PJA_LOG_WARN, "job %s: not held any more; the server records "
             "the node crashed", id);
 
-    pja_spool_run_remove(id);
+    pja_store_run_remove(id);
 }
 
 
@@ -1667,7 +1667,7 @@ pja_job_recover(const pja_conf_t *cf)
     size_t   i, n;
     char   **ids;
 
-    ids = pja_spool_run_list(&n);
+    ids = pja_store_run_list(&n);
 
     for (i = 0; i < n; i++) {
         job_recover_one(cf, ids[i]);

@@ -277,7 +277,7 @@ channel_ended(pja_agent_t *a, int *attempt, int64_t *reconnect_at)
                 "%s (another agent with this node name?)", a->conf.node_name);
     }
 
-    pja_ws_reset(&a->ws);
+    pja_conn_reset(&a->ws);
     a->welcomed = 0;
 
     delay = fallback ? 0 : backoff_delay(attempt);
@@ -385,7 +385,7 @@ check_child(pja_agent_t *a)
     int  status;
 
     if (pja_job_reap(&a->job, &status)) {
-        pja_proto_job_exited(a, status);
+        pja_session_job_exited(a, status);
     }
 }
 
@@ -438,14 +438,14 @@ run(pja_agent_t *a)
             stop_deadline = now + 3000;
 
             if (a->ws.state == PJA_WS_OPEN) {
-                pja_ws_close(&a->ws, 1000);
+                pja_conn_close(&a->ws, 1000);
             } else {
-                pja_ws_reset(&a->ws);
+                pja_conn_reset(&a->ws);
             }
         }
 
         if (closing && (a->ws.fd == -1 || now >= stop_deadline)) {
-            pja_ws_reset(&a->ws);
+            pja_conn_reset(&a->ws);
             return 0;
         }
 
@@ -487,7 +487,7 @@ run(pja_agent_t *a)
         }
 
         if (a->ws.fd == -1 && !a->stopping && now >= reconnect_at) {
-            if (pja_ws_connect(&a->ws, &a->conf) != 0) {
+            if (pja_conn_connect(&a->ws, &a->conf) != 0) {
                 channel_ended(a, &attempt, &reconnect_at);
             }
         }
@@ -503,7 +503,7 @@ run(pja_agent_t *a)
         if (a->ws.fd != -1) {
             ws_i = n;
             pfd[n].fd = a->ws.fd;
-            pfd[n].events = pja_ws_events(&a->ws);
+            pfd[n].events = pja_conn_events(&a->ws);
             n++;
         }
 
@@ -561,9 +561,9 @@ run(pja_agent_t *a)
         }
 
         if (ws_i != -1 && pfd[ws_i].revents && a->ws.fd == pfd[ws_i].fd) {
-            if (pja_ws_handle(&a->ws, &a->conf, pfd[ws_i].revents) != 0) {
+            if (pja_conn_handle(&a->ws, &a->conf, pfd[ws_i].revents) != 0) {
                 if (closing) {
-                    pja_ws_reset(&a->ws);
+                    pja_conn_reset(&a->ws);
                 } else {
                     channel_ended(a, &attempt, &reconnect_at);
                 }
@@ -791,7 +791,7 @@ main(int argc, char **argv)
 
     umask(077);
 
-    if (pja_spool_init(spool) != 0) {
+    if (pja_store_init(spool) != 0) {
         return 1;
     }
 
@@ -805,7 +805,7 @@ main(int argc, char **argv)
      */
     pja_job_recover(&a->conf);
 
-    if (pja_ws_init_ctx(&a->ws, &a->conf) != 0) {
+    if (pja_conn_init_ctx(&a->ws, &a->conf) != 0) {
         return 1;
     }
 

@@ -232,7 +232,7 @@ typedef struct {
 
     const struct pja_transport_s  *transport;
     pja_poll_t             poll;          /* the long-poll transport's */
-} pja_ws_t;
+} pja_conn_t;
 
 struct pja_agent_s;
 
@@ -243,15 +243,15 @@ struct pja_agent_s;
 
 typedef struct pja_transport_s {
     /* the connection is up: send the upgrade, or the first poll */
-    int   (*open)(pja_ws_t *ws, const pja_conf_t *cf);
+    int   (*open)(pja_conn_t *ws, const pja_conf_t *cf);
     /* one message out; called when the channel is open */
-    int   (*send)(pja_ws_t *ws, const char *p, size_t n);
+    int   (*send)(pja_conn_t *ws, const char *p, size_t n);
     /* say goodbye with this code; called when the channel is open */
-    void  (*close)(pja_ws_t *ws, int code);
+    void  (*close)(pja_conn_t *ws, int code);
     /* parse what ws->in holds: 0 for more bytes, -1 when it is over */
-    int   (*input)(pja_ws_t *ws, struct pja_agent_s *a);
+    int   (*input)(pja_conn_t *ws, struct pja_agent_s *a);
     /* free the transport's state */
-    void  (*reset)(pja_ws_t *ws);
+    void  (*reset)(pja_conn_t *ws);
 
     /* for the log: the URL's scheme without and with TLS, a path suffix */
     const char  *scheme;
@@ -259,22 +259,22 @@ typedef struct pja_transport_s {
     const char  *path;
 } pja_transport_t;
 
-int pja_ws_init_ctx(pja_ws_t *ws, const pja_conf_t *cf);
-int pja_ws_connect(pja_ws_t *ws, const pja_conf_t *cf);
-short pja_ws_events(pja_ws_t *ws);
-int pja_ws_handle(pja_ws_t *ws, const pja_conf_t *cf, short revents);
-int pja_ws_send_text(pja_ws_t *ws, const char *p, size_t n);
-void pja_ws_close(pja_ws_t *ws, int code);
-void pja_ws_reset(pja_ws_t *ws);
-int pja_ws_input(pja_ws_t *ws, struct pja_agent_s *a);
-int pja_ws_flush(pja_ws_t *ws);
-int pja_ws_header(const char *head, const char *name, char *val, size_t size);
-int pja_ws_response_head(pja_ws_t *ws, size_t *head_len, int *status);
+int pja_conn_init_ctx(pja_conn_t *ws, const pja_conf_t *cf);
+int pja_conn_connect(pja_conn_t *ws, const pja_conf_t *cf);
+short pja_conn_events(pja_conn_t *ws);
+int pja_conn_handle(pja_conn_t *ws, const pja_conf_t *cf, short revents);
+int pja_conn_send_text(pja_conn_t *ws, const char *p, size_t n);
+void pja_conn_close(pja_conn_t *ws, int code);
+void pja_conn_reset(pja_conn_t *ws);
+int pja_conn_input(pja_conn_t *ws, struct pja_agent_s *a);
+int pja_conn_flush(pja_conn_t *ws);
+int pja_conn_header(const char *head, const char *name, char *val, size_t size);
+int pja_conn_response_head(pja_conn_t *ws, size_t *head_len, int *status);
 
 
 /* transport_poll.c: the channel's long-poll fallback */
 
-int pja_poll_response(pja_ws_t *ws, struct pja_agent_s *a);
+int pja_poll_response(pja_conn_t *ws, struct pja_agent_s *a);
 
 extern const pja_transport_t  pja_transport_ws;
 extern const pja_transport_t  pja_transport_poll;
@@ -399,16 +399,16 @@ int pja_ps_drop(const char *user);
 
 /* store.c */
 
-int pja_spool_init(const char *dir);
-int pja_spool_write(const char *job_id, const char *text);
-int pja_spool_remove(const char *job_id);
-int pja_spool_has(const char *job_id);
-char *pja_spool_read(const char *job_id);
-char **pja_spool_list(size_t *n);
-int pja_spool_run_write(const char *job_id, const char *text);
-int pja_spool_run_remove(const char *job_id);
-char *pja_spool_run_read(const char *job_id);
-char **pja_spool_run_list(size_t *n);
+int pja_store_init(const char *dir);
+int pja_store_write(const char *job_id, const char *text);
+int pja_store_remove(const char *job_id);
+int pja_store_has(const char *job_id);
+char *pja_store_read(const char *job_id);
+char **pja_store_list(size_t *n);
+int pja_store_run_write(const char *job_id, const char *text);
+int pja_store_run_remove(const char *job_id);
+char *pja_store_run_read(const char *job_id);
+char **pja_store_run_list(size_t *n);
 
 
 /* json.c */
@@ -431,7 +431,7 @@ yajl_val pja_json_parse(const char *text, size_t len,
 
 typedef struct pja_agent_s {
     pja_conf_t             conf;
-    pja_ws_t               ws;
+    pja_conn_t               ws;
     pja_job_t              job;
     int                    welcomed;
     int                    ping_interval;
@@ -450,11 +450,11 @@ typedef struct pja_agent_s {
 
 extern pja_agent_t  pja_agent;
 
-void pja_proto_open(pja_agent_t *a);
-void pja_proto_message(pja_agent_t *a, char *text, size_t len);
-void pja_proto_handle(pja_agent_t *a, yajl_val msg);
-void pja_proto_send(pja_agent_t *a, char *text);
-void pja_proto_final(pja_agent_t *a, char *report);
-void pja_proto_job_exited(pja_agent_t *a, int status);
+void pja_session_open(pja_agent_t *a);
+void pja_session_message(pja_agent_t *a, char *text, size_t len);
+void pja_session_handle(pja_agent_t *a, yajl_val msg);
+void pja_session_send(pja_agent_t *a, char *text);
+void pja_session_final(pja_agent_t *a, char *report);
+void pja_session_job_exited(pja_agent_t *a, int status);
 
 #endif /* PJA_H */

@@ -14,7 +14,7 @@
 /* Sends a message if the channel is open; takes ownership of text. */
 
 void
-pja_proto_send(pja_agent_t *a, char *text)
+pja_session_send(pja_agent_t *a, char *text)
 {
     if (text == NULL) {
         return;
@@ -23,7 +23,7 @@ pja_proto_send(pja_agent_t *a, char *text)
     if (a->ws.state == PJA_WS_OPEN) {
         pja_log(PJA_LOG_DEBUG, "-> %.300s", text);
 
-        if (pja_ws_send_text(&a->ws, text, strlen(text)) != 0) {
+        if (pja_conn_send_text(&a->ws, text, strlen(text)) != 0) {
             pja_log(PJA_LOG_WARN, "channel: cannot queue a message");
         }
     }
@@ -50,14 +50,14 @@ proto_simple(pja_agent_t *a, const char *type, const char *job_id,
         return;
     }
 
-    pja_proto_send(a, pja_json_end(g));
+    pja_session_send(a, pja_json_end(g));
 }
 
 
 /* Spools a final report, then sends it; takes ownership of report. */
 
 void
-pja_proto_final(pja_agent_t *a, char *report)
+pja_session_final(pja_agent_t *a, char *report)
 {
     yajl_val     v;
     const char  *id;
@@ -70,14 +70,14 @@ pja_proto_final(pja_agent_t *a, char *report)
     id = pja_json_get_str(v, "job_id");
 
     if (id && pja_valid_job_id(id)) {
-        if (pja_spool_write(id, report) != 0) {
+        if (pja_store_write(id, report) != 0) {
             pja_log(PJA_LOG_ERR, "job %s: the report could not be spooled; "
                     "sending it anyway", id);
         }
     }
 
     yajl_tree_free(v);
-    pja_proto_send(a, report);
+    pja_session_send(a, report);
 }
 
 
@@ -96,7 +96,7 @@ proto_send_aborted(pja_agent_t *a, const char *job_id)
         return;
     }
 
-    pja_proto_final(a, pja_json_end(g));
+    pja_session_final(a, pja_json_end(g));
 }
 
 
@@ -114,7 +114,7 @@ proto_spooled(const char *job_id)
     yajl_val     v;
     const char  *id;
 
-    text = pja_spool_read(job_id);
+    text = pja_store_read(job_id);
     if (text == NULL) {
         return NULL;
     }
@@ -129,7 +129,7 @@ proto_spooled(const char *job_id)
                 "dropped: %.200s", job_id, text);
         yajl_tree_free(v);
         free(text);
-        pja_spool_remove(job_id);
+        pja_store_remove(job_id);
         return NULL;
     }
 
@@ -152,12 +152,12 @@ proto_resend(pja_agent_t *a, const char *job_id, char *text)
     }
 
     pja_log(PJA_LOG_INFO, "job %s: re-sending the spooled report", job_id);
-    pja_proto_send(a, text);
+    pja_session_send(a, text);
 }
 
 
 void
-pja_proto_job_exited(pja_agent_t *a, int status)
+pja_session_job_exited(pja_agent_t *a, int status)
 {
     char        *report, id[33];
     pja_job_t   *job = &a->job;
@@ -173,10 +173,10 @@ pja_proto_job_exited(pja_agent_t *a, int status)
     report = pja_job_report(job, status, a->max_message_size);
     memcpy(id, job->id, sizeof(id));
     pja_job_clear(job);
-    pja_proto_final(a, report);
+    pja_session_final(a, report);
 
     /* reaped and reported: nothing of it for a restarted agent to end */
-    pja_spool_run_remove(id);
+    pja_store_run_remove(id);
 }
 
 
@@ -188,7 +188,7 @@ pja_proto_job_exited(pja_agent_t *a, int status)
  */
 
 void
-pja_proto_open(pja_agent_t *a)
+pja_session_open(pja_agent_t *a)
 {
     size_t     i, n;
     char     **ids, **texts;
@@ -201,7 +201,7 @@ pja_proto_open(pja_agent_t *a)
         return;
     }
 
-    ids = pja_spool_list(&n);
+    ids = pja_store_list(&n);
     texts = n ? calloc(n, sizeof(char *)) : NULL;
 
     if ((n && texts == NULL)
@@ -244,7 +244,7 @@ pja_proto_open(pja_agent_t *a)
         goto failed;
     }
 
-    pja_proto_send(a, pja_json_end(g));
+    pja_session_send(a, pja_json_end(g));
     g = NULL;
 
     for (i = 0; i < n; i++) {
@@ -308,7 +308,7 @@ proto_commit(pja_agent_t *a, const char *id, yajl_val msg)
         return;
     }
 
-    if (pja_spool_has(id)) {
+    if (pja_store_has(id)) {
         proto_resend(a, id, NULL);
         return;
     }
@@ -383,7 +383,7 @@ proto_abort(pja_agent_t *a, const char *id, int force)
         return;
     }
 
-    if (pja_spool_has(id)) {
+    if (pja_store_has(id)) {
         proto_resend(a, id, NULL);
         return;
     }
@@ -394,7 +394,7 @@ proto_abort(pja_agent_t *a, const char *id, int force)
 
 
 void
-pja_proto_message(pja_agent_t *a, char *text, size_t len)
+pja_session_message(pja_agent_t *a, char *text, size_t len)
 {
     yajl_val  msg;
 
@@ -408,7 +408,7 @@ pja_proto_message(pja_agent_t *a, char *text, size_t len)
         return;
     }
 
-    pja_proto_handle(a, msg);
+    pja_session_handle(a, msg);
 
     yajl_tree_free(msg);
 }
@@ -417,7 +417,7 @@ pja_proto_message(pja_agent_t *a, char *text, size_t len)
 /* One message of the server, a JSON object, whatever its transport. */
 
 void
-pja_proto_handle(pja_agent_t *a, yajl_val msg)
+pja_session_handle(pja_agent_t *a, yajl_val msg)
 {
     const char  *type, *id;
 
@@ -463,7 +463,7 @@ pja_proto_handle(pja_agent_t *a, yajl_val msg)
         proto_abort(a, id, pja_json_get_bool(msg, "force", 0));
 
     } else {
-        if (pja_spool_remove(id) == 0) {
+        if (pja_store_remove(id) == 0) {
             pja_log(PJA_LOG_INFO, "job %s: report acknowledged", id);
         }
     }

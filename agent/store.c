@@ -24,11 +24,11 @@
 #include "pja.h"
 
 
-static char  *pja_spool_dir;
+static char  *pja_store_dir;
 
 
 int
-pja_spool_init(const char *dir)
+pja_store_init(const char *dir)
 {
     struct stat  st;
 
@@ -47,8 +47,8 @@ pja_spool_init(const char *dir)
         pja_log(PJA_LOG_WARN, "spool %s is accessible to others", dir);
     }
 
-    pja_spool_dir = pja_strdup(dir);
-    return pja_spool_dir ? 0 : -1;
+    pja_store_dir = pja_strdup(dir);
+    return pja_store_dir ? 0 : -1;
 }
 
 
@@ -56,7 +56,7 @@ static void
 spool_path(pja_buf_t *b, const char *job_id, const char *suffix)
 {
     b->len = 0;
-    pja_buf_printf(b, "%s/%s%s", pja_spool_dir, job_id, suffix);
+    pja_buf_printf(b, "%s/%s%s", pja_store_dir, job_id, suffix);
 }
 
 
@@ -69,7 +69,7 @@ spool_write_file(const char *job_id, const char *suffix, const char *text)
     pja_buf_t  tmp = { NULL, 0, 0 }, path = { NULL, 0, 0 };
 
     rc = -1;
-    pja_buf_printf(&tmp, "%s/%s%s.tmp", pja_spool_dir, job_id, suffix);
+    pja_buf_printf(&tmp, "%s/%s%s.tmp", pja_store_dir, job_id, suffix);
     spool_path(&path, job_id, suffix);
 
     if (tmp.data == NULL || path.data == NULL) {
@@ -113,10 +113,10 @@ spool_write_file(const char *job_id, const char *suffix, const char *text)
         goto done;
     }
 
-    dfd = open(pja_spool_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    dfd = open(pja_store_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd != -1) {
         if (fsync(dfd) != 0) {
-            pja_log(PJA_LOG_WARN, "cannot sync %s: %s", pja_spool_dir,
+            pja_log(PJA_LOG_WARN, "cannot sync %s: %s", pja_store_dir,
                     strerror(errno));
         }
         close(dfd);
@@ -133,7 +133,7 @@ done:
 
 
 int
-pja_spool_write(const char *job_id, const char *text)
+pja_store_write(const char *job_id, const char *text)
 {
     if (spool_write_file(job_id, ".json", text) != 0) {
         return -1;
@@ -145,7 +145,7 @@ pja_spool_write(const char *job_id, const char *text)
 
 
 int
-pja_spool_run_write(const char *job_id, const char *text)
+pja_store_run_write(const char *job_id, const char *text)
 {
     return spool_write_file(job_id, ".run", text);
 }
@@ -174,21 +174,21 @@ spool_remove_file(const char *job_id, const char *suffix)
 
 
 int
-pja_spool_remove(const char *job_id)
+pja_store_remove(const char *job_id)
 {
     return spool_remove_file(job_id, ".json");
 }
 
 
 int
-pja_spool_run_remove(const char *job_id)
+pja_store_run_remove(const char *job_id)
 {
     return spool_remove_file(job_id, ".run");
 }
 
 
 int
-pja_spool_has(const char *job_id)
+pja_store_has(const char *job_id)
 {
     int        rc;
     pja_buf_t  path = { NULL, 0, 0 };
@@ -249,14 +249,14 @@ spool_read_file(const char *job_id, const char *suffix)
 
 
 char *
-pja_spool_read(const char *job_id)
+pja_store_read(const char *job_id)
 {
     return spool_read_file(job_id, ".json");
 }
 
 
 char *
-pja_spool_run_read(const char *job_id)
+pja_store_run_read(const char *job_id)
 {
     return spool_read_file(job_id, ".run");
 }
@@ -276,9 +276,9 @@ spool_list(const char *suffix, size_t *n)
     ids = NULL;
     slen = strlen(suffix);
 
-    d = opendir(pja_spool_dir);
+    d = opendir(pja_store_dir);
     if (d == NULL) {
-        pja_log(PJA_LOG_ERR, "cannot open spool %s: %s", pja_spool_dir,
+        pja_log(PJA_LOG_ERR, "cannot open spool %s: %s", pja_store_dir,
                 strerror(errno));
         return NULL;
     }
@@ -315,14 +315,14 @@ spool_list(const char *suffix, size_t *n)
 
 
 char **
-pja_spool_list(size_t *n)
+pja_store_list(size_t *n)
 {
     return spool_list(".json", n);
 }
 
 
 char **
-pja_spool_run_list(size_t *n)
+pja_store_run_list(size_t *n)
 {
     return spool_list(".run", n);
 }

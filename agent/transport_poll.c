@@ -11,7 +11,7 @@
 #include "pja.h"
 
 
-static int poll_kick(pja_ws_t *ws);
+static int poll_kick(pja_conn_t *ws);
 
 
 /*
@@ -25,7 +25,7 @@ static int poll_kick(pja_ws_t *ws);
  */
 
 static int
-poll_queue(pja_ws_t *ws, const char *p, size_t n)
+poll_queue(pja_conn_t *ws, const char *p, size_t n)
 {
     uint32_t  len;
 
@@ -47,7 +47,7 @@ poll_queue(pja_ws_t *ws, const char *p, size_t n)
 
 
 static int
-poll_request(pja_ws_t *ws)
+poll_request(pja_conn_t *ws)
 {
     int                count;
     size_t             off, max;
@@ -140,7 +140,7 @@ poll_request(pja_ws_t *ws)
 
     ws->poll.inflight++;
 
-    return pja_ws_flush(ws);
+    return pja_conn_flush(ws);
 
 failed:
 
@@ -153,7 +153,7 @@ failed:
 /* A poll out at all times, and one more when there is something to say. */
 
 static int
-poll_kick(pja_ws_t *ws)
+poll_kick(pja_conn_t *ws)
 {
     if (ws->poll.batching) {
         return 0;
@@ -178,7 +178,7 @@ poll_kick(pja_ws_t *ws)
 
 
 static int
-poll_open(pja_ws_t *ws, const pja_conf_t *cf)
+poll_open(pja_conn_t *ws, const pja_conf_t *cf)
 {
     (void) cf;
 
@@ -193,7 +193,7 @@ poll_open(pja_ws_t *ws, const pja_conf_t *cf)
     pja_log(PJA_LOG_INFO, "channel open (long-poll)");
 
     ws->poll.batching = 1;
-    pja_proto_open(&pja_agent);
+    pja_session_open(&pja_agent);
     ws->poll.batching = 0;
 
     return poll_kick(ws);
@@ -203,7 +203,7 @@ poll_open(pja_ws_t *ws, const pja_conf_t *cf)
 /* Handles the complete answers in ws->in; -1 ends the channel. */
 
 int
-pja_poll_response(pja_ws_t *ws, pja_agent_t *a)
+pja_poll_response(pja_conn_t *ws, pja_agent_t *a)
 {
     int          status, rc;
     char        *end, *body, saved, val[256];
@@ -217,7 +217,7 @@ pja_poll_response(pja_ws_t *ws, pja_agent_t *a)
             return 0;
         }
 
-        rc = pja_ws_response_head(ws, &head_len, &status);
+        rc = pja_conn_response_head(ws, &head_len, &status);
 
         if (rc != 1) {
             return rc;
@@ -228,7 +228,7 @@ pja_poll_response(pja_ws_t *ws, pja_agent_t *a)
         *end = '\0';
 
         clen = -1;
-        if (pja_ws_header(ws->in.data, "Content-Length", val, sizeof(val))) {
+        if (pja_conn_header(ws->in.data, "Content-Length", val, sizeof(val))) {
             clen = strtol(val, NULL, 10);
         }
 
@@ -244,7 +244,7 @@ pja_poll_response(pja_ws_t *ws, pja_agent_t *a)
         }
 
         if (status == 200
-            && pja_ws_header(ws->in.data, "X-Pushjobs-Session", val, sizeof(val)))
+            && pja_conn_header(ws->in.data, "X-Pushjobs-Session", val, sizeof(val)))
         {
             snprintf(ws->poll.session, sizeof(ws->poll.session), "%s", val);
         }
@@ -306,7 +306,7 @@ pja_poll_response(pja_ws_t *ws, pja_agent_t *a)
             }
 
             if (ws->state == PJA_WS_OPEN) {
-                pja_proto_handle(a, m);
+                pja_session_handle(a, m);
             }
         }
 
@@ -321,14 +321,14 @@ pja_poll_response(pja_ws_t *ws, pja_agent_t *a)
 
 
 static int
-poll_input(pja_ws_t *ws, pja_agent_t *a)
+poll_input(pja_conn_t *ws, pja_agent_t *a)
 {
     return pja_poll_response(ws, a) != 0 ? -1 : 0;
 }
 
 
 static int
-poll_send(pja_ws_t *ws, const char *p, size_t n)
+poll_send(pja_conn_t *ws, const char *p, size_t n)
 {
     if (poll_queue(ws, p, n) != 0) {
         return -1;
@@ -339,7 +339,7 @@ poll_send(pja_ws_t *ws, const char *p, size_t n)
 
 
 static void
-poll_close(pja_ws_t *ws, int code)
+poll_close(pja_conn_t *ws, int code)
 {
     char  text[64];
 
@@ -364,7 +364,7 @@ poll_close(pja_ws_t *ws, int code)
 
 
 static void
-poll_reset(pja_ws_t *ws)
+poll_reset(pja_conn_t *ws)
 {
     pja_buf_free(&ws->poll.pending);
 }

@@ -23,11 +23,11 @@
 #define WS_OP_PONG   0xa
 
 
-static int ws_send_frame(pja_ws_t *ws, int op, const void *p, size_t n);
+static int ws_send_frame(pja_conn_t *ws, int op, const void *p, size_t n);
 
 
 static int
-ws_send_frame(pja_ws_t *ws, int op, const void *p, size_t n)
+ws_send_frame(pja_conn_t *ws, int op, const void *p, size_t n)
 {
     size_t               i, h;
     unsigned char        hdr[14], *dst;
@@ -74,19 +74,19 @@ ws_send_frame(pja_ws_t *ws, int op, const void *p, size_t n)
     }
     ws->out.len += n;
 
-    return pja_ws_flush(ws);
+    return pja_conn_flush(ws);
 }
 
 
 static int
-ws_send_text(pja_ws_t *ws, const char *p, size_t n)
+ws_send_text(pja_conn_t *ws, const char *p, size_t n)
 {
     return ws_send_frame(ws, WS_OP_TEXT, p, n);
 }
 
 
 static void
-ws_close(pja_ws_t *ws, int code)
+ws_close(pja_conn_t *ws, int code)
 {
     unsigned char  b[2];
 
@@ -104,17 +104,17 @@ ws_close(pja_ws_t *ws, int code)
 
 
 static int
-ws_fail(pja_ws_t *ws, int code, const char *why)
+ws_fail(pja_conn_t *ws, int code, const char *why)
 {
     pja_log(PJA_LOG_ERR, "channel: %s, closing with %d", why, code);
-    pja_ws_close(ws, code);
-    (void) pja_ws_flush(ws);
+    pja_conn_close(ws, code);
+    (void) pja_conn_flush(ws);
     return -1;
 }
 
 
 static int
-ws_start_http(pja_ws_t *ws, const pja_conf_t *cf)
+ws_start_http(pja_conn_t *ws, const pja_conf_t *cf)
 {
     char           *key64, *acc;
     EVP_PKEY       *pkey;
@@ -178,7 +178,7 @@ ws_start_http(pja_ws_t *ws, const pja_conf_t *cf)
     pja_buf_free(&b);
     ws->state = PJA_WS_HTTP;
 
-    return pja_ws_flush(ws);
+    return pja_conn_flush(ws);
 }
 
 
@@ -200,14 +200,14 @@ ws_contains_token(const char *s, const char *token)
 
 
 static int
-ws_http_response(pja_ws_t *ws, pja_agent_t *a)
+ws_http_response(pja_conn_t *ws, pja_agent_t *a)
 {
     int       rc, status, chunked;
     char     *end, val[256];
     size_t    head_len, body_len, i;
     long      clen;
 
-    rc = pja_ws_response_head(ws, &head_len, &status);
+    rc = pja_conn_response_head(ws, &head_len, &status);
 
     if (rc == 0 && ws->peer_eof) {
         pja_log(PJA_LOG_ERR, "channel: the server closed the connection "
@@ -226,11 +226,11 @@ ws_http_response(pja_ws_t *ws, pja_agent_t *a)
     if (status != 101) {
         *end = '\0';
         clen = -1;
-        if (pja_ws_header(ws->in.data, "Content-Length", val, sizeof(val))) {
+        if (pja_conn_header(ws->in.data, "Content-Length", val, sizeof(val))) {
             clen = strtol(val, NULL, 10);
         }
 
-        chunked = pja_ws_header(ws->in.data, "Transfer-Encoding", val,
+        chunked = pja_conn_header(ws->in.data, "Transfer-Encoding", val,
                             sizeof(val))
                   && ws_contains_token(val, "chunked");
 
@@ -266,16 +266,16 @@ ws_http_response(pja_ws_t *ws, pja_agent_t *a)
 
     *end = '\0';
 
-    if (!pja_ws_header(ws->in.data, "Upgrade", val, sizeof(val))
+    if (!pja_conn_header(ws->in.data, "Upgrade", val, sizeof(val))
         || strcasecmp(val, "websocket") != 0
-        || !pja_ws_header(ws->in.data, "Connection", val, sizeof(val))
+        || !pja_conn_header(ws->in.data, "Connection", val, sizeof(val))
         || !ws_contains_token(val, "upgrade"))
     {
         pja_log(PJA_LOG_ERR, "channel: 101 without a websocket upgrade");
         return -1;
     }
 
-    if (!pja_ws_header(ws->in.data, "Sec-WebSocket-Accept", val, sizeof(val))
+    if (!pja_conn_header(ws->in.data, "Sec-WebSocket-Accept", val, sizeof(val))
         || strcmp(val, ws->accept) != 0)
     {
         pja_log(PJA_LOG_ERR, "channel: bad Sec-WebSocket-Accept");
@@ -289,14 +289,14 @@ ws_http_response(pja_ws_t *ws, pja_agent_t *a)
     ws->last_rx = ws->opened_at;
 
     pja_log(PJA_LOG_INFO, "channel open");
-    pja_proto_open(a);
+    pja_session_open(a);
 
     return 1;
 }
 
 
 static int
-ws_control(pja_ws_t *ws, int op, unsigned char *p, size_t n)
+ws_control(pja_conn_t *ws, int op, unsigned char *p, size_t n)
 {
     int  code;
 
@@ -342,7 +342,7 @@ ws_control(pja_ws_t *ws, int op, unsigned char *p, size_t n)
 /* Parses the complete frames in ws->in; -1 ends the channel. */
 
 static int
-ws_frames(pja_ws_t *ws, pja_agent_t *a)
+ws_frames(pja_conn_t *ws, pja_agent_t *a)
 {
     int             fin, op, masked;
     size_t          h, i;
@@ -445,7 +445,7 @@ ws_frames(pja_ws_t *ws, pja_agent_t *a)
 
                 } else if (ws->state == PJA_WS_OPEN) {
                     pja_buf_cstr(&ws->msg);
-                    pja_proto_message(a, ws->msg.data, ws->msg.len);
+                    pja_session_message(a, ws->msg.data, ws->msg.len);
                 }
 
                 if (ws->msg.cap > 1024 * 1024) {
@@ -463,7 +463,7 @@ ws_frames(pja_ws_t *ws, pja_agent_t *a)
 
 
 static int
-ws_input(pja_ws_t *ws, pja_agent_t *a)
+ws_input(pja_conn_t *ws, pja_agent_t *a)
 {
     int  rc;
 
@@ -481,7 +481,7 @@ ws_input(pja_ws_t *ws, pja_agent_t *a)
 /* the websocket keeps nothing of its own outside the connection */
 
 static void
-ws_reset(pja_ws_t *ws)
+ws_reset(pja_conn_t *ws)
 {
     (void) ws;
 }

@@ -48,7 +48,7 @@ agent_fuzz_init(void)
 
     snprintf(path, sizeof(path), "%s/spool", dir);
 
-    if (pja_spool_init(path) != 0) {
+    if (pja_store_init(path) != 0) {
         abort();
     }
 
@@ -107,9 +107,9 @@ __wrap_pja_job_run(pja_job_t *job, const pja_conf_t *cf)
 
 
 void
-agent_fuzz_channel(pja_ws_t *ws, int state, int poll)
+agent_fuzz_channel(pja_conn_t *ws, int state, int poll)
 {
-    memset(ws, 0, sizeof(pja_ws_t));
+    memset(ws, 0, sizeof(pja_conn_t));
 
     ws->fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
     if (ws->fd == -1) {
@@ -131,20 +131,20 @@ agent_fuzz_channel(pja_ws_t *ws, int state, int poll)
 
 
 void
-agent_fuzz_done(pja_ws_t *ws)
+agent_fuzz_done(pja_conn_t *ws)
 {
     size_t      i, n;
     char      **ids;
     pja_job_t  *job;
 
-    pja_ws_reset(ws);
+    pja_conn_reset(ws);
 
     /* each run starts with an empty spool */
 
-    ids = pja_spool_list(&n);
+    ids = pja_store_list(&n);
 
     for (i = 0; i < n; i++) {
-        (void) pja_spool_remove(ids[i]);
+        (void) pja_store_remove(ids[i]);
         free(ids[i]);
     }
 
@@ -190,8 +190,8 @@ agent_fuzz_chunk(uint32_t *seed, size_t left)
 
 
 int
-agent_fuzz_feed(pja_ws_t *ws, const uint8_t *data, size_t size,
-    uint32_t seed, int (*reader)(pja_ws_t *ws, pja_agent_t *a))
+agent_fuzz_feed(pja_conn_t *ws, const uint8_t *data, size_t size,
+    uint32_t seed, int (*reader)(pja_conn_t *ws, pja_agent_t *a))
 {
     int     rc;
     size_t  n;

@@ -18,10 +18,10 @@
 void agent_fuzz_init(void);
 
 /* A channel in the given state, writing to /dev/null. */
-void agent_fuzz_channel(pja_ws_t *ws, int state, int poll);
+void agent_fuzz_channel(pja_conn_t *ws, int state, int poll);
 
 /* Releases what the channel and the agent's job hold after a run. */
-void agent_fuzz_done(pja_ws_t *ws);
+void agent_fuzz_done(pja_conn_t *ws);
 
 /* A deterministic split of an input into chunks, from a seed. */
 size_t agent_fuzz_chunk(uint32_t *seed, size_t left);
@@ -31,7 +31,7 @@ size_t agent_fuzz_chunk(uint32_t *seed, size_t left);
  * leaves them (the bytes, then a NUL), until the input ends or the reader
  * returns nonzero; returns the reader's last result (0 or -1).
  */
-int agent_fuzz_feed(pja_ws_t *ws, const uint8_t *data, size_t size,
-    uint32_t seed, int (*reader)(pja_ws_t *ws, pja_agent_t *a));
+int agent_fuzz_feed(pja_conn_t *ws, const uint8_t *data, size_t size,
+    uint32_t seed, int (*reader)(pja_conn_t *ws, pja_agent_t *a));
 
 #endif

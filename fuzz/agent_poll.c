@@ -19,7 +19,7 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     uint32_t   seed;
-    pja_ws_t  *ws;
+    pja_conn_t  *ws;
 
     agent_fuzz_init();
 

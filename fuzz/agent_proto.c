@@ -1,5 +1,5 @@
 /*
- * The agent's server-message parser and protocol (pja_proto_message): the
+ * The agent's server-message parser and protocol (pja_session_message): the
  * messages of one channel, in order, with the whitelist {"true" =>
  * "true"}.  A "run" is refused without starting anything (linked with
  * --wrap=pja_job_run, fuzz/agent_fuzz.c).
@@ -40,7 +40,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(text, data, n);
         text[n] = '\0';
 
-        pja_proto_message(&pja_agent, text, n);
+        pja_session_message(&pja_agent, text, n);
 
         free(text);
 

@@ -1,5 +1,5 @@
 /*
- * The agent's channel reader (pja_ws_input): what the server sends, as it
+ * The agent's channel reader (pja_conn_input): what the server sends, as it
  * arrives in chunks: the answer to the upgrade then websocket frames, or
  * long-poll answers (HTTP responses with JSON arrays of messages).  The
  * messages go to the agent's real protocol code (session.c, job.c) with the
@@ -21,7 +21,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     int        rc, mode;
     uint32_t   seed;
-    pja_ws_t  *ws;
+    pja_conn_t  *ws;
 
     agent_fuzz_init();
 
@@ -50,12 +50,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     }
 
-    rc = agent_fuzz_feed(ws, data, size, seed, pja_ws_input);
+    rc = agent_fuzz_feed(ws, data, size, seed, pja_conn_input);
 
     if (rc == 0) {
         /* the server closes the connection */
         ws->peer_eof = 1;
-        (void) pja_ws_input(ws, &pja_agent);
+        (void) pja_conn_input(ws, &pja_agent);
     }
 
     agent_fuzz_done(ws);
