@@ -13,6 +13,7 @@
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -32,6 +33,10 @@ void
 pja_job_clear(pja_job_t *job)
 {
     size_t  i;
+
+    if (job->state != PJA_JOB_IDLE) {
+        pja_exec->release(job);
+    }
 
     if (job->out_fd != -1) {
         close(job->out_fd);
@@ -93,12 +98,14 @@ pja_job_uncommit(pja_job_t *job)
 
 
 static int
-job_env_allowed(const pja_conf_t *cf, const char *key)
+job_env_allowed(const pja_conf_t *cf, const char *key, size_t len)
 {
     size_t  i;
 
     for (i = 0; i < cf->nallowed_env; i++) {
-        if (cf->allowed_env[i] && strcmp(cf->allowed_env[i], key) == 0) {
+        if (cf->allowed_env[i] && strlen(cf->allowed_env[i]) == len
+            && strncmp(cf->allowed_env[i], key, len) == 0)
+        {
             return 1;
         }
     }
@@ -107,61 +114,44 @@ job_env_allowed(const pja_conf_t *cf, const char *key)
 }
 
 
-static const char *
-job_set_env(pja_job_t *job, const pja_conf_t *cf, yajl_val env)
-{
-    size_t      i, n;
-    const char *key;
-    yajl_val    v;
-    pja_buf_t   b = { NULL, 0, 0 };
+/*
+ * The job's env from the record's "K=V" strings: a name in
+ * allowed_overwritable_env_vars is passed as it is, every other one as
+ * CHEF_PUSH_ENV_K.
+ */
 
-    if (env == NULL || YAJL_IS_NULL(env)) {
+static const char *
+job_set_env(pja_job_t *job, const pja_conf_t *cf, const pja_ps_req_t *r)
+{
+    size_t       i, n;
+    const char  *p, *eq;
+    pja_buf_t    b = { NULL, 0, 0 };
+
+    if (r->nenv == 0) {
         return NULL;
     }
 
-    if (!YAJL_IS_OBJECT(env)) {
-        return "env is not an object";
-    }
-
-    n = env->u.object.len;
-    job->env = calloc(n + 1, sizeof(char *));
+    job->env = calloc(r->nenv + 1, sizeof(char *));
     if (job->env == NULL) {
         return "out of memory";
     }
 
-    for (i = 0; i < n; i++) {
-        key = env->u.object.keys[i];
-        v = env->u.object.values[i];
+    p = r->env;
 
-        if (key[0] == '\0' || strchr(key, '=')) {
-            pja_log(PJA_LOG_WARN, "job %s: env key \"%s\" ignored", job->id,
-                    key);
-            continue;
-        }
+    for (i = 0; i < r->nenv; i++, p += n + 1) {
+        n = strlen(p);
+        eq = strchr(p, '=');
 
         b.len = 0;
 
-        if (job_env_allowed(cf, key)) {
-            pja_buf_printf(&b, "%s=", key);
+        if (job_env_allowed(cf, p, (size_t) (eq - p))) {
+            pja_buf_addstr(&b, p);
         } else {
-            pja_buf_printf(&b, "CHEF_PUSH_ENV_%s=", key);
+            pja_buf_printf(&b, "CHEF_PUSH_ENV_%s", p);
         }
 
-        if (YAJL_IS_STRING(v)) {
-            pja_buf_addstr(&b, v->u.string);
-        } else if (YAJL_IS_NUMBER(v)) {
-            pja_buf_addstr(&b, YAJL_GET_NUMBER(v));
-        } else if (YAJL_IS_TRUE(v)) {
-            pja_buf_addstr(&b, "true");
-        } else if (YAJL_IS_FALSE(v)) {
-            pja_buf_addstr(&b, "false");
-        } else {
-            pja_log(PJA_LOG_WARN, "job %s: env \"%s\" is not a string, "
-                    "ignored", job->id, key);
-            continue;
-        }
-
-        if (b.data == NULL) {
+        if (b.data == NULL || pja_buf_cstr(&b) != 0) {
+            pja_buf_free(&b);
             return "out of memory";
         }
 
@@ -216,30 +206,180 @@ job_take_lock(pja_job_t *job, const char *path)
 }
 
 
+/* Copies a string field into the record's array; -1 when it does not fit. */
+
+static int
+job_record_str(char *dst, size_t size, const char *src)
+{
+    size_t  n;
+
+    n = src ? strlen(src) : 0;
+
+    if (n >= size) {
+        return -1;
+    }
+
+    memcpy(dst, src ? src : "", n);
+    dst[n] = '\0';
+    return 0;
+}
+
+
+/*
+ * A commit message as the fixed-format record both executors take: the
+ * strings bounded, the env as "K=V" with the values made strings and the
+ * names as the server sent them (the executor renames them).  NULL, or
+ * the reason to refuse.
+ */
+
+static const char *
+job_commit_record(pja_ps_req_t *r, yajl_val msg)
+{
+    size_t        i, n, klen, vlen;
+    const char   *key, *val;
+    yajl_val      env, v;
+
+    memset(r, 0, offsetof(pja_ps_req_t, env));
+    r->magic = PJA_PS_MAGIC;
+    r->type = PJA_PS_COMMIT;
+
+    if (job_record_str(r->job_id, sizeof(r->job_id),
+                       pja_json_get_str(msg, "job_id")) != 0)
+    {
+        return "bad job id";
+    }
+
+    if (pja_json_get_str(msg, "command") == NULL) {
+        return "no command";
+    }
+
+    if (job_record_str(r->command, sizeof(r->command),
+                       pja_json_get_str(msg, "command")) != 0)
+    {
+        return "command too long";
+    }
+
+    if (job_record_str(r->user, sizeof(r->user),
+                       pja_json_get_str(msg, "user")) != 0)
+    {
+        return "user too long";
+    }
+
+    if (job_record_str(r->dir, sizeof(r->dir),
+                       pja_json_get_str(msg, "dir")) != 0)
+    {
+        return "dir too long";
+    }
+
+    r->capture = pja_json_get_bool(msg, "capture", 0) ? 1 : 0;
+    r->has_file = pja_json_get_str(msg, "file") ? 1 : 0;
+
+    env = pja_json_get(msg, "env");
+
+    if (env == NULL || YAJL_IS_NULL(env)) {
+        return NULL;
+    }
+
+    if (!YAJL_IS_OBJECT(env)) {
+        return "env is not an object";
+    }
+
+    n = env->u.object.len;
+
+    for (i = 0; i < n; i++) {
+        key = env->u.object.keys[i];
+        v = env->u.object.values[i];
+
+        if (key[0] == '\0' || strchr(key, '=')) {
+            pja_log(PJA_LOG_WARN, "job %s: env key \"%s\" ignored", r->job_id,
+                    key);
+            continue;
+        }
+
+        if (YAJL_IS_STRING(v)) {
+            val = v->u.string;
+        } else if (YAJL_IS_NUMBER(v)) {
+            val = YAJL_GET_NUMBER(v);
+        } else if (YAJL_IS_TRUE(v)) {
+            val = "true";
+        } else if (YAJL_IS_FALSE(v)) {
+            val = "false";
+        } else {
+            pja_log(PJA_LOG_WARN, "job %s: env \"%s\" is not a string, "
+                    "ignored", r->job_id, key);
+            continue;
+        }
+
+        klen = strlen(key);
+        vlen = strlen(val);
+
+        if (r->nenv == PJA_PS_ENV_COUNT
+            || klen + vlen + 2 > sizeof(r->env) - r->env_len)
+        {
+            return "env too large";
+        }
+
+        memcpy(r->env + r->env_len, key, klen);
+        r->env[r->env_len + klen] = '=';
+        memcpy(r->env + r->env_len + klen + 1, val, vlen + 1);
+        r->env_len += (uint32_t) (klen + vlen + 2);
+        r->nenv++;
+    }
+
+    return NULL;
+}
+
+
 /* Returns NULL when committed, else the reason to refuse. */
 
 const char *
 pja_job_commit(pja_job_t *job, const pja_conf_t *cf, yajl_val msg)
 {
-    const char           *id, *command, *user, *dir, *file, *reason;
+    long long            rt;
+    const char          *reason;
+    static pja_ps_req_t  r;
+
+    reason = job_commit_record(&r, msg);
+
+    if (reason == NULL) {
+        reason = pja_ps_req_check(&r);
+    }
+
+    if (reason == NULL) {
+        reason = pja_exec->commit(job, cf, &r, pja_json_get_str(msg, "file"));
+    }
+
+    if (reason) {
+        return reason;
+    }
+
+    rt = pja_json_get_int(msg, "run_timeout", 0);
+    job->run_timeout = rt > 0 ? (rt < 100000000 ? (int) rt : 100000000) : 0;
+    job->committed_at = pja_now_ms();
+
+    return NULL;
+}
+
+
+/*
+ * The executor's own decision on a commit (the root parent's, when the
+ * agent is split): the command is resolved against this process's
+ * whitelist, the user must exist and be allowed, the dir exist, the file
+ * decode; then the lock is taken.  NULL when the job is held.
+ */
+
+const char *
+pja_job_prepare(pja_job_t *job, const pja_conf_t *cf, const pja_ps_req_t *r,
+    const char *file)
+{
+    const char           *reason;
     char                 *cmdline, **argv;
-    long long             rt;
     struct stat           st;
     struct passwd        *pw;
     pja_buf_t             tmp = { NULL, 0, 0 };
     const pja_wl_entry_t *e;
 
-    id = pja_json_get_str(msg, "job_id");
-    command = pja_json_get_str(msg, "command");
-    user = pja_json_get_str(msg, "user");
-    dir = pja_json_get_str(msg, "dir");
-    file = pja_json_get_str(msg, "file");
-
-    if (command == NULL) {
-        return "no command";
-    }
-
-    cmdline = pja_wl_resolve(cf, command, &e);
+    cmdline = pja_wl_resolve(cf, r->command, &e);
     if (cmdline == NULL) {
         return "command not in the whitelist";
     }
@@ -253,20 +393,20 @@ pja_job_commit(pja_job_t *job, const pja_conf_t *cf, yajl_val msg)
 
     reason = NULL;
 
-    if (user && user[0]) {
+    if (r->user[0]) {
         errno = 0;
-        pw = getpwnam(user);
+        pw = getpwnam(r->user);
         if (pw == NULL) {
             reason = "unknown user";
         } else if (geteuid() != 0) {
             reason = "user given but the agent does not run as root";
-        } else if (!pja_conf_user_allowed(cf, user)) {
+        } else if (!pja_conf_user_allowed(cf, r->user)) {
             reason = "user not allowed (allowed_users)";
         }
     }
 
-    if (reason == NULL && dir && dir[0]) {
-        if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    if (reason == NULL && r->dir[0]) {
+        if (stat(r->dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
             reason = "missing dir";
         }
     }
@@ -291,7 +431,7 @@ pja_job_commit(pja_job_t *job, const pja_conf_t *cf, yajl_val msg)
 
     pja_job_clear(job);
 
-    memcpy(job->id, id, 33);
+    memcpy(job->id, r->job_id, 33);
 
     job->lock_path = pja_conf_lock_path(cf, e);
     if (job->lock_path) {
@@ -304,20 +444,19 @@ pja_job_commit(pja_job_t *job, const pja_conf_t *cf, yajl_val msg)
     }
 
     job->cmdline = cmdline;
-    job->command = pja_strdup(command);
-    job->user = (user && user[0]) ? pja_strdup(user) : NULL;
-    job->dir = (dir && dir[0]) ? pja_strdup(dir) : NULL;
+    job->command = pja_strdup(r->command);
+    job->user = r->user[0] ? pja_strdup(r->user) : NULL;
+    job->dir = r->dir[0] ? pja_strdup(r->dir) : NULL;
     job->file = file ? pja_strdup(file) : NULL;
-    job->capture = pja_json_get_bool(msg, "capture", 0);
+    job->capture = (int) r->capture;
     job->output_cap = (size_t) cf->output_cap;
-    rt = pja_json_get_int(msg, "run_timeout", 0);
-    job->run_timeout = rt > 0 ? (rt < 100000000 ? (int) rt : 100000000) : 0;
+    job->kill_grace = cf->kill_grace;
 
-    reason = job_set_env(job, cf, pja_json_get(msg, "env"));
+    reason = job_set_env(job, cf, r);
 
     if (reason == NULL && (job->command == NULL
-                           || (user && user[0] && job->user == NULL)
-                           || (dir && dir[0] && job->dir == NULL)
+                           || (r->user[0] && job->user == NULL)
+                           || (r->dir[0] && job->dir == NULL)
                            || (file && job->file == NULL)))
     {
         reason = "out of memory";
@@ -329,7 +468,6 @@ pja_job_commit(pja_job_t *job, const pja_conf_t *cf, yajl_val msg)
     }
 
     job->state = PJA_JOB_COMMITTED;
-    job->committed_at = pja_now_ms();
 
     pja_log(PJA_LOG_INFO, "job %s: committed to \"%s\" (%s)", job->id,
             job->command, job->cmdline);
@@ -758,6 +896,15 @@ job_record(pja_job_t *job, pid_t pid)
 const char *
 pja_job_run(pja_job_t *job, const pja_conf_t *cf)
 {
+    return pja_exec->run(job, cf);
+}
+
+
+/* The agent starts the job itself: fork, setsid, the user, execvp. */
+
+static const char *
+job_local_run(pja_job_t *job, const pja_conf_t *cf)
+{
     int              errp[2], outp[2], errpipe[2], gate[2], devnull, i;
     char           **argv, why[256], go;
     job_env_t        env;
@@ -1082,7 +1229,16 @@ pja_job_reap(pja_job_t *job, int *status)
                 "group %ld", job->id, (long) job->pid);
     }
 
-    /* What the process wrote before it exited is still in the pipes. */
+    pja_job_exited(job);
+    return 1;
+}
+
+
+/* The job's process is gone: what it wrote before is still in the pipes. */
+
+void
+pja_job_exited(pja_job_t *job)
+{
     if (job->out_fd != -1) {
         (void) pja_job_read(job, job->out_fd);
     }
@@ -1091,8 +1247,47 @@ pja_job_reap(pja_job_t *job, int *status)
     }
 
     job->pid = 0;
-    return 1;
 }
+
+
+/* SIGTERM or SIGKILL to the job's process group. */
+
+void
+pja_job_signal(pja_job_t *job, int signo)
+{
+    if (job->state != PJA_JOB_RUNNING || job->pid <= 0) {
+        return;
+    }
+
+    pja_exec->signal(job, signo);
+}
+
+
+static void
+job_local_signal(pja_job_t *job, int signo)
+{
+    if (kill(-job->pid, signo) != 0 && errno != ESRCH) {
+        pja_log(PJA_LOG_ERR, "kill(%ld): %s", (long) -job->pid,
+                strerror(errno));
+    }
+}
+
+
+static void
+job_local_release(pja_job_t *job)
+{
+    (void) job;
+}
+
+
+const pja_exec_t  pja_exec_local = {
+    pja_job_prepare,
+    job_local_run,
+    job_local_signal,
+    job_local_release
+};
+
+const pja_exec_t  *pja_exec = &pja_exec_local;
 
 
 static const char  *job_end_names[] = {
@@ -1121,12 +1316,7 @@ pja_job_end(pja_job_t *job, int why, int force, int grace)
                 job_end_names[why], force ? "killing" : "terminating",
                 (long) job->pid);
 
-        if (kill(-job->pid, force ? SIGKILL : SIGTERM) != 0
-            && errno != ESRCH)
-        {
-            pja_log(PJA_LOG_ERR, "kill(%ld): %s", (long) -job->pid,
-                    strerror(errno));
-        }
+        pja_job_signal(job, force ? SIGKILL : SIGTERM);
 
         job->kill_at = force ? 0 : pja_now_ms() + (int64_t) grace * 1000;
     }
@@ -1134,23 +1324,23 @@ pja_job_end(pja_job_t *job, int why, int force, int grace)
 
 
 void
-pja_job_timers(pja_job_t *job, const pja_conf_t *cf, int64_t now)
+pja_job_timers(pja_job_t *job, int64_t now)
 {
     if (job->state == PJA_JOB_RUNNING && !job->ending && job->run_deadline
         && now >= job->run_deadline)
     {
         pja_log(PJA_LOG_WARN, "job %s: still running after its run_timeout "
                 "of %d s", job->id, job->run_timeout);
-        pja_job_end(job, PJA_END_TIMEOUT, 0, cf->kill_grace);
+        pja_job_end(job, PJA_END_TIMEOUT, 0, job->kill_grace);
     }
 
     if (job->state == PJA_JOB_RUNNING && job->ending && job->kill_at
         && now >= job->kill_at)
     {
         pja_log(PJA_LOG_WARN, "job %s: still running %d s after SIGTERM, "
-                "killing its process group", job->id, cf->kill_grace);
+                "killing its process group", job->id, job->kill_grace);
         job->kill_at = 0;
-        (void) kill(-job->pid, SIGKILL);
+        pja_job_signal(job, SIGKILL);
     }
 
     if (job->state == PJA_JOB_COMMITTED

@@ -87,6 +87,9 @@ usage(FILE *f)
         "                           /etc/chef/push-jobs-client.rb that "
         "exists\n"
         "  --spool DIR              final report spool (default %s)\n"
+        "  --user NAME              started as root: the user of the network\n"
+        "                           process (default pushjobs-agent, else\n"
+        "                           nobody)\n"
         "  --long-poll              use the long-poll channel, not a "
         "websocket\n"
         "                           (--transport long_poll)\n"
@@ -390,13 +393,135 @@ check_child(pja_agent_t *a)
 }
 
 
+/*
+ * Split: what the root parent tells the network process unasked.  Its
+ * stop counts as the signal would (the parent has it, systemd sends it
+ * to both: the network process ignores its own).
+ */
+
+static void
+ps_record(pja_agent_t *a, const pja_ps_rep_t *rep)
+{
+    if (rep->type == PJA_PS_STOP) {
+        if (rep->status > pja_got_term) {
+            pja_got_term = rep->status > 2 ? 2 : rep->status;
+        }
+        return;
+    }
+
+    /* PJA_PS_EXITED */
+    if (a->job.state != PJA_JOB_RUNNING
+        || strcmp(a->job.id, rep->job_id) != 0)
+    {
+        pja_log(PJA_LOG_WARN, "privsep: the exit of job %s, not held",
+                rep->job_id);
+        return;
+    }
+
+    pja_job_exited(&a->job);
+    pja_session_job_exited(a, rep->status);
+}
+
+
+/*
+ * The root parent's loop: requests of the network process, the job's
+ * exit, signals (passed on as records).  It ends with the network
+ * process; a job still running is left to the next agent, as when an
+ * agent dies (pja_job_recover()).
+ */
+
+static int
+parent_run(pja_agent_t *a, int fd, pid_t child)
+{
+    int            status, stops, rc;
+    char           drain[64];
+    pid_t          pid;
+    struct pollfd  pfd[2];
+
+    stops = 0;
+    rc = 1;
+
+    for ( ;; ) {
+        if (pja_got_hup) {
+            pja_got_hup = 0;
+            reload(a);
+        }
+
+        if (pja_got_term > stops) {
+            stops = pja_got_term;
+            (void) pja_ps_stop(fd, stops);
+        }
+
+        if (pja_got_chld) {
+            pja_got_chld = 0;
+
+            if (pja_job_reap(&a->job, &status)
+                && pja_ps_exited(fd, &a->job, status) != 0)
+            {
+                pja_log(PJA_LOG_ERR, "privsep: cannot reach the network "
+                        "process: %s", strerror(errno));
+            }
+
+            pid = waitpid(child, &status, WNOHANG);
+            if (pid == child) {
+                child = 0;
+                rc = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+                break;
+            }
+        }
+
+        pfd[0].fd = pja_sig_pipe[0];
+        pfd[0].events = POLLIN;
+        pfd[0].revents = 0;
+        pfd[1].fd = fd;
+        pfd[1].events = POLLIN;
+        pfd[1].revents = 0;
+
+        if (poll(pfd, 2, 1000) < 0 && errno != EINTR) {
+            pja_log(PJA_LOG_ERR, "poll(): %s", strerror(errno));
+            break;
+        }
+
+        if (pfd[0].revents & POLLIN) {
+            while (read(pja_sig_pipe[0], drain, sizeof(drain)) > 0) {
+                /* void */
+            }
+        }
+
+        if (pfd[1].revents && pja_ps_serve(fd, &a->job, &a->conf) != 0) {
+            break;
+        }
+    }
+
+    close(fd);
+
+    if (child > 0) {
+        /* gone from the socketpair, or broke its rules: it ends now */
+        (void) kill(child, SIGKILL);
+
+        while (waitpid(child, &status, 0) == -1 && errno == EINTR) {
+            /* void */
+        }
+    }
+
+    if (a->job.state == PJA_JOB_RUNNING) {
+        pja_log(PJA_LOG_WARN, "job %s: left running, process group %ld; "
+                "the next agent ends it", a->job.id, (long) a->job.pid);
+    }
+
+    return rc;
+}
+
+
 static int
 run(pja_agent_t *a)
 {
-    int            attempt, n, i, timeout, rc, ws_i, out_i, err_i, closing;
+    int            attempt, n, i, timeout, rc, ws_i, out_i, err_i, ps_i;
+    int            closing;
     char           drain[64];
     int64_t        now, reconnect_at, deadline, stop_deadline, silence;
-    struct pollfd  pfd[4];
+    struct pollfd  pfd[5];
+    pja_ps_rep_t   rep;
 
     attempt = 0;
     reconnect_at = 0;
@@ -409,6 +534,15 @@ run(pja_agent_t *a)
         if (pja_got_hup) {
             pja_got_hup = 0;
             reload(a);
+        }
+
+        /* split: the root parent's records that came while it answered */
+        while (pja_ps_fd != -1 && pja_ps_input(&rep, 0) == 1) {
+            ps_record(a, &rep);
+        }
+
+        if (pja_ps_broken) {
+            return 1;
         }
 
         /*
@@ -424,7 +558,7 @@ run(pja_agent_t *a)
                 pja_job_uncommit(&a->job);
             }
 
-            pja_job_end(&a->job, PJA_END_STOP, 0, a->conf.kill_grace);
+            pja_job_end(&a->job, PJA_END_STOP, 0, a->job.kill_grace);
         }
 
         if (pja_got_term > 1 && a->job.state == PJA_JOB_RUNNING
@@ -449,7 +583,7 @@ run(pja_agent_t *a)
             return 0;
         }
 
-        pja_job_timers(&a->job, &a->conf, now);
+        pja_job_timers(&a->job, now);
 
         /* Channel timers. */
         if (a->ws.fd != -1) {
@@ -498,7 +632,14 @@ run(pja_agent_t *a)
         pfd[n].events = POLLIN;
         n++;
 
-        ws_i = out_i = err_i = -1;
+        ws_i = out_i = err_i = ps_i = -1;
+
+        if (pja_ps_fd != -1) {
+            ps_i = n;
+            pfd[n].fd = pja_ps_fd;
+            pfd[n].events = POLLIN;
+            n++;
+        }
 
         if (a->ws.fd != -1) {
             ws_i = n;
@@ -558,6 +699,14 @@ run(pja_agent_t *a)
         if (pja_got_chld) {
             pja_got_chld = 0;
             check_child(a);
+        }
+
+        if (ps_i != -1 && pfd[ps_i].revents) {
+            if (pja_ps_input(&rep, 1) != 1) {
+                pja_log(PJA_LOG_ERR, "privsep: the root process is gone");
+                return 1;
+            }
+            ps_record(a, &rep);
         }
 
         if (ws_i != -1 && pfd[ws_i].revents && a->ws.fd == pfd[ws_i].fd) {
@@ -641,7 +790,8 @@ int
 main(int argc, char **argv)
 {
     int                i, nconf, fd, rc, check, use_syslog, missing;
-    const char        *conf[PJA_MAX_CONFIGS], *spool, *sign[3], *v;
+    const char        *conf[PJA_MAX_CONFIGS], *spool, *sign[3], *v, *user;
+    pid_t              child;
     const pja_flag_t  *fl;
     pja_agent_t       *a = &pja_agent;
 
@@ -651,6 +801,7 @@ main(int argc, char **argv)
     check = 0;
     use_syslog = 0;
     spool = PJA_DEFAULT_SPOOL;
+    user = NULL;
     sign[0] = sign[1] = sign[2] = NULL;
 
     a->conf_args = calloc((size_t) argc * 2 + 1, sizeof(char *));
@@ -683,6 +834,11 @@ main(int argc, char **argv)
 
         if ((v = flag_value(argc, argv, &i, "--spool", &missing)) != NULL) {
             spool = v;
+            continue;
+        }
+
+        if ((v = flag_value(argc, argv, &i, "--user", &missing)) != NULL) {
+            user = v;
             continue;
         }
 
@@ -814,6 +970,34 @@ main(int argc, char **argv)
      * tried again on each connect (pja_sign_key()).
      */
     (void) pja_sign_key(a);
+
+    /*
+     * Started as root: the network process becomes the user, this one
+     * stays root and only starts, signals and reaps jobs on its requests
+     * (agent/README.md, "Privilege separation").
+     */
+    if (geteuid() == 0) {
+        child = pja_ps_split(user ? user : pja_ps_default_user(), &fd);
+
+        if (child == -1) {
+            return 1;
+        }
+
+        if (child > 0) {
+            SSL_CTX_free(a->ws.ctx);
+            a->ws.ctx = NULL;
+            EVP_PKEY_free(a->key);
+            a->key = NULL;
+
+            rc = parent_run(a, fd, child);
+            pja_log(PJA_LOG_INFO, "stopped");
+            return rc;
+        }
+
+    } else {
+        pja_log(PJA_LOG_INFO, "not started as root: one process, jobs run "
+                "as %ld", (long) geteuid());
+    }
 
     rc = run(a);
 

@@ -317,6 +317,7 @@ typedef struct {
 
     int                    ending;        /* PJA_END_* */
     int64_t                kill_at;
+    int                    kill_grace;    /* seconds, as at the commit */
 } pja_job_t;
 
 enum {
@@ -326,16 +327,44 @@ enum {
     PJA_END_STOP          /* the agent is stopping: report "failed" */
 };
 
+/*
+ * Who starts, signals and reaps a job's process: the agent itself
+ * (pja_exec_local, job.c), or, once the agent is split, the root parent
+ * on request over the socketpair (pja_exec_privsep, privsep.c).  Both
+ * take a commit as the fixed-format record below, never as JSON.
+ */
+
+struct pja_ps_req_s;
+
+typedef struct {
+    /* checks and holds a commit; NULL, or the reason to refuse it */
+    const char  *(*commit)(pja_job_t *job, const pja_conf_t *cf,
+                           const struct pja_ps_req_s *r, const char *file);
+    /* starts the committed job; NULL, or the reason */
+    const char  *(*run)(pja_job_t *job, const pja_conf_t *cf);
+    /* SIGTERM or SIGKILL to the job's process group */
+    void         (*signal)(pja_job_t *job, int signo);
+    /* the job is let go (uncommitted, refused, reported) */
+    void         (*release)(pja_job_t *job);
+} pja_exec_t;
+
+extern const pja_exec_t  pja_exec_local;
+extern const pja_exec_t *pja_exec;
+
 const char *pja_job_commit(pja_job_t *job, const pja_conf_t *cf,
     yajl_val msg);
+const char *pja_job_prepare(pja_job_t *job, const pja_conf_t *cf,
+    const struct pja_ps_req_s *r, const char *file);
 const char *pja_job_run(pja_job_t *job, const pja_conf_t *cf);
+void pja_job_signal(pja_job_t *job, int signo);
 void pja_job_end(pja_job_t *job, int why, int force, int grace);
 void pja_job_uncommit(pja_job_t *job);
 int pja_job_read(pja_job_t *job, int fd);
 int pja_job_reap(pja_job_t *job, int *status);
+void pja_job_exited(pja_job_t *job);
 char *pja_job_report(pja_job_t *job, int status, size_t max_size);
 void pja_job_clear(pja_job_t *job);
-void pja_job_timers(pja_job_t *job, const pja_conf_t *cf, int64_t now);
+void pja_job_timers(pja_job_t *job, int64_t now);
 void pja_job_recover(const pja_conf_t *cf);
 
 
@@ -351,16 +380,26 @@ void pja_job_recover(const pja_conf_t *cf);
 #define PJA_PS_MAX_FDS          2          /* a job's stdout and stderr */
 
 enum {
-    PJA_PS_RUN = 1,       /* network process: run this committed job */
+    PJA_PS_COMMIT = 1,    /* network process: check and hold this job */
+    PJA_PS_RUN,           /* network process: run the held job */
     PJA_PS_SIGNAL,        /* network process: signal the job's group */
+    PJA_PS_RELEASE,       /* network process: let the held job go */
+    PJA_PS_COMMITTED,     /* parent: held; the settings it runs with */
     PJA_PS_STARTED,       /* parent: pid (= pgid), output fds attached */
     PJA_PS_REFUSED,       /* parent: reason */
-    PJA_PS_EXITED         /* parent: the job's wait status */
+    PJA_PS_EXITED,        /* parent: the job's wait status */
+    PJA_PS_STOP           /* parent: stop (status 1), at once (2) */
 };
 
-/* Network process to parent.  Strings are NUL-terminated in place. */
+#define PJA_PS_FILE_MAX         (16 * 1024 * 1024)
 
-typedef struct {
+/*
+ * Network process to parent.  Strings are NUL-terminated in place.  A
+ * COMMIT's file (the job's "file" field as the server sent it) comes as
+ * an attached descriptor of a memory file, not in the record.
+ */
+
+typedef struct pja_ps_req_s {
     uint32_t               magic;
     uint32_t               type;
     char                   job_id[33];
@@ -368,10 +407,11 @@ typedef struct {
     char                   user[PJA_PS_USER_MAX];       /* "": none */
     char                   dir[PJA_PS_DIR_MAX];         /* "": none */
     uint32_t               capture;
+    uint32_t               has_file;
     int32_t                signo;         /* PJA_PS_SIGNAL: TERM or KILL */
     uint32_t               nenv;
     uint32_t               env_len;
-    char                   env[PJA_PS_ENV_MAX];        /* "K=V\0"... */
+    char                   env[PJA_PS_ENV_MAX];   /* "K=V\0"..., as sent */
 } pja_ps_req_t;
 
 /* Parent to network process. */
@@ -382,24 +422,39 @@ typedef struct {
     char                   job_id[33];
     int32_t                pid;
     int32_t                status;
-    char                   reason[256];
+    int32_t                kill_grace;    /* COMMITTED: the parent's */
+    int64_t                output_cap;    /* COMMITTED: the parent's */
+    char                   text[PJA_PS_COMMAND_MAX]; /* reason, cmdline */
 } pja_ps_rep_t;
+
+extern const pja_exec_t  pja_exec_privsep;
 
 int pja_ps_socketpair(int sv[2]);
 const char *pja_ps_req_check(const pja_ps_req_t *r);
-char *pja_ps_req_resolve(const pja_conf_t *cf, const pja_ps_req_t *r,
-    const char **why);
 int pja_ps_send(int fd, const void *rec, size_t size, const int *fds,
     int nfds);
 int pja_ps_recv(int fd, void *rec, size_t size, int *fds, int maxfds,
     int *nfds);
 const char *pja_ps_default_user(void);
 int pja_ps_drop(const char *user);
+pid_t pja_ps_split(const char *user, int *fd);
+
+/* the network process's side */
+extern int  pja_ps_fd;
+extern int  pja_ps_broken;
+int pja_ps_input(pja_ps_rep_t *rep, int block);
+
+/* the root parent's side */
+int pja_ps_serve(int fd, pja_job_t *job, const pja_conf_t *cf);
+int pja_ps_exited(int fd, pja_job_t *job, int status);
+int pja_ps_stop(int fd, int count);
 
 
 /* store.c */
 
 int pja_store_init(const char *dir);
+int pja_store_own(uid_t uid, gid_t gid);
+int pja_store_enter(void);
 int pja_store_write(const char *job_id, const char *text);
 int pja_store_remove(const char *job_id);
 int pja_store_has(const char *job_id);

@@ -373,7 +373,7 @@ proto_abort(pja_agent_t *a, const char *id, int force)
 
     if (job->state == PJA_JOB_RUNNING && strcmp(job->id, id) == 0) {
         /* "aborted" goes out when the process group leader is reaped. */
-        pja_job_end(job, PJA_END_ABORT, force, a->conf.kill_grace);
+        pja_job_end(job, PJA_END_ABORT, force, job->kill_grace);
         return;
     }
 

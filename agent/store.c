@@ -52,6 +52,72 @@ pja_store_init(const char *dir)
 }
 
 
+/*
+ * Privilege separation: the spool and what it holds become the network
+ * process's (a spool written by an agent that ran as root before).  The
+ * entries are changed without following links.
+ */
+
+int
+pja_store_own(uid_t uid, gid_t gid)
+{
+    int             dfd;
+    DIR            *d;
+    struct dirent  *de;
+
+    dfd = open(pja_store_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW
+                              | O_CLOEXEC);
+    if (dfd == -1 || fchown(dfd, uid, gid) != 0) {
+        pja_log(PJA_LOG_ERR, "cannot give spool %s to the agent's user: %s",
+                pja_store_dir, strerror(errno));
+        if (dfd != -1) {
+            close(dfd);
+        }
+        return -1;
+    }
+
+    d = fdopendir(dfd);
+    if (d == NULL) {
+        close(dfd);
+        return -1;
+    }
+
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.') {
+            continue;
+        }
+
+        if (fchownat(dfd, de->d_name, uid, gid, AT_SYMLINK_NOFOLLOW) != 0) {
+            pja_log(PJA_LOG_WARN, "cannot chown %s/%s: %s", pja_store_dir,
+                    de->d_name, strerror(errno));
+        }
+    }
+
+    closedir(d);
+    return 0;
+}
+
+
+/*
+ * The network process works in the spool: it need not reach it through
+ * directories it may not traverse once it is not root.
+ */
+
+int
+pja_store_enter(void)
+{
+    if (chdir(pja_store_dir) != 0) {
+        pja_log(PJA_LOG_ERR, "cannot enter spool %s: %s", pja_store_dir,
+                strerror(errno));
+        return -1;
+    }
+
+    free(pja_store_dir);
+    pja_store_dir = pja_strdup(".");
+    return pja_store_dir ? 0 : -1;
+}
+
+
 static void
 spool_path(pja_buf_t *b, const char *job_id, const char *suffix)
 {

@@ -186,7 +186,8 @@ note '(c) SIGSTOP past the ping interval, then SIGCONT';
         'a job runs on node1';
 
     my $agent = $s->{procs}{'agent:node1'};
-    kill 'STOP', $agent;
+    # the agent's two processes (privilege separation): its process group
+    kill 'STOP', -$agent;
     my $t0 = time;
     ok PushJobs::Stack::wait_for(30, sub {
         node_status($s, 'node1') eq 'offline' }, 0.2),
@@ -202,7 +203,7 @@ note '(c) SIGSTOP past the ping interval, then SIGCONT';
         { unavailable => ['node1'], succeeded => ['node2'] },
         'a job posted meanwhile counts node1 unavailable';
 
-    kill 'CONT', $agent;
+    kill 'CONT', -$agent;
     ok PushJobs::Stack::wait_for(30, sub {
         node_status($s, 'node1') eq 'online' }, 0.2),
         'continued, the agent reconnects';

@@ -138,7 +138,7 @@ my $max_slow = 0;
 
 # the faults still on are undone at the end, even when the test dies
 sub undo_all {
-    kill 'CONT', $_ for values %stopped;
+    kill 'CONT', -$_ for values %stopped;
     %stopped = ();
     for my $n (keys %down) {
         $s->start_agent($n);
@@ -179,13 +179,13 @@ my %do = (
     agent_stop => sub {
         my ($n) = @_;
         my $pid = $s->{procs}{"agent:$n"} or return 0;
-        kill 'STOP', $pid;
+        kill 'STOP', -$pid;     # both agent processes: its group
         $stopped{$n} = $pid;
     },
     agent_cont => sub {
         my ($n) = @_;
         my $pid = delete $stopped{$n} or return 0;
-        kill 'CONT', $pid;
+        kill 'CONT', -$pid;
     },
     pg_stop => sub {
         return -1 unless $s->can('pg_stop');

@@ -129,7 +129,7 @@ my $off;
 for my $try (1, 2) {
     my $n = $nodes[ $try % @nodes ];
     my $pid = $s->{procs}{"agent:$n"};
-    kill 'STOP', $pid;
+    kill 'STOP', -$pid;    # both agent processes: its group
     my @old = worker_pids($s);
     $off = length $s->error_log;
     kill 'HUP', $master;
@@ -149,7 +149,7 @@ for my $try (1, 2) {
     # handed its channel over): the commit goes with its hello
     my $job = $try == 1 && $s->start_job({ command => 'echo handover',
                                            nodes => [ $n ] });
-    kill 'CONT', $pid;
+    kill 'CONT', -$pid;
     ok $s->wait_online([$n], 20), "  continued, $n is back";
     if ($job) {
         push @ids, $job;

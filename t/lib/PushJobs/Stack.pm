@@ -672,6 +672,9 @@ sub start_agents {
                  . $self->error_log;
 }
 
+# Until every named node is available (online, no job held): node_states
+# lists offline nodes too, and a node whose old channel's offline write
+# lands after the new hello is listed but not available.
 sub wait_online {
     my ($self, $names, $timeout) = @_;
     my %want = map { $_ => 1 } @$names;
@@ -679,7 +682,8 @@ sub wait_online {
         my $res = $self->request('GET', "/organizations/$self->{org}/pushy/node_states");
         return 0 unless $res->{status} == 200;
         my $states = eval { $JSON->decode($res->{content}) } || [];
-        my $n = grep { $want{ $_->{node_name} } } @$states;
+        my $n = grep { $want{ $_->{node_name} }
+                       && ($_->{availability} // '') eq 'available' } @$states;
         return $n == keys %want;
     }, 0.2);
 }
