@@ -135,11 +135,11 @@ SKIP: {
 # --- install and purge the agent package (root only) -----------------------
 
 SKIP: {
-    skip 'dpkg -i needs root', 6 if $> != 0;
-    skip 'no agent package', 6 unless $agent && -f $agent;
+    skip 'dpkg -i needs root', 7 if $> != 0;
+    skip 'no agent package', 7 unless $agent && -f $agent;
     my (undef, $status) = run({}, 'dpkg-query', '-W', '-f=${Status}',
                               'pushjobs-agent');
-    skip 'pushjobs-agent is installed on this machine: not touching it', 6
+    skip 'pushjobs-agent is installed on this machine: not touching it', 7
         if $status =~ /installed/;
 
     ($rc, $out) = run({}, 'dpkg', '-i', $agent);
@@ -151,6 +151,10 @@ SKIP: {
     like $out, qr{^pushjobs-agent/}, 'the installed agent runs';
     ok -l '/etc/systemd/system/multi-user.target.wants/pushjobs-agent.service',
         'the unit is enabled';
+    my @pw = getpwnam 'pushjobs-agent';
+    ok @pw && $pw[2] != 0 && $pw[8] =~ m{/(nologin|false)$},
+        'the network process\'s system user exists, without a login'
+        or diag explain \@pw;
 
     ($rc, $out) = run({}, 'dpkg', '--purge', 'pushjobs-agent');
     is $rc, 0, 'dpkg --purge pushjobs-agent' or diag $out;
