@@ -587,17 +587,7 @@ run(pja_agent_t *a)
 
         /* Channel timers. */
         if (a->ws.fd != -1) {
-            silence = (int64_t) 3 * 1000 * (a->ping_interval
-                                            ? a->ping_interval
-                                            : PJA_DEFAULT_PING);
-
-            /* a poll is answered within the hold time */
-            if (a->ws.transport == &pja_transport_poll) {
-                silence = (int64_t) 1000 * ((a->poll_timeout
-                                             ? a->poll_timeout
-                                             : PJA_DEFAULT_POLL)
-                                            + PJA_POLL_MARGIN);
-            }
+            silence = a->ws.transport->silence(&a->ws, a);
 
             if (a->ws.state < PJA_WS_OPEN
                 && now - a->ws.started_at >= PJA_CONNECT_TIMEOUT)

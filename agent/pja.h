@@ -252,6 +252,8 @@ typedef struct pja_transport_s {
     int   (*input)(pja_conn_t *ws, struct pja_agent_s *a);
     /* free the transport's state */
     void  (*reset)(pja_conn_t *ws);
+    /* ms the open channel may stay silent before it counts as dead */
+    int64_t  (*silence)(const pja_conn_t *ws, const struct pja_agent_s *a);
 
     /* for the log: the URL's scheme without and with TLS, a path suffix */
     const char  *scheme;

@@ -370,12 +370,26 @@ poll_reset(pja_conn_t *ws)
 }
 
 
+/* A poll is answered within the server's hold time. */
+
+static int64_t
+poll_silence(const pja_conn_t *ws, const pja_agent_t *a)
+{
+    (void) ws;
+
+    return (int64_t) 1000 * ((a->poll_timeout ? a->poll_timeout
+                                              : PJA_DEFAULT_POLL)
+                             + PJA_POLL_MARGIN);
+}
+
+
 const pja_transport_t  pja_transport_poll = {
     poll_open,
     poll_send,
     poll_close,
     poll_input,
     poll_reset,
+    poll_silence,
     "http",
     "https",
     "/poll (long-poll)"

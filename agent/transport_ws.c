@@ -487,12 +487,25 @@ ws_reset(pja_conn_t *ws)
 }
 
 
+/* The server pings every ping_interval: three missed are a dead channel. */
+
+static int64_t
+ws_silence(const pja_conn_t *ws, const pja_agent_t *a)
+{
+    (void) ws;
+
+    return (int64_t) 3 * 1000 * (a->ping_interval ? a->ping_interval
+                                                  : PJA_DEFAULT_PING);
+}
+
+
 const pja_transport_t  pja_transport_ws = {
     ws_start_http,
     ws_send_text,
     ws_close,
     ws_input,
     ws_reset,
+    ws_silence,
     "ws",
     "wss",
     ""
