@@ -1119,8 +1119,22 @@ job_local_run(pja_job_t *job, const pja_conf_t *cf)
         return reason;
     }
 
+    pja_job_started(job, pid, outp[0], errp[0]);
+
+    pja_log(PJA_LOG_INFO, "job %s: running \"%s\" as pid %ld", job->id,
+            job->cmdline, (long) pid);
+    return NULL;
+}
+
+
+/* The job runs as pid, its output (when captured) on out_fd and err_fd. */
+
+void
+pja_job_started(pja_job_t *job, pid_t pid, int out_fd, int err_fd)
+{
     job->pid = pid;
     job->state = PJA_JOB_RUNNING;
+
     /*
      * The server times the job out (and sends an abort) at run_timeout;
      * our own limit, a margin later, is for when it cannot tell us.
@@ -1131,15 +1145,11 @@ job_local_run(pja_job_t *job, const pja_conf_t *cf)
                         : 0;
 
     if (job->capture) {
-        job->out_fd = outp[0];
-        job->err_fd = errp[0];
+        job->out_fd = out_fd;
+        job->err_fd = err_fd;
         pja_set_nonblock(job->out_fd);
         pja_set_nonblock(job->err_fd);
     }
-
-    pja_log(PJA_LOG_INFO, "job %s: running \"%s\" as pid %ld", job->id,
-            job->cmdline, (long) pid);
-    return NULL;
 }
 
 

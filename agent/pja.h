@@ -364,6 +364,7 @@ void pja_job_uncommit(pja_job_t *job);
 int pja_job_read(pja_job_t *job, int fd);
 int pja_job_reap(pja_job_t *job, int *status);
 void pja_job_exited(pja_job_t *job);
+void pja_job_started(pja_job_t *job, pid_t pid, int out_fd, int err_fd);
 char *pja_job_report(pja_job_t *job, int status, size_t max_size);
 void pja_job_clear(pja_job_t *job);
 void pja_job_timers(pja_job_t *job, int64_t now);
@@ -438,7 +439,7 @@ int pja_ps_send(int fd, const void *rec, size_t size, const int *fds,
 int pja_ps_recv(int fd, void *rec, size_t size, int *fds, int maxfds,
     int *nfds);
 const char *pja_ps_default_user(void);
-int pja_ps_drop(const char *user);
+int pja_ps_drop(const char *user, uid_t uid, gid_t gid);
 pid_t pja_ps_split(const char *user, int *fd);
 
 /* the network process's side */

@@ -321,22 +321,8 @@ pja_ps_default_user(void)
  */
 
 int
-pja_ps_drop(const char *user)
+pja_ps_drop(const char *user, uid_t uid, gid_t gid)
 {
-    uid_t           uid;
-    gid_t           gid;
-    struct passwd  *pw;
-
-    errno = 0;
-    pw = getpwnam(user);
-    if (pw == NULL) {
-        pja_log(PJA_LOG_ERR, "privsep: unknown user %s", user);
-        return -1;
-    }
-
-    uid = pw->pw_uid;
-    gid = pw->pw_gid;
-
     if (uid == 0) {
         pja_log(PJA_LOG_ERR, "privsep: user %s is root", user);
         return -1;
@@ -655,19 +641,8 @@ ps_run(pja_job_t *job, const pja_conf_t *cf)
         return "bad answer from the agent's root process";
     }
 
-    job->pid = (pid_t) rep.pid;
-    job->state = PJA_JOB_RUNNING;
-    job->run_deadline = job->run_timeout
-                        ? pja_now_ms() + ((int64_t) job->run_timeout
-                                          + PJA_RUN_TIMEOUT_MARGIN) * 1000
-                        : 0;
-
-    if (job->capture) {
-        job->out_fd = fds[0];
-        job->err_fd = fds[1];
-        pja_set_nonblock(job->out_fd);
-        pja_set_nonblock(job->err_fd);
-    }
+    pja_job_started(job, (pid_t) rep.pid, job->capture ? fds[0] : -1,
+                    job->capture ? fds[1] : -1);
 
     return NULL;
 }
@@ -972,6 +947,8 @@ pid_t
 pja_ps_split(const char *user, int *fd)
 {
     int             sv[2];
+    uid_t           uid;
+    gid_t           gid;
     pid_t           pid;
     struct passwd  *pw;
 
@@ -987,7 +964,10 @@ pja_ps_split(const char *user, int *fd)
         return -1;
     }
 
-    if (pja_store_own(pw->pw_uid, pw->pw_gid) != 0
+    uid = pw->pw_uid;
+    gid = pw->pw_gid;
+
+    if (pja_store_own(uid, gid) != 0
         || pja_ps_socketpair(sv) != 0)
     {
         return -1;
@@ -1017,7 +997,7 @@ pja_ps_split(const char *user, int *fd)
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
 
-    if (pja_store_enter() != 0 || pja_ps_drop(user) != 0) {
+    if (pja_store_enter() != 0 || pja_ps_drop(user, uid, gid) != 0) {
         _exit(1);
     }
 

@@ -48,16 +48,9 @@ EOF
 );
 $stack->start;
 
-my $org = $stack->org;
 my ($node) = $stack->agent_names;
 
-sub output {
-    my ($id, $stream) = @_;
-    my $res = $stack->request('GET',
-        "/organizations/$org/pushy/jobs/$id/output/$node/" . ($stream // 'stdout'),
-        headers => { Accept => 'application/octet-stream' });
-    return $res->{status} == 200 ? $res->{content} : "HTTP $res->{status}";
-}
+sub output { my ($id, $stream) = @_; $stack->node_output($id, $node, $stream) }
 
 sub run_job {
     my (%job) = @_;

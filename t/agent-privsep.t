@@ -30,7 +30,6 @@ my $stack = PushJobs::Stack->new(
 );
 $stack->start;
 
-my $org = $stack->org;
 my ($node) = $stack->agent_names;
 my $dir = $stack->dir . "/agents/$node";
 my $log = "$dir/agent.log";
@@ -75,13 +74,7 @@ sub tcp_sockets {
     return @mine;
 }
 
-sub output {
-    my ($id) = @_;
-    my $res = $stack->request('GET',
-        "/organizations/$org/pushy/jobs/$id/output/$node/stdout",
-        headers => { Accept => 'application/octet-stream' });
-    return $res->{status} == 200 ? $res->{content} : "HTTP $res->{status}";
-}
+sub output { $stack->node_output($_[0], $node) }
 
 sub run_job {
     my (%job) = @_;

@@ -30,16 +30,9 @@ EOF
 );
 $stack->start;
 
-my $org = $stack->org;
 my ($node) = $stack->agent_names;
 
-sub output {
-    my ($id) = @_;
-    my $res = $stack->request('GET',
-        "/organizations/$org/pushy/jobs/$id/output/$node/stdout",
-        headers => { Accept => 'application/octet-stream' });
-    return $res->{status} == 200 ? $res->{content} : "HTTP $res->{status}";
-}
+sub output { $stack->node_output($_[0], $node) }
 
 sub run_job {
     my ($command) = @_;

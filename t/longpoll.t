@@ -40,13 +40,7 @@ sub node_status {
     return $res->{json} ? $res->{json}{status} : '';
 }
 
-sub output {
-    my ($id, $node) = @_;
-    my $res = $stack->request('GET',
-        "/organizations/$org/pushy/jobs/$id/output/$node/stdout",
-        headers => { Accept => 'application/octet-stream' });
-    return $res->{status} == 200 ? $res->{content} : "HTTP $res->{status}";
-}
+sub output { $stack->node_output(@_) }
 
 # --- a real agent, forced into long-poll ----------------------------------
 

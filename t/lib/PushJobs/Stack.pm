@@ -864,6 +864,16 @@ sub job {
     return $res->{status} == 200 ? $res->{json} : undef;
 }
 
+# A node's stored output of a job (stdout by default), or "HTTP STATUS".
+sub node_output {
+    my ($self, $id, $node, $stream) = @_;
+    my $res = $self->request('GET',
+        "/organizations/$self->{org}/pushy/jobs/$id/output/$node/"
+        . ($stream // 'stdout'),
+        headers => { Accept => 'application/octet-stream' });
+    return $res->{status} == 200 ? $res->{content} : "HTTP $res->{status}";
+}
+
 # Wait until the job leaves new/voting/running; returns the job document.
 sub wait_job {
     my ($self, $id, $timeout) = @_;
