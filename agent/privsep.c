@@ -596,13 +596,15 @@ ps_commit(pja_job_t *job, const pja_conf_t *cf, const pja_ps_req_t *r,
 }
 
 
-/* The request records but a commit are short: their head only. */
+/*
+ * The request records but a commit: a head, the rest zero (a static
+ * record, whose env part is never written: records are sent whole).
+ */
 
-static int
-ps_short_call(int type, pja_job_t *job, int signo, pja_ps_rep_t *rep,
-    int *fds, int *nfds)
+static pja_ps_req_t *
+ps_head(int type, const pja_job_t *job, int signo)
 {
-    pja_ps_req_t  r;
+    static pja_ps_req_t  r;
 
     memset(&r, 0, offsetof(pja_ps_req_t, env));
     r.magic = PJA_PS_MAGIC;
@@ -610,7 +612,7 @@ ps_short_call(int type, pja_job_t *job, int signo, pja_ps_rep_t *rep,
     r.signo = signo;
     memcpy(r.job_id, job->id, 33);
 
-    return ps_call(&r, sizeof(pja_ps_req_t), -1, rep, fds, nfds);
+    return &r;
 }
 
 
@@ -623,7 +625,9 @@ ps_run(pja_job_t *job, const pja_conf_t *cf)
 
     (void) cf;
 
-    if (ps_short_call(PJA_PS_RUN, job, 0, &rep, fds, &nfds) != 0) {
+    if (ps_call(ps_head(PJA_PS_RUN, job, 0), sizeof(pja_ps_req_t), -1, &rep,
+                fds, &nfds) != 0)
+    {
         pja_ps_broken = 1;
         return "the agent's root process did not answer";
     }
@@ -653,15 +657,9 @@ ps_run(pja_job_t *job, const pja_conf_t *cf)
 static void
 ps_tell(int type, pja_job_t *job, int signo)
 {
-    pja_ps_req_t  r;
-
-    memset(&r, 0, offsetof(pja_ps_req_t, env));
-    r.magic = PJA_PS_MAGIC;
-    r.type = (uint32_t) type;
-    r.signo = signo;
-    memcpy(r.job_id, job->id, 33);
-
-    if (pja_ps_send(pja_ps_fd, &r, sizeof(pja_ps_req_t), NULL, 0) != 0) {
+    if (pja_ps_send(pja_ps_fd, ps_head(type, job, signo),
+                    sizeof(pja_ps_req_t), NULL, 0) != 0)
+    {
         pja_log(PJA_LOG_ERR, "privsep: cannot reach the root process: %s",
                 strerror(errno));
         pja_ps_broken = 1;
