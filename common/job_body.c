@@ -11,7 +11,9 @@
  * Added (API.md §2, README's field table): unparsable or unbounded JSON,
  * node names Chef would not allow, duplicate names, a quorum outside
  * 0..number of nodes and a run_timeout outside 1..a year are 400s, not
- * 500s or jobs that cannot run.
+ * 500s or jobs that cannot run.  Also ours: the rate control fields
+ * max_concurrency (a count from 1, or "1%".."100%") and max_errors (a
+ * count from 0, or "0%".."100%").
  */
 
 
@@ -28,6 +30,7 @@ static int pj_body_parse(const unsigned char *p, size_t len,
     const pj_json_limits_t *lim, pj_body_check_t *res, yajl_val *out);
 static yajl_val pj_body_get(yajl_val obj, const char *key);
 static int pj_body_integer(yajl_val v, long long min, long long max);
+static int pj_body_rate(yajl_val v, long long min);
 static int pj_body_names(yajl_val list, pj_body_check_t *res);
 static int pj_body_duplicates(const char **names, size_t n);
 static int pj_body_cmp(const void *one, const void *two);
@@ -48,7 +51,7 @@ pj_job_body_check(const unsigned char *p, size_t len, pj_body_check_t *res)
 
     static const char  *known[] = {
         "command", "nodes", "run_timeout", "quorum", "user", "dir", "env",
-        "file", "capture_output", NULL
+        "file", "capture_output", "max_concurrency", "max_errors", NULL
     };
 
     memset(res, 0, sizeof(pj_body_check_t));
@@ -121,7 +124,7 @@ pj_job_body_check(const unsigned char *p, size_t len, pj_body_check_t *res)
                              "(expected a boolean)");
     }
 
-    /* at most one of each of the 9 keys: this loop ends within 10 */
+    /* at most one of each of the 11 keys: this loop ends within 12 */
 
     for (i = 0; i < job->u.object.len; i++) {
         for (j = 0; known[j]; j++) {
@@ -163,6 +166,20 @@ pj_job_body_check(const unsigned char *p, size_t len, pj_body_check_t *res)
     if (v && !pj_body_integer(v, 0, (long long) n)) {
         pj_body_invalid(res, "invalid quorum supplied (expected an integer "
                              "from 0 to the number of nodes)");
+    }
+
+    v = pj_body_get(job, "max_concurrency");
+    if (v && !pj_body_rate(v, 1)) {
+        pj_body_invalid(res, "invalid max_concurrency supplied (expected an "
+                             "integer from 1 or a percentage string from "
+                             "\"1%\" to \"100%\")");
+    }
+
+    v = pj_body_get(job, "max_errors");
+    if (v && !pj_body_rate(v, 0)) {
+        pj_body_invalid(res, "invalid max_errors supplied (expected an "
+                             "integer from 0 or a percentage string from "
+                             "\"0%\" to \"100%\")");
     }
 
     e = pj_body_get(job, "env");
@@ -419,6 +436,48 @@ pj_body_integer(yajl_val v, long long min, long long max)
     n = YAJL_GET_INTEGER(v);
 
     return n >= min && n <= max;
+}
+
+
+/*
+ * A rate control value: a JSON integer from min to 2^31 - 1 (what
+ * PostgreSQL stores), or a string of 1 to 3 digits and "%" whose
+ * percentage is from min to 100.
+ */
+
+static int
+pj_body_rate(yajl_val v, long long min)
+{
+    size_t       i, len;
+    long long    n;
+    const char  *s;
+
+    if (YAJL_IS_NUMBER(v)) {
+        return pj_body_integer(v, min, 2147483647LL);
+    }
+
+    if (!YAJL_IS_STRING(v)) {
+        return 0;
+    }
+
+    s = v->u.string;
+    len = strlen(s);
+
+    if (len < 2 || len > 4 || s[len - 1] != '%') {
+        return 0;
+    }
+
+    n = 0;
+
+    for (i = 0; i < len - 1; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return 0;
+        }
+
+        n = n * 10 + (s[i] - '0');
+    }
+
+    return n >= min && n <= 100;
 }
 
 
