@@ -8,7 +8,8 @@
 --
 -- NOTIFY channel "pushjobs", payloads (space separated, names last):
 --   commit ORG JOB   nodes of a voting job wait for their commit
---   run ORG JOB      ready nodes of a running job wait for their run
+--   run ORG JOB      ready nodes of a running job wait for their run (with
+--                    a concurrency limit: those rollout() released)
 --   stop ORG JOB     nodes of this job were stopped: agents still holding it
 --                    must be sent an abort
 --   event ORG JOB    new rows in job_events (and maybe org_events)
@@ -237,8 +238,120 @@ END
 $$;
 
 
--- Ends voting or the run phase of a job once nothing is left to wait for.
--- The caller holds the job's lock.
+-- The count a POST's max_concurrency or max_errors gives for a job of
+-- p_nodes nodes: a count as given, a percentage "N%" of the job's nodes
+-- rounded up, at least 1 (p_ceil: max_concurrency) or rounded down
+-- (max_errors); NULL (no limit) when not given.  The module has checked
+-- the value (common/job_body.c).
+CREATE OR REPLACE FUNCTION pushjobs.rate_count(p_spec jsonb,
+    p_nodes integer, p_ceil boolean)
+RETURNS integer
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN p_spec IS NULL OR jsonb_typeof(p_spec) = 'null' THEN NULL
+        WHEN jsonb_typeof(p_spec) = 'number'
+            THEN LEAST((p_spec #>> '{}')::numeric, 2147483647)::integer
+        WHEN p_ceil
+            THEN GREATEST(ceil(p_nodes * rtrim(p_spec #>> '{}', '%')::numeric
+                               / 100), 1)::integer
+        ELSE floor(p_nodes * rtrim(p_spec #>> '{}', '%')::numeric
+                   / 100)::integer
+    END
+$$;
+
+
+-- Rate control of a running job (POST max_concurrency, max_errors), all
+-- of it here under the job's lock, so that it holds across workers and
+-- front ends and outlives any of them.  Once more nodes than error_limit
+-- have failed (failed, crashed, timed_out; a nack_run is failed) the job
+-- is halted: a rollout_halted event, every ready node whose run was not
+-- released is was_ready (node_step()'s halt) and is told to abort (it
+-- holds the commit), the nodes running finish.  Otherwise, with a
+-- concurrency limit, ready nodes are released in node name order until
+-- that many are in flight (running, or released and not yet running), and
+-- the workers are told to send their runs.  Nothing is released once the
+-- job is aborted or halted.  settle() calls it; the caller holds the
+-- job's lock.
+CREATE OR REPLACE FUNCTION pushjobs.rollout(p_job pushjobs.jobs)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_failed  integer;
+    v_flight  integer;
+    v_held    text[];
+BEGIN
+    IF p_job.status <> 'running' OR p_job.halted OR p_job.abort_requested
+       OR (p_job.concurrency_limit IS NULL AND p_job.error_limit IS NULL)
+    THEN
+        RETURN;
+    END IF;
+
+    IF p_job.error_limit IS NOT NULL THEN
+        SELECT count(*) INTO v_failed
+          FROM pushjobs.job_nodes
+         WHERE job_id = p_job.id
+           AND status IN ('failed', 'crashed', 'timed_out');
+
+        IF v_failed > p_job.error_limit THEN
+            v_held := ARRAY(SELECT node_name FROM pushjobs.job_nodes
+                             WHERE job_id = p_job.id AND status = 'ready'
+                               AND p_job.concurrency_limit IS NOT NULL
+                               AND NOT released
+                             ORDER BY node_name);
+
+            UPDATE pushjobs.jobs SET halted = true, updated_at = now()
+             WHERE id = p_job.id
+            RETURNING * INTO p_job;
+
+            PERFORM pushjobs.emit(p_job.id, p_job.org, 'rollout_halted',
+                        json_build_object('failed', v_failed,
+                                          'max_errors', p_job.max_errors,
+                                          'not_started',
+                                          cardinality(v_held)));
+
+            IF cardinality(v_held) > 0 THEN
+                PERFORM pushjobs.nodes_step(p_job, v_held, 'halt');
+                PERFORM pushjobs.notify('stop', p_job.org, p_job.id);
+            END IF;
+
+            RETURN;
+        END IF;
+    END IF;
+
+    IF p_job.concurrency_limit IS NULL THEN
+        RETURN;
+    END IF;
+
+    SELECT count(*) INTO v_flight
+      FROM pushjobs.job_nodes
+     WHERE job_id = p_job.id
+       AND (status = 'running' OR (status = 'ready' AND released));
+
+    IF v_flight >= p_job.concurrency_limit THEN
+        RETURN;
+    END IF;
+
+    UPDATE pushjobs.job_nodes n
+       SET released = true
+      FROM (SELECT node_name FROM pushjobs.job_nodes
+             WHERE job_id = p_job.id AND status = 'ready'
+               AND NOT released AND NOT abort_requested
+             ORDER BY node_name
+             LIMIT p_job.concurrency_limit - v_flight) AS nx
+     WHERE n.job_id = p_job.id AND n.node_name = nx.node_name;
+
+    IF FOUND THEN
+        PERFORM pushjobs.notify('run', p_job.org, p_job.id);
+    END IF;
+END
+$$;
+
+
+-- Ends voting or the run phase of a job once nothing is left to wait for;
+-- in between, starts further nodes of a rate-controlled job (rollout()).
+-- Every transaction that changes a node of a job calls it, so the next
+-- node's run is released in the transaction that ends a running one.  The
+-- caller holds the job's lock.
 CREATE OR REPLACE FUNCTION pushjobs.settle(p_job text)
 RETURNS pushjobs.job_status
 LANGUAGE plpgsql AS $$
@@ -259,7 +372,8 @@ BEGIN
         IF v_ready >= v_job.quorum THEN
             v_job := pushjobs.job_status_set(p_job, 'running');
 
-            IF v_ready > 0 THEN
+            -- with a concurrency limit rollout() below sends the runs
+            IF v_ready > 0 AND v_job.concurrency_limit IS NULL THEN
                 PERFORM pushjobs.notify('run', v_job.org, p_job);
             END IF;
 
@@ -272,6 +386,10 @@ BEGIN
 
             v_job := pushjobs.job_status_set(p_job, 'quorum_failed');
         END IF;
+    END IF;
+
+    IF v_job.status = 'running' THEN
+        PERFORM pushjobs.rollout(v_job);
     END IF;
 
     IF v_job.status = 'running'
@@ -328,9 +446,11 @@ $$;
 -- input: down (also every node without a channel when the job is
 -- created), voting_timeout, quorum_failed (voting ended short of the
 -- quorum: a ready node is was_ready), run_timeout (the job timed out: a
--- ready or running node is timed_out, no event, as in 2.x) and abort
+-- ready or running node is timed_out, no event, as in 2.x), abort
 -- (abort_job() ends a node still voting, or one without a channel: it is
--- aborted, with its vote or run_complete "aborted").  Implements
+-- aborted, with its vote or run_complete "aborted") and halt (rollout():
+-- the job's error budget is spent, a ready node whose run was never sent
+-- is was_ready, no event, as when a quorum fails).  Implements
 -- the node-in-job transition tables of Push Jobs 2.x, with these
 -- deliberate changes (tested in t/engine-vote.t and t/engine-run.t):
 --   * a final report from a node still "ready" in a running job counts as
@@ -370,7 +490,7 @@ DECLARE
     v_final        boolean := p_input IN ('succeeded', 'failed', 'aborted');
     v_server       boolean := p_input IN ('down', 'voting_timeout',
                                           'quorum_failed', 'run_timeout',
-                                          'abort');
+                                          'abort', 'halt');
     v_vote         text;
     v_rehab_event  boolean := false;
     v_run_start    boolean := false;
@@ -484,6 +604,12 @@ BEGIN
 
             ELSIF p_input = 'run_timeout' THEN
                 new_status := 'timed_out';
+
+            ELSIF p_input = 'halt' THEN
+                /* the error budget is spent before its run was sent */
+                IF p_status = 'ready' THEN
+                    new_status := 'was_ready';
+                END IF;
 
             ELSIF p_input = 'abort' THEN
                 new_status := 'aborted';
@@ -636,7 +762,8 @@ BEGIN
 
     INSERT INTO pushjobs.jobs (id, org, command, quorum, run_timeout,
                                requestor, job_user, dir, env, file, capture,
-                               status, voting_deadline)
+                               status, voting_deadline, max_concurrency,
+                               max_errors, concurrency_limit, error_limit)
     VALUES (v_id, p_org, p_body ->> 'command',
             CASE WHEN p_body ? 'quorum'
                  THEN LEAST(GREATEST(ceil((p_body ->> 'quorum')::numeric),
@@ -650,7 +777,12 @@ BEGIN
             p_body ->> 'file',
             COALESCE((p_body ->> 'capture_output')::boolean, false),
             'voting',
-            now() + p_voting_timeout_ms * interval '1 millisecond')
+            now() + p_voting_timeout_ms * interval '1 millisecond',
+            p_body -> 'max_concurrency', p_body -> 'max_errors',
+            pushjobs.rate_count(p_body -> 'max_concurrency',
+                                cardinality(v_nodes), true),
+            pushjobs.rate_count(p_body -> 'max_errors',
+                                cardinality(v_nodes), false))
     RETURNING * INTO v_job;
 
     -- Every node is inserted with the status node_step() gives it: a node
@@ -692,7 +824,9 @@ BEGIN
             'env', v_job.env,
             'file_specified', CASE WHEN v_job.file IS NOT NULL
                                    THEN true END,
-            'capture', v_job.capture)),
+            'capture', v_job.capture,
+            'max_concurrency', v_job.max_concurrency,
+            'max_errors', v_job.max_errors)),
         true);
 
     PERFORM pushjobs.emit_events(v_id, p_org, NULL, v_names, v_fields);
@@ -1046,6 +1180,7 @@ DECLARE
     v_input  text;
     v_abort  boolean;
     v_force  boolean;
+    v_free   boolean;
 BEGIN
     FOR v_id IN
         SELECT n.job_id
@@ -1068,8 +1203,9 @@ BEGIN
             CONTINUE;
         END IF;
 
-        SELECT n.status, n.abort_requested, n.abort_force
-          INTO v_node, v_abort, v_force
+        SELECT n.status, n.abort_requested, n.abort_force,
+               v_job.concurrency_limit IS NULL OR n.released
+          INTO v_node, v_abort, v_force, v_free
           FROM pushjobs.job_nodes n
          WHERE n.job_id = v_id AND n.node_name = p_node;
 
@@ -1100,7 +1236,10 @@ BEGIN
 
         ELSIF v_node = 'ready' THEN
             IF v_has = 'committed' THEN
-                action := 'run';
+                /* a node a rollout has not reached yet waits */
+                IF v_free THEN
+                    action := 'run';
+                END IF;
             ELSIF v_has = 'running' THEN
                 v_input := 'ack_run';
             ELSIF v_has IS NULL THEN
@@ -1197,7 +1336,8 @@ BEGIN
             SELECT n.node_name, NULL::text
               FROM pushjobs.job_nodes n
              WHERE n.job_id = p_job AND n.status = 'ready'
-               AND NOT n.abort_requested;
+               AND NOT n.abort_requested
+               AND (v_job.concurrency_limit IS NULL OR n.released);
 
     ELSIF p_kind = 'stop' THEN
         RETURN QUERY
@@ -1516,7 +1656,9 @@ LANGUAGE sql STABLE AS $$
                'dir', p_job.dir,
                'capture_output', CASE WHEN p_job.capture THEN true END,
                'file_specified', CASE WHEN p_job.file IS NOT NULL
-                                      THEN true END))
+                                      THEN true END,
+               'max_concurrency', p_job.max_concurrency,
+               'max_errors', p_job.max_errors))
            || CASE WHEN p_job.env IS NOT NULL
                    THEN jsonb_build_object('env', p_job.env)
                    ELSE '{}'::jsonb END

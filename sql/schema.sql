@@ -31,7 +31,16 @@ CREATE TABLE pushjobs.jobs (
     run_deadline     timestamptz,
     abort_requested  boolean NOT NULL DEFAULT false,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    updated_at       timestamptz NOT NULL DEFAULT now()
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- rate control (sqitch change rollout): the POST's max_concurrency and
+    -- max_errors as given (a count or "N%"), and the counts they make for
+    -- the job's nodes; NULL: no limit
+    max_concurrency  jsonb,
+    max_errors       jsonb,
+    concurrency_limit integer CHECK (concurrency_limit > 0),
+    error_limit      integer CHECK (error_limit >= 0),
+    -- the error budget was spent: no further node is started
+    halted           boolean NOT NULL DEFAULT false
 );
 
 CREATE INDEX jobs_org_created ON pushjobs.jobs (org, created_at);
@@ -54,6 +63,9 @@ CREATE TABLE pushjobs.job_nodes (
     abort_requested  boolean NOT NULL DEFAULT false,
     abort_force      boolean NOT NULL DEFAULT false,
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- a ready node of a job with a concurrency limit that may be sent its
+    -- run (rollout()); without a limit every ready node may
+    released         boolean NOT NULL DEFAULT false,
     PRIMARY KEY (job_id, node_name)
 );
 

@@ -1,0 +1,520 @@
+-- Revert pushjobs:rollout from pg
+
+-- The functions as create_job_step left them, without rate control.
+
+BEGIN;
+
+DROP FUNCTION pushjobs.rollout(pushjobs.jobs);
+DROP FUNCTION pushjobs.rate_count(jsonb, integer, boolean);
+
+CREATE OR REPLACE FUNCTION pushjobs.node_step(
+    p_job_status pushjobs.job_status, p_status pushjobs.node_status,
+    p_abort boolean, p_input text, p_node text,
+    OUT new_status pushjobs.node_status, OUT rehab boolean,
+    OUT event_names text[], OUT event_fields json[])
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_final        boolean := p_input IN ('succeeded', 'failed', 'aborted');
+    v_server       boolean := p_input IN ('down', 'voting_timeout',
+                                          'quorum_failed', 'run_timeout',
+                                          'abort');
+    v_vote         text;
+    v_rehab_event  boolean := false;
+    v_run_start    boolean := false;
+    v_run          text;
+BEGIN
+    new_status := p_status;
+    rehab := false;
+    event_names := '{}';
+    event_fields := '{}';
+
+    /*
+     * An unknown node, a job that has ended, or a node aborted by
+     * abort_job(): whatever its agent still says about the job (a late
+     * vote, its "aborted") changes nothing and makes no event; anything but
+     * a final report gets it another abort.
+     */
+    IF p_status IS NULL OR NOT pushjobs.job_active(p_job_status)
+       OR p_status = 'aborted'
+    THEN
+        rehab := NOT v_final;
+        RETURN;
+    END IF;
+
+    IF p_job_status IN ('new', 'voting') THEN
+
+        IF p_status IN ('new', 'ready') THEN
+            IF p_input = 'ack_commit' THEN
+                /*
+                 * A ready node's second ack_commit is its agent sending its
+                 * answer again (it re-sends what it has not seen acted on
+                 * after a reconnect): the same vote, not a new one.  2.x
+                 * recorded it as a quorum_vote "unexpected_commit"; here it
+                 * changes nothing and makes no event, so a node votes once.
+                 */
+                IF p_status = 'new' THEN
+                    new_status := 'ready';
+                    v_vote := 'success';
+                END IF;
+
+            ELSIF p_input = 'nack_commit' THEN
+                IF p_status = 'new' THEN
+                    new_status := 'nacked';
+                    v_vote := 'failure';
+                ELSE
+                    new_status := 'unavailable';
+                    v_vote := 'lost_availibility';
+                    rehab := true;
+                    v_rehab_event := true;
+                END IF;
+
+            ELSIF p_input = 'down' THEN
+                new_status := 'unavailable';
+                v_vote := 'down';
+                rehab := true;
+                v_rehab_event := true;
+
+            ELSIF p_input = 'voting_timeout' THEN
+                new_status := 'unavailable';
+                v_vote := 'voting_timeout';
+                rehab := true;
+
+            ELSIF p_input = 'quorum_failed' THEN
+                IF p_status = 'ready' THEN
+                    new_status := 'was_ready';
+                END IF;
+
+            ELSIF p_input = 'abort' THEN
+                new_status := 'aborted';
+                v_vote := 'aborted';
+
+            ELSIF p_input = 'aborted' AND p_abort THEN
+                new_status := 'aborted';
+
+            ELSE
+                new_status := 'unavailable';
+                rehab := true;
+                v_rehab_event := true;
+            END IF;
+
+        ELSIF p_input IN ('ack_commit', 'nack_commit') THEN
+            v_vote := 'client_died_while_voting';
+            rehab := true;
+            v_rehab_event := true;
+
+        ELSIF NOT v_final AND NOT v_server THEN
+            rehab := true;
+            v_rehab_event := true;
+        END IF;
+
+    ELSE /* running */
+
+        IF p_status IN ('ready', 'running') THEN
+            IF p_input = 'ack_run' THEN
+                IF p_status = 'ready' THEN
+                    new_status := 'running';
+                    v_run_start := true;
+                END IF;
+
+            ELSIF p_input = 'nack_run' THEN
+                new_status := 'failed';
+                v_run := CASE WHEN p_status = 'ready' THEN 'run_nacked'
+                              ELSE 'run_nacked_while_running' END;
+                rehab := true;
+                v_rehab_event := true;
+
+            ELSIF p_input IN ('succeeded', 'failed') THEN
+                v_run_start := p_status = 'ready';
+                new_status := p_input::pushjobs.node_status;
+                v_run := CASE WHEN p_input = 'succeeded' THEN 'success'
+                              ELSE 'failure' END;
+
+            ELSIF p_input = 'run_timeout' THEN
+                new_status := 'timed_out';
+
+            ELSIF p_input = 'abort' THEN
+                new_status := 'aborted';
+                v_run := 'aborted';
+
+            ELSIF p_input IN ('aborted', 'down') AND p_abort THEN
+                /* asked to stop, then stopped or gone: aborted either way */
+                new_status := 'aborted';
+                v_run := 'aborted';
+
+            ELSE
+                new_status := 'crashed';
+                v_run := 'crashed';
+                rehab := true;
+                v_rehab_event := true;
+            END IF;
+
+        ELSIF NOT v_final AND NOT v_server THEN
+            v_run := 'client_died_while_running';
+            rehab := true;
+            v_rehab_event := true;
+        END IF;
+    END IF;
+
+    /* the events, in this order */
+    IF v_vote IS NOT NULL THEN
+        event_names := array_append(event_names, 'quorum_vote');
+        event_fields := array_append(event_fields,
+                            json_build_object('node', p_node,
+                                              'status', v_vote));
+    END IF;
+
+    IF v_rehab_event THEN
+        event_names := array_append(event_names, 'rehab');
+        event_fields := array_append(event_fields,
+                            json_build_object('node', p_node));
+    END IF;
+
+    IF v_run_start THEN
+        event_names := array_append(event_names, 'run_start');
+        event_fields := array_append(event_fields,
+                            json_build_object('node', p_node));
+    END IF;
+
+    IF v_run IS NOT NULL THEN
+        event_names := array_append(event_names, 'run_complete');
+        event_fields := array_append(event_fields,
+                            json_build_object('node', p_node,
+                                              'status', v_run));
+    END IF;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.settle(p_job text)
+RETURNS pushjobs.job_status
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_job    pushjobs.jobs;
+    v_ready  integer;
+BEGIN
+    SELECT * INTO v_job FROM pushjobs.jobs WHERE id = p_job;
+
+    IF v_job.status = 'voting'
+       AND NOT EXISTS (SELECT 1 FROM pushjobs.job_nodes
+                        WHERE job_id = p_job AND status = 'new')
+    THEN
+        SELECT count(*) INTO v_ready
+          FROM pushjobs.job_nodes
+         WHERE job_id = p_job AND status = 'ready';
+
+        IF v_ready >= v_job.quorum THEN
+            v_job := pushjobs.job_status_set(p_job, 'running');
+
+            IF v_ready > 0 THEN
+                PERFORM pushjobs.notify('run', v_job.org, p_job);
+            END IF;
+
+        ELSE
+            PERFORM pushjobs.nodes_step(v_job,
+                        ARRAY(SELECT node_name FROM pushjobs.job_nodes
+                               WHERE job_id = p_job AND status = 'ready'
+                               ORDER BY node_name),
+                        'quorum_failed');
+
+            v_job := pushjobs.job_status_set(p_job, 'quorum_failed');
+        END IF;
+    END IF;
+
+    IF v_job.status = 'running'
+       AND NOT EXISTS (SELECT 1 FROM pushjobs.job_nodes
+                        WHERE job_id = p_job
+                          AND status IN ('ready', 'running'))
+    THEN
+        v_job := pushjobs.job_status_set(p_job,
+                     CASE WHEN v_job.abort_requested THEN 'aborted'
+                          ELSE 'complete' END::pushjobs.job_status);
+    END IF;
+
+    RETURN v_job.status;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.create_job(p_org text, p_requestor text,
+    p_body jsonb, p_default_run_timeout integer, p_voting_timeout_ms integer,
+    p_owner_timeout_ms integer)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id       text := replace(gen_random_uuid()::text, '-', '');
+    v_nodes    text[];
+    v_job      pushjobs.jobs;
+    v_names    text[];
+    v_fields   json[];
+BEGIN
+    v_nodes := ARRAY(SELECT jsonb_array_elements_text(p_body -> 'nodes'));
+
+    INSERT INTO pushjobs.jobs (id, org, command, quorum, run_timeout,
+                               requestor, job_user, dir, env, file, capture,
+                               status, voting_deadline)
+    VALUES (v_id, p_org, p_body ->> 'command',
+            CASE WHEN p_body ? 'quorum'
+                 THEN LEAST(GREATEST(ceil((p_body ->> 'quorum')::numeric),
+                                     -2147483648), 2147483647)::integer
+                 ELSE cardinality(v_nodes) END,
+            CASE WHEN p_body ? 'run_timeout'
+                 THEN LEAST(GREATEST(ceil((p_body ->> 'run_timeout')::numeric),
+                                     0), 2147483647)::integer
+                 ELSE p_default_run_timeout END,
+            p_requestor, p_body ->> 'user', p_body ->> 'dir', p_body -> 'env',
+            p_body ->> 'file',
+            COALESCE((p_body ->> 'capture_output')::boolean, false),
+            'voting',
+            now() + p_voting_timeout_ms * interval '1 millisecond')
+    RETURNING * INTO v_job;
+
+    -- Every node is inserted with the status node_step() gives it: a node
+    -- without a channel is "down" at once (unavailable, with its vote
+    -- "down" and its rehab), the others are new.  Its events are emitted
+    -- after the job's start, in the order the nodes were named.
+    WITH s AS (
+        SELECT u.node, u.ord, st.new_status, st.event_names,
+               st.event_fields
+          FROM unnest(v_nodes) WITH ORDINALITY AS u(node, ord)
+          LEFT JOIN pushjobs.available_nodes(p_org, p_owner_timeout_ms) o
+                 ON o.node_name = u.node
+          LEFT JOIN LATERAL (SELECT *
+                               FROM pushjobs.node_step(v_job.status, 'new',
+                                                       false, 'down', u.node)
+                              WHERE o.node_name IS NULL) AS st
+                 ON true
+    ), ins AS (
+        INSERT INTO pushjobs.job_nodes (job_id, org, node_name, status)
+        SELECT v_id, p_org, s.node, COALESCE(s.new_status, 'new')
+          FROM s
+    )
+    SELECT array_agg(e.name ORDER BY s.ord, e.k),
+           array_agg(e.fields ORDER BY s.ord, e.k)
+      INTO v_names, v_fields
+      FROM s
+     CROSS JOIN LATERAL unnest(s.event_names, s.event_fields)
+           WITH ORDINALITY AS e(name, fields, k);
+
+    PERFORM pushjobs.emit(v_id, p_org, 'start',
+        json_strip_nulls(json_build_object(
+            'command', v_job.command,
+            'run_timeout', v_job.run_timeout,
+            'quorum', v_job.quorum,
+            'node_count', cardinality(v_nodes),
+            'user', p_requestor,
+            'job_user', v_job.job_user,
+            'dir', v_job.dir,
+            'env', v_job.env,
+            'file_specified', CASE WHEN v_job.file IS NOT NULL
+                                   THEN true END,
+            'capture', v_job.capture)),
+        true);
+
+    PERFORM pushjobs.emit_events(v_id, p_org, NULL, v_names, v_fields);
+
+    IF EXISTS (SELECT 1 FROM pushjobs.job_nodes
+                WHERE job_id = v_id AND status = 'new')
+    THEN
+        PERFORM pushjobs.notify('commit', p_org, v_id);
+    END IF;
+
+    PERFORM pushjobs.settle(v_id);
+
+    RETURN v_id;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.agent_hello(p_org text, p_node text,
+    p_jobs jsonb)
+RETURNS TABLE (job_id text, action text, message text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id     text;
+    v_job    pushjobs.jobs;
+    v_node   pushjobs.node_status;
+    v_has    text;
+    v_input  text;
+    v_abort  boolean;
+    v_force  boolean;
+BEGIN
+    FOR v_id IN
+        SELECT n.job_id
+          FROM pushjobs.job_nodes n
+         WHERE n.org = p_org AND n.node_name = p_node
+           AND pushjobs.node_active(n.status)
+         ORDER BY n.job_id
+    LOOP
+        SELECT * INTO v_job FROM pushjobs.jobs
+         WHERE id = v_id AND status IN ('voting', 'running')
+           FOR UPDATE;
+
+        CONTINUE WHEN NOT FOUND;
+
+        -- the run timer fired (see time_out()); the loop below then tells
+        -- the agent to abort the job if it still holds it
+        IF v_job.status = 'running' AND v_job.run_deadline <= now()
+           AND pushjobs.time_out(v_id)
+        THEN
+            CONTINUE;
+        END IF;
+
+        SELECT n.status, n.abort_requested, n.abort_force
+          INTO v_node, v_abort, v_force
+          FROM pushjobs.job_nodes n
+         WHERE n.job_id = v_id AND n.node_name = p_node;
+
+        SELECT e ->> 'state' INTO v_has
+          FROM jsonb_array_elements(p_jobs) e
+         WHERE e ->> 'job_id' = v_id
+         LIMIT 1;
+
+        v_input := NULL;
+        job_id := v_id;
+        action := NULL;
+        message := NULL;
+
+        IF v_abort AND v_has IN ('committed', 'running') THEN
+            /* an abort (abort_job()) this agent has not answered yet */
+            action := 'abort';
+            message := CASE WHEN v_force THEN 'force' END;
+
+        ELSIF v_job.status = 'voting' THEN
+            IF v_node = 'new' AND v_has IS NULL THEN
+                action := 'commit';
+                message := pushjobs.commit_message(v_job);
+            ELSIF v_node = 'new' AND v_has = 'committed' THEN
+                v_input := 'ack_commit';
+            ELSIF v_has IS NULL OR v_has <> 'committed' THEN
+                v_input := 'down';
+            END IF;
+
+        ELSIF v_node = 'ready' THEN
+            IF v_has = 'committed' THEN
+                action := 'run';
+            ELSIF v_has = 'running' THEN
+                v_input := 'ack_run';
+            ELSIF v_has IS NULL THEN
+                v_input := 'down';
+            END IF;
+
+        ELSIF v_has IS NULL OR v_has = 'committed' THEN
+            v_input := 'down';
+        END IF;
+
+        IF v_input IS NOT NULL THEN
+            IF pushjobs.node_transition(v_job, p_node, v_input, NULL) THEN
+                action := 'abort';
+            END IF;
+            PERFORM pushjobs.settle(v_id);
+        END IF;
+
+        IF action IS NOT NULL THEN
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+
+    FOR v_id, v_has IN
+        SELECT e ->> 'job_id', e ->> 'state'
+          FROM jsonb_array_elements(p_jobs) e
+    LOOP
+        CONTINUE WHEN v_has = 'finished';
+        CONTINUE WHEN EXISTS (
+            SELECT 1
+              FROM pushjobs.job_nodes n
+              JOIN pushjobs.jobs j ON j.id = n.job_id
+             WHERE n.job_id = v_id AND n.org = p_org
+               AND n.node_name = p_node
+               AND pushjobs.node_active(n.status)
+               AND j.status IN ('voting', 'running'));
+
+        job_id := v_id;
+        action := 'abort';
+        message := NULL;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.dispatch(p_job text, p_kind text)
+RETURNS TABLE (node_name text, message text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_job  pushjobs.jobs;
+BEGIN
+    SELECT * INTO v_job FROM pushjobs.jobs WHERE id = p_job;
+
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+
+    IF p_kind = 'commit' THEN
+        IF v_job.status <> 'voting' THEN
+            RETURN;
+        END IF;
+
+        node_name := NULL;
+        message := pushjobs.commit_message(v_job);
+        RETURN NEXT;
+
+        RETURN QUERY
+            SELECT n.node_name, NULL::text
+              FROM pushjobs.job_nodes n
+             WHERE n.job_id = p_job AND n.status = 'new';
+
+    ELSIF p_kind = 'run' THEN
+        IF v_job.status <> 'running' THEN
+            RETURN;
+        END IF;
+
+        RETURN QUERY
+            SELECT n.node_name, NULL::text
+              FROM pushjobs.job_nodes n
+             WHERE n.job_id = p_job AND n.status = 'ready'
+               AND NOT n.abort_requested;
+
+    ELSIF p_kind = 'stop' THEN
+        RETURN QUERY
+            SELECT n.node_name,
+                   CASE WHEN n.abort_force THEN 'force' END
+              FROM pushjobs.job_nodes n
+             WHERE n.job_id = p_job
+               AND (n.abort_requested
+                    OR NOT pushjobs.node_active(n.status));
+    END IF;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION pushjobs.job_summary(p_job pushjobs.jobs)
+RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+               'id', p_job.id,
+               'command', p_job.command,
+               'status', p_job.status,
+               'run_timeout', p_job.run_timeout,
+               'created_at', pushjobs.http_date(p_job.created_at),
+               'updated_at', pushjobs.http_date(p_job.updated_at),
+               'user', p_job.job_user,
+               'dir', p_job.dir,
+               'capture_output', CASE WHEN p_job.capture THEN true END,
+               'file_specified', CASE WHEN p_job.file IS NOT NULL
+                                      THEN true END))
+           || CASE WHEN p_job.env IS NOT NULL
+                   THEN jsonb_build_object('env', p_job.env)
+                   ELSE '{}'::jsonb END
+$$;
+
+
+ALTER TABLE pushjobs.job_nodes DROP COLUMN released;
+
+ALTER TABLE pushjobs.jobs
+    DROP COLUMN max_concurrency,
+    DROP COLUMN max_errors,
+    DROP COLUMN concurrency_limit,
+    DROP COLUMN error_limit,
+    DROP COLUMN halted;
+
+COMMIT;
