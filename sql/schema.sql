@@ -31,16 +31,7 @@ CREATE TABLE pushjobs.jobs (
     run_deadline     timestamptz,
     abort_requested  boolean NOT NULL DEFAULT false,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    updated_at       timestamptz NOT NULL DEFAULT now(),
-    -- rate control (sqitch change rollout): the POST's max_concurrency and
-    -- max_errors as given (a count or "N%"), and the counts they make for
-    -- the job's nodes; NULL: no limit
-    max_concurrency  jsonb,
-    max_errors       jsonb,
-    concurrency_limit integer CHECK (concurrency_limit > 0),
-    error_limit      integer CHECK (error_limit >= 0),
-    -- the error budget was spent: no further node is started
-    halted           boolean NOT NULL DEFAULT false
+    updated_at       timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE INDEX jobs_org_created ON pushjobs.jobs (org, created_at);
@@ -63,14 +54,35 @@ CREATE TABLE pushjobs.job_nodes (
     abort_requested  boolean NOT NULL DEFAULT false,
     abort_force      boolean NOT NULL DEFAULT false,
     updated_at       timestamptz NOT NULL DEFAULT now(),
-    -- a ready node of a job with a concurrency limit that may be sent its
-    -- run (rollout()); without a limit every ready node may
-    released         boolean NOT NULL DEFAULT false,
     PRIMARY KEY (job_id, node_name)
 );
 
 CREATE INDEX job_nodes_active ON pushjobs.job_nodes (org, node_name)
     WHERE status IN ('new', 'ready', 'running');
+
+-- Rate control of a job POSTed with max_concurrency or max_errors (sqitch
+-- change rollout; rollout() in functions.sql): the fields as given (a count
+-- or "N%"), the counts they make for the job's nodes (NULL: no limit), and
+-- whether the error budget is spent (no further node is started).  Jobs
+-- without either field have no row.
+CREATE TABLE pushjobs.job_rollout (
+    job_id             text PRIMARY KEY
+                       REFERENCES pushjobs.jobs (id) ON DELETE CASCADE,
+    max_concurrency    jsonb,
+    max_errors         jsonb,
+    concurrency_limit  integer CHECK (concurrency_limit > 0),
+    error_limit        integer CHECK (error_limit >= 0),
+    halted             boolean NOT NULL DEFAULT false
+);
+
+-- The nodes of a job with a concurrency limit whose run rollout() has
+-- released: only they are sent a run.
+CREATE TABLE pushjobs.job_rollout_released (
+    job_id             text NOT NULL
+                       REFERENCES pushjobs.jobs (id) ON DELETE CASCADE,
+    node_name          text NOT NULL,
+    PRIMARY KEY (job_id, node_name)
+);
 
 CREATE TABLE pushjobs.job_output (
     job_id           text NOT NULL,

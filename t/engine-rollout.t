@@ -134,8 +134,9 @@ my $start = $json->decode(sql("SELECT data FROM pushjobs.job_events "
                               . "WHERE job_id = '$id' AND name = 'start'"));
 is_deeply [ @$start{qw(max_concurrency max_errors)} ], [ 2, '50%' ],
     '  and the start event';
-is sql("SELECT concurrency_limit || ' ' || error_limit FROM pushjobs.jobs "
-       . "WHERE id = '$id'"), '2 3', '  limits 2 and floor(6 * 50%) = 3';
+is sql("SELECT concurrency_limit || ' ' || error_limit "
+       . "FROM pushjobs.job_rollout WHERE job_id = '$id'"), '2 3',
+    '  limits 2 and floor(6 * 50%) = 3';
 my ($max) = flight($id);
 ok $max <= 2, "  at most 2 nodes ran at once ($max)";
 
@@ -147,6 +148,8 @@ $start = $json->decode(sql("SELECT data FROM pushjobs.job_events "
                            . "WHERE job_id = '$id' AND name = 'start'"));
 ok !exists $start->{max_concurrency} && !exists $start->{max_errors},
     '  nor in its start event';
+is sql("SELECT count(*) FROM pushjobs.job_rollout WHERE job_id = '$id'"), 0,
+    '  nor a job_rollout row';
 wait_available();
 
 # --- rolling ------------------------------------------------------------------
@@ -167,7 +170,8 @@ is $times, 6, '  each node ended at its own time';
 $id = $stack->start_job({ command => 'rollout none 0.8',
                           nodes => [ reverse @all ],
                           max_concurrency => '34%' });
-is sql("SELECT concurrency_limit FROM pushjobs.jobs WHERE id = '$id'"), 3,
+is sql("SELECT concurrency_limit FROM pushjobs.job_rollout "
+       . "WHERE job_id = '$id'"), 3,
     'max_concurrency "34%" of 6 nodes: ceil(2.04) = 3';
 $job = $stack->wait_job($id, 60);
 is $job->{status}, 'complete', '  the job completes';
@@ -179,7 +183,8 @@ is scalar(@started), 6, '  each node started once';
 
 $id = $stack->start_job({ command => 'true', nodes => [@all],
                           max_concurrency => '1%' });
-is sql("SELECT concurrency_limit FROM pushjobs.jobs WHERE id = '$id'"), 1,
+is sql("SELECT concurrency_limit FROM pushjobs.job_rollout "
+       . "WHERE job_id = '$id'"), 1,
     'max_concurrency "1%" of 6 nodes: at least 1';
 is $stack->wait_job($id, 60)->{status}, 'complete', '  the job completes';
 is((flight($id))[0], 1, '  one node at a time');
@@ -214,7 +219,8 @@ wait_available('  the never-started agents let go of the job');
 $id = $stack->start_job({ command => 'rollout node1 1', nodes => [@all],
                           max_concurrency => 2, max_errors => '10%' });
 $job = $stack->wait_job($id, 60);
-is sql("SELECT error_limit FROM pushjobs.jobs WHERE id = '$id'"), 0,
+is sql("SELECT error_limit FROM pushjobs.job_rollout "
+       . "WHERE job_id = '$id'"), 0,
     'max_errors "10%" of 6 nodes: floor(0.6) = 0';
 is $job->{status}, 'complete', '  the job completes';
 is_deeply $job->{nodes}, { failed => ['node1'], succeeded => ['node2'],
@@ -257,14 +263,14 @@ ok $res->{status} == 200 || $res->{status} == 202, 'aborted';
 $job = $stack->wait_job($id, 30);
 is $job->{status}, 'aborted', '  the job ends aborted';
 is_deeply $job->{nodes}, { aborted => [@all] }, '  every node aborted';
-is_deeply [ grep { /^run_start/ } events($id) ],
+is_deeply [ sort grep { /^run_start/ } events($id) ],
     [ 'run_start node1', 'run_start node2' ], '  nothing started after it';
 wait_available();
 
 # --- run_timeout during a rollout ---------------------------------------------
 
-$id = $stack->start_job({ command => 'rollout none 2', nodes => [@all],
-                          max_concurrency => 1, run_timeout => 3 });
+$id = $stack->start_job({ command => 'rollout none 3', nodes => [@all],
+                          max_concurrency => 1, run_timeout => 5 });
 $job = $stack->wait_job($id, 30);
 is $job->{status}, 'timed_out', 'run_timeout covers the whole rollout';
 my $nodes = $job->{nodes};

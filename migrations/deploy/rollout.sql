@@ -2,28 +2,39 @@
 -- requires: create_job_step
 
 -- Rate control for jobs (issue 13): the POST's optional max_concurrency
--- and max_errors, kept as given and as the counts they make (rate_count());
--- rollout(), called by settle() under the job's lock, releases ready nodes
--- of a running job in node name order up to the concurrency limit (a
--- column of job_nodes) in the transaction that ends a running one, and
--- halts the job once more nodes than the error limit have failed: its
--- unreleased nodes become was_ready (node_step()'s new input halt) and a
--- rollout_halted event is emitted.  dispatch() and agent_hello() send a
--- run only to released nodes of a job with a limit.  The job document,
+-- and max_errors, kept as given and as the counts they make (rate_count())
+-- in job_rollout, a row only for jobs that have either.  rollout(), called
+-- by settle() under the job's lock, releases ready nodes of a running job
+-- in node name order up to the concurrency limit (job_rollout_released)
+-- in the transaction that ends a running one, and halts the job once
+-- more nodes than the error limit have failed: its unreleased nodes
+-- become was_ready (node_step()'s new input halt) and a rollout_halted
+-- event is emitted.  dispatch() and agent_hello() send a run only to
+-- released nodes of a job with a concurrency limit.  The job document,
 -- the list and the start event show both fields when given.  A job
--- without either field behaves as before.
+-- without either field behaves as before.  New tables rather than new
+-- columns: the jobs and job_nodes rows stay as they were.
 
 BEGIN;
 
-ALTER TABLE pushjobs.jobs
-    ADD COLUMN max_concurrency  jsonb,
-    ADD COLUMN max_errors       jsonb,
-    ADD COLUMN concurrency_limit integer CHECK (concurrency_limit > 0),
-    ADD COLUMN error_limit      integer CHECK (error_limit >= 0),
-    ADD COLUMN halted           boolean NOT NULL DEFAULT false;
+CREATE TABLE pushjobs.job_rollout (
+    job_id             text PRIMARY KEY
+                       REFERENCES pushjobs.jobs (id) ON DELETE CASCADE,
+    max_concurrency    jsonb,
+    max_errors         jsonb,
+    concurrency_limit  integer CHECK (concurrency_limit > 0),
+    error_limit        integer CHECK (error_limit >= 0),
+    halted             boolean NOT NULL DEFAULT false
+);
 
-ALTER TABLE pushjobs.job_nodes
-    ADD COLUMN released         boolean NOT NULL DEFAULT false;
+-- The nodes of a job with a concurrency limit whose run rollout() has
+-- released: only they are sent a run.
+CREATE TABLE pushjobs.job_rollout_released (
+    job_id             text NOT NULL
+                       REFERENCES pushjobs.jobs (id) ON DELETE CASCADE,
+    node_name          text NOT NULL,
+    PRIMARY KEY (job_id, node_name)
+);
 
 CREATE OR REPLACE FUNCTION pushjobs.node_step(
     p_job_status pushjobs.job_status, p_status pushjobs.node_status,
@@ -226,40 +237,56 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 
+CREATE OR REPLACE FUNCTION pushjobs.concurrency_limit(p_job text)
+RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT r.concurrency_limit FROM pushjobs.job_rollout r
+     WHERE r.job_id = p_job
+$$;
+
+
 CREATE OR REPLACE FUNCTION pushjobs.rollout(p_job pushjobs.jobs)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_r       pushjobs.job_rollout;
     v_failed  integer;
     v_flight  integer;
     v_held    text[];
 BEGIN
-    IF p_job.status <> 'running' OR p_job.halted OR p_job.abort_requested
-       OR (p_job.concurrency_limit IS NULL AND p_job.error_limit IS NULL)
-    THEN
+    IF p_job.status <> 'running' OR p_job.abort_requested THEN
         RETURN;
     END IF;
 
-    IF p_job.error_limit IS NOT NULL THEN
+    SELECT * INTO v_r FROM pushjobs.job_rollout WHERE job_id = p_job.id;
+
+    IF NOT FOUND OR v_r.halted THEN
+        RETURN;
+    END IF;
+
+    IF v_r.error_limit IS NOT NULL THEN
         SELECT count(*) INTO v_failed
           FROM pushjobs.job_nodes
          WHERE job_id = p_job.id
            AND status IN ('failed', 'crashed', 'timed_out');
 
-        IF v_failed > p_job.error_limit THEN
-            v_held := ARRAY(SELECT node_name FROM pushjobs.job_nodes
-                             WHERE job_id = p_job.id AND status = 'ready'
-                               AND p_job.concurrency_limit IS NOT NULL
-                               AND NOT released
-                             ORDER BY node_name);
+        IF v_failed > v_r.error_limit THEN
+            v_held := ARRAY(SELECT n.node_name FROM pushjobs.job_nodes n
+                             WHERE n.job_id = p_job.id AND n.status = 'ready'
+                               AND v_r.concurrency_limit IS NOT NULL
+                               AND NOT EXISTS (
+                                   SELECT 1
+                                     FROM pushjobs.job_rollout_released l
+                                    WHERE l.job_id = p_job.id
+                                      AND l.node_name = n.node_name)
+                             ORDER BY n.node_name);
 
-            UPDATE pushjobs.jobs SET halted = true, updated_at = now()
-             WHERE id = p_job.id
-            RETURNING * INTO p_job;
+            UPDATE pushjobs.job_rollout SET halted = true
+             WHERE job_id = p_job.id;
 
             PERFORM pushjobs.emit(p_job.id, p_job.org, 'rollout_halted',
                         json_build_object('failed', v_failed,
-                                          'max_errors', p_job.max_errors,
+                                          'max_errors', v_r.max_errors,
                                           'not_started',
                                           cardinality(v_held)));
 
@@ -272,27 +299,33 @@ BEGIN
         END IF;
     END IF;
 
-    IF p_job.concurrency_limit IS NULL THEN
+    IF v_r.concurrency_limit IS NULL THEN
         RETURN;
     END IF;
 
     SELECT count(*) INTO v_flight
-      FROM pushjobs.job_nodes
-     WHERE job_id = p_job.id
-       AND (status = 'running' OR (status = 'ready' AND released));
+      FROM pushjobs.job_nodes n
+     WHERE n.job_id = p_job.id
+       AND (n.status = 'running'
+            OR (n.status = 'ready'
+                AND EXISTS (SELECT 1 FROM pushjobs.job_rollout_released l
+                             WHERE l.job_id = p_job.id
+                               AND l.node_name = n.node_name)));
 
-    IF v_flight >= p_job.concurrency_limit THEN
+    IF v_flight >= v_r.concurrency_limit THEN
         RETURN;
     END IF;
 
-    UPDATE pushjobs.job_nodes n
-       SET released = true
-      FROM (SELECT node_name FROM pushjobs.job_nodes
-             WHERE job_id = p_job.id AND status = 'ready'
-               AND NOT released AND NOT abort_requested
-             ORDER BY node_name
-             LIMIT p_job.concurrency_limit - v_flight) AS nx
-     WHERE n.job_id = p_job.id AND n.node_name = nx.node_name;
+    INSERT INTO pushjobs.job_rollout_released (job_id, node_name)
+    SELECT p_job.id, n.node_name
+      FROM pushjobs.job_nodes n
+     WHERE n.job_id = p_job.id AND n.status = 'ready'
+       AND NOT n.abort_requested
+       AND NOT EXISTS (SELECT 1 FROM pushjobs.job_rollout_released l
+                        WHERE l.job_id = p_job.id
+                          AND l.node_name = n.node_name)
+     ORDER BY n.node_name
+     LIMIT v_r.concurrency_limit - v_flight;
 
     IF FOUND THEN
         PERFORM pushjobs.notify('run', p_job.org, p_job.id);
@@ -322,7 +355,9 @@ BEGIN
             v_job := pushjobs.job_status_set(p_job, 'running');
 
             -- with a concurrency limit rollout() below sends the runs
-            IF v_ready > 0 AND v_job.concurrency_limit IS NULL THEN
+            IF v_ready > 0
+               AND pushjobs.concurrency_limit(p_job) IS NULL
+            THEN
                 PERFORM pushjobs.notify('run', v_job.org, p_job);
             END IF;
 
@@ -372,8 +407,7 @@ BEGIN
 
     INSERT INTO pushjobs.jobs (id, org, command, quorum, run_timeout,
                                requestor, job_user, dir, env, file, capture,
-                               status, voting_deadline, max_concurrency,
-                               max_errors, concurrency_limit, error_limit)
+                               status, voting_deadline)
     VALUES (v_id, p_org, p_body ->> 'command',
             CASE WHEN p_body ? 'quorum'
                  THEN LEAST(GREATEST(ceil((p_body ->> 'quorum')::numeric),
@@ -387,13 +421,19 @@ BEGIN
             p_body ->> 'file',
             COALESCE((p_body ->> 'capture_output')::boolean, false),
             'voting',
-            now() + p_voting_timeout_ms * interval '1 millisecond',
-            p_body -> 'max_concurrency', p_body -> 'max_errors',
-            pushjobs.rate_count(p_body -> 'max_concurrency',
-                                cardinality(v_nodes), true),
-            pushjobs.rate_count(p_body -> 'max_errors',
-                                cardinality(v_nodes), false))
+            now() + p_voting_timeout_ms * interval '1 millisecond')
     RETURNING * INTO v_job;
+
+    IF p_body ? 'max_concurrency' OR p_body ? 'max_errors' THEN
+        INSERT INTO pushjobs.job_rollout (job_id, max_concurrency,
+                                          max_errors, concurrency_limit,
+                                          error_limit)
+        VALUES (v_id, p_body -> 'max_concurrency', p_body -> 'max_errors',
+                pushjobs.rate_count(p_body -> 'max_concurrency',
+                                    cardinality(v_nodes), true),
+                pushjobs.rate_count(p_body -> 'max_errors',
+                                    cardinality(v_nodes), false));
+    END IF;
 
     -- Every node is inserted with the status node_step() gives it: a node
     -- without a channel is "down" at once (unavailable, with its vote
@@ -435,8 +475,8 @@ BEGIN
             'file_specified', CASE WHEN v_job.file IS NOT NULL
                                    THEN true END,
             'capture', v_job.capture,
-            'max_concurrency', v_job.max_concurrency,
-            'max_errors', v_job.max_errors)),
+            'max_concurrency', p_body -> 'max_concurrency',
+            'max_errors', p_body -> 'max_errors')),
         true);
 
     PERFORM pushjobs.emit_events(v_id, p_org, NULL, v_names, v_fields);
@@ -490,7 +530,9 @@ BEGIN
         END IF;
 
         SELECT n.status, n.abort_requested, n.abort_force,
-               v_job.concurrency_limit IS NULL OR n.released
+               pushjobs.concurrency_limit(v_id) IS NULL
+               OR EXISTS (SELECT 1 FROM pushjobs.job_rollout_released l
+                           WHERE l.job_id = v_id AND l.node_name = p_node)
           INTO v_node, v_abort, v_force, v_free
           FROM pushjobs.job_nodes n
          WHERE n.job_id = v_id AND n.node_name = p_node;
@@ -607,7 +649,11 @@ BEGIN
               FROM pushjobs.job_nodes n
              WHERE n.job_id = p_job AND n.status = 'ready'
                AND NOT n.abort_requested
-               AND (v_job.concurrency_limit IS NULL OR n.released);
+               AND (pushjobs.concurrency_limit(p_job) IS NULL
+                    OR EXISTS (SELECT 1
+                                 FROM pushjobs.job_rollout_released l
+                                WHERE l.job_id = p_job
+                                  AND l.node_name = n.node_name));
 
     ELSIF p_kind = 'stop' THEN
         RETURN QUERY
@@ -636,12 +682,16 @@ LANGUAGE sql STABLE AS $$
                'dir', p_job.dir,
                'capture_output', CASE WHEN p_job.capture THEN true END,
                'file_specified', CASE WHEN p_job.file IS NOT NULL
-                                      THEN true END,
-               'max_concurrency', p_job.max_concurrency,
-               'max_errors', p_job.max_errors))
+                                      THEN true END))
            || CASE WHEN p_job.env IS NOT NULL
                    THEN jsonb_build_object('env', p_job.env)
                    ELSE '{}'::jsonb END
+           -- rate control: the fields as given, when given
+           || COALESCE((SELECT jsonb_strip_nulls(jsonb_build_object(
+                                   'max_concurrency', r.max_concurrency,
+                                   'max_errors', r.max_errors))
+                          FROM pushjobs.job_rollout r
+                         WHERE r.job_id = p_job.id), '{}'::jsonb)
 $$;
 
 

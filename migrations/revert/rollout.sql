@@ -5,6 +5,7 @@
 BEGIN;
 
 DROP FUNCTION pushjobs.rollout(pushjobs.jobs);
+DROP FUNCTION pushjobs.concurrency_limit(text);
 DROP FUNCTION pushjobs.rate_count(jsonb, integer, boolean);
 
 CREATE OR REPLACE FUNCTION pushjobs.node_step(
@@ -508,13 +509,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 
-ALTER TABLE pushjobs.job_nodes DROP COLUMN released;
-
-ALTER TABLE pushjobs.jobs
-    DROP COLUMN max_concurrency,
-    DROP COLUMN max_errors,
-    DROP COLUMN concurrency_limit,
-    DROP COLUMN error_limit,
-    DROP COLUMN halted;
+DROP TABLE pushjobs.job_rollout_released;
+DROP TABLE pushjobs.job_rollout;
 
 COMMIT;

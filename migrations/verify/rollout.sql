@@ -3,12 +3,14 @@
 BEGIN;
 
 SELECT 'pushjobs.rollout(pushjobs.jobs)'::regprocedure,
+       'pushjobs.concurrency_limit(text)'::regprocedure,
        'pushjobs.rate_count(jsonb, integer, boolean)'::regprocedure;
 
-SELECT max_concurrency, max_errors, concurrency_limit, error_limit, halted
-  FROM pushjobs.jobs WHERE false;
+SELECT job_id, max_concurrency, max_errors, concurrency_limit, error_limit,
+       halted
+  FROM pushjobs.job_rollout WHERE false;
 
-SELECT released FROM pushjobs.job_nodes WHERE false;
+SELECT job_id, node_name FROM pushjobs.job_rollout_released WHERE false;
 
 -- the percentage rounding: up (at least 1) for concurrency, down for errors
 SELECT 1 / (pushjobs.rate_count('"10%"', 25, true) = 3
