@@ -301,6 +301,35 @@ ok @held && !grep({ $_ le 'node4' } @held),
     or diag explain $job;
 ($max) = flight($id);
 ok $max <= 2, "  never more than 2 at once ($max)";
+wait_available();
+
+# --- two front ends -----------------------------------------------------------
+
+# node4..node6 move to a second front end: each end on one releases the
+# next node on the other, through PostgreSQL alone
+$stack->start_nginx('fe2');
+for my $n (qw(node4 node5 node6)) {
+    $stack->stop_agent($n);
+    $stack->start_agent($n, fe => 'fe2');
+}
+ok PushJobs::Stack::wait_for(30, sub {
+    3 == grep { $stack->error_log('fe2')
+                =~ /agent "$_" of "\Q$org\E" connected/ }
+             qw(node4 node5 node6) }), 'node4..node6 on the second front end';
+wait_available();
+
+my $posted = post({ command => 'rollout node5,node6 0.3', nodes => [@all],
+                    max_concurrency => 2, max_errors => 1 });
+is $posted->{status}, 201, 'a rollout over both front ends';
+$id = substr($posted->{json}{uri} // '', -32);
+$job = $stack->wait_job($id, 60);
+is_deeply $job->{nodes}, { succeeded => [qw(node1 node2 node3 node4)],
+                           failed => [qw(node5 node6)] },
+    '  every node ran; the second failure came with the last node'
+    or diag explain $job;
+($max, @started) = flight($id);
+ok $max <= 2, "  never more than 2 at once ($max)";
+ok in_name_order(2, \@all, @started), '  in name order' or diag "@started";
 
 $stack->stop;
 done_testing;
