@@ -1338,7 +1338,8 @@ CREATE OR REPLACE FUNCTION pushjobs.dispatch(p_job text, p_kind text)
 RETURNS TABLE (node_name text, message text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v_job  pushjobs.jobs;
+    v_job    pushjobs.jobs;
+    v_limit  integer := pushjobs.concurrency_limit(p_job);
 BEGIN
     SELECT * INTO v_job FROM pushjobs.jobs WHERE id = p_job;
 
@@ -1370,7 +1371,7 @@ BEGIN
               FROM pushjobs.job_nodes n
              WHERE n.job_id = p_job AND n.status = 'ready'
                AND NOT n.abort_requested
-               AND (pushjobs.concurrency_limit(p_job) IS NULL
+               AND (v_limit IS NULL
                     OR EXISTS (SELECT 1
                                  FROM pushjobs.job_rollout_released l
                                 WHERE l.job_id = p_job
