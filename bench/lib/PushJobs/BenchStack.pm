@@ -137,6 +137,7 @@ sub proc_cpu {        # utime + stime, seconds
     my $s = PushJobs::Stack::slurp("/proc/$pid/stat");
     $s =~ s/^.*\) //s;
     my @f = split ' ', $s;
+    return 0 if @f < 13;          # gone meanwhile (a backend that ended)
     return ($f[11] + $f[12]) / POSIX::sysconf(POSIX::_SC_CLK_TCK());
 }
 
