@@ -239,7 +239,7 @@ job_commit_record(pja_ps_req_t *r, yajl_val msg)
     const char   *key, *val;
     yajl_val      env, v;
 
-    memset(r, 0, offsetof(pja_ps_req_t, env));
+    memset(r, 0, sizeof(pja_ps_req_t));
     r->magic = PJA_PS_MAGIC;
     r->type = PJA_PS_COMMIT;
 
