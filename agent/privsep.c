@@ -263,10 +263,6 @@ pja_ps_recv(int fd, void *rec, size_t size, int *fds, int maxfds, int *nfds)
         len = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
     } while (len < 0 && errno == EINTR);
 
-    if (len == 0) {
-        return 0;
-    }
-
     if (len < 0) {
         return -1;
     }
@@ -284,6 +280,11 @@ pja_ps_recv(int fd, void *rec, size_t size, int *fds, int maxfds, int *nfds)
             memcpy(&got[n++], CMSG_DATA(cm) + sizeof(int) * (size_t) i,
                    sizeof(int));
         }
+    }
+
+    /* an empty datagram with descriptors is malformed, not the end */
+    if (len == 0 && n == 0) {
+        return 0;
     }
 
     if ((size_t) len != size || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))

@@ -47,7 +47,7 @@ FUZZ_AGENT     := $(filter-out agent/main.c,$(AGENT_SRCS))
 # The harnesses.
 
 FUZZ_HARNESSES := ws auth keys session agent_ws agent_poll agent_proto \
-                  agent_config agent_whitelist
+                  agent_config agent_whitelist privsep
 
 fuzz_ws_SRCS              := fuzz/ws.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
 fuzz_auth_SRCS            := fuzz/auth.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
@@ -61,6 +61,8 @@ fuzz_agent_config_SRCS    := fuzz/agent_config.c fuzz/agent_fuzz.c \
                              $(FUZZ_AGENT)
 fuzz_agent_whitelist_SRCS := fuzz/agent_whitelist.c fuzz/agent_fuzz.c \
                              $(FUZZ_AGENT)
+# (agent_fuzz.c: pja_agent, which the agent's files name)
+fuzz_privsep_SRCS         := fuzz/privsep.c fuzz/agent_fuzz.c $(FUZZ_AGENT)
 
 # a server's "run" never starts a process (fuzz/agent_fuzz.c)
 fuzz_agent_ws_LDFLAGS     := -Wl,--wrap=pja_job_run
@@ -121,6 +123,12 @@ $(FUZZ_BUILD)/obj/common/%.o: common/%.c | fuzz-deps
 
 # agent harnesses: plain C like the agent
 $(FUZZ_BUILD)/obj/fuzz/agent_%.o: fuzz/agent_%.c $(AGENT_HDRS) | fuzz-deps
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS_CC) $(FUZZ_WARN) -std=c99 $(AGENT_CPPFLAGS) \
+	    -I agent -I common -c -o $@ $<
+
+# the root parent of the split agent (fuzz/privsep.c) is agent code too
+$(FUZZ_BUILD)/obj/fuzz/privsep.o: fuzz/privsep.c $(AGENT_HDRS) | fuzz-deps
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS_CC) $(FUZZ_WARN) -std=c99 $(AGENT_CPPFLAGS) \
 	    -I agent -I common -c -o $@ $<
