@@ -4,7 +4,8 @@
 # contiguous; the final output equals what the command printed, once;
 # binary bytes pass unchanged; pushjobs_max_output_size caps the stream
 # (truncated marked); a channel cut mid-run (its nginx worker killed)
-# neither duplicates nor loses bytes.
+# neither duplicates nor loses bytes; the long-poll channel carries the
+# same messages.
 
 use strict;
 use warnings;
@@ -13,6 +14,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use File::Temp qw(tempdir);
+use Time::HiRes qw(time);
 use MIME::Base64 qw(decode_base64);
 use Test::More;
 use PushJobs::Stack;
@@ -201,6 +203,35 @@ $sse = feed($id);
 ok $contiguous, 'output events across the reconnect: contiguous, none twice';
 ok index(lines('line', 40), $bytes->{stdout} // '') == 0,
     '  a prefix of stdout';
+
+# --- over long-poll --------------------------------------------------------
+
+my $agent_log = $stack->dir . "/agents/$node/agent.log";
+$stack->stop_agent($node);
+my $log_at = length PushJobs::Stack::slurp($agent_log);
+$stack->start_agent($node, args => ['--long-poll']);
+ok $stack->wait_online([$node], 30), 'the agent back, forced into long-poll';
+my $t0 = time;
+$id = start('lines');
+$sse = feed($id);
+ok PushJobs::Stack::wait_for(10, sub {
+    $mid = output($id);
+    status($id) eq 'running' && $mid =~ /^line 1\n/;
+}, 0.1), 'long-poll: GET output serves stdout while the job runs';
+@ev = $sse->until_event('job_complete', 30);
+# polls pipelined back to back (a chunk per stream every 250 ms) must not
+# wait for the 25 s hold time: the held one is answered at once even when
+# the next poll was already read (into nginx's or the TLS layer's buffer)
+cmp_ok time - $t0, '<', 12,
+    'long-poll: the 2 s job ends without a held poll stalling it';
+($bytes, $contiguous) = streamed(@ev);
+is $bytes->{stdout}, lines('line', 20), 'long-poll: the feed streamed stdout';
+ok $contiguous, '  contiguous';
+is output($id), lines('line', 20), 'long-poll: final stdout once';
+my $lp_log = PushJobs::Stack::slurp($agent_log);
+$lp_log = substr($lp_log, $log_at) if length $lp_log > $log_at;
+like $lp_log, qr/long-poll.*-> \{"type":"output"/s,
+    '  the agent sent output messages over long-poll';
 
 $stack->stop;
 done_testing;
