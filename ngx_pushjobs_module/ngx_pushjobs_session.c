@@ -804,7 +804,7 @@ ngx_pushjobs_agent_welcome(ngx_pushjobs_agent_t *a)
     u_char                    *p;
     ngx_pushjobs_worker_t     *w;
     ngx_pushjobs_main_conf_t  *pmcf;
-    u_char                     buf[6 * 2 * NGX_PUSHJOBS_NAME_MAX + 256];
+    u_char                     buf[6 * 3 * NGX_PUSHJOBS_NAME_MAX + 256];
 
     w = ngx_pushjobs_worker;
     pmcf = w->pmcf;
