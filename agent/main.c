@@ -517,9 +517,10 @@ static int
 run(pja_agent_t *a)
 {
     int            attempt, n, i, timeout, rc, ws_i, out_i, err_i, ps_i;
-    int            closing;
+    int            closing, backlog;
     char           drain[64];
     int64_t        now, reconnect_at, deadline, stop_deadline, silence;
+    int64_t        next_chunk;
     struct pollfd  pfd[5];
     pja_ps_rep_t   rep;
 
@@ -585,6 +586,9 @@ run(pja_agent_t *a)
 
         pja_job_timers(&a->job, now);
 
+        /* Live output that is due; its next chunk's time. */
+        next_chunk = pja_session_stream(a, now);
+
         /* Channel timers. */
         if (a->ws.fd != -1) {
             silence = a->ws.transport->silence(&a->ws, a);
@@ -638,14 +642,17 @@ run(pja_agent_t *a)
             n++;
         }
 
-        if (a->job.out_fd != -1) {
+        /* back-pressure: the pipes wait while the channel is behind */
+        backlog = pja_session_backlog(a);
+
+        if (a->job.out_fd != -1 && !backlog) {
             out_i = n;
             pfd[n].fd = a->job.out_fd;
             pfd[n].events = POLLIN;
             n++;
         }
 
-        if (a->job.err_fd != -1) {
+        if (a->job.err_fd != -1 && !backlog) {
             err_i = n;
             pfd[n].fd = a->job.err_fd;
             pfd[n].events = POLLIN;
@@ -660,6 +667,9 @@ run(pja_agent_t *a)
         deadline = now + 1000;
         if (a->ws.fd == -1 && !a->stopping && reconnect_at < deadline) {
             deadline = reconnect_at;
+        }
+        if (next_chunk != -1 && next_chunk < deadline) {
+            deadline = next_chunk;
         }
         timeout = deadline > now ? (int) (deadline - now) : 0;
 

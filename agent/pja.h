@@ -314,6 +314,11 @@ typedef struct {
     pja_buf_t              err;
     size_t                 output_cap;
     int                    truncated;
+    /* live output (session.c): bytes sent on this channel, next flush */
+    size_t                 out_sent;
+    size_t                 err_sent;
+    int64_t                out_due;
+    int64_t                err_due;
     char                  *file_dir;     /* the job's private directory */
     char                  *file_path;
 
@@ -496,6 +501,7 @@ typedef struct pja_agent_s {
     int                    poll_timeout;  /* seconds a poll may be held */
     int                    fallback;      /* next channel: long-poll */
     size_t                 max_message_size;
+    int                    live_output;   /* the welcome allowed output */
     int                    stopping;
     EVP_PKEY              *key;           /* the client key, see sign.c */
 
@@ -514,5 +520,7 @@ void pja_session_handle(pja_agent_t *a, yajl_val msg);
 void pja_session_send(pja_agent_t *a, char *text);
 void pja_session_final(pja_agent_t *a, char *report);
 void pja_session_job_exited(pja_agent_t *a, int status);
+int64_t pja_session_stream(pja_agent_t *a, int64_t now);
+int pja_session_backlog(pja_agent_t *a);
 
 #endif /* PJA_H */

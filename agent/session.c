@@ -2,6 +2,7 @@
  * pushjobs-agent: the channel's messages (docs/protocol.md §2).
  */
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -9,6 +10,18 @@
 #include <yajl/yajl_gen.h>
 
 #include "pja.h"
+
+
+/*
+ * Live output (docs/protocol.md §2, output): a chunk per stream when
+ * PJA_STREAM_CHUNK bytes are waiting or PJA_STREAM_DELAY ms after the
+ * first byte waiting, whichever comes first; the pipes are not read while
+ * the channel's outgoing queue holds PJA_STREAM_QUEUE bytes or more.
+ */
+
+#define PJA_STREAM_CHUNK        16384
+#define PJA_STREAM_DELAY        250
+#define PJA_STREAM_QUEUE        (256 * 1024)
 
 
 /* Sends a message if the channel is open; takes ownership of text. */
@@ -170,6 +183,9 @@ pja_session_job_exited(pja_agent_t *a, int status)
                 WTERMSIG(status), job->ending ? " (ended by the agent)" : "");
     }
 
+    /* the last chunks first: the feed gets them as output events */
+    (void) pja_session_stream(a, INT64_MAX);
+
     report = pja_job_report(job, status, a->max_message_size);
     memcpy(id, job->id, sizeof(id));
     pja_job_clear(job);
@@ -177,6 +193,123 @@ pja_session_job_exited(pja_agent_t *a, int status)
 
     /* reaped and reported: nothing of it for a restarted agent to end */
     pja_store_run_remove(id);
+}
+
+
+static size_t
+stream_queued(pja_agent_t *a)
+{
+    return a->ws.out.len + a->ws.poll.pending.len;
+}
+
+
+static int
+stream_on(pja_agent_t *a)
+{
+    return a->live_output && a->ws.state == PJA_WS_OPEN
+           && a->job.state == PJA_JOB_RUNNING && a->job.capture;
+}
+
+
+/*
+ * 1 when the job's pipes are to be left unread for now: the channel has
+ * not sent what is queued yet.  The child then blocks in write(); the
+ * agent's memory does not grow.
+ */
+
+int
+pja_session_backlog(pja_agent_t *a)
+{
+    return stream_on(a) && stream_queued(a) >= PJA_STREAM_QUEUE;
+}
+
+
+/* The chunks of one stream that are due; when the next one will be. */
+
+static int64_t
+stream_one(pja_agent_t *a, const char *name, pja_buf_t *b, size_t *sent,
+    int64_t *due, int64_t now)
+{
+    char      *data;
+    size_t     n;
+    yajl_gen   g;
+
+    while (*sent < b->len) {
+        n = b->len - *sent;
+
+        if (n < PJA_STREAM_CHUNK) {
+            if (*due == 0) {
+                *due = now + PJA_STREAM_DELAY;
+            }
+
+            if (now < *due) {
+                return *due;
+            }
+        }
+
+        if (stream_queued(a) >= PJA_STREAM_QUEUE) {
+            return -1;
+        }
+
+        if (n > PJA_STREAM_CHUNK) {
+            n = PJA_STREAM_CHUNK;
+        }
+
+        data = pja_base64_encode(b->data + *sent, n);
+        g = pja_json_begin("output");
+
+        if (data == NULL || g == NULL
+            || pja_json_str(g, "job_id", a->job.id) != 0
+            || pja_json_str(g, "stream", name) != 0
+            || pja_json_int(g, "offset", (long long) *sent) != 0
+            || pja_json_str(g, "data", data) != 0)
+        {
+            free(data);
+            if (g) {
+                yajl_gen_free(g);
+            }
+            return -1;
+        }
+
+        free(data);
+        pja_session_send(a, pja_json_end(g));
+
+        *sent += n;
+        *due = 0;
+    }
+
+    return -1;
+}
+
+
+/*
+ * Sends the live output that is due; returns when the next chunk will be
+ * due (ms, pja_now_ms() time), or -1.  The buffers are the job's capture,
+ * which stops at its cap: so does the stream.
+ */
+
+int64_t
+pja_session_stream(pja_agent_t *a, int64_t now)
+{
+    int64_t     t, next;
+    pja_job_t  *job;
+
+    if (!stream_on(a)) {
+        return -1;
+    }
+
+    job = &a->job;
+
+    next = stream_one(a, "stdout", &job->out, &job->out_sent, &job->out_due,
+                      now);
+    t = stream_one(a, "stderr", &job->err, &job->err_sent, &job->err_due,
+                   now);
+
+    if (t != -1 && (next == -1 || t < next)) {
+        next = t;
+    }
+
+    return next;
 }
 
 
@@ -195,6 +328,17 @@ pja_session_open(pja_agent_t *a)
     yajl_gen   g;
 
     a->welcomed = 0;
+
+    /*
+     * Output messages wait for this channel's welcome; they start again
+     * from offset 0, as what the last channel had queued may be lost
+     * (the server keeps only the bytes beyond what it has).
+     */
+    a->live_output = 0;
+    a->job.out_sent = 0;
+    a->job.err_sent = 0;
+    a->job.out_due = 0;
+    a->job.err_due = 0;
 
     g = pja_json_begin("hello");
     if (g == NULL) {
@@ -283,6 +427,7 @@ proto_welcome(pja_agent_t *a, yajl_val msg)
                                                  : PJA_DEFAULT_PING;
     a->max_message_size = max > 1024 ? (size_t) max : PJA_DEFAULT_MAX_MESSAGE;
     a->welcomed = 1;
+    a->live_output = pja_json_get_bool(msg, "live_output", 0);
 
     ping = pja_json_get_int(msg, "poll_timeout", PJA_DEFAULT_POLL);
     a->poll_timeout = ping > 0 && ping < 3600 ? (int) ping : PJA_DEFAULT_POLL;

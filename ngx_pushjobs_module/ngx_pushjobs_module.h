@@ -627,6 +627,7 @@ void ngx_pushjobs_store_presence(ngx_str_t *org, ngx_str_t *node,
     uint64_t session, ngx_uint_t state);
 ngx_int_t ngx_pushjobs_store_input(ngx_pushjobs_store_item_t *item,
     ngx_str_t *json);
+ngx_int_t ngx_pushjobs_store_output(ngx_str_t *json);
 ngx_int_t ngx_pushjobs_store_hello(ngx_pushjobs_store_item_t *item,
     ngx_str_t *json);
 u_char *ngx_pushjobs_store_json_name(u_char *p, ngx_str_t *s);

@@ -44,6 +44,7 @@
 #define NGX_PUSHJOBS_MSG_SUCCEEDED     6
 #define NGX_PUSHJOBS_MSG_FAILED        7
 #define NGX_PUSHJOBS_MSG_ABORTED       8
+#define NGX_PUSHJOBS_MSG_OUTPUT        9
 
 
 typedef struct {
@@ -73,6 +74,8 @@ static void ngx_pushjobs_agent_dispatch(ngx_pushjobs_agent_t *a,
 static void ngx_pushjobs_agent_hello(ngx_pushjobs_agent_t *a, void *msg);
 static void ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a,
     ngx_uint_t type, ngx_str_t *job_id, void *msg);
+static void ngx_pushjobs_agent_chunk(ngx_pushjobs_agent_t *a,
+    ngx_str_t *job_id, void *msg);
 static size_t ngx_pushjobs_agent_output(void *value, size_t cap,
     ngx_uint_t *truncated);
 static ngx_pushjobs_agent_job_t *ngx_pushjobs_agent_job(
@@ -89,6 +92,7 @@ static ngx_pushjobs_agent_type_t  ngx_pushjobs_agent_types[] = {
     { "succeeded",    NGX_PUSHJOBS_MSG_SUCCEEDED },
     { "failed",       NGX_PUSHJOBS_MSG_FAILED },
     { "aborted",      NGX_PUSHJOBS_MSG_ABORTED },
+    { "output",       NGX_PUSHJOBS_MSG_OUTPUT },
     { NULL, 0 }
 };
 
@@ -800,7 +804,7 @@ ngx_pushjobs_agent_welcome(ngx_pushjobs_agent_t *a)
     u_char                    *p;
     ngx_pushjobs_worker_t     *w;
     ngx_pushjobs_main_conf_t  *pmcf;
-    u_char                     buf[6 * 2 * NGX_PUSHJOBS_NAME_MAX + 256];
+    u_char                     buf[6 * 3 * NGX_PUSHJOBS_NAME_MAX + 256];
 
     w = ngx_pushjobs_worker;
     pmcf = w->pmcf;
@@ -817,6 +821,10 @@ ngx_pushjobs_agent_welcome(ngx_pushjobs_agent_t *a)
                                         : &w->cycle->hostname);
     p = ngx_sprintf(p, ",\"ping_interval\":%M,\"max_message_size\":%uz",
                     pmcf->ping_interval / 1000, pmcf->max_message_size);
+
+    /* the agent may send output messages (docs/protocol.md §2) */
+    p = ngx_cpymem(p, ",\"live_output\":true",
+                   sizeof(",\"live_output\":true") - 1);
 
     if (a->chan->transport->poll_timeout) {
         p = ngx_sprintf(p, ",\"poll_timeout\":%M",
@@ -887,6 +895,11 @@ ngx_pushjobs_agent_dispatch(ngx_pushjobs_agent_t *a, yajl_val msg)
         ngx_log_error(NGX_LOG_INFO, a->log, 0,
                       "pushjobs: agent \"%V\" of \"%V\" sent a message "
                       "without a valid job_id, ignored", &a->name, &a->org);
+        goto done;
+    }
+
+    if (type == NGX_PUSHJOBS_MSG_OUTPUT) {
+        ngx_pushjobs_agent_chunk(a, &job_id, msg);
         goto done;
     }
 
@@ -1120,6 +1133,97 @@ ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a, ngx_uint_t type,
         ngx_log_error(NGX_LOG_ERR, a->log, 0,
                       "pushjobs: could not queue a \"%s\" of agent \"%V\" "
                       "of \"%V\"", t->name, &a->name, &a->org);
+    }
+
+    ngx_free(buf);
+}
+
+
+/*
+ * {"type":"output","job_id","stream","offset","data"}: a chunk of a running
+ * job's output, as {"org","node","job_id","stream","offset","cap",
+ * "truncated","data"} for node_outputs(), without what lies beyond the
+ * cap.  A chunk that is not base64, of an unknown stream, or without a sane
+ * offset is dropped (the final report has it all).
+ */
+
+static void
+ngx_pushjobs_agent_chunk(ngx_pushjobs_agent_t *a, ngx_str_t *job_id,
+    void *msg)
+{
+    u_char      *p, *buf;
+    size_t       len, data_len, cap;
+    int64_t      off;
+    yajl_val     v, data;
+    ngx_str_t    stream, json;
+    ngx_uint_t   truncated;
+
+    cap = ngx_pushjobs_worker->pmcf->max_output_size;
+
+    v = ngx_pushjobs_json_get(msg, "offset");
+    data = ngx_pushjobs_json_get(msg, "data");
+    truncated = 0;
+
+    if (ngx_pushjobs_json_string(ngx_pushjobs_json_get(msg, "stream"),
+                                 &stream)
+        != NGX_OK
+        || !((stream.len == 6 && ngx_strncmp(stream.data, "stdout", 6) == 0)
+             || (stream.len == 6
+                 && ngx_strncmp(stream.data, "stderr", 6) == 0))
+        || v == NULL || !YAJL_IS_INTEGER(v)
+        || YAJL_GET_INTEGER(v) < 0
+        || YAJL_GET_INTEGER(v) > NGX_MAX_INT32_VALUE
+        || data == NULL)
+    {
+        ngx_log_error(NGX_LOG_INFO, a->log, 0,
+                      "pushjobs: agent \"%V\" of \"%V\" sent a bad output "
+                      "message, ignored", &a->name, &a->org);
+        return;
+    }
+
+    /* what lies beyond the cap is not kept, only marked */
+
+    off = YAJL_GET_INTEGER(v);
+
+    len = (size_t) off < cap ? cap - off + 2 : 0;
+
+    data_len = ngx_pushjobs_agent_output(data, len, &truncated);
+
+    if (data_len == (size_t) -1) {
+        ngx_log_error(NGX_LOG_WARN, a->log, 0,
+                      "pushjobs: agent \"%V\" of \"%V\" sent output that "
+                      "is not base64, dropped", &a->name, &a->org);
+        return;
+    }
+
+    if (data_len == 0 && !truncated) {
+        return;
+    }
+
+    len = 2 * 6 * NGX_PUSHJOBS_NAME_MAX + 256 + 2 * NGX_INT64_LEN + data_len;
+
+    buf = ngx_alloc(len, a->log);
+    if (buf == NULL) {
+        return;
+    }
+
+    p = ngx_cpymem(buf, "{\"org\":", sizeof("{\"org\":") - 1);
+    p = ngx_pushjobs_store_json_name(p, &a->org);
+    p = ngx_cpymem(p, ",\"node\":", sizeof(",\"node\":") - 1);
+    p = ngx_pushjobs_store_json_name(p, &a->name);
+    p = ngx_sprintf(p, ",\"job_id\":\"%V\",\"stream\":\"%V\",\"offset\":%L"
+                    ",\"cap\":%uz,\"truncated\":%s,\"data\":\"",
+                    job_id, &stream, off, cap, truncated ? "true" : "false");
+    p = ngx_cpymem(p, data->u.string, data_len);
+    p = ngx_cpymem(p, "\"}", 2);
+
+    json.data = buf;
+    json.len = p - buf;
+
+    if (ngx_pushjobs_store_output(&json) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, a->log, 0,
+                      "pushjobs: could not queue an output chunk of agent "
+                      "\"%V\" of \"%V\"", &a->name, &a->org);
     }
 
     ngx_free(buf);

@@ -25,7 +25,8 @@
 #define NGX_PUSHJOBS_STORE_PRESENCE    0
 #define NGX_PUSHJOBS_STORE_INPUTS      1
 #define NGX_PUSHJOBS_STORE_HELLOS      2
-#define NGX_PUSHJOBS_STORE_BATCHES     3
+#define NGX_PUSHJOBS_STORE_OUTPUTS     3
+#define NGX_PUSHJOBS_STORE_BATCHES     4
 
 
 typedef struct ngx_pushjobs_batch_s  ngx_pushjobs_batch_t;
@@ -123,6 +124,15 @@ ngx_pushjobs_store_init(ngx_pushjobs_worker_t *w)
     b->sql = "SELECT i, job_id, action, message"
              " FROM pushjobs.agent_hellos($1)";
     b->done = ngx_pushjobs_hellos_done;
+
+    /*
+     * node_outputs() returns nothing either: a chunk it cannot store is
+     * in the agent's final report
+     */
+
+    b = &st->batch[NGX_PUSHJOBS_STORE_OUTPUTS];
+    b->name = "outputs";
+    b->sql = "SELECT pushjobs.node_outputs($1)";
 
     for (i = 0; i < NGX_PUSHJOBS_STORE_BATCHES; i++) {
         b = &st->batch[i];
@@ -286,6 +296,27 @@ ngx_pushjobs_store_hello(ngx_pushjobs_store_item_t *item, ngx_str_t *json)
 
     return ngx_pushjobs_batch_append(&st->batch[NGX_PUSHJOBS_STORE_HELLOS],
                                      json->data, json->len, item);
+}
+
+
+/*
+ * A chunk of live output, reduced by the caller to the JSON object
+ * node_outputs() takes.  While a batch is in flight the chunks of every
+ * agent gather in the next one: a transaction per batch, not per chunk.
+ */
+
+ngx_int_t
+ngx_pushjobs_store_output(ngx_str_t *json)
+{
+    ngx_pushjobs_store_t  *st;
+
+    st = ngx_pushjobs_store_current();
+    if (st == NULL) {
+        return NGX_ERROR;
+    }
+
+    return ngx_pushjobs_batch_append(&st->batch[NGX_PUSHJOBS_STORE_OUTPUTS],
+                                     json->data, json->len, NULL);
 }
 
 

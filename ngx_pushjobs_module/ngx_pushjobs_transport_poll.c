@@ -79,6 +79,7 @@ static void ngx_pushjobs_poll_unhold(ngx_pushjobs_poll_t *p);
 static void ngx_pushjobs_poll_event(ngx_event_t *ev);
 static void ngx_pushjobs_poll_read_handler(ngx_http_request_t *r);
 static void ngx_pushjobs_poll_cleanup(void *data);
+static ngx_uint_t ngx_pushjobs_poll_pipelined(ngx_http_request_t *r);
 static ngx_uint_t ngx_pushjobs_poll_is_close(void *msg);
 
 
@@ -229,6 +230,18 @@ ngx_pushjobs_poll_handler(ngx_http_request_t *r, ngx_str_t *org,
         return rc;
     }
 
+    /*
+     * The agent's next request already read with this one, by nginx or by
+     * TLS (pipelined right behind it, e.g. live output chunks in a row):
+     * no read event will come for it, so this poll is answered now, empty.
+     */
+
+    if (ngx_pushjobs_poll_pipelined(r)) {
+        rc = ngx_pushjobs_poll_respond(r, p, 0);
+        ngx_pushjobs_agent_unref(a);
+        return rc;
+    }
+
     /* nothing to say yet: hold the request */
 
     ngx_http_set_ctx(r, pr, ngx_pushjobs_module);
@@ -242,6 +255,14 @@ ngx_pushjobs_poll_handler(ngx_http_request_t *r, ngx_str_t *org,
 
     /* a reload or shutdown closes idle connections: let it end this poll */
     r->connection->idle = 1;
+
+    /*
+     * Bytes that came while this poll was being read and handled made
+     * their (edge-triggered) read event then: look at them now.
+     */
+    if (r->connection->read->ready) {
+        ngx_post_event(r->connection->read, &ngx_posted_events);
+    }
 
     ngx_pushjobs_agent_unref(a);
 
@@ -549,7 +570,7 @@ ngx_pushjobs_poll_read_handler(ngx_http_request_t *r)
     }
 #endif
 
-    n = recv(c->fd, buf, 1, MSG_PEEK);
+    n = ngx_pushjobs_poll_pipelined(r) ? 1 : recv(c->fd, buf, 1, MSG_PEEK);
     err = ngx_socket_errno;
 
     if (n > 0) {
@@ -578,6 +599,38 @@ ngx_pushjobs_poll_read_handler(ngx_http_request_t *r)
                   "pushjobs: the agent closed a held poll");
 
     ngx_http_finalize_request(r, NGX_HTTP_CLIENT_CLOSED_REQUEST);
+}
+
+
+/*
+ * Bytes of the agent's next request already taken off the socket: in
+ * nginx's buffer behind this request, or in the TLS layer's (a record read
+ * with the last one of this request).  The socket alone would not show
+ * them, nor make another read event.
+ */
+
+static ngx_uint_t
+ngx_pushjobs_poll_pipelined(ngx_http_request_t *r)
+{
+#if (NGX_HTTP_V2)
+    if (r->stream) {
+        return 0;
+    }
+#endif
+
+    if (r->header_in && r->header_in->pos < r->header_in->last) {
+        return 1;
+    }
+
+#if (NGX_HTTP_SSL)
+    if (r->connection->ssl
+        && SSL_has_pending(r->connection->ssl->connection))
+    {
+        return 1;
+    }
+#endif
+
+    return 0;
 }
 
 

@@ -95,6 +95,21 @@ CREATE TABLE pushjobs.job_output (
         REFERENCES pushjobs.job_nodes (job_id, node_name) ON DELETE CASCADE
 );
 
+-- Output streamed while a job runs (the agent's output messages), one row
+-- per node that has sent some: what node_outputs() appended, in order,
+-- at most the cap.  The final report's job_output row wins: once it
+-- exists this one is no longer read nor written.
+CREATE TABLE pushjobs.job_output_live (
+    job_id           text NOT NULL,
+    node_name        text NOT NULL,
+    stdout           bytea NOT NULL DEFAULT '',
+    stderr           bytea NOT NULL DEFAULT '',
+    truncated        boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (job_id, node_name),
+    FOREIGN KEY (job_id, node_name)
+        REFERENCES pushjobs.job_nodes (job_id, node_name) ON DELETE CASCADE
+);
+
 -- Per-job event feed: ids job-1, job-2, ... are (job_id, seq).
 CREATE TABLE pushjobs.job_events (
     job_id           text NOT NULL

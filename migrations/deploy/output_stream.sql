@@ -1,0 +1,243 @@
+-- Deploy pushjobs:output_stream to pg
+-- requires: rollout
+
+-- Live output (issue 13): agents that the welcome told so send output
+-- messages while a captured job runs.  node_outputs() appends each chunk
+-- to the node's job_output_live row (once, by offset; up to the cap) and
+-- emits an output event; job_output_b64() serves the final report's
+-- output, or else what was streamed so far; a stored final report
+-- removes the streamed row (job_output_final trigger).  A new table, not
+-- new job_output columns: the final report's row stays as it was.
+
+BEGIN;
+
+-- Output streamed while a job runs (the agent's output messages), one row
+-- per node that has sent some: what node_outputs() appended, in order,
+-- at most the cap.  The final report's job_output row wins: once it
+-- exists this one is no longer read nor written.
+CREATE TABLE pushjobs.job_output_live (
+    job_id           text NOT NULL,
+    node_name        text NOT NULL,
+    stdout           bytea NOT NULL DEFAULT '',
+    stderr           bytea NOT NULL DEFAULT '',
+    truncated        boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (job_id, node_name),
+    FOREIGN KEY (job_id, node_name)
+        REFERENCES pushjobs.job_nodes (job_id, node_name) ON DELETE CASCADE
+);
+
+
+-- A batch of output chunks from one worker: a JSON array of {"org",
+-- "node", "job_id", "stream" ("stdout" or "stderr"), "offset" (of the
+-- chunk's first byte in its stream), "data" (base64), "cap" (the
+-- server's pushjobs_max_output_size), "truncated" (the agent's chunk went
+-- beyond the cap)}.  Each chunk is appended to its
+-- node's job_output_live row, only the part beyond what is stored (a
+-- chunk re-sent after a reconnect adds nothing; one after a gap is
+-- dropped: the final report fills it), up to the cap (then the row is
+-- marked truncated), and what was appended is an output event {"node",
+-- "stream", "offset", "data"} on the job's feed.  Only a running node
+-- whose final report has not been stored streams: the report wins, and
+-- no output event follows the node's end.  One emit_events() per job;
+-- the jobs are locked in id order like node_inputs() does.
+CREATE OR REPLACE FUNCTION pushjobs.node_outputs(p_chunks jsonb)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    r         record;
+    v_job     pushjobs.jobs;
+    v_id      text;
+    v_cur     integer;
+    v_trunc   boolean;
+    v_data    bytea;
+    v_keys    bigint[] := '{}';
+    v_names   text[] := '{}';
+    v_fields  json[] := '{}';
+BEGIN
+    PERFORM 1 FROM pushjobs.jobs j
+     WHERE (j.id, j.org) IN (SELECT e ->> 'job_id', e ->> 'org'
+                               FROM jsonb_array_elements(p_chunks) e)
+     ORDER BY j.id
+       FOR UPDATE;
+
+    FOR r IN
+        SELECT e.ord, e.v ->> 'org' AS org, e.v ->> 'node' AS node,
+               e.v ->> 'job_id' AS job_id, e.v ->> 'stream' AS stream,
+               (e.v ->> 'offset')::bigint AS off, e.v ->> 'data' AS data,
+               (e.v ->> 'cap')::bigint AS cap,
+               COALESCE((e.v ->> 'truncated')::boolean, false) AS truncated
+          FROM jsonb_array_elements(p_chunks) WITH ORDINALITY AS e(v, ord)
+          JOIN pushjobs.jobs j
+            ON j.id = e.v ->> 'job_id' AND j.org = e.v ->> 'org'
+          JOIN pushjobs.job_nodes n
+            ON n.job_id = j.id AND n.node_name = e.v ->> 'node'
+         WHERE n.status = 'running'
+           AND e.v ->> 'stream' IN ('stdout', 'stderr')
+           AND NOT EXISTS (SELECT 1 FROM pushjobs.job_output o
+                            WHERE o.job_id = j.id
+                              AND o.node_name = n.node_name)
+         ORDER BY e.v ->> 'job_id', e.ord
+    LOOP
+        IF v_id IS DISTINCT FROM r.job_id THEN
+            IF v_id IS NOT NULL THEN
+                PERFORM pushjobs.emit_events(v_id, v_job.org, v_keys,
+                                             v_names, v_fields);
+                v_keys := '{}'; v_names := '{}'; v_fields := '{}';
+            END IF;
+
+            SELECT * INTO v_job FROM pushjobs.jobs WHERE id = r.job_id;
+            v_id := r.job_id;
+        END IF;
+
+        BEGIN
+            v_data := decode(r.data, 'base64');
+        EXCEPTION WHEN invalid_parameter_value THEN
+            RAISE WARNING 'pushjobs: undecodable output from node % '
+                          'for job %', r.node, r.job_id;
+            CONTINUE;
+        END;
+
+        INSERT INTO pushjobs.job_output_live (job_id, node_name)
+        VALUES (r.job_id, r.node)
+        ON CONFLICT DO NOTHING;
+
+        SELECT length(CASE WHEN r.stream = 'stderr' THEN l.stderr
+                           ELSE l.stdout END), l.truncated
+          INTO v_cur, v_trunc
+          FROM pushjobs.job_output_live l
+         WHERE l.job_id = r.job_id AND l.node_name = r.node;
+
+        IF r.truncated OR r.off + length(v_data) > r.cap THEN
+            IF NOT v_trunc THEN
+                UPDATE pushjobs.job_output_live l
+                   SET truncated = true
+                 WHERE l.job_id = r.job_id AND l.node_name = r.node;
+                v_trunc := true;
+            END IF;
+        END IF;
+
+        -- a gap, or nothing new
+        IF r.off > v_cur OR r.off + length(v_data) <= v_cur THEN
+            CONTINUE;
+        END IF;
+
+        v_data := substr(v_data, (v_cur - r.off + 1)::integer);
+
+        IF v_cur + length(v_data) > r.cap THEN
+            v_data := substr(v_data, 1, greatest(r.cap - v_cur, 0)::integer);
+        END IF;
+
+        IF length(v_data) = 0 THEN
+            CONTINUE;
+        END IF;
+
+        UPDATE pushjobs.job_output_live l
+           SET stdout = CASE WHEN r.stream = 'stdout' THEN l.stdout || v_data
+                             ELSE l.stdout END,
+               stderr = CASE WHEN r.stream = 'stderr' THEN l.stderr || v_data
+                             ELSE l.stderr END
+         WHERE l.job_id = r.job_id AND l.node_name = r.node;
+
+        v_keys := array_append(v_keys, r.ord);
+        v_names := array_append(v_names, 'output');
+        v_fields := array_append(v_fields,
+            json_build_object('node', r.node, 'stream', r.stream,
+                              'offset', v_cur,
+                              'data', translate(encode(v_data, 'base64'),
+                                                E'\n', '')));
+    END LOOP;
+
+    IF v_id IS NOT NULL THEN
+        PERFORM pushjobs.emit_events(v_id, v_job.org, v_keys, v_names,
+                                     v_fields);
+    END IF;
+END
+$$;
+
+
+-- A node's final report replaces what it streamed: its job_output row is
+-- stored, its job_output_live row goes.  When the node streamed, what the
+-- report has beyond the streamed bytes (the last chunks, sent just before
+-- the report, may be applied after it and are then ignored) is emitted
+-- as output events, so that the feed carries the whole output; before
+-- the node's own end events (node_inputs() stores the output first).
+CREATE OR REPLACE FUNCTION pushjobs.job_output_final()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_live    pushjobs.job_output_live;
+    v_org     text;
+    v_names   text[] := '{}';
+    v_fields  json[] := '{}';
+BEGIN
+    DELETE FROM pushjobs.job_output_live l
+     WHERE l.job_id = NEW.job_id AND l.node_name = NEW.node_name
+    RETURNING l.* INTO v_live;
+
+    IF v_live.job_id IS NULL THEN
+        RETURN NULL;
+    END IF;
+
+    IF length(NEW.stdout) > length(v_live.stdout)
+       AND substr(NEW.stdout, 1, length(v_live.stdout)) = v_live.stdout
+    THEN
+        v_names := array_append(v_names, 'output');
+        v_fields := array_append(v_fields,
+            json_build_object('node', NEW.node_name, 'stream', 'stdout',
+                              'offset', length(v_live.stdout),
+                              'data', translate(encode(
+                                  substr(NEW.stdout,
+                                         length(v_live.stdout) + 1),
+                                  'base64'), E'\n', '')));
+    END IF;
+
+    IF length(NEW.stderr) > length(v_live.stderr)
+       AND substr(NEW.stderr, 1, length(v_live.stderr)) = v_live.stderr
+    THEN
+        v_names := array_append(v_names, 'output');
+        v_fields := array_append(v_fields,
+            json_build_object('node', NEW.node_name, 'stream', 'stderr',
+                              'offset', length(v_live.stderr),
+                              'data', translate(encode(
+                                  substr(NEW.stderr,
+                                         length(v_live.stderr) + 1),
+                                  'base64'), E'\n', '')));
+    END IF;
+
+    SELECT j.org INTO v_org FROM pushjobs.jobs j WHERE j.id = NEW.job_id;
+
+    PERFORM pushjobs.emit_events(NEW.job_id, v_org, NULL, v_names, v_fields);
+    RETURN NULL;
+END
+$$;
+
+-- job_output_final() runs for each stored final report
+DROP TRIGGER IF EXISTS job_output_final ON pushjobs.job_output;
+CREATE TRIGGER job_output_final
+    AFTER INSERT ON pushjobs.job_output
+    FOR EACH ROW EXECUTE FUNCTION pushjobs.job_output_final();
+
+
+-- Captured output of one node, base64 without line breaks: the final
+-- report's, or while the node runs what it has streamed so far; no row
+-- when the job, the node or any output does not exist.
+CREATE OR REPLACE FUNCTION pushjobs.job_output_b64(p_org text, p_job text,
+    p_node text, p_channel text)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT translate(encode(CASE WHEN p_channel = 'stderr' THEN o.stderr
+                                 ELSE o.stdout END, 'base64'), E'\n', '')
+      FROM (SELECT o.stdout, o.stderr, 1 AS rank
+              FROM pushjobs.job_output o
+             WHERE o.job_id = p_job AND o.node_name = p_node
+            UNION ALL
+            SELECT l.stdout, l.stderr, 2
+              FROM pushjobs.job_output_live l
+             WHERE l.job_id = p_job AND l.node_name = p_node) o
+      JOIN pushjobs.jobs j ON j.id = p_job
+     WHERE j.org = p_org
+     ORDER BY o.rank
+     LIMIT 1
+$$;
+
+COMMIT;

@@ -1,0 +1,21 @@
+-- Verify pushjobs:output_stream on pg
+
+BEGIN;
+
+SELECT 'pushjobs.node_outputs(jsonb)'::regprocedure,
+       'pushjobs.job_output_final()'::regprocedure;
+
+SELECT job_id, node_name, stdout, stderr, truncated
+  FROM pushjobs.job_output_live WHERE false;
+
+SELECT 1 / count(*)::integer
+  FROM pg_trigger
+ WHERE tgname = 'job_output_final'
+   AND tgrelid = 'pushjobs.job_output'::regclass;
+
+-- job_output_b64() reads the streamed output too
+SELECT 1 / (p.prosrc ~ 'job_output_live')::integer
+  FROM pg_proc p
+ WHERE p.oid = 'pushjobs.job_output_b64(text, text, text, text)'::regprocedure;
+
+ROLLBACK;
