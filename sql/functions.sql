@@ -288,6 +288,11 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_r       pushjobs.job_rollout;
     v_held    text[];
+    v_n       record;
+    v_batch   integer;
+    v_names   text[];
+    v_want    integer;
+    v_seen    integer;
     v_count   integer;
     v_last    text;
 BEGIN
@@ -340,38 +345,65 @@ BEGIN
     END IF;
 
     /*
-     * The next nodes in name order after the last one released: a node
-     * passed over was not ready or was asked to abort, and stays so (no
-     * node becomes ready while the job runs, abort_requested is never
-     * reset), so the scan starts where the last one stopped.
+     * The next ready nodes in name order after the last one looked at: a
+     * node passed over was not ready or was asked to abort, and stays so
+     * (no node becomes ready while the job runs, abort_requested is never
+     * reset), so each node is looked at once.  Read in pieces of the
+     * primary key with a LIMIT: a plan for the rest of the job (a bitmap
+     * scan and a sort, or job_nodes_active) would read all of it at every
+     * call.
      */
-    WITH ins AS (
-        INSERT INTO pushjobs.job_rollout_released (job_id, node_name, batch)
-        SELECT p_job.id, n.node_name, v_r.released_batch + 1
-          FROM pushjobs.job_nodes n
-         WHERE n.job_id = p_job.id
-           AND (v_r.released_through IS NULL
-                OR n.node_name > v_r.released_through)
-           AND n.status = 'ready' AND NOT n.abort_requested
-           AND NOT EXISTS (SELECT 1 FROM pushjobs.job_rollout_released l
-                            WHERE l.job_id = p_job.id
-                              AND l.node_name = n.node_name)
-         ORDER BY n.node_name
-         LIMIT v_r.concurrency_limit - v_r.in_flight
-        RETURNING node_name
-    )
-    SELECT count(*), max(ins.node_name) INTO v_count, v_last FROM ins;
+    v_want := v_r.concurrency_limit - v_r.in_flight;
+    v_batch := v_r.released_batch + 1;
+    v_names := '{}';
+    v_last := v_r.scanned_through;
+
+    LOOP
+        v_seen := 0;
+
+        FOR v_n IN
+            SELECT n.node_name, n.status, n.abort_requested
+              FROM pushjobs.job_nodes n
+             WHERE n.job_id = p_job.id
+               -- a range of the primary key (a node name is never '')
+               AND n.node_name > COALESCE(v_last, '')
+             ORDER BY n.job_id, n.node_name
+             LIMIT v_want + 16
+        LOOP
+            v_seen := v_seen + 1;
+            v_last := v_n.node_name;
+
+            CONTINUE WHEN v_n.status <> 'ready' OR v_n.abort_requested;
+
+            v_names := v_names || v_n.node_name;
+            EXIT WHEN cardinality(v_names) >= v_want;
+        END LOOP;
+
+        EXIT WHEN cardinality(v_names) >= v_want OR v_seen < v_want + 16;
+    END LOOP;
+
+    v_count := cardinality(v_names);
 
     IF v_count > 0 THEN
+        -- none of them released yet: those come before scanned_through
+        INSERT INTO pushjobs.job_rollout_released (job_id, node_name,
+                                                   batch)
+        SELECT p_job.id, u.node, v_batch FROM unnest(v_names) AS u(node);
+    END IF;
+
+    IF v_last IS DISTINCT FROM v_r.scanned_through THEN
         UPDATE pushjobs.job_rollout
            SET in_flight = in_flight + v_count,
-               released_through = v_last,
-               released_batch = released_batch + 1
+               scanned_through = v_last,
+               released_batch = released_batch
+                                + CASE WHEN v_count > 0 THEN 1 ELSE 0 END
          WHERE job_id = p_job.id;
+    END IF;
 
+    IF v_count > 0 THEN
         -- "run ORG JOB BATCH": the workers send the runs of this batch
         PERFORM pushjobs.notify('run', p_job.org,
-                                p_job.id || ' ' || (v_r.released_batch + 1));
+                                p_job.id || ' ' || v_batch);
     END IF;
 END
 $$;

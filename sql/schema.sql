@@ -79,9 +79,10 @@ CREATE TABLE pushjobs.job_rollout (
     active             integer NOT NULL DEFAULT 0,
     in_flight          integer NOT NULL DEFAULT 0,
     failed             integer NOT NULL DEFAULT 0,
-    -- the last node released (in name order) and the number of the last
-    -- batch released (the "run" NOTIFY names it)
-    released_through   text,
+    -- the last node rollout() looked at (it goes on after it, in name
+    -- order) and the number of the last batch released (the "run" NOTIFY
+    -- names it)
+    scanned_through    text,
     released_batch     integer NOT NULL DEFAULT 0
 );
 

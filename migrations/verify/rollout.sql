@@ -9,7 +9,7 @@ SELECT 'pushjobs.rollout(pushjobs.jobs)'::regprocedure,
        'pushjobs.rollout_count()'::regprocedure;
 
 SELECT job_id, max_concurrency, max_errors, concurrency_limit, error_limit,
-       halted, active, in_flight, failed, released_through, released_batch
+       halted, active, in_flight, failed, scanned_through, released_batch
   FROM pushjobs.job_rollout WHERE false;
 
 SELECT job_id, node_name, batch
