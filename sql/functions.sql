@@ -1754,6 +1754,13 @@ CREATE OR REPLACE FUNCTION pushjobs.rollout_count()
 RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- most jobs have no rate control: one pass over the new rows
+    IF NOT EXISTS (SELECT 1 FROM pushjobs.job_rollout x
+                    WHERE x.job_id IN (SELECT n.job_id FROM new_nodes n))
+    THEN
+        RETURN NULL;
+    END IF;
+
     UPDATE pushjobs.job_rollout r
        SET active = r.active + d.active,
            in_flight = r.in_flight + d.in_flight,
@@ -1782,9 +1789,7 @@ BEGIN
                       FROM new_nodes n
                       JOIN old_nodes o
                         ON o.job_id = n.job_id AND o.node_name = n.node_name
-                     WHERE o.status <> n.status
-                       AND EXISTS (SELECT 1 FROM pushjobs.job_rollout x
-                                    WHERE x.job_id = n.job_id)) c
+                     WHERE o.status <> n.status) c
              GROUP BY c.job_id) d
      WHERE r.job_id = d.job_id;
 
