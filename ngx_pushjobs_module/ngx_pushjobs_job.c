@@ -24,11 +24,12 @@ typedef struct {
     ngx_uint_t                  kind;
     ngx_str_t                   org;
     ngx_str_t                   job;
+    ngx_str_t                   batch;
 } ngx_pushjobs_dispatch_t;
 
 
 static void ngx_pushjobs_job_dispatch(ngx_uint_t kind, ngx_str_t *org,
-    ngx_str_t *job);
+    ngx_str_t *job, ngx_str_t *batch);
 static void ngx_pushjobs_job_dispatch_done(void *data, PGresult *res);
 static void ngx_pushjobs_job_recent_done(void *data, PGresult *res);
 static void ngx_pushjobs_job_sweep_done(void *data, PGresult *res);
@@ -41,14 +42,16 @@ static const char  *ngx_pushjobs_job_kinds[] = {
 
 
 /*
- * "commit ORG JOB", "run ORG JOB", "stop ORG JOB", "event ORG JOB",
+ * "commit ORG JOB", "run ORG JOB", "run ORG JOB BATCH" (the nodes a rollout
+ * released in that batch), "stop ORG JOB", "event ORG JOB",
  * "kick OWNER SESSION ORG NODE"
  */
 
 void
 ngx_pushjobs_job_notify(ngx_str_t *payload)
 {
-    ngx_str_t   s, kind, org, job, owner, session;
+    u_char     *p;
+    ngx_str_t   s, kind, org, job, owner, session, batch;
     ngx_uint_t  k;
 
     s = *payload;
@@ -102,7 +105,21 @@ ngx_pushjobs_job_notify(ngx_str_t *payload)
         return;
     }
 
-    ngx_pushjobs_job_dispatch(k, &org, &job);
+    ngx_str_null(&batch);
+
+    if (k == NGX_PUSHJOBS_JOB_RUN && ngx_pushjobs_job_token(&s, &batch)) {
+        if (batch.len > 9) {
+            return;
+        }
+
+        for (p = batch.data; p < batch.data + batch.len; p++) {
+            if (*p < '0' || *p > '9') {
+                return;
+            }
+        }
+    }
+
+    ngx_pushjobs_job_dispatch(k, &org, &job, &batch);
 }
 
 
@@ -199,8 +216,15 @@ ngx_pushjobs_job_sweep_done(void *data, PGresult *res)
 }
 
 
+/*
+ * Asks which nodes to message for a NOTIFY (or a catch-up): every node of
+ * the job the kind concerns (dispatch()), or for a batch of a rollout only
+ * the nodes released in it (dispatch_released()).
+ */
+
 static void
-ngx_pushjobs_job_dispatch(ngx_uint_t kind, ngx_str_t *org, ngx_str_t *job)
+ngx_pushjobs_job_dispatch(ngx_uint_t kind, ngx_str_t *org, ngx_str_t *job,
+    ngx_str_t *batch)
 {
     u_char                   *p;
     ngx_str_t                 params[2];
@@ -210,7 +234,12 @@ ngx_pushjobs_job_dispatch(ngx_uint_t kind, ngx_str_t *org, ngx_str_t *job)
         return;
     }
 
-    d = ngx_alloc(sizeof(ngx_pushjobs_dispatch_t) + org->len + job->len,
+    if (batch != NULL && batch->len == 0) {
+        batch = NULL;
+    }
+
+    d = ngx_alloc(sizeof(ngx_pushjobs_dispatch_t) + org->len + job->len
+                  + (batch ? batch->len : 0),
                   ngx_cycle->log);
     if (d == NULL) {
         return;
@@ -224,14 +253,29 @@ ngx_pushjobs_job_dispatch(ngx_uint_t kind, ngx_str_t *org, ngx_str_t *job)
     p = ngx_cpymem(p, org->data, org->len);
     d->job.data = p;
     d->job.len = job->len;
-    ngx_memcpy(p, job->data, job->len);
+    p = ngx_cpymem(p, job->data, job->len);
 
     params[0] = d->job;
-    params[1].data = (u_char *) ngx_pushjobs_job_kinds[kind];
-    params[1].len = ngx_strlen(ngx_pushjobs_job_kinds[kind]);
 
-    if (ngx_pushjobs_pg_query("SELECT node_name, message"
-                              " FROM pushjobs.dispatch($1, $2)",
+    if (batch) {
+        d->batch.data = p;
+        d->batch.len = batch->len;
+        ngx_memcpy(p, batch->data, batch->len);
+
+        params[1] = d->batch;
+
+    } else {
+        ngx_str_null(&d->batch);
+
+        params[1].data = (u_char *) ngx_pushjobs_job_kinds[kind];
+        params[1].len = ngx_strlen(ngx_pushjobs_job_kinds[kind]);
+    }
+
+    if (ngx_pushjobs_pg_query(batch ? "SELECT node_name, message"
+                                      " FROM pushjobs.dispatch_released($1,"
+                                      " $2)"
+                                    : "SELECT node_name, message"
+                                      " FROM pushjobs.dispatch($1, $2)",
                               2, params, ngx_pushjobs_job_dispatch_done, d)
         == NULL)
     {
@@ -346,7 +390,7 @@ ngx_pushjobs_job_recent_done(void *data, PGresult *res)
                 && ngx_strncmp(kind.data, ngx_pushjobs_job_kinds[k],
                                kind.len) == 0)
             {
-                ngx_pushjobs_job_dispatch(k, &org, &job);
+                ngx_pushjobs_job_dispatch(k, &org, &job, NULL);
                 break;
             }
         }

@@ -287,9 +287,14 @@ RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_r       pushjobs.job_rollout;
-    v_failed  integer;
-    v_flight  integer;
     v_held    text[];
+    v_n       record;
+    v_batch   integer;
+    v_names   text[];
+    v_want    integer;
+    v_seen    integer;
+    v_count   integer;
+    v_last    text;
 BEGIN
     IF p_job.status <> 'running' OR p_job.abort_requested THEN
         RETURN;
@@ -302,12 +307,7 @@ BEGIN
     END IF;
 
     IF v_r.error_limit IS NOT NULL THEN
-        SELECT count(*) INTO v_failed
-          FROM pushjobs.job_nodes
-         WHERE job_id = p_job.id
-           AND status IN ('failed', 'crashed', 'timed_out');
-
-        IF v_failed > v_r.error_limit THEN
+        IF v_r.failed > v_r.error_limit THEN
             v_held := ARRAY(SELECT n.node_name FROM pushjobs.job_nodes n
                              WHERE n.job_id = p_job.id AND n.status = 'ready'
                                AND v_r.concurrency_limit IS NOT NULL
@@ -322,7 +322,7 @@ BEGIN
              WHERE job_id = p_job.id;
 
             PERFORM pushjobs.emit(p_job.id, p_job.org, 'rollout_halted',
-                        json_build_object('failed', v_failed,
+                        json_build_object('failed', v_r.failed,
                                           'max_errors', v_r.max_errors,
                                           'not_started',
                                           cardinality(v_held)));
@@ -340,32 +340,70 @@ BEGIN
         RETURN;
     END IF;
 
-    SELECT count(*) INTO v_flight
-      FROM pushjobs.job_nodes n
-     WHERE n.job_id = p_job.id
-       AND (n.status = 'running'
-            OR (n.status = 'ready'
-                AND EXISTS (SELECT 1 FROM pushjobs.job_rollout_released l
-                             WHERE l.job_id = p_job.id
-                               AND l.node_name = n.node_name)));
-
-    IF v_flight >= v_r.concurrency_limit THEN
+    IF v_r.in_flight >= v_r.concurrency_limit THEN
         RETURN;
     END IF;
 
-    INSERT INTO pushjobs.job_rollout_released (job_id, node_name)
-    SELECT p_job.id, n.node_name
-      FROM pushjobs.job_nodes n
-     WHERE n.job_id = p_job.id AND n.status = 'ready'
-       AND NOT n.abort_requested
-       AND NOT EXISTS (SELECT 1 FROM pushjobs.job_rollout_released l
-                        WHERE l.job_id = p_job.id
-                          AND l.node_name = n.node_name)
-     ORDER BY n.node_name
-     LIMIT v_r.concurrency_limit - v_flight;
+    /*
+     * The next ready nodes in name order after the last one looked at: a
+     * node passed over was not ready or was asked to abort, and stays so
+     * (no node becomes ready while the job runs, abort_requested is never
+     * reset), so each node is looked at once.  Read in pieces of the
+     * primary key with a LIMIT: a plan for the rest of the job (a bitmap
+     * scan and a sort, or job_nodes_active) would read all of it at every
+     * call.
+     */
+    v_want := v_r.concurrency_limit - v_r.in_flight;
+    v_batch := v_r.released_batch + 1;
+    v_names := '{}';
+    v_last := v_r.scanned_through;
 
-    IF FOUND THEN
-        PERFORM pushjobs.notify('run', p_job.org, p_job.id);
+    LOOP
+        v_seen := 0;
+
+        FOR v_n IN
+            SELECT n.node_name, n.status, n.abort_requested
+              FROM pushjobs.job_nodes n
+             WHERE n.job_id = p_job.id
+               -- a range of the primary key (a node name is never '')
+               AND n.node_name > COALESCE(v_last, '')
+             ORDER BY n.job_id, n.node_name
+             LIMIT v_want + 16
+        LOOP
+            v_seen := v_seen + 1;
+            v_last := v_n.node_name;
+
+            CONTINUE WHEN v_n.status <> 'ready' OR v_n.abort_requested;
+
+            v_names := v_names || v_n.node_name;
+            EXIT WHEN cardinality(v_names) >= v_want;
+        END LOOP;
+
+        EXIT WHEN cardinality(v_names) >= v_want OR v_seen < v_want + 16;
+    END LOOP;
+
+    v_count := cardinality(v_names);
+
+    IF v_count > 0 THEN
+        -- none of them released yet: those come before scanned_through
+        INSERT INTO pushjobs.job_rollout_released (job_id, node_name,
+                                                   batch)
+        SELECT p_job.id, u.node, v_batch FROM unnest(v_names) AS u(node);
+    END IF;
+
+    IF v_last IS DISTINCT FROM v_r.scanned_through THEN
+        UPDATE pushjobs.job_rollout
+           SET in_flight = in_flight + v_count,
+               scanned_through = v_last,
+               released_batch = released_batch
+                                + CASE WHEN v_count > 0 THEN 1 ELSE 0 END
+         WHERE job_id = p_job.id;
+    END IF;
+
+    IF v_count > 0 THEN
+        -- "run ORG JOB BATCH": the workers send the runs of this batch
+        PERFORM pushjobs.notify('run', p_job.org,
+                                p_job.id || ' ' || v_batch);
     END IF;
 END
 $$;
@@ -380,8 +418,9 @@ CREATE OR REPLACE FUNCTION pushjobs.settle(p_job text)
 RETURNS pushjobs.job_status
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_job    pushjobs.jobs;
-    v_ready  integer;
+    v_job     pushjobs.jobs;
+    v_ready   integer;
+    v_active  integer;
 BEGIN
     SELECT * INTO v_job FROM pushjobs.jobs WHERE id = p_job;
 
@@ -416,13 +455,21 @@ BEGIN
 
     IF v_job.status = 'running' THEN
         PERFORM pushjobs.rollout(v_job);
+
+        -- a job with rate control counts its ready and running nodes
+        SELECT r.active INTO v_active FROM pushjobs.job_rollout r
+         WHERE r.job_id = p_job;
+
+        IF v_active IS NULL THEN
+            v_active := CASE WHEN EXISTS (
+                                 SELECT 1 FROM pushjobs.job_nodes
+                                  WHERE job_id = p_job
+                                    AND status IN ('ready', 'running'))
+                             THEN 1 ELSE 0 END;
+        END IF;
     END IF;
 
-    IF v_job.status = 'running'
-       AND NOT EXISTS (SELECT 1 FROM pushjobs.job_nodes
-                        WHERE job_id = p_job
-                          AND status IN ('ready', 'running'))
-    THEN
+    IF v_job.status = 'running' AND v_active = 0 THEN
         v_job := pushjobs.job_status_set(p_job,
                      CASE WHEN v_job.abort_requested THEN 'aborted'
                           ELSE 'complete' END::pushjobs.job_status);
@@ -1865,6 +1912,77 @@ $$;
 
 -- REST documents, built where the data is.
 
+-- The nodes of one batch rollout() released (the "run" NOTIFY's batch)
+-- that still wait for their run: what a worker sends runs to after that
+-- NOTIFY, instead of looking at every node of the job (dispatch()).
+CREATE OR REPLACE FUNCTION pushjobs.dispatch_released(p_job text,
+    p_batch integer)
+RETURNS TABLE (node_name text, message text)
+LANGUAGE sql STABLE AS $$
+    SELECT l.node_name, NULL::text
+      FROM pushjobs.job_rollout_released l
+      JOIN pushjobs.job_nodes n
+        ON n.job_id = l.job_id AND n.node_name = l.node_name
+     WHERE l.job_id = p_job AND l.batch = p_batch
+       AND n.status = 'ready' AND NOT n.abort_requested
+       AND EXISTS (SELECT 1 FROM pushjobs.jobs j
+                    WHERE j.id = p_job AND j.status = 'running')
+$$;
+
+
+-- Keeps the counts of job_rollout (active, in_flight, failed) as the
+-- nodes of a job with rate control change status, in the statement that
+-- changes them, so that rollout() and settle() read them instead of
+-- counting the job's nodes.  A node enters a job new or unavailable
+-- (create_job(), after the job_rollout row), in none of the counts.
+CREATE OR REPLACE FUNCTION pushjobs.rollout_count()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- most jobs have no rate control: one pass over the new rows
+    IF NOT EXISTS (SELECT 1 FROM pushjobs.job_rollout x
+                    WHERE x.job_id IN (SELECT n.job_id FROM new_nodes n))
+    THEN
+        RETURN NULL;
+    END IF;
+
+    UPDATE pushjobs.job_rollout r
+       SET active = r.active + d.active,
+           in_flight = r.in_flight + d.in_flight,
+           failed = r.failed + d.failed
+      FROM (SELECT c.job_id,
+                   sum(c.active) AS active,
+                   sum(CASE WHEN c.ready
+                             AND EXISTS (
+                                 SELECT 1
+                                   FROM pushjobs.job_rollout_released l
+                                  WHERE l.job_id = c.job_id
+                                    AND l.node_name = c.node_name)
+                            THEN c.active ELSE c.running END) AS in_flight,
+                   sum(c.failed) AS failed
+              FROM (SELECT n.job_id, n.node_name,
+                           'ready' IN (o.status, n.status) AS ready,
+                           (n.status IN ('ready', 'running'))::integer
+                           - (o.status IN ('ready', 'running'))::integer
+                               AS active,
+                           (n.status = 'running')::integer
+                           - (o.status = 'running')::integer AS running,
+                           (n.status IN ('failed', 'crashed', 'timed_out'))
+                               ::integer
+                           - (o.status IN ('failed', 'crashed', 'timed_out'))
+                               ::integer AS failed
+                      FROM new_nodes n
+                      JOIN old_nodes o
+                        ON o.job_id = n.job_id AND o.node_name = n.node_name
+                     WHERE o.status <> n.status) c
+             GROUP BY c.job_id) d
+     WHERE r.job_id = d.job_id;
+
+    RETURN NULL;
+END
+$$;
+
+
 CREATE OR REPLACE FUNCTION pushjobs.job_summary(p_job pushjobs.jobs)
 RETURNS jsonb
 LANGUAGE sql STABLE AS $$
@@ -2146,6 +2264,13 @@ CREATE CONSTRAINT TRIGGER org_events_commit_order
     AFTER INSERT ON pushjobs.org_events
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION pushjobs.org_event_commit_order();
+
+-- rollout_count() after every UPDATE of job_nodes
+DROP TRIGGER IF EXISTS job_nodes_rollout_count ON pushjobs.job_nodes;
+CREATE TRIGGER job_nodes_rollout_count
+    AFTER UPDATE ON pushjobs.job_nodes
+    REFERENCING OLD TABLE AS old_nodes NEW TABLE AS new_nodes
+    FOR EACH STATEMENT EXECUTE FUNCTION pushjobs.rollout_count();
 
 -- job_output_final() runs for each stored final report
 DROP TRIGGER IF EXISTS job_output_final ON pushjobs.job_output;

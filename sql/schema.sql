@@ -72,17 +72,33 @@ CREATE TABLE pushjobs.job_rollout (
     max_errors         jsonb,
     concurrency_limit  integer CHECK (concurrency_limit > 0),
     error_limit        integer CHECK (error_limit >= 0),
-    halted             boolean NOT NULL DEFAULT false
+    halted             boolean NOT NULL DEFAULT false,
+    -- counts of the job's nodes kept by rollout_count() as they change
+    -- status: ready or running (active), running or ready with its run
+    -- released (in_flight), failed, crashed or timed out (failed)
+    active             integer NOT NULL DEFAULT 0,
+    in_flight          integer NOT NULL DEFAULT 0,
+    failed             integer NOT NULL DEFAULT 0,
+    -- the last node rollout() looked at (it goes on after it, in name
+    -- order) and the number of the last batch released (the "run" NOTIFY
+    -- names it)
+    scanned_through    text,
+    released_batch     integer NOT NULL DEFAULT 0
 );
 
 -- The nodes of a job with a concurrency limit whose run rollout() has
--- released: only they are sent a run.
+-- released, with the batch that released them: only they are sent a run.
 CREATE TABLE pushjobs.job_rollout_released (
     job_id             text NOT NULL
                        REFERENCES pushjobs.jobs (id) ON DELETE CASCADE,
     node_name          text NOT NULL,
+    batch              integer NOT NULL,
     PRIMARY KEY (job_id, node_name)
 );
+
+-- dispatch_released(): the nodes of one batch
+CREATE INDEX job_rollout_released_batch
+    ON pushjobs.job_rollout_released (job_id, batch);
 
 CREATE TABLE pushjobs.job_output (
     job_id           text NOT NULL,

@@ -4,6 +4,9 @@
 
 BEGIN;
 
+DROP TRIGGER job_nodes_rollout_count ON pushjobs.job_nodes;
+DROP FUNCTION pushjobs.rollout_count();
+DROP FUNCTION pushjobs.dispatch_released(text, integer);
 DROP FUNCTION pushjobs.rollout(pushjobs.jobs);
 DROP FUNCTION pushjobs.concurrency_limit(text);
 DROP FUNCTION pushjobs.rate_count(jsonb, integer, boolean);

@@ -4,13 +4,22 @@ BEGIN;
 
 SELECT 'pushjobs.rollout(pushjobs.jobs)'::regprocedure,
        'pushjobs.concurrency_limit(text)'::regprocedure,
-       'pushjobs.rate_count(jsonb, integer, boolean)'::regprocedure;
+       'pushjobs.rate_count(jsonb, integer, boolean)'::regprocedure,
+       'pushjobs.dispatch_released(text, integer)'::regprocedure,
+       'pushjobs.rollout_count()'::regprocedure;
 
 SELECT job_id, max_concurrency, max_errors, concurrency_limit, error_limit,
-       halted
+       halted, active, in_flight, failed, scanned_through, released_batch
   FROM pushjobs.job_rollout WHERE false;
 
-SELECT job_id, node_name FROM pushjobs.job_rollout_released WHERE false;
+SELECT job_id, node_name, batch
+  FROM pushjobs.job_rollout_released WHERE false;
+
+-- the counts follow the nodes' status changes
+SELECT 1 / count(*)::integer
+  FROM pg_trigger
+ WHERE tgname = 'job_nodes_rollout_count'
+   AND tgrelid = 'pushjobs.job_nodes'::regclass;
 
 -- the percentage rounding: up (at least 1) for concurrency, down for errors
 SELECT 1 / (pushjobs.rate_count('"10%"', 25, true) = 3
