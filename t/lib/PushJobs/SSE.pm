@@ -18,7 +18,8 @@ my $JSON = JSON::PP->new->allow_nonref;
 
 # open(stack, path, user => 'alice', fe => 'fe1', last_event_id => 'job-3',
 #      accept => 'text/event-stream' (undef: no Accept header),
-#      headers => {...}, method => 'GET', sock => a TLS socket to use)
+#      headers => {...}, method => 'GET', sock => a TLS socket to use,
+#      raw => 1: leave each event's data undecoded (no ->{json}))
 # Returns the reader once the response head is in; ->status, ->header(NAME).
 sub open {
     my ($class, $stack, $path, %a) = @_;
@@ -52,7 +53,7 @@ sub open {
 
     my $self = bless {
         sock => $sock, raw => '', body => '', text => '', eof => 0,
-        events => [], comments => [],
+        events => [], comments => [], no_json => $a{raw},
     }, $class;
 
     my $deadline = time + ($a{timeout} // 10);
@@ -182,7 +183,8 @@ sub parse {
             }
         }
         $ev{raw} = $block;
-        $ev{json} = eval { $JSON->decode($ev{data}) } if defined $ev{data};
+        $ev{json} = eval { $JSON->decode($ev{data}) }
+            if defined $ev{data} && !$self->{no_json};
         push @{ $self->{events} }, \%ev;
     }
 }
