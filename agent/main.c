@@ -587,7 +587,7 @@ run(pja_agent_t *a)
         pja_job_timers(&a->job, now);
 
         /* Live output that is due; its next chunk's time. */
-        next_chunk = pja_session_stream(a, now);
+        next_chunk = pja_session_stream(a, now, 0);
 
         /* Channel timers. */
         if (a->ws.fd != -1) {

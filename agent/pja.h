@@ -520,7 +520,7 @@ void pja_session_handle(pja_agent_t *a, yajl_val msg);
 void pja_session_send(pja_agent_t *a, char *text);
 void pja_session_final(pja_agent_t *a, char *report);
 void pja_session_job_exited(pja_agent_t *a, int status);
-int64_t pja_session_stream(pja_agent_t *a, int64_t now);
+int64_t pja_session_stream(pja_agent_t *a, int64_t now, int flush);
 int pja_session_backlog(pja_agent_t *a);
 
 #endif /* PJA_H */

@@ -2,7 +2,6 @@
  * pushjobs-agent: the channel's messages (docs/protocol.md §2).
  */
 
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -184,7 +183,7 @@ pja_session_job_exited(pja_agent_t *a, int status)
     }
 
     /* the last chunks first: the feed gets them as output events */
-    (void) pja_session_stream(a, INT64_MAX);
+    (void) pja_session_stream(a, pja_now_ms(), 1);
 
     report = pja_job_report(job, status, a->max_message_size);
     memcpy(id, job->id, sizeof(id));
@@ -228,7 +227,7 @@ pja_session_backlog(pja_agent_t *a)
 
 static int64_t
 stream_one(pja_agent_t *a, const char *name, pja_buf_t *b, size_t *sent,
-    int64_t *due, int64_t now)
+    int64_t *due, int64_t now, int flush)
 {
     char      *data;
     size_t     n;
@@ -237,7 +236,7 @@ stream_one(pja_agent_t *a, const char *name, pja_buf_t *b, size_t *sent,
     while (*sent < b->len) {
         n = b->len - *sent;
 
-        if (n < PJA_STREAM_CHUNK) {
+        if (n < PJA_STREAM_CHUNK && !flush) {
             if (*due == 0) {
                 *due = now + PJA_STREAM_DELAY;
             }
@@ -283,13 +282,14 @@ stream_one(pja_agent_t *a, const char *name, pja_buf_t *b, size_t *sent,
 
 
 /*
- * Sends the live output that is due; returns when the next chunk will be
- * due (ms, pja_now_ms() time), or -1.  The buffers are the job's capture,
- * which stops at its cap: so does the stream.
+ * Sends the live output that is due (with flush: all of it, the job has
+ * ended); returns when the next chunk will be due (ms, pja_now_ms() time),
+ * or -1.  The buffers are the job's capture, which stops at its cap: so
+ * does the stream.
  */
 
 int64_t
-pja_session_stream(pja_agent_t *a, int64_t now)
+pja_session_stream(pja_agent_t *a, int64_t now, int flush)
 {
     int64_t     t, next;
     pja_job_t  *job;
@@ -301,9 +301,9 @@ pja_session_stream(pja_agent_t *a, int64_t now)
     job = &a->job;
 
     next = stream_one(a, "stdout", &job->out, &job->out_sent, &job->out_due,
-                      now);
+                      now, flush);
     t = stream_one(a, "stderr", &job->err, &job->err_sent, &job->err_due,
-                   now);
+                   now, flush);
 
     if (t != -1 && (next == -1 || t < next)) {
         next = t;
