@@ -540,13 +540,25 @@ ps_call(const pja_ps_req_t *r, size_t size, int fd, pja_ps_rep_t *rep,
 int  pja_ps_broken;
 
 
+/* The parent's reason for a refusal, kept until the next one. */
+
+static const char *
+ps_reason(const pja_ps_rep_t *rep)
+{
+    static char  reason[sizeof(rep->text)];
+
+    memcpy(reason, rep->text, sizeof(reason));
+
+    return reason;
+}
+
+
 static const char *
 ps_commit(pja_job_t *job, const pja_conf_t *cf, const pja_ps_req_t *r,
     const char *file)
 {
     int                   fd, nfds, fds[PJA_PS_MAX_FDS];
     static pja_ps_rep_t   rep;
-    static char           reason[sizeof(rep.text)];
 
     (void) cf;
 
@@ -576,8 +588,7 @@ ps_commit(pja_job_t *job, const pja_conf_t *cf, const pja_ps_req_t *r,
     }
 
     if (rep.type != PJA_PS_COMMITTED) {
-        memcpy(reason, rep.text, sizeof(reason));
-        return reason;
+        return ps_reason(&rep);
     }
 
     memcpy(job->id, r->job_id, 33);
@@ -622,7 +633,6 @@ ps_run(pja_job_t *job, const pja_conf_t *cf)
 {
     int                   i, nfds, fds[PJA_PS_MAX_FDS];
     static pja_ps_rep_t   rep;
-    static char           reason[sizeof(rep.text)];
 
     (void) cf;
 
@@ -634,8 +644,7 @@ ps_run(pja_job_t *job, const pja_conf_t *cf)
     }
 
     if (rep.type != PJA_PS_STARTED) {
-        memcpy(reason, rep.text, sizeof(reason));
-        return reason;
+        return ps_reason(&rep);
     }
 
     if (rep.pid <= 0 || nfds != (job->capture ? 2 : 0)) {
@@ -736,9 +745,8 @@ pja_ps_input(pja_ps_rep_t *rep, int block)
 
 /* Parent: one answer. */
 
-static int
-ps_answer(int fd, int type, const char *id, const char *text, const int *fds,
-    int nfds, pja_ps_rep_t *rep)
+static void
+ps_rep_init(pja_ps_rep_t *rep, int type, const char *id, const char *text)
 {
     memset(rep, 0, sizeof(pja_ps_rep_t));
     rep->magic = PJA_PS_MAGIC;
@@ -748,8 +756,17 @@ ps_answer(int fd, int type, const char *id, const char *text, const int *fds,
     if (text) {
         snprintf(rep->text, sizeof(rep->text), "%s", text);
     }
+}
 
-    return pja_ps_send(fd, rep, sizeof(pja_ps_rep_t), fds, nfds);
+
+static int
+ps_answer(int fd, int type, const char *id, const char *text)
+{
+    pja_ps_rep_t  rep;
+
+    ps_rep_init(&rep, type, id, text);
+
+    return pja_ps_send(fd, &rep, sizeof(pja_ps_rep_t), NULL, 0);
 }
 
 
@@ -807,7 +824,7 @@ pja_ps_serve(int fd, pja_job_t *job, const pja_conf_t *cf)
 
             if (file == NULL) {
                 return ps_answer(fd, PJA_PS_REFUSED, r.job_id,
-                                 "cannot read the job's file", NULL, 0, &rep);
+                                 "cannot read the job's file");
             }
         }
 
@@ -820,31 +837,25 @@ pja_ps_serve(int fd, pja_job_t *job, const pja_conf_t *cf)
         free(file);
 
         if (why) {
-            return ps_answer(fd, PJA_PS_REFUSED, r.job_id, why, NULL, 0,
-                             &rep);
+            return ps_answer(fd, PJA_PS_REFUSED, r.job_id, why);
         }
 
-        memset(&rep, 0, sizeof(rep));
-        rep.magic = PJA_PS_MAGIC;
-        rep.type = PJA_PS_COMMITTED;
-        memcpy(rep.job_id, job->id, 33);
+        ps_rep_init(&rep, PJA_PS_COMMITTED, job->id, job->cmdline);
         rep.kill_grace = job->kill_grace;
         rep.output_cap = (int64_t) job->output_cap;
-        snprintf(rep.text, sizeof(rep.text), "%s", job->cmdline);
 
         return pja_ps_send(fd, &rep, sizeof(rep), NULL, 0);
 
     case PJA_PS_RUN:
         if (job->state != PJA_JOB_COMMITTED || strcmp(job->id, r.job_id) != 0)
         {
-            return ps_answer(fd, PJA_PS_REFUSED, r.job_id, "not committed",
-                             NULL, 0, &rep);
+            return ps_answer(fd, PJA_PS_REFUSED, r.job_id, "not committed");
         }
 
         why = pja_exec->run(job, cf);
 
         if (why) {
-            rc = ps_answer(fd, PJA_PS_REFUSED, r.job_id, why, NULL, 0, &rep);
+            rc = ps_answer(fd, PJA_PS_REFUSED, r.job_id, why);
             pja_job_clear(job);
             return rc;
         }
@@ -857,10 +868,7 @@ pja_ps_serve(int fd, pja_job_t *job, const pja_conf_t *cf)
             nfds = 2;
         }
 
-        memset(&rep, 0, sizeof(rep));
-        rep.magic = PJA_PS_MAGIC;
-        rep.type = PJA_PS_STARTED;
-        memcpy(rep.job_id, job->id, 33);
+        ps_rep_init(&rep, PJA_PS_STARTED, job->id, NULL);
         rep.pid = (int32_t) job->pid;
 
         rc = pja_ps_send(fd, &rep, sizeof(rep), out, nfds);
@@ -906,10 +914,7 @@ pja_ps_exited(int fd, pja_job_t *job, int status)
 {
     pja_ps_rep_t  rep;
 
-    memset(&rep, 0, sizeof(rep));
-    rep.magic = PJA_PS_MAGIC;
-    rep.type = PJA_PS_EXITED;
-    memcpy(rep.job_id, job->id, 33);
+    ps_rep_init(&rep, PJA_PS_EXITED, job->id, NULL);
     rep.status = status;
 
     pja_job_clear(job);
@@ -925,10 +930,7 @@ pja_ps_stop(int fd, int count)
 {
     pja_ps_rep_t  rep;
 
-    memset(&rep, 0, sizeof(rep));
-    rep.magic = PJA_PS_MAGIC;
-    rep.type = PJA_PS_STOP;
-    memset(rep.job_id, '0', 32);
+    ps_rep_init(&rep, PJA_PS_STOP, "00000000000000000000000000000000", NULL);
     rep.status = count;
 
     return pja_ps_send(fd, &rep, sizeof(rep), NULL, 0);
