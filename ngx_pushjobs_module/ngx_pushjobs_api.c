@@ -155,6 +155,8 @@ static ngx_int_t ngx_pushjobs_api_feed(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_abort(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_metrics(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_status(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_config(ngx_http_request_t *r,
@@ -241,10 +243,11 @@ ngx_int_t
 ngx_pushjobs_api_handler(ngx_http_request_t *r)
 {
     size_t                     max;
-    ngx_int_t                  rc;
-    ngx_pushjobs_api_ctx_t    *ctx;
-    ngx_pushjobs_loc_conf_t   *plcf;
-    ngx_pushjobs_main_conf_t  *pmcf;
+    ngx_int_t                    rc;
+    ngx_pushjobs_api_ctx_t      *ctx;
+    ngx_pushjobs_loc_conf_t     *plcf;
+    ngx_pushjobs_main_conf_t    *pmcf;
+    ngx_pushjobs_metrics_req_t  *track;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
     plcf = ngx_http_get_module_loc_conf(r, ngx_pushjobs_module);
@@ -256,10 +259,20 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
 
     ngx_http_set_ctx(r, ctx, ngx_pushjobs_module);
 
+    track = ngx_pushjobs_metrics_track(r);
+    if (track == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     if (plcf->serve == NGX_PUSHJOBS_LOC_STATUS) {
         ctx->route = NGX_PUSHJOBS_ROUTE_STATUS;
         ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
         ctx->handler = ngx_pushjobs_api_status;
+
+    } else if (plcf->serve == NGX_PUSHJOBS_LOC_METRICS) {
+        ctx->route = NGX_PUSHJOBS_ROUTE_METRICS;
+        ctx->methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
+        ctx->handler = ngx_pushjobs_api_metrics;
 
     } else if (ngx_pushjobs_api_route(r, ctx) != NGX_OK) {
         if (ngx_http_discard_request_body(r) != NGX_OK) {
@@ -268,6 +281,14 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
 
         return ngx_pushjobs_api_not_found(r);
     }
+
+    /* the routes that hold their connection are counted, not timed */
+
+    track->route = ctx->route;
+    track->timed = ctx->route != NGX_PUSHJOBS_ROUTE_FEED
+                   && ctx->route != NGX_PUSHJOBS_ROUTE_JOB_FEED
+                   && ctx->route != NGX_PUSHJOBS_ROUTE_AGENT
+                   && ctx->route != NGX_PUSHJOBS_ROUTE_AGENT_POLL;
 
     if (!(r->method & ctx->methods)) {
         return ngx_pushjobs_api_method_not_allowed(r, ctx);
@@ -1059,6 +1080,13 @@ ngx_pushjobs_api_abort(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 
 
 static ngx_int_t
+ngx_pushjobs_api_metrics(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    return ngx_pushjobs_metrics_handler(r);
+}
+
+
+static ngx_int_t
 ngx_pushjobs_api_status(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
 {
     ngx_int_t                  rc;
@@ -1265,6 +1293,8 @@ ngx_pushjobs_api_created(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "pushjobs: job %V created by \"%V\" in \"%V\"", &id,
                   &ctx->authz.user, &ctx->org);
+
+    ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_JOBS_STARTED, 1);
 
     return ngx_pushjobs_json_send(r, NGX_HTTP_CREATED, &body);
 }

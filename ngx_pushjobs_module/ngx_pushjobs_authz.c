@@ -118,6 +118,7 @@ ngx_pushjobs_authz_start(ngx_http_request_t *r, ngx_pushjobs_authz_t *ctx)
                                   &ctx->principals);
 
     if (rc == NGX_OK) {
+        ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_KEY_HITS, 1);
         ctx->cached = 1;
         return ngx_pushjobs_authz_verify(r, ctx);
     }
@@ -125,6 +126,8 @@ ngx_pushjobs_authz_start(ngx_http_request_t *r, ngx_pushjobs_authz_t *ctx)
     if (rc == NGX_ERROR) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_KEY_MISSES, 1);
 
     return ngx_pushjobs_authz_fetch_principal(r, ctx);
 }
@@ -277,6 +280,7 @@ ngx_pushjobs_authz_chef_get(ngx_http_request_t *r, ngx_pushjobs_authz_t *ctx,
     sr->method_name = ngx_http_core_get_method;
 
     ctx->sr = sr;
+    ctx->sr_start = ngx_current_msec;
     ngx_add_timer(&ctx->chef_timer, (ngx_msec_t) left);
 
     /* no client body and no client headers go to the Chef server */
@@ -359,9 +363,12 @@ ngx_pushjobs_authz_chef_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
 {
     ngx_pushjobs_authz_t *ctx = data;
 
-    ngx_buf_t  *b;
+    ngx_buf_t   *b;
+    ngx_uint_t   first;
 
     /* called again if nginx makes an error page of rc */
+
+    first = (ctx->sr != NULL);
 
     ctx->sr_done = 1;
     ctx->sr = NULL;
@@ -382,6 +389,15 @@ ngx_pushjobs_authz_chef_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
 
     if (ctx->chef_timedout) {
         ctx->sr_status = NGX_HTTP_GATEWAY_TIME_OUT;
+    }
+
+    if (first) {
+        ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_CHEF
+                                 + (ctx->chef_timedout ? 2
+                                    : ctx->sr_status >= 500 ? 1 : 0), 1);
+        ngx_pushjobs_metrics_observe(NGX_PUSHJOBS_H_CHEF,
+                                     (ngx_msec_int_t) (ngx_current_msec
+                                                       - ctx->sr_start));
     }
 
     if (sr->out && sr->out->buf) {

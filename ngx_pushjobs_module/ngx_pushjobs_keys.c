@@ -547,6 +547,11 @@ ngx_pushjobs_keys_expire(ngx_pushjobs_keys_shctx_t *ctx, ngx_uint_t force)
             }
         }
 
+        if (now < kn->keep) {
+            /* dropped before its time, for room */
+            ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_KEY_EVICTIONS, 1);
+        }
+
         ngx_pushjobs_keys_delete(ctx, kn);
     }
 }

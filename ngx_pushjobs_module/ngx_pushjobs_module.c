@@ -74,6 +74,13 @@ static ngx_command_t  ngx_pushjobs_commands[] = {
       0,
       NULL },
 
+    { ngx_string("pushjobs_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_pushjobs_serve,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("pushjobs_postgres"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_pushjobs_postgres,
@@ -387,6 +394,10 @@ ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
                                "the Chef superuser's key, to read groups");
             return NGX_CONF_ERROR;
         }
+
+        if (ngx_pushjobs_metrics_conf(cf, pmcf) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
     }
 
     if (pmcf->chef_key_file.len && ngx_pushjobs_load_key(cf, pmcf) != NGX_OK)
@@ -519,6 +530,10 @@ ngx_pushjobs_serve(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (cmd->name.len == sizeof("pushjobs") - 1) {
         plcf->serve = NGX_PUSHJOBS_LOC_API;
+        clcf->handler = ngx_pushjobs_api_handler;
+
+    } else if (cmd->name.len == sizeof("pushjobs_metrics") - 1) {
+        plcf->serve = NGX_PUSHJOBS_LOC_METRICS;
         clcf->handler = ngx_pushjobs_api_handler;
 
     } else {
@@ -893,6 +908,8 @@ ngx_pushjobs_init_process(ngx_cycle_t *cycle)
 
     ngx_pushjobs_worker = w;
 
+    ngx_pushjobs_metrics_init_process(w);
+
     /*
      * The parts, each on what comes before it: the store's batches, the
      * PostgreSQL pool they are written through, the websocket channels'
@@ -1078,6 +1095,7 @@ ngx_pushjobs_exit_process(ngx_cycle_t *cycle)
     ngx_pushjobs_ws_chan_done(w);
     ngx_pushjobs_pg_done(w);
     ngx_pushjobs_store_done(w);
+    ngx_pushjobs_metrics_exit_process(w);
 
     ngx_pushjobs_worker = NULL;
 }

@@ -54,6 +54,7 @@
 /* What a location serves (the "pushjobs" and "pushjobs_status" directives). */
 #define NGX_PUSHJOBS_LOC_API           1
 #define NGX_PUSHJOBS_LOC_STATUS        2
+#define NGX_PUSHJOBS_LOC_METRICS       3
 
 /* Chef signing protocol versions (X-Ops-Sign). */
 #define NGX_PUSHJOBS_SIGN_1_0          1
@@ -111,6 +112,7 @@ typedef struct {
     ngx_uint_t                  pool_size;
 
     ngx_shm_zone_t             *keys_zone;
+    ngx_shm_zone_t             *metrics_zone;
     time_t                      keys_ttl;
     time_t                      keys_stale;
 
@@ -223,6 +225,7 @@ typedef struct {
 
     ngx_uint_t                  sr_done;
     ngx_uint_t                  sr_status;
+    ngx_msec_t                  sr_start;
     ngx_str_t                   sr_body;
     ngx_http_request_t         *sr;
 
@@ -429,6 +432,10 @@ struct ngx_pushjobs_worker_s {
     /* the batched writes (ngx_pushjobs_store.c) */
     ngx_pushjobs_store_t       *store;
 
+    /* the front end's metrics and this worker's gauges in them */
+    void                       *metrics;
+    ngx_atomic_t               *metrics_slot;
+
     /* the PostgreSQL connections (ngx_pushjobs_pg.c) */
     ngx_pushjobs_pg_t          *pg;
 
@@ -461,6 +468,50 @@ struct ngx_pushjobs_worker_s {
 };
 
 
+/*
+ * Metrics (ngx_pushjobs_metrics.c): counters, histograms and per-worker
+ * gauges in shared memory, by number.
+ */
+
+#define NGX_PUSHJOBS_ROUTES            14  /* ngx_pushjobs_api.c's, and 0 */
+#define NGX_PUSHJOBS_ROUTE_METRICS     13
+#define NGX_PUSHJOBS_CLASSES           6   /* none, 1xx ... 5xx */
+#define NGX_PUSHJOBS_CLOSE_CODES       12  /* none, 10 codes, other */
+#define NGX_PUSHJOBS_BUCKETS           11  /* and +Inf */
+
+#define NGX_PUSHJOBS_C_CHAN_OPENED     0   /* + 0 websocket, 1 long-poll */
+#define NGX_PUSHJOBS_C_CHAN_CLOSED     2   /* + close code index */
+#define NGX_PUSHJOBS_C_JOBS_STARTED    (NGX_PUSHJOBS_C_CHAN_CLOSED         \
+                                        + NGX_PUSHJOBS_CLOSE_CODES)
+#define NGX_PUSHJOBS_C_OUTPUT_BYTES    (NGX_PUSHJOBS_C_JOBS_STARTED + 1)
+#define NGX_PUSHJOBS_C_OVERFLOW_FEED   (NGX_PUSHJOBS_C_OUTPUT_BYTES + 1)
+#define NGX_PUSHJOBS_C_OVERFLOW_AGENT  (NGX_PUSHJOBS_C_OVERFLOW_FEED + 1)
+#define NGX_PUSHJOBS_C_PG              (NGX_PUSHJOBS_C_OVERFLOW_AGENT + 1)
+                                           /* + 0 ok, 1 error, 2 failed */
+#define NGX_PUSHJOBS_C_KEY_HITS        (NGX_PUSHJOBS_C_PG + 3)
+#define NGX_PUSHJOBS_C_KEY_MISSES      (NGX_PUSHJOBS_C_KEY_HITS + 1)
+#define NGX_PUSHJOBS_C_KEY_EVICTIONS   (NGX_PUSHJOBS_C_KEY_MISSES + 1)
+#define NGX_PUSHJOBS_C_CHEF            (NGX_PUSHJOBS_C_KEY_EVICTIONS + 1)
+                                           /* + 0 ok, 1 error, 2 timeout */
+#define NGX_PUSHJOBS_C_HTTP            (NGX_PUSHJOBS_C_CHEF + 3)
+                                           /* + route * CLASSES + class */
+#define NGX_PUSHJOBS_C_N               (NGX_PUSHJOBS_C_HTTP                \
+                                        + NGX_PUSHJOBS_ROUTES              \
+                                          * NGX_PUSHJOBS_CLASSES)
+
+#define NGX_PUSHJOBS_H_HTTP            0   /* + route */
+#define NGX_PUSHJOBS_H_PG              NGX_PUSHJOBS_ROUTES
+#define NGX_PUSHJOBS_H_CHEF            (NGX_PUSHJOBS_H_PG + 1)
+#define NGX_PUSHJOBS_H_N               (NGX_PUSHJOBS_H_CHEF + 1)
+
+#define NGX_PUSHJOBS_G_AGENTS_WS       0
+#define NGX_PUSHJOBS_G_AGENTS_POLL     1
+#define NGX_PUSHJOBS_G_FEEDS           2
+#define NGX_PUSHJOBS_G_PG_BUSY         3
+#define NGX_PUSHJOBS_G_PG_QUEUED       4
+#define NGX_PUSHJOBS_G_N               5
+
+
 extern ngx_module_t            ngx_pushjobs_module;
 extern ngx_pushjobs_worker_t  *ngx_pushjobs_worker;
 
@@ -473,6 +524,26 @@ ngx_table_elt_t *ngx_pushjobs_header_in(ngx_http_request_t *r, u_char *name,
     size_t len);
 #define ngx_pushjobs_header(r, name)                                         \
     ngx_pushjobs_header_in(r, (u_char *) name, sizeof(name) - 1)
+
+/* ngx_pushjobs_metrics.c */
+typedef struct {
+    ngx_http_request_t         *request;
+    ngx_uint_t                  route;
+    ngx_uint_t                  timed;
+} ngx_pushjobs_metrics_req_t;
+
+ngx_pushjobs_metrics_req_t *ngx_pushjobs_metrics_track(
+    ngx_http_request_t *r);
+ngx_int_t ngx_pushjobs_metrics_conf(ngx_conf_t *cf,
+    ngx_pushjobs_main_conf_t *pmcf);
+void ngx_pushjobs_metrics_init_process(ngx_pushjobs_worker_t *w);
+void ngx_pushjobs_metrics_exit_process(ngx_pushjobs_worker_t *w);
+void ngx_pushjobs_metrics_add(ngx_uint_t c, ngx_atomic_int_t n);
+void ngx_pushjobs_metrics_observe(ngx_uint_t h, ngx_msec_int_t ms);
+void ngx_pushjobs_metrics_gauge(ngx_uint_t g, ngx_atomic_int_t n,
+    ngx_uint_t set);
+ngx_uint_t ngx_pushjobs_metrics_close_code(ngx_uint_t code);
+ngx_int_t ngx_pushjobs_metrics_handler(ngx_http_request_t *r);
 
 /* ngx_pushjobs_json.c */
 u_char *ngx_pushjobs_json_escape_copy(u_char *dst, u_char *src, size_t len);

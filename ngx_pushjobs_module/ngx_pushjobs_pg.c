@@ -84,6 +84,9 @@ struct ngx_pushjobs_pg_query_s {
     ngx_pushjobs_pg_handler_pt  handler;
     void                       *data;
     ngx_msec_t                  queued;
+    /* when it was sent, for the metrics; 0: never */
+    ngx_msec_t                  sent;
+    ngx_uint_t                  was_sent;
     PGresult                   *res;
     ngx_pushjobs_pg_conn_t     *pc;
     ngx_uint_t                  barrier;
@@ -162,6 +165,7 @@ static ngx_pushjobs_pg_query_t *ngx_pushjobs_pg_enqueue(const char *sql,
     ngx_uint_t nparams, ngx_str_t *params, ngx_pushjobs_pg_handler_pt handler,
     void *data, ngx_uint_t barrier);
 static const char *ngx_pushjobs_pg_error(ngx_pushjobs_pg_conn_t *pc);
+static void ngx_pushjobs_pg_gauges(ngx_pushjobs_pg_t *pg);
 static ngx_pushjobs_pg_t *ngx_pushjobs_pg_current(void);
 
 
@@ -506,6 +510,7 @@ ngx_pushjobs_pg_enqueue(const char *sql, ngx_uint_t nparams,
     }
 
     pg->nqueued++;
+    ngx_pushjobs_pg_gauges(pg);
 
     /*
      * Sent at the end of this turn of the event loop, see above.  What a
@@ -1133,7 +1138,10 @@ ngx_pushjobs_pg_send(ngx_pushjobs_pg_conn_t *pc, ngx_pushjobs_pg_query_t *q)
 
     pc->query = q;
     q->pc = pc;
+    q->sent = ngx_current_msec;
+    q->was_sent = 1;
     pc->state = NGX_PUSHJOBS_PG_BUSY;
+    ngx_pushjobs_pg_gauges(pc->pg);
 
     ngx_add_timer(&pc->timeout, NGX_PUSHJOBS_PG_QUERY_TIME);
 
@@ -1304,6 +1312,27 @@ ngx_pushjobs_pg_finish(ngx_pushjobs_pg_query_t *q, PGresult *res)
                       PQresultErrorMessage(res));
     }
 
+    /*
+     * Counted: what was sent, and what could not be; not what was
+     * cancelled before it was sent.
+     */
+
+    if (res) {
+        ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_PG
+                              + (PQresultStatus(res) == PGRES_FATAL_ERROR),
+                                 1);
+        ngx_pushjobs_metrics_observe(NGX_PUSHJOBS_H_PG,
+                                     (ngx_msec_int_t) (ngx_current_msec
+                                                       - q->sent));
+
+    } else if (q->was_sent || handler) {
+        ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_PG + 2, 1);
+    }
+
+    if (pg) {
+        ngx_pushjobs_pg_gauges(pg);
+    }
+
     if (handler) {
         handler(q->data, res);
     }
@@ -1447,4 +1476,24 @@ ngx_pushjobs_pg_error(ngx_pushjobs_pg_conn_t *pc)
     }
 
     return (const char *) buf;
+}
+
+
+/* The pool's gauges of this worker, for the metrics. */
+
+static void
+ngx_pushjobs_pg_gauges(ngx_pushjobs_pg_t *pg)
+{
+    ngx_uint_t  i, busy;
+
+    busy = 0;
+
+    for (i = 0; i < pg->nconns; i++) {
+        if (pg->conns[i].state == NGX_PUSHJOBS_PG_BUSY) {
+            busy++;
+        }
+    }
+
+    ngx_pushjobs_metrics_gauge(NGX_PUSHJOBS_G_PG_BUSY, busy, 1);
+    ngx_pushjobs_metrics_gauge(NGX_PUSHJOBS_G_PG_QUEUED, pg->nqueued, 1);
 }

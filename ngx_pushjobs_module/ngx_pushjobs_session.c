@@ -74,6 +74,7 @@ static void ngx_pushjobs_agent_dispatch(ngx_pushjobs_agent_t *a,
 static void ngx_pushjobs_agent_hello(ngx_pushjobs_agent_t *a, void *msg);
 static void ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a,
     ngx_uint_t type, ngx_str_t *job_id, void *msg);
+static size_t ngx_pushjobs_agent_output_bytes(void *value, size_t len);
 static void ngx_pushjobs_agent_chunk(ngx_pushjobs_agent_t *a,
     ngx_str_t *job_id, void *msg);
 static size_t ngx_pushjobs_agent_output(void *value, size_t cap,
@@ -575,6 +576,9 @@ ngx_pushjobs_agent_close(ngx_pushjobs_agent_t *a, ngx_uint_t code)
 
     ngx_pushjobs_agent_detach(a);
 
+    ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_CHAN_CLOSED
+                             + ngx_pushjobs_metrics_close_code(code), 1);
+
     a->chan->transport->close(a->chan, code);
 
     /* the reference the channel held */
@@ -597,6 +601,8 @@ ngx_pushjobs_agent_gone(ngx_pushjobs_agent_t *a)
     ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
                   "pushjobs: agent \"%V\" of \"%V\" gone, session %uL",
                   &a->name, &a->org, a->session);
+
+    ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_CHAN_CLOSED, 1);
 
     ngx_pushjobs_agent_detach(a);
     ngx_pushjobs_agent_unref(a);
@@ -625,6 +631,7 @@ ngx_pushjobs_agent_send(ngx_pushjobs_agent_t *a, ngx_pushjobs_msg_t *msg)
         ngx_log_error(NGX_LOG_WARN, a->log, 0,
                       "pushjobs: agent \"%V\" of \"%V\" reads too slowly",
                       &a->name, &a->org);
+        ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_OVERFLOW_AGENT, 1);
         ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_POLICY);
         break;
 
@@ -642,6 +649,7 @@ ngx_pushjobs_agent_send(ngx_pushjobs_agent_t *a, ngx_pushjobs_msg_t *msg)
 static void
 ngx_pushjobs_agent_register(ngx_pushjobs_agent_t *a)
 {
+    ngx_uint_t              poll;
     ngx_pushjobs_agent_t   *old;
     ngx_pushjobs_worker_t  *w;
 
@@ -662,6 +670,11 @@ ngx_pushjobs_agent_register(ngx_pushjobs_agent_t *a)
     w->nagents++;
     a->registered = 1;
 
+    poll = a->chan->transport->poll_timeout != 0;
+    ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_CHAN_OPENED + poll, 1);
+    ngx_pushjobs_metrics_gauge(poll ? NGX_PUSHJOBS_G_AGENTS_POLL
+                                    : NGX_PUSHJOBS_G_AGENTS_WS, 1, 0);
+
     ngx_pushjobs_agent_org_add(&a->org, 1);
 }
 
@@ -680,6 +693,10 @@ ngx_pushjobs_agent_unregister(ngx_pushjobs_agent_t *a)
     ngx_rbtree_delete(&w->agents, &a->node);
     w->nagents--;
     a->registered = 0;
+
+    ngx_pushjobs_metrics_gauge(a->chan->transport->poll_timeout
+                               ? NGX_PUSHJOBS_G_AGENTS_POLL
+                               : NGX_PUSHJOBS_G_AGENTS_WS, -1, 0);
 
     ngx_pushjobs_agent_org_add(&a->org, -1);
 }
@@ -1081,6 +1098,11 @@ ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a, ngx_uint_t type,
         if (v && YAJL_IS_TRUE(v)) {
             truncated = 1;
         }
+
+        ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_OUTPUT_BYTES,
+                                 ngx_pushjobs_agent_output_bytes(out, out_len)
+                                 + ngx_pushjobs_agent_output_bytes(err,
+                                                                   err_len));
     }
 
     len = 2 * 6 * NGX_PUSHJOBS_NAME_MAX + 256 + out_len + err_len;
@@ -1196,6 +1218,9 @@ ngx_pushjobs_agent_chunk(ngx_pushjobs_agent_t *a, ngx_str_t *job_id,
         return;
     }
 
+    ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_OUTPUT_BYTES,
+                             ngx_pushjobs_agent_output_bytes(data, data_len));
+
     if (data_len == 0 && !truncated) {
         return;
     }
@@ -1227,6 +1252,30 @@ ngx_pushjobs_agent_chunk(ngx_pushjobs_agent_t *a, ngx_str_t *job_id,
     }
 
     ngx_free(buf);
+}
+
+
+/* The bytes of the first len base64 characters of an output field. */
+
+static size_t
+ngx_pushjobs_agent_output_bytes(void *value, size_t len)
+{
+    size_t    n;
+    yajl_val  v;
+
+    v = value;
+
+    if (v == NULL || len == 0) {
+        return 0;
+    }
+
+    n = len / 4 * 3;
+
+    if (v->u.string[len - 1] == '=') {
+        n -= (v->u.string[len - 2] == '=') ? 2 : 1;
+    }
+
+    return n;
 }
 
 

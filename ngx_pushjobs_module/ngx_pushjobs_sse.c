@@ -416,6 +416,7 @@ ngx_pushjobs_feed_create(ngx_http_request_t *r, ngx_str_t *org,
     cln->data = f;
 
     ngx_queue_insert_tail(&ngx_pushjobs_worker->feeds, &f->queue);
+    ngx_pushjobs_metrics_gauge(NGX_PUSHJOBS_G_FEEDS, 1, 0);
 
     ngx_pushjobs_init_timer(&f->keepalive,
                             ngx_pushjobs_feed_keepalive_handler, f, c->log);
@@ -667,6 +668,7 @@ ngx_pushjobs_feed_send(ngx_pushjobs_feed_t *f, u_char *data, size_t len)
     if (rc != NGX_OK) {
         ngx_log_error(NGX_LOG_WARN, f->connection->log, 0,
                       "pushjobs: event feed reader too slow, closing");
+        ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_OVERFLOW_FEED, 1);
         ngx_pushjobs_feed_close(f);
         return;
     }
@@ -788,6 +790,7 @@ ngx_pushjobs_feed_detach(ngx_pushjobs_feed_t *f)
     f->closed = 1;
 
     ngx_queue_remove(&f->queue);
+    ngx_pushjobs_metrics_gauge(NGX_PUSHJOBS_G_FEEDS, -1, 0);
 
     if (f->keepalive.timer_set) {
         ngx_del_timer(&f->keepalive);

@@ -538,6 +538,10 @@ $self->{nginx_extra}
             pushjobs_status;
         }
 
+        location = /pushy/_metrics {
+            pushjobs_metrics;
+        }
+
         # the module's own, signed, in-memory requests to the Chef API
         location /_pushjobs_chef/ {
             internal;

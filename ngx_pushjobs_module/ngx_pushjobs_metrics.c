@@ -1,0 +1,750 @@
+
+/*
+ * Copyright (C) pushjobs developers
+ */
+
+
+/*
+ * Metrics in the Prometheus text exposition format (version 0.0.4), served
+ * by a location with "pushjobs_metrics".
+ *
+ * A scrape reads one shared memory zone that every worker of the front end
+ * writes with atomic adds: no database round trip, no lock.
+ *
+ *   - Counters and histograms are the front end's: they survive a worker's
+ *     death and a reload (the zone is kept when its size is), and start
+ *     again from zero only when nginx restarts, which Prometheus's rate()
+ *     takes as a counter reset.
+ *   - Gauges (agents connected, feeds open, the PostgreSQL pool) are kept
+ *     per worker process, in a slot the worker claims at its start and
+ *     gives back at its exit.  A scrape adds up the slots of processes
+ *     alive, so what a killed worker held is not counted forever.
+ *
+ * Histograms count into fixed buckets (NGX_PUSHJOBS_BUCKETS, in ms); a
+ * scrape makes them cumulative, as the format has them.
+ */
+
+
+#include "ngx_pushjobs_module.h"
+
+
+#define NGX_PUSHJOBS_METRICS_MAGIC   0x706a6d6574726963ULL   /* "pjmetric" */
+#define NGX_PUSHJOBS_METRICS_SLOTS   256
+#define NGX_PUSHJOBS_METRICS_OUT     (256 * 1024)
+
+
+typedef struct {
+    ngx_atomic_t                bucket[NGX_PUSHJOBS_BUCKETS + 1];
+    ngx_atomic_t                sum_ms;
+} ngx_pushjobs_hist_t;
+
+
+typedef struct {
+    ngx_atomic_t                pid;
+    ngx_atomic_t                gauge[NGX_PUSHJOBS_G_N];
+} ngx_pushjobs_metrics_slot_t;
+
+
+typedef struct {
+    uint64_t                    magic;
+    uint64_t                    size;
+    ngx_atomic_t                counter[NGX_PUSHJOBS_C_N];
+    ngx_pushjobs_hist_t         hist[NGX_PUSHJOBS_H_N];
+    ngx_pushjobs_metrics_slot_t slot[NGX_PUSHJOBS_METRICS_SLOTS];
+} ngx_pushjobs_metrics_t;
+
+
+static ngx_int_t ngx_pushjobs_metrics_init_zone(ngx_shm_zone_t *zone,
+    void *data);
+static void ngx_pushjobs_metrics_request(void *data);
+static u_char *ngx_pushjobs_metrics_hist(u_char *p, u_char *end,
+    const char *name, const char *labels, ngx_pushjobs_hist_t *h);
+static ngx_atomic_int_t ngx_pushjobs_metrics_gauge_sum(
+    ngx_pushjobs_metrics_t *m, ngx_uint_t g, ngx_uint_t *procs);
+
+
+static ngx_str_t  ngx_pushjobs_metrics_zone_name =
+    ngx_string("pushjobs_metrics");
+
+/* upper bounds of the buckets, in ms and as the "le" label */
+static ngx_msec_t  ngx_pushjobs_bucket_ms[NGX_PUSHJOBS_BUCKETS] = {
+    5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000
+};
+
+static char  *ngx_pushjobs_bucket_le[NGX_PUSHJOBS_BUCKETS] = {
+    "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5",
+    "5", "10"
+};
+
+/* the REST routes by number (ngx_pushjobs_api.c), 0: none matched */
+static char  *ngx_pushjobs_route_name[NGX_PUSHJOBS_ROUTES] = {
+    "none", "jobs", "job", "output", "abort", "node_states", "node_state",
+    "config", "job_status_feed", "job_feed", "agent", "status",
+    "agent_poll", "metrics"
+};
+
+static char  *ngx_pushjobs_class_name[NGX_PUSHJOBS_CLASSES] = {
+    "none", "1xx", "2xx", "3xx", "4xx", "5xx"
+};
+
+/* the close codes a server sends an agent; "none": the connection broke */
+static ngx_uint_t  ngx_pushjobs_close_code[NGX_PUSHJOBS_CLOSE_CODES - 1] = {
+    0, NGX_PUSHJOBS_WS_NORMAL, NGX_PUSHJOBS_WS_GOING_AWAY,
+    NGX_PUSHJOBS_WS_PROTOCOL, NGX_PUSHJOBS_WS_UNSUPPORTED,
+    NGX_PUSHJOBS_WS_INVALID, NGX_PUSHJOBS_WS_POLICY, NGX_PUSHJOBS_WS_TOO_BIG,
+    NGX_PUSHJOBS_WS_SERVER_ERROR, NGX_PUSHJOBS_WS_REPLACED,
+    NGX_PUSHJOBS_POLL_UNKNOWN
+};
+
+
+ngx_int_t
+ngx_pushjobs_metrics_conf(ngx_conf_t *cf, ngx_pushjobs_main_conf_t *pmcf)
+{
+    size_t  size;
+
+    size = ngx_align(sizeof(ngx_pushjobs_metrics_t), ngx_pagesize)
+           + 8 * ngx_pagesize;
+
+    pmcf->metrics_zone = ngx_shared_memory_add(cf,
+                                             &ngx_pushjobs_metrics_zone_name,
+                                             size, &ngx_pushjobs_module);
+    if (pmcf->metrics_zone == NULL) {
+        return NGX_ERROR;
+    }
+
+    pmcf->metrics_zone->init = ngx_pushjobs_metrics_init_zone;
+
+    return NGX_OK;
+}
+
+
+/*
+ * A reload hands over the zone of the configuration before (data): its
+ * figures go on, unless it was made by a module of another layout.
+ */
+
+static ngx_int_t
+ngx_pushjobs_metrics_init_zone(ngx_shm_zone_t *zone, void *data)
+{
+    ngx_slab_pool_t         *shpool;
+    ngx_pushjobs_metrics_t  *m, *old;
+
+    shpool = (ngx_slab_pool_t *) zone->shm.addr;
+
+    old = data;
+
+    if (old == NULL && zone->shm.exists) {
+        old = shpool->data;
+    }
+
+    if (old && old->magic == NGX_PUSHJOBS_METRICS_MAGIC
+        && old->size == sizeof(ngx_pushjobs_metrics_t))
+    {
+        zone->data = old;
+        return NGX_OK;
+    }
+
+    /*
+     * New, or left by a module of another layout (its allocation may be
+     * smaller than ours: it stays, the zone has room for both).  Metrics
+     * are not worth failing a start or a reload for.
+     */
+
+    m = ngx_slab_alloc(shpool, sizeof(ngx_pushjobs_metrics_t));
+
+    if (m == NULL) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "pushjobs: no room for the metrics in \"%V\", "
+                      "metrics are off", &zone->shm.name);
+        zone->data = NULL;
+        return NGX_OK;
+    }
+
+    ngx_memzero(m, sizeof(ngx_pushjobs_metrics_t));
+    m->magic = NGX_PUSHJOBS_METRICS_MAGIC;
+    m->size = sizeof(ngx_pushjobs_metrics_t);
+
+    shpool->data = m;
+    zone->data = m;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The worker's slot: a free one, or one of a process that is gone (a
+ * worker killed, whose exit never gave it back).
+ */
+
+void
+ngx_pushjobs_metrics_init_process(ngx_pushjobs_worker_t *w)
+{
+    ngx_uint_t               i, g;
+    ngx_atomic_uint_t        pid;
+    ngx_pushjobs_metrics_t  *m;
+
+    if (w->pmcf->metrics_zone == NULL || w->pmcf->metrics_zone->data == NULL)
+    {
+        return;
+    }
+
+    m = w->pmcf->metrics_zone->data;
+    w->metrics = m;
+
+    for (i = 0; i < NGX_PUSHJOBS_METRICS_SLOTS; i++) {
+        pid = m->slot[i].pid;
+
+        if (pid != 0 && (kill((pid_t) pid, 0) == 0 || ngx_errno != NGX_ESRCH))
+        {
+            continue;
+        }
+
+        if (!ngx_atomic_cmp_set(&m->slot[i].pid, pid,
+                                (ngx_atomic_uint_t) ngx_pid))
+        {
+            continue;
+        }
+
+        for (g = 0; g < NGX_PUSHJOBS_G_N; g++) {
+            m->slot[i].gauge[g] = 0;
+        }
+
+        w->metrics_slot = &m->slot[i].gauge[0];
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, w->log, 0,
+                  "pushjobs: no metrics slot free for this worker, "
+                  "its gauges are not counted");
+}
+
+
+void
+ngx_pushjobs_metrics_exit_process(ngx_pushjobs_worker_t *w)
+{
+    ngx_uint_t                    g;
+    ngx_pushjobs_metrics_slot_t  *s;
+
+    if (w->metrics_slot == NULL) {
+        return;
+    }
+
+    s = (ngx_pushjobs_metrics_slot_t *) ((u_char *) w->metrics_slot
+                                   - offsetof(ngx_pushjobs_metrics_slot_t,
+                                              gauge));
+
+    for (g = 0; g < NGX_PUSHJOBS_G_N; g++) {
+        s->gauge[g] = 0;
+    }
+
+    w->metrics_slot = NULL;
+
+    (void) ngx_atomic_cmp_set(&s->pid, (ngx_atomic_uint_t) ngx_pid, 0);
+}
+
+
+void
+ngx_pushjobs_metrics_add(ngx_uint_t c, ngx_atomic_int_t n)
+{
+    ngx_pushjobs_metrics_t  *m;
+
+    if (ngx_pushjobs_worker == NULL || ngx_pushjobs_worker->metrics == NULL
+        || c >= NGX_PUSHJOBS_C_N)
+    {
+        return;
+    }
+
+    m = ngx_pushjobs_worker->metrics;
+
+    (void) ngx_atomic_fetch_add(&m->counter[c], n);
+}
+
+
+void
+ngx_pushjobs_metrics_observe(ngx_uint_t h, ngx_msec_int_t ms)
+{
+    ngx_uint_t               b;
+    ngx_pushjobs_metrics_t  *m;
+
+    if (ngx_pushjobs_worker == NULL || ngx_pushjobs_worker->metrics == NULL
+        || h >= NGX_PUSHJOBS_H_N)
+    {
+        return;
+    }
+
+    m = ngx_pushjobs_worker->metrics;
+
+    if (ms < 0) {
+        ms = 0;
+    }
+
+    for (b = 0; b < NGX_PUSHJOBS_BUCKETS; b++) {
+        if ((ngx_msec_t) ms <= ngx_pushjobs_bucket_ms[b]) {
+            break;
+        }
+    }
+
+    (void) ngx_atomic_fetch_add(&m->hist[h].bucket[b], 1);
+    (void) ngx_atomic_fetch_add(&m->hist[h].sum_ms, ms);
+}
+
+
+void
+ngx_pushjobs_metrics_gauge(ngx_uint_t g, ngx_atomic_int_t n, ngx_uint_t set)
+{
+    ngx_atomic_t  *slot;
+
+    if (ngx_pushjobs_worker == NULL || g >= NGX_PUSHJOBS_G_N) {
+        return;
+    }
+
+    slot = ngx_pushjobs_worker->metrics_slot;
+
+    if (slot == NULL) {
+        return;
+    }
+
+    /* only this worker writes its slot */
+
+    if (set) {
+        slot[g] = n;
+
+    } else {
+        slot[g] += n;
+    }
+}
+
+
+ngx_uint_t
+ngx_pushjobs_metrics_close_code(ngx_uint_t code)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < NGX_PUSHJOBS_CLOSE_CODES - 1; i++) {
+        if (ngx_pushjobs_close_code[i] == code) {
+            return i;
+        }
+    }
+
+    return NGX_PUSHJOBS_CLOSE_CODES - 1;
+}
+
+
+/*
+ * A request of the module's locations: counted by route and status class
+ * when nginx frees it, after its log phase (a pool cleanup, since the
+ * request's module context is replaced by the feed's or the channel's).
+ */
+
+ngx_pushjobs_metrics_req_t *
+ngx_pushjobs_metrics_track(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t          *cln;
+    ngx_pushjobs_metrics_req_t  *t;
+
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_pushjobs_metrics_req_t));
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    t = cln->data;
+    t->request = r;
+    t->route = 0;
+    t->timed = 1;
+
+    cln->handler = ngx_pushjobs_metrics_request;
+
+    return t;
+}
+
+
+static void
+ngx_pushjobs_metrics_request(void *data)
+{
+    ngx_pushjobs_metrics_req_t *t = data;
+
+    ngx_uint_t           route, class, status;
+    ngx_time_t          *tp;
+    ngx_msec_int_t       ms;
+    ngx_http_request_t  *r;
+
+    r = t->request;
+    route = t->route < NGX_PUSHJOBS_ROUTES ? t->route : 0;
+
+    status = r->headers_out.status;
+    class = (status >= 100 && status < 600) ? status / 100 : 0;
+
+    ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_HTTP
+                             + route * NGX_PUSHJOBS_CLASSES + class, 1);
+
+    if (t->timed) {
+        tp = ngx_timeofday();
+        ms = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
+                               + (tp->msec - r->start_msec));
+        ngx_pushjobs_metrics_observe(NGX_PUSHJOBS_H_HTTP + route, ms);
+    }
+}
+
+
+#define ngx_pushjobs_metrics_head(p, end, name, type, help)                  \
+    ngx_slprintf(p, end, "# HELP " name " " help "\n# TYPE " name " "      \
+                 type "\n")
+
+
+ngx_int_t
+ngx_pushjobs_metrics_handler(ngx_http_request_t *r)
+{
+    u_char                  *p, *end;
+    char                    *tr;
+    ngx_int_t                rc;
+    ngx_buf_t               *b;
+    ngx_uint_t               i, k, procs;
+    ngx_chain_t              out;
+    ngx_atomic_t            *c;
+    ngx_pushjobs_metrics_t  *m;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (ngx_pushjobs_worker == NULL || ngx_pushjobs_worker->metrics == NULL) {
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    m = ngx_pushjobs_worker->metrics;
+    c = m->counter;
+
+    b = ngx_create_temp_buf(r->pool, NGX_PUSHJOBS_METRICS_OUT);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = b->pos;
+    end = b->end;
+
+    /* the processes that hold a slot and are alive */
+
+    (void) ngx_pushjobs_metrics_gauge_sum(m, 0, &procs);
+
+    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_worker_processes",
+                                  "gauge", "Worker processes of this front "
+                                  "end that serve push jobs.");
+    p = ngx_slprintf(p, end, "pushjobs_worker_processes %ui\n", procs);
+
+    /* agent channels */
+
+    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_agents_connected",
+                                  "gauge", "Agent channels open, by "
+                                  "transport.");
+
+    for (i = 0; i < 2; i++) {
+        tr = i ? "long_poll" : "websocket";
+        p = ngx_slprintf(p, end,
+                         "pushjobs_agents_connected{transport=\"%s\"} %A\n",
+                         tr, ngx_pushjobs_metrics_gauge_sum(m,
+                                 i ? NGX_PUSHJOBS_G_AGENTS_POLL
+                                   : NGX_PUSHJOBS_G_AGENTS_WS, NULL));
+    }
+
+    p = ngx_pushjobs_metrics_head(p, end,
+                                  "pushjobs_agent_channels_opened_total",
+                                  "counter", "Agent channels opened, by "
+                                  "transport.");
+
+    for (i = 0; i < 2; i++) {
+        tr = i ? "long_poll" : "websocket";
+        p = ngx_slprintf(p, end, "pushjobs_agent_channels_opened_total"
+                         "{transport=\"%s\"} %A\n",
+                         tr, c[NGX_PUSHJOBS_C_CHAN_OPENED + i]);
+    }
+
+    p = ngx_pushjobs_metrics_head(p, end,
+                                  "pushjobs_agent_channels_closed_total",
+                                  "counter", "Agent channels closed, by the "
+                                  "close code the server sent (none: the "
+                                  "connection broke or the agent left).");
+
+    for (i = 0; i < NGX_PUSHJOBS_CLOSE_CODES; i++) {
+        if (i == 0) {
+            p = ngx_slprintf(p, end, "pushjobs_agent_channels_closed_total"
+                             "{code=\"none\"} %A\n",
+                             c[NGX_PUSHJOBS_C_CHAN_CLOSED]);
+
+        } else if (i == NGX_PUSHJOBS_CLOSE_CODES - 1) {
+            p = ngx_slprintf(p, end, "pushjobs_agent_channels_closed_total"
+                             "{code=\"other\"} %A\n",
+                             c[NGX_PUSHJOBS_C_CHAN_CLOSED + i]);
+
+        } else {
+            p = ngx_slprintf(p, end, "pushjobs_agent_channels_closed_total"
+                             "{code=\"%ui\"} %A\n",
+                             ngx_pushjobs_close_code[i],
+                             c[NGX_PUSHJOBS_C_CHAN_CLOSED + i]);
+        }
+    }
+
+    /* jobs, feeds, output */
+
+    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_jobs_started_total",
+                                  "counter", "Jobs started by POST on this "
+                                  "front end.");
+    p = ngx_slprintf(p, end, "pushjobs_jobs_started_total %A\n",
+                     c[NGX_PUSHJOBS_C_JOBS_STARTED]);
+
+    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_feeds_open", "gauge",
+                                  "Server-Sent Events feeds open.");
+    p = ngx_slprintf(p, end, "pushjobs_feeds_open %A\n",
+                     ngx_pushjobs_metrics_gauge_sum(m, NGX_PUSHJOBS_G_FEEDS,
+                                                    NULL));
+
+    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_output_bytes_total",
+                                  "counter", "Bytes of captured job output "
+                                  "received from agents, streamed and in "
+                                  "final reports.");
+    p = ngx_slprintf(p, end, "pushjobs_output_bytes_total %A\n",
+                     c[NGX_PUSHJOBS_C_OUTPUT_BYTES]);
+
+    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_queue_overflows_total",
+                                  "counter", "Readers closed because their "
+                                  "output queue reached its cap, by kind "
+                                  "(their queued messages are dropped).");
+    p = ngx_slprintf(p, end, "pushjobs_queue_overflows_total{queue=\"feed\"}"
+                     " %A\npushjobs_queue_overflows_total{queue=\"agent\"}"
+                     " %A\n",
+                     c[NGX_PUSHJOBS_C_OVERFLOW_FEED],
+                     c[NGX_PUSHJOBS_C_OVERFLOW_AGENT]);
+
+    /* REST requests */
+
+    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_http_requests_total",
+                                  "counter", "Requests of the module's "
+                                  "locations, by route and status class.");
+
+    for (i = 0; i < NGX_PUSHJOBS_ROUTES; i++) {
+        for (k = 0; k < NGX_PUSHJOBS_CLASSES; k++) {
+            if (c[NGX_PUSHJOBS_C_HTTP + i * NGX_PUSHJOBS_CLASSES + k] == 0) {
+                continue;
+            }
+
+            p = ngx_slprintf(p, end, "pushjobs_http_requests_total"
+                             "{route=\"%s\",code=\"%s\"} %A\n",
+                             ngx_pushjobs_route_name[i],
+                             ngx_pushjobs_class_name[k],
+                             c[NGX_PUSHJOBS_C_HTTP
+                               + i * NGX_PUSHJOBS_CLASSES + k]);
+        }
+    }
+
+    p = ngx_pushjobs_metrics_head(p, end,
+                                  "pushjobs_http_request_duration_seconds",
+                                  "histogram", "Time from a request's "
+                                  "start to its end, by route; routes that "
+                                  "hold their connection (feeds, agent "
+                                  "channels) are not timed.");
+
+    for (i = 0; i < NGX_PUSHJOBS_ROUTES; i++) {
+        p = ngx_pushjobs_metrics_hist(p, end,
+                                      "pushjobs_http_request_duration_seconds",
+                                      ngx_pushjobs_route_name[i],
+                                      &m->hist[NGX_PUSHJOBS_H_HTTP + i]);
+    }
+
+    /* PostgreSQL */
+
+    p = ngx_pushjobs_metrics_head(p, end,
+                                  "pushjobs_postgres_connections_busy",
+                                  "gauge", "Pool connections running a "
+                                  "query.");
+    p = ngx_slprintf(p, end, "pushjobs_postgres_connections_busy %A\n",
+                     ngx_pushjobs_metrics_gauge_sum(m, NGX_PUSHJOBS_G_PG_BUSY,
+                                                    NULL));
+
+    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_postgres_queries_queued",
+                                  "gauge", "Queries waiting for a pool "
+                                  "connection.");
+    p = ngx_slprintf(p, end, "pushjobs_postgres_queries_queued %A\n",
+                     ngx_pushjobs_metrics_gauge_sum(m,
+                                                    NGX_PUSHJOBS_G_PG_QUEUED,
+                                                    NULL));
+
+    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_postgres_queries_total",
+                                  "counter", "Queries ended, by result "
+                                  "(error: PostgreSQL refused it; failed: "
+                                  "no answer, the connection lost or timed "
+                                  "out).");
+    p = ngx_slprintf(p, end,
+                     "pushjobs_postgres_queries_total{result=\"ok\"} %A\n"
+                     "pushjobs_postgres_queries_total{result=\"error\"} %A\n"
+                     "pushjobs_postgres_queries_total{result=\"failed\"} %A\n",
+                     c[NGX_PUSHJOBS_C_PG], c[NGX_PUSHJOBS_C_PG + 1],
+                     c[NGX_PUSHJOBS_C_PG + 2]);
+
+    p = ngx_pushjobs_metrics_head(p, end,
+                                  "pushjobs_postgres_query_duration_seconds",
+                                  "histogram", "Time from a query's sending "
+                                  "to its result.");
+    p = ngx_pushjobs_metrics_hist(p, end,
+                                  "pushjobs_postgres_query_duration_seconds",
+                                  NULL, &m->hist[NGX_PUSHJOBS_H_PG]);
+
+    /* the key cache and the Chef API */
+
+    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_key_cache_hits_total",
+                                  "counter", "Principal lookups answered by "
+                                  "the shared key cache.");
+    p = ngx_slprintf(p, end, "pushjobs_key_cache_hits_total %A\n",
+                     c[NGX_PUSHJOBS_C_KEY_HITS]);
+
+    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_key_cache_misses_total",
+                                  "counter", "Principal lookups the key "
+                                  "cache could not answer.");
+    p = ngx_slprintf(p, end, "pushjobs_key_cache_misses_total %A\n",
+                     c[NGX_PUSHJOBS_C_KEY_MISSES]);
+
+    p = ngx_pushjobs_metrics_head(p, end,
+                                  "pushjobs_key_cache_evictions_total",
+                                  "counter", "Key cache entries dropped "
+                                  "before their time to make room.");
+    p = ngx_slprintf(p, end, "pushjobs_key_cache_evictions_total %A\n",
+                     c[NGX_PUSHJOBS_C_KEY_EVICTIONS]);
+
+    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_chef_requests_total",
+                                  "counter", "Requests to the Chef server "
+                                  "API (principals, groups), by result.");
+    p = ngx_slprintf(p, end,
+                     "pushjobs_chef_requests_total{result=\"ok\"} %A\n"
+                     "pushjobs_chef_requests_total{result=\"error\"} %A\n"
+                     "pushjobs_chef_requests_total{result=\"timeout\"} %A\n",
+                     c[NGX_PUSHJOBS_C_CHEF], c[NGX_PUSHJOBS_C_CHEF + 1],
+                     c[NGX_PUSHJOBS_C_CHEF + 2]);
+
+    p = ngx_pushjobs_metrics_head(p, end,
+                                  "pushjobs_chef_request_duration_seconds",
+                                  "histogram", "Time of a request to the "
+                                  "Chef server API.");
+    p = ngx_pushjobs_metrics_hist(p, end,
+                                  "pushjobs_chef_request_duration_seconds",
+                                  NULL, &m->hist[NGX_PUSHJOBS_H_CHEF]);
+
+    if (p == end) {
+        /* ngx_slprintf() stops at end: the buffer is too small */
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "pushjobs: metrics do not fit in %uz bytes",
+                      (size_t) NGX_PUSHJOBS_METRICS_OUT);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = p;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type,
+                "text/plain; version=0.0.4; charset=utf-8");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+/* One histogram's lines; labels: the route, or NULL. */
+
+static u_char *
+ngx_pushjobs_metrics_hist(u_char *p, u_char *end, const char *name,
+    const char *route, ngx_pushjobs_hist_t *h)
+{
+    ngx_uint_t        b;
+    ngx_atomic_int_t  n, sum;
+
+    n = 0;
+
+    for (b = 0; b <= NGX_PUSHJOBS_BUCKETS; b++) {
+        n += h->bucket[b];
+    }
+
+    if (route && n == 0) {
+        /* a route never timed: no series */
+        return p;
+    }
+
+    n = 0;
+
+    for (b = 0; b <= NGX_PUSHJOBS_BUCKETS; b++) {
+        n += h->bucket[b];
+
+        if (route) {
+            p = ngx_slprintf(p, end, "%s_bucket{route=\"%s\",le=\"%s\"} %A\n",
+                             name, route,
+                             b < NGX_PUSHJOBS_BUCKETS
+                                 ? ngx_pushjobs_bucket_le[b] : "+Inf", n);
+
+        } else {
+            p = ngx_slprintf(p, end, "%s_bucket{le=\"%s\"} %A\n", name,
+                             b < NGX_PUSHJOBS_BUCKETS
+                                 ? ngx_pushjobs_bucket_le[b] : "+Inf", n);
+        }
+    }
+
+    sum = h->sum_ms;
+
+    if (route) {
+        p = ngx_slprintf(p, end, "%s_sum{route=\"%s\"} %A.%03A\n"
+                         "%s_count{route=\"%s\"} %A\n",
+                         name, route, sum / 1000, sum % 1000, name, route, n);
+
+    } else {
+        p = ngx_slprintf(p, end, "%s_sum %A.%03A\n%s_count %A\n",
+                         name, sum / 1000, sum % 1000, name, n);
+    }
+
+    return p;
+}
+
+
+/* A gauge summed over the slots of processes alive; procs: their count. */
+
+static ngx_atomic_int_t
+ngx_pushjobs_metrics_gauge_sum(ngx_pushjobs_metrics_t *m, ngx_uint_t g,
+    ngx_uint_t *procs)
+{
+    ngx_uint_t         i, n;
+    ngx_atomic_int_t   sum;
+    ngx_atomic_uint_t  pid;
+
+    sum = 0;
+    n = 0;
+
+    for (i = 0; i < NGX_PUSHJOBS_METRICS_SLOTS; i++) {
+        pid = m->slot[i].pid;
+
+        if (pid == 0
+            || (kill((pid_t) pid, 0) == -1 && ngx_errno == NGX_ESRCH))
+        {
+            continue;
+        }
+
+        n++;
+        sum += m->slot[i].gauge[g];
+    }
+
+    if (procs) {
+        *procs = n;
+    }
+
+    return sum;
+}
