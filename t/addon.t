@@ -294,6 +294,14 @@ ok chef_api_ok(), 'the Chef API still answers';
 ($rc, $out) = ctl('status');
 is $rc, 0, 'status: enabled' or diag $out;
 
+sub metrics_status {
+    return $stack->http->get($stack->url . '/pushy/_metrics')->{status};
+}
+my $mres = $stack->http->get($stack->url . '/pushy/_metrics');
+is $mres->{status}, 200, '/pushy/_metrics through the Chef nginx: open by '
+                         . 'default, like _status';
+like $mres->{content}, qr/^pushjobs_worker_processes \d+$/m, '  the metrics';
+
 # --- a job end to end through the Chef server's nginx -----------------------
 
 sub job_runs {
@@ -494,6 +502,32 @@ SKIP: {
     ($rc, $out) = ctl('--nginx-reload-cmd', 'true', 'reconfigure');
     is $rc, 0, 'back to a root nginx master: reconfigure' or diag $out;
     ok chef_restart(), '  nginx restarted';
+}
+
+# metrics_allow: who may scrape; others get nginx's 403
+{
+    my $rbfile = "$root/etc/pushjobs/pushjobs.rb";
+    my $keep = slurp($rbfile);
+    spew($rbfile, $keep . "metrics_allow '10.9.8.0/24, ::2'\n", 0644);
+    ($rc, $out) = ctl('reconfigure');
+    is $rc, 0, 'metrics_allow set: reconfigure' or diag $out;
+    like slurp("$pj/pushjobs_server.conf"),
+        qr{location = /pushy/_metrics \{\n    pushjobs_metrics;\n    allow 10\.9\.8\.0/24;\n    allow ::2;\n    deny all;\n}m,
+        '  allow lines and deny all in the location';
+    ok PushJobs::Stack::wait_for(20, sub { metrics_status() == 403 }),
+        '  a scrape from elsewhere: 403';
+    ok pushjobs_on(), '  _status still open';
+
+    spew($rbfile, $keep . "metrics_allow 'example.com'\n", 0644);
+    ($rc, $out) = ctl('reconfigure');
+    isnt $rc, 0, 'metrics_allow with a host name: refused';
+    like $out, qr/metrics_allow: expected "all" or addresses/, '  saying why';
+
+    spew($rbfile, $keep, 0644);
+    ($rc, $out) = ctl('reconfigure');
+    is $rc, 0, 'metrics_allow unset: reconfigure' or diag $out;
+    ok PushJobs::Stack::wait_for(20, sub { metrics_status() == 200 }),
+        '  open again';
 }
 
 ($rc, $out) = ctl('disable', '--purge');
