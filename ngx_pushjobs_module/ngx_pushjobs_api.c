@@ -43,6 +43,10 @@
 
 #define NGX_PUSHJOBS_ROUTE_STATUS        11
 #define NGX_PUSHJOBS_ROUTE_AGENT_POLL    12
+/* 13: /pushy/_metrics (ngx_pushjobs_module.h) */
+#define NGX_PUSHJOBS_ROUTE_JOB_LINK      14
+#define NGX_PUSHJOBS_ROUTE_ORG_LINK      15
+#define NGX_PUSHJOBS_ROUTE_UI            16
 
 #define NGX_HTTP_PUSHJOBS_NOT_ACCEPTABLE    406
 
@@ -93,6 +97,10 @@ struct ngx_pushjobs_api_ctx_s {
     ngx_str_t                   id;
     ngx_str_t                   node;
     ngx_str_t                   channel;
+    ngx_str_t                   file;
+
+    /* the life of a link asked for (GET …/link) */
+    time_t                      link_ttl;
 
     ngx_str_t                   body;
 
@@ -157,6 +165,23 @@ static ngx_int_t ngx_pushjobs_api_abort(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_metrics(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_link(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_link_result(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, PGresult *res);
+static ngx_int_t ngx_pushjobs_api_link_send(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_link_url(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, ngx_str_t *job, time_t ttl, ngx_str_t *url,
+    ngx_str_t *token_out, time_t *expires_out);
+static ngx_int_t ngx_pushjobs_api_bearer(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, ngx_str_t *token);
+static ngx_int_t ngx_pushjobs_api_ui(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_uint_t ngx_pushjobs_api_wants_page(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx);
+static ngx_int_t ngx_pushjobs_api_base_url(ngx_http_request_t *r,
+    ngx_str_t *base);
 static ngx_int_t ngx_pushjobs_api_status(ngx_http_request_t *r,
     ngx_pushjobs_api_ctx_t *ctx);
 static ngx_int_t ngx_pushjobs_api_config(ngx_http_request_t *r,
@@ -190,6 +215,19 @@ static ngx_pushjobs_api_route_t  ngx_pushjobs_api_routes[] = {
     { NGX_PUSHJOBS_ROUTE_JOB, { "jobs", ":id", NULL },
       NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL,
       ngx_pushjobs_api_job },
+
+    /* read-only links for browsers, and the pages' files */
+    { NGX_PUSHJOBS_ROUTE_JOB_LINK, { "jobs", ":id", "link", NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL,
+      ngx_pushjobs_api_link },
+
+    { NGX_PUSHJOBS_ROUTE_ORG_LINK, { "link", NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_GROUPS, 0, NULL,
+      ngx_pushjobs_api_link },
+
+    { NGX_PUSHJOBS_ROUTE_UI, { "_ui", ":file", NULL },
+      NGX_HTTP_GET|NGX_HTTP_HEAD, NGX_PUSHJOBS_AUTHZ_NONE, 0, NULL,
+      ngx_pushjobs_api_ui },
 
     { NGX_PUSHJOBS_ROUTE_ABORT, { "jobs", ":id", "abort", NULL },
       NGX_HTTP_POST, NGX_PUSHJOBS_AUTHZ_GROUPS, 0,
@@ -247,6 +285,7 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
     ngx_pushjobs_api_ctx_t      *ctx;
     ngx_pushjobs_loc_conf_t     *plcf;
     ngx_pushjobs_main_conf_t    *pmcf;
+    ngx_str_t                    page;
     ngx_pushjobs_metrics_req_t  *track;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
@@ -292,6 +331,25 @@ ngx_pushjobs_api_handler(ngx_http_request_t *r)
 
     if (!(r->method & ctx->methods)) {
         return ngx_pushjobs_api_method_not_allowed(r, ctx);
+    }
+
+    if (ngx_pushjobs_api_wants_page(r, ctx)) {
+        /* a browser: the static page, which reads the data itself */
+
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (ctx->route == NGX_PUSHJOBS_ROUTE_JOB) {
+            ngx_str_set(&page, "job.html");
+
+        } else {
+            ngx_str_set(&page, "jobs.html");
+        }
+
+        track->route = NGX_PUSHJOBS_ROUTE_UI;
+
+        return ngx_pushjobs_ui_send(r, &page);
     }
 
 #if (NGX_HTTP_V2)
@@ -499,6 +557,9 @@ ngx_pushjobs_api_route_match(ngx_pushjobs_api_route_t *rt, ngx_str_t *seg,
 
         } else if (ngx_strcmp(pat, ":channel") == 0) {
             ctx->channel = seg[i];
+
+        } else if (ngx_strcmp(pat, ":file") == 0) {
+            ctx->file = seg[i];
         }
     }
 
@@ -551,6 +612,8 @@ static void
 ngx_pushjobs_api_body_handler(ngx_http_request_t *r)
 {
     ngx_int_t                rc;
+    ngx_str_t                token;
+    ngx_table_elt_t         *h;
     ngx_pushjobs_api_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_pushjobs_module);
@@ -563,6 +626,27 @@ ngx_pushjobs_api_body_handler(ngx_http_request_t *r)
      */
 
     if (rc != NGX_OK || r->header_sent) {
+        goto done;
+    }
+
+    /* a browser's read-only link instead of a Chef signature */
+
+    h = ngx_pushjobs_header(r, "Authorization");
+
+    if (h && h->value.len >= sizeof("Bearer ") - 1
+        && ngx_strncasecmp(h->value.data, (u_char *) "Bearer ",
+                           sizeof("Bearer ") - 1) == 0
+        && ctx->authz.rule != NGX_PUSHJOBS_AUTHZ_NONE)
+    {
+        token.data = h->value.data + sizeof("Bearer ") - 1;
+        token.len = h->value.len - (sizeof("Bearer ") - 1);
+
+        rc = ngx_pushjobs_api_bearer(r, ctx, &token);
+
+        if (rc == NGX_OK && !r->header_sent) {
+            rc = ngx_pushjobs_api_content(r, ctx);
+        }
+
         goto done;
     }
 
@@ -1222,9 +1306,11 @@ static ngx_int_t
 ngx_pushjobs_api_created(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
     PGresult *res)
 {
-    u_char           *p;
-    ngx_str_t         id, scheme, host, uri, body;
-    ngx_table_elt_t  *h;
+    u_char                    *p;
+    ngx_int_t                  rc;
+    ngx_str_t                  id, base, uri, body, link;
+    ngx_table_elt_t           *h;
+    ngx_pushjobs_main_conf_t  *pmcf;
 
     if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
         return ngx_pushjobs_api_db_error(r, res);
@@ -1233,40 +1319,20 @@ ngx_pushjobs_api_created(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
     id.data = (u_char *) PQgetvalue(res, 0, 0);
     id.len = PQgetlength(res, 0, 0);
 
-    h = ngx_pushjobs_header(r, "X-Forwarded-Proto");
-
-    if (h && h->value.len) {
-        scheme = h->value;
-
-    } else {
-#if (NGX_HTTP_SSL)
-        if (r->connection->ssl) {
-            ngx_str_set(&scheme, "https");
-        } else
-#endif
-        {
-            ngx_str_set(&scheme, "http");
-        }
+    if (ngx_pushjobs_api_base_url(r, &base) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (r->headers_in.host) {
-        host = r->headers_in.host->value;
-
-    } else {
-        host = r->headers_in.server;
-    }
-
-    uri.len = scheme.len + sizeof("://") - 1 + host.len
-              + sizeof("/organizations//pushy/jobs/") - 1 + ctx->org.len
-              + id.len;
+    uri.len = base.len + sizeof("/organizations//pushy/jobs/") - 1
+              + ctx->org.len + id.len;
 
     uri.data = ngx_pnalloc(r->pool, uri.len);
     if (uri.data == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    p = ngx_sprintf(uri.data, "%V://%V/organizations/%V/pushy/jobs/%V",
-                    &scheme, &host, &ctx->org, &id);
+    p = ngx_sprintf(uri.data, "%V/organizations/%V/pushy/jobs/%V",
+                    &base, &ctx->org, &id);
     uri.len = p - uri.data;
 
     h = ngx_list_push(&r->headers_out.headers);
@@ -1277,6 +1343,35 @@ ngx_pushjobs_api_created(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
     h->hash = 1;
     ngx_str_set(&h->key, "Location");
     h->value = uri;
+
+    /* the job's page, for a browser (none while there is no link key) */
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    rc = ngx_pushjobs_api_link_url(r, ctx, &id, pmcf->link_ttl, &link,
+                                   NULL, NULL);
+
+    if (rc == NGX_OK) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Link");
+        h->value.len = link.len + sizeof("<>; rel=\"alternate\"; "
+                                         "type=\"text/html\"") - 1;
+        h->value.data = ngx_pnalloc(r->pool, h->value.len);
+        if (h->value.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_sprintf(h->value.data, "<%V>; rel=\"alternate\"; "
+                    "type=\"text/html\"", &link);
+
+    } else if (rc != NGX_DECLINED) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     body.len = sizeof("{\"uri\":\"\"}") - 1
                + ngx_pushjobs_json_escape_len(uri.data, uri.len);
@@ -1632,3 +1727,324 @@ ngx_pushjobs_status_handler(ngx_http_request_t *r)
 {
     return ngx_pushjobs_api_handler(r);
 }
+
+
+/*
+ * The scheme and host the client used, "https://chef.example.com": for
+ * the URLs the API answers with.
+ */
+
+static ngx_int_t
+ngx_pushjobs_api_base_url(ngx_http_request_t *r, ngx_str_t *base)
+{
+    ngx_str_t         scheme, host;
+    ngx_table_elt_t  *h;
+
+    h = ngx_pushjobs_header(r, "X-Forwarded-Proto");
+
+    if (h && h->value.len) {
+        scheme = h->value;
+
+    } else {
+#if (NGX_HTTP_SSL)
+        if (r->connection->ssl) {
+            ngx_str_set(&scheme, "https");
+        } else
+#endif
+        {
+            ngx_str_set(&scheme, "http");
+        }
+    }
+
+    if (r->headers_in.host) {
+        host = r->headers_in.host->value;
+
+    } else {
+        host = r->headers_in.server;
+    }
+
+    base->len = scheme.len + sizeof("://") - 1 + host.len;
+    base->data = ngx_pnalloc(r->pool, base->len);
+    if (base->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(base->data, "%V://%V", &scheme, &host);
+
+    return NGX_OK;
+}
+
+
+/*
+ * A browser asking for a job or the job list, not an API client: the
+ * page.  API clients sign (X-Ops-*) or hold a link (Authorization) and ask
+ * for JSON; a browser's navigation accepts text/html.
+ */
+
+static ngx_uint_t
+ngx_pushjobs_api_wants_page(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx)
+{
+    ngx_table_elt_t  *h;
+
+    if ((ctx->route != NGX_PUSHJOBS_ROUTE_JOB
+         && ctx->route != NGX_PUSHJOBS_ROUTE_JOBS)
+        || !(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))
+        || ngx_pushjobs_header(r, "X-Ops-Sign")
+        || ngx_pushjobs_header(r, "X-Ops-UserId")
+        || ngx_pushjobs_header(r, "Authorization"))
+    {
+        return 0;
+    }
+
+    h = ngx_pushjobs_header(r, "Accept");
+
+    return h && ngx_strlcasestrn(h->value.data, h->value.data + h->value.len,
+                                 (u_char *) "text/html",
+                                 sizeof("text/html") - 1 - 1)
+                != NULL;
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_ui(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    return ngx_pushjobs_ui_send(r, &ctx->file);
+}
+
+
+/*
+ * A request holding a link (Authorization: Bearer TOKEN): it may read
+ * the job the link is for, or any job of the org and the org's list and
+ * feed for an org link; nothing else.  The token is never logged.
+ */
+
+static ngx_int_t
+ngx_pushjobs_api_bearer(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
+    ngx_str_t *token)
+{
+    ngx_int_t    rc;
+    ngx_str_t    job;
+    const char  *err;
+
+    while (token->len && token->data[0] == ' ') {
+        token->data++;
+        token->len--;
+    }
+
+    if (r->method == NGX_HTTP_POST
+        || (ctx->route != NGX_PUSHJOBS_ROUTE_JOB
+            && ctx->route != NGX_PUSHJOBS_ROUTE_JOBS
+            && ctx->route != NGX_PUSHJOBS_ROUTE_OUTPUT
+            && ctx->route != NGX_PUSHJOBS_ROUTE_JOB_FEED
+            && ctx->route != NGX_PUSHJOBS_ROUTE_FEED))
+    {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_FORBIDDEN, 1,
+                                       "a job link only reads jobs");
+    }
+
+    err = NULL;
+
+    rc = ngx_pushjobs_link_check(token, &ctx->org, &job, &err);
+
+    if (rc == NGX_AGAIN) {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, 1,
+                                       "job links are not available yet, "
+                                       "try again");
+    }
+
+    if (rc != NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "pushjobs: job link refused in \"%V\": %s",
+                      &ctx->org, err);
+
+        return ngx_pushjobs_json_error(r, NGX_HTTP_UNAUTHORIZED, 1, "%s",
+                                       err);
+    }
+
+    if (!(job.len == 1 && job.data[0] == '*')) {
+
+        if (ctx->route == NGX_PUSHJOBS_ROUTE_JOBS
+            || ctx->route == NGX_PUSHJOBS_ROUTE_FEED)
+        {
+            return ngx_pushjobs_json_error(r, NGX_HTTP_FORBIDDEN, 1,
+                                           "this link is for one job");
+        }
+
+        if (job.len != ctx->id.len
+            || ngx_strncmp(job.data, ctx->id.data, job.len) != 0)
+        {
+            return ngx_pushjobs_json_error(r, NGX_HTTP_FORBIDDEN, 1,
+                                           "this link is for another job");
+        }
+    }
+
+    ngx_str_set(&ctx->authz.user, "(link)");
+
+    return NGX_OK;
+}
+
+
+/*
+ * GET jobs/ID/link and GET link: a reader's read-only link for a browser,
+ * {"url","token","expires_at"}, valid ?ttl= seconds (1 to 7 days,
+ * default pushjobs_link_ttl).
+ */
+
+static ngx_int_t
+ngx_pushjobs_api_link(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx)
+{
+    ngx_int_t                  rc;
+    ngx_str_t                  arg, params[2];
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    ctx->link_ttl = pmcf->link_ttl;
+
+    rc = ngx_pushjobs_api_number_arg(r, "ttl", 1, 604800, &arg);
+
+    if (rc == NGX_OK) {
+        ctx->link_ttl = ngx_atoi(arg.data, arg.len);
+
+    } else if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (ctx->route == NGX_PUSHJOBS_ROUTE_ORG_LINK) {
+        return ngx_pushjobs_api_link_send(r, ctx);
+    }
+
+    params[0] = ctx->org;
+    params[1] = ctx->id;
+
+    return ngx_pushjobs_api_query(r, ctx,
+                                  "SELECT 1 FROM pushjobs.jobs"
+                                  " WHERE org = $1 AND id = $2",
+                                  2, params, ngx_pushjobs_api_link_result);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_link_result(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx, PGresult *res)
+{
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        return ngx_pushjobs_api_db_error(r, res);
+    }
+
+    if (PQntuples(res) != 1) {
+        return ngx_pushjobs_api_not_found(r);
+    }
+
+    return ngx_pushjobs_api_link_send(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_pushjobs_api_link_send(ngx_http_request_t *r,
+    ngx_pushjobs_api_ctx_t *ctx)
+{
+    u_char     *p;
+    time_t      expires;
+    ngx_tm_t    tm;
+    ngx_int_t   rc;
+    ngx_str_t   url, token, body, job;
+
+    if (ctx->route == NGX_PUSHJOBS_ROUTE_JOB_LINK) {
+        job = ctx->id;
+
+    } else {
+        ngx_str_null(&job);
+    }
+
+    rc = ngx_pushjobs_api_link_url(r, ctx, &job, ctx->link_ttl, &url, &token,
+                                   &expires);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_pushjobs_json_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, 1,
+                                       "job links are not available yet, "
+                                       "try again");
+    }
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_gmtime(expires, &tm);
+
+    body.len = sizeof("{\"url\":\"\",\"token\":\"\",\"expires_at\":\""
+                      "YYYY-MM-DDTHH:MM:SSZ\"}") - 1
+               + ngx_pushjobs_json_escape_len(url.data, url.len)
+               + token.len;
+    body.data = ngx_pnalloc(r->pool, body.len);
+    if (body.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_cpymem(body.data, "{\"url\":\"", sizeof("{\"url\":\"") - 1);
+    p = ngx_pushjobs_json_escape_copy(p, url.data, url.len);
+    p = ngx_sprintf(p, "\",\"token\":\"%V\",\"expires_at\":"
+                    "\"%4d-%02d-%02dT%02d:%02d:%02dZ\"}", &token,
+                    tm.ngx_tm_year, tm.ngx_tm_mon, tm.ngx_tm_mday,
+                    tm.ngx_tm_hour, tm.ngx_tm_min, tm.ngx_tm_sec);
+    body.len = p - body.data;
+
+    return ngx_pushjobs_json_send(r, NGX_HTTP_OK, &body);
+}
+
+
+/*
+ * The page's URL with a new token in its fragment: the job's page, or the
+ * org's list for an empty job.  NGX_DECLINED while there is no link key.
+ */
+
+static ngx_int_t
+ngx_pushjobs_api_link_url(ngx_http_request_t *r, ngx_pushjobs_api_ctx_t *ctx,
+    ngx_str_t *job, time_t ttl, ngx_str_t *url, ngx_str_t *token_out,
+    time_t *expires_out)
+{
+    u_char     *p;
+    time_t      expires;
+    ngx_int_t   rc;
+    ngx_str_t   base, token;
+
+    expires = ngx_time() + ttl;
+
+    rc = ngx_pushjobs_link_make(r->pool, &ctx->org, job, expires, &token);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (ngx_pushjobs_api_base_url(r, &base) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    url->len = base.len + sizeof("/organizations//pushy/jobs/#token=") - 1
+               + ctx->org.len + job->len + token.len;
+    url->data = ngx_pnalloc(r->pool, url->len);
+    if (url->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_sprintf(url->data, "%V/organizations/%V/pushy/jobs", &base,
+                    &ctx->org);
+
+    if (job->len) {
+        p = ngx_sprintf(p, "/%V", job);
+    }
+
+    p = ngx_sprintf(p, "#token=%V", &token);
+    url->len = p - url->data;
+
+    if (token_out) {
+        *token_out = token;
+    }
+
+    if (expires_out) {
+        *expires_out = expires;
+    }
+
+    return NGX_OK;
+}
+

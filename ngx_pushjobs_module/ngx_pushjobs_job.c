@@ -133,6 +133,10 @@ ngx_pushjobs_job_connected(void)
 {
     ngx_pushjobs_feed_catch_up();
 
+    if (ngx_pushjobs_worker && ngx_pushjobs_worker->link_key_id == 0) {
+        ngx_pushjobs_link_key_load();
+    }
+
     if (ngx_pushjobs_pg_query("SELECT org, job_id, kind"
                               " FROM pushjobs.recent_jobs()",
                               0, NULL, ngx_pushjobs_job_recent_done, NULL)

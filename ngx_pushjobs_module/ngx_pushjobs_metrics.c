@@ -80,7 +80,7 @@ static char  *ngx_pushjobs_bucket_le[NGX_PUSHJOBS_BUCKETS] = {
 static char  *ngx_pushjobs_route_name[NGX_PUSHJOBS_ROUTES] = {
     "none", "jobs", "job", "output", "abort", "node_states", "node_state",
     "config", "job_status_feed", "job_feed", "agent", "status",
-    "agent_poll", "metrics"
+    "agent_poll", "metrics", "job_link", "org_link", "ui"
 };
 
 static char  *ngx_pushjobs_class_name[NGX_PUSHJOBS_CLASSES] = {

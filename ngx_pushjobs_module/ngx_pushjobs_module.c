@@ -221,6 +221,20 @@ static ngx_command_t  ngx_pushjobs_commands[] = {
       offsetof(ngx_pushjobs_main_conf_t, max_output_size),
       NULL },
 
+    { ngx_string("pushjobs_ui"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, ui_dir),
+      NULL },
+
+    { ngx_string("pushjobs_link_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, link_ttl),
+      NULL },
+
     { ngx_string("pushjobs_max_queued_output"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -304,6 +318,7 @@ ngx_pushjobs_create_main_conf(ngx_conf_t *cf)
     pmcf->max_body_size = NGX_CONF_UNSET_SIZE;
     pmcf->max_output_size = NGX_CONF_UNSET_SIZE;
     pmcf->max_queued_output = NGX_CONF_UNSET_SIZE;
+    pmcf->link_ttl = NGX_CONF_UNSET;
 
     return pmcf;
 }
@@ -331,6 +346,17 @@ ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_size_value(pmcf->max_body_size, 1000000);
     ngx_conf_init_size_value(pmcf->max_output_size, 256 * 1024);
     ngx_conf_init_size_value(pmcf->max_queued_output, 4 * 1024 * 1024);
+    ngx_conf_init_value(pmcf->link_ttl, 3600);
+
+    if (pmcf->link_ttl < 60 || pmcf->link_ttl > 604800) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"pushjobs_link_ttl\" must be 60s to 7d");
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_pushjobs_ui_conf(cf, pmcf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     if (pmcf->chef_location.len == 0) {
         ngx_str_set(&pmcf->chef_location, "/_pushjobs_chef");

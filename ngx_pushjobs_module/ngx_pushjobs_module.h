@@ -138,6 +138,11 @@ typedef struct {
     size_t                      max_output_size;
     size_t                      max_queued_output;
 
+    /* the pages and the read-only links (ngx_pushjobs_link.c) */
+    ngx_str_t                   ui_dir;
+    ngx_array_t                *ui_files;    /* ngx_pushjobs_ui_file_t */
+    time_t                      link_ttl;
+
     /* a UUID v4 per configuration load, shown by /pushy/_status */
     ngx_str_t                   incarnation;
 
@@ -148,6 +153,13 @@ typedef struct {
 typedef struct {
     ngx_uint_t                  serve;
 } ngx_pushjobs_loc_conf_t;
+
+
+typedef struct {
+    ngx_str_t                   name;
+    ngx_str_t                   type;
+    ngx_str_t                   body;
+} ngx_pushjobs_ui_file_t;
 
 
 /* Chef request authentication (ngx_pushjobs_auth.c). */
@@ -432,6 +444,10 @@ struct ngx_pushjobs_worker_s {
     /* the batched writes (ngx_pushjobs_store.c) */
     ngx_pushjobs_store_t       *store;
 
+    /* the key of read-only links, once PostgreSQL gave it; id 0: none */
+    u_char                      link_key[32];
+    ngx_uint_t                  link_key_id;
+
     /* the front end's metrics and this worker's gauges in them */
     void                       *metrics;
     ngx_atomic_t               *metrics_slot;
@@ -473,7 +489,7 @@ struct ngx_pushjobs_worker_s {
  * gauges in shared memory, by number.
  */
 
-#define NGX_PUSHJOBS_ROUTES            14  /* ngx_pushjobs_api.c's, and 0 */
+#define NGX_PUSHJOBS_ROUTES            17  /* ngx_pushjobs_api.c's, and 0 */
 #define NGX_PUSHJOBS_ROUTE_METRICS     13
 #define NGX_PUSHJOBS_CLASSES           6   /* none, 1xx ... 5xx */
 #define NGX_PUSHJOBS_CLOSE_CODES       12  /* none, 10 codes, other */
@@ -524,6 +540,15 @@ ngx_table_elt_t *ngx_pushjobs_header_in(ngx_http_request_t *r, u_char *name,
     size_t len);
 #define ngx_pushjobs_header(r, name)                                         \
     ngx_pushjobs_header_in(r, (u_char *) name, sizeof(name) - 1)
+
+/* ngx_pushjobs_link.c */
+void ngx_pushjobs_link_key_load(void);
+ngx_int_t ngx_pushjobs_link_make(ngx_pool_t *pool, ngx_str_t *org,
+    ngx_str_t *job, time_t expires, ngx_str_t *token);
+ngx_int_t ngx_pushjobs_link_check(ngx_str_t *token, ngx_str_t *org,
+    ngx_str_t *job, const char **err);
+char *ngx_pushjobs_ui_conf(ngx_conf_t *cf, ngx_pushjobs_main_conf_t *pmcf);
+ngx_int_t ngx_pushjobs_ui_send(ngx_http_request_t *r, ngx_str_t *name);
 
 /* ngx_pushjobs_metrics.c */
 typedef struct {

@@ -2258,6 +2258,23 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 
+-- The key of read-only job links: the first candidate stored wins, every
+-- worker of every front end gets the current key (id, hex).
+CREATE OR REPLACE FUNCTION pushjobs.link_key(p_candidate bytea)
+RETURNS TABLE (id integer, secret text)
+LANGUAGE sql AS $$
+    INSERT INTO pushjobs.link_keys (id, secret)
+    SELECT 1, p_candidate
+     WHERE NOT EXISTS (SELECT 1 FROM pushjobs.link_keys)
+    ON CONFLICT DO NOTHING;
+
+    SELECT k.id, encode(k.secret, 'hex')
+      FROM pushjobs.link_keys k
+     ORDER BY k.id DESC
+     LIMIT 1;
+$$;
+
+
 -- org_event_commit_order() runs at the commit of each new org event
 DROP TRIGGER IF EXISTS org_events_commit_order ON pushjobs.org_events;
 CREATE CONSTRAINT TRIGGER org_events_commit_order

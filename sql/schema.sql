@@ -189,3 +189,13 @@ CREATE INDEX presence_owner ON pushjobs.presence (owner) WHERE online;
 -- the sweeper's lost channels: recent changes to offline
 CREATE INDEX presence_offline ON pushjobs.presence (changed_at)
     WHERE NOT online;
+
+-- The key of read-only job links (HMAC-SHA256), shared by the front ends:
+-- link_key() stores the first worker's candidate.  Deleting the rows and
+-- reloading every front end makes a new key (every link made with the old
+-- one stops working).
+CREATE TABLE pushjobs.link_keys (
+    id               integer PRIMARY KEY CHECK (id > 0),
+    secret           bytea NOT NULL CHECK (length(secret) = 32),
+    created_at       timestamptz NOT NULL DEFAULT now()
+);

@@ -19,7 +19,8 @@ my $JSON = JSON::PP->new->allow_nonref;
 # open(stack, path, user => 'alice', fe => 'fe1', last_event_id => 'job-3',
 #      accept => 'text/event-stream' (undef: no Accept header),
 #      headers => {...}, method => 'GET', sock => a TLS socket to use,
-#      raw => 1: leave each event's data undecoded (no ->{json}))
+#      raw => 1: leave each event's data undecoded (no ->{json}),
+#      unsigned => 1: no Chef signature headers)
 # Returns the reader once the response head is in; ->status, ->header(NAME).
 sub open {
     my ($class, $stack, $path, %a) = @_;
@@ -36,10 +37,11 @@ sub open {
         Host => '127.0.0.1:' . $stack->port($fe),
         (exists $a{accept} ? (Accept => $a{accept})
                            : (Accept => 'text/event-stream')),
-        %{ $stack->sign(method => $method, path => $path,
-                        user => $a{user} // 'alice',
-                        version => $a{version} // '1.1',
-                        api_version => '2') },
+        %{ $a{unsigned} ? {}
+           : $stack->sign(method => $method, path => $path,
+                          user => $a{user} // 'alice',
+                          version => $a{version} // '1.1',
+                          api_version => '2') },
         'X-Ops-Server-API-Version' => 2,
         (defined $a{last_event_id}
             ? ('Last-Event-ID' => $a{last_event_id}) : ()),

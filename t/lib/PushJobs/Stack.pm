@@ -73,6 +73,7 @@ sub new {
             [ '^sleep ([0-9]+)$', 'sleep \\1' ],
         ],
         nginx_extra => $opt{nginx_extra} // '',
+        ui => $opt{ui},
         # the front ends' listener also speaks HTTP/2 (ALPN h2)
         http2     => $opt{http2} // 0,
         # the key cache's parameters, e.g. 'ttl=2s stale=10s'
@@ -520,6 +521,7 @@ http {
     pushjobs_chef_user pivotal;
     pushjobs_chef_key $self->{users}{pivotal}{key};
     pushjobs_server_name $fe;
+@{[ $self->ui_directive ]}
 $self->{nginx_extra}
     server {
         listen 127.0.0.1:$port ssl@{[ $self->{http2} ? ' http2' : '' ]} reuseport;
@@ -568,6 +570,14 @@ EOF
 # start_nginx([NAME], [server_extra => TEXT]): a front end, fe1 unless
 # named; its files live in DIR/NAME (nginx.conf, error.log, access.log).
 # server_extra goes into its server block, before the pushy location.
+# The job pages (pushjobs_ui): the repository's ui/ unless the test gives
+# its own directory (ui => DIR), none when neither exists.
+sub ui_directive {
+    my ($self) = @_;
+    my $dir = $self->{ui} // "$ROOT/ui";
+    return -d $dir ? "pushjobs_ui $dir;" : '';
+}
+
 sub start_nginx {
     my ($self, $fe, %opt) = @_;
     $fe //= 'fe1';
