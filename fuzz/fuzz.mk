@@ -46,13 +46,14 @@ FUZZ_AGENT     := $(filter-out agent/main.c,$(AGENT_SRCS))
 
 # The harnesses.
 
-FUZZ_HARNESSES := ws auth keys session agent_ws agent_poll agent_proto \
-                  agent_config agent_whitelist privsep
+FUZZ_HARNESSES := ws auth keys session link agent_ws agent_poll \
+                  agent_proto agent_config agent_whitelist privsep
 
 fuzz_ws_SRCS              := fuzz/ws.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
 fuzz_auth_SRCS            := fuzz/auth.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
 fuzz_keys_SRCS            := fuzz/keys.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
 fuzz_session_SRCS         := fuzz/session.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
+fuzz_link_SRCS            := fuzz/link.c fuzz/ngx_fuzz.c $(FUZZ_NGX_LIB)
 fuzz_agent_ws_SRCS        := fuzz/agent_ws.c fuzz/agent_fuzz.c $(FUZZ_AGENT)
 fuzz_agent_poll_SRCS      := fuzz/agent_poll.c fuzz/agent_fuzz.c $(FUZZ_AGENT)
 fuzz_agent_proto_SRCS     := fuzz/agent_proto.c fuzz/agent_fuzz.c \
