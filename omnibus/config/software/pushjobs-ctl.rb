@@ -34,4 +34,6 @@ build do
   sync "migrations", "#{install_dir}/embedded/share/migrations"
   # The changes include the schema and functions as ../../sql/*.sql.
   sync "sql", "#{install_dir}/embedded/share/sql"
+  # The job pages the module serves (pushjobs_ui).
+  sync "ui", "#{install_dir}/embedded/share/ui"
 end
