@@ -45,7 +45,7 @@
 
 static void ngx_pushjobs_link_key_done(void *data, PGresult *res);
 static ngx_int_t ngx_pushjobs_link_mac(ngx_pushjobs_worker_t *w,
-    u_char *text, size_t len, u_char *mac);
+    u_char *text, size_t len, u_char *out);
 static ngx_int_t ngx_pushjobs_ui_load_file(ngx_conf_t *cf,
     ngx_pushjobs_main_conf_t *pmcf, ngx_str_t *name);
 static ngx_uint_t ngx_pushjobs_ui_valid_name(u_char *name, size_t len);
@@ -140,9 +140,7 @@ ngx_pushjobs_link_make(ngx_pool_t *pool, ngx_str_t *org, ngx_str_t *job,
     time_t expires, ngx_str_t *token)
 {
     u_char                 *p;
-    ngx_str_t               mac, raw;
     ngx_pushjobs_worker_t  *w;
-    u_char                  digest[EVP_MAX_MD_SIZE];
 
     w = ngx_pushjobs_worker;
 
@@ -172,21 +170,15 @@ ngx_pushjobs_link_make(ngx_pool_t *pool, ngx_str_t *org, ngx_str_t *job,
 
     p = ngx_sprintf(p, ".%T", expires);
 
-    if (ngx_pushjobs_link_mac(w, token->data, p - token->data, digest)
+    if (ngx_pushjobs_link_mac(w, token->data, p - token->data, p + 1)
         != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    *p++ = '.';
+    *p = '.';
 
-    raw.data = digest;
-    raw.len = 32;
-    mac.data = p;
-    ngx_encode_base64url(&mac, &raw);
-    p += mac.len;
-
-    token->len = p - token->data;
+    token->len = p + 1 + NGX_PUSHJOBS_LINK_MAC_LEN - token->data;
 
     return NGX_OK;
 }
@@ -207,9 +199,7 @@ ngx_pushjobs_link_check(ngx_str_t *token, ngx_str_t *org, ngx_str_t *job,
     time_t                  expires;
     ngx_int_t               kid;
     ngx_uint_t              n;
-    ngx_str_t               mac, raw;
     ngx_pushjobs_worker_t  *w;
-    u_char                  digest[EVP_MAX_MD_SIZE];
     u_char                  want[NGX_PUSHJOBS_LINK_MAC_LEN + 4];
 
     w = ngx_pushjobs_worker;
@@ -262,18 +252,8 @@ ngx_pushjobs_link_check(ngx_str_t *token, ngx_str_t *org, ngx_str_t *job,
 
     /* the MAC first: nothing else of the token is believed before it */
 
-    if (ngx_pushjobs_link_mac(w, token->data, f[5] - 1 - token->data, digest)
-        != NGX_OK)
-    {
-        return NGX_DECLINED;
-    }
-
-    raw.data = digest;
-    raw.len = 32;
-    mac.data = want;
-    ngx_encode_base64url(&mac, &raw);
-
-    if (mac.len != NGX_PUSHJOBS_LINK_MAC_LEN
+    if (ngx_pushjobs_link_mac(w, token->data, f[5] - 1 - token->data, want)
+        != NGX_OK
         || CRYPTO_memcmp(want, f[5], NGX_PUSHJOBS_LINK_MAC_LEN) != 0)
     {
         return NGX_DECLINED;
@@ -302,22 +282,31 @@ ngx_pushjobs_link_check(ngx_str_t *token, ngx_str_t *org, ngx_str_t *job,
 }
 
 
+/* The MAC of text, base64url: NGX_PUSHJOBS_LINK_MAC_LEN bytes at out. */
+
 static ngx_int_t
 ngx_pushjobs_link_mac(ngx_pushjobs_worker_t *w, u_char *text, size_t len,
-    u_char *mac)
+    u_char *out)
 {
     unsigned int  n;
+    ngx_str_t     mac, raw;
+    u_char        digest[EVP_MAX_MD_SIZE];
 
     n = 0;
 
     if (HMAC(EVP_sha256(), w->link_key, NGX_PUSHJOBS_LINK_KEY_LEN, text, len,
-             mac, &n)
+             digest, &n)
         == NULL || n != 32)
     {
         return NGX_ERROR;
     }
 
-    return NGX_OK;
+    raw.data = digest;
+    raw.len = n;
+    mac.data = out;
+    ngx_encode_base64url(&mac, &raw);
+
+    return mac.len == NGX_PUSHJOBS_LINK_MAC_LEN ? NGX_OK : NGX_ERROR;
 }
 
 

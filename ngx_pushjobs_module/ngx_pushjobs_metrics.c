@@ -57,6 +57,10 @@ typedef struct {
 static ngx_int_t ngx_pushjobs_metrics_init_zone(ngx_shm_zone_t *zone,
     void *data);
 static void ngx_pushjobs_metrics_request(void *data);
+typedef struct ngx_pushjobs_metric_s  ngx_pushjobs_metric_t;
+
+static u_char *ngx_pushjobs_metrics_samples(u_char *p, u_char *end,
+    ngx_pushjobs_metrics_t *m, ngx_pushjobs_metric_t *mt);
 static u_char *ngx_pushjobs_metrics_hist(u_char *p, u_char *end,
     const char *name, const char *labels, ngx_pushjobs_hist_t *h);
 static ngx_atomic_int_t ngx_pushjobs_metrics_gauge_sum(
@@ -386,21 +390,146 @@ ngx_pushjobs_metrics_request(void *data)
 }
 
 
-#define ngx_pushjobs_metrics_head(p, end, name, type, help)                  \
-    ngx_slprintf(p, end, "# HELP " name " " help "\n# TYPE " name " "      \
-                 type "\n")
+/*
+ * The exposition, as a table: each metric its name, type and help, and
+ * where its samples come from.
+ */
+
+#define NGX_PUSHJOBS_M_COUNTER       1   /* counter[source + i] */
+#define NGX_PUSHJOBS_M_GAUGE         2   /* the slots' gauge[source + i] */
+#define NGX_PUSHJOBS_M_HIST          3   /* hist[source] */
+#define NGX_PUSHJOBS_M_PROCS         4   /* the slots of processes alive */
+#define NGX_PUSHJOBS_M_CLOSES        5   /* counter[source + close code] */
+#define NGX_PUSHJOBS_M_REQUESTS      6   /* by route and class, not zero */
+#define NGX_PUSHJOBS_M_ROUTES        7   /* hist[source + route], timed */
+
+struct ngx_pushjobs_metric_s {
+    char                       *name;
+    char                       *type;
+    char                       *help;
+    ngx_uint_t                  kind;
+    ngx_uint_t                  source;
+    /* a label and its values, one sample each; NULL: one sample */
+    char                       *label;
+    char                      **values;
+};
+
+
+static char  *ngx_pushjobs_transport_name[] = {
+    "websocket", "long_poll", NULL
+};
+
+static char  *ngx_pushjobs_overflow_name[] = { "feed", "agent", NULL };
+
+static char  *ngx_pushjobs_pg_result_name[] = {
+    "ok", "error", "failed", NULL
+};
+
+static char  *ngx_pushjobs_chef_result_name[] = {
+    "ok", "error", "timeout", NULL
+};
+
+
+static ngx_pushjobs_metric_t  ngx_pushjobs_metrics_table[] = {
+
+    { "pushjobs_worker_processes", "gauge",
+      "Worker processes of this front end that serve push jobs.",
+      NGX_PUSHJOBS_M_PROCS, 0, NULL, NULL },
+
+    { "pushjobs_agents_connected", "gauge",
+      "Agent channels open, by transport.",
+      NGX_PUSHJOBS_M_GAUGE, NGX_PUSHJOBS_G_AGENTS_WS,
+      "transport", ngx_pushjobs_transport_name },
+
+    { "pushjobs_agent_channels_opened_total", "counter",
+      "Agent channels opened, by transport.",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_CHAN_OPENED,
+      "transport", ngx_pushjobs_transport_name },
+
+    { "pushjobs_agent_channels_closed_total", "counter",
+      "Agent channels closed, by the close code the server sent (none: the "
+      "connection broke or the agent left).",
+      NGX_PUSHJOBS_M_CLOSES, NGX_PUSHJOBS_C_CHAN_CLOSED, "code", NULL },
+
+    { "pushjobs_jobs_started_total", "counter",
+      "Jobs started by POST on this front end.",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_JOBS_STARTED, NULL, NULL },
+
+    { "pushjobs_feeds_open", "gauge",
+      "Server-Sent Events feeds open.",
+      NGX_PUSHJOBS_M_GAUGE, NGX_PUSHJOBS_G_FEEDS, NULL, NULL },
+
+    { "pushjobs_output_bytes_total", "counter",
+      "Bytes of captured job output received from agents, streamed and in "
+      "final reports.",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_OUTPUT_BYTES, NULL, NULL },
+
+    { "pushjobs_queue_overflows_total", "counter",
+      "Readers closed because their output queue reached its cap, by kind "
+      "(their queued messages are dropped).",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_OVERFLOW_FEED,
+      "queue", ngx_pushjobs_overflow_name },
+
+    { "pushjobs_http_requests_total", "counter",
+      "Requests of the module's locations, by route and status class.",
+      NGX_PUSHJOBS_M_REQUESTS, NGX_PUSHJOBS_C_HTTP, NULL, NULL },
+
+    { "pushjobs_http_request_duration_seconds", "histogram",
+      "Time from a request's start to its end, by route; routes that hold "
+      "their connection (feeds, agent channels) are not timed.",
+      NGX_PUSHJOBS_M_ROUTES, NGX_PUSHJOBS_H_HTTP, NULL, NULL },
+
+    { "pushjobs_postgres_connections_busy", "gauge",
+      "Pool connections running a query.",
+      NGX_PUSHJOBS_M_GAUGE, NGX_PUSHJOBS_G_PG_BUSY, NULL, NULL },
+
+    { "pushjobs_postgres_queries_queued", "gauge",
+      "Queries waiting for a pool connection.",
+      NGX_PUSHJOBS_M_GAUGE, NGX_PUSHJOBS_G_PG_QUEUED, NULL, NULL },
+
+    { "pushjobs_postgres_queries_total", "counter",
+      "Queries ended, by result (error: PostgreSQL refused it; failed: no "
+      "answer, the connection lost or timed out).",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_PG,
+      "result", ngx_pushjobs_pg_result_name },
+
+    { "pushjobs_postgres_query_duration_seconds", "histogram",
+      "Time from a query's sending to its result.",
+      NGX_PUSHJOBS_M_HIST, NGX_PUSHJOBS_H_PG, NULL, NULL },
+
+    { "pushjobs_key_cache_hits_total", "counter",
+      "Principal lookups answered by the shared key cache.",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_KEY_HITS, NULL, NULL },
+
+    { "pushjobs_key_cache_misses_total", "counter",
+      "Principal lookups the key cache could not answer.",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_KEY_MISSES, NULL, NULL },
+
+    { "pushjobs_key_cache_evictions_total", "counter",
+      "Key cache entries dropped before their time to make room.",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_KEY_EVICTIONS, NULL, NULL },
+
+    { "pushjobs_chef_requests_total", "counter",
+      "Requests to the Chef server API (principals, groups), by result.",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_CHEF,
+      "result", ngx_pushjobs_chef_result_name },
+
+    { "pushjobs_chef_request_duration_seconds", "histogram",
+      "Time of a request to the Chef server API.",
+      NGX_PUSHJOBS_M_HIST, NGX_PUSHJOBS_H_CHEF, NULL, NULL },
+
+    { NULL, NULL, NULL, 0, 0, NULL, NULL }
+};
 
 
 ngx_int_t
 ngx_pushjobs_metrics_handler(ngx_http_request_t *r)
 {
     u_char                  *p, *end;
-    char                    *tr;
     ngx_int_t                rc;
     ngx_buf_t               *b;
-    ngx_uint_t               i, k, procs;
     ngx_chain_t              out;
-    ngx_atomic_t            *c;
+    ngx_pushjobs_metric_t   *mt;
     ngx_pushjobs_metrics_t  *m;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
@@ -417,7 +546,6 @@ ngx_pushjobs_metrics_handler(ngx_http_request_t *r)
     }
 
     m = ngx_pushjobs_worker->metrics;
-    c = m->counter;
 
     b = ngx_create_temp_buf(r->pool, NGX_PUSHJOBS_METRICS_OUT);
     if (b == NULL) {
@@ -427,209 +555,11 @@ ngx_pushjobs_metrics_handler(ngx_http_request_t *r)
     p = b->pos;
     end = b->end;
 
-    /* the processes that hold a slot and are alive */
-
-    (void) ngx_pushjobs_metrics_gauge_sum(m, 0, &procs);
-
-    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_worker_processes",
-                                  "gauge", "Worker processes of this front "
-                                  "end that serve push jobs.");
-    p = ngx_slprintf(p, end, "pushjobs_worker_processes %ui\n", procs);
-
-    /* agent channels */
-
-    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_agents_connected",
-                                  "gauge", "Agent channels open, by "
-                                  "transport.");
-
-    for (i = 0; i < 2; i++) {
-        tr = i ? "long_poll" : "websocket";
-        p = ngx_slprintf(p, end,
-                         "pushjobs_agents_connected{transport=\"%s\"} %A\n",
-                         tr, ngx_pushjobs_metrics_gauge_sum(m,
-                                 i ? NGX_PUSHJOBS_G_AGENTS_POLL
-                                   : NGX_PUSHJOBS_G_AGENTS_WS, NULL));
+    for (mt = ngx_pushjobs_metrics_table; mt->name; mt++) {
+        p = ngx_slprintf(p, end, "# HELP %s %s\n# TYPE %s %s\n",
+                         mt->name, mt->help, mt->name, mt->type);
+        p = ngx_pushjobs_metrics_samples(p, end, m, mt);
     }
-
-    p = ngx_pushjobs_metrics_head(p, end,
-                                  "pushjobs_agent_channels_opened_total",
-                                  "counter", "Agent channels opened, by "
-                                  "transport.");
-
-    for (i = 0; i < 2; i++) {
-        tr = i ? "long_poll" : "websocket";
-        p = ngx_slprintf(p, end, "pushjobs_agent_channels_opened_total"
-                         "{transport=\"%s\"} %A\n",
-                         tr, c[NGX_PUSHJOBS_C_CHAN_OPENED + i]);
-    }
-
-    p = ngx_pushjobs_metrics_head(p, end,
-                                  "pushjobs_agent_channels_closed_total",
-                                  "counter", "Agent channels closed, by the "
-                                  "close code the server sent (none: the "
-                                  "connection broke or the agent left).");
-
-    for (i = 0; i < NGX_PUSHJOBS_CLOSE_CODES; i++) {
-        if (i == 0) {
-            p = ngx_slprintf(p, end, "pushjobs_agent_channels_closed_total"
-                             "{code=\"none\"} %A\n",
-                             c[NGX_PUSHJOBS_C_CHAN_CLOSED]);
-
-        } else if (i == NGX_PUSHJOBS_CLOSE_CODES - 1) {
-            p = ngx_slprintf(p, end, "pushjobs_agent_channels_closed_total"
-                             "{code=\"other\"} %A\n",
-                             c[NGX_PUSHJOBS_C_CHAN_CLOSED + i]);
-
-        } else {
-            p = ngx_slprintf(p, end, "pushjobs_agent_channels_closed_total"
-                             "{code=\"%ui\"} %A\n",
-                             ngx_pushjobs_close_code[i],
-                             c[NGX_PUSHJOBS_C_CHAN_CLOSED + i]);
-        }
-    }
-
-    /* jobs, feeds, output */
-
-    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_jobs_started_total",
-                                  "counter", "Jobs started by POST on this "
-                                  "front end.");
-    p = ngx_slprintf(p, end, "pushjobs_jobs_started_total %A\n",
-                     c[NGX_PUSHJOBS_C_JOBS_STARTED]);
-
-    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_feeds_open", "gauge",
-                                  "Server-Sent Events feeds open.");
-    p = ngx_slprintf(p, end, "pushjobs_feeds_open %A\n",
-                     ngx_pushjobs_metrics_gauge_sum(m, NGX_PUSHJOBS_G_FEEDS,
-                                                    NULL));
-
-    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_output_bytes_total",
-                                  "counter", "Bytes of captured job output "
-                                  "received from agents, streamed and in "
-                                  "final reports.");
-    p = ngx_slprintf(p, end, "pushjobs_output_bytes_total %A\n",
-                     c[NGX_PUSHJOBS_C_OUTPUT_BYTES]);
-
-    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_queue_overflows_total",
-                                  "counter", "Readers closed because their "
-                                  "output queue reached its cap, by kind "
-                                  "(their queued messages are dropped).");
-    p = ngx_slprintf(p, end, "pushjobs_queue_overflows_total{queue=\"feed\"}"
-                     " %A\npushjobs_queue_overflows_total{queue=\"agent\"}"
-                     " %A\n",
-                     c[NGX_PUSHJOBS_C_OVERFLOW_FEED],
-                     c[NGX_PUSHJOBS_C_OVERFLOW_AGENT]);
-
-    /* REST requests */
-
-    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_http_requests_total",
-                                  "counter", "Requests of the module's "
-                                  "locations, by route and status class.");
-
-    for (i = 0; i < NGX_PUSHJOBS_ROUTES; i++) {
-        for (k = 0; k < NGX_PUSHJOBS_CLASSES; k++) {
-            if (c[NGX_PUSHJOBS_C_HTTP + i * NGX_PUSHJOBS_CLASSES + k] == 0) {
-                continue;
-            }
-
-            p = ngx_slprintf(p, end, "pushjobs_http_requests_total"
-                             "{route=\"%s\",code=\"%s\"} %A\n",
-                             ngx_pushjobs_route_name[i],
-                             ngx_pushjobs_class_name[k],
-                             c[NGX_PUSHJOBS_C_HTTP
-                               + i * NGX_PUSHJOBS_CLASSES + k]);
-        }
-    }
-
-    p = ngx_pushjobs_metrics_head(p, end,
-                                  "pushjobs_http_request_duration_seconds",
-                                  "histogram", "Time from a request's "
-                                  "start to its end, by route; routes that "
-                                  "hold their connection (feeds, agent "
-                                  "channels) are not timed.");
-
-    for (i = 0; i < NGX_PUSHJOBS_ROUTES; i++) {
-        p = ngx_pushjobs_metrics_hist(p, end,
-                                      "pushjobs_http_request_duration_seconds",
-                                      ngx_pushjobs_route_name[i],
-                                      &m->hist[NGX_PUSHJOBS_H_HTTP + i]);
-    }
-
-    /* PostgreSQL */
-
-    p = ngx_pushjobs_metrics_head(p, end,
-                                  "pushjobs_postgres_connections_busy",
-                                  "gauge", "Pool connections running a "
-                                  "query.");
-    p = ngx_slprintf(p, end, "pushjobs_postgres_connections_busy %A\n",
-                     ngx_pushjobs_metrics_gauge_sum(m, NGX_PUSHJOBS_G_PG_BUSY,
-                                                    NULL));
-
-    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_postgres_queries_queued",
-                                  "gauge", "Queries waiting for a pool "
-                                  "connection.");
-    p = ngx_slprintf(p, end, "pushjobs_postgres_queries_queued %A\n",
-                     ngx_pushjobs_metrics_gauge_sum(m,
-                                                    NGX_PUSHJOBS_G_PG_QUEUED,
-                                                    NULL));
-
-    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_postgres_queries_total",
-                                  "counter", "Queries ended, by result "
-                                  "(error: PostgreSQL refused it; failed: "
-                                  "no answer, the connection lost or timed "
-                                  "out).");
-    p = ngx_slprintf(p, end,
-                     "pushjobs_postgres_queries_total{result=\"ok\"} %A\n"
-                     "pushjobs_postgres_queries_total{result=\"error\"} %A\n"
-                     "pushjobs_postgres_queries_total{result=\"failed\"} %A\n",
-                     c[NGX_PUSHJOBS_C_PG], c[NGX_PUSHJOBS_C_PG + 1],
-                     c[NGX_PUSHJOBS_C_PG + 2]);
-
-    p = ngx_pushjobs_metrics_head(p, end,
-                                  "pushjobs_postgres_query_duration_seconds",
-                                  "histogram", "Time from a query's sending "
-                                  "to its result.");
-    p = ngx_pushjobs_metrics_hist(p, end,
-                                  "pushjobs_postgres_query_duration_seconds",
-                                  NULL, &m->hist[NGX_PUSHJOBS_H_PG]);
-
-    /* the key cache and the Chef API */
-
-    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_key_cache_hits_total",
-                                  "counter", "Principal lookups answered by "
-                                  "the shared key cache.");
-    p = ngx_slprintf(p, end, "pushjobs_key_cache_hits_total %A\n",
-                     c[NGX_PUSHJOBS_C_KEY_HITS]);
-
-    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_key_cache_misses_total",
-                                  "counter", "Principal lookups the key "
-                                  "cache could not answer.");
-    p = ngx_slprintf(p, end, "pushjobs_key_cache_misses_total %A\n",
-                     c[NGX_PUSHJOBS_C_KEY_MISSES]);
-
-    p = ngx_pushjobs_metrics_head(p, end,
-                                  "pushjobs_key_cache_evictions_total",
-                                  "counter", "Key cache entries dropped "
-                                  "before their time to make room.");
-    p = ngx_slprintf(p, end, "pushjobs_key_cache_evictions_total %A\n",
-                     c[NGX_PUSHJOBS_C_KEY_EVICTIONS]);
-
-    p = ngx_pushjobs_metrics_head(p, end, "pushjobs_chef_requests_total",
-                                  "counter", "Requests to the Chef server "
-                                  "API (principals, groups), by result.");
-    p = ngx_slprintf(p, end,
-                     "pushjobs_chef_requests_total{result=\"ok\"} %A\n"
-                     "pushjobs_chef_requests_total{result=\"error\"} %A\n"
-                     "pushjobs_chef_requests_total{result=\"timeout\"} %A\n",
-                     c[NGX_PUSHJOBS_C_CHEF], c[NGX_PUSHJOBS_C_CHEF + 1],
-                     c[NGX_PUSHJOBS_C_CHEF + 2]);
-
-    p = ngx_pushjobs_metrics_head(p, end,
-                                  "pushjobs_chef_request_duration_seconds",
-                                  "histogram", "Time of a request to the "
-                                  "Chef server API.");
-    p = ngx_pushjobs_metrics_hist(p, end,
-                                  "pushjobs_chef_request_duration_seconds",
-                                  NULL, &m->hist[NGX_PUSHJOBS_H_CHEF]);
 
     if (p == end) {
         /* ngx_slprintf() stops at end: the buffer is too small */
@@ -659,6 +589,91 @@ ngx_pushjobs_metrics_handler(ngx_http_request_t *r)
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+/* The samples of one metric of the table. */
+
+static u_char *
+ngx_pushjobs_metrics_samples(u_char *p, u_char *end, ngx_pushjobs_metrics_t *m,
+    ngx_pushjobs_metric_t *mt)
+{
+    ngx_uint_t         i, k, procs;
+    ngx_atomic_int_t   v;
+
+    switch (mt->kind) {
+
+    case NGX_PUSHJOBS_M_PROCS:
+        (void) ngx_pushjobs_metrics_gauge_sum(m, 0, &procs);
+        return ngx_slprintf(p, end, "%s %ui\n", mt->name, procs);
+
+    case NGX_PUSHJOBS_M_HIST:
+        return ngx_pushjobs_metrics_hist(p, end, mt->name, NULL,
+                                         &m->hist[mt->source]);
+
+    case NGX_PUSHJOBS_M_ROUTES:
+        for (i = 0; i < NGX_PUSHJOBS_ROUTES; i++) {
+            p = ngx_pushjobs_metrics_hist(p, end, mt->name,
+                                          ngx_pushjobs_route_name[i],
+                                          &m->hist[mt->source + i]);
+        }
+
+        return p;
+
+    case NGX_PUSHJOBS_M_CLOSES:
+        for (i = 0; i < NGX_PUSHJOBS_CLOSE_CODES; i++) {
+            v = m->counter[mt->source + i];
+
+            if (i == 0) {
+                p = ngx_slprintf(p, end, "%s{code=\"none\"} %A\n",
+                                 mt->name, v);
+
+            } else if (i == NGX_PUSHJOBS_CLOSE_CODES - 1) {
+                p = ngx_slprintf(p, end, "%s{code=\"other\"} %A\n",
+                                 mt->name, v);
+
+            } else {
+                p = ngx_slprintf(p, end, "%s{code=\"%ui\"} %A\n", mt->name,
+                                 ngx_pushjobs_close_code[i], v);
+            }
+        }
+
+        return p;
+
+    case NGX_PUSHJOBS_M_REQUESTS:
+        for (i = 0; i < NGX_PUSHJOBS_ROUTES; i++) {
+            for (k = 0; k < NGX_PUSHJOBS_CLASSES; k++) {
+                v = m->counter[mt->source + i * NGX_PUSHJOBS_CLASSES + k];
+
+                if (v) {
+                    p = ngx_slprintf(p, end,
+                                     "%s{route=\"%s\",code=\"%s\"} %A\n",
+                                     mt->name, ngx_pushjobs_route_name[i],
+                                     ngx_pushjobs_class_name[k], v);
+                }
+            }
+        }
+
+        return p;
+    }
+
+    /* counters and gauges, one sample or one per label value */
+
+    for (i = 0; mt->label == NULL ? i == 0 : mt->values[i] != NULL; i++) {
+        v = (mt->kind == NGX_PUSHJOBS_M_GAUGE)
+            ? ngx_pushjobs_metrics_gauge_sum(m, mt->source + i, NULL)
+            : (ngx_atomic_int_t) m->counter[mt->source + i];
+
+        if (mt->label) {
+            p = ngx_slprintf(p, end, "%s{%s=\"%s\"} %A\n", mt->name,
+                             mt->label, mt->values[i], v);
+
+        } else {
+            p = ngx_slprintf(p, end, "%s %A\n", mt->name, v);
+        }
+    }
+
+    return p;
 }
 
 
