@@ -33,6 +33,7 @@
 
 
 static int ws_read(pja_conn_t *ws, size_t limit);
+static int ws_new_session(SSL *ssl, SSL_SESSION *session);
 
 
 static void
@@ -151,6 +152,16 @@ pja_conn_init_ctx(pja_conn_t *ws, const pja_conf_t *cf)
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
                           | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 
+    /*
+     * The server's session tickets are kept (the latest one) and offered
+     * on the next connect: a resumed handshake costs the server no private
+     * key operation, which is most of a reconnect's cost when many agents
+     * come back at once (a restart, a front end lost).
+     */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT
+                                        | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, ws_new_session);
+
     if (cf->ssl_verify) {
         if (ws_trusted_certs(ctx, cf) != 0) {
             SSL_CTX_free(ctx);
@@ -185,10 +196,46 @@ pja_conn_init_ctx(pja_conn_t *ws, const pja_conf_t *cf)
 }
 
 
+/*
+ * A session ticket from the server: the one to resume with next time.  A
+ * copy, as is the one each connection is given: OpenSSL marks a
+ * connection's session not resumable when the connection ends without a
+ * close_notify, as it does when the server restarts.
+ */
+
+static int
+ws_new_session(SSL *ssl, SSL_SESSION *session)
+{
+    pja_conn_t   *ws;
+    SSL_SESSION  *copy;
+
+    ws = SSL_get_app_data(ssl);
+
+    if (ws == NULL) {
+        return 0;
+    }
+
+    copy = SSL_SESSION_dup(session);
+    if (copy == NULL) {
+        ERR_clear_error();
+        return 0;
+    }
+
+    if (ws->tls_session) {
+        SSL_SESSION_free(ws->tls_session);
+    }
+
+    ws->tls_session = copy;
+
+    return 0;
+}
+
+
 void
 pja_conn_reset(pja_conn_t *ws)
 {
-    SSL_CTX  *ctx;
+    SSL_CTX      *ctx;
+    SSL_SESSION  *session;
 
     if (ws->ssl) {
         SSL_free(ws->ssl);
@@ -211,8 +258,10 @@ pja_conn_reset(pja_conn_t *ws)
     }
 
     ctx = ws->ctx;
+    session = ws->tls_session;
     memset(ws, 0, sizeof(pja_conn_t));
     ws->ctx = ctx;
+    ws->tls_session = session;
     ws->fd = -1;
 }
 
@@ -470,12 +519,28 @@ static int
 ws_start_tls(pja_conn_t *ws, const pja_conf_t *cf)
 {
     int           is_ip;
+    SSL_SESSION  *session;
     unsigned char ip[16];
 
     ws->ssl = SSL_new(ws->ctx);
     if (ws->ssl == NULL || SSL_set_fd(ws->ssl, ws->fd) != 1) {
         ws_log_ssl_errors("SSL_new()");
         return -1;
+    }
+
+    SSL_set_app_data(ws->ssl, ws);
+
+    if (ws->tls_session) {
+        session = SSL_SESSION_dup(ws->tls_session);
+
+        if (session == NULL || SSL_set_session(ws->ssl, session) != 1) {
+            /* not resumable: a full handshake */
+            ERR_clear_error();
+        }
+
+        if (session) {
+            SSL_SESSION_free(session);
+        }
     }
 
     is_ip = inet_pton(AF_INET, cf->host, ip) == 1
@@ -516,8 +581,9 @@ ws_handshake_tls(pja_conn_t *ws, const pja_conf_t *cf)
     rc = SSL_connect(ws->ssl);
 
     if (rc == 1) {
-        pja_log(PJA_LOG_DEBUG, "TLS: %s %s", SSL_get_version(ws->ssl),
-                SSL_get_cipher_name(ws->ssl));
+        pja_log(PJA_LOG_DEBUG, "TLS: %s %s%s", SSL_get_version(ws->ssl),
+                SSL_get_cipher_name(ws->ssl),
+                SSL_session_reused(ws->ssl) ? ", resumed" : "");
         return ws->transport->open(ws, cf);
     }
 
@@ -530,6 +596,12 @@ ws_handshake_tls(pja_conn_t *ws, const pja_conf_t *cf)
     if (err == SSL_ERROR_WANT_WRITE) {
         ws->want_write = 1;
         return 0;
+    }
+
+    /* a session of a server that refuses us now is not offered again */
+    if (ws->tls_session) {
+        SSL_SESSION_free(ws->tls_session);
+        ws->tls_session = NULL;
     }
 
     vr = SSL_get_verify_result(ws->ssl);

@@ -1001,6 +1001,10 @@ main(int argc, char **argv)
 
     rc = run(a);
 
+    if (a->ws.tls_session) {
+        SSL_SESSION_free(a->ws.tls_session);
+    }
+
     if (a->ws.ctx) {
         SSL_CTX_free(a->ws.ctx);
     }

@@ -208,6 +208,8 @@ typedef struct {
     int                    fd;
     SSL_CTX               *ctx;
     SSL                   *ssl;
+    /* the server's last TLS session (ticket), to resume on reconnect */
+    SSL_SESSION           *tls_session;
     struct addrinfo       *ai_list;
     struct addrinfo       *ai_next;
 

@@ -253,6 +253,9 @@ sub make_keys {
                    '-out', "$d/tls/server.crt", '-days', '2',
                    '-subj', '/CN=localhost',
                    '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost');
+    # the session ticket key every front end shares, as the add-on's
+    # (a restarted or another front end resumes the agents' sessions)
+    $self->run_cmd('openssl', 'rand', '-out', "$d/tls/ticket.key", '80');
 
     for my $u (qw(pivotal alice bob carol dave)) {
         @{ $self->{users}{$u} }{qw(key pub)} = $self->genkey($u);
@@ -529,6 +532,7 @@ $self->{nginx_extra}
 
         ssl_certificate $self->{dir}/tls/server.crt;
         ssl_certificate_key $self->{dir}/tls/server.key;
+        ssl_session_ticket_key $self->{dir}/tls/ticket.key;
 @{[ $self->{fe}{$fe}{server_extra} // '' ]}
         location ~ ^/organizations/[^/]+/pushy/ {
             pushjobs;

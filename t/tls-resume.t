@@ -1,0 +1,68 @@
+# An agent resumes its TLS session when it reconnects (issue 15: a
+# reconnect storm after a restart costs nginx no private key operation per
+# agent): it keeps the server's last session ticket; the front ends share
+# the ticket key (ssl_session_ticket_key, as the add-on writes it), so the
+# session survives an nginx restart and a reload.  Checked from nginx's side: $ssl_session_reused of each channel's
+# upgrade request in an access log of its own.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use PushJobs::Stack;
+
+my $stack = PushJobs::Stack->new(agents => 1, workers => 2,
+    nginx_extra => q{log_format resume '$ssl_session_reused $request_uri'; }
+                   . 'pushjobs_ping_interval 2s;');
+$stack->{fe}{fe1}{server_extra} =
+    "access_log @{[ $stack->dir ]}/fe1/resume.log resume;";
+$stack->start;
+
+my $org = $stack->org;
+
+# the upgrade requests of node1's channel, in order: 'r' resumed, '.' not
+sub upgrades {
+    my ($fe) = @_;
+    my $log = $stack->dir . '/' . ($fe // 'fe1') . '/resume.log';
+    open my $fh, '<', $log or return ();
+    return map { /^(\S+) \S*\/pushy\/agent$/ ? $1 : () } <$fh>;
+}
+
+# the resume log, added to the server{} of each front end
+sub start_fe {
+    my ($fe) = @_;
+    $stack->start_nginx($fe, server_extra =>
+        "access_log @{[ $stack->dir ]}/$fe/resume.log resume;");
+}
+
+ok $stack->wait_online(['node1'], 30), 'node1 online';
+ok PushJobs::Stack::wait_for(10, sub { upgrades() >= 1 }, 0.1),
+    'its channel\'s upgrade logged';
+is_deeply [ upgrades() ], ['.'], '  the first: a full handshake';
+
+# nginx restarted: the agent reconnects with its ticket
+my $n = () = upgrades();
+$stack->stop_nginx('fe1');
+start_fe('fe1');
+ok PushJobs::Stack::wait_for(30, sub { upgrades() > $n }, 0.1),
+    'nginx restarted: node1 reconnected';
+is +(upgrades())[-1], 'r', '  resuming its session (the ticket key survived)';
+ok $stack->wait_online(['node1'], 30), '  online';
+
+# a reload: the old workers close the channel (1001), the new ones resume it
+$n = () = upgrades();
+kill 'HUP', $stack->{procs}{'nginx:fe1'};
+ok PushJobs::Stack::wait_for(30, sub { upgrades() > $n }, 0.1),
+    'a reload: node1 reconnected';
+is +(upgrades())[-1], 'r', '  resumed';
+
+# a job runs over the resumed channel
+my $id = $stack->start_job({ command => 'true', nodes => ['node1'] });
+is $stack->wait_job($id, 30)->{status}, 'complete',
+    'a job runs over the resumed channel';
+
+$stack->stop;
+done_testing;
