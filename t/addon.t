@@ -294,6 +294,13 @@ ok chef_api_ok(), 'the Chef API still answers';
 ($rc, $out) = ctl('status');
 is $rc, 0, 'status: enabled' or diag $out;
 
+# the session ticket key: 80 random bytes, root's, in the server{} blocks
+my $tk = "$root/etc/pushjobs/ticket.key";
+is -s $tk, 80, 'a session ticket key of 80 bytes';
+is sprintf('%04o', (stat $tk)[2] & 07777), '0600', '  mode 0600';
+like slurp("$pj/pushjobs_server.conf"),
+    qr{^ssl_session_ticket_key \Q$tk\E;$}m, '  given to nginx';
+
 sub metrics_status {
     return $stack->http->get($stack->url . '/pushy/_metrics')->{status};
 }
