@@ -40,11 +40,18 @@
 #include <yajl/yajl_tree.h>
 
 
-/* what the request waits for, when a subrequest is outstanding */
+/* what the request waits for, when a subrequest or a query is out */
 #define NGX_PUSHJOBS_AUTHZ_STEP_PRINCIPAL  1
 #define NGX_PUSHJOBS_AUTHZ_STEP_GROUP      2
+#define NGX_PUSHJOBS_AUTHZ_STEP_STORED     3
 
 
+static ngx_int_t ngx_pushjobs_authz_fetch_stored(ngx_http_request_t *r,
+    ngx_pushjobs_authz_t *ctx);
+static void ngx_pushjobs_authz_stored_done(void *data, PGresult *res);
+static void ngx_pushjobs_authz_stored_cleanup(void *data);
+static void ngx_pushjobs_authz_store(ngx_pushjobs_authz_t *ctx);
+static void ngx_pushjobs_authz_stored_put_done(void *data, PGresult *res);
 static ngx_int_t ngx_pushjobs_authz_fetch_principal(ngx_http_request_t *r,
     ngx_pushjobs_authz_t *ctx);
 static ngx_int_t ngx_pushjobs_authz_chef_get(ngx_http_request_t *r,
@@ -129,7 +136,7 @@ ngx_pushjobs_authz_start(ngx_http_request_t *r, ngx_pushjobs_authz_t *ctx)
 
     ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_KEY_MISSES, 1);
 
-    return ngx_pushjobs_authz_fetch_principal(r, ctx);
+    return ngx_pushjobs_authz_fetch_stored(r, ctx);
 }
 
 
@@ -149,7 +156,152 @@ ngx_pushjobs_authz_resume(ngx_http_request_t *r, ngx_pushjobs_authz_t *ctx)
         return ngx_pushjobs_authz_group_result(r, ctx);
     }
 
+    if (ctx->step == NGX_PUSHJOBS_AUTHZ_STEP_STORED && !ctx->from_store) {
+        /* PostgreSQL has none (or could not say): the Chef server */
+        return ngx_pushjobs_authz_fetch_principal(r, ctx);
+    }
+
     return ngx_pushjobs_authz_principal_result(r, ctx);
+}
+
+
+/*
+ * A key the front end's cache does not have: first what PostgreSQL keeps
+ * of the Chef server's answers (any front end stored it, within the
+ * cache's time to live), so that an empty cache (a restart) does not send
+ * every agent's request to the Chef server.  Resumed through the caller's
+ * resume handler, like a subrequest.
+ */
+
+static ngx_int_t
+ngx_pushjobs_authz_fetch_stored(ngx_http_request_t *r,
+    ngx_pushjobs_authz_t *ctx)
+{
+    u_char                     buf[NGX_TIME_T_LEN];
+    ngx_str_t                  params[3];
+    ngx_http_cleanup_t        *cln;
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    if (!ctx->stored_cleanup) {
+        cln = ngx_http_cleanup_add(r, 0);
+        if (cln == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        cln->handler = ngx_pushjobs_authz_stored_cleanup;
+        cln->data = ctx;
+        ctx->stored_cleanup = 1;
+    }
+
+    params[0] = ctx->org;
+    params[1] = ctx->auth.user_id;
+    params[2].data = buf;
+    params[2].len = ngx_sprintf(buf, "%T", pmcf->keys_ttl) - buf;
+
+    ctx->stored_query = ngx_pushjobs_pg_query("SELECT status, body FROM"
+                                              " pushjobs.principal_get("
+                                              "$1, $2, $3)",
+                                              3, params,
+                                              ngx_pushjobs_authz_stored_done,
+                                              ctx);
+
+    if (ctx->stored_query == NULL) {
+        /* PostgreSQL is down: the Chef server still answers */
+        return ngx_pushjobs_authz_fetch_principal(r, ctx);
+    }
+
+    ctx->step = NGX_PUSHJOBS_AUTHZ_STEP_STORED;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_pushjobs_authz_stored_done(void *data, PGresult *res)
+{
+    ngx_pushjobs_authz_t *ctx = data;
+
+    ngx_int_t            status;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
+    c = r->connection;
+
+    ctx->stored_query = NULL;
+    ctx->from_store = 0;
+
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+    {
+        status = ngx_atoi((u_char *) PQgetvalue(res, 0, 0),
+                          PQgetlength(res, 0, 0));
+
+        ctx->sr_body.len = PQgetlength(res, 0, 1);
+        ctx->sr_body.data = ngx_pnalloc(r->pool, ctx->sr_body.len + 1);
+
+        if (ctx->sr_body.data
+            && (status == NGX_HTTP_OK || status == NGX_HTTP_NOT_FOUND))
+        {
+            ngx_memcpy(ctx->sr_body.data, PQgetvalue(res, 0, 1),
+                       ctx->sr_body.len);
+            ctx->sr_status = status;
+            ctx->from_store = 1;
+        }
+    }
+
+    ctx->sr_done = 1;
+
+    ctx->resume(r);
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_pushjobs_authz_stored_cleanup(void *data)
+{
+    ngx_pushjobs_authz_t *ctx = data;
+
+    if (ctx->stored_query) {
+        ngx_pushjobs_pg_cancel(ctx->stored_query);
+        ctx->stored_query = NULL;
+    }
+}
+
+
+/* The Chef server's answer, kept for the other workers and front ends. */
+
+static void
+ngx_pushjobs_authz_store(ngx_pushjobs_authz_t *ctx)
+{
+    u_char      buf[NGX_INT_T_LEN];
+    ngx_str_t   params[4];
+
+    params[0] = ctx->org;
+    params[1] = ctx->auth.user_id;
+    params[2].data = buf;
+    params[2].len = ngx_sprintf(buf, "%ui", ctx->sr_status) - buf;
+    params[3] = ctx->sr_body;
+
+    if (ngx_pushjobs_pg_query("SELECT pushjobs.principal_put($1, $2, $3, $4)",
+                              4, params, ngx_pushjobs_authz_stored_put_done,
+                              NULL)
+        == NULL)
+    {
+        ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
+                      "pushjobs: could not keep the principal \"%V\" of "
+                      "\"%V\" in PostgreSQL", &ctx->auth.user_id,
+                      &ctx->org);
+    }
+}
+
+
+static void
+ngx_pushjobs_authz_stored_put_done(void *data, PGresult *res)
+{
+    /* a failure is logged by the pool; the next miss asks Chef again */
 }
 
 
@@ -564,6 +716,17 @@ ngx_pushjobs_authz_principal_result(ngx_http_request_t *r,
                                  &ctx->auth.user_id, &ctx->sr_body,
                                  ctx->sr_status, &ctx->principals);
 
+    if (rc != NGX_OK && ctx->from_store) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "pushjobs: unusable principal \"%V\" of \"%V\" in "
+                      "PostgreSQL, asking the Chef server",
+                      &ctx->auth.user_id, &ctx->org);
+
+        ctx->from_store = 0;
+
+        return ngx_pushjobs_authz_fetch_principal(r, ctx);
+    }
+
     if (rc != NGX_OK) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "pushjobs: unusable principal \"%V\" of \"%V\" from "
@@ -573,7 +736,16 @@ ngx_pushjobs_authz_principal_result(ngx_http_request_t *r,
                                                    "unusable answer");
     }
 
-    ctx->cached = 0;
+    if (ctx->from_store) {
+        /* as good as the cache's: a key that does not verify is refetched */
+        ctx->from_store = 0;
+        ctx->cached = 1;
+        ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_KEY_STORED, 1);
+
+    } else {
+        ctx->cached = 0;
+        ngx_pushjobs_authz_store(ctx);
+    }
 
     return ngx_pushjobs_authz_verify(r, ctx);
 }

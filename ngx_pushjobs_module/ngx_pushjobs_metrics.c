@@ -509,6 +509,11 @@ static ngx_pushjobs_metric_t  ngx_pushjobs_metrics_table[] = {
       "Key cache entries dropped before their time to make room.",
       NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_KEY_EVICTIONS, NULL, NULL },
 
+    { "pushjobs_key_store_hits_total", "counter",
+      "Key cache misses answered by what PostgreSQL keeps of the Chef "
+      "server's answers, without asking the Chef server.",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_KEY_STORED, NULL, NULL },
+
     { "pushjobs_chef_requests_total", "counter",
       "Requests to the Chef server API (principals, groups), by result.",
       NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_CHEF,

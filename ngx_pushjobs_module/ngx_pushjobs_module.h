@@ -235,6 +235,11 @@ typedef struct {
     ngx_uint_t                  refetched;
     ngx_uint_t                  stale;
 
+    /* the principal as PostgreSQL keeps it (pushjobs.principals) */
+    ngx_pushjobs_pg_query_t    *stored_query;
+    unsigned                    stored_cleanup:1;
+    unsigned                    from_store:1;
+
     ngx_uint_t                  sr_done;
     ngx_uint_t                  sr_status;
     ngx_msec_t                  sr_start;
@@ -507,7 +512,8 @@ struct ngx_pushjobs_worker_s {
 #define NGX_PUSHJOBS_C_KEY_HITS        (NGX_PUSHJOBS_C_PG + 3)
 #define NGX_PUSHJOBS_C_KEY_MISSES      (NGX_PUSHJOBS_C_KEY_HITS + 1)
 #define NGX_PUSHJOBS_C_KEY_EVICTIONS   (NGX_PUSHJOBS_C_KEY_MISSES + 1)
-#define NGX_PUSHJOBS_C_CHEF            (NGX_PUSHJOBS_C_KEY_EVICTIONS + 1)
+#define NGX_PUSHJOBS_C_KEY_STORED      (NGX_PUSHJOBS_C_KEY_EVICTIONS + 1)
+#define NGX_PUSHJOBS_C_CHEF            (NGX_PUSHJOBS_C_KEY_STORED + 1)
                                            /* + 0 ok, 1 error, 2 timeout */
 #define NGX_PUSHJOBS_C_HTTP            (NGX_PUSHJOBS_C_CHEF + 3)
                                            /* + route * CLASSES + class */

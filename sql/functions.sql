@@ -2275,6 +2275,32 @@ LANGUAGE sql AS $$
 $$;
 
 
+-- A principal's stored answer from the Chef server, if younger than the
+-- key cache's time to live.
+CREATE OR REPLACE FUNCTION pushjobs.principal_get(p_org text, p_name text,
+    p_ttl_s integer)
+RETURNS TABLE (status integer, body text)
+LANGUAGE sql STABLE AS $$
+    SELECT p.status, p.body
+      FROM pushjobs.principals p
+     WHERE p.org = p_org AND p.name = p_name
+       AND p.fetched_at > now() - p_ttl_s * interval '1 second'
+$$;
+
+
+-- The Chef server's answer for a principal, stored (replacing the last).
+CREATE OR REPLACE FUNCTION pushjobs.principal_put(p_org text, p_name text,
+    p_status integer, p_body text)
+RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO pushjobs.principals AS p (org, name, status, body)
+    VALUES (p_org, p_name, p_status, p_body)
+    ON CONFLICT (org, name) DO UPDATE
+       SET status = excluded.status, body = excluded.body,
+           fetched_at = now();
+$$;
+
+
 -- org_event_commit_order() runs at the commit of each new org event
 DROP TRIGGER IF EXISTS org_events_commit_order ON pushjobs.org_events;
 CREATE CONSTRAINT TRIGGER org_events_commit_order

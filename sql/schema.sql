@@ -199,3 +199,16 @@ CREATE TABLE pushjobs.link_keys (
     secret           bytea NOT NULL CHECK (length(secret) = 32),
     created_at       timestamptz NOT NULL DEFAULT now()
 );
+
+-- The Chef server's answers for principals (their public keys; 404 for
+-- none), kept with the key cache's time to live (principal_get,
+-- principal_put): a front end whose cache is empty asks here before the
+-- Chef server.  Public keys only, no secret.
+CREATE TABLE pushjobs.principals (
+    org              text NOT NULL,
+    name             text NOT NULL,
+    status           integer NOT NULL CHECK (status IN (200, 404)),
+    body             text NOT NULL,
+    fetched_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (org, name)
+);
