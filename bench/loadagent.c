@@ -70,6 +70,7 @@ typedef struct {
     int64_t          due;          /* us: when to connect (ST_IDLE) */
     int64_t          started;      /* us: connect start */
     SSL             *ssl;
+    SSL_SESSION     *session;      /* the last ticket, to resume with */
     unsigned char   *out;          /* pending bytes to write */
     size_t           olen, ocap;
     unsigned char   *in;           /* incomplete input (frame or header) */
@@ -100,8 +101,9 @@ static struct {
     uint32_t         inflight_max;
     double           backoff_first;
     int              verbose;
+    int              no_resume;
 } opt = {
-    "127.0.0.1", 0, "demo", "sim", NULL, NULL, 1, 100, 0, 1, 256, 1.0, 0
+    "127.0.0.1", 0, "demo", "sim", NULL, NULL, 1, 100, 0, 1, 256, 1.0, 0, 0
 };
 
 static EVP_PKEY     *key;
@@ -118,6 +120,7 @@ static uint64_t      rng = 0x9e3779b97f4a7c15ULL;
 
 static struct {
     uint64_t         connects, connect_fail, tls_fail, upgrade_fail;
+    uint64_t         resumed;
     uint64_t         welcomes, closes, pings, frames_in, frames_out;
     uint64_t         close_codes[8];   /* 1000,1001,1002,1008,1011,4000,other, eof */
     int64_t          last_welcome;
@@ -300,6 +303,25 @@ schedule(conn_t *c, int failed)
     }
     c->due = now_us() + (int64_t) (window * 1e6 * (rnd() % 10000) / 10000.0);
     c->state = ST_IDLE;
+}
+
+
+/* The server's session ticket: kept (as the real agent does). */
+
+static int
+new_session(SSL *ssl, SSL_SESSION *session)
+{
+    conn_t       *c = SSL_get_app_data(ssl);
+    SSL_SESSION  *copy;
+
+    if (c == NULL || (copy = SSL_SESSION_dup(session)) == NULL) {
+        return 0;
+    }
+    if (c->session) {
+        SSL_SESSION_free(c->session);
+    }
+    c->session = copy;
+    return 0;
 }
 
 
@@ -812,6 +834,16 @@ conn_event(conn_t *c, unsigned ev)
         if (c->ssl == NULL) {
             die("SSL_new");
         }
+        SSL_set_app_data(c->ssl, c);
+        if (c->session) {
+            /* a copy: an unclean end marks a session not resumable */
+            SSL_SESSION *s = SSL_SESSION_dup(c->session);
+            if (s) {
+                SSL_set_session(c->ssl, s);
+                SSL_SESSION_free(s);
+            }
+            ERR_clear_error();
+        }
         SSL_set_fd(c->ssl, c->fd);
         SSL_set_connect_state(c->ssl);
         c->state = ST_TLS;
@@ -837,6 +869,9 @@ conn_event(conn_t *c, unsigned ev)
             ERR_clear_error();
             conn_close(c, 1);
             return;
+        }
+        if (SSL_session_reused(c->ssl)) {
+            st.resumed++;
         }
         c->state = ST_UPGRADE;
         send_upgrade(c);
@@ -883,7 +918,7 @@ print_stats(void)
            "welcomes=%llu closes=%llu pings=%llu frames_in=%llu "
            "frames_out=%llu close_1000=%llu close_1001=%llu close_1002=%llu "
            "close_1008=%llu close_1011=%llu close_4000=%llu close_other=%llu "
-           "eof=%llu last_welcome=%lld\n",
+           "eof=%llu last_welcome=%lld resumed=%llu\n",
            (long long) now_us(), opt.count, open, welcomed, idle, inflight,
            (unsigned long long) st.connects,
            (unsigned long long) st.connect_fail,
@@ -900,7 +935,7 @@ print_stats(void)
            (unsigned long long) st.close_codes[5],
            (unsigned long long) st.close_codes[6],
            (unsigned long long) st.close_codes[7],
-           (long long) st.last_welcome);
+           (long long) st.last_welcome, (unsigned long long) st.resumed);
 }
 
 
@@ -972,7 +1007,7 @@ usage(void)
         "usage: pushjobs-loadagent --port PORT --key PEM [--host 127.0.0.1]\n"
         "         [--org demo] [--prefix sim] [--first 1] [--count 100]\n"
         "         [--src-first 0] [--src-count 1] [--inflight 256]\n"
-        "         [--backoff 1.0] [--ca CRT] [-v]\n");
+        "         [--backoff 1.0] [--ca CRT] [--no-resume] [-v]\n");
     exit(2);
 }
 
@@ -987,7 +1022,8 @@ main(int argc, char **argv)
         { "first", 1, NULL, 'f' }, { "count", 1, NULL, 'n' },
         { "src-first", 1, NULL, 's' }, { "src-count", 1, NULL, 'S' },
         { "inflight", 1, NULL, 'i' }, { "backoff", 1, NULL, 'b' },
-        { "verbose", 0, NULL, 'v' }, { NULL, 0, NULL, 0 }
+        { "verbose", 0, NULL, 'v' }, { "no-resume", 0, NULL, 'R' },
+        { NULL, 0, NULL, 0 }
     };
     int                  ch, i, n, quit = 0;
     uint32_t             k, started = 0;
@@ -1015,6 +1051,7 @@ main(int argc, char **argv)
                   break;
         case 'b': opt.backoff_first = atof(optarg); break;
         case 'v': opt.verbose = 1; break;
+        case 'R': opt.no_resume = 1; break;
         default: usage();
         }
     }
@@ -1041,6 +1078,11 @@ main(int argc, char **argv)
     SSL_CTX_set_mode(sslctx, SSL_MODE_ENABLE_PARTIAL_WRITE
                              | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                              | SSL_MODE_RELEASE_BUFFERS);
+    if (!opt.no_resume) {
+        SSL_CTX_set_session_cache_mode(sslctx, SSL_SESS_CACHE_CLIENT
+                                       | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+        SSL_CTX_sess_set_new_cb(sslctx, new_session);
+    }
     if (opt.ca_file) {
         if (SSL_CTX_load_verify_locations(sslctx, opt.ca_file, NULL) != 1) {
             die("cannot load %s", opt.ca_file);

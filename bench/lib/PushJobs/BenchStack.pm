@@ -198,7 +198,8 @@ sub start_loaders {
                    $self->{sim_prefix}, '--first', $first, '--count', $count,
                    '--src-first', $src, '--src-count', $nsrc,
                    '--inflight', $o{inflight} // 256,
-                   '--backoff', $o{backoff} // 1);
+                   '--backoff', $o{backoff} // 1,
+                   ($o{resume} // 1) ? () : ('--no-resume'));
         $src += $nsrc;
         open my $err, '>>', "$self->{dir}/loadagent.log" or croak $!;
         my ($out, $in);
