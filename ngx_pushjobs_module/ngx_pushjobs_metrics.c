@@ -425,6 +425,12 @@ static char  *ngx_pushjobs_pg_result_name[] = {
     "ok", "error", "failed", NULL
 };
 
+/* the agent's message types, in the order of ngx_pushjobs_session.c's */
+static char  *ngx_pushjobs_agent_msg_name[] = {
+    "unknown", "hello", "ack_commit", "nack_commit", "ack_run", "nack_run",
+    "succeeded", "failed", "aborted", "output", NULL
+};
+
 static char  *ngx_pushjobs_chef_result_name[] = {
     "ok", "error", "timeout", NULL
 };
@@ -454,6 +460,12 @@ static ngx_pushjobs_metric_t  ngx_pushjobs_metrics_table[] = {
     { "pushjobs_jobs_started_total", "counter",
       "Jobs started by POST on this front end.",
       NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_JOBS_STARTED, NULL, NULL },
+
+    { "pushjobs_agent_messages_total", "counter",
+      "Messages received from agents, by type: the node transitions they "
+      "report (votes, runs, results) and their output.",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_AGENT_MSG,
+      "type", ngx_pushjobs_agent_msg_name },
 
     { "pushjobs_feeds_open", "gauge",
       "Server-Sent Events feeds open.",

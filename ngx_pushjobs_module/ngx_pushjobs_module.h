@@ -515,7 +515,12 @@ struct ngx_pushjobs_worker_s {
 #define NGX_PUSHJOBS_C_KEY_STORED      (NGX_PUSHJOBS_C_KEY_EVICTIONS + 1)
 #define NGX_PUSHJOBS_C_CHEF            (NGX_PUSHJOBS_C_KEY_STORED + 1)
                                            /* + 0 ok, 1 error, 2 timeout */
-#define NGX_PUSHJOBS_C_HTTP            (NGX_PUSHJOBS_C_CHEF + 3)
+
+#define NGX_PUSHJOBS_C_AGENT_MSG       (NGX_PUSHJOBS_C_CHEF + 3)
+                                           /* + the session's message type */
+#define NGX_PUSHJOBS_AGENT_MSG_TYPES   10
+#define NGX_PUSHJOBS_C_HTTP            (NGX_PUSHJOBS_C_AGENT_MSG           \
+                                        + NGX_PUSHJOBS_AGENT_MSG_TYPES)
                                            /* + route * CLASSES + class */
 #define NGX_PUSHJOBS_C_N               (NGX_PUSHJOBS_C_HTTP                \
                                         + NGX_PUSHJOBS_ROUTES              \

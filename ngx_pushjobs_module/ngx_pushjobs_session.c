@@ -45,6 +45,7 @@
 #define NGX_PUSHJOBS_MSG_FAILED        7
 #define NGX_PUSHJOBS_MSG_ABORTED       8
 #define NGX_PUSHJOBS_MSG_OUTPUT        9
+/* (NGX_PUSHJOBS_AGENT_MSG_TYPES, and their names in ngx_pushjobs_metrics.c) */
 
 
 typedef struct {
@@ -891,6 +892,8 @@ ngx_pushjobs_agent_dispatch(ngx_pushjobs_agent_t *a, yajl_val msg)
             }
         }
     }
+
+    ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_AGENT_MSG + type, 1);
 
     if (type == NGX_PUSHJOBS_MSG_UNKNOWN) {
         ngx_log_error(NGX_LOG_INFO, a->log, 0,

@@ -99,6 +99,9 @@ sub moved {
 }
 
 moved('pushjobs_jobs_started_total', 1);
+moved('pushjobs_agent_messages_total{type="ack_commit"}', 2);
+moved('pushjobs_agent_messages_total{type="ack_run"}', 2);
+moved('pushjobs_agent_messages_total{type="succeeded"}', 2);
 moved('pushjobs_output_bytes_total', 2 * length "hello\n");
 moved('pushjobs_http_requests_total{route="jobs",code="2xx"}', 1);
 moved('pushjobs_http_requests_total{route="job",code="2xx"}', 1);
