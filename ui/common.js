@@ -12,6 +12,11 @@ var PJ = (function () {
     var token = new URLSearchParams(location.hash.slice(1)).get('token') || '';
     var stats = { gets: {}, feeds: 0 };
 
+    /* another token in the address bar: start again with it */
+    window.addEventListener('hashchange', function () {
+        location.reload();
+    });
+
     function el(tag, cls, text) {
         var e = document.createElement(tag);
         if (cls) {

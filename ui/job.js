@@ -25,7 +25,7 @@
     var jobPath = base + '/jobs/' + id;
     var state = { nodes: new Map(), cells: new Map(), counts: {},
                   capture: false, ended: false, selected: null,
-                  out: null, transitions: [] };
+                  out: null, transitions: [], requestor: '—' };
     window.pushjobsPage = { stats: PJ.stats, state: state };
 
     if (!PJ.token) {
@@ -125,7 +125,7 @@
         document.title = 'Push job: ' + String(job.command).slice(0, 60);
         setJobStatus(job.status);
         $('facts').textContent = '';
-        fact('started by', show(job.user));
+        fact('started by', state.requestor);
         fact('created', show(job.created_at));
         fact('updated', show(job.updated_at));
         fact('quorum', show(job.quorum));
@@ -133,8 +133,8 @@
         fact('max_errors', show(job.max_errors));
         fact('run_timeout', show(job.run_timeout) + ' s');
         fact('capture_output', job.capture_output ? 'yes' : 'no');
-        if (job.job_user !== undefined) {
-            fact('runs as', show(job.job_user));
+        if (job.user !== undefined) {
+            fact('runs as', show(job.user));
         }
         if (job.dir !== undefined) {
             fact('dir', show(job.dir));
@@ -186,6 +186,14 @@
             state.ended = true;
             break;
         case 'start':
+            /* who started it: in the start event only (the job's "user"
+             * is whom it runs as) */
+            state.requestor = show(d.user);
+            $('facts').querySelectorAll('dd').forEach(function (dd) {
+                if (dd.dataset.fact === 'started by') {
+                    dd.textContent = state.requestor;
+                }
+            });
             setJobStatus('voting');
             break;
         case 'quorum_vote':
