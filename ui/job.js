@@ -25,7 +25,7 @@
     var jobPath = base + '/jobs/' + id;
     var state = { nodes: new Map(), cells: new Map(), counts: {},
                   capture: false, ended: false, selected: null,
-                  out: null, transitions: [], requestor: '—' };
+                  out: null, transitions: [], requestor: '—', quorum: '—' };
     window.pushjobsPage = { stats: PJ.stats, state: state };
 
     if (!PJ.token) {
@@ -101,11 +101,12 @@
     }
 
     function fact(k, v) {
-        var dl = $('facts');
+        var div = PJ.el('div', 'fact');
         var dt = PJ.el('dt', null, k), dd = PJ.el('dd', null, v);
         dd.dataset.fact = k;
-        dl.appendChild(dt);
-        dl.appendChild(dd);
+        div.appendChild(dt);
+        div.appendChild(dd);
+        $('facts').appendChild(div);
     }
 
     function setJobStatus(s) {
@@ -128,7 +129,7 @@
         fact('started by', state.requestor);
         fact('created', show(job.created_at));
         fact('updated', show(job.updated_at));
-        fact('quorum', show(job.quorum));
+        fact('quorum', state.quorum);
         fact('max_concurrency', show(job.max_concurrency));
         fact('max_errors', show(job.max_errors));
         fact('run_timeout', show(job.run_timeout) + ' s');
@@ -186,12 +187,15 @@
             state.ended = true;
             break;
         case 'start':
-            /* who started it: in the start event only (the job's "user"
-             * is whom it runs as) */
+            /* who started it and the quorum: in the start event only (the
+             * document's "user" is whom it runs as) */
             state.requestor = show(d.user);
+            state.quorum = show(d.quorum) + ' of ' + show(d.node_count);
             $('facts').querySelectorAll('dd').forEach(function (dd) {
                 if (dd.dataset.fact === 'started by') {
                     dd.textContent = state.requestor;
+                } else if (dd.dataset.fact === 'quorum') {
+                    dd.textContent = state.quorum;
                 }
             });
             setJobStatus('voting');
