@@ -17,6 +17,7 @@ use JSON::PP;
 use Test::More;
 use PushJobs::Stack;
 use PushJobs::Browser;
+use PushJobs::Fault qw(worker_pids kill_worker);
 
 PushJobs::Browser::chromium()
     or BAIL_OUT('chromium not found: install Debian\'s chromium package '
@@ -109,13 +110,38 @@ like $tr, qr/ready,running,succeeded$/,
 isnt $b->eval('getComputedStyle(document.querySelector("#grid .cell")).backgroundColor'),
      $b->eval('(() => { const e = document.createElement("div"); e.className = "cell s-running"; document.body.appendChild(e); const c = getComputedStyle(e).backgroundColor; e.remove(); return c })()'),
      '  in another colour than running';
-is $b->eval(q{document.querySelector('.legend-item[data-status="succeeded"] .legend-count').textContent}),
-    '3', '  the counts: 3 succeeded';
+ok $b->wait_until(q{(document.querySelector('.legend-item[data-status="succeeded"] .legend-count') || {}).textContent === '3'}),
+    '  the counts: 3 succeeded';
 ok $b->eval('document.querySelectorAll("#events li").length >= 8'),
     '  the events listed';
 is $b->eval('pushjobsPage.stats.gets[location.pathname]'), 1,
     'the job document read once: the rest came from the feed (no polling)';
 is $b->eval('pushjobsPage.stats.feeds'), 1, '  one feed connection';
+
+# --- a dropped feed: resumed -----------------------------------------------------
+
+my $idr = $stack->start_job({ command => 'lines', nodes => \@nodes,
+                              capture_output => JSON::PP::true });
+open_page(link_for("/jobs/$idr/link")->{url});
+ok $b->wait_until('document.querySelectorAll("#grid .cell").length === 3'),
+    'another captured job: its page';
+$b->eval(q{document.querySelector('#grid .cell[data-node="node2"]').click()});
+ok $b->wait_until('document.getElementById("out-stdout").textContent.includes("line 3\n")', 20),
+    'another captured job: node2\'s output shown';
+my @killed;
+for my $pid (worker_pids($stack)) {
+    push @killed, $pid;
+    ok scalar(kill_worker($stack, $pid)), "nginx worker $pid killed (its feeds dropped)";
+}
+ok $b->wait_until('pushjobsPage.stats.feeds >= 2', 20),
+    'the page opens the feed again';
+ok $b->wait_until('document.querySelectorAll("#grid .cell.s-succeeded").length === 3', 40),
+    '  and follows the job to its end';
+is $b->eval('(document.getElementById("out-stdout").textContent.match(/^line \d+$/mg) || []).join(",")'),
+    join(',', map { "line $_" } 1 .. 12), '  node2\'s output: every line once, in order';
+is $b->eval('pushjobsPage.stats.gets[location.pathname]'),
+    $b->eval('pushjobsPage.stats.feeds'),
+    '  the job document read once per connection, no more';
 
 # --- every value as text ---------------------------------------------------------
 
