@@ -105,8 +105,17 @@ var PJ = (function () {
             }
             stats.feeds++;
             setConn('connecting');
+            /* a feed says ":keepalive" every 15 s: 45 s of silence is a
+             * connection lost without a word (a dead link, a suspended
+             * laptop), ended here to be opened again */
+            var ctl = new AbortController(), watchdog = null;
+            var alive = function () {
+                clearTimeout(watchdog);
+                watchdog = setTimeout(function () { ctl.abort(); }, 45000);
+            };
+            alive();
             fetch(path, { headers: h, cache: 'no-store', credentials: 'omit',
-                          referrerPolicy: 'no-referrer' })
+                          referrerPolicy: 'no-referrer', signal: ctl.signal })
             .then(function (r) {
                 if (!r.ok) {
                     return r.text().then(function (t) {
@@ -114,8 +123,11 @@ var PJ = (function () {
                     });
                 }
                 return Promise.resolve(opts.onOpen ? opts.onOpen() : null)
-                    .then(function () { return read(r.body.getReader()); });
+                    .then(function () {
+                        return read(r.body.getReader(), alive);
+                    });
             })
+            .finally(function () { clearTimeout(watchdog); })
             .then(function () {
                 if (opts.done && opts.done()) {
                     setConn('ended');
@@ -139,7 +151,7 @@ var PJ = (function () {
             backoff = Math.min(backoff * 2, 10000);
         }
 
-        function read(reader) {
+        function read(reader, alive) {
             var dec = new TextDecoder('utf-8'), buf = '';
             var ev = { name: '', data: [], id: null };
             setConn('live');
@@ -187,6 +199,7 @@ var PJ = (function () {
                     if (r.done) {
                         return;
                     }
+                    alive();
                     buf += dec.decode(r.value, { stream: true });
                     var m;
                     while ((m = /\r\n|\r|\n/.exec(buf)) !== null) {
