@@ -211,6 +211,9 @@ ok $b->wait_until('!document.getElementById("error").hidden'),
     'an altered org token: refused';
 like text('error'), qr/401 invalid link/, '  401 invalid link';
 
+is_deeply [ $b->page_errors ], [],
+    'no exception in the pages, nothing the CSP refused';
+
 $b->close;
 undef $b;
 done_testing;

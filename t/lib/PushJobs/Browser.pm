@@ -79,6 +79,7 @@ sub new {
     $self->ws_connect($t->{webSocketDebuggerUrl});
     $self->cmd('Page.enable');
     $self->cmd('Runtime.enable');
+    $self->cmd('Log.enable');
     return $self;
 }
 
@@ -225,6 +226,26 @@ sub cmd {
 }
 
 sub events { @{ $_[0]{events} } }
+
+# What went wrong in the pages so far: uncaught exceptions and CSP
+# violations, as strings.
+sub page_errors {
+    my ($self) = @_;
+    my @e;
+    for my $ev ($self->events) {
+        if ($ev->{method} eq 'Runtime.exceptionThrown') {
+            my $d = $ev->{params}{exceptionDetails};
+            push @e, 'exception: '
+                     . ($d->{exception}{description} // $d->{text});
+        } elsif ($ev->{method} eq 'Log.entryAdded'
+                 && ($ev->{params}{entry}{text} // '')
+                    =~ /Content.Security.Policy/i)
+        {
+            push @e, 'CSP: ' . $ev->{params}{entry}{text};
+        }
+    }
+    return @e;
+}
 
 # the JavaScript expression's value (promises awaited); an exception croaks
 sub eval {
