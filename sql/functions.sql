@@ -1267,13 +1267,16 @@ DECLARE
     v_cur     bigint;
     v_trunc   boolean;
     v_data    bytea;
+    v_b64     text;
     v_keys    bigint[] := '{}';
     v_names   text[] := '{}';
     v_fields  json[] := '{}';
 BEGIN
+    -- the job ids only: jsonb_array_elements() would copy every chunk's
+    -- data (a batch holds megabytes) for the lock too; the loop below
+    -- checks the org
     PERFORM 1 FROM pushjobs.jobs j
-     WHERE (j.id, j.org) IN (SELECT e ->> 'job_id', e ->> 'org'
-                               FROM jsonb_array_elements(p_chunks) e)
+     WHERE j.id IN (SELECT jsonb_path_query(p_chunks, '$[*].job_id') #>> '{}')
      ORDER BY j.id
        FOR UPDATE;
 
@@ -1338,6 +1341,16 @@ BEGIN
             CONTINUE;
         END IF;
 
+        -- the event carries the chunk's own base64 when all of it is
+        -- stored and it is plain (the common case): not encoded again
+        v_b64 := NULL;
+
+        IF r.off = v_cur AND v_cur + length(v_data) <= r.cap
+           AND r.data ~ '^[A-Za-z0-9+/=]*$'
+        THEN
+            v_b64 := r.data;
+        END IF;
+
         v_data := substr(v_data, (v_cur - r.off + 1)::integer);
 
         IF v_cur + length(v_data) > r.cap THEN
@@ -1366,8 +1379,9 @@ BEGIN
         v_fields := array_append(v_fields,
             json_build_object('node', r.node, 'stream', r.stream,
                               'offset', v_cur,
-                              'data', translate(encode(v_data, 'base64'),
-                                                E'\n', '')));
+                              'data', COALESCE(v_b64,
+                                  translate(encode(v_data, 'base64'),
+                                            E'\n', ''))));
     END LOOP;
 
     IF v_id IS NOT NULL THEN
