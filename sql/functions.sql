@@ -1246,11 +1246,13 @@ $$;
 -- "node", "job_id", "stream" ("stdout" or "stderr"), "offset" (of the
 -- chunk's first byte in its stream), "data" (base64), "cap" (the
 -- server's pushjobs_max_output_size), "truncated" (the agent's chunk went
--- beyond the cap)}.  Each chunk is appended to its
--- node's job_output_live row, only the part beyond what is stored (a
+-- beyond the cap)}.  Each chunk is stored as a job_output_chunk row of
+-- its node, only the part beyond what is stored (a
 -- chunk re-sent after a reconnect adds nothing; one after a gap is
--- dropped: the final report fills it), up to the cap (then the row is
--- marked truncated), and what was appended is an output event {"node",
+-- dropped: the final report fills it), up to the cap (then the node's
+-- job_output_live row is marked truncated); that row keeps the stream's
+-- length, so a chunk costs its own bytes whatever the node has sent
+-- before.  What was appended is an output event {"node",
 -- "stream", "offset", "data"} on the job's feed.  Only a running node
 -- whose final report has not been stored streams: the report wins, and
 -- no output event follows the node's end.  One emit_events() per job;
@@ -1262,16 +1264,19 @@ DECLARE
     r         record;
     v_job     pushjobs.jobs;
     v_id      text;
-    v_cur     integer;
+    v_cur     bigint;
     v_trunc   boolean;
     v_data    bytea;
+    v_b64     text;
     v_keys    bigint[] := '{}';
     v_names   text[] := '{}';
     v_fields  json[] := '{}';
 BEGIN
+    -- the job ids only: jsonb_array_elements() would copy every chunk's
+    -- data (a batch holds megabytes) for the lock too; the loop below
+    -- checks the org
     PERFORM 1 FROM pushjobs.jobs j
-     WHERE (j.id, j.org) IN (SELECT e ->> 'job_id', e ->> 'org'
-                               FROM jsonb_array_elements(p_chunks) e)
+     WHERE j.id IN (SELECT jsonb_path_query(p_chunks, '$[*].job_id') #>> '{}')
      ORDER BY j.id
        FOR UPDATE;
 
@@ -1316,8 +1321,8 @@ BEGIN
         VALUES (r.job_id, r.node)
         ON CONFLICT DO NOTHING;
 
-        SELECT length(CASE WHEN r.stream = 'stderr' THEN l.stderr
-                           ELSE l.stdout END), l.truncated
+        SELECT CASE WHEN r.stream = 'stderr' THEN l.stderr_len
+                    ELSE l.stdout_len END, l.truncated
           INTO v_cur, v_trunc
           FROM pushjobs.job_output_live l
          WHERE l.job_id = r.job_id AND l.node_name = r.node;
@@ -1336,6 +1341,16 @@ BEGIN
             CONTINUE;
         END IF;
 
+        -- the event carries the chunk's own base64 when all of it is
+        -- stored and it is plain (the common case): not encoded again
+        v_b64 := NULL;
+
+        IF r.off = v_cur AND v_cur + length(v_data) <= r.cap
+           AND r.data ~ '^[A-Za-z0-9+/=]*$'
+        THEN
+            v_b64 := r.data;
+        END IF;
+
         v_data := substr(v_data, (v_cur - r.off + 1)::integer);
 
         IF v_cur + length(v_data) > r.cap THEN
@@ -1346,11 +1361,17 @@ BEGIN
             CONTINUE;
         END IF;
 
+        INSERT INTO pushjobs.job_output_chunk (job_id, node_name, stream,
+                                               off, data)
+        VALUES (r.job_id, r.node, r.stream, v_cur, v_data);
+
         UPDATE pushjobs.job_output_live l
-           SET stdout = CASE WHEN r.stream = 'stdout' THEN l.stdout || v_data
-                             ELSE l.stdout END,
-               stderr = CASE WHEN r.stream = 'stderr' THEN l.stderr || v_data
-                             ELSE l.stderr END
+           SET stdout_len = CASE WHEN r.stream = 'stdout'
+                                 THEN v_cur + length(v_data)
+                                 ELSE l.stdout_len END,
+               stderr_len = CASE WHEN r.stream = 'stderr'
+                                 THEN v_cur + length(v_data)
+                                 ELSE l.stderr_len END
          WHERE l.job_id = r.job_id AND l.node_name = r.node;
 
         v_keys := array_append(v_keys, r.ord);
@@ -1358,8 +1379,9 @@ BEGIN
         v_fields := array_append(v_fields,
             json_build_object('node', r.node, 'stream', r.stream,
                               'offset', v_cur,
-                              'data', translate(encode(v_data, 'base64'),
-                                                E'\n', '')));
+                              'data', COALESCE(v_b64,
+                                  translate(encode(v_data, 'base64'),
+                                            E'\n', ''))));
     END LOOP;
 
     IF v_id IS NOT NULL THEN
@@ -1371,16 +1393,20 @@ $$;
 
 
 -- A node's final report replaces what it streamed: its job_output row is
--- stored, its job_output_live row goes.  When the node streamed, what the
--- report has beyond the streamed bytes (the last chunks, sent just before
--- the report, may be applied after it and are then ignored) is emitted
--- as output events, so that the feed carries the whole output; before
--- the node's own end events (node_inputs() stores the output first).
+-- stored, its job_output_live row and job_output_chunk rows go.  When the
+-- node streamed, what the report has beyond the streamed bytes (the last
+-- chunks, sent just before the report, may be applied after it and are
+-- then ignored) is emitted as output events, so that the feed carries the
+-- whole output; before the node's own end events (node_inputs() stores
+-- the output first).  The streamed bytes are assembled once, here, to
+-- check that the report starts with them.
 CREATE OR REPLACE FUNCTION pushjobs.job_output_final()
 RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     v_live    pushjobs.job_output_live;
+    v_stdout  bytea;
+    v_stderr  bytea;
     v_org     text;
     v_names   text[] := '{}';
     v_fields  json[] := '{}';
@@ -1393,29 +1419,39 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    IF length(NEW.stdout) > length(v_live.stdout)
-       AND substr(NEW.stdout, 1, length(v_live.stdout)) = v_live.stdout
+    WITH c AS (
+        DELETE FROM pushjobs.job_output_chunk c
+         WHERE c.job_id = NEW.job_id AND c.node_name = NEW.node_name
+        RETURNING c.stream, c.off, c.data
+    )
+    SELECT COALESCE(string_agg(c.data, '' ORDER BY c.off)
+                        FILTER (WHERE c.stream = 'stdout'), ''),
+           COALESCE(string_agg(c.data, '' ORDER BY c.off)
+                        FILTER (WHERE c.stream = 'stderr'), '')
+      INTO v_stdout, v_stderr
+      FROM c;
+
+    IF length(NEW.stdout) > length(v_stdout)
+       AND substr(NEW.stdout, 1, length(v_stdout)) = v_stdout
     THEN
         v_names := array_append(v_names, 'output');
         v_fields := array_append(v_fields,
             json_build_object('node', NEW.node_name, 'stream', 'stdout',
-                              'offset', length(v_live.stdout),
+                              'offset', length(v_stdout),
                               'data', translate(encode(
-                                  substr(NEW.stdout,
-                                         length(v_live.stdout) + 1),
+                                  substr(NEW.stdout, length(v_stdout) + 1),
                                   'base64'), E'\n', '')));
     END IF;
 
-    IF length(NEW.stderr) > length(v_live.stderr)
-       AND substr(NEW.stderr, 1, length(v_live.stderr)) = v_live.stderr
+    IF length(NEW.stderr) > length(v_stderr)
+       AND substr(NEW.stderr, 1, length(v_stderr)) = v_stderr
     THEN
         v_names := array_append(v_names, 'output');
         v_fields := array_append(v_fields,
             json_build_object('node', NEW.node_name, 'stream', 'stderr',
-                              'offset', length(v_live.stderr),
+                              'offset', length(v_stderr),
                               'data', translate(encode(
-                                  substr(NEW.stderr,
-                                         length(v_live.stderr) + 1),
+                                  substr(NEW.stderr, length(v_stderr) + 1),
                                   'base64'), E'\n', '')));
     END IF;
 
@@ -2093,8 +2129,9 @@ $$;
 
 
 -- Captured output of one node, base64 without line breaks: the final
--- report's, or while the node runs what it has streamed so far; no row
--- when the job, the node or any output does not exist.
+-- report's, or while the node runs what it has streamed so far (its
+-- chunks, assembled); no row when the job, the node or any output does
+-- not exist.
 CREATE OR REPLACE FUNCTION pushjobs.job_output_b64(p_org text, p_job text,
     p_node text, p_channel text)
 RETURNS text
@@ -2105,9 +2142,15 @@ LANGUAGE sql STABLE AS $$
               FROM pushjobs.job_output o
              WHERE o.job_id = p_job AND o.node_name = p_node
             UNION ALL
-            SELECT l.stdout, l.stderr, 2
+            SELECT COALESCE(string_agg(c.data, '' ORDER BY c.off)
+                                FILTER (WHERE c.stream = 'stdout'), ''),
+                   COALESCE(string_agg(c.data, '' ORDER BY c.off)
+                                FILTER (WHERE c.stream = 'stderr'), ''), 2
               FROM pushjobs.job_output_live l
-             WHERE l.job_id = p_job AND l.node_name = p_node) o
+              LEFT JOIN pushjobs.job_output_chunk c
+                     ON c.job_id = l.job_id AND c.node_name = l.node_name
+             WHERE l.job_id = p_job AND l.node_name = p_node
+             GROUP BY l.job_id, l.node_name) o
       JOIN pushjobs.jobs j ON j.id = p_job
      WHERE j.org = p_org
      ORDER BY o.rank

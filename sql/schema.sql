@@ -112,16 +112,34 @@ CREATE TABLE pushjobs.job_output (
 );
 
 -- Output streamed while a job runs (the agent's output messages), one row
--- per node that has sent some: what node_outputs() appended, in order,
--- at most the cap.  The final report's job_output row wins: once it
--- exists this one is no longer read nor written.
+-- per node that has sent some: how many bytes of each stream
+-- node_outputs() has stored as job_output_chunk rows (at most the cap),
+-- and whether it cut at the cap.  Small and fixed in size, so updating it
+-- per chunk costs the same at any length.  The final report's job_output
+-- row wins: job_output_final() deletes this row and the chunks.
 CREATE TABLE pushjobs.job_output_live (
     job_id           text NOT NULL,
     node_name        text NOT NULL,
-    stdout           bytea NOT NULL DEFAULT '',
-    stderr           bytea NOT NULL DEFAULT '',
+    stdout_len       bigint NOT NULL DEFAULT 0,
+    stderr_len       bigint NOT NULL DEFAULT 0,
     truncated        boolean NOT NULL DEFAULT false,
     PRIMARY KEY (job_id, node_name),
+    FOREIGN KEY (job_id, node_name)
+        REFERENCES pushjobs.job_nodes (job_id, node_name) ON DELETE CASCADE
+);
+
+-- The streamed bytes, one row per appended chunk: bytes [off, off +
+-- length(data)) of the node's stream, contiguous from 0 up to the
+-- stream's length in job_output_live.  A chunk is an insert of its own
+-- bytes (appending to one bytea rewrote the whole output so far);
+-- readers assemble string_agg(data, '' ORDER BY off).
+CREATE TABLE pushjobs.job_output_chunk (
+    job_id           text NOT NULL,
+    node_name        text NOT NULL,
+    stream           text NOT NULL CHECK (stream IN ('stdout', 'stderr')),
+    off              bigint NOT NULL CHECK (off >= 0),
+    data             bytea NOT NULL,
+    PRIMARY KEY (job_id, node_name, stream, off),
     FOREIGN KEY (job_id, node_name)
         REFERENCES pushjobs.job_nodes (job_id, node_name) ON DELETE CASCADE
 );

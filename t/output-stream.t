@@ -120,6 +120,14 @@ ok PushJobs::Stack::wait_for(10, sub {
         && $mid ne lines('line', 20);
 }, 0.1), 'GET output serves part of stdout while the job runs';
 ok index(lines('line', 20), $mid) == 0, '  a prefix of what the command prints';
+ok PushJobs::Stack::wait_for(10, sub {
+    my ($rows, $gaps) = split /\t/, $stack->psql('pushjobs',
+        "SELECT count(*), count(*) FILTER (WHERE off <> prev) FROM"
+        . " (SELECT off, lag(off + length(data), 1, 0::bigint) OVER"
+        . "  (PARTITION BY node_name, stream ORDER BY off) AS prev"
+        . "  FROM pushjobs.job_output_chunk WHERE job_id = '$id') c");
+    $rows >= 2 && $gaps == 0;
+}, 0.1), '  stored as contiguous chunk rows, one per append';
 
 push @ev, $sse->until_event('job_complete', 30);
 my ($bytes, $contiguous) = streamed(@ev);
@@ -133,9 +141,12 @@ is status($id), 'complete', 'job complete';
 is output($id), lines('line', 20),
     'final stdout: what the command printed, once';
 is output($id, 'stderr'), lines('err', 20), 'final stderr too';
-is $stack->psql('pushjobs', "SELECT count(*) FROM pushjobs.job_output_live"
-                            . " WHERE job_id = '$id'") + 0, 0,
-    'the final report replaced the streamed output';
+is $stack->psql('pushjobs', "SELECT (SELECT count(*)"
+                            . " FROM pushjobs.job_output_live"
+                            . " WHERE job_id = '$id') + (SELECT count(*)"
+                            . " FROM pushjobs.job_output_chunk"
+                            . " WHERE job_id = '$id')") + 0, 0,
+    'the final report replaced the streamed output (and its chunks)';
 
 # --- binary output ----------------------------------------------------------
 

@@ -26,6 +26,15 @@ my $running = $stack->start_job({ command => 'sleep 20', nodes => ['node1'] });
 ok PushJobs::Stack::wait_for(20, sub {
     ($stack->job($running) // {})->{status} eq 'running' }), 'a job runs';
 
+# streamed output left behind, as by a node that ended without a final
+# report (its chunks are not removed by job_output_final())
+$stack->psql('pushjobs', "INSERT INTO pushjobs.job_output_live"
+             . " (job_id, node_name, stdout_len) VALUES ('$old', 'node1', 4);"
+             . " INSERT INTO pushjobs.job_output_chunk"
+             . " (job_id, node_name, stream, off, data) VALUES"
+             . " ('$old', 'node1', 'stdout', 0, 'ab'),"
+             . " ('$old', 'node1', 'stdout', 2, 'cd')");
+
 # age two of them past the retention: only the finished one may go
 $stack->psql('pushjobs', "UPDATE pushjobs.jobs SET updated_at = now() - "
              . "interval '2 hours' WHERE id IN ('$old', '$running')");
@@ -37,8 +46,12 @@ ok PushJobs::Stack::wait_for(20, sub {
 my $left = $stack->psql('pushjobs',
     "SELECT (SELECT count(*) FROM pushjobs.job_nodes WHERE job_id = '$old')"
     . " + (SELECT count(*) FROM pushjobs.job_events WHERE job_id = '$old')"
-    . " + (SELECT count(*) FROM pushjobs.job_output WHERE job_id = '$old')");
-is $left + 0, 0, 'with its nodes, events and output';
+    . " + (SELECT count(*) FROM pushjobs.job_output WHERE job_id = '$old')"
+    . " + (SELECT count(*) FROM pushjobs.job_output_live"
+    . "     WHERE job_id = '$old')"
+    . " + (SELECT count(*) FROM pushjobs.job_output_chunk"
+    . "     WHERE job_id = '$old')");
+is $left + 0, 0, 'with its nodes, events, output and streamed chunks';
 
 is $stack->job($recent)->{status}, 'complete', 'a recent job is kept';
 is $stack->job($running)->{status}, 'running', 'a running job is kept';

@@ -5,6 +5,7 @@ BEGIN;
 DROP TRIGGER job_output_final ON pushjobs.job_output;
 DROP FUNCTION pushjobs.job_output_final();
 DROP FUNCTION pushjobs.node_outputs(jsonb);
+DROP TABLE pushjobs.job_output_chunk;
 DROP TABLE pushjobs.job_output_live;
 
 -- Captured output of one node, base64 without line breaks; no row when the

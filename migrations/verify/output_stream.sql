@@ -5,8 +5,11 @@ BEGIN;
 SELECT 'pushjobs.node_outputs(jsonb)'::regprocedure,
        'pushjobs.job_output_final()'::regprocedure;
 
-SELECT job_id, node_name, stdout, stderr, truncated
+SELECT job_id, node_name, stdout_len, stderr_len, truncated
   FROM pushjobs.job_output_live WHERE false;
+
+SELECT job_id, node_name, stream, off, data
+  FROM pushjobs.job_output_chunk WHERE false;
 
 SELECT 1 / count(*)::integer
   FROM pg_trigger
@@ -14,7 +17,7 @@ SELECT 1 / count(*)::integer
    AND tgrelid = 'pushjobs.job_output'::regclass;
 
 -- job_output_b64() reads the streamed output too
-SELECT 1 / (p.prosrc ~ 'job_output_live')::integer
+SELECT 1 / (p.prosrc ~ 'job_output_chunk')::integer
   FROM pg_proc p
  WHERE p.oid = 'pushjobs.job_output_b64(text, text, text, text)'::regprocedure;
 
