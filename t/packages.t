@@ -100,6 +100,9 @@ SKIP: {
         'the sqitch plan ships with the module';
     ok $c->{'/usr/share/pushjobs/sql/functions.sql'},
         'with sql/, where its changes\' "\\ir ../../sql/..." find it';
+    ok $c->{'/usr/share/pushjobs/ui/job.html'}
+       && $c->{'/usr/share/pushjobs/ui/job.js'},
+        'the job pages (pushjobs_ui /usr/share/pushjobs/ui)';
 
     my $abi = '';
     if (open my $fh, '<', '/usr/share/nginx/src/debian/libnginx-mod.abisubstvars') {
