@@ -51,7 +51,7 @@ void
 ngx_pushjobs_job_notify(ngx_str_t *payload)
 {
     u_char     *p;
-    ngx_str_t   s, kind, org, job, owner, session, batch;
+    ngx_str_t   s, kind, org, job, owner, session, batch, status;
     ngx_uint_t  k;
 
     s = *payload;
@@ -99,6 +99,15 @@ ngx_pushjobs_job_notify(ngx_str_t *payload)
         }
 
         return;
+    }
+
+    if (k == NGX_PUSHJOBS_JOB_STOP) {
+        /* a job's end carries its status (job_status_set()) */
+        status = s;
+
+        if (ngx_pushjobs_job_token(&status, &batch)) {
+            ngx_pushjobs_metrics_job_ended(&batch);
+        }
     }
 
     if (ngx_pushjobs_agent_org_count(&org) == 0) {

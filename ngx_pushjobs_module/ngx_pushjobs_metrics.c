@@ -41,6 +41,8 @@ typedef struct {
 
 typedef struct {
     ngx_atomic_t                pid;
+    /* the worker is leaving (a reload): it no longer counts job ends */
+    ngx_atomic_t                exiting;
     ngx_atomic_t                gauge[NGX_PUSHJOBS_G_N];
 } ngx_pushjobs_metrics_slot_t;
 
@@ -78,6 +80,12 @@ static ngx_msec_t  ngx_pushjobs_bucket_ms[NGX_PUSHJOBS_BUCKETS] = {
 static char  *ngx_pushjobs_bucket_le[NGX_PUSHJOBS_BUCKETS] = {
     "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5",
     "5", "10"
+};
+
+/* a job's end statuses; then "other" */
+static char  *ngx_pushjobs_job_end_name[NGX_PUSHJOBS_JOB_ENDS + 1] = {
+    "complete", "quorum_failed", "timed_out", "crashed", "aborted", "other",
+    NULL
 };
 
 /* the REST routes by number (ngx_pushjobs_api.c), 0: none matched */
@@ -213,6 +221,7 @@ ngx_pushjobs_metrics_init_process(ngx_pushjobs_worker_t *w)
             m->slot[i].gauge[g] = 0;
         }
 
+        m->slot[i].exiting = 0;
         w->metrics_slot = &m->slot[i].gauge[0];
         return;
     }
@@ -223,19 +232,30 @@ ngx_pushjobs_metrics_init_process(ngx_pushjobs_worker_t *w)
 }
 
 
+static ngx_pushjobs_metrics_slot_t *
+ngx_pushjobs_metrics_own_slot(ngx_pushjobs_worker_t *w)
+{
+    if (w == NULL || w->metrics_slot == NULL) {
+        return NULL;
+    }
+
+    return (ngx_pushjobs_metrics_slot_t *)
+               ((u_char *) w->metrics_slot
+                - offsetof(ngx_pushjobs_metrics_slot_t, gauge));
+}
+
+
 void
 ngx_pushjobs_metrics_exit_process(ngx_pushjobs_worker_t *w)
 {
     ngx_uint_t                    g;
     ngx_pushjobs_metrics_slot_t  *s;
 
-    if (w->metrics_slot == NULL) {
+    s = ngx_pushjobs_metrics_own_slot(w);
+
+    if (s == NULL) {
         return;
     }
-
-    s = (ngx_pushjobs_metrics_slot_t *) ((u_char *) w->metrics_slot
-                                   - offsetof(ngx_pushjobs_metrics_slot_t,
-                                              gauge));
 
     for (g = 0; g < NGX_PUSHJOBS_G_N; g++) {
         s->gauge[g] = 0;
@@ -244,6 +264,72 @@ ngx_pushjobs_metrics_exit_process(ngx_pushjobs_worker_t *w)
     w->metrics_slot = NULL;
 
     (void) ngx_atomic_cmp_set(&s->pid, (ngx_atomic_uint_t) ngx_pid, 0);
+}
+
+
+void
+ngx_pushjobs_metrics_exiting(ngx_pushjobs_worker_t *w)
+{
+    ngx_pushjobs_metrics_slot_t  *s;
+
+    s = ngx_pushjobs_metrics_own_slot(w);
+
+    if (s) {
+        s->exiting = 1;
+    }
+}
+
+
+/*
+ * A job ended, anywhere (every worker of every front end hears its
+ * NOTIFY): counted once per front end, by its first worker alive that is
+ * not leaving.  Counts what this front end saw, from the notifications:
+ * ends while its LISTEN connection was away are not counted.
+ */
+
+void
+ngx_pushjobs_metrics_job_ended(ngx_str_t *status)
+{
+    ngx_uint_t                    i, k;
+    ngx_atomic_uint_t             pid;
+    ngx_pushjobs_metrics_t       *m;
+    ngx_pushjobs_metrics_slot_t  *own;
+
+    own = ngx_pushjobs_metrics_own_slot(ngx_pushjobs_worker);
+
+    if (own == NULL || own->exiting) {
+        return;
+    }
+
+    m = ngx_pushjobs_worker->metrics;
+
+    for (i = 0; i < NGX_PUSHJOBS_METRICS_SLOTS; i++) {
+        pid = m->slot[i].pid;
+
+        if (pid == 0 || m->slot[i].exiting
+            || (kill((pid_t) pid, 0) == -1 && ngx_errno == NGX_ESRCH))
+        {
+            continue;
+        }
+
+        if (&m->slot[i] != own) {
+            /* another worker counts it */
+            return;
+        }
+
+        break;
+    }
+
+    for (k = 0; k < NGX_PUSHJOBS_JOB_ENDS - 1; k++) {
+        if (ngx_strlen(ngx_pushjobs_job_end_name[k]) == status->len
+            && ngx_strncmp(ngx_pushjobs_job_end_name[k], status->data,
+                           status->len) == 0)
+        {
+            break;
+        }
+    }
+
+    ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_JOBS_ENDED + k, 1);
 }
 
 
@@ -466,6 +552,12 @@ static ngx_pushjobs_metric_t  ngx_pushjobs_metrics_table[] = {
       "report (votes, runs, results) and their output.",
       NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_AGENT_MSG,
       "type", ngx_pushjobs_agent_msg_name },
+
+    { "pushjobs_jobs_ended_total", "counter",
+      "Jobs ended, by final status: every job of the job system (all front "
+      "ends), counted once per front end from PostgreSQL's notifications.",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_JOBS_ENDED,
+      "status", ngx_pushjobs_job_end_name },
 
     { "pushjobs_feeds_open", "gauge",
       "Server-Sent Events feeds open.",

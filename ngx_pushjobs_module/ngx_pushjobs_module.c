@@ -1029,6 +1029,7 @@ ngx_pushjobs_exiting(ngx_uint_t now)
 
         ngx_pushjobs_pg_unlisten();
         ngx_pushjobs_store_flush();
+        ngx_pushjobs_metrics_exiting(w);
 
         /*
          * nginx closes the idle connections, an HTTP/1.x feed's among them,

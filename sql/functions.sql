@@ -208,7 +208,8 @@ $$;
 -- Every change of a job's status after create_job(): the row updated and
 -- the event it makes.  "running" starts the run timer and emits
 -- quorum_succeeded; an end status emits job_complete (to the org feed too)
--- and tells the agents still holding the job to stop.  Returns the updated
+-- and tells the agents still holding the job to stop (the NOTIFY carries
+-- the end status).  Returns the updated
 -- row.  The caller holds the job's lock.
 CREATE OR REPLACE FUNCTION pushjobs.job_status_set(p_job text,
     p_status pushjobs.job_status)
@@ -230,7 +231,9 @@ BEGIN
     ELSE
         PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
                               json_build_object('status', p_status), true);
-        PERFORM pushjobs.notify('stop', v_job.org, p_job);
+        -- "stop ORG JOB STATUS": the status for the front ends' metrics
+        PERFORM pushjobs.notify('stop', v_job.org,
+                                p_job || ' ' || p_status::text);
     END IF;
 
     RETURN v_job;

@@ -99,6 +99,12 @@ sub moved {
 }
 
 moved('pushjobs_jobs_started_total', 1);
+# counted once by the front end, not once per worker
+ok PushJobs::Stack::wait_for(10, sub {
+    value('pushjobs_jobs_ended_total{status="complete"}')
+    - ($before{'pushjobs_jobs_ended_total{status="complete"}'} // 0) == 1
+}, 0.1), '  pushjobs_jobs_ended_total{status="complete"}: +1, once for the '
+        . 'two workers';
 moved('pushjobs_agent_messages_total{type="ack_commit"}', 2);
 moved('pushjobs_agent_messages_total{type="ack_run"}', 2);
 moved('pushjobs_agent_messages_total{type="succeeded"}', 2);
@@ -166,6 +172,17 @@ ok wait_value('pushjobs_agents_connected{transport="websocket"}', 2),
     '  two agents connected: the dead worker\'s gauges do not count';
 is value('pushjobs_worker_processes'), 2, '  two worker processes';
 is value('pushjobs_jobs_started_total'), $started, '  counters kept';
+
+# a job ended after the kill: still counted once
+($m) = scrape();
+my $ended = $m->{'pushjobs_jobs_ended_total{status="quorum_failed"}'} // 0;
+my $qf = $stack->start_job({ command => 'true', nodes => ['ghost'] });
+is $stack->wait_job($qf, 30)->{status}, 'quorum_failed',
+    'a job on an unknown node: quorum_failed';
+ok PushJobs::Stack::wait_for(10, sub {
+    value('pushjobs_jobs_ended_total{status="quorum_failed"}') == $ended + 1
+}, 0.1), '  counted once, by a worker alive';
+$started = value('pushjobs_jobs_started_total');
 
 # --- a reload ----------------------------------------------------------------
 

@@ -33,7 +33,9 @@ BEGIN
     ELSE
         PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
                               json_build_object('status', p_status), true);
-        PERFORM pushjobs.notify('stop', v_job.org, p_job);
+        -- "stop ORG JOB STATUS": the status for the front ends' metrics
+        PERFORM pushjobs.notify('stop', v_job.org,
+                                p_job || ' ' || p_status::text);
     END IF;
 
     RETURN v_job;
