@@ -43,7 +43,8 @@ static const char  *ngx_pushjobs_job_kinds[] = {
 
 /*
  * "commit ORG JOB", "run ORG JOB", "run ORG JOB BATCH" (the nodes a rollout
- * released in that batch), "stop ORG JOB", "event ORG JOB",
+ * released in that batch), "stop ORG JOB", "stop ORG JOB STATUS
+ * NODE_STATUS=COUNT..." (a job's end), "event ORG JOB",
  * "kick OWNER SESSION ORG NODE"
  */
 
@@ -102,11 +103,11 @@ ngx_pushjobs_job_notify(ngx_str_t *payload)
     }
 
     if (k == NGX_PUSHJOBS_JOB_STOP) {
-        /* a job's end carries its status (job_status_set()) */
+        /* a job's end carries its status and its nodes' (job_status_set()) */
         status = s;
 
         if (ngx_pushjobs_job_token(&status, &batch)) {
-            ngx_pushjobs_metrics_job_ended(&batch);
+            ngx_pushjobs_metrics_job_ended(&batch, &status);
         }
     }
 

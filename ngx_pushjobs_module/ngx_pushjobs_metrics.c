@@ -62,11 +62,15 @@ static void ngx_pushjobs_metrics_request(void *data);
 typedef struct ngx_pushjobs_metric_s  ngx_pushjobs_metric_t;
 
 static u_char *ngx_pushjobs_metrics_samples(u_char *p, u_char *end,
-    ngx_pushjobs_metrics_t *m, ngx_pushjobs_metric_t *mt);
+    ngx_pushjobs_metrics_t *m, u_char *live, ngx_pushjobs_metric_t *mt);
 static u_char *ngx_pushjobs_metrics_hist(u_char *p, u_char *end,
     const char *name, const char *labels, ngx_pushjobs_hist_t *h);
 static ngx_atomic_int_t ngx_pushjobs_metrics_gauge_sum(
-    ngx_pushjobs_metrics_t *m, ngx_uint_t g, ngx_uint_t *procs);
+    ngx_pushjobs_metrics_t *m, u_char *live, ngx_uint_t g, ngx_uint_t *procs);
+static ngx_uint_t ngx_pushjobs_metrics_name_index(char **names, ngx_uint_t n,
+    u_char *name, size_t len);
+static void ngx_pushjobs_metrics_live(ngx_pushjobs_metrics_t *m,
+    u_char *live);
 
 
 static ngx_str_t  ngx_pushjobs_metrics_zone_name =
@@ -86,6 +90,13 @@ static char  *ngx_pushjobs_bucket_le[NGX_PUSHJOBS_BUCKETS] = {
 static char  *ngx_pushjobs_job_end_name[NGX_PUSHJOBS_JOB_ENDS + 1] = {
     "complete", "quorum_failed", "timed_out", "crashed", "aborted", "other",
     NULL
+};
+
+/* the node statuses (schema.sql's node_status, in its order); then "other" */
+static char  *ngx_pushjobs_node_end_name[NGX_PUSHJOBS_NODE_ENDS + 1] = {
+    "new", "ready", "running", "succeeded", "failed", "aborted",
+    "unavailable", "nacked", "faulty", "was_ready", "crashed", "timed_out",
+    "other", NULL
 };
 
 /* the REST routes by number (ngx_pushjobs_api.c), 0: none matched */
@@ -284,16 +295,20 @@ ngx_pushjobs_metrics_exiting(ngx_pushjobs_worker_t *w)
  * A job ended, anywhere (every worker of every front end hears its
  * NOTIFY): counted once per front end, by its first worker alive that is
  * not leaving.  Counts what this front end saw, from the notifications:
- * ends while its LISTEN connection was away are not counted.
+ * ends while its LISTEN connection was away are not counted.  nodes: the
+ * rest of the notification, "NODE_STATUS=COUNT" tokens, how many of the
+ * job's nodes ended in each status.
  */
 
 void
-ngx_pushjobs_metrics_job_ended(ngx_str_t *status)
+ngx_pushjobs_metrics_job_ended(ngx_str_t *status, ngx_str_t *nodes)
 {
+    u_char                       *p, *last, *eq, *tok;
+    ngx_int_t                     n;
     ngx_uint_t                    i, k;
-    ngx_atomic_uint_t             pid;
     ngx_pushjobs_metrics_t       *m;
     ngx_pushjobs_metrics_slot_t  *own;
+    u_char                        live[NGX_PUSHJOBS_METRICS_SLOTS];
 
     own = ngx_pushjobs_metrics_own_slot(ngx_pushjobs_worker);
 
@@ -303,12 +318,10 @@ ngx_pushjobs_metrics_job_ended(ngx_str_t *status)
 
     m = ngx_pushjobs_worker->metrics;
 
-    for (i = 0; i < NGX_PUSHJOBS_METRICS_SLOTS; i++) {
-        pid = m->slot[i].pid;
+    ngx_pushjobs_metrics_live(m, live);
 
-        if (pid == 0 || m->slot[i].exiting
-            || (kill((pid_t) pid, 0) == -1 && ngx_errno == NGX_ESRCH))
-        {
+    for (i = 0; i < NGX_PUSHJOBS_METRICS_SLOTS; i++) {
+        if (!live[i] || m->slot[i].exiting) {
             continue;
         }
 
@@ -320,16 +333,84 @@ ngx_pushjobs_metrics_job_ended(ngx_str_t *status)
         break;
     }
 
-    for (k = 0; k < NGX_PUSHJOBS_JOB_ENDS - 1; k++) {
-        if (ngx_strlen(ngx_pushjobs_job_end_name[k]) == status->len
-            && ngx_strncmp(ngx_pushjobs_job_end_name[k], status->data,
-                           status->len) == 0)
+    k = ngx_pushjobs_metrics_name_index(ngx_pushjobs_job_end_name,
+                                        NGX_PUSHJOBS_JOB_ENDS, status->data,
+                                        status->len);
+
+    ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_JOBS_ENDED + k, 1);
+
+    p = nodes->data;
+    last = nodes->data + nodes->len;
+
+    while (p < last) {
+        while (p < last && *p == ' ') {
+            p++;
+        }
+
+        tok = p;
+        eq = NULL;
+
+        while (p < last && *p != ' ') {
+            if (*p == '=' && eq == NULL) {
+                eq = p;
+            }
+
+            p++;
+        }
+
+        /* a count has at most 9 digits: a job has fewer nodes */
+        if (eq == NULL || p - eq - 1 < 1 || p - eq - 1 > 9) {
+            continue;
+        }
+
+        n = ngx_atoi(eq + 1, p - eq - 1);
+        if (n == NGX_ERROR) {
+            continue;
+        }
+
+        k = ngx_pushjobs_metrics_name_index(ngx_pushjobs_node_end_name,
+                                            NGX_PUSHJOBS_NODE_ENDS, tok,
+                                            eq - tok);
+
+        ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_NODES_ENDED + k, n);
+    }
+}
+
+
+/* The index of a name among n (the last: "other"). */
+
+static ngx_uint_t
+ngx_pushjobs_metrics_name_index(char **names, ngx_uint_t n, u_char *name,
+    size_t len)
+{
+    ngx_uint_t  k;
+
+    for (k = 0; k < n - 1; k++) {
+        if (ngx_strlen(names[k]) == len
+            && ngx_strncmp(names[k], name, len) == 0)
         {
             break;
         }
     }
 
-    ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_JOBS_ENDED + k, 1);
+    return k;
+}
+
+
+/* Which slots belong to a process alive (live[i] 1), by one kill(0) each. */
+
+static void
+ngx_pushjobs_metrics_live(ngx_pushjobs_metrics_t *m, u_char *live)
+{
+    ngx_uint_t         i;
+    ngx_atomic_uint_t  pid;
+
+    for (i = 0; i < NGX_PUSHJOBS_METRICS_SLOTS; i++) {
+        pid = m->slot[i].pid;
+
+        live[i] = !(pid == 0
+                    || (kill((pid_t) pid, 0) == -1 && ngx_errno == NGX_ESRCH));
+    }
 }
 
 
@@ -559,6 +640,13 @@ static ngx_pushjobs_metric_t  ngx_pushjobs_metrics_table[] = {
       NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_JOBS_ENDED,
       "status", ngx_pushjobs_job_end_name },
 
+    { "pushjobs_job_nodes_ended_total", "counter",
+      "Nodes of the jobs ended, by their final status, whoever made it: "
+      "their agents, or the server (unavailable, timed_out, aborted, "
+      "crashed, was_ready); counted with pushjobs_jobs_ended_total.",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_NODES_ENDED,
+      "status", ngx_pushjobs_node_end_name },
+
     { "pushjobs_feeds_open", "gauge",
       "Server-Sent Events feeds open.",
       NGX_PUSHJOBS_M_GAUGE, NGX_PUSHJOBS_G_FEEDS, NULL, NULL },
@@ -640,6 +728,7 @@ ngx_pushjobs_metrics_handler(ngx_http_request_t *r)
     ngx_chain_t              out;
     ngx_pushjobs_metric_t   *mt;
     ngx_pushjobs_metrics_t  *m;
+    u_char                   live[NGX_PUSHJOBS_METRICS_SLOTS];
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -656,6 +745,9 @@ ngx_pushjobs_metrics_handler(ngx_http_request_t *r)
 
     m = ngx_pushjobs_worker->metrics;
 
+    /* which processes are alive, once for the whole scrape */
+    ngx_pushjobs_metrics_live(m, live);
+
     b = ngx_create_temp_buf(r->pool, NGX_PUSHJOBS_METRICS_OUT);
     if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -667,7 +759,7 @@ ngx_pushjobs_metrics_handler(ngx_http_request_t *r)
     for (mt = ngx_pushjobs_metrics_table; mt->name; mt++) {
         p = ngx_slprintf(p, end, "# HELP %s %s\n# TYPE %s %s\n",
                          mt->name, mt->help, mt->name, mt->type);
-        p = ngx_pushjobs_metrics_samples(p, end, m, mt);
+        p = ngx_pushjobs_metrics_samples(p, end, m, live, mt);
     }
 
     if (p == end) {
@@ -705,7 +797,7 @@ ngx_pushjobs_metrics_handler(ngx_http_request_t *r)
 
 static u_char *
 ngx_pushjobs_metrics_samples(u_char *p, u_char *end, ngx_pushjobs_metrics_t *m,
-    ngx_pushjobs_metric_t *mt)
+    u_char *live, ngx_pushjobs_metric_t *mt)
 {
     ngx_uint_t         i, k, procs;
     ngx_atomic_int_t   v;
@@ -713,7 +805,7 @@ ngx_pushjobs_metrics_samples(u_char *p, u_char *end, ngx_pushjobs_metrics_t *m,
     switch (mt->kind) {
 
     case NGX_PUSHJOBS_M_PROCS:
-        (void) ngx_pushjobs_metrics_gauge_sum(m, 0, &procs);
+        (void) ngx_pushjobs_metrics_gauge_sum(m, live, 0, &procs);
         return ngx_slprintf(p, end, "%s %ui\n", mt->name, procs);
 
     case NGX_PUSHJOBS_M_HIST:
@@ -770,7 +862,7 @@ ngx_pushjobs_metrics_samples(u_char *p, u_char *end, ngx_pushjobs_metrics_t *m,
 
     for (i = 0; mt->label == NULL ? i == 0 : mt->values[i] != NULL; i++) {
         v = (mt->kind == NGX_PUSHJOBS_M_GAUGE)
-            ? ngx_pushjobs_metrics_gauge_sum(m, mt->source + i, NULL)
+            ? ngx_pushjobs_metrics_gauge_sum(m, live, mt->source + i, NULL)
             : (ngx_atomic_int_t) m->counter[mt->source + i];
 
         if (mt->label) {
@@ -843,27 +935,20 @@ ngx_pushjobs_metrics_hist(u_char *p, u_char *end, const char *name,
 /* A gauge summed over the slots of processes alive; procs: their count. */
 
 static ngx_atomic_int_t
-ngx_pushjobs_metrics_gauge_sum(ngx_pushjobs_metrics_t *m, ngx_uint_t g,
-    ngx_uint_t *procs)
+ngx_pushjobs_metrics_gauge_sum(ngx_pushjobs_metrics_t *m, u_char *live,
+    ngx_uint_t g, ngx_uint_t *procs)
 {
-    ngx_uint_t         i, n;
-    ngx_atomic_int_t   sum;
-    ngx_atomic_uint_t  pid;
+    ngx_uint_t        i, n;
+    ngx_atomic_int_t  sum;
 
     sum = 0;
     n = 0;
 
     for (i = 0; i < NGX_PUSHJOBS_METRICS_SLOTS; i++) {
-        pid = m->slot[i].pid;
-
-        if (pid == 0
-            || (kill((pid_t) pid, 0) == -1 && ngx_errno == NGX_ESRCH))
-        {
-            continue;
+        if (live[i]) {
+            n++;
+            sum += m->slot[i].gauge[g];
         }
-
-        n++;
-        sum += m->slot[i].gauge[g];
     }
 
     if (procs) {

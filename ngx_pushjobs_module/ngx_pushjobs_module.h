@@ -507,8 +507,12 @@ struct ngx_pushjobs_worker_s {
 #define NGX_PUSHJOBS_C_JOBS_ENDED      (NGX_PUSHJOBS_C_JOBS_STARTED + 1)
                                            /* + end status index */
 #define NGX_PUSHJOBS_JOB_ENDS          6   /* 5 end statuses, other */
-#define NGX_PUSHJOBS_C_OUTPUT_BYTES    (NGX_PUSHJOBS_C_JOBS_ENDED          \
+#define NGX_PUSHJOBS_C_NODES_ENDED     (NGX_PUSHJOBS_C_JOBS_ENDED          \
                                         + NGX_PUSHJOBS_JOB_ENDS)
+                                           /* + node status index */
+#define NGX_PUSHJOBS_NODE_ENDS         13  /* 12 node statuses, other */
+#define NGX_PUSHJOBS_C_OUTPUT_BYTES    (NGX_PUSHJOBS_C_NODES_ENDED         \
+                                        + NGX_PUSHJOBS_NODE_ENDS)
 #define NGX_PUSHJOBS_C_OVERFLOW_FEED   (NGX_PUSHJOBS_C_OUTPUT_BYTES + 1)
 #define NGX_PUSHJOBS_C_OVERFLOW_AGENT  (NGX_PUSHJOBS_C_OVERFLOW_FEED + 1)
 #define NGX_PUSHJOBS_C_PG              (NGX_PUSHJOBS_C_OVERFLOW_AGENT + 1)
@@ -579,7 +583,7 @@ ngx_int_t ngx_pushjobs_metrics_conf(ngx_conf_t *cf,
 void ngx_pushjobs_metrics_init_process(ngx_pushjobs_worker_t *w);
 void ngx_pushjobs_metrics_exit_process(ngx_pushjobs_worker_t *w);
 void ngx_pushjobs_metrics_exiting(ngx_pushjobs_worker_t *w);
-void ngx_pushjobs_metrics_job_ended(ngx_str_t *status);
+void ngx_pushjobs_metrics_job_ended(ngx_str_t *status, ngx_str_t *nodes);
 void ngx_pushjobs_metrics_add(ngx_uint_t c, ngx_atomic_int_t n);
 void ngx_pushjobs_metrics_observe(ngx_uint_t h, ngx_msec_int_t ms);
 void ngx_pushjobs_metrics_gauge(ngx_uint_t g, ngx_atomic_int_t n,

@@ -84,7 +84,7 @@ struct ngx_pushjobs_pg_query_s {
     ngx_pushjobs_pg_handler_pt  handler;
     void                       *data;
     ngx_msec_t                  queued;
-    /* when it was sent, for the metrics; 0: never */
+    /* when it was sent (if was_sent), for the metrics */
     ngx_msec_t                  sent;
     ngx_uint_t                  was_sent;
     PGresult                   *res;
@@ -166,6 +166,7 @@ static ngx_pushjobs_pg_query_t *ngx_pushjobs_pg_enqueue(const char *sql,
     void *data, ngx_uint_t barrier);
 static const char *ngx_pushjobs_pg_error(ngx_pushjobs_pg_conn_t *pc);
 static void ngx_pushjobs_pg_gauges(ngx_pushjobs_pg_t *pg);
+static ngx_uint_t ngx_pushjobs_pg_busy_conns(ngx_pushjobs_pg_t *pg);
 static ngx_pushjobs_pg_t *ngx_pushjobs_pg_current(void);
 
 
@@ -378,7 +379,6 @@ ngx_pushjobs_pg_unlisten(void)
 ngx_uint_t
 ngx_pushjobs_pg_busy(void)
 {
-    ngx_uint_t          i, n;
     ngx_pushjobs_pg_t  *pg;
 
     pg = ngx_pushjobs_pg_current();
@@ -386,7 +386,18 @@ ngx_pushjobs_pg_busy(void)
         return 0;
     }
 
-    n = pg->nqueued;
+    return pg->nqueued + ngx_pushjobs_pg_busy_conns(pg);
+}
+
+
+/* The pool's connections running a query. */
+
+static ngx_uint_t
+ngx_pushjobs_pg_busy_conns(ngx_pushjobs_pg_t *pg)
+{
+    ngx_uint_t  i, n;
+
+    n = 0;
 
     for (i = 0; i < pg->nconns; i++) {
         if (pg->conns[i].state == NGX_PUSHJOBS_PG_BUSY) {
@@ -1484,16 +1495,7 @@ ngx_pushjobs_pg_error(ngx_pushjobs_pg_conn_t *pc)
 static void
 ngx_pushjobs_pg_gauges(ngx_pushjobs_pg_t *pg)
 {
-    ngx_uint_t  i, busy;
-
-    busy = 0;
-
-    for (i = 0; i < pg->nconns; i++) {
-        if (pg->conns[i].state == NGX_PUSHJOBS_PG_BUSY) {
-            busy++;
-        }
-    }
-
-    ngx_pushjobs_metrics_gauge(NGX_PUSHJOBS_G_PG_BUSY, busy, 1);
+    ngx_pushjobs_metrics_gauge(NGX_PUSHJOBS_G_PG_BUSY,
+                               ngx_pushjobs_pg_busy_conns(pg), 1);
     ngx_pushjobs_metrics_gauge(NGX_PUSHJOBS_G_PG_QUEUED, pg->nqueued, 1);
 }

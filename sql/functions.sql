@@ -12,6 +12,10 @@
 --                    a concurrency limit: those rollout() released)
 --   stop ORG JOB     nodes of this job were stopped: agents still holding it
 --                    must be sent an abort
+--   stop ORG JOB STATUS [NODE_STATUS=COUNT ...]
+--                    the same, when the job ended (job_status_set()): its
+--                    end status and how many of its nodes ended in each
+--                    status, which the front ends count in their metrics
 --   event ORG JOB    new rows in job_events (and maybe org_events)
 --   kick OWNER SESSION ORG NODE
 --                    a newer channel replaced this one: close it
@@ -231,9 +235,17 @@ BEGIN
     ELSE
         PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
                               json_build_object('status', p_status), true);
-        -- "stop ORG JOB STATUS": the status for the front ends' metrics
+        -- "stop ORG JOB STATUS NODE_STATUS=COUNT...": the job's end
+        -- status and its nodes' final ones (whoever made them: agents,
+        -- timeouts, channels lost, aborts), for the front ends' metrics
         PERFORM pushjobs.notify('stop', v_job.org,
-                                p_job || ' ' || p_status::text);
+            p_job || ' ' || p_status::text
+            || COALESCE((SELECT string_agg(' ' || c.status::text || '='
+                                           || c.n, '' ORDER BY c.status)
+                           FROM (SELECT n.status, count(*) AS n
+                                   FROM pushjobs.job_nodes n
+                                  WHERE n.job_id = p_job
+                                  GROUP BY n.status) c), ''));
     END IF;
 
     RETURN v_job;

@@ -105,6 +105,15 @@ ok PushJobs::Stack::wait_for(10, sub {
     - ($before{'pushjobs_jobs_ended_total{status="complete"}'} // 0) == 1
 }, 0.1), '  pushjobs_jobs_ended_total{status="complete"}: +1, once for the '
         . 'two workers';
+sub grew_by {
+    my ($key, $n) = @_;
+    PushJobs::Stack::wait_for(10, sub {
+        value($key) - ($before{$key} // 0) == $n
+    }, 0.1);
+}
+
+ok grew_by('pushjobs_job_nodes_ended_total{status="succeeded"}', 2),
+    '  pushjobs_job_nodes_ended_total{status="succeeded"}: +2, once';
 moved('pushjobs_agent_messages_total{type="ack_commit"}', 2);
 moved('pushjobs_agent_messages_total{type="ack_run"}', 2);
 moved('pushjobs_agent_messages_total{type="succeeded"}', 2);
@@ -134,6 +143,24 @@ is scalar(grep { defined } @b), 12, 'the query histogram has 12 buckets';
 is_deeply [ sort { $a <=> $b } @b ], \@b, '  cumulative';
 is $b[-1], $m->{pushjobs_postgres_query_duration_seconds_count},
     '  +Inf equals the count';
+
+# --- transitions the server makes: run_timeout ------------------------------
+
+($m) = scrape();
+%before = %$m;
+my $slow = $stack->start_job({ command => 'sleep 30',
+                               nodes => [ $stack->agent_names ],
+                               run_timeout => 1 });
+is $stack->wait_job($slow, 30)->{status}, 'timed_out',
+    'a job past its run_timeout: timed_out';
+ok grew_by('pushjobs_jobs_ended_total{status="timed_out"}', 1),
+    '  pushjobs_jobs_ended_total{status="timed_out"}: +1';
+ok grew_by('pushjobs_job_nodes_ended_total{status="timed_out"}', 2),
+    '  pushjobs_job_nodes_ended_total{status="timed_out"}: +2, made by '
+    . 'the server';
+is value('pushjobs_job_nodes_ended_total{status="succeeded"}'),
+   $before{'pushjobs_job_nodes_ended_total{status="succeeded"}'},
+    '  none succeeded';
 
 # --- a feed -----------------------------------------------------------------
 
@@ -182,6 +209,10 @@ is $stack->wait_job($qf, 30)->{status}, 'quorum_failed',
 ok PushJobs::Stack::wait_for(10, sub {
     value('pushjobs_jobs_ended_total{status="quorum_failed"}') == $ended + 1
 }, 0.1), '  counted once, by a worker alive';
+ok PushJobs::Stack::wait_for(10, sub {
+    value('pushjobs_job_nodes_ended_total{status="unavailable"}')
+    == ($m->{'pushjobs_job_nodes_ended_total{status="unavailable"}'} // 0) + 1
+}, 0.1), '  its node, unavailable (made by the server): counted once';
 $started = value('pushjobs_jobs_started_total');
 
 # --- a reload ----------------------------------------------------------------

@@ -33,9 +33,17 @@ BEGIN
     ELSE
         PERFORM pushjobs.emit(p_job, v_job.org, 'job_complete',
                               json_build_object('status', p_status), true);
-        -- "stop ORG JOB STATUS": the status for the front ends' metrics
+        -- "stop ORG JOB STATUS NODE_STATUS=COUNT...": the job's end
+        -- status and its nodes' final ones (whoever made them: agents,
+        -- timeouts, channels lost, aborts), for the front ends' metrics
         PERFORM pushjobs.notify('stop', v_job.org,
-                                p_job || ' ' || p_status::text);
+            p_job || ' ' || p_status::text
+            || COALESCE((SELECT string_agg(' ' || c.status::text || '='
+                                           || c.n, '' ORDER BY c.status)
+                           FROM (SELECT n.status, count(*) AS n
+                                   FROM pushjobs.job_nodes n
+                                  WHERE n.job_id = p_job
+                                  GROUP BY n.status) c), ''));
     END IF;
 
     RETURN v_job;
