@@ -662,6 +662,12 @@ static ngx_pushjobs_metric_t  ngx_pushjobs_metrics_table[] = {
       NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_OVERFLOW_FEED,
       "queue", ngx_pushjobs_overflow_name },
 
+    { "pushjobs_output_stalls_total", "counter",
+      "Streaming agents' channels stopped reading because the live output "
+      "gathered for PostgreSQL reached pushjobs_output_batch_size "
+      "(back-pressure; they read on when it has room).",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_OUTPUT_STALLS, NULL, NULL },
+
     { "pushjobs_http_requests_total", "counter",
       "Requests of the module's locations, by route and status class.",
       NGX_PUSHJOBS_M_REQUESTS, NGX_PUSHJOBS_C_HTTP, NULL, NULL },

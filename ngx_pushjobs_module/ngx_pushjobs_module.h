@@ -136,6 +136,8 @@ typedef struct {
     size_t                      max_message_size;
     size_t                      max_body_size;
     size_t                      max_output_size;
+    /* live output gathered for one node_outputs() call (back-pressure) */
+    size_t                      output_batch_size;
     size_t                      max_queued_output;
 
     /* the pages and the read-only links (ngx_pushjobs_link.c) */
@@ -369,7 +371,11 @@ typedef struct {
  *   close  ends the channel, the session detached already; code is the
  *          close code to tell the agent, 0 for none;
  *   tick   every ping interval: NGX_DECLINED (logged) if the agent is gone;
- *   free   the session's last reference is gone.
+ *   free   the session's last reference is gone;
+ *   resume the store has room for live output again: read what the
+ *          agent sent since its channel was stalled (the session
+ *          stalls a streaming agent's channel while the store's output
+ *          batch is full, ngx_pushjobs_agent_stalled()).
  *
  * A transport tells its session what happens with ngx_pushjobs_agent_open(),
  * _receive(), _handle(), _close() and _gone().
@@ -382,6 +388,7 @@ typedef struct {
                                        ngx_uint_t code);
     ngx_int_t                 (*tick)(ngx_pushjobs_chan_t *ch);
     void                      (*free)(ngx_pushjobs_chan_t *ch);
+    void                      (*resume)(ngx_pushjobs_chan_t *ch);
 
     /* for the log, after "connected": "" or " by long-poll" */
     const char                 *via;
@@ -427,8 +434,14 @@ struct ngx_pushjobs_agent_s {
 
     ngx_uint_t                  refs;
 
+    /* in the store's queue of channels waiting for room for output */
+    ngx_queue_t                 stall;
+
     unsigned                    closed:1;
     unsigned                    registered:1;
+    /* it sent live output: its channel is stalled while the batch is full */
+    unsigned                    streaming:1;
+    unsigned                    stalled:1;
 };
 
 
@@ -515,7 +528,8 @@ struct ngx_pushjobs_worker_s {
                                         + NGX_PUSHJOBS_NODE_ENDS)
 #define NGX_PUSHJOBS_C_OVERFLOW_FEED   (NGX_PUSHJOBS_C_OUTPUT_BYTES + 1)
 #define NGX_PUSHJOBS_C_OVERFLOW_AGENT  (NGX_PUSHJOBS_C_OVERFLOW_FEED + 1)
-#define NGX_PUSHJOBS_C_PG              (NGX_PUSHJOBS_C_OVERFLOW_AGENT + 1)
+#define NGX_PUSHJOBS_C_OUTPUT_STALLS   (NGX_PUSHJOBS_C_OVERFLOW_AGENT + 1)
+#define NGX_PUSHJOBS_C_PG              (NGX_PUSHJOBS_C_OUTPUT_STALLS + 1)
                                            /* + 0 ok, 1 error, 2 failed */
 #define NGX_PUSHJOBS_C_KEY_HITS        (NGX_PUSHJOBS_C_PG + 3)
 #define NGX_PUSHJOBS_C_KEY_MISSES      (NGX_PUSHJOBS_C_KEY_HITS + 1)
@@ -706,6 +720,8 @@ void ngx_pushjobs_agent_kick(ngx_str_t *session, ngx_str_t *org,
     ngx_str_t *node);
 void ngx_pushjobs_agent_ref(ngx_pushjobs_agent_t *a);
 void ngx_pushjobs_agent_unref(ngx_pushjobs_agent_t *a);
+ngx_uint_t ngx_pushjobs_agent_stalled(ngx_pushjobs_agent_t *a);
+void ngx_pushjobs_agent_resume(ngx_pushjobs_agent_t *a);
 void ngx_pushjobs_agent_input_done(ngx_pushjobs_store_item_t *item,
     ngx_uint_t rehab);
 void ngx_pushjobs_agent_hello_done(ngx_pushjobs_store_item_t *item,
@@ -745,6 +761,8 @@ void ngx_pushjobs_store_presence(ngx_str_t *org, ngx_str_t *node,
 ngx_int_t ngx_pushjobs_store_input(ngx_pushjobs_store_item_t *item,
     ngx_str_t *json);
 ngx_int_t ngx_pushjobs_store_output(ngx_str_t *json);
+ngx_uint_t ngx_pushjobs_store_output_full(void);
+void ngx_pushjobs_store_output_wait(ngx_pushjobs_agent_t *a);
 ngx_int_t ngx_pushjobs_store_hello(ngx_pushjobs_store_item_t *item,
     ngx_str_t *json);
 u_char *ngx_pushjobs_store_json_name(u_char *p, ngx_str_t *s);

@@ -428,6 +428,45 @@ ngx_pushjobs_agent_unref(ngx_pushjobs_agent_t *a)
 }
 
 
+/*
+ * Whether the agent's channel must stop reading for now: the agent streams
+ * live output and the store's output batch is full.  The store resumes
+ * the channel (ngx_pushjobs_agent_resume()) once the batch has room; until
+ * then what the agent sends waits in its socket, the agent's own queue
+ * fills, and the agent stops reading its job's pipes (docs/protocol.md
+ * §2.1): back-pressure down to the command, where dropping a chunk would
+ * lose the rest of the node's stream.  Agents that never streamed are not
+ * held: votes and results do not wait behind output.
+ */
+
+ngx_uint_t
+ngx_pushjobs_agent_stalled(ngx_pushjobs_agent_t *a)
+{
+    if (a->closed || !a->streaming) {
+        return 0;
+    }
+
+    if (!a->stalled && ngx_pushjobs_store_output_full()) {
+        ngx_pushjobs_store_output_wait(a);
+    }
+
+    return a->stalled;
+}
+
+
+/* The store has room again (or its worker leaves): the channel reads on. */
+
+void
+ngx_pushjobs_agent_resume(ngx_pushjobs_agent_t *a)
+{
+    a->stalled = 0;
+
+    if (!a->closed && a->chan && a->chan->transport->resume) {
+        a->chan->transport->resume(a->chan);
+    }
+}
+
+
 /* the outcome of one batched input: ack final reports, abort on rehab */
 
 void
@@ -1247,6 +1286,8 @@ ngx_pushjobs_agent_chunk(ngx_pushjobs_agent_t *a, ngx_str_t *job_id,
 
     json.data = buf;
     json.len = p - buf;
+
+    a->streaming = 1;
 
     if (ngx_pushjobs_store_output(&json) != NGX_OK) {
         ngx_log_error(NGX_LOG_ERR, a->log, 0,

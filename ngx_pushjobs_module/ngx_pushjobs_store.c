@@ -17,9 +17,8 @@
 #include "ngx_pushjobs_module.h"
 
 
-#define NGX_PUSHJOBS_BATCH_MAX_ITEMS   2000
-#define NGX_PUSHJOBS_BATCH_MAX_BYTES   (8 * 1024 * 1024)
 #define NGX_PUSHJOBS_BATCH_LIMIT       (64 * 1024 * 1024)
+
 #define NGX_PUSHJOBS_BATCH_RETRY       1000
 
 #define NGX_PUSHJOBS_STORE_PRESENCE    0
@@ -66,6 +65,9 @@ struct ngx_pushjobs_batch_s {
 struct ngx_pushjobs_store_s {
     ngx_pushjobs_batch_t        batch[NGX_PUSHJOBS_STORE_BATCHES];
 
+    /* the agents stalled while the outputs batch is full (agent->stall) */
+    ngx_queue_t                 stalled;
+
     /* an owner_beat() or owner_regained() query is outstanding */
     unsigned                    owner_busy:1;
 
@@ -93,6 +95,8 @@ static void ngx_pushjobs_hellos_done(ngx_pushjobs_batch_t *b,
 static void ngx_pushjobs_owner_beat_done(void *data, PGresult *res);
 static u_char *ngx_pushjobs_store_name(u_char *p, ngx_str_t *s);
 static ngx_pushjobs_store_t *ngx_pushjobs_store_current(void);
+static void ngx_pushjobs_store_output_wake(ngx_pushjobs_store_t *st,
+    ngx_uint_t all);
 
 
 ngx_int_t
@@ -141,6 +145,8 @@ ngx_pushjobs_store_init(ngx_pushjobs_worker_t *w)
                                 w->log);
     }
 
+    ngx_queue_init(&st->stalled);
+
     w->store = st;
 
     return NGX_OK;
@@ -158,6 +164,8 @@ ngx_pushjobs_store_done(ngx_pushjobs_worker_t *w)
     if (w->store == NULL) {
         return;
     }
+
+    ngx_pushjobs_store_output_wake(w->store, 1);
 
     for (i = 0; i < NGX_PUSHJOBS_STORE_BATCHES; i++) {
         b = &w->store->batch[i];
@@ -320,6 +328,81 @@ ngx_pushjobs_store_output(ngx_str_t *json)
 }
 
 
+/*
+ * The outputs batch is full: streaming channels stop reading.  Live output
+ * gathered for the next node_outputs() call beyond pushjobs_output_batch_size
+ * waits in the agents' sockets and queues (back-pressure) until the call in
+ * flight has returned: a call's cost, and so the feed's lag, stays that of
+ * about this many bytes, and so does the worker's memory.
+ */
+
+ngx_uint_t
+ngx_pushjobs_store_output_full(void)
+{
+    ngx_pushjobs_store_t  *st;
+
+    st = ngx_pushjobs_store_current();
+
+    return st != NULL
+           && st->batch[NGX_PUSHJOBS_STORE_OUTPUTS].pending.len
+              >= ngx_pushjobs_worker->pmcf->output_batch_size;
+}
+
+
+/* The agent's channel waits for room in the outputs batch. */
+
+void
+ngx_pushjobs_store_output_wait(ngx_pushjobs_agent_t *a)
+{
+    ngx_pushjobs_store_t  *st;
+
+    st = ngx_pushjobs_store_current();
+
+    if (st == NULL || a->stalled) {
+        return;
+    }
+
+    a->stalled = 1;
+    ngx_pushjobs_agent_ref(a);
+    ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_OUTPUT_STALLS, 1);
+    ngx_queue_insert_tail(&st->stalled, &a->stall);
+}
+
+
+/*
+ * The outputs batch has room again (all: the worker leaves): every stalled
+ * channel is resumed, in the order they stalled.  A resume only posts the
+ * channel's event, so none of them runs here.
+ */
+
+static void
+ngx_pushjobs_store_output_wake(ngx_pushjobs_store_t *st, ngx_uint_t all)
+{
+    ngx_queue_t            *q;
+    ngx_pushjobs_agent_t   *a;
+
+    if (!all && ngx_pushjobs_store_output_full()) {
+        return;
+    }
+
+    while (!ngx_queue_empty(&st->stalled)) {
+        q = ngx_queue_head(&st->stalled);
+        ngx_queue_remove(q);
+
+        a = ngx_queue_data(q, ngx_pushjobs_agent_t, stall);
+
+        if (all) {
+            a->stalled = 0;
+
+        } else {
+            ngx_pushjobs_agent_resume(a);
+        }
+
+        ngx_pushjobs_agent_unref(a);
+    }
+}
+
+
 u_char *
 ngx_pushjobs_store_json_name(u_char *p, ngx_str_t *s)
 {
@@ -477,6 +560,8 @@ ngx_pushjobs_batch_result(void *data, PGresult *res)
 {
     ngx_pushjobs_batch_t *b = data;
 
+    ngx_pushjobs_store_t  *st;
+
     b->busy = 0;
 
     if (res == NULL
@@ -498,6 +583,13 @@ ngx_pushjobs_batch_result(void *data, PGresult *res)
     ngx_pushjobs_batch_release(&b->flight);
 
     ngx_pushjobs_batch_flush(b);
+
+    st = ngx_pushjobs_store_current();
+
+    if (st && b == &st->batch[NGX_PUSHJOBS_STORE_OUTPUTS]) {
+        /* what was pending is in flight now: room for more */
+        ngx_pushjobs_store_output_wake(st, 0);
+    }
 }
 
 

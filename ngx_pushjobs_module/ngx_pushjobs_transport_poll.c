@@ -70,6 +70,7 @@ static void ngx_pushjobs_poll_close(ngx_pushjobs_chan_t *ch,
     ngx_uint_t code);
 static ngx_int_t ngx_pushjobs_poll_tick(ngx_pushjobs_chan_t *ch);
 static void ngx_pushjobs_poll_free(ngx_pushjobs_chan_t *ch);
+static void ngx_pushjobs_poll_resume(ngx_pushjobs_chan_t *ch);
 static ngx_pushjobs_poll_t *ngx_pushjobs_poll_create(ngx_log_t *log);
 static ngx_int_t ngx_pushjobs_poll_respond(ngx_http_request_t *r,
     ngx_pushjobs_poll_t *p, ngx_uint_t code);
@@ -88,6 +89,7 @@ static const ngx_pushjobs_transport_t  ngx_pushjobs_poll_transport = {
     ngx_pushjobs_poll_close,
     ngx_pushjobs_poll_tick,
     ngx_pushjobs_poll_free,
+    ngx_pushjobs_poll_resume,
     " by long-poll",
     NGX_PUSHJOBS_POLL_HOLD
 };
@@ -234,9 +236,12 @@ ngx_pushjobs_poll_handler(ngx_http_request_t *r, ngx_str_t *org,
      * The agent's next request already read with this one, by nginx or by
      * TLS (pipelined right behind it, e.g. live output chunks in a row):
      * no read event will come for it, so this poll is answered now, empty.
+     * Unless the store has no room for the agent's output: then the poll
+     * is held (nginx reads no request behind it) until the store resumes
+     * the session, a message comes for the agent, or the hold time passes.
      */
 
-    if (ngx_pushjobs_poll_pipelined(r)) {
+    if (!ngx_pushjobs_agent_stalled(a) && ngx_pushjobs_poll_pipelined(r)) {
         rc = ngx_pushjobs_poll_respond(r, p, 0);
         ngx_pushjobs_agent_unref(a);
         return rc;
@@ -377,6 +382,19 @@ ngx_pushjobs_poll_free(ngx_pushjobs_chan_t *ch)
     ngx_pushjobs_out_free(&p->out);
 
     ngx_free(p);
+}
+
+
+/* The store has room again: a poll held for it is answered. */
+
+static void
+ngx_pushjobs_poll_resume(ngx_pushjobs_chan_t *ch)
+{
+    ngx_pushjobs_poll_t *p = (ngx_pushjobs_poll_t *) ch;
+
+    if (p->held && !p->closed && !p->flush.posted) {
+        ngx_post_event(&p->flush, &ngx_posted_events);
+    }
 }
 
 
@@ -574,7 +592,8 @@ ngx_pushjobs_poll_read_handler(ngx_http_request_t *r)
     err = ngx_socket_errno;
 
     if (n > 0) {
-        if (pr && pr->poll) {
+        /* held back-pressure: the store resumes it (poll_resume()) */
+        if (pr && pr->poll && !pr->poll->chan.agent->stalled) {
             ngx_pushjobs_poll_answer(pr->poll, 0);
         }
 

@@ -59,6 +59,7 @@ static void ngx_pushjobs_ws_chan_close(ngx_pushjobs_chan_t *ch,
     ngx_uint_t code);
 static ngx_int_t ngx_pushjobs_ws_chan_tick(ngx_pushjobs_chan_t *ch);
 static void ngx_pushjobs_ws_chan_free(ngx_pushjobs_chan_t *ch);
+static void ngx_pushjobs_ws_chan_resume(ngx_pushjobs_chan_t *ch);
 static void ngx_pushjobs_ws_chan_cleanup(void *data);
 static void ngx_pushjobs_ws_chan_release(ngx_event_t *wev);
 static void ngx_pushjobs_ws_chan_gone(void *data);
@@ -78,6 +79,7 @@ static const ngx_pushjobs_transport_t  ngx_pushjobs_ws_transport = {
     ngx_pushjobs_ws_chan_close,
     ngx_pushjobs_ws_chan_tick,
     ngx_pushjobs_ws_chan_free,
+    ngx_pushjobs_ws_chan_resume,
     "",
     0
 };
@@ -373,7 +375,9 @@ ngx_pushjobs_ws_chan_tick(ngx_pushjobs_chan_t *ch)
 
     a = ch->agent;
 
-    if (!ws->alive) {
+    /* a stalled channel reads nothing, its pong included */
+
+    if (!ws->alive && !a->stalled) {
         ngx_log_error(NGX_LOG_INFO, a->log, 0,
                       "pushjobs: agent \"%V\" of \"%V\" did not answer the "
                       "last ping", &a->name, &a->org);
@@ -392,6 +396,19 @@ static void
 ngx_pushjobs_ws_chan_free(ngx_pushjobs_chan_t *ch)
 {
     ngx_free(ch);
+}
+
+
+/* Read what the agent sent while the channel was stalled. */
+
+static void
+ngx_pushjobs_ws_chan_resume(ngx_pushjobs_chan_t *ch)
+{
+    ngx_pushjobs_ws_chan_t *ws = (ngx_pushjobs_ws_chan_t *) ch;
+
+    if (ws->connection && !ws->connection->read->posted) {
+        ngx_post_event(ws->connection->read, &ngx_posted_events);
+    }
 }
 
 
@@ -600,6 +617,11 @@ ngx_pushjobs_ws_chan_read(ngx_pushjobs_ws_chan_t *ws)
     ngx_pushjobs_agent_ref(a);
 
     for (i = 0; i < NGX_PUSHJOBS_WS_READS; i++) {
+
+        if (ngx_pushjobs_agent_stalled(a)) {
+            /* the store resumes the channel when it has room */
+            goto done;
+        }
 
         n = c->recv(c, buf, NGX_PUSHJOBS_WS_READ_BUF);
 

@@ -1,0 +1,149 @@
+# Back-pressure of live output (issue 13): when PostgreSQL takes output
+# more slowly than the agents send it, the module stops reading the
+# streaming agents' channels once the output gathered for the next
+# node_outputs() call reaches pushjobs_output_batch_size, instead of
+# dropping chunks (a dropped chunk is a gap that ends the node's stream).
+# PostgreSQL is made slow for real: a transaction holds a lock on
+# pushjobs.job_output_chunk, so node_outputs() waits.  While it waits the
+# channels are stalled (pushjobs_output_stalls_total), the job goes on,
+# nginx logs no dropped entry and no channel is closed as dead; once the
+# lock goes, every byte arrives: the feed's output events are contiguous
+# and equal what each command printed, and so is the stored output.  Both
+# transports: websocket, then long-poll.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use File::Temp qw(tempdir);
+use IO::Handle;
+use MIME::Base64 qw(decode_base64);
+use Test::More;
+use PushJobs::Stack;
+use PushJobs::SSE;
+
+my $LINES = 30000;                      # about 170 KB per node
+my $BATCH = 64 * 1024;
+
+my $tmp = tempdir('pushjobs-backpressure-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+chmod 0755, $tmp;
+
+PushJobs::Stack::spew("$tmp/spew", <<"EOF", 0755);
+#!/bin/sh
+seq 1 $LINES
+sleep 1
+EOF
+
+my $stack = PushJobs::Stack->new(
+    agents => 3, workers => 2,
+    whitelist => { 'spew' => "$tmp/spew" },
+    whitelist_regex => [],
+    nginx_extra => "pushjobs_output_batch_size $BATCH;",
+);
+$stack->start;
+
+my $org = $stack->org;
+my @nodes = $stack->agent_names;
+my $want = join '', map { "$_\n" } 1 .. $LINES;
+
+sub stalls {
+    my $res = $stack->http->request('GET', $stack->url . '/pushy/_metrics');
+    my ($v) = ($res->{content} // '') =~ /^pushjobs_output_stalls_total (\d+)$/m;
+    return $v // -1;
+}
+
+# a transaction that holds the lock until release() (psql on a pipe)
+sub hold_lock {
+    my $pid = open(my $fh, '|-') // die "fork: $!";
+    if ($pid == 0) {
+        open STDOUT, '>', '/dev/null';
+        exec 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1',
+             '-h', '127.0.0.1', '-p', $stack->{pg_port},
+             '-U', 'pushjobs', '-d', 'pushjobs'
+            or die "exec psql: $!";
+    }
+    $fh->autoflush(1);
+    print $fh "BEGIN;\nLOCK TABLE pushjobs.job_output_chunk "
+              . "IN SHARE ROW EXCLUSIVE MODE;\n";
+    # the lock is held once PostgreSQL shows it granted
+    PushJobs::Stack::wait_for(10, sub {
+        $stack->psql('pushjobs', "SELECT count(*) FROM pg_locks l JOIN "
+            . "pg_class c ON c.oid = l.relation WHERE c.relname = "
+            . "'job_output_chunk' AND l.mode = 'ShareRowExclusiveLock' "
+            . "AND l.granted") == 1
+    }, 0.1) or die "the lock was not taken\n";
+    return $fh;
+}
+
+sub release { my ($fh) = @_; print $fh "COMMIT;\n"; close $fh }
+
+sub streamed {
+    my (@ev) = @_;
+    my (%bytes, %contiguous);
+    for my $ev (grep { ($_->{event} // '') eq 'output' } @ev) {
+        my $d = $ev->{json};
+        next unless $d->{stream} eq 'stdout';
+        my $had = length($bytes{ $d->{node} } // '');
+        $contiguous{ $d->{node} } //= 1;
+        $contiguous{ $d->{node} } = 0 unless $d->{offset} == $had;
+        $bytes{ $d->{node} } .= decode_base64($d->{data});
+    }
+    return (\%bytes, \%contiguous);
+}
+
+sub run_held {
+    my ($how) = @_;
+    my $log_at = length $stack->error_log;
+    my $stalls = stalls();
+    my $lock = hold_lock();
+
+    my $id = $stack->start_job({ command => 'spew', nodes => \@nodes,
+                                 capture_output => JSON::PP::true });
+    my $sse = PushJobs::SSE->open($stack,
+        "/organizations/$org/pushy/job_status_feed/$id");
+
+    ok PushJobs::Stack::wait_for(30, sub { stalls() > $stalls }, 0.2),
+        "$how: PostgreSQL held, the output batch fills and the streaming "
+        . "channels stall";
+    my $job = $stack->job($id);
+    is $job->{status}, 'running', '  the job is still running';
+
+    release($lock);
+    my @ev = $sse->until_event('job_complete', 60);
+    $job = $stack->wait_job($id, 60);
+    is $job->{status}, 'complete', "$how: the lock released, the job completes";
+    is_deeply [ sort @{ $job->{nodes}{succeeded} // [] } ], [ sort @nodes ],
+        '  every node succeeded';
+
+    my ($bytes, $contiguous) = streamed(@ev);
+    for my $n (@nodes) {
+        ok $contiguous->{$n}, "  $n: the feed's output events are contiguous";
+        ok(($bytes->{$n} // '') eq $want,
+           "  $n: and carry every byte the command printed")
+            or diag 'got ' . length($bytes->{$n} // '') . ' of '
+                    . length($want) . ' bytes';
+        ok $stack->node_output($id, $n, 'stdout') eq $want,
+            "  $n: the stored output is whole";
+    }
+
+    my $log = substr $stack->error_log, $log_at;
+    unlike $log, qr/dropping an entry|could not queue an output chunk/,
+        '  nginx dropped no output';
+    unlike $log, qr/did not answer the last ping/,
+        '  no stalled channel was taken for dead';
+}
+
+run_held('websocket');
+
+for my $n (@nodes) {
+    $stack->stop_agent($n);
+    $stack->start_agent($n, args => ['--long-poll']);
+}
+ok $stack->wait_online(\@nodes, 30), 'the agents back, over long-poll';
+
+run_held('long-poll');
+
+$stack->stop;
+done_testing;
