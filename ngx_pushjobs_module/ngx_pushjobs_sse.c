@@ -70,6 +70,7 @@ static ngx_pushjobs_feed_t *ngx_pushjobs_feed_create(ngx_http_request_t *r,
 static ngx_int_t ngx_pushjobs_feed_headers(ngx_http_request_t *r);
 static void ngx_pushjobs_feed_fetch(ngx_pushjobs_feed_t *f);
 static void ngx_pushjobs_feed_fetched(void *data, PGresult *res);
+static size_t ngx_pushjobs_feed_bytes(void);
 static void ngx_pushjobs_feed_event(ngx_pushjobs_feed_t *f, ngx_str_t *name,
     ngx_str_t *id, ngx_str_t *data);
 static void ngx_pushjobs_feed_send(ngx_pushjobs_feed_t *f, u_char *data,
@@ -498,9 +499,14 @@ ngx_pushjobs_feed_fetch(ngx_pushjobs_feed_t *f)
         params[2].data = limit;
         params[2].len = p - limit;
 
+        params[3].data = keep;
+        params[3].len = ngx_sprintf(keep, "%uz", ngx_pushjobs_feed_bytes())
+                        - keep;
+
         if (ngx_pushjobs_pg_query("SELECT seq, name, data"
-                                  " FROM pushjobs.feed_events($1, $2, $3)",
-                                  3, params, ngx_pushjobs_feed_fetched, f)
+                                  " FROM pushjobs.feed_events($1, $2, $3,"
+                                  " $4)",
+                                  4, params, ngx_pushjobs_feed_fetched, f)
             == NULL)
         {
             goto failed;
@@ -520,6 +526,23 @@ failed:
 }
 
 
+/*
+ * The data a job feed's fetch asks for (feed_events()'s p_bytes): a
+ * quarter of a reader's queue cap, so that a reader that reads is not
+ * closed for the size of a batch of live output events.
+ */
+
+static size_t
+ngx_pushjobs_feed_bytes(void)
+{
+    size_t  bytes;
+
+    bytes = ngx_pushjobs_worker->pmcf->max_queued_output / 4;
+
+    return bytes < 65536 ? 65536 : bytes;
+}
+
+
 /* rows: (id, name, data) */
 
 static void
@@ -528,11 +551,13 @@ ngx_pushjobs_feed_fetched(void *data, PGresult *res)
     ngx_pushjobs_feed_t *f = data;
 
     int         row, nrows;
+    size_t      bytes;
     u_char     *p, buf[NGX_INT64_LEN + 8];
     int64_t     n;
     ngx_str_t   name, id, body;
 
     f->fetching = 0;
+    bytes = 0;
 
     /*
      * The fetch's reference is held until the rows are sent: a write may
@@ -572,6 +597,7 @@ ngx_pushjobs_feed_fetched(void *data, PGresult *res)
         name.len = PQgetlength(res, row, 1);
         body.data = (u_char *) PQgetvalue(res, row, 2);
         body.len = PQgetlength(res, row, 2);
+        bytes += body.len;
 
         /* a job's feed ends with the job */
 
@@ -586,8 +612,12 @@ ngx_pushjobs_feed_fetched(void *data, PGresult *res)
 
     f->fetching = 0;
 
+    /* a full batch (by count or by bytes): there may be more */
+
     if (!f->closed && !f->finished
-        && (nrows == NGX_PUSHJOBS_FEED_BATCH || f->dirty))
+        && (nrows == NGX_PUSHJOBS_FEED_BATCH
+            || (!f->org_feed && bytes >= ngx_pushjobs_feed_bytes())
+            || f->dirty))
     {
         ngx_pushjobs_feed_fetch(f);
     }

@@ -2265,6 +2265,30 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 
+-- A job feed's next events after p_after, at most p_limit of them and about
+-- p_bytes of data: the rows up to the first one that reaches p_bytes (the
+-- first row always), so a reader of a job with live output gets batches
+-- its queue (pushjobs_max_queued_output) can hold, however large the
+-- events.  octet_length() reads a stored value's size without
+-- decompressing it.  feed_events(text, integer, integer), without the
+-- bound, stays for the front ends of 2.0.0 during an upgrade.
+CREATE OR REPLACE FUNCTION pushjobs.feed_events(p_job text, p_after integer,
+    p_limit integer, p_bytes integer)
+RETURNS TABLE (seq integer, name text, data text)
+LANGUAGE sql STABLE AS $$
+    SELECT f.seq, f.name, f.data
+      FROM (SELECT e.seq, e.name, e.data,
+                   sum(octet_length(e.data)) OVER (ORDER BY e.seq)
+                   - octet_length(e.data) AS before
+              FROM pushjobs.job_events e
+             WHERE e.job_id = p_job AND e.seq > p_after
+             ORDER BY e.seq
+             LIMIT p_limit) f
+     WHERE f.before < p_bytes
+     ORDER BY f.seq
+$$;
+
+
 -- Opens an org feed.  No Last-Event-ID: only what comes next.  A retained
 -- "org-N": what came after it.  Anything else: a start_of_history event
 -- (its timestamp is returned), then every retained event.

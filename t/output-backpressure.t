@@ -9,7 +9,11 @@
 # nginx logs no dropped entry and no channel is closed as dead; once the
 # lock goes, every byte arrives: the feed's output events are contiguous
 # and equal what each command printed, and so is the stored output.  Both
-# transports: websocket, then long-poll.
+# transports: websocket, then long-poll.  A feed fetches its events in
+# batches bounded by bytes (a quarter of pushjobs_max_queued_output, here
+# 64 KB), so that a reader far behind a streaming job is not closed as too
+# slow for one batch: feed_events() stops at the bound, and a reader
+# opened after the job replays it all, batch after batch.
 
 use strict;
 use warnings;
@@ -40,7 +44,8 @@ my $stack = PushJobs::Stack->new(
     agents => 3, workers => 2,
     whitelist => { 'spew' => "$tmp/spew" },
     whitelist_regex => [],
-    nginx_extra => "pushjobs_output_batch_size $BATCH;",
+    nginx_extra => "pushjobs_output_batch_size $BATCH;\n"
+                   . "pushjobs_max_queued_output 256k;",
 );
 $stack->start;
 
@@ -133,6 +138,27 @@ sub run_held {
         '  nginx dropped no output';
     unlike $log, qr/did not answer the last ping/,
         '  no stalled channel was taken for dead';
+
+    # one fetch: about 64 KB of the 700 KB of events, the rest the next
+    my @rows = split /\n/, $stack->psql('pushjobs',
+        "SELECT octet_length(data) FROM pushjobs.feed_events('$id', 0, "
+        . "1000, 65536)");
+    my $sum = 0;
+    $sum += $_ for @rows;
+    $sum -= $rows[-1] if @rows;
+    ok @rows > 1 && $sum < 65536 && $sum + $rows[-1] >= 65536,
+        "  feed_events() stops at the first event reaching 64 KB "
+        . '(' . scalar(@rows) . ' events)';
+
+    # the whole feed again, batch after batch
+    $sse = PushJobs::SSE->open($stack,
+        "/organizations/$org/pushy/job_status_feed/$id");
+    @ev = $sse->until_event('job_complete', 60);
+    is(($ev[-1]{event} // ''), 'job_complete',
+       "$how: a reader opened after the job replays the feed to its end");
+    ($bytes) = streamed(@ev);
+    is scalar(grep { ($bytes->{$_} // '') eq $want } @nodes), scalar @nodes,
+        '  with every node\'s output, though more than its queue may hold';
 }
 
 run_held('websocket');

@@ -60,6 +60,7 @@ sub new {
         org       => $opt{org} // 'demo',
         agents    => $opt{agents} // 3,
         deploy_to => $opt{deploy_to},
+        pg_extra  => $opt{pg_extra},
         workers   => $opt{workers} // 2,
         whitelist => $opt{whitelist} // {
             'chef-client' => 'true',
@@ -360,7 +361,9 @@ sub start_postgres {
                    '--no-sync');
     $self->{pg_opts} = "-k $d -h 127.0.0.1 -p $self->{pg_port} -c fsync=off "
                        . '-c synchronous_commit=off -c full_page_writes=off '
-                       . '-c max_connections=200';
+                       . '-c max_connections=200'
+                       # e.g. pg_stat_statements for a profile (bench/run)
+                       . ($self->{pg_extra} ? " $self->{pg_extra}" : '');
     $self->run_cmd(@as, "$PGBIN/pg_ctl", '-D', "$d/data", '-l', "$d/log",
                    '-w', '-o', $self->{pg_opts}, 'start');
     $self->{pg_as} = \@as;

@@ -1,0 +1,34 @@
+-- Deploy pushjobs:feed_bytes to pg
+-- requires: principals
+
+-- A job feed fetches its events in batches bounded by bytes as well as by
+-- count: live output events carry up to 22 KB each, and a thousand of them
+-- were more than a reader's queue may hold, so a reader of a streaming job
+-- was closed as too slow.
+
+BEGIN;
+
+-- A job feed's next events after p_after, at most p_limit of them and about
+-- p_bytes of data: the rows up to the first one that reaches p_bytes (the
+-- first row always), so a reader of a job with live output gets batches
+-- its queue (pushjobs_max_queued_output) can hold, however large the
+-- events.  octet_length() reads a stored value's size without
+-- decompressing it.  feed_events(text, integer, integer), without the
+-- bound, stays for the front ends of 2.0.0 during an upgrade.
+CREATE OR REPLACE FUNCTION pushjobs.feed_events(p_job text, p_after integer,
+    p_limit integer, p_bytes integer)
+RETURNS TABLE (seq integer, name text, data text)
+LANGUAGE sql STABLE AS $$
+    SELECT f.seq, f.name, f.data
+      FROM (SELECT e.seq, e.name, e.data,
+                   sum(octet_length(e.data)) OVER (ORDER BY e.seq)
+                   - octet_length(e.data) AS before
+              FROM pushjobs.job_events e
+             WHERE e.job_id = p_job AND e.seq > p_after
+             ORDER BY e.seq
+             LIMIT p_limit) f
+     WHERE f.before < p_bytes
+     ORDER BY f.seq
+$$;
+
+COMMIT;
