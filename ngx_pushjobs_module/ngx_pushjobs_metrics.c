@@ -588,6 +588,8 @@ static char  *ngx_pushjobs_transport_name[] = {
 
 static char  *ngx_pushjobs_overflow_name[] = { "feed", "agent", NULL };
 
+static char  *ngx_pushjobs_stall_name[] = { "output", "input", NULL };
+
 static char  *ngx_pushjobs_pg_result_name[] = {
     "ok", "error", "failed", NULL
 };
@@ -662,11 +664,13 @@ static ngx_pushjobs_metric_t  ngx_pushjobs_metrics_table[] = {
       NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_OVERFLOW_FEED,
       "queue", ngx_pushjobs_overflow_name },
 
-    { "pushjobs_output_stalls_total", "counter",
-      "Streaming agents' channels stopped reading because the live output "
-      "gathered for PostgreSQL reached pushjobs_output_batch_size "
-      "(back-pressure; they read on when it has room).",
-      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_OUTPUT_STALLS, NULL, NULL },
+    { "pushjobs_agent_stalls_total", "counter",
+      "Agent channels that stopped reading because what they send waits "
+      "for PostgreSQL (back-pressure, nothing dropped): by batch, output "
+      "(live output at pushjobs_output_batch_size) or input (other "
+      "messages at eight times it).",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_STALLS,
+      "batch", ngx_pushjobs_stall_name },
 
     { "pushjobs_http_requests_total", "counter",
       "Requests of the module's locations, by route and status class.",

@@ -374,8 +374,8 @@ typedef struct {
  *   free   the session's last reference is gone;
  *   resume the store has room for live output again: read what the
  *          agent sent since its channel was stalled (the session
- *          stalls a streaming agent's channel while the store's output
- *          batch is full, ngx_pushjobs_agent_stalled()).
+ *          stalls a channel while the store's batch for what it sends is
+ *          full, ngx_pushjobs_agent_stalled()).
  *
  * A transport tells its session what happens with ngx_pushjobs_agent_open(),
  * _receive(), _handle(), _close() and _gone().
@@ -439,7 +439,8 @@ struct ngx_pushjobs_agent_s {
 
     unsigned                    closed:1;
     unsigned                    registered:1;
-    /* it sent live output: its channel is stalled while the batch is full */
+    /* it sent live output: its channel waits while the outputs batch is
+     * full (and every channel while the inputs batch is) */
     unsigned                    streaming:1;
     unsigned                    stalled:1;
 };
@@ -528,8 +529,9 @@ struct ngx_pushjobs_worker_s {
                                         + NGX_PUSHJOBS_NODE_ENDS)
 #define NGX_PUSHJOBS_C_OVERFLOW_FEED   (NGX_PUSHJOBS_C_OUTPUT_BYTES + 1)
 #define NGX_PUSHJOBS_C_OVERFLOW_AGENT  (NGX_PUSHJOBS_C_OVERFLOW_FEED + 1)
-#define NGX_PUSHJOBS_C_OUTPUT_STALLS   (NGX_PUSHJOBS_C_OVERFLOW_AGENT + 1)
-#define NGX_PUSHJOBS_C_PG              (NGX_PUSHJOBS_C_OUTPUT_STALLS + 1)
+#define NGX_PUSHJOBS_C_STALLS          (NGX_PUSHJOBS_C_OVERFLOW_AGENT + 1)
+                                           /* + 0 output, 1 input */
+#define NGX_PUSHJOBS_C_PG              (NGX_PUSHJOBS_C_STALLS + 2)
                                            /* + 0 ok, 1 error, 2 failed */
 #define NGX_PUSHJOBS_C_KEY_HITS        (NGX_PUSHJOBS_C_PG + 3)
 #define NGX_PUSHJOBS_C_KEY_MISSES      (NGX_PUSHJOBS_C_KEY_HITS + 1)
@@ -761,8 +763,7 @@ void ngx_pushjobs_store_presence(ngx_str_t *org, ngx_str_t *node,
 ngx_int_t ngx_pushjobs_store_input(ngx_pushjobs_store_item_t *item,
     ngx_str_t *json);
 ngx_int_t ngx_pushjobs_store_output(ngx_str_t *json);
-ngx_uint_t ngx_pushjobs_store_output_full(void);
-void ngx_pushjobs_store_output_wait(ngx_pushjobs_agent_t *a);
+ngx_uint_t ngx_pushjobs_store_stall(ngx_pushjobs_agent_t *a);
 ngx_int_t ngx_pushjobs_store_hello(ngx_pushjobs_store_item_t *item,
     ngx_str_t *json);
 u_char *ngx_pushjobs_store_json_name(u_char *p, ngx_str_t *s);

@@ -429,28 +429,24 @@ ngx_pushjobs_agent_unref(ngx_pushjobs_agent_t *a)
 
 
 /*
- * Whether the agent's channel must stop reading for now: the agent streams
- * live output and the store's output batch is full.  The store resumes
+ * Whether the agent's channel must stop reading for now: the store's batch
+ * for what it sends is full (ngx_pushjobs_store_stall()), live output for
+ * an agent that streams, anything else for every agent.  The store resumes
  * the channel (ngx_pushjobs_agent_resume()) once the batch has room; until
  * then what the agent sends waits in its socket, the agent's own queue
  * fills, and the agent stops reading its job's pipes (docs/protocol.md
  * §2.1): back-pressure down to the command, where dropping a chunk would
- * lose the rest of the node's stream.  Agents that never streamed are not
- * held: votes and results do not wait behind output.
+ * lose the rest of the node's stream.
  */
 
 ngx_uint_t
 ngx_pushjobs_agent_stalled(ngx_pushjobs_agent_t *a)
 {
-    if (a->closed || !a->streaming) {
+    if (a->closed) {
         return 0;
     }
 
-    if (!a->stalled && ngx_pushjobs_store_output_full()) {
-        ngx_pushjobs_store_output_wait(a);
-    }
-
-    return a->stalled;
+    return ngx_pushjobs_store_stall(a);
 }
 
 

@@ -65,7 +65,7 @@ struct ngx_pushjobs_batch_s {
 struct ngx_pushjobs_store_s {
     ngx_pushjobs_batch_t        batch[NGX_PUSHJOBS_STORE_BATCHES];
 
-    /* the agents stalled while the outputs batch is full (agent->stall) */
+    /* the agents stalled while a batch is full (agent->stall) */
     ngx_queue_t                 stalled;
 
     /* an owner_beat() or owner_regained() query is outstanding */
@@ -95,7 +95,9 @@ static void ngx_pushjobs_hellos_done(ngx_pushjobs_batch_t *b,
 static void ngx_pushjobs_owner_beat_done(void *data, PGresult *res);
 static u_char *ngx_pushjobs_store_name(u_char *p, ngx_str_t *s);
 static ngx_pushjobs_store_t *ngx_pushjobs_store_current(void);
-static void ngx_pushjobs_store_output_wake(ngx_pushjobs_store_t *st,
+static ngx_uint_t ngx_pushjobs_store_full(ngx_pushjobs_store_t *st,
+    ngx_uint_t batch);
+static void ngx_pushjobs_store_wake(ngx_pushjobs_store_t *st,
     ngx_uint_t all);
 
 
@@ -165,7 +167,7 @@ ngx_pushjobs_store_done(ngx_pushjobs_worker_t *w)
         return;
     }
 
-    ngx_pushjobs_store_output_wake(w->store, 1);
+    ngx_pushjobs_store_wake(w->store, 1);
 
     for (i = 0; i < NGX_PUSHJOBS_STORE_BATCHES; i++) {
         b = &w->store->batch[i];
@@ -329,61 +331,78 @@ ngx_pushjobs_store_output(ngx_str_t *json)
 
 
 /*
- * The outputs batch is full: streaming channels stop reading.  Live output
- * gathered for the next node_outputs() call beyond pushjobs_output_batch_size
- * waits in the agents' sockets and queues (back-pressure) until the call in
- * flight has returned: a call's cost, and so the feed's lag, stays that of
- * about this many bytes, and so does the worker's memory.
+ * Whether the agent's channel must stop reading for now (back-pressure),
+ * and if so, queued to be resumed.  Live output gathered for the next
+ * node_outputs() call beyond pushjobs_output_batch_size waits in the
+ * streaming agents' sockets and queues until the call in flight has
+ * returned: a call's cost, and so the feed's lag, stays that of about this
+ * many bytes, and so does the worker's memory.  The agents' other messages
+ * wait the same way once eight times as much is gathered for the next
+ * node_inputs() call (final reports carry up to a message of output each),
+ * and then every channel waits.
  */
 
 ngx_uint_t
-ngx_pushjobs_store_output_full(void)
+ngx_pushjobs_store_stall(ngx_pushjobs_agent_t *a)
 {
+    ngx_uint_t             input;
     ngx_pushjobs_store_t  *st;
 
     st = ngx_pushjobs_store_current();
 
-    return st != NULL
-           && st->batch[NGX_PUSHJOBS_STORE_OUTPUTS].pending.len
-              >= ngx_pushjobs_worker->pmcf->output_batch_size;
-}
+    if (st == NULL) {
+        return 0;
+    }
 
+    if (a->stalled) {
+        return 1;
+    }
 
-/* The agent's channel waits for room in the outputs batch. */
+    input = ngx_pushjobs_store_full(st, NGX_PUSHJOBS_STORE_INPUTS);
 
-void
-ngx_pushjobs_store_output_wait(ngx_pushjobs_agent_t *a)
-{
-    ngx_pushjobs_store_t  *st;
-
-    st = ngx_pushjobs_store_current();
-
-    if (st == NULL || a->stalled) {
-        return;
+    if (!input
+        && !(a->streaming
+             && ngx_pushjobs_store_full(st, NGX_PUSHJOBS_STORE_OUTPUTS)))
+    {
+        return 0;
     }
 
     a->stalled = 1;
     ngx_pushjobs_agent_ref(a);
-    ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_OUTPUT_STALLS, 1);
+    ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_STALLS + (input ? 1 : 0), 1);
     ngx_queue_insert_tail(&st->stalled, &a->stall);
+
+    return 1;
+}
+
+
+static ngx_uint_t
+ngx_pushjobs_store_full(ngx_pushjobs_store_t *st, ngx_uint_t batch)
+{
+    size_t  bound;
+
+    bound = ngx_pushjobs_worker->pmcf->output_batch_size;
+
+    if (batch == NGX_PUSHJOBS_STORE_INPUTS) {
+        bound *= 8;
+    }
+
+    return st->batch[batch].pending.len >= bound;
 }
 
 
 /*
- * The outputs batch has room again (all: the worker leaves): every stalled
- * channel is resumed, in the order they stalled.  A resume only posts the
- * channel's event, so none of them runs here.
+ * A batch that holds channels back has room again (all: the worker
+ * leaves): every stalled channel is resumed, in the order they stalled; one
+ * still held by the other batch stalls again when it reads.  A resume only
+ * posts the channel's event, so none of them runs here.
  */
 
 static void
-ngx_pushjobs_store_output_wake(ngx_pushjobs_store_t *st, ngx_uint_t all)
+ngx_pushjobs_store_wake(ngx_pushjobs_store_t *st, ngx_uint_t all)
 {
-    ngx_queue_t            *q;
-    ngx_pushjobs_agent_t   *a;
-
-    if (!all && ngx_pushjobs_store_output_full()) {
-        return;
-    }
+    ngx_queue_t           *q;
+    ngx_pushjobs_agent_t  *a;
 
     while (!ngx_queue_empty(&st->stalled)) {
         q = ngx_queue_head(&st->stalled);
@@ -586,9 +605,14 @@ ngx_pushjobs_batch_result(void *data, PGresult *res)
 
     st = ngx_pushjobs_store_current();
 
-    if (st && b == &st->batch[NGX_PUSHJOBS_STORE_OUTPUTS]) {
+    if (st
+        && ((b == &st->batch[NGX_PUSHJOBS_STORE_OUTPUTS]
+             && !ngx_pushjobs_store_full(st, NGX_PUSHJOBS_STORE_OUTPUTS))
+            || (b == &st->batch[NGX_PUSHJOBS_STORE_INPUTS]
+                && !ngx_pushjobs_store_full(st, NGX_PUSHJOBS_STORE_INPUTS))))
+    {
         /* what was pending is in flight now: room for more */
-        ngx_pushjobs_store_output_wake(st, 0);
+        ngx_pushjobs_store_wake(st, 0);
     }
 }
 

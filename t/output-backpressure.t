@@ -1,19 +1,22 @@
-# Back-pressure of live output (issue 13): when PostgreSQL takes output
-# more slowly than the agents send it, the module stops reading the
-# streaming agents' channels once the output gathered for the next
-# node_outputs() call reaches pushjobs_output_batch_size, instead of
-# dropping chunks (a dropped chunk is a gap that ends the node's stream).
-# PostgreSQL is made slow for real: a transaction holds a lock on
-# pushjobs.job_output_chunk, so node_outputs() waits.  While it waits the
-# channels are stalled (pushjobs_output_stalls_total), the job goes on,
-# nginx logs no dropped entry and no channel is closed as dead; once the
-# lock goes, every byte arrives: the feed's output events are contiguous
-# and equal what each command printed, and so is the stored output.  Both
-# transports: websocket, then long-poll.  A feed fetches its events in
-# batches bounded by bytes (a quarter of pushjobs_max_queued_output, here
-# 64 KB), so that a reader far behind a streaming job is not closed as too
-# slow for one batch: feed_events() stops at the bound, and a reader
-# opened after the job replays it all, batch after batch.
+# Back-pressure of what agents send (issue 13): when PostgreSQL takes it
+# more slowly than the agents send it, the module stops reading their
+# channels instead of dropping messages or growing its memory: a streaming
+# agent's once the live output gathered for the next node_outputs() call
+# reaches pushjobs_output_batch_size (a dropped chunk is a gap that ends
+# the node's stream), every agent's once eight times as much waits for
+# node_inputs() (final reports carry their output).  PostgreSQL is made
+# slow for real: a transaction holds a lock on pushjobs.job_output_chunk
+# (node_outputs() waits) or on pushjobs.job_output (final reports wait).
+# While it waits the channels are stalled (pushjobs_agent_stalls_total), the
+# job goes on, nginx logs no dropped entry and no channel is closed as
+# dead; once the lock goes, every byte arrives: the feed's output events
+# are contiguous and equal what each command printed, and so is the stored
+# output.  Both transports: websocket, then long-poll.  A feed fetches its
+# events in batches bounded by bytes (a quarter of
+# pushjobs_max_queued_output, here 64 KB), so that a reader far behind a
+# streaming job is not closed as too slow for one batch: feed_events()
+# stops at the bound, and a reader opened after the job replays it all,
+# batch after batch.
 
 use strict;
 use warnings;
@@ -29,7 +32,7 @@ use PushJobs::Stack;
 use PushJobs::SSE;
 
 my $LINES = 30000;                      # about 170 KB per node
-my $BATCH = 64 * 1024;
+my $BATCH = 16 * 1024;                 # final reports wait at 128 KB
 
 my $tmp = tempdir('pushjobs-backpressure-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 chmod 0755, $tmp;
@@ -54,13 +57,16 @@ my @nodes = $stack->agent_names;
 my $want = join '', map { "$_\n" } 1 .. $LINES;
 
 sub stalls {
+    my ($batch) = @_;
     my $res = $stack->http->request('GET', $stack->url . '/pushy/_metrics');
-    my ($v) = ($res->{content} // '') =~ /^pushjobs_output_stalls_total (\d+)$/m;
+    my ($v) = ($res->{content} // '')
+              =~ /^pushjobs_agent_stalls_total\{batch="$batch"\} (\d+)$/m;
     return $v // -1;
 }
 
 # a transaction that holds the lock until release() (psql on a pipe)
 sub hold_lock {
+    my ($table) = @_;
     my $pid = open(my $fh, '|-') // die "fork: $!";
     if ($pid == 0) {
         open STDOUT, '>', '/dev/null';
@@ -70,13 +76,13 @@ sub hold_lock {
             or die "exec psql: $!";
     }
     $fh->autoflush(1);
-    print $fh "BEGIN;\nLOCK TABLE pushjobs.job_output_chunk "
+    print $fh "BEGIN;\nLOCK TABLE pushjobs.$table "
               . "IN SHARE ROW EXCLUSIVE MODE;\n";
     # the lock is held once PostgreSQL shows it granted
     PushJobs::Stack::wait_for(10, sub {
         $stack->psql('pushjobs', "SELECT count(*) FROM pg_locks l JOIN "
             . "pg_class c ON c.oid = l.relation WHERE c.relname = "
-            . "'job_output_chunk' AND l.mode = 'ShareRowExclusiveLock' "
+            . "'$table' AND l.mode = 'ShareRowExclusiveLock' "
             . "AND l.granted") == 1
     }, 0.1) or die "the lock was not taken\n";
     return $fh;
@@ -99,19 +105,19 @@ sub streamed {
 }
 
 sub run_held {
-    my ($how) = @_;
+    my ($how, $table, $batch) = @_;
+    $how .= ", $table held";
     my $log_at = length $stack->error_log;
-    my $stalls = stalls();
-    my $lock = hold_lock();
+    my $stalls = stalls($batch);
+    my $lock = hold_lock($table);
 
     my $id = $stack->start_job({ command => 'spew', nodes => \@nodes,
                                  capture_output => JSON::PP::true });
     my $sse = PushJobs::SSE->open($stack,
         "/organizations/$org/pushy/job_status_feed/$id");
 
-    ok PushJobs::Stack::wait_for(30, sub { stalls() > $stalls }, 0.2),
-        "$how: PostgreSQL held, the output batch fills and the streaming "
-        . "channels stall";
+    ok PushJobs::Stack::wait_for(30, sub { stalls($batch) > $stalls }, 0.2),
+        "$how: the $batch batch fills and channels stall";
     my $job = $stack->job($id);
     is $job->{status}, 'running', '  the job is still running';
 
@@ -161,7 +167,8 @@ sub run_held {
         '  with every node\'s output, though more than its queue may hold';
 }
 
-run_held('websocket');
+run_held('websocket', 'job_output_chunk', 'output');
+run_held('websocket', 'job_output', 'input');
 
 for my $n (@nodes) {
     $stack->stop_agent($n);
@@ -169,7 +176,8 @@ for my $n (@nodes) {
 }
 ok $stack->wait_online(\@nodes, 30), 'the agents back, over long-poll';
 
-run_held('long-poll');
+run_held('long-poll', 'job_output_chunk', 'output');
+run_held('long-poll', 'job_output', 'input');
 
 $stack->stop;
 done_testing;
