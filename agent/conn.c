@@ -271,7 +271,7 @@ pja_conn_reset(pja_conn_t *ws)
 static int
 ws_connect_next(pja_conn_t *ws)
 {
-    int               fd, one;
+    int               fd, one, lowat;
     char              addr[INET6_ADDRSTRLEN];
     struct addrinfo  *ai;
 
@@ -293,6 +293,18 @@ ws_connect_next(pja_conn_t *ws)
         one = 1;
         (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         (void) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+
+#ifdef TCP_NOTSENT_LOWAT
+        /*
+         * What the kernel holds unsent stays small, so that the channel's
+         * own queue, which the live output's back-pressure watches, is
+         * where the backlog builds (docs/protocol.md §2.1): without it a
+         * loopback or LAN socket takes megabytes before a write waits.
+         */
+        lowat = PJA_NOTSENT_LOWAT;
+        (void) setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat,
+                          sizeof(lowat));
+#endif
 
         addr[0] = '\0';
         if (ai->ai_family == AF_INET) {

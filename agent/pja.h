@@ -31,6 +31,8 @@
 #define PJA_RUN_TIMEOUT_MARGIN  10
 #define PJA_IN_MESSAGE_CAP      (16 * 1024 * 1024)
 #define PJA_OUT_QUEUE_CAP       (32 * 1024 * 1024)
+/* unsent bytes the kernel may hold for the channel (TCP_NOTSENT_LOWAT) */
+#define PJA_NOTSENT_LOWAT       (32 * 1024)
 #define PJA_DEFAULT_MAX_MESSAGE (1024 * 1024)
 #define PJA_DEFAULT_PING        60
 #define PJA_CONNECT_TIMEOUT     30000

@@ -20,7 +20,7 @@
 
 #define PJA_STREAM_CHUNK        16384
 #define PJA_STREAM_DELAY        250
-#define PJA_STREAM_QUEUE        (256 * 1024)
+#define PJA_STREAM_QUEUE        (64 * 1024)
 
 
 /* Sends a message if the channel is open; takes ownership of text. */
