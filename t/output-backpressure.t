@@ -16,7 +16,10 @@
 # pushjobs_max_queued_output, here 64 KB), so that a reader far behind a
 # streaming job is not closed as too slow for one batch: feed_events()
 # stops at the bound, and a reader opened after the job replays it all,
-# batch after batch.
+# batch after batch.  And down to the command: while the server does not
+# read, a command printing 68 MB waits in write() (the agent stops
+# reading its pipes) and the agent's memory grows only by what the sockets
+# took before they filled.
 
 use strict;
 use warnings;
@@ -37,6 +40,10 @@ my $BATCH = 16 * 1024;                 # final reports wait at 128 KB
 my $tmp = tempdir('pushjobs-backpressure-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 chmod 0755, $tmp;
 
+PushJobs::Stack::spew("$tmp/flood", <<"EOF", 0755);
+#!/bin/sh
+seq 1 9000000
+EOF
 PushJobs::Stack::spew("$tmp/spew", <<"EOF", 0755);
 #!/bin/sh
 seq 1 $LINES
@@ -45,8 +52,11 @@ EOF
 
 my $stack = PushJobs::Stack->new(
     agents => 3, workers => 2,
-    whitelist => { 'spew' => "$tmp/spew" },
+    whitelist => { 'spew' => "$tmp/spew", 'flood' => "$tmp/flood" },
     whitelist_regex => [],
+    # the agents would keep 68 MB of a job's output: only back-pressure
+    # keeps them from it
+    client_rb_extra => "max_output_size 134217728\n",
     nginx_extra => "pushjobs_output_batch_size $BATCH;\n"
                    . "pushjobs_max_queued_output 256k;",
 );
@@ -169,6 +179,69 @@ sub run_held {
 
 run_held('websocket', 'job_output_chunk', 'output');
 run_held('websocket', 'job_output', 'input');
+
+# --- down to the command: a 68 MB writer waits, the agent does not keep it --
+
+# the agent's processes (it and its privilege-separated half), by parentage
+sub agent_procs {
+    my ($root) = @_;
+    my %kids;
+    for my $stat (glob '/proc/[0-9]*/stat') {
+        my $st = eval { PushJobs::Stack::slurp($stat) } // next;
+        my ($pid, $comm, $ppid) = $st =~ /^(\d+) \((.*)\) \S+ (\d+)/ or next;
+        push @{ $kids{$ppid} }, [ $pid, $comm ];
+    }
+    my (@out, @todo);
+    @todo = ([ $root, 'pushjobs-agent' ]);
+    while (my $p = shift @todo) {
+        push @out, $p->[0] if $p->[1] =~ /^pushjobs-agent/;
+        push @todo, @{ $kids{ $p->[0] } // [] };
+    }
+    return @out;
+}
+
+sub agent_rss {
+    my $kb = 0;
+    for my $pid (agent_procs($stack->{procs}{"agent:$nodes[0]"})) {
+        my $st = eval { PushJobs::Stack::slurp("/proc/$pid/status") } // next;
+        $kb += $1 if $st =~ /^VmRSS:\s+(\d+)/m;
+    }
+    return $kb;
+}
+
+sub writer_alive {
+    scalar grep {
+        (eval { PushJobs::Stack::slurp($_) } // '') =~ /^seq\0001\0009000000/
+    } glob '/proc/[0-9]*/cmdline';
+}
+
+{
+    my $rss0 = agent_rss();
+    my $stalls = stalls('output');
+    my $lock = hold_lock('job_output_chunk');
+    my $id = $stack->start_job({ command => 'flood', nodes => [ $nodes[0] ],
+                                 capture_output => JSON::PP::true });
+    ok PushJobs::Stack::wait_for(30, sub { stalls('output') > $stalls }, 0.2),
+        'a 68 MB writer: its channel stalls';
+    ok PushJobs::Stack::wait_for(10, sub { writer_alive() }, 0.1),
+        '  the writer runs';
+    # seq prints 68 MB in about a second when nothing holds it back
+    sleep 3;
+    ok writer_alive(), '  3 s later it still waits in write()';
+    my $grew = agent_rss() - $rss0;
+    # what nginx's socket took before it filled (the kernel grows its
+    # receive buffer up to megabytes), in a buffer that grows by doubling
+    cmp_ok $grew, '<', 32 * 1024,
+        "  the agent's memory grew by $grew KB, not by the 68 MB it would "
+        . 'keep';
+    release($lock);
+    my $res = $stack->request('POST',
+                              "/organizations/$org/pushy/jobs/$id/abort");
+    like $res->{status}, qr/^20[02]$/, '  released, and the job aborted';
+    is $stack->wait_job($id, 60)->{status}, 'aborted', '  it ends aborted';
+    ok PushJobs::Stack::wait_for(10, sub { !writer_alive() }, 0.1),
+        '  the writer is gone';
+}
 
 for my $n (@nodes) {
     $stack->stop_agent($n);
