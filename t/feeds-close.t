@@ -18,10 +18,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use IO::Select;
-use IO::Socket::INET;
 use IO::Socket::SSL;
-use Socket qw(SOL_SOCKET SO_RCVBUF IPPROTO_TCP TCP_NODELAY
-              inet_aton sockaddr_in);
 use Test::More;
 use Time::HiRes qw(time);
 use PushJobs::Stack;
@@ -47,24 +44,8 @@ sub workers {
     return "@pids";
 }
 
-# A TLS connection to fe1 with a receive buffer of RCVBUF bytes, set
-# before connecting so that the window follows it.
-sub tls {
-    my ($rcvbuf) = @_;
-
-    my $sock = IO::Socket::INET->new(Proto => 'tcp')
-        or die "socket: $!";
-    setsockopt($sock, SOL_SOCKET, SO_RCVBUF, $rcvbuf) or die "SO_RCVBUF: $!";
-    setsockopt($sock, IPPROTO_TCP, TCP_NODELAY, 1);
-    connect($sock, sockaddr_in($stack->port, inet_aton('127.0.0.1')))
-        or die "connect: $!";
-    IO::Socket::SSL->start_SSL($sock,
-        SSL_ca_file => $stack->dir . '/tls/server.crt',
-        SSL_hostname => 'localhost', Timeout => 10)
-        or die "TLS: $SSL_ERROR";
-
-    return $sock;
-}
+# A TLS connection to fe1 with a receive buffer of RCVBUF bytes.
+sub tls { PushJobs::SSE::tls_socket($stack, $_[0]) }
 
 # A reader that sends its request and never reads, with a tiny buffer.
 sub stalled {

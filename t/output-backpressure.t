@@ -16,8 +16,11 @@
 # pushjobs_max_queued_output, here 64 KB), so that a reader far behind a
 # streaming job is not closed as too slow for one batch: feed_events()
 # stops at the bound, and a reader opened after the job replays it all,
-# batch after batch.  And down to the command: while the server does not
-# read, a command printing 68 MB waits in write() (the agent stops
+# batch after batch.  A reader of a streaming job that stops reading is
+# held to one such batch (its next one is fetched when it has taken the
+# last), not closed at its queue cap; one that goes away mid-stream resumes
+# by Last-Event-ID with every byte once.  And down to the command: while the server does not
+# read, a command printing 211 MB waits in write() (the agent stops
 # reading its pipes) and the agent's memory grows only by what the sockets
 # took before they filled.
 
@@ -40,9 +43,14 @@ my $BATCH = 16 * 1024;                 # final reports wait at 128 KB
 my $tmp = tempdir('pushjobs-backpressure-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 chmod 0755, $tmp;
 
+PushJobs::Stack::spew("$tmp/spew3", <<"EOF", 0755);
+#!/bin/sh
+seq 1 430000
+sleep 1
+EOF
 PushJobs::Stack::spew("$tmp/flood", <<"EOF", 0755);
 #!/bin/sh
-seq 1 9000000
+seq 1 25000000
 EOF
 PushJobs::Stack::spew("$tmp/spew", <<"EOF", 0755);
 #!/bin/sh
@@ -52,13 +60,15 @@ EOF
 
 my $stack = PushJobs::Stack->new(
     agents => 3, workers => 2,
-    whitelist => { 'spew' => "$tmp/spew", 'flood' => "$tmp/flood" },
+    whitelist => { 'spew' => "$tmp/spew", 'spew3' => "$tmp/spew3",
+                   'flood' => "$tmp/flood" },
     whitelist_regex => [],
-    # the agents would keep 68 MB of a job's output: only back-pressure
+    # the agents would keep 211 MB of a job's output: only back-pressure
     # keeps them from it
-    client_rb_extra => "max_output_size 134217728\n",
+    client_rb_extra => "max_output_size 268435456\n",
     nginx_extra => "pushjobs_output_batch_size $BATCH;\n"
-                   . "pushjobs_max_queued_output 256k;",
+                   . "pushjobs_max_queued_output 256k;\n"
+                   . "pushjobs_max_output_size 4m;",
 );
 $stack->start;
 
@@ -180,7 +190,56 @@ sub run_held {
 run_held('websocket', 'job_output_chunk', 'output');
 run_held('websocket', 'job_output', 'input');
 
-# --- down to the command: a 68 MB writer waits, the agent does not keep it --
+# --- a slow reader of output: held to a batch, resumed by Last-Event-ID ----
+
+sub overflows {
+    my $res = $stack->http->request('GET', $stack->url . '/pushy/_metrics');
+    my ($v) = ($res->{content} // '')
+              =~ /^pushjobs_queue_overflows_total\{queue="feed"\} (\d+)$/m;
+    return $v // -1;
+}
+
+{
+    my $over = overflows();
+    my $id = $stack->start_job({ command => 'spew3', nodes => [ $nodes[0] ],
+                                 capture_output => JSON::PP::true });
+    my $path = "/organizations/$org/pushy/job_status_feed/$id";
+    is $stack->wait_job($id, 60)->{status}, 'complete',
+        'a job streaming 3 MB completes';
+    my $events = $stack->psql('pushjobs', "SELECT sum(octet_length(data)) "
+        . "FROM pushjobs.job_events WHERE job_id = '$id'") + 0;
+    cmp_ok $events, '>', 3 * 1024 * 1024,
+        "  its feed holds $events bytes of events";
+    # a reader of the whole feed that does not read: 2 KB of receive buffer
+    my $slow = PushJobs::SSE->open($stack, $path,
+                                   sock => PushJobs::SSE::tls_socket($stack,
+                                                                     2048));
+    is $slow->status, 200, '  a reader of its feed that does not read';
+    # (a bounded look for something that must not happen)
+    ok !PushJobs::Stack::wait_for(3, sub { overflows() > $over }, 0.2),
+        '  more than the socket buffers and its 256 KB queue: it is held to '
+        . 'a batch, not closed';
+
+    # it reads a few events, goes away, and comes back from the last one
+    my @ev = $slow->events(5, 10);
+    is scalar @ev, 5, '  it reads: the first events come';
+    $slow->close;
+    my $sse = PushJobs::SSE->open($stack, $path,
+                                  last_event_id => $ev[-1]{id});
+    push @ev, $sse->until_event('job_complete', 60);
+    is(($ev[-1]{event} // ''), 'job_complete',
+       "  gone after $ev[4]{id}, it resumes from there to job_complete");
+    my ($bytes, $contiguous) = streamed(@ev);
+    ok $contiguous->{ $nodes[0] },
+        '  the output events contiguous across the two readers';
+    my $stored = $stack->node_output($id, $nodes[0], 'stdout');
+    ok length($bytes->{ $nodes[0] } // '') >= length($stored)
+       && substr($bytes->{ $nodes[0] }, 0, length $stored) eq $stored,
+        '  and they carry the stored output ('
+        . length($bytes->{ $nodes[0] } // '') . ' bytes)';
+}
+
+# --- down to the command: a 211 MB writer waits, the agent does not keep it --
 
 # the agent's processes (it and its privilege-separated half), by parentage
 sub agent_procs {
@@ -211,7 +270,7 @@ sub agent_rss {
 
 sub writer_alive {
     scalar grep {
-        (eval { PushJobs::Stack::slurp($_) } // '') =~ /^seq\0001\0009000000/
+        (eval { PushJobs::Stack::slurp($_) } // '') =~ /^seq\0001\00025000000/
     } glob '/proc/[0-9]*/cmdline';
 }
 
@@ -222,17 +281,20 @@ sub writer_alive {
     my $id = $stack->start_job({ command => 'flood', nodes => [ $nodes[0] ],
                                  capture_output => JSON::PP::true });
     ok PushJobs::Stack::wait_for(30, sub { stalls('output') > $stalls }, 0.2),
-        'a 68 MB writer: its channel stalls';
+        'a 211 MB writer: its channel stalls';
     ok PushJobs::Stack::wait_for(10, sub { writer_alive() }, 0.1),
         '  the writer runs';
-    # seq prints 68 MB in about a second when nothing holds it back
+    # seq prints 211 MB in a second or two when nothing holds it back
     sleep 3;
     ok writer_alive(), '  3 s later it still waits in write()';
     my $grew = agent_rss() - $rss0;
     # what nginx's socket took before it filled (the kernel grows its
-    # receive buffer up to megabytes), in a buffer that grows by doubling
-    cmp_ok $grew, '<', 32 * 1024,
-        "  the agent's memory grew by $grew KB, not by the 68 MB it would "
+    # receive buffer up to tcp_rmem's maximum: 6 MB on Debian, 32 MB
+    # here), in a buffer that grows by doubling
+    my ($rmem) = (split ' ', PushJobs::Stack::slurp(
+                      '/proc/sys/net/ipv4/tcp_rmem'))[2];
+    cmp_ok $grew, '<', 2 * $rmem / 1024 + 16 * 1024,
+        "  the agent's memory grew by $grew KB, not by the 211 MB it would "
         . 'keep';
     release($lock);
     my $res = $stack->request('POST',

@@ -10,11 +10,36 @@ use warnings;
 
 use Carp qw(croak);
 use IO::Select;
+use IO::Socket::INET;
 use IO::Socket::SSL;
+use Socket qw(SOL_SOCKET SO_RCVBUF IPPROTO_TCP TCP_NODELAY inet_aton
+              sockaddr_in);
 use JSON::PP;
 use Time::HiRes qw(time);
 
 my $JSON = JSON::PP->new->allow_nonref;
+
+# tls_socket(stack, rcvbuf): a TLS connection to the stack's first front
+# end with a receive buffer of RCVBUF bytes, set before connecting so that
+# the TCP window follows it (a reader that stops reading fills it at once;
+# pass it to open() as sock).
+sub tls_socket {
+    my ($stack, $rcvbuf) = @_;
+
+    my $sock = IO::Socket::INET->new(Proto => 'tcp')
+        or croak "socket: $!";
+    setsockopt($sock, SOL_SOCKET, SO_RCVBUF, $rcvbuf)
+        or croak "SO_RCVBUF: $!";
+    setsockopt($sock, IPPROTO_TCP, TCP_NODELAY, 1);
+    connect($sock, sockaddr_in($stack->port, inet_aton('127.0.0.1')))
+        or croak "connect: $!";
+    IO::Socket::SSL->start_SSL($sock,
+        SSL_ca_file => $stack->dir . '/tls/server.crt',
+        SSL_hostname => 'localhost', Timeout => 10)
+        or croak "TLS: $SSL_ERROR";
+
+    return $sock;
+}
 
 # open(stack, path, user => 'alice', fe => 'fe1', last_event_id => 'job-3',
 #      accept => 'text/event-stream' (undef: no Accept header),
