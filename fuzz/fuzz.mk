@@ -25,7 +25,7 @@ FUZZ_BUILD     := $(BUILD)/fuzz
 FUZZ_SANITIZE  := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS    := -g -O1 -fno-omit-frame-pointer $(FUZZ_SANITIZE)
 FUZZ_CFLAGS_CC := $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link
-FUZZ_WARN      := -Wall -Wextra -Wno-unused-parameter
+FUZZ_WARN      := -Wall -Wextra -Wno-unused-parameter -Werror
 FUZZ_LDFLAGS   := $(FUZZ_SANITIZE) -fsanitize=fuzzer
 FUZZ_LDLIBS    := -lpq -lyajl -lssl -lcrypto -lcrypt
 

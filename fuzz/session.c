@@ -61,6 +61,7 @@ static const ngx_pushjobs_transport_t  ngx_fuzz_transport = {
     ngx_fuzz_chan_close,
     ngx_fuzz_chan_tick,
     ngx_fuzz_chan_free,
+    NULL,                               /* resume: the stub never stalls */
     " by fuzzing",
     0
 };
