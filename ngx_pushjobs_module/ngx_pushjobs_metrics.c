@@ -71,6 +71,7 @@ static ngx_uint_t ngx_pushjobs_metrics_name_index(char **names, ngx_uint_t n,
     u_char *name, size_t len);
 static void ngx_pushjobs_metrics_live(ngx_pushjobs_metrics_t *m,
     u_char *live);
+static ngx_uint_t ngx_pushjobs_metrics_alive(ngx_atomic_uint_t pid);
 
 
 static ngx_str_t  ngx_pushjobs_metrics_zone_name =
@@ -217,8 +218,7 @@ ngx_pushjobs_metrics_init_process(ngx_pushjobs_worker_t *w)
     for (i = 0; i < NGX_PUSHJOBS_METRICS_SLOTS; i++) {
         pid = m->slot[i].pid;
 
-        if (pid != 0 && (kill((pid_t) pid, 0) == 0 || ngx_errno != NGX_ESRCH))
-        {
+        if (ngx_pushjobs_metrics_alive(pid)) {
             continue;
         }
 
@@ -402,15 +402,21 @@ ngx_pushjobs_metrics_name_index(char **names, ngx_uint_t n, u_char *name,
 static void
 ngx_pushjobs_metrics_live(ngx_pushjobs_metrics_t *m, u_char *live)
 {
-    ngx_uint_t         i;
-    ngx_atomic_uint_t  pid;
+    ngx_uint_t  i;
 
     for (i = 0; i < NGX_PUSHJOBS_METRICS_SLOTS; i++) {
-        pid = m->slot[i].pid;
-
-        live[i] = !(pid == 0
-                    || (kill((pid_t) pid, 0) == -1 && ngx_errno == NGX_ESRCH));
+        live[i] = ngx_pushjobs_metrics_alive(m->slot[i].pid);
     }
+}
+
+
+/* A slot's process is alive: it has one, and kill(0) does not say gone. */
+
+static ngx_uint_t
+ngx_pushjobs_metrics_alive(ngx_atomic_uint_t pid)
+{
+    return pid != 0
+           && (kill((pid_t) pid, 0) == 0 || ngx_errno != NGX_ESRCH);
 }
 
 
