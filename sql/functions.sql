@@ -1268,7 +1268,9 @@ $$;
 -- job_output_live row is marked truncated); that row keeps the stream's
 -- length, so a chunk costs its own bytes whatever the node has sent
 -- before.  What was appended is an output event {"node",
--- "stream", "offset", "data"} on the job's feed.  Only a running node
+-- "stream", "offset"} on the job's feed, without the bytes: a feed reads
+-- them from the chunk row (job_feed()), so they are written once, not a
+-- second time as base64 in job_events.  Only a running node
 -- whose final report has not been stored streams: the report wins, and
 -- no output event follows the node's end.  One emit_events() per job;
 -- the jobs are locked in id order like node_inputs() does.
@@ -1282,7 +1284,6 @@ DECLARE
     v_cur     bigint;
     v_trunc   boolean;
     v_data    bytea;
-    v_b64     text;
     v_keys    bigint[] := '{}';
     v_names   text[] := '{}';
     v_fields  json[] := '{}';
@@ -1356,16 +1357,6 @@ BEGIN
             CONTINUE;
         END IF;
 
-        -- the event carries the chunk's own base64 when all of it is
-        -- stored and it is plain (the common case): not encoded again
-        v_b64 := NULL;
-
-        IF r.off = v_cur AND v_cur + length(v_data) <= r.cap
-           AND r.data ~ '^[A-Za-z0-9+/=]*$'
-        THEN
-            v_b64 := r.data;
-        END IF;
-
         v_data := substr(v_data, (v_cur - r.off + 1)::integer);
 
         IF v_cur + length(v_data) > r.cap THEN
@@ -1393,10 +1384,7 @@ BEGIN
         v_names := array_append(v_names, 'output');
         v_fields := array_append(v_fields,
             json_build_object('node', r.node, 'stream', r.stream,
-                              'offset', v_cur,
-                              'data', COALESCE(v_b64,
-                                  translate(encode(v_data, 'base64'),
-                                            E'\n', ''))));
+                              'offset', v_cur));
     END LOOP;
 
     IF v_id IS NOT NULL THEN
@@ -1408,10 +1396,12 @@ $$;
 
 
 -- A node's final report replaces what it streamed: its job_output row is
--- stored, its job_output_live row and job_output_chunk rows go.  When the
--- node streamed, what the report has beyond the streamed bytes (the last
--- chunks, sent just before the report, may be applied after it and are
--- then ignored) is emitted as output events, so that the feed carries the
+-- stored and its job_output_live row goes, so the output is served from
+-- the report; the job_output_chunk rows stay, as the bytes of the feed's
+-- output events (job_feed()).  When the node streamed, what the report
+-- has beyond the streamed bytes (the last chunks, sent just before the
+-- report, may be applied after it and are then ignored) is emitted as
+-- output events that carry their own bytes, so that the feed carries the
 -- whole output; before the node's own end events (node_inputs() stores
 -- the output first).  The streamed bytes are assembled once, here, to
 -- check that the report starts with them.
@@ -1434,17 +1424,13 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    WITH c AS (
-        DELETE FROM pushjobs.job_output_chunk c
-         WHERE c.job_id = NEW.job_id AND c.node_name = NEW.node_name
-        RETURNING c.stream, c.off, c.data
-    )
     SELECT COALESCE(string_agg(c.data, '' ORDER BY c.off)
                         FILTER (WHERE c.stream = 'stdout'), ''),
            COALESCE(string_agg(c.data, '' ORDER BY c.off)
                         FILTER (WHERE c.stream = 'stderr'), '')
       INTO v_stdout, v_stderr
-      FROM c;
+      FROM pushjobs.job_output_chunk c
+     WHERE c.job_id = NEW.job_id AND c.node_name = NEW.node_name;
 
     IF length(NEW.stdout) > length(v_stdout)
        AND substr(NEW.stdout, 1, length(v_stdout)) = v_stdout
@@ -2253,14 +2239,51 @@ END
 $$;
 
 
+-- A job feed's events after p_after, in order, each output event with the
+-- chunk row it stands for (node_outputs() writes an output event's bytes
+-- once, as that row, not again as base64 in job_events); NULL for every
+-- other event and for an output event that carries its own bytes
+-- (job_output_final()'s).  Inlined into its callers, so their ORDER BY
+-- seq LIMIT stops the scan of job_events early; the other events' data is
+-- not parsed.
+CREATE OR REPLACE FUNCTION pushjobs.job_feed(p_job text, p_after integer)
+RETURNS TABLE (seq integer, name text, data text, chunk bytea)
+LANGUAGE sql STABLE AS $$
+    SELECT e.seq, e.name, e.data, c.data
+      FROM pushjobs.job_events e
+      LEFT JOIN LATERAL (
+          SELECT c.data
+            FROM json_to_record(CASE WHEN e.name = 'output'
+                                     THEN e.data::json END)
+                 AS r(node text, stream text, "offset" bigint, data text)
+            JOIN pushjobs.job_output_chunk c
+              ON c.job_id = e.job_id AND c.node_name = r.node
+             AND c.stream = r.stream AND c.off = r."offset"
+           WHERE r.node IS NOT NULL AND r.data IS NULL) c ON true
+     WHERE e.job_id = p_job AND e.seq > p_after
+$$;
+
+
+-- An event's data as a feed sends it: with the chunk's bytes (base64, no
+-- line breaks) as its last field "data" when it stands for a chunk.
+CREATE OR REPLACE FUNCTION pushjobs.feed_data(p_data text, p_chunk bytea)
+RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_chunk IS NULL THEN p_data
+                ELSE left(p_data, -1) || ', "data": "'
+                     || translate(encode(p_chunk, 'base64'), E'\n', '')
+                     || '"}' END
+$$;
+
+
+-- A job feed's next events after p_after, at most p_limit of them.
 CREATE OR REPLACE FUNCTION pushjobs.feed_events(p_job text, p_after integer,
     p_limit integer)
 RETURNS TABLE (seq integer, name text, data text)
 LANGUAGE sql STABLE AS $$
-    SELECT e.seq, e.name, e.data
-      FROM pushjobs.job_events e
-     WHERE e.job_id = p_job AND e.seq > p_after
-     ORDER BY e.seq
+    SELECT f.seq, f.name, pushjobs.feed_data(f.data, f.chunk)
+      FROM pushjobs.job_feed(p_job, p_after) f
+     ORDER BY f.seq
      LIMIT p_limit
 $$;
 
@@ -2269,20 +2292,21 @@ $$;
 -- p_bytes of data: the rows up to the first one that reaches p_bytes (the
 -- first row always), so a reader of a job with live output gets batches
 -- its queue (pushjobs_max_queued_output) can hold, however large the
--- events.  octet_length() reads a stored value's size without
--- decompressing it.  feed_events(text, integer, integer), without the
+-- events; an output event counts its chunk's bytes as base64.
+-- octet_length() reads a stored value's size without decompressing it.  feed_events(text, integer, integer), without the
 -- bound, stays for the front ends of 2.0.0 during an upgrade.
 CREATE OR REPLACE FUNCTION pushjobs.feed_events(p_job text, p_after integer,
     p_limit integer, p_bytes integer)
 RETURNS TABLE (seq integer, name text, data text)
 LANGUAGE sql STABLE AS $$
-    SELECT f.seq, f.name, f.data
-      FROM (SELECT e.seq, e.name, e.data,
-                   sum(octet_length(e.data)) OVER (ORDER BY e.seq)
-                   - octet_length(e.data) AS before
-              FROM pushjobs.job_events e
-             WHERE e.job_id = p_job AND e.seq > p_after
-             ORDER BY e.seq
+    SELECT f.seq, f.name, pushjobs.feed_data(f.data, f.chunk)
+      FROM (SELECT j.seq, j.name, j.data, j.chunk,
+                   sum(s.bytes) OVER (ORDER BY j.seq) - s.bytes AS before
+              FROM pushjobs.job_feed(p_job, p_after) j,
+                   LATERAL (SELECT octet_length(j.data)
+                                   + COALESCE(octet_length(j.chunk) / 3 * 4
+                                              + 16, 0) AS bytes) s
+             ORDER BY j.seq
              LIMIT p_limit) f
      WHERE f.before < p_bytes
      ORDER BY f.seq

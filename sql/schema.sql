@@ -116,7 +116,8 @@ CREATE TABLE pushjobs.job_output (
 -- node_outputs() has stored as job_output_chunk rows (at most the cap),
 -- and whether it cut at the cap.  Small and fixed in size, so updating it
 -- per chunk costs the same at any length.  The final report's job_output
--- row wins: job_output_final() deletes this row and the chunks.
+-- row wins: job_output_final() deletes this row (the chunks stay: they
+-- are the bytes of the feed's output events).
 CREATE TABLE pushjobs.job_output_live (
     job_id           text NOT NULL,
     node_name        text NOT NULL,
@@ -132,7 +133,9 @@ CREATE TABLE pushjobs.job_output_live (
 -- length(data)) of the node's stream, contiguous from 0 up to the
 -- stream's length in job_output_live.  A chunk is an insert of its own
 -- bytes (appending to one bytea rewrote the whole output so far);
--- readers assemble string_agg(data, '' ORDER BY off).
+-- readers assemble string_agg(data, '' ORDER BY off).  Each row is also
+-- the bytes of one output event of the job's feed (job_feed()), and is
+-- kept with the job for that.
 CREATE TABLE pushjobs.job_output_chunk (
     job_id           text NOT NULL,
     node_name        text NOT NULL,

@@ -141,12 +141,20 @@ is status($id), 'complete', 'job complete';
 is output($id), lines('line', 20),
     'final stdout: what the command printed, once';
 is output($id, 'stderr'), lines('err', 20), 'final stderr too';
-is $stack->psql('pushjobs', "SELECT (SELECT count(*)"
-                            . " FROM pushjobs.job_output_live"
-                            . " WHERE job_id = '$id') + (SELECT count(*)"
-                            . " FROM pushjobs.job_output_chunk"
-                            . " WHERE job_id = '$id')") + 0, 0,
-    'the final report replaced the streamed output (and its chunks)';
+is $stack->psql('pushjobs', "SELECT count(*) FROM pushjobs.job_output_live"
+                            . " WHERE job_id = '$id'") + 0, 0,
+    'the final report replaced the streamed output';
+cmp_ok $stack->psql('pushjobs', "SELECT count(*) FROM pushjobs.job_events"
+                                . " WHERE job_id = '$id' AND name = 'output'"
+                                . " AND data LIKE '%\"data\"%'") + 0, '<=', 2,
+    '  the streamed events hold no bytes of their own (at most the '
+    . "report's tail per stream does)";
+# the same feed read again after the end: the bytes come from the chunk rows
+my @again = feed($id)->until_event('job_complete', 30);
+my ($bytes2, $contiguous2) = streamed(@again);
+is_deeply [ $bytes2->{stdout}, $bytes2->{stderr}, $contiguous2 ],
+    [ lines('line', 20), lines('err', 20), 1 ],
+    '  a feed read after the end has every byte, from the kept chunks';
 
 # --- binary output ----------------------------------------------------------
 

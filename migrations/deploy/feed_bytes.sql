@@ -12,20 +12,21 @@ BEGIN;
 -- p_bytes of data: the rows up to the first one that reaches p_bytes (the
 -- first row always), so a reader of a job with live output gets batches
 -- its queue (pushjobs_max_queued_output) can hold, however large the
--- events.  octet_length() reads a stored value's size without
--- decompressing it.  feed_events(text, integer, integer), without the
+-- events; an output event counts its chunk's bytes as base64.
+-- octet_length() reads a stored value's size without decompressing it.  feed_events(text, integer, integer), without the
 -- bound, stays for the front ends of 2.0.0 during an upgrade.
 CREATE OR REPLACE FUNCTION pushjobs.feed_events(p_job text, p_after integer,
     p_limit integer, p_bytes integer)
 RETURNS TABLE (seq integer, name text, data text)
 LANGUAGE sql STABLE AS $$
-    SELECT f.seq, f.name, f.data
-      FROM (SELECT e.seq, e.name, e.data,
-                   sum(octet_length(e.data)) OVER (ORDER BY e.seq)
-                   - octet_length(e.data) AS before
-              FROM pushjobs.job_events e
-             WHERE e.job_id = p_job AND e.seq > p_after
-             ORDER BY e.seq
+    SELECT f.seq, f.name, pushjobs.feed_data(f.data, f.chunk)
+      FROM (SELECT j.seq, j.name, j.data, j.chunk,
+                   sum(s.bytes) OVER (ORDER BY j.seq) - s.bytes AS before
+              FROM pushjobs.job_feed(p_job, p_after) j,
+                   LATERAL (SELECT octet_length(j.data)
+                                   + COALESCE(octet_length(j.chunk) / 3 * 4
+                                              + 16, 0) AS bytes) s
+             ORDER BY j.seq
              LIMIT p_limit) f
      WHERE f.before < p_bytes
      ORDER BY f.seq

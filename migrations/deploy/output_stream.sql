@@ -6,8 +6,10 @@
 -- as a job_output_chunk row of its node (once, by offset; up to the cap;
 -- the node's job_output_live row keeps each stream's length) and emits an
 -- output event; job_output_b64() serves the final report's output, or
--- else the streamed chunks assembled; a stored final report removes the
--- streamed rows (job_output_final trigger).  New tables, not new
+-- else the streamed chunks assembled; a stored final report ends the
+-- node's live output (job_output_final trigger).  Output events carry no
+-- bytes in job_events: the job's feed reads them from the chunk rows
+-- (job_feed(), feed_data()).  New tables, not new
 -- job_output columns: the final report's row stays as it was.
 
 BEGIN;
@@ -17,7 +19,8 @@ BEGIN;
 -- node_outputs() has stored as job_output_chunk rows (at most the cap),
 -- and whether it cut at the cap.  Small and fixed in size, so updating it
 -- per chunk costs the same at any length.  The final report's job_output
--- row wins: job_output_final() deletes this row and the chunks.
+-- row wins: job_output_final() deletes this row (the chunks stay: they
+-- are the bytes of the feed's output events).
 CREATE TABLE pushjobs.job_output_live (
     job_id           text NOT NULL,
     node_name        text NOT NULL,
@@ -33,7 +36,9 @@ CREATE TABLE pushjobs.job_output_live (
 -- length(data)) of the node's stream, contiguous from 0 up to the
 -- stream's length in job_output_live.  A chunk is an insert of its own
 -- bytes (appending to one bytea rewrote the whole output so far);
--- readers assemble string_agg(data, '' ORDER BY off).
+-- readers assemble string_agg(data, '' ORDER BY off).  Each row is also
+-- the bytes of one output event of the job's feed (job_feed()), and is
+-- kept with the job for that.
 CREATE TABLE pushjobs.job_output_chunk (
     job_id           text NOT NULL,
     node_name        text NOT NULL,
@@ -57,7 +62,9 @@ CREATE TABLE pushjobs.job_output_chunk (
 -- job_output_live row is marked truncated); that row keeps the stream's
 -- length, so a chunk costs its own bytes whatever the node has sent
 -- before.  What was appended is an output event {"node",
--- "stream", "offset", "data"} on the job's feed.  Only a running node
+-- "stream", "offset"} on the job's feed, without the bytes: a feed reads
+-- them from the chunk row (job_feed()), so they are written once, not a
+-- second time as base64 in job_events.  Only a running node
 -- whose final report has not been stored streams: the report wins, and
 -- no output event follows the node's end.  One emit_events() per job;
 -- the jobs are locked in id order like node_inputs() does.
@@ -71,7 +78,6 @@ DECLARE
     v_cur     bigint;
     v_trunc   boolean;
     v_data    bytea;
-    v_b64     text;
     v_keys    bigint[] := '{}';
     v_names   text[] := '{}';
     v_fields  json[] := '{}';
@@ -145,16 +151,6 @@ BEGIN
             CONTINUE;
         END IF;
 
-        -- the event carries the chunk's own base64 when all of it is
-        -- stored and it is plain (the common case): not encoded again
-        v_b64 := NULL;
-
-        IF r.off = v_cur AND v_cur + length(v_data) <= r.cap
-           AND r.data ~ '^[A-Za-z0-9+/=]*$'
-        THEN
-            v_b64 := r.data;
-        END IF;
-
         v_data := substr(v_data, (v_cur - r.off + 1)::integer);
 
         IF v_cur + length(v_data) > r.cap THEN
@@ -182,10 +178,7 @@ BEGIN
         v_names := array_append(v_names, 'output');
         v_fields := array_append(v_fields,
             json_build_object('node', r.node, 'stream', r.stream,
-                              'offset', v_cur,
-                              'data', COALESCE(v_b64,
-                                  translate(encode(v_data, 'base64'),
-                                            E'\n', ''))));
+                              'offset', v_cur));
     END LOOP;
 
     IF v_id IS NOT NULL THEN
@@ -197,10 +190,12 @@ $$;
 
 
 -- A node's final report replaces what it streamed: its job_output row is
--- stored, its job_output_live row and job_output_chunk rows go.  When the
--- node streamed, what the report has beyond the streamed bytes (the last
--- chunks, sent just before the report, may be applied after it and are
--- then ignored) is emitted as output events, so that the feed carries the
+-- stored and its job_output_live row goes, so the output is served from
+-- the report; the job_output_chunk rows stay, as the bytes of the feed's
+-- output events (job_feed()).  When the node streamed, what the report
+-- has beyond the streamed bytes (the last chunks, sent just before the
+-- report, may be applied after it and are then ignored) is emitted as
+-- output events that carry their own bytes, so that the feed carries the
 -- whole output; before the node's own end events (node_inputs() stores
 -- the output first).  The streamed bytes are assembled once, here, to
 -- check that the report starts with them.
@@ -223,17 +218,13 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    WITH c AS (
-        DELETE FROM pushjobs.job_output_chunk c
-         WHERE c.job_id = NEW.job_id AND c.node_name = NEW.node_name
-        RETURNING c.stream, c.off, c.data
-    )
     SELECT COALESCE(string_agg(c.data, '' ORDER BY c.off)
                         FILTER (WHERE c.stream = 'stdout'), ''),
            COALESCE(string_agg(c.data, '' ORDER BY c.off)
                         FILTER (WHERE c.stream = 'stderr'), '')
       INTO v_stdout, v_stderr
-      FROM c;
+      FROM pushjobs.job_output_chunk c
+     WHERE c.job_id = NEW.job_id AND c.node_name = NEW.node_name;
 
     IF length(NEW.stdout) > length(v_stdout)
        AND substr(NEW.stdout, 1, length(v_stdout)) = v_stdout
@@ -300,6 +291,56 @@ LANGUAGE sql STABLE AS $$
      WHERE j.org = p_org
      ORDER BY o.rank
      LIMIT 1
+$$;
+
+
+-- A job feed's events after p_after, in order, each output event with the
+-- chunk row it stands for (node_outputs() writes an output event's bytes
+-- once, as that row, not again as base64 in job_events); NULL for every
+-- other event and for an output event that carries its own bytes
+-- (job_output_final()'s).  Inlined into its callers, so their ORDER BY
+-- seq LIMIT stops the scan of job_events early; the other events' data is
+-- not parsed.
+CREATE OR REPLACE FUNCTION pushjobs.job_feed(p_job text, p_after integer)
+RETURNS TABLE (seq integer, name text, data text, chunk bytea)
+LANGUAGE sql STABLE AS $$
+    SELECT e.seq, e.name, e.data, c.data
+      FROM pushjobs.job_events e
+      LEFT JOIN LATERAL (
+          SELECT c.data
+            FROM json_to_record(CASE WHEN e.name = 'output'
+                                     THEN e.data::json END)
+                 AS r(node text, stream text, "offset" bigint, data text)
+            JOIN pushjobs.job_output_chunk c
+              ON c.job_id = e.job_id AND c.node_name = r.node
+             AND c.stream = r.stream AND c.off = r."offset"
+           WHERE r.node IS NOT NULL AND r.data IS NULL) c ON true
+     WHERE e.job_id = p_job AND e.seq > p_after
+$$;
+
+
+-- An event's data as a feed sends it: with the chunk's bytes (base64, no
+-- line breaks) as its last field "data" when it stands for a chunk.
+CREATE OR REPLACE FUNCTION pushjobs.feed_data(p_data text, p_chunk bytea)
+RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_chunk IS NULL THEN p_data
+                ELSE left(p_data, -1) || ', "data": "'
+                     || translate(encode(p_chunk, 'base64'), E'\n', '')
+                     || '"}' END
+$$;
+
+
+-- A job feed's next events after p_after, at most p_limit of them, output
+-- events with their bytes.
+CREATE OR REPLACE FUNCTION pushjobs.feed_events(p_job text, p_after integer,
+    p_limit integer)
+RETURNS TABLE (seq integer, name text, data text)
+LANGUAGE sql STABLE AS $$
+    SELECT f.seq, f.name, pushjobs.feed_data(f.data, f.chunk)
+      FROM pushjobs.job_feed(p_job, p_after) f
+     ORDER BY f.seq
+     LIMIT p_limit
 $$;
 
 COMMIT;

@@ -2,6 +2,21 @@
 
 BEGIN;
 
+-- A job feed's next events after p_after, at most p_limit of them: as
+-- the release had it, without the output events' chunks.
+CREATE OR REPLACE FUNCTION pushjobs.feed_events(p_job text, p_after integer,
+    p_limit integer)
+RETURNS TABLE (seq integer, name text, data text)
+LANGUAGE sql STABLE AS $$
+    SELECT e.seq, e.name, e.data
+      FROM pushjobs.job_events e
+     WHERE e.job_id = p_job AND e.seq > p_after
+     ORDER BY e.seq
+     LIMIT p_limit
+$$;
+
+DROP FUNCTION pushjobs.feed_data(text, bytea);
+DROP FUNCTION pushjobs.job_feed(text, integer);
 DROP TRIGGER job_output_final ON pushjobs.job_output;
 DROP FUNCTION pushjobs.job_output_final();
 DROP FUNCTION pushjobs.node_outputs(jsonb);

@@ -3,7 +3,14 @@
 BEGIN;
 
 SELECT 'pushjobs.node_outputs(jsonb)'::regprocedure,
-       'pushjobs.job_output_final()'::regprocedure;
+       'pushjobs.job_output_final()'::regprocedure,
+       'pushjobs.job_feed(text, integer)'::regprocedure,
+       'pushjobs.feed_data(text, bytea)'::regprocedure;
+
+-- the feed reads output events' bytes from the chunks
+SELECT 1 / (p.prosrc ~ 'job_feed')::integer
+  FROM pg_proc p
+ WHERE p.oid = 'pushjobs.feed_events(text, integer, integer)'::regprocedure;
 
 SELECT job_id, node_name, stdout_len, stderr_len, truncated
   FROM pushjobs.job_output_live WHERE false;
