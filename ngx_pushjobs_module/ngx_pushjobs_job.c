@@ -33,7 +33,6 @@ static void ngx_pushjobs_job_dispatch(ngx_uint_t kind, ngx_str_t *org,
 static void ngx_pushjobs_job_dispatch_done(void *data, PGresult *res);
 static void ngx_pushjobs_job_recent_done(void *data, PGresult *res);
 static void ngx_pushjobs_job_sweep_done(void *data, PGresult *res);
-static ngx_uint_t ngx_pushjobs_job_token(ngx_str_t *s, ngx_str_t *token);
 
 
 static const char  *ngx_pushjobs_job_kinds[] = {
@@ -57,14 +56,14 @@ ngx_pushjobs_job_notify(ngx_str_t *payload)
 
     s = *payload;
 
-    if (!ngx_pushjobs_job_token(&s, &kind)) {
+    if (!ngx_pushjobs_token(&s, &kind)) {
         return;
     }
 
     if (kind.len == 4 && ngx_strncmp(kind.data, "kick", 4) == 0) {
-        if (!ngx_pushjobs_job_token(&s, &owner)
-            || !ngx_pushjobs_job_token(&s, &session)
-            || !ngx_pushjobs_job_token(&s, &org)
+        if (!ngx_pushjobs_token(&s, &owner)
+            || !ngx_pushjobs_token(&s, &session)
+            || !ngx_pushjobs_token(&s, &org)
             || s.len == 0)
         {
             return;
@@ -80,7 +79,7 @@ ngx_pushjobs_job_notify(ngx_str_t *payload)
         return;
     }
 
-    if (!ngx_pushjobs_job_token(&s, &org) || !ngx_pushjobs_job_token(&s, &job))
+    if (!ngx_pushjobs_token(&s, &org) || !ngx_pushjobs_token(&s, &job))
     {
         return;
     }
@@ -106,7 +105,7 @@ ngx_pushjobs_job_notify(ngx_str_t *payload)
         /* a job's end carries its status and its nodes' (job_status_set()) */
         status = s;
 
-        if (ngx_pushjobs_job_token(&status, &batch)) {
+        if (ngx_pushjobs_token(&status, &batch)) {
             ngx_pushjobs_metrics_job_ended(&batch, &status);
         }
     }
@@ -117,7 +116,7 @@ ngx_pushjobs_job_notify(ngx_str_t *payload)
 
     ngx_str_null(&batch);
 
-    if (k == NGX_PUSHJOBS_JOB_RUN && ngx_pushjobs_job_token(&s, &batch)) {
+    if (k == NGX_PUSHJOBS_JOB_RUN && ngx_pushjobs_token(&s, &batch)) {
         if (batch.len > 9) {
             return;
         }
@@ -412,10 +411,10 @@ ngx_pushjobs_job_recent_done(void *data, PGresult *res)
 }
 
 
-/* Takes the next space-separated token off the front of s. */
+/* Takes the next space-separated token off the front of s: 0 when none. */
 
-static ngx_uint_t
-ngx_pushjobs_job_token(ngx_str_t *s, ngx_str_t *token)
+ngx_uint_t
+ngx_pushjobs_token(ngx_str_t *s, ngx_str_t *token)
 {
     u_char  *p, *last;
 

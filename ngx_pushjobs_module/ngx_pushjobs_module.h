@@ -723,6 +723,8 @@ void ngx_pushjobs_agent_kick(ngx_str_t *session, ngx_str_t *org,
 void ngx_pushjobs_agent_ref(ngx_pushjobs_agent_t *a);
 void ngx_pushjobs_agent_unref(ngx_pushjobs_agent_t *a);
 ngx_uint_t ngx_pushjobs_agent_stalled(ngx_pushjobs_agent_t *a);
+ngx_int_t ngx_pushjobs_agent_read_off(ngx_connection_t *c);
+ngx_uint_t ngx_pushjobs_token(ngx_str_t *s, ngx_str_t *token);
 void ngx_pushjobs_agent_resume(ngx_pushjobs_agent_t *a);
 void ngx_pushjobs_agent_input_done(ngx_pushjobs_store_item_t *item,
     ngx_uint_t rehab);

@@ -450,6 +450,23 @@ ngx_pushjobs_agent_stalled(ngx_pushjobs_agent_t *a)
 }
 
 
+/*
+ * A stalled channel's read event off until it is resumed: a
+ * level-triggered event method would report the waiting bytes again and
+ * again meanwhile (an edge-triggered one reports them once: nothing to do).
+ */
+
+ngx_int_t
+ngx_pushjobs_agent_read_off(ngx_connection_t *c)
+{
+    if ((ngx_event_flags & NGX_USE_LEVEL_EVENT) && c->read->active) {
+        return ngx_del_event(c->read, NGX_READ_EVENT, 0);
+    }
+
+    return NGX_OK;
+}
+
+
 /* The store has room again (or its worker leaves): the channel reads on. */
 
 void
@@ -1105,6 +1122,13 @@ ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a, ngx_uint_t type,
     ngx_pushjobs_store_item_t   item;
 
     for (t = ngx_pushjobs_agent_types; t->type != type; t++) { /* void */ }
+
+    if (type == NGX_PUSHJOBS_MSG_SUCCEEDED || type == NGX_PUSHJOBS_MSG_FAILED
+        || type == NGX_PUSHJOBS_MSG_ABORTED)
+    {
+        /* its command has ended: no more output until the next one's */
+        a->streaming = 0;
+    }
 
     out = NULL;
     err = NULL;

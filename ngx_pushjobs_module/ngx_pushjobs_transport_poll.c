@@ -597,14 +597,8 @@ ngx_pushjobs_poll_read_handler(ngx_http_request_t *r)
             return;
         }
 
-        /*
-         * Held for back-pressure: the store resumes it (poll_resume()).
-         * A level-triggered method would report these bytes again and
-         * again meanwhile: off until the poll is answered.
-         */
-        if ((ngx_event_flags & NGX_USE_LEVEL_EVENT) && c->read->active
-            && ngx_del_event(c->read, NGX_READ_EVENT, 0) != NGX_OK)
-        {
+        /* held for back-pressure: the store resumes it (poll_resume()) */
+        if (ngx_pushjobs_agent_read_off(c) != NGX_OK) {
             ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         }
 

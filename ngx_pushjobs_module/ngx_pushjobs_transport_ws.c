@@ -619,14 +619,8 @@ ngx_pushjobs_ws_chan_read(ngx_pushjobs_ws_chan_t *ws)
     for (i = 0; i < NGX_PUSHJOBS_WS_READS; i++) {
 
         if (ngx_pushjobs_agent_stalled(a)) {
-            /*
-             * The store resumes the channel when it has room (its read
-             * event posted).  A level-triggered method would report the
-             * waiting bytes again and again meanwhile: off until then.
-             */
-            if ((ngx_event_flags & NGX_USE_LEVEL_EVENT) && c->read->active
-                && ngx_del_event(c->read, NGX_READ_EVENT, 0) != NGX_OK)
-            {
+            /* the store resumes the channel (its read event posted) */
+            if (ngx_pushjobs_agent_read_off(c) != NGX_OK) {
                 ngx_pushjobs_agent_close(a, 0);
             }
 
