@@ -294,8 +294,10 @@ ngx_pushjobs_metrics_exiting(ngx_pushjobs_worker_t *w)
 /*
  * A job ended, anywhere (every worker of every front end hears its
  * NOTIFY): counted once per front end, by its first worker alive that is
- * not leaving.  Counts what this front end saw, from the notifications:
- * ends while its LISTEN connection was away are not counted.  nodes: the
+ * not leaving and listens (a worker just started, or whose LISTEN
+ * connection is away, hears nothing: it must not be the one that counts).
+ * Counts what this front end saw, from the notifications: ends while every
+ * LISTEN connection of it was away are not counted.  nodes: the
  * rest of the notification, "NODE_STATUS=COUNT" tokens, how many of the
  * job's nodes ended in each status.
  */
@@ -303,8 +305,9 @@ ngx_pushjobs_metrics_exiting(ngx_pushjobs_worker_t *w)
 void
 ngx_pushjobs_metrics_job_ended(ngx_str_t *status, ngx_str_t *nodes)
 {
-    u_char                       *p, *last, *eq, *tok;
+    u_char                       *eq;
     ngx_int_t                     n;
+    ngx_str_t                     rest, tok;
     ngx_uint_t                    i, k;
     ngx_pushjobs_metrics_t       *m;
     ngx_pushjobs_metrics_slot_t  *own;
@@ -321,7 +324,9 @@ ngx_pushjobs_metrics_job_ended(ngx_str_t *status, ngx_str_t *nodes)
     ngx_pushjobs_metrics_live(m, live);
 
     for (i = 0; i < NGX_PUSHJOBS_METRICS_SLOTS; i++) {
-        if (!live[i] || m->slot[i].exiting) {
+        if (!live[i] || m->slot[i].exiting
+            || !m->slot[i].gauge[NGX_PUSHJOBS_G_PG_LISTENING])
+        {
             continue;
         }
 
@@ -339,38 +344,26 @@ ngx_pushjobs_metrics_job_ended(ngx_str_t *status, ngx_str_t *nodes)
 
     ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_JOBS_ENDED + k, 1);
 
-    p = nodes->data;
-    last = nodes->data + nodes->len;
+    rest = *nodes;
 
-    while (p < last) {
-        while (p < last && *p == ' ') {
-            p++;
-        }
-
-        tok = p;
-        eq = NULL;
-
-        while (p < last && *p != ' ') {
-            if (*p == '=' && eq == NULL) {
-                eq = p;
-            }
-
-            p++;
-        }
+    while (ngx_pushjobs_token(&rest, &tok)) {
+        eq = ngx_strlchr(tok.data, tok.data + tok.len, '=');
 
         /* a count has at most 9 digits: a job has fewer nodes */
-        if (eq == NULL || p - eq - 1 < 1 || p - eq - 1 > 9) {
+        if (eq == NULL || tok.data + tok.len - eq - 1 < 1
+            || tok.data + tok.len - eq - 1 > 9)
+        {
             continue;
         }
 
-        n = ngx_atoi(eq + 1, p - eq - 1);
+        n = ngx_atoi(eq + 1, tok.data + tok.len - eq - 1);
         if (n == NGX_ERROR) {
             continue;
         }
 
         k = ngx_pushjobs_metrics_name_index(ngx_pushjobs_node_end_name,
-                                            NGX_PUSHJOBS_NODE_ENDS, tok,
-                                            eq - tok);
+                                            NGX_PUSHJOBS_NODE_ENDS, tok.data,
+                                            eq - tok.data);
 
         ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_NODES_ENDED + k, n);
     }
@@ -694,6 +687,11 @@ static ngx_pushjobs_metric_t  ngx_pushjobs_metrics_table[] = {
     { "pushjobs_postgres_queries_queued", "gauge",
       "Queries waiting for a pool connection.",
       NGX_PUSHJOBS_M_GAUGE, NGX_PUSHJOBS_G_PG_QUEUED, NULL, NULL },
+
+    { "pushjobs_postgres_listening", "gauge",
+      "Worker processes whose LISTEN connection is up: a worker without it "
+      "hears of no job until it is back.",
+      NGX_PUSHJOBS_M_GAUGE, NGX_PUSHJOBS_G_PG_LISTENING, NULL, NULL },
 
     { "pushjobs_postgres_queries_total", "counter",
       "Queries ended, by result (error: PostgreSQL refused it; failed: no "

@@ -560,7 +560,9 @@ struct ngx_pushjobs_worker_s {
 #define NGX_PUSHJOBS_G_FEEDS           2
 #define NGX_PUSHJOBS_G_PG_BUSY         3
 #define NGX_PUSHJOBS_G_PG_QUEUED       4
-#define NGX_PUSHJOBS_G_N               5
+/* 1 while the worker's LISTEN connection is up */
+#define NGX_PUSHJOBS_G_PG_LISTENING    5
+#define NGX_PUSHJOBS_G_N               6
 
 
 extern ngx_module_t            ngx_pushjobs_module;

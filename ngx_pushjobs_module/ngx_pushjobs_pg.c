@@ -863,6 +863,10 @@ ngx_pushjobs_pg_close(ngx_pushjobs_pg_conn_t *pc, ngx_uint_t retry)
     pg = pc->pg;
     state = pc->state;
 
+    if (pc->listen) {
+        ngx_pushjobs_metrics_gauge(NGX_PUSHJOBS_G_PG_LISTENING, 0, 1);
+    }
+
     /* a socket libpq dropped after a failure is no longer PQsocket() */
 
     closed = pc->c != NULL
@@ -1243,6 +1247,8 @@ ngx_pushjobs_pg_receive(ngx_pushjobs_pg_conn_t *pc)
             ngx_log_error(NGX_LOG_INFO, pg->log, 0,
                           "pushjobs: postgres listening on \""
                           NGX_PUSHJOBS_PG_CHANNEL "\"");
+
+            ngx_pushjobs_metrics_gauge(NGX_PUSHJOBS_G_PG_LISTENING, 1, 1);
 
             /* notifications sent while we were away are lost: catch up */
 

@@ -199,6 +199,8 @@ ok wait_value('pushjobs_agents_connected{transport="websocket"}', 2),
     '  two agents connected: the dead worker\'s gauges do not count';
 is value('pushjobs_worker_processes'), 2, '  two worker processes';
 is value('pushjobs_jobs_started_total'), $started, '  counters kept';
+ok wait_value('pushjobs_postgres_listening', 2),
+    '  both workers listening (the new one once its LISTEN is up)';
 
 # a job ended after the kill: still counted once
 ($m) = scrape();
