@@ -72,9 +72,13 @@ static void ngx_pushjobs_feed_fetch(ngx_pushjobs_feed_t *f);
 static void ngx_pushjobs_feed_fetched(void *data, PGresult *res);
 static size_t ngx_pushjobs_feed_bytes(void);
 static void ngx_pushjobs_feed_event(ngx_pushjobs_feed_t *f, ngx_str_t *name,
-    ngx_str_t *id, ngx_str_t *data);
+    ngx_str_t *id, ngx_str_t *data, ngx_str_t *chunk);
+static ngx_int_t ngx_pushjobs_feed_unhex(ngx_str_t *hex, ngx_str_t *bytes,
+    ngx_log_t *log);
 static void ngx_pushjobs_feed_send(ngx_pushjobs_feed_t *f, u_char *data,
     size_t len);
+static void ngx_pushjobs_feed_push(ngx_pushjobs_feed_t *f,
+    ngx_pushjobs_msg_t *msg);
 static void ngx_pushjobs_feed_write_handler(ngx_http_request_t *r);
 static void ngx_pushjobs_feed_keepalive_handler(ngx_event_t *ev);
 static void ngx_pushjobs_feed_cleanup(void *data);
@@ -168,7 +172,7 @@ ngx_pushjobs_feed_open(ngx_http_request_t *r, ngx_str_t *org, ngx_str_t *job,
                 data.data = (u_char *) PQgetvalue(res, 0, 2);
                 data.len = PQgetlength(res, 0, 2);
 
-                ngx_pushjobs_feed_event(f, &name, &id, &data);
+                ngx_pushjobs_feed_event(f, &name, &id, &data, NULL);
 
             } else {
                 ngx_pushjobs_feed_send(f, NULL, 0);
@@ -220,7 +224,7 @@ ngx_pushjobs_feed_open(ngx_http_request_t *r, ngx_str_t *org, ngx_str_t *job,
                                PQgetvalue(res, 0, 1))
                    - data.data;
 
-        ngx_pushjobs_feed_event(f, &name, &id, &data);
+        ngx_pushjobs_feed_event(f, &name, &id, &data, NULL);
         ngx_free(data.data);
     }
 
@@ -503,7 +507,9 @@ ngx_pushjobs_feed_fetch(ngx_pushjobs_feed_t *f)
         params[3].len = ngx_sprintf(keep, "%uz", ngx_pushjobs_feed_bytes())
                         - keep;
 
-        if (ngx_pushjobs_pg_query("SELECT seq, name, data"
+        /* hex whatever the server's bytea_output */
+        if (ngx_pushjobs_pg_query("SELECT seq, name, data,"
+                                  " encode(chunk, 'hex')"
                                   " FROM pushjobs.feed_events($1, $2, $3,"
                                   " $4)",
                                   4, params, ngx_pushjobs_feed_fetched, f)
@@ -543,7 +549,7 @@ ngx_pushjobs_feed_bytes(void)
 }
 
 
-/* rows: (id, name, data) */
+/* rows: (id, name, data) of an org feed, (seq, name, data, chunk) of a job's */
 
 static void
 ngx_pushjobs_feed_fetched(void *data, PGresult *res)
@@ -554,7 +560,7 @@ ngx_pushjobs_feed_fetched(void *data, PGresult *res)
     size_t      bytes;
     u_char     *p, buf[NGX_INT64_LEN + 8];
     int64_t     n;
-    ngx_str_t   name, id, body;
+    ngx_str_t   name, id, body, chunk;
 
     f->fetching = 0;
     bytes = 0;
@@ -597,7 +603,16 @@ ngx_pushjobs_feed_fetched(void *data, PGresult *res)
         name.len = PQgetlength(res, row, 1);
         body.data = (u_char *) PQgetvalue(res, row, 2);
         body.len = PQgetlength(res, row, 2);
+        ngx_str_null(&chunk);
         bytes += body.len;
+
+        if (!f->org_feed && !PQgetisnull(res, row, 3)) {
+            chunk.data = (u_char *) PQgetvalue(res, row, 3);
+            chunk.len = PQgetlength(res, row, 3);
+
+            /* as feed_events() counts it: hex is two characters a byte */
+            bytes += chunk.len / 2 / 3 * 4 + 16;
+        }
 
         /* a job's feed ends with the job */
 
@@ -607,7 +622,7 @@ ngx_pushjobs_feed_fetched(void *data, PGresult *res)
             f->finished = 1;
         }
 
-        ngx_pushjobs_feed_event(f, &name, &id, &body);
+        ngx_pushjobs_feed_event(f, &name, &id, &body, &chunk);
     }
 
     f->fetching = 0;
@@ -628,29 +643,129 @@ done:
 }
 
 
-/* "event: NAME\nid: ID\ndata: DATA\n\n" */
+/*
+ * "event: NAME\nid: ID\ndata: DATA\n\n", built in the message queued.  An
+ * output event's bytes (chunk: their hex text; they are stored once, in
+ * job_output_chunk) become DATA's last field, "data",
+ * base64: DATA is a JSON object, whose closing "}" moves after it.
+ */
 
 static void
 ngx_pushjobs_feed_event(ngx_pushjobs_feed_t *f, ngx_str_t *name,
-    ngx_str_t *id, ngx_str_t *data)
+    ngx_str_t *id, ngx_str_t *data, ngx_str_t *chunk)
 {
-    u_char  *buf, *p;
-    size_t   len;
+    u_char              *p;
+    size_t               len;
+    ngx_str_t            bytes, b64;
+    ngx_pushjobs_msg_t  *msg;
+
+    if (f->closed) {
+        return;
+    }
+
+    ngx_str_null(&bytes);
 
     len = sizeof("event: \nid: \ndata: \n\n") - 1 + name->len + id->len
           + data->len;
 
-    buf = ngx_alloc(len, f->connection->log);
-    if (buf == NULL) {
+    if (chunk && chunk->len) {
+        if (data->len == 0 || data->data[data->len - 1] != '}'
+            || ngx_pushjobs_feed_unhex(chunk, &bytes, f->connection->log)
+               != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ERR, f->connection->log, 0,
+                          "pushjobs: event \"%V\" has bytes that cannot be "
+                          "read, sent without them", id);
+            ngx_str_null(&bytes);
+
+        } else {
+            len += sizeof(", \"data\": \"\"") - 1
+                   + ngx_base64_encoded_length(bytes.len);
+        }
+    }
+
+    msg = ngx_pushjobs_msg_raw(len, f->connection->log);
+    if (msg == NULL) {
+        if (bytes.data) {
+            ngx_free(bytes.data);
+        }
+
         ngx_pushjobs_feed_close(f);
         return;
     }
 
-    p = ngx_sprintf(buf, "event: %V\nid: %V\ndata: %V\n\n", name, id, data);
+    p = ngx_sprintf(msg->data, "event: %V\nid: %V\ndata: ", name, id);
 
-    ngx_pushjobs_feed_send(f, buf, p - buf);
+    if (bytes.data) {
+        p = ngx_cpymem(p, data->data, data->len - 1);
+        p = ngx_cpymem(p, ", \"data\": \"", sizeof(", \"data\": \"") - 1);
 
-    ngx_free(buf);
+        b64.data = p;
+        ngx_encode_base64(&b64, &bytes);
+        p += b64.len;
+
+        *p++ = '"';
+        *p++ = '}';
+
+        ngx_free(bytes.data);
+
+    } else {
+        p = ngx_cpymem(p, data->data, data->len);
+    }
+
+    *p++ = '\n';
+    *p++ = '\n';
+
+    ngx_pushjobs_feed_push(f, msg);
+}
+
+
+/* encode(bytea, 'hex') (two lowercase hex digits a byte) to the bytes */
+
+static ngx_int_t
+ngx_pushjobs_feed_unhex(ngx_str_t *hex, ngx_str_t *bytes, ngx_log_t *log)
+{
+    u_char      *s, *d, c;
+    size_t       i, n;
+    ngx_uint_t   k, v[2];
+
+    if (hex->len & 1) {
+        return NGX_ERROR;
+    }
+
+    n = hex->len / 2;
+
+    bytes->data = ngx_alloc(n ? n : 1, log);
+    if (bytes->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    s = hex->data;
+    d = bytes->data;
+
+    for (i = 0; i < n; i++) {
+        for (k = 0; k < 2; k++) {
+            c = *s++;
+
+            if (c >= '0' && c <= '9') {
+                v[k] = c - '0';
+
+            } else if (c >= 'a' && c <= 'f') {
+                v[k] = c - 'a' + 10;
+
+            } else {
+                ngx_free(bytes->data);
+                bytes->data = NULL;
+                return NGX_ERROR;
+            }
+        }
+
+        *d++ = (u_char) (v[0] << 4 | v[1]);
+    }
+
+    bytes->len = n;
+
+    return NGX_OK;
 }
 
 
@@ -663,8 +778,6 @@ ngx_pushjobs_feed_event(ngx_pushjobs_feed_t *f, ngx_str_t *name,
 static void
 ngx_pushjobs_feed_send(ngx_pushjobs_feed_t *f, u_char *data, size_t len)
 {
-    ngx_int_t            rc;
-    ngx_uint_t           waiting;
     ngx_pushjobs_msg_t  *msg;
 
     if (f->closed) {
@@ -686,6 +799,23 @@ ngx_pushjobs_feed_send(ngx_pushjobs_feed_t *f, u_char *data, size_t len)
     }
 
     ngx_memcpy(msg->data, data, len);
+
+    ngx_pushjobs_feed_push(f, msg);
+}
+
+
+/* A message queued on the stream (the reference passed) and flushed. */
+
+static void
+ngx_pushjobs_feed_push(ngx_pushjobs_feed_t *f, ngx_pushjobs_msg_t *msg)
+{
+    ngx_int_t   rc;
+    ngx_uint_t  waiting;
+
+    if (f->closed) {
+        ngx_pushjobs_msg_release(msg);
+        return;
+    }
 
     waiting = (f->out.head != NULL);
 
