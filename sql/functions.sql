@@ -1270,9 +1270,12 @@ $$;
 -- before.  What was appended is an output event {"node",
 -- "stream", "offset"} on the job's feed, without the bytes: a feed reads
 -- them from the chunk row (job_feed()), so they are written once, not a
--- second time as base64 in job_events.  Only a running node
--- whose final report has not been stored streams: the report wins, and
--- no output event follows the node's end.  One emit_events() per job;
+-- second time as base64 in job_events.  Only a node of a running job
+-- that runs (or is ready: its ack_run goes through the module's other
+-- batch, node_inputs(), and may be stored after its first chunks, whose
+-- loss would drop the rest of its stream as a gap) and whose final
+-- report has not been stored streams: the report wins, and no output
+-- event follows the node's end.  One emit_events() per job;
 -- the jobs are locked in id order like node_inputs() does.
 CREATE OR REPLACE FUNCTION pushjobs.node_outputs(p_chunks jsonb)
 RETURNS void
@@ -1307,7 +1310,7 @@ BEGIN
             ON j.id = e.v ->> 'job_id' AND j.org = e.v ->> 'org'
           JOIN pushjobs.job_nodes n
             ON n.job_id = j.id AND n.node_name = e.v ->> 'node'
-         WHERE n.status = 'running'
+         WHERE j.status = 'running' AND n.status IN ('ready', 'running')
            AND e.v ->> 'stream' IN ('stdout', 'stderr')
            AND NOT EXISTS (SELECT 1 FROM pushjobs.job_output o
                             WHERE o.job_id = j.id

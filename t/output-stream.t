@@ -5,7 +5,8 @@
 # binary bytes pass unchanged; pushjobs_max_output_size caps the stream
 # (truncated marked); a channel cut mid-run (its nginx worker killed)
 # neither duplicates nor loses bytes; the long-poll channel carries the
-# same messages.
+# same messages.  A node's first chunks may be stored before its ack_run
+# (a scripted agent makes it so): they are kept, not dropped as a gap.
 
 use strict;
 use warnings;
@@ -19,6 +20,7 @@ use MIME::Base64 qw(decode_base64);
 use Test::More;
 use PushJobs::Stack;
 use PushJobs::SSE;
+use PushJobs::Engine;
 use PushJobs::Fault qw(agent_workers kill_worker wait_reconnected);
 
 my $CAP = 6000;
@@ -251,6 +253,39 @@ my $lp_log = PushJobs::Stack::slurp($agent_log);
 $lp_log = substr($lp_log, $log_at) if length $lp_log > $log_at;
 like $lp_log, qr/long-poll.*-> \{"type":"output"/s,
     '  the agent sent output messages over long-poll';
+
+# --- chunks before the ack_run is stored -----------------------------------
+# The module stores output and other messages in separate batches
+# (node_outputs(), node_inputs()): an agent's first chunks may reach
+# PostgreSQL while its node is still ready.  Dropped, they made a gap, and
+# the rest of the node's stream waited for its final report.
+
+PushJobs::Engine->init($stack);
+my $g = PushJobs::Engine::peer('ghost');
+$id = $stack->start_job({ command => 'chef-client', nodes => ['ghost'],
+                          capture_output => JSON::PP::true });
+PushJobs::Engine::expect($g, 'commit', $id) or die 'no commit';
+PushJobs::Engine::say_($g, 'ack_commit', $id);
+PushJobs::Engine::expect($g, 'run', $id) or die 'no run';
+PushJobs::Engine::say_($g, 'output', $id, stream => 'stdout', offset => 0,
+                       data => MIME::Base64::encode_base64("first\n", ''));
+ok PushJobs::Stack::wait_for(10, sub {
+    $stack->psql('pushjobs', "SELECT count(*) FROM pushjobs.job_output_chunk"
+                 . " WHERE job_id = '$id' AND node_name = 'ghost'") == 1
+}, 0.1), 'a chunk sent before the ack_run is stored (the node still ready)';
+PushJobs::Engine::say_($g, 'ack_run', $id);
+PushJobs::Engine::say_($g, 'output', $id, stream => 'stdout', offset => 6,
+                       data => MIME::Base64::encode_base64("second\n", ''));
+ok PushJobs::Stack::wait_for(10, sub {
+    $stack->node_output($id, 'ghost', 'stdout') eq "first\nsecond\n"
+}, 0.1), '  and the next after it: no gap';
+PushJobs::Engine::say_($g, 'succeeded', $id, exit_status => 0,
+                       stdout => MIME::Base64::encode_base64("first\nsecond\n", ''),
+                       stderr => '');
+is $stack->wait_job($id, 30)->{status}, 'complete', '  the job completes';
+my ($early) = streamed(grep { ($_->{json}{node} // '') eq 'ghost' }
+                       feed($id)->until_event('job_complete', 30));
+is $early->{stdout}, "first\nsecond\n", '  its feed has both chunks once';
 
 $stack->stop;
 done_testing;
