@@ -208,8 +208,10 @@ ngx_fuzz_store(ngx_pushjobs_store_item_t *item, ngx_str_t *json,
 
 ngx_int_t
 __wrap_ngx_pushjobs_store_input(ngx_pushjobs_store_item_t *item,
-    ngx_str_t *json)
+    ngx_str_t *json, ngx_uint_t final)
 {
+    (void) final;
+
     return ngx_fuzz_store(item, json, 0);
 }
 

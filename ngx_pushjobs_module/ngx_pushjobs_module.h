@@ -437,6 +437,9 @@ struct ngx_pushjobs_agent_s {
     /* in the store's queue of channels waiting for room for output */
     ngx_queue_t                 stall;
 
+    /* the outputs call that stores its last chunk (its final report waits) */
+    ngx_uint_t                  output_need;
+
     unsigned                    closed:1;
     unsigned                    registered:1;
     /* it sent live output: its channel waits while the outputs batch is
@@ -765,8 +768,8 @@ void ngx_pushjobs_store_flush(void);
 void ngx_pushjobs_store_presence(ngx_str_t *org, ngx_str_t *node,
     uint64_t session, ngx_uint_t state);
 ngx_int_t ngx_pushjobs_store_input(ngx_pushjobs_store_item_t *item,
-    ngx_str_t *json);
-ngx_int_t ngx_pushjobs_store_output(ngx_str_t *json);
+    ngx_str_t *json, ngx_uint_t final);
+ngx_int_t ngx_pushjobs_store_output(ngx_pushjobs_agent_t *a, ngx_str_t *json);
 ngx_uint_t ngx_pushjobs_store_stall(ngx_pushjobs_agent_t *a);
 ngx_int_t ngx_pushjobs_store_hello(ngx_pushjobs_store_item_t *item,
     ngx_str_t *json);

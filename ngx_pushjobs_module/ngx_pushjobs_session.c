@@ -1213,7 +1213,12 @@ ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a, ngx_uint_t type,
     item.type = type;
     ngx_memcpy(item.job_id, job_id->data, NGX_PUSHJOBS_JOB_ID_LEN);
 
-    if (ngx_pushjobs_store_input(&item, &json) != NGX_OK) {
+    if (ngx_pushjobs_store_input(&item, &json,
+                                 type == NGX_PUSHJOBS_MSG_SUCCEEDED
+                                 || type == NGX_PUSHJOBS_MSG_FAILED
+                                 || type == NGX_PUSHJOBS_MSG_ABORTED)
+        != NGX_OK)
+    {
         ngx_log_error(NGX_LOG_ERR, a->log, 0,
                       "pushjobs: could not queue a \"%s\" of agent \"%V\" "
                       "of \"%V\"", t->name, &a->name, &a->org);
@@ -1309,7 +1314,7 @@ ngx_pushjobs_agent_chunk(ngx_pushjobs_agent_t *a, ngx_str_t *job_id,
 
     a->streaming = 1;
 
-    if (ngx_pushjobs_store_output(&json) != NGX_OK) {
+    if (ngx_pushjobs_store_output(a, &json) != NGX_OK) {
         ngx_log_error(NGX_LOG_ERR, a->log, 0,
                       "pushjobs: could not queue an output chunk of agent "
                       "\"%V\" of \"%V\"", &a->name, &a->org);

@@ -62,11 +62,30 @@ struct ngx_pushjobs_batch_s {
 
 /* The worker's store: its batches and its owner row's beat. */
 
+typedef struct {
+    ngx_queue_t                 queue;
+    /* released once outputs_done reaches it */
+    ngx_uint_t                  need;
+    ngx_pushjobs_store_item_t   item;
+    size_t                      len;
+    u_char                      json[1];
+} ngx_pushjobs_store_deferred_t;
+
+
 struct ngx_pushjobs_store_s {
     ngx_pushjobs_batch_t        batch[NGX_PUSHJOBS_STORE_BATCHES];
 
     /* the agents stalled while a batch is full (agent->stall) */
     ngx_queue_t                 stalled;
+
+    /*
+     * Final reports that wait for their agent's last chunks of output
+     * (ngx_pushjobs_store_deferred_t), and their bytes; the outputs calls
+     * completed so far, which they wait for.
+     */
+    ngx_queue_t                 deferred;
+    size_t                      deferred_bytes;
+    ngx_uint_t                  outputs_done;
 
     /* an owner_beat() or owner_regained() query is outstanding */
     unsigned                    owner_busy:1;
@@ -98,6 +117,8 @@ static ngx_pushjobs_store_t *ngx_pushjobs_store_current(void);
 static ngx_uint_t ngx_pushjobs_store_full(ngx_pushjobs_store_t *st,
     ngx_uint_t batch);
 static void ngx_pushjobs_store_wake(ngx_pushjobs_store_t *st,
+    ngx_uint_t all);
+static void ngx_pushjobs_store_release(ngx_pushjobs_store_t *st,
     ngx_uint_t all);
 
 
@@ -148,6 +169,7 @@ ngx_pushjobs_store_init(ngx_pushjobs_worker_t *w)
     }
 
     ngx_queue_init(&st->stalled);
+    ngx_queue_init(&st->deferred);
 
     w->store = st;
 
@@ -160,14 +182,26 @@ ngx_pushjobs_store_init(ngx_pushjobs_worker_t *w)
 void
 ngx_pushjobs_store_done(ngx_pushjobs_worker_t *w)
 {
-    ngx_uint_t             i;
-    ngx_pushjobs_batch_t  *b;
+    ngx_uint_t                      i;
+    ngx_queue_t                    *q;
+    ngx_pushjobs_batch_t           *b;
+    ngx_pushjobs_store_deferred_t  *d;
 
     if (w->store == NULL) {
         return;
     }
 
     ngx_pushjobs_store_wake(w->store, 1);
+
+    while (!ngx_queue_empty(&w->store->deferred)) {
+        q = ngx_queue_head(&w->store->deferred);
+        ngx_queue_remove(q);
+
+        d = ngx_queue_data(q, ngx_pushjobs_store_deferred_t, queue);
+
+        ngx_pushjobs_agent_unref(d->item.agent);
+        ngx_free(d);
+    }
 
     for (i = 0; i < NGX_PUSHJOBS_STORE_BATCHES; i++) {
         b = &w->store->batch[i];
@@ -219,6 +253,9 @@ ngx_pushjobs_store_flush(void)
     if (st == NULL) {
         return;
     }
+
+    /* the reports waiting for chunks go now: the order matters less */
+    ngx_pushjobs_store_release(st, 1);
 
     for (i = 0; i < NGX_PUSHJOBS_STORE_BATCHES; i++) {
         b = &st->batch[i];
@@ -277,20 +314,102 @@ ngx_pushjobs_store_presence(ngx_str_t *org, ngx_str_t *node,
 /*
  * An agent message for the job engine, already reduced by the caller to the
  * JSON object node_inputs() takes; item says whom to tell about the outcome.
+ * A final report (final) of an agent whose last chunks of output are not
+ * stored yet waits for them: the agent sends them first, but they go
+ * through the other batch (node_outputs()), and a report stored before
+ * them makes node_outputs() ignore them, so that the end of each node's
+ * output reached the feed only with the report, after every report of the
+ * batch (a second or more at the end of a job of 100 nodes).
  */
 
 ngx_int_t
-ngx_pushjobs_store_input(ngx_pushjobs_store_item_t *item, ngx_str_t *json)
+ngx_pushjobs_store_input(ngx_pushjobs_store_item_t *item, ngx_str_t *json,
+    ngx_uint_t final)
 {
-    ngx_pushjobs_store_t  *st;
+    ngx_pushjobs_batch_t           *b;
+    ngx_pushjobs_store_t           *st;
+    ngx_pushjobs_store_deferred_t  *d;
 
     st = ngx_pushjobs_store_current();
     if (st == NULL) {
         return NGX_ERROR;
     }
 
-    return ngx_pushjobs_batch_append(&st->batch[NGX_PUSHJOBS_STORE_INPUTS],
-                                     json->data, json->len, item);
+    b = &st->batch[NGX_PUSHJOBS_STORE_OUTPUTS];
+
+    /* a worker leaving writes everything now (ngx_pushjobs_store_flush()) */
+
+    if (!final || item->agent == NULL || ngx_exiting || ngx_terminate
+        || item->agent->output_need <= st->outputs_done
+        || (!b->busy && b->pending.len == 0))
+    {
+        return ngx_pushjobs_batch_append(
+                   &st->batch[NGX_PUSHJOBS_STORE_INPUTS], json->data,
+                   json->len, item);
+    }
+
+    d = ngx_alloc(sizeof(ngx_pushjobs_store_deferred_t) + json->len,
+                  item->agent->log);
+    if (d == NULL) {
+        return NGX_ERROR;
+    }
+
+    d->need = item->agent->output_need;
+    d->item = *item;
+    d->len = json->len;
+    ngx_memcpy(d->json, json->data, json->len);
+
+    ngx_pushjobs_agent_ref(item->agent);
+    ngx_queue_insert_tail(&st->deferred, &d->queue);
+    st->deferred_bytes += json->len;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The reports whose chunks are stored go to the inputs batch, in the order
+ * they came (all: every one, the worker leaves); so does every report once
+ * no output is pending or in flight (a batch dropped never completes).
+ */
+
+static void
+ngx_pushjobs_store_release(ngx_pushjobs_store_t *st, ngx_uint_t all)
+{
+    ngx_queue_t                    *q;
+    ngx_pushjobs_batch_t           *b;
+    ngx_pushjobs_store_deferred_t  *d;
+
+    b = &st->batch[NGX_PUSHJOBS_STORE_OUTPUTS];
+
+    if (!b->busy && b->pending.len == 0) {
+        all = 1;
+    }
+
+    while (!ngx_queue_empty(&st->deferred)) {
+        q = ngx_queue_head(&st->deferred);
+        d = ngx_queue_data(q, ngx_pushjobs_store_deferred_t, queue);
+
+        if (!all && d->need > st->outputs_done) {
+            break;
+        }
+
+        ngx_queue_remove(q);
+        st->deferred_bytes -= d->len;
+
+        if (ngx_pushjobs_batch_append(&st->batch[NGX_PUSHJOBS_STORE_INPUTS],
+                                      d->json, d->len, &d->item)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ERR, d->item.agent->log, 0,
+                          "pushjobs: could not queue the final report of "
+                          "agent \"%V\" of \"%V\"", &d->item.agent->name,
+                          &d->item.agent->org);
+        }
+
+        ngx_pushjobs_agent_unref(d->item.agent);
+        ngx_free(d);
+    }
 }
 
 
@@ -316,8 +435,9 @@ ngx_pushjobs_store_hello(ngx_pushjobs_store_item_t *item, ngx_str_t *json)
  */
 
 ngx_int_t
-ngx_pushjobs_store_output(ngx_str_t *json)
+ngx_pushjobs_store_output(ngx_pushjobs_agent_t *a, ngx_str_t *json)
 {
+    ngx_pushjobs_batch_t  *b;
     ngx_pushjobs_store_t  *st;
 
     st = ngx_pushjobs_store_current();
@@ -325,8 +445,22 @@ ngx_pushjobs_store_output(ngx_str_t *json)
         return NGX_ERROR;
     }
 
-    return ngx_pushjobs_batch_append(&st->batch[NGX_PUSHJOBS_STORE_OUTPUTS],
-                                     json->data, json->len, NULL);
+    b = &st->batch[NGX_PUSHJOBS_STORE_OUTPUTS];
+
+    if (ngx_pushjobs_batch_append(b, json->data, json->len, NULL) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /*
+     * The outputs call that stores the chunk: the one just sent (the
+     * append flushes an idle batch), or the next one while one is in
+     * flight.  A failed call is merged into the next: it is then stored
+     * sooner, never later.
+     */
+
+    a->output_need = st->outputs_done + (b->pending.len ? 2 : 1);
+
+    return NGX_OK;
 }
 
 
@@ -384,7 +518,8 @@ ngx_pushjobs_store_full(ngx_pushjobs_store_t *st, ngx_uint_t batch)
     bound = ngx_pushjobs_worker->pmcf->output_batch_size;
 
     if (batch == NGX_PUSHJOBS_STORE_INPUTS) {
-        bound *= 8;
+        /* the reports waiting for their chunks count with the batch */
+        return st->batch[batch].pending.len + st->deferred_bytes >= 8 * bound;
     }
 
     return st->batch[batch].pending.len >= bound;
@@ -582,6 +717,7 @@ ngx_pushjobs_batch_result(void *data, PGresult *res)
     ngx_pushjobs_store_t  *st;
 
     b->busy = 0;
+    st = ngx_pushjobs_store_current();
 
     if (res == NULL
         || (PQresultStatus(res) != PGRES_TUPLES_OK
@@ -592,6 +728,12 @@ ngx_pushjobs_batch_result(void *data, PGresult *res)
                       b->name, b->flight.len);
 
         ngx_pushjobs_batch_requeue(b);
+
+        if (st && b == &st->batch[NGX_PUSHJOBS_STORE_OUTPUTS]) {
+            /* dropped (out of memory): nothing left to wait for */
+            ngx_pushjobs_store_release(st, 0);
+        }
+
         return;
     }
 
@@ -603,7 +745,10 @@ ngx_pushjobs_batch_result(void *data, PGresult *res)
 
     ngx_pushjobs_batch_flush(b);
 
-    st = ngx_pushjobs_store_current();
+    if (st && b == &st->batch[NGX_PUSHJOBS_STORE_OUTPUTS]) {
+        st->outputs_done++;
+        ngx_pushjobs_store_release(st, 0);
+    }
 
     if (st
         && ((b == &st->batch[NGX_PUSHJOBS_STORE_OUTPUTS]
