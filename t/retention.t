@@ -26,14 +26,15 @@ my $running = $stack->start_job({ command => 'sleep 20', nodes => ['node1'] });
 ok PushJobs::Stack::wait_for(20, sub {
     ($stack->job($running) // {})->{status} eq 'running' }), 'a job runs';
 
-# streamed output left behind, as by a node that ended without a final
-# report (its chunks are not removed by job_output_final())
+# streamed output: chunk rows stay with their job (the bytes of its feed's
+# output events), and a live row is left behind, as by a node that ended
+# without a final report
 $stack->psql('pushjobs', "INSERT INTO pushjobs.job_output_live"
-             . " (job_id, node_name, stdout_len) VALUES ('$old', 'node1', 4);"
+             . " (job_id, node_name, stderr_len) VALUES ('$old', 'node1', 4);"
              . " INSERT INTO pushjobs.job_output_chunk"
              . " (job_id, node_name, stream, off, data) VALUES"
-             . " ('$old', 'node1', 'stdout', 0, 'ab'),"
-             . " ('$old', 'node1', 'stdout', 2, 'cd')");
+             . " ('$old', 'node1', 'stderr', 0, 'ab'),"
+             . " ('$old', 'node1', 'stderr', 2, 'cd')");
 
 # age two of them past the retention: only the finished one may go
 $stack->psql('pushjobs', "UPDATE pushjobs.jobs SET updated_at = now() - "
