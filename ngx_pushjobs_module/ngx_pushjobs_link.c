@@ -92,8 +92,7 @@ static void
 ngx_pushjobs_link_key_done(void *data, PGresult *res)
 {
     u_char                 *p;
-    ngx_int_t               id, hi, lo;
-    ngx_uint_t              i;
+    ngx_int_t               id;
     ngx_pushjobs_worker_t  *w;
 
     w = ngx_pushjobs_worker;
@@ -115,15 +114,10 @@ ngx_pushjobs_link_key_done(void *data, PGresult *res)
         return;
     }
 
-    for (i = 0; i < NGX_PUSHJOBS_LINK_KEY_LEN; i++) {
-        hi = ngx_hextoi(p + 2 * i, 1);
-        lo = ngx_hextoi(p + 2 * i + 1, 1);
-
-        if (hi == NGX_ERROR || lo == NGX_ERROR) {
-            return;
-        }
-
-        w->link_key[i] = (u_char) (hi << 4 | lo);
+    if (ngx_pushjobs_unhex(w->link_key, p, NGX_PUSHJOBS_LINK_KEY_LEN)
+        != NGX_OK)
+    {
+        return;
     }
 
     w->link_key_id = (ngx_uint_t) id;

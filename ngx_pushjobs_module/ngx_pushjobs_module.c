@@ -891,6 +891,29 @@ ngx_pushjobs_init_timer(ngx_event_t *ev, ngx_event_handler_pt handler,
 }
 
 
+/* n bytes from 2n hex digits (PostgreSQL's hex text of a bytea) */
+
+ngx_int_t
+ngx_pushjobs_unhex(u_char *dst, u_char *hex, size_t n)
+{
+    size_t     i;
+    ngx_int_t  hi, lo;
+
+    for (i = 0; i < n; i++) {
+        hi = ngx_hextoi(hex + 2 * i, 1);
+        lo = ngx_hextoi(hex + 2 * i + 1, 1);
+
+        if (hi == NGX_ERROR || lo == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        dst[i] = (u_char) (hi << 4 | lo);
+    }
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_pushjobs_init_process(ngx_cycle_t *cycle)
 {

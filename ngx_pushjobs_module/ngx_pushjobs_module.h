@@ -575,6 +575,7 @@ extern ngx_pushjobs_worker_t  *ngx_pushjobs_worker;
 /* ngx_pushjobs_module.c */
 void ngx_pushjobs_init_timer(ngx_event_t *ev, ngx_event_handler_pt handler,
     void *data, ngx_log_t *log);
+ngx_int_t ngx_pushjobs_unhex(u_char *dst, u_char *hex, size_t n);
 ngx_int_t ngx_pushjobs_status_down(ngx_http_request_t *r);
 ngx_table_elt_t *ngx_pushjobs_header_in(ngx_http_request_t *r, u_char *name,
     size_t len);

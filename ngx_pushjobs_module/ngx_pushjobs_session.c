@@ -1117,15 +1117,17 @@ ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a, ngx_uint_t type,
     size_t                      len, out_len, err_len, cap;
     yajl_val                    v, out, err;
     ngx_str_t                   json;
-    ngx_uint_t                  truncated;
+    ngx_uint_t                  truncated, final;
     ngx_pushjobs_agent_type_t  *t;
     ngx_pushjobs_store_item_t   item;
 
     for (t = ngx_pushjobs_agent_types; t->type != type; t++) { /* void */ }
 
-    if (type == NGX_PUSHJOBS_MSG_SUCCEEDED || type == NGX_PUSHJOBS_MSG_FAILED
-        || type == NGX_PUSHJOBS_MSG_ABORTED)
-    {
+    final = (type == NGX_PUSHJOBS_MSG_SUCCEEDED
+             || type == NGX_PUSHJOBS_MSG_FAILED
+             || type == NGX_PUSHJOBS_MSG_ABORTED);
+
+    if (final) {
         /* its command has ended: no more output until the next one's */
         a->streaming = 0;
     }
@@ -1213,12 +1215,7 @@ ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a, ngx_uint_t type,
     item.type = type;
     ngx_memcpy(item.job_id, job_id->data, NGX_PUSHJOBS_JOB_ID_LEN);
 
-    if (ngx_pushjobs_store_input(&item, &json,
-                                 type == NGX_PUSHJOBS_MSG_SUCCEEDED
-                                 || type == NGX_PUSHJOBS_MSG_FAILED
-                                 || type == NGX_PUSHJOBS_MSG_ABORTED)
-        != NGX_OK)
-    {
+    if (ngx_pushjobs_store_input(&item, &json, final) != NGX_OK) {
         ngx_log_error(NGX_LOG_ERR, a->log, 0,
                       "pushjobs: could not queue a \"%s\" of agent \"%V\" "
                       "of \"%V\"", t->name, &a->name, &a->org);

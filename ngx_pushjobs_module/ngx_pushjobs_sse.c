@@ -720,50 +720,27 @@ ngx_pushjobs_feed_event(ngx_pushjobs_feed_t *f, ngx_str_t *name,
 }
 
 
-/* encode(bytea, 'hex') (two lowercase hex digits a byte) to the bytes */
+/* encode(bytea, 'hex') (two hex digits a byte) to the bytes, allocated */
 
 static ngx_int_t
 ngx_pushjobs_feed_unhex(ngx_str_t *hex, ngx_str_t *bytes, ngx_log_t *log)
 {
-    u_char      *s, *d, c;
-    size_t       i, n;
-    ngx_uint_t   k, v[2];
-
     if (hex->len & 1) {
         return NGX_ERROR;
     }
 
-    n = hex->len / 2;
+    bytes->len = hex->len / 2;
 
-    bytes->data = ngx_alloc(n ? n : 1, log);
+    bytes->data = ngx_alloc(bytes->len ? bytes->len : 1, log);
     if (bytes->data == NULL) {
         return NGX_ERROR;
     }
 
-    s = hex->data;
-    d = bytes->data;
-
-    for (i = 0; i < n; i++) {
-        for (k = 0; k < 2; k++) {
-            c = *s++;
-
-            if (c >= '0' && c <= '9') {
-                v[k] = c - '0';
-
-            } else if (c >= 'a' && c <= 'f') {
-                v[k] = c - 'a' + 10;
-
-            } else {
-                ngx_free(bytes->data);
-                bytes->data = NULL;
-                return NGX_ERROR;
-            }
-        }
-
-        *d++ = (u_char) (v[0] << 4 | v[1]);
+    if (ngx_pushjobs_unhex(bytes->data, hex->data, bytes->len) != NGX_OK) {
+        ngx_free(bytes->data);
+        bytes->data = NULL;
+        return NGX_ERROR;
     }
-
-    bytes->len = n;
 
     return NGX_OK;
 }
