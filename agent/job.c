@@ -1364,12 +1364,23 @@ pja_job_timers(pja_job_t *job, int64_t now)
 
 
 static int
-job_add_output(yajl_gen g, const char *key, pja_buf_t *b, size_t cap)
+job_add_output(yajl_gen g, const char *key, pja_buf_t *b, size_t from,
+    size_t cap)
 {
-    int    rc;
-    char  *s;
+    int     rc;
+    char   *s, name[32];
+    size_t  n;
 
-    s = pja_base64_encode(b->data ? b->data : "", b->len < cap ? b->len : cap);
+    n = b->len - from;
+
+    if (from) {
+        snprintf(name, sizeof(name), "%s_offset", key);
+        if (pja_json_int(g, name, (long long) from) != 0) {
+            return -1;
+        }
+    }
+
+    s = pja_base64_encode(b->data ? b->data + from : "", n < cap ? n : cap);
     if (s == NULL) {
         return -1;
     }
@@ -1382,14 +1393,17 @@ job_add_output(yajl_gen g, const char *key, pja_buf_t *b, size_t cap)
 
 /*
  * Builds the final report of a reaped job.  Captured output is cut so that
- * the message fits in the server's max_message_size.
+ * the message fits in the server's max_message_size.  A short report
+ * (docs/protocol.md §2.1) leaves out what was streamed on this channel
+ * (out_sent, err_sent bytes of each stream) and names where its own bytes
+ * start: stdout_offset, stderr_offset.
  */
 
 char *
-pja_job_report(pja_job_t *job, int status, size_t max_size)
+pja_job_report(pja_job_t *job, int status, size_t max_size, int short_form)
 {
     int       truncated;
-    size_t    cap;
+    size_t    cap, out_from, err_from;
     yajl_gen  g;
 
     if (job->ending == PJA_END_ABORT) {
@@ -1402,12 +1416,15 @@ pja_job_report(pja_job_t *job, int status, size_t max_size)
 
     cap = job->output_cap;
     truncated = job->truncated;
+    out_from = short_form ? job->out_sent : 0;
+    err_from = short_form ? job->err_sent : 0;
 
-    if (max_size > 1024 && (job->out.len + job->err.len) / 3 * 4 + 1024
-                           > max_size)
+    if (max_size > 1024
+        && (job->out.len - out_from + job->err.len - err_from) / 3 * 4 + 1024
+           > max_size)
     {
         cap = (max_size - 1024) / 2 / 4 * 3;
-        if (job->out.len > cap || job->err.len > cap) {
+        if (job->out.len - out_from > cap || job->err.len - err_from > cap) {
             truncated = 1;
         }
     }
@@ -1436,8 +1453,8 @@ pja_job_report(pja_job_t *job, int status, size_t max_size)
     }
 
     if (job->capture) {
-        if (job_add_output(g, "stdout", &job->out, cap) != 0
-            || job_add_output(g, "stderr", &job->err, cap) != 0
+        if (job_add_output(g, "stdout", &job->out, out_from, cap) != 0
+            || job_add_output(g, "stderr", &job->err, err_from, cap) != 0
             || pja_json_bool(g, "truncated", truncated) != 0)
         {
             goto failed;

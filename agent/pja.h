@@ -374,7 +374,8 @@ int pja_job_read(pja_job_t *job, int fd);
 int pja_job_reap(pja_job_t *job, int *status);
 void pja_job_exited(pja_job_t *job);
 void pja_job_started(pja_job_t *job, pid_t pid, int out_fd, int err_fd);
-char *pja_job_report(pja_job_t *job, int status, size_t max_size);
+char *pja_job_report(pja_job_t *job, int status, size_t max_size,
+    int short_form);
 void pja_job_clear(pja_job_t *job);
 void pja_job_timers(pja_job_t *job, int64_t now);
 void pja_job_recover(const pja_conf_t *cf);
@@ -522,7 +523,7 @@ void pja_session_open(pja_agent_t *a);
 void pja_session_message(pja_agent_t *a, char *text, size_t len);
 void pja_session_handle(pja_agent_t *a, yajl_val msg);
 void pja_session_send(pja_agent_t *a, char *text);
-void pja_session_final(pja_agent_t *a, char *report);
+void pja_session_final(pja_agent_t *a, char *report, char *sent);
 void pja_session_job_exited(pja_agent_t *a, int status);
 int64_t pja_session_stream(pja_agent_t *a, int64_t now, int flush);
 int pja_session_backlog(pja_agent_t *a);

@@ -23,6 +23,9 @@
 #define PJA_STREAM_QUEUE        (64 * 1024)
 
 
+static int stream_on(pja_agent_t *a);
+
+
 /* Sends a message if the channel is open; takes ownership of text. */
 
 void
@@ -66,15 +69,21 @@ proto_simple(pja_agent_t *a, const char *type, const char *job_id,
 }
 
 
-/* Spools a final report, then sends it; takes ownership of report. */
+/*
+ * Spools a final report, then sends it, or sends sent instead when given
+ * (its short form, which leaves out what was streamed); takes ownership of
+ * both.  The spool keeps the whole report: it is what a new channel, or
+ * the server's resend, gets.
+ */
 
 void
-pja_session_final(pja_agent_t *a, char *report)
+pja_session_final(pja_agent_t *a, char *report, char *sent)
 {
     yajl_val     v;
     const char  *id;
 
     if (report == NULL) {
+        free(sent);
         return;
     }
 
@@ -89,6 +98,12 @@ pja_session_final(pja_agent_t *a, char *report)
     }
 
     yajl_tree_free(v);
+
+    if (sent) {
+        free(report);
+        report = sent;
+    }
+
     pja_session_send(a, report);
 }
 
@@ -108,7 +123,7 @@ proto_send_aborted(pja_agent_t *a, const char *job_id)
         return;
     }
 
-    pja_session_final(a, pja_json_end(g));
+    pja_session_final(a, pja_json_end(g), NULL);
 }
 
 
@@ -171,7 +186,7 @@ proto_resend(pja_agent_t *a, const char *job_id, char *text)
 void
 pja_session_job_exited(pja_agent_t *a, int status)
 {
-    char        *report, id[33];
+    char        *report, *sent, id[33];
     pja_job_t   *job = &a->job;
 
     if (WIFEXITED(status)) {
@@ -185,10 +200,22 @@ pja_session_job_exited(pja_agent_t *a, int status)
     /* the last chunks first: the feed gets them as output events */
     (void) pja_session_stream(a, pja_now_ms(), 1);
 
-    report = pja_job_report(job, status, a->max_message_size);
+    report = pja_job_report(job, status, a->max_message_size, 0);
+
+    /*
+     * What this channel streamed is not sent again: the server builds the
+     * output from its chunks, or asks for the whole report (resend) when
+     * one of them did not reach it.
+     */
+    sent = NULL;
+
+    if (report && stream_on(a) && (job->out_sent || job->err_sent)) {
+        sent = pja_job_report(job, status, a->max_message_size, 1);
+    }
+
     memcpy(id, job->id, sizeof(id));
     pja_job_clear(job);
-    pja_session_final(a, report);
+    pja_session_final(a, report, sent);
 
     /* reaped and reported: nothing of it for a restarted agent to end */
     pja_store_run_remove(id);
@@ -586,7 +613,8 @@ pja_session_handle(pja_agent_t *a, yajl_val msg)
     }
 
     if (strcmp(type, "commit") != 0 && strcmp(type, "run") != 0
-        && strcmp(type, "abort") != 0 && strcmp(type, "ack") != 0)
+        && strcmp(type, "abort") != 0 && strcmp(type, "ack") != 0
+        && strcmp(type, "resend") != 0)
     {
         pja_log(PJA_LOG_INFO, "channel: message type \"%s\" ignored", type);
         goto done;
@@ -606,6 +634,10 @@ pja_session_handle(pja_agent_t *a, yajl_val msg)
 
     } else if (strcmp(type, "abort") == 0) {
         proto_abort(a, id, pja_json_get_bool(msg, "force", 0));
+
+    } else if (strcmp(type, "resend") == 0) {
+        /* a short report the server could not complete: the whole one */
+        proto_resend(a, id, NULL);
 
     } else {
         if (pja_store_remove(id) == 0) {

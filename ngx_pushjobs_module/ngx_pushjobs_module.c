@@ -221,6 +221,13 @@ static ngx_command_t  ngx_pushjobs_commands[] = {
       offsetof(ngx_pushjobs_main_conf_t, max_output_size),
       NULL },
 
+    { ngx_string("pushjobs_live_output"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, live_output),
+      NULL },
+
     { ngx_string("pushjobs_output_batch_size"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -324,6 +331,7 @@ ngx_pushjobs_create_main_conf(ngx_conf_t *cf)
     pmcf->max_message_size = NGX_CONF_UNSET_SIZE;
     pmcf->max_body_size = NGX_CONF_UNSET_SIZE;
     pmcf->max_output_size = NGX_CONF_UNSET_SIZE;
+    pmcf->live_output = NGX_CONF_UNSET;
     pmcf->output_batch_size = NGX_CONF_UNSET_SIZE;
     pmcf->max_queued_output = NGX_CONF_UNSET_SIZE;
     pmcf->link_ttl = NGX_CONF_UNSET;
@@ -353,6 +361,7 @@ ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_size_value(pmcf->max_message_size, 1024 * 1024);
     ngx_conf_init_size_value(pmcf->max_body_size, 1000000);
     ngx_conf_init_size_value(pmcf->max_output_size, 256 * 1024);
+    ngx_conf_init_value(pmcf->live_output, 1);
     ngx_conf_init_size_value(pmcf->output_batch_size, 1024 * 1024);
     ngx_conf_init_size_value(pmcf->max_queued_output, 4 * 1024 * 1024);
     ngx_conf_init_value(pmcf->link_ttl, 3600);

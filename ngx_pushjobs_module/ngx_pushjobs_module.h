@@ -136,6 +136,7 @@ typedef struct {
     size_t                      max_message_size;
     size_t                      max_body_size;
     size_t                      max_output_size;
+    ngx_flag_t                  live_output;     /* agents may stream */
     /* live output gathered for one node_outputs() call (back-pressure) */
     size_t                      output_batch_size;
     size_t                      max_queued_output;

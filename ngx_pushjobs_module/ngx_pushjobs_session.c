@@ -80,6 +80,7 @@ static void ngx_pushjobs_agent_chunk(ngx_pushjobs_agent_t *a,
     ngx_str_t *job_id, void *msg);
 static size_t ngx_pushjobs_agent_output(void *value, size_t cap,
     ngx_uint_t *truncated);
+static int64_t ngx_pushjobs_agent_offset(void *msg, char *name);
 static ngx_pushjobs_agent_job_t *ngx_pushjobs_agent_job(
     ngx_pushjobs_agent_t *a, u_char *job_id, ngx_uint_t create);
 static ngx_uint_t ngx_pushjobs_agent_hash(ngx_str_t *org, ngx_str_t *name);
@@ -480,7 +481,11 @@ ngx_pushjobs_agent_resume(ngx_pushjobs_agent_t *a)
 }
 
 
-/* the outcome of one batched input: ack final reports, abort on rehab */
+/*
+ * The outcome of one batched input: a final report is acked, or, on rehab
+ * (a short report whose streamed bytes are not all stored), asked for
+ * whole; another input's rehab aborts the job on the agent.
+ */
 
 void
 ngx_pushjobs_agent_input_done(ngx_pushjobs_store_item_t *item,
@@ -500,7 +505,16 @@ ngx_pushjobs_agent_input_done(ngx_pushjobs_store_item_t *item,
         || item->type == NGX_PUSHJOBS_MSG_FAILED
         || item->type == NGX_PUSHJOBS_MSG_ABORTED)
     {
-        ngx_pushjobs_agent_send_job(a, "ack", item->job_id, NULL);
+        if (rehab) {
+            ngx_log_error(NGX_LOG_INFO, a->log, 0,
+                          "pushjobs: agent \"%V\" of \"%V\" asked for its "
+                          "whole report of job %*s: a chunk it streamed is "
+                          "not stored", &a->name, &a->org,
+                          (size_t) NGX_PUSHJOBS_JOB_ID_LEN, item->job_id);
+        }
+
+        ngx_pushjobs_agent_send_job(a, rehab ? "resend" : "ack",
+                                    item->job_id, NULL);
         return;
     }
 
@@ -893,8 +907,10 @@ ngx_pushjobs_agent_welcome(ngx_pushjobs_agent_t *a)
                     pmcf->ping_interval / 1000, pmcf->max_message_size);
 
     /* the agent may send output messages (docs/protocol.md §2) */
-    p = ngx_cpymem(p, ",\"live_output\":true",
-                   sizeof(",\"live_output\":true") - 1);
+    if (pmcf->live_output) {
+        p = ngx_cpymem(p, ",\"live_output\":true",
+                       sizeof(",\"live_output\":true") - 1);
+    }
 
     if (a->chan->transport->poll_timeout) {
         p = ngx_sprintf(p, ",\"poll_timeout\":%M",
@@ -1106,7 +1122,11 @@ ngx_pushjobs_agent_hello(ngx_pushjobs_agent_t *a, void *msg)
 
 /*
  * {"org","node","job_id","type"[,"exit_status"][,"stdout","stderr",
- *  "truncated"]} for node_inputs().
+ *  "truncated"[,"stdout_offset","stderr_offset","cap"]]} for node_inputs().
+ * A short final report (docs/protocol.md §2.1) names where its bytes start
+ * in each stream: what lies before was streamed, and node_inputs() takes
+ * it from the stored chunks; the report's own bytes are kept up to the cap
+ * counted from there.
  */
 
 static void
@@ -1115,6 +1135,7 @@ ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a, ngx_uint_t type,
 {
     u_char                     *p, *buf;
     size_t                      len, out_len, err_len, cap;
+    int64_t                     out_off, err_off;
     yajl_val                    v, out, err;
     ngx_str_t                   json;
     ngx_uint_t                  truncated, final;
@@ -1136,17 +1157,36 @@ ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a, ngx_uint_t type,
     err = NULL;
     out_len = 0;
     err_len = 0;
+    out_off = 0;
+    err_off = 0;
     truncated = 0;
+    cap = ngx_pushjobs_worker->pmcf->max_output_size;
 
     if (type == NGX_PUSHJOBS_MSG_SUCCEEDED || type == NGX_PUSHJOBS_MSG_FAILED)
     {
-        cap = ngx_pushjobs_worker->pmcf->max_output_size;
-
         out = ngx_pushjobs_json_get(msg, "stdout");
         err = ngx_pushjobs_json_get(msg, "stderr");
 
-        out_len = ngx_pushjobs_agent_output(out, cap, &truncated);
-        err_len = ngx_pushjobs_agent_output(err, cap, &truncated);
+        out_off = ngx_pushjobs_agent_offset(msg, "stdout_offset");
+        err_off = ngx_pushjobs_agent_offset(msg, "stderr_offset");
+
+        if (out_off < 0 || err_off < 0) {
+            /* the bytes before it cannot be told: the whole report, please */
+            ngx_log_error(NGX_LOG_INFO, a->log, 0,
+                          "pushjobs: agent \"%V\" of \"%V\" sent a report "
+                          "with a bad offset, asked for it whole",
+                          &a->name, &a->org);
+            ngx_pushjobs_agent_send_job(a, "resend", job_id->data, NULL);
+            return;
+        }
+
+        /* a short report's bytes are kept up to the cap from their offset */
+        out_len = ngx_pushjobs_agent_output(out, (size_t) out_off < cap
+                                                 ? cap - out_off : 0,
+                                            &truncated);
+        err_len = ngx_pushjobs_agent_output(err, (size_t) err_off < cap
+                                                 ? cap - err_off : 0,
+                                            &truncated);
 
         if (out_len == (size_t) -1 || err_len == (size_t) -1) {
             ngx_log_error(NGX_LOG_WARN, a->log, 0,
@@ -1169,7 +1209,8 @@ ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a, ngx_uint_t type,
                                                                    err_len));
     }
 
-    len = 2 * 6 * NGX_PUSHJOBS_NAME_MAX + 256 + out_len + err_len;
+    len = 2 * 6 * NGX_PUSHJOBS_NAME_MAX + 256 + 3 * NGX_INT64_LEN
+          + out_len + err_len;
 
     buf = ngx_alloc(len, a->log);
     if (buf == NULL) {
@@ -1204,6 +1245,11 @@ ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a, ngx_uint_t type,
 
         p = ngx_sprintf(p, "\",\"truncated\":%s",
                         truncated ? "true" : "false");
+
+        if (out_off || err_off) {
+            p = ngx_sprintf(p, ",\"stdout_offset\":%L,\"stderr_offset\":%L"
+                            ",\"cap\":%uz", out_off, err_off, cap);
+        }
     }
 
     *p++ = '}';
@@ -1243,6 +1289,11 @@ ngx_pushjobs_agent_chunk(ngx_pushjobs_agent_t *a, ngx_str_t *job_id,
     yajl_val     v, data;
     ngx_str_t    stream, json;
     ngx_uint_t   truncated;
+
+    if (!ngx_pushjobs_worker->pmcf->live_output) {
+        /* not announced: the final report has it all */
+        return;
+    }
 
     cap = ngx_pushjobs_worker->pmcf->max_output_size;
 
@@ -1318,6 +1369,32 @@ ngx_pushjobs_agent_chunk(ngx_pushjobs_agent_t *a, ngx_str_t *job_id,
     }
 
     ngx_free(buf);
+}
+
+
+/*
+ * An output field's offset in its stream: 0 when absent, -1 when it is not
+ * an integer within 0 .. 2^31 - 1.
+ */
+
+static int64_t
+ngx_pushjobs_agent_offset(void *msg, char *name)
+{
+    yajl_val  v;
+
+    v = ngx_pushjobs_json_get(msg, name);
+
+    if (v == NULL) {
+        return 0;
+    }
+
+    if (!YAJL_IS_INTEGER(v) || YAJL_GET_INTEGER(v) < 0
+        || YAJL_GET_INTEGER(v) > NGX_MAX_INT32_VALUE)
+    {
+        return -1;
+    }
+
+    return YAJL_GET_INTEGER(v);
 }
 
 

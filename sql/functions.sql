@@ -1099,11 +1099,31 @@ END
 $$;
 
 
+-- What a node of a job has streamed and is stored, per stream (job_output
+-- _chunk rows, which node_outputs() appends without gaps from offset 0).
+CREATE OR REPLACE FUNCTION pushjobs.node_streamed(p_job text, p_node text)
+RETURNS TABLE (stdout bytea, stderr bytea)
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(string_agg(c.data, '' ORDER BY c.off)
+                        FILTER (WHERE c.stream = 'stdout'), ''),
+           COALESCE(string_agg(c.data, '' ORDER BY c.off)
+                        FILTER (WHERE c.stream = 'stderr'), '')
+      FROM pushjobs.job_output_chunk c
+     WHERE c.job_id = p_job AND c.node_name = p_node
+$$;
+
+
 -- A batch of agent messages from one worker: a JSON array of
 -- {"org", "node", "job_id", "type", "exit_status", "stdout", "stderr",
---  "truncated"}.  Returns, for each element (0-based), whether the agent
--- should be sent an abort for that job.  Final reports are applied once
--- however often they arrive.
+--  "truncated"}, and for a final report that leaves out what its agent
+-- streamed: "stdout_offset", "stderr_offset" (where the report's bytes
+-- start in each stream) and "cap" (pushjobs_max_output_size).  Returns,
+-- for each element (0-based), whether the agent is to be set right
+-- (rehab): sent an abort for that job, or for such a short final report
+-- whose streamed bytes are not all stored (a chunk was lost: the channel
+-- or the database failed under it, or the node was not running), asked
+-- for its whole report (docs/protocol.md, resend); that report is then
+-- not applied.  Final reports are applied once however often they arrive.
 --
 -- Each message is node_step() as in node_transition(), but the batch is
 -- set-based: the jobs are locked (and timed out) first, then one query
@@ -1129,6 +1149,9 @@ DECLARE
     e_keys    bigint[] := '{}';
     e_names   text[] := '{}';
     e_fields  json[] := '{}';
+    v_stdout  bytea;
+    v_stderr  bytea;
+    v_trunc   boolean;
 BEGIN
     -- every job of the batch locked, in id order, before the snapshot of
     -- the query below; the run timer first (see time_out())
@@ -1156,6 +1179,9 @@ BEGIN
                e.v ->> 'stdout' AS stdout,
                e.v ->> 'stderr' AS stderr,
                COALESCE((e.v ->> 'truncated')::boolean, false) AS truncated,
+               COALESCE((e.v ->> 'stdout_offset')::bigint, 0) AS out_off,
+               COALESCE((e.v ->> 'stderr_offset')::bigint, 0) AS err_off,
+               (e.v ->> 'cap')::bigint AS cap,
                n.status, n.abort_requested
           FROM jsonb_array_elements(p_inputs) WITH ORDINALITY AS e(v, ord)
           LEFT JOIN pushjobs.jobs j
@@ -1206,14 +1232,43 @@ BEGIN
         IF r.input IN ('succeeded', 'failed')
            AND (r.stdout IS NOT NULL OR r.stderr IS NOT NULL)
            AND r.status IS NOT NULL
+           AND (r.out_off > 0 OR r.err_off > 0)
+           AND NOT EXISTS (SELECT 1 FROM pushjobs.job_output o
+                            WHERE o.job_id = v_job.id
+                              AND o.node_name = r.node)
+        THEN
+            -- a short report: its streamed bytes, if all are stored
+            SELECT s.stdout, s.stderr INTO v_stdout, v_stderr
+              FROM pushjobs.node_streamed(v_job.id, r.node) s;
+
+            SELECT l.truncated INTO v_trunc
+              FROM pushjobs.job_output_live l
+             WHERE l.job_id = v_job.id AND l.node_name = r.node;
+
+            IF length(v_stdout) <> least(r.out_off, r.cap)
+               OR length(v_stderr) <> least(r.err_off, r.cap)
+            THEN
+                rehab := true;
+                RETURN NEXT;
+                CONTINUE;
+            END IF;
+        ELSE
+            v_stdout := '';
+            v_stderr := '';
+            v_trunc := false;
+        END IF;
+
+        IF r.input IN ('succeeded', 'failed')
+           AND (r.stdout IS NOT NULL OR r.stderr IS NOT NULL)
+           AND r.status IS NOT NULL
         THEN
             BEGIN
                 INSERT INTO pushjobs.job_output (job_id, node_name, stdout,
                                                  stderr, truncated)
                 VALUES (v_job.id, r.node,
-                        decode(COALESCE(r.stdout, ''), 'base64'),
-                        decode(COALESCE(r.stderr, ''), 'base64'),
-                        r.truncated)
+                        v_stdout || decode(COALESCE(r.stdout, ''), 'base64'),
+                        v_stderr || decode(COALESCE(r.stderr, ''), 'base64'),
+                        r.truncated OR COALESCE(v_trunc, false))
                 ON CONFLICT DO NOTHING;
             EXCEPTION WHEN invalid_parameter_value THEN
                 RAISE WARNING 'pushjobs: undecodable output from node % '
@@ -1238,7 +1293,9 @@ BEGIN
             e_fields := array_append(e_fields, v_step.event_fields[k]);
         END LOOP;
 
-        rehab := v_step.rehab;
+        -- a final report's rehab is a resend: only for a short one, above
+        rehab := v_step.rehab
+                 AND r.input NOT IN ('succeeded', 'failed', 'aborted');
         RETURN NEXT;
     END LOOP;
 
@@ -1406,8 +1463,9 @@ $$;
 -- report, may be applied after it and are then ignored) is emitted as
 -- output events that carry their own bytes, so that the feed carries the
 -- whole output; before the node's own end events (node_inputs() stores
--- the output first).  The streamed bytes are assembled once, here, to
--- check that the report starts with them.
+-- the output first).  The streamed bytes are assembled here to check that
+-- the report starts with them (a short report, which node_inputs() built
+-- from them, always does).
 CREATE OR REPLACE FUNCTION pushjobs.job_output_final()
 RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -1427,13 +1485,8 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    SELECT COALESCE(string_agg(c.data, '' ORDER BY c.off)
-                        FILTER (WHERE c.stream = 'stdout'), ''),
-           COALESCE(string_agg(c.data, '' ORDER BY c.off)
-                        FILTER (WHERE c.stream = 'stderr'), '')
-      INTO v_stdout, v_stderr
-      FROM pushjobs.job_output_chunk c
-     WHERE c.job_id = NEW.job_id AND c.node_name = NEW.node_name;
+    SELECT s.stdout, s.stderr INTO v_stdout, v_stderr
+      FROM pushjobs.node_streamed(NEW.job_id, NEW.node_name) s;
 
     IF length(NEW.stdout) > length(v_stdout)
        AND substr(NEW.stdout, 1, length(v_stdout)) = v_stdout

@@ -6,7 +6,9 @@
 # (truncated marked); a channel cut mid-run (its nginx worker killed)
 # neither duplicates nor loses bytes; the long-poll channel carries the
 # same messages.  A node's first chunks may be stored before its ack_run
-# (a scripted agent makes it so): they are kept, not dropped as a gap.
+# (a scripted agent makes it so): they are kept, not dropped as a gap.  The
+# final report leaves out what was streamed; a scripted agent's short
+# reports are completed from the chunks, or asked for whole (resend).
 
 use strict;
 use warnings;
@@ -140,6 +142,9 @@ cmp_ok scalar(grep { ($_->{event} // '') eq 'output' } @ev), '>=', 4,
     '  in several chunks (batched, not one per line nor one at the end)';
 
 is status($id), 'complete', 'job complete';
+like PushJobs::Stack::slurp($stack->dir . "/agents/$node/agent.log"),
+    qr/-> \{"type":"succeeded"[^\n]*"job_id":"$id"[^\n]*"stdout_offset":\d+,"stdout":""/,
+    'the final report left out what was streamed (stdout_offset)';
 is output($id), lines('line', 20),
     'final stdout: what the command printed, once';
 is output($id, 'stderr'), lines('err', 20), 'final stderr too';
@@ -225,6 +230,28 @@ ok $contiguous, 'output events across the reconnect: contiguous, none twice';
 ok index(lines('line', 40), $bytes->{stdout} // '') == 0,
     '  a prefix of stdout';
 
+# --- streamed chunks lost: the whole report is asked for ------------------
+# The stored chunks are deleted mid-run (as if the database had lost them),
+# so the agent's short report cannot be completed: the server answers
+# resend, and the agent sends the whole report from its spool.
+
+$id = start('lines');
+ok PushJobs::Stack::wait_for(10, sub { output($id) =~ /^line 2\n/m }, 0.1),
+    'lost chunks: streaming';
+$stack->psql('pushjobs', "DELETE FROM pushjobs.job_output_live"
+                         . " WHERE job_id = '$id';"
+                         . " DELETE FROM pushjobs.job_output_chunk"
+                         . " WHERE job_id = '$id'");
+is $stack->wait_job($id, 30)->{status}, 'complete', '  the job completes';
+is output($id), lines('line', 20),
+    '  final stdout whole: the agent re-sent its whole report';
+is output($id, 'stderr'), lines('err', 20), '  and stderr';
+like PushJobs::Stack::slurp($stack->dir . "/agents/$node/agent.log"),
+    qr/job $id: re-sending the spooled report/,
+    '  (the agent logged the resend)';
+like $stack->error_log, qr/asked for its whole report of job $id/,
+    '  (the server logged why)';
+
 # --- over long-poll --------------------------------------------------------
 
 my $agent_log = $stack->dir . "/agents/$node/agent.log";
@@ -286,6 +313,84 @@ is $stack->wait_job($id, 30)->{status}, 'complete', '  the job completes';
 my ($early) = streamed(grep { ($_->{json}{node} // '') eq 'ghost' }
                        feed($id)->until_event('job_complete', 30));
 is $early->{stdout}, "first\nsecond\n", '  its feed has both chunks once';
+
+# --- a short final report --------------------------------------------------
+# A final report leaves out what its agent streamed and names where its own
+# bytes start (stdout_offset, stderr_offset): the server builds the output
+# from the stored chunks, or, when one of them is not stored, asks for the
+# whole report (resend) and applies nothing until it comes.
+
+sub b64 { MIME::Base64::encode_base64($_[0], '') }
+
+sub ghost_job {
+    my $id = $stack->start_job({ command => 'chef-client', nodes => ['ghost'],
+                                 capture_output => JSON::PP::true });
+    PushJobs::Engine::expect($g, 'commit', $id) or die 'no commit';
+    PushJobs::Engine::say_($g, 'ack_commit', $id);
+    PushJobs::Engine::expect($g, 'run', $id) or die 'no run';
+    PushJobs::Engine::say_($g, 'ack_run', $id);
+    return $id;
+}
+
+sub ghost_chunk {
+    my ($id, $stream, $off, $data) = @_;
+    PushJobs::Engine::say_($g, 'output', $id, stream => $stream,
+                           offset => $off, data => b64($data));
+}
+
+sub ghost_chunks {
+    my ($id, $n) = @_;
+    return PushJobs::Stack::wait_for(10, sub {
+        $stack->psql('pushjobs', "SELECT count(*) FROM pushjobs."
+                     . "job_output_chunk WHERE job_id = '$id'") == $n
+    }, 0.1);
+}
+
+$id = ghost_job();
+ghost_chunk($id, 'stdout', 0, "one\n");
+ghost_chunk($id, 'stderr', 0, "warn\n");
+ok ghost_chunks($id, 2), 'short report: two chunks streamed and stored';
+PushJobs::Engine::say_($g, 'succeeded', $id, exit_status => 0,
+                       stdout_offset => 4, stdout => b64("two\n"),
+                       stderr_offset => 5, stderr => '');
+ok PushJobs::Engine::expect($g, 'ack', $id), '  the short report is acked';
+is $stack->wait_job($id, 30)->{status}, 'complete', '  the job completes';
+is $stack->node_output($id, 'ghost', 'stdout'), "one\ntwo\n",
+    '  stdout: the streamed chunk, then the report\'s bytes';
+is $stack->node_output($id, 'ghost', 'stderr'), "warn\n",
+    '  stderr: the streamed chunk';
+($early) = streamed(grep { ($_->{json}{node} // '') eq 'ghost' }
+                    feed($id)->until_event('job_complete', 30));
+is_deeply $early, { stdout => "one\ntwo\n", stderr => "warn\n" },
+    '  the feed has every byte once';
+
+$id = ghost_job();
+ghost_chunk($id, 'stdout', 0, "one\n");
+ok ghost_chunks($id, 1), 'a chunk lost: one of two chunks stored';
+PushJobs::Engine::say_($g, 'succeeded', $id, exit_status => 0,
+                       stdout_offset => 8, stdout => b64("three\n"),
+                       stderr => '');
+ok PushJobs::Engine::expect($g, 'resend', $id),
+    '  the short report is answered with resend';
+is_deeply PushJobs::Engine::nodes_of($id), { running => ['ghost'] },
+    '  and not applied: the node still runs';
+PushJobs::Engine::say_($g, 'succeeded', $id, exit_status => 0,
+                       stdout => b64("one\ntwo\nthree\n"), stderr => '');
+ok PushJobs::Engine::expect($g, 'ack', $id), '  the whole report is acked';
+is $stack->wait_job($id, 30)->{status}, 'complete', '  the job completes';
+is $stack->node_output($id, 'ghost', 'stdout'), "one\ntwo\nthree\n",
+    '  with the whole report\'s output';
+
+$id = ghost_job();
+PushJobs::Engine::say_($g, 'failed', $id, exit_status => 1,
+                       stdout_offset => -3, stdout => '', stderr => '');
+ok PushJobs::Engine::expect($g, 'resend', $id),
+    'a report with a bad offset is answered with resend';
+PushJobs::Engine::say_($g, 'failed', $id, exit_status => 1,
+                       stdout => b64("x\n"), stderr => '');
+ok PushJobs::Engine::expect($g, 'ack', $id), '  the whole report is acked';
+is $stack->wait_job($id, 30)->{nodes}{failed}[0], 'ghost',
+    '  and applied: the node failed';
 
 $stack->stop;
 done_testing;
