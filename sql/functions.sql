@@ -1117,9 +1117,12 @@ $$;
 -- {"org", "node", "job_id", "type", "exit_status", "stdout", "stderr",
 --  "truncated"}, and for a final report that leaves out what its agent
 -- streamed: "stdout_offset", "stderr_offset" (where the report's bytes
--- start in each stream) and "cap" (pushjobs_max_output_size).  Returns,
--- for each element (0-based), whether the agent is to be set right
--- (rehab): sent an abort for that job, or for such a short final report
+-- start in each stream) and "cap" (pushjobs_max_output_size).  Such a
+-- short report is stored as it came, with where its bytes start
+-- (job_output's stdout_at, stderr_at): the bytes before are the node's
+-- job_output_chunk rows, which must then be exactly that many (up to the
+-- cap).  Returns, for each element (0-based), whether the agent is to be
+-- set right (rehab): sent an abort for that job, or for a short report
 -- whose streamed bytes are not all stored (a chunk was lost: the channel
 -- or the database failed under it, or the node was not running), asked
 -- for its whole report (docs/protocol.md, resend); that report is then
@@ -1149,8 +1152,8 @@ DECLARE
     e_keys    bigint[] := '{}';
     e_names   text[] := '{}';
     e_fields  json[] := '{}';
-    v_stdout  bytea;
-    v_stderr  bytea;
+    v_out_at  bigint;
+    v_err_at  bigint;
     v_trunc   boolean;
 BEGIN
     -- every job of the batch locked, in id order, before the snapshot of
@@ -1229,6 +1232,10 @@ BEGIN
             CONTINUE;
         END IF;
 
+        v_out_at := 0;
+        v_err_at := 0;
+        v_trunc := false;
+
         IF r.input IN ('succeeded', 'failed')
            AND (r.stdout IS NOT NULL OR r.stderr IS NOT NULL)
            AND r.status IS NOT NULL
@@ -1237,25 +1244,20 @@ BEGIN
                             WHERE o.job_id = v_job.id
                               AND o.node_name = r.node)
         THEN
-            -- a short report: its streamed bytes, if all are stored
-            SELECT s.stdout, s.stderr INTO v_stdout, v_stderr
-              FROM pushjobs.node_streamed(v_job.id, r.node) s;
-
-            SELECT l.truncated INTO v_trunc
+            -- a short report: what it leaves out must be stored as chunks
+            SELECT l.stdout_len, l.stderr_len, l.truncated
+              INTO v_out_at, v_err_at, v_trunc
               FROM pushjobs.job_output_live l
              WHERE l.job_id = v_job.id AND l.node_name = r.node;
 
-            IF length(v_stdout) <> least(r.out_off, r.cap)
-               OR length(v_stderr) <> least(r.err_off, r.cap)
+            IF NOT FOUND
+               OR v_out_at <> least(r.out_off, r.cap)
+               OR v_err_at <> least(r.err_off, r.cap)
             THEN
                 rehab := true;
                 RETURN NEXT;
                 CONTINUE;
             END IF;
-        ELSE
-            v_stdout := '';
-            v_stderr := '';
-            v_trunc := false;
         END IF;
 
         IF r.input IN ('succeeded', 'failed')
@@ -1264,11 +1266,12 @@ BEGIN
         THEN
             BEGIN
                 INSERT INTO pushjobs.job_output (job_id, node_name, stdout,
-                                                 stderr, truncated)
+                                                 stderr, truncated,
+                                                 stdout_at, stderr_at)
                 VALUES (v_job.id, r.node,
-                        v_stdout || decode(COALESCE(r.stdout, ''), 'base64'),
-                        v_stderr || decode(COALESCE(r.stderr, ''), 'base64'),
-                        r.truncated OR COALESCE(v_trunc, false))
+                        decode(COALESCE(r.stdout, ''), 'base64'),
+                        decode(COALESCE(r.stderr, ''), 'base64'),
+                        r.truncated OR v_trunc, v_out_at, v_err_at)
                 ON CONFLICT DO NOTHING;
             EXCEPTION WHEN invalid_parameter_value THEN
                 RAISE WARNING 'pushjobs: undecodable output from node % '
@@ -1458,21 +1461,22 @@ $$;
 -- A node's final report replaces what it streamed: its job_output row is
 -- stored and its job_output_live row goes, so the output is served from
 -- the report; the job_output_chunk rows stay, as the bytes of the feed's
--- output events (job_feed()).  When the node streamed, what the report
--- has beyond the streamed bytes (the last chunks, sent just before the
--- report, may be applied after it and are then ignored) is emitted as
--- output events that carry their own bytes, so that the feed carries the
--- whole output; before the node's own end events (node_inputs() stores
--- the output first).  The streamed bytes are assembled here to check that
--- the report starts with them (a short report, which node_inputs() built
--- from them, always does).
+-- output events (job_feed()), and as the start of a short report's
+-- output.  When the node streamed, what the report has beyond the
+-- streamed bytes is emitted as output events that carry their own bytes,
+-- so that the feed carries the whole output; before the node's own end
+-- events (node_inputs() stores the output first).  A short report's bytes
+-- are all beyond (stdout_at, stderr_at); a whole report (an agent that
+-- did not stream on this channel, or re-sent it) is compared with the
+-- assembled chunks, and what it has beyond them, if it starts with them,
+-- is emitted.
 CREATE OR REPLACE FUNCTION pushjobs.job_output_final()
 RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     v_live    pushjobs.job_output_live;
-    v_stdout  bytea;
-    v_stderr  bytea;
+    v_out_at  bigint;
+    v_err_at  bigint;
     v_org     text;
     v_names   text[] := '{}';
     v_fields  json[] := '{}';
@@ -1485,30 +1489,37 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    SELECT s.stdout, s.stderr INTO v_stdout, v_stderr
-      FROM pushjobs.node_streamed(NEW.job_id, NEW.node_name) s;
+    IF NEW.stdout_at > 0 OR NEW.stderr_at > 0 THEN
+        v_out_at := 0;
+        v_err_at := 0;
+    ELSE
+        SELECT CASE WHEN substr(NEW.stdout, 1, length(s.stdout)) = s.stdout
+                    THEN length(s.stdout) END,
+               CASE WHEN substr(NEW.stderr, 1, length(s.stderr)) = s.stderr
+                    THEN length(s.stderr) END
+          INTO v_out_at, v_err_at
+          FROM pushjobs.node_streamed(NEW.job_id, NEW.node_name) s;
+    END IF;
 
-    IF length(NEW.stdout) > length(v_stdout)
-       AND substr(NEW.stdout, 1, length(v_stdout)) = v_stdout
-    THEN
+    -- v_out_at: where the bytes to emit start in the row's stdout (NULL:
+    -- the report does not start with the streamed bytes)
+    IF length(NEW.stdout) > v_out_at THEN
         v_names := array_append(v_names, 'output');
         v_fields := array_append(v_fields,
             json_build_object('node', NEW.node_name, 'stream', 'stdout',
-                              'offset', length(v_stdout),
+                              'offset', NEW.stdout_at + v_out_at,
                               'data', translate(encode(
-                                  substr(NEW.stdout, length(v_stdout) + 1),
+                                  substr(NEW.stdout, v_out_at::integer + 1),
                                   'base64'), E'\n', '')));
     END IF;
 
-    IF length(NEW.stderr) > length(v_stderr)
-       AND substr(NEW.stderr, 1, length(v_stderr)) = v_stderr
-    THEN
+    IF length(NEW.stderr) > v_err_at THEN
         v_names := array_append(v_names, 'output');
         v_fields := array_append(v_fields,
             json_build_object('node', NEW.node_name, 'stream', 'stderr',
-                              'offset', length(v_stderr),
+                              'offset', NEW.stderr_at + v_err_at,
                               'data', translate(encode(
-                                  substr(NEW.stderr, length(v_stderr) + 1),
+                                  substr(NEW.stderr, v_err_at::integer + 1),
                                   'base64'), E'\n', '')));
     END IF;
 
@@ -2186,17 +2197,22 @@ $$;
 
 
 -- Captured output of one node, base64 without line breaks: the final
--- report's, or while the node runs what it has streamed so far (its
--- chunks, assembled); no row when the job, the node or any output does
--- not exist.
+-- report's (after the chunks it left out, for a short one), or while the
+-- node runs what it has streamed so far (its chunks, assembled); no row
+-- when the job, the node or any output does not exist.
 CREATE OR REPLACE FUNCTION pushjobs.job_output_b64(p_org text, p_job text,
     p_node text, p_channel text)
 RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT translate(encode(CASE WHEN p_channel = 'stderr' THEN o.stderr
                                  ELSE o.stdout END, 'base64'), E'\n', '')
-      FROM (SELECT o.stdout, o.stderr, 1 AS rank
+      FROM (SELECT CASE WHEN o.stdout_at > 0 THEN s.stdout || o.stdout
+                        ELSE o.stdout END,
+                   CASE WHEN o.stderr_at > 0 THEN s.stderr || o.stderr
+                        ELSE o.stderr END, 1 AS rank
               FROM pushjobs.job_output o
+              LEFT JOIN LATERAL pushjobs.node_streamed(o.job_id, o.node_name) s
+                     ON o.stdout_at > 0 OR o.stderr_at > 0
              WHERE o.job_id = p_job AND o.node_name = p_node
             UNION ALL
             SELECT COALESCE(string_agg(c.data, '' ORDER BY c.off)

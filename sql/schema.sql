@@ -100,12 +100,18 @@ CREATE TABLE pushjobs.job_rollout_released (
 CREATE INDEX job_rollout_released_batch
     ON pushjobs.job_rollout_released (job_id, batch);
 
+-- A node's final output.  A short final report (one that leaves out what
+-- its agent streamed) is stored as it came: stdout holds the stream from
+-- byte stdout_at on, and the bytes before are the node's job_output_chunk
+-- rows (stderr likewise), so that streamed bytes are stored once.
 CREATE TABLE pushjobs.job_output (
     job_id           text NOT NULL,
     node_name        text NOT NULL,
     stdout           bytea NOT NULL,
     stderr           bytea NOT NULL,
     truncated        boolean NOT NULL DEFAULT false,
+    stdout_at        bigint NOT NULL DEFAULT 0 CHECK (stdout_at >= 0),
+    stderr_at        bigint NOT NULL DEFAULT 0 CHECK (stderr_at >= 0),
     PRIMARY KEY (job_id, node_name),
     FOREIGN KEY (job_id, node_name)
         REFERENCES pushjobs.job_nodes (job_id, node_name) ON DELETE CASCADE

@@ -147,6 +147,10 @@ like PushJobs::Stack::slurp($stack->dir . "/agents/$node/agent.log"),
     'the final report left out what was streamed (stdout_offset)';
 is output($id), lines('line', 20),
     'final stdout: what the command printed, once';
+is $stack->psql('pushjobs', "SELECT stdout_at, length(stdout) FROM"
+                            . " pushjobs.job_output WHERE job_id = '$id'"),
+    length(lines('line', 20)) . "\t0\n",
+    '  stored once: the report\'s row holds none of the streamed bytes';
 is output($id, 'stderr'), lines('err', 20), 'final stderr too';
 is $stack->psql('pushjobs', "SELECT count(*) FROM pushjobs.job_output_live"
                             . " WHERE job_id = '$id'") + 0, 0,

@@ -12,6 +12,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use MIME::Base64 ();
 use Test::More;
 use PushJobs::Stack;
 use PushJobs::Engine;
@@ -75,11 +76,37 @@ is_deeply [ PushJobs::Engine::events($voting) ],
 my $new = $stack->start_job({ command => 'true', nodes => ['node1'] });
 is $stack->wait_job($new, 30)->{status}, 'complete', 'a new job completes';
 
+# a short final report (its streamed bytes stored as chunks only): the
+# revert makes its output whole again
+sub b64 { MIME::Base64::encode_base64($_[0], '') }
+my $short = $stack->start_job({ command => 'true', nodes => ['ghost'],
+                                capture_output => JSON::PP::true });
+PushJobs::Engine::expect($g, 'commit', $short) or die 'no commit';
+PushJobs::Engine::say_($g, 'ack_commit', $short);
+PushJobs::Engine::expect($g, 'run', $short) or die 'no run';
+PushJobs::Engine::say_($g, 'ack_run', $short);
+PushJobs::Engine::say_($g, 'output', $short, stream => 'stdout', offset => 0,
+                       data => b64("streamed\n"));
+PushJobs::Stack::wait_for(10, sub {
+    sql("SELECT count(*) FROM pushjobs.job_output_chunk"
+        . " WHERE job_id = '$short'") == 1
+}, 0.1) or die 'no chunk';
+PushJobs::Engine::say_($g, 'succeeded', $short, exit_status => 0,
+                       stdout_offset => 9, stdout => b64("tail\n"),
+                       stderr => '');
+is $stack->wait_job($short, 30)->{status}, 'complete',
+    'a job with a short final report completes';
+is sql("SELECT stdout_at FROM pushjobs.job_output WHERE job_id = '$short'"),
+    9, '  its stored report starts after the streamed bytes';
+
 # --- revert to the tag and deploy again ------------------------------------
 
 $stack->sqitch('revert', '-y', '--to', '@v2.0.0');
 is sql("SELECT to_regprocedure('pushjobs.job_active(pushjobs.job_status)') IS NULL"),
     't', 'reverted to @v2.0.0';
+is sql("SELECT stdout = convert_to(E'streamed\\ntail\\n', 'UTF8')"
+       . " FROM pushjobs.job_output WHERE job_id = '$short'"), 't',
+    '  the short report\'s output whole again (the chunks before it)';
 $stack->sqitch('deploy', '--verify');
 is sql("SELECT count(*) FROM sqitch.changes WHERE project = 'pushjobs'"),
     scalar(grep { /^[a-z_]+ / } split /\n/,
@@ -98,7 +125,12 @@ SELECT kind || ' ' || name || ' ' || def FROM (
            pg_get_functiondef(p.oid) AS def
       FROM pg_proc p WHERE p.pronamespace = 'pushjobs'::regnamespace
     UNION ALL
-    SELECT 'column', c.relname || '.' || lpad(a.attnum::text, 2, '0') || '.'
+    -- a column's place among the live ones: a revert that drops a column
+    -- and a deploy that adds it again leave a dropped one behind
+    SELECT 'column', c.relname || '.'
+                     || lpad((row_number() OVER (PARTITION BY a.attrelid
+                                                 ORDER BY a.attnum))::text,
+                             2, '0') || '.'
                      || a.attname,
            format_type(a.atttypid, a.atttypmod) || ' ' || a.attnotnull
            || ' ' || COALESCE(pg_get_expr(d.adbin, d.adrelid), '')

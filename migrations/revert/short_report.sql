@@ -2,6 +2,17 @@
 
 BEGIN;
 
+-- a short report's output made whole again: the chunks before it
+UPDATE pushjobs.job_output o
+   SET stdout = CASE WHEN o.stdout_at > 0 THEN s.stdout || o.stdout
+                     ELSE o.stdout END,
+       stderr = CASE WHEN o.stderr_at > 0 THEN s.stderr || o.stderr
+                     ELSE o.stderr END
+  FROM pushjobs.job_output x
+  CROSS JOIN LATERAL pushjobs.node_streamed(x.job_id, x.node_name) s
+ WHERE (x.stdout_at > 0 OR x.stderr_at > 0)
+   AND o.job_id = x.job_id AND o.node_name = x.node_name;
+
 -- node_inputs() as emit_events had it: every final report whole.
 -- A batch of agent messages from one worker: a JSON array of
 -- {"org", "node", "job_id", "type", "exit_status", "stdout", "stderr",
@@ -161,7 +172,7 @@ END
 $$;
 
 
--- job_output_final() as output_stream had it.
+-- job_output_final() and job_output_b64() as output_stream had them.
 -- A node's final report replaces what it streamed: its job_output row is
 -- stored and its job_output_live row goes, so the output is served from
 -- the report; the job_output_chunk rows stay, as the bytes of the feed's
@@ -231,6 +242,39 @@ END
 $$;
 
 
+-- Captured output of one node, base64 without line breaks: the final
+-- report's, or while the node runs what it has streamed so far (its
+-- chunks, assembled); no row when the job, the node or any output does
+-- not exist.
+CREATE OR REPLACE FUNCTION pushjobs.job_output_b64(p_org text, p_job text,
+    p_node text, p_channel text)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT translate(encode(CASE WHEN p_channel = 'stderr' THEN o.stderr
+                                 ELSE o.stdout END, 'base64'), E'\n', '')
+      FROM (SELECT o.stdout, o.stderr, 1 AS rank
+              FROM pushjobs.job_output o
+             WHERE o.job_id = p_job AND o.node_name = p_node
+            UNION ALL
+            SELECT COALESCE(string_agg(c.data, '' ORDER BY c.off)
+                                FILTER (WHERE c.stream = 'stdout'), ''),
+                   COALESCE(string_agg(c.data, '' ORDER BY c.off)
+                                FILTER (WHERE c.stream = 'stderr'), ''), 2
+              FROM pushjobs.job_output_live l
+              LEFT JOIN pushjobs.job_output_chunk c
+                     ON c.job_id = l.job_id AND c.node_name = l.node_name
+             WHERE l.job_id = p_job AND l.node_name = p_node
+             GROUP BY l.job_id, l.node_name) o
+      JOIN pushjobs.jobs j ON j.id = p_job
+     WHERE j.org = p_org
+     ORDER BY o.rank
+     LIMIT 1
+$$;
+
+
 DROP FUNCTION pushjobs.node_streamed(text, text);
+
+ALTER TABLE pushjobs.job_output DROP COLUMN stdout_at,
+                                DROP COLUMN stderr_at;
 
 COMMIT;
