@@ -79,11 +79,15 @@ $(BUILD)/pushjobs-agent: $(AGENT_SRCS) $(AGENT_HDRS)
 
 # the load agent of the benchmarks (bench/README.md): make bench
 .PHONY: bench
-bench: $(BUILD)/pushjobs-loadagent
+bench: $(BUILD)/pushjobs-loadagent $(BUILD)/pushjobs-flood
 
 $(BUILD)/pushjobs-loadagent: bench/loadagent.c
 	@mkdir -p $(BUILD)
 	$(CC) $(AGENT_CFLAGS) -o $@ bench/loadagent.c -lssl -lcrypto
+
+$(BUILD)/pushjobs-flood: bench/flood.c
+	@mkdir -p $(BUILD)
+	$(CC) $(AGENT_CFLAGS) -o $@ bench/flood.c
 
 # Debian packages for the build and the local stack (apt-get, when missing)
 deps:

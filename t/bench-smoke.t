@@ -3,7 +3,8 @@
 # with -Wall -Wextra -Werror, 100 simulated agents (one shared key, the real
 # channel over TLS with Chef signatures) connect, a job across all of them
 # completes, every one saw its commit, and they all come back after an
-# nginx restart.  No timing assertions.
+# nginx restart.  The stream benchmark's command (bench/flood.c) builds the
+# same way and writes its stamped lines.  No timing assertions.
 
 use strict;
 use warnings;
@@ -23,6 +24,17 @@ my @cc = ($ENV{CC} || 'cc', qw(-std=c99 -O2 -Wall -Wextra -Wpointer-arith
 my $out = `@cc 2>&1`;
 is $?, 0, 'the load agent builds without warnings' or diag $out;
 $ENV{PUSHJOBS_LOADAGENT} = "$bin/loadagent";
+
+# the stream benchmark's command (bench/flood.c): 1 KB lines, stamped
+my @fcc = ($ENV{CC} || 'cc', qw(-std=c99 -O2 -Wall -Wextra -Wpointer-arith
+           -Wshadow -Wstrict-prototypes -Werror), '-o', "$bin/flood",
+           "$ROOT/bench/flood.c");
+$out = `@fcc 2>&1`;
+is $?, 0, 'the flood command builds without warnings' or diag $out;
+my @lines = `$bin/flood 20 1`;
+is scalar(@lines), 20, '  it writes KBPS lines in a second';
+is scalar(grep { length == 1024 && /^T=\d{13} x+\n\z/ } @lines), 20,
+    '  each 1 KB, stamped with its write time in ms';
 
 require PushJobs::BenchStack;
 
