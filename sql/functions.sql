@@ -1232,38 +1232,36 @@ BEGIN
             CONTINUE;
         END IF;
 
-        v_out_at := 0;
-        v_err_at := 0;
-        v_trunc := false;
-
         IF r.input IN ('succeeded', 'failed')
            AND (r.stdout IS NOT NULL OR r.stderr IS NOT NULL)
            AND r.status IS NOT NULL
-           AND (r.out_off > 0 OR r.err_off > 0)
-           AND NOT EXISTS (SELECT 1 FROM pushjobs.job_output o
-                            WHERE o.job_id = v_job.id
-                              AND o.node_name = r.node)
         THEN
-            -- a short report: what it leaves out must be stored as chunks
-            SELECT l.stdout_len, l.stderr_len, l.truncated
-              INTO v_out_at, v_err_at, v_trunc
-              FROM pushjobs.job_output_live l
-             WHERE l.job_id = v_job.id AND l.node_name = r.node;
+            v_out_at := 0;
+            v_err_at := 0;
+            v_trunc := false;
 
-            IF NOT FOUND
-               OR v_out_at <> least(r.out_off, r.cap)
-               OR v_err_at <> least(r.err_off, r.cap)
+            IF (r.out_off > 0 OR r.err_off > 0)
+               AND NOT EXISTS (SELECT 1 FROM pushjobs.job_output o
+                                WHERE o.job_id = v_job.id
+                                  AND o.node_name = r.node)
             THEN
-                rehab := true;
-                RETURN NEXT;
-                CONTINUE;
-            END IF;
-        END IF;
+                -- a short report: what it leaves out must be stored as
+                -- chunks
+                SELECT l.stdout_len, l.stderr_len, l.truncated
+                  INTO v_out_at, v_err_at, v_trunc
+                  FROM pushjobs.job_output_live l
+                 WHERE l.job_id = v_job.id AND l.node_name = r.node;
 
-        IF r.input IN ('succeeded', 'failed')
-           AND (r.stdout IS NOT NULL OR r.stderr IS NOT NULL)
-           AND r.status IS NOT NULL
-        THEN
+                IF NOT FOUND
+                   OR v_out_at <> least(r.out_off, r.cap)
+                   OR v_err_at <> least(r.err_off, r.cap)
+                THEN
+                    rehab := true;
+                    RETURN NEXT;
+                    CONTINUE;
+                END IF;
+            END IF;
+
             BEGIN
                 INSERT INTO pushjobs.job_output (job_id, node_name, stdout,
                                                  stderr, truncated,
@@ -2215,15 +2213,10 @@ LANGUAGE sql STABLE AS $$
                      ON o.stdout_at > 0 OR o.stderr_at > 0
              WHERE o.job_id = p_job AND o.node_name = p_node
             UNION ALL
-            SELECT COALESCE(string_agg(c.data, '' ORDER BY c.off)
-                                FILTER (WHERE c.stream = 'stdout'), ''),
-                   COALESCE(string_agg(c.data, '' ORDER BY c.off)
-                                FILTER (WHERE c.stream = 'stderr'), ''), 2
-              FROM pushjobs.job_output_live l
-              LEFT JOIN pushjobs.job_output_chunk c
-                     ON c.job_id = l.job_id AND c.node_name = l.node_name
-             WHERE l.job_id = p_job AND l.node_name = p_node
-             GROUP BY l.job_id, l.node_name) o
+            SELECT s.stdout, s.stderr, 2
+              FROM pushjobs.job_output_live l,
+                   LATERAL pushjobs.node_streamed(l.job_id, l.node_name) s
+             WHERE l.job_id = p_job AND l.node_name = p_node) o
       JOIN pushjobs.jobs j ON j.id = p_job
      WHERE j.org = p_org
      ORDER BY o.rank
