@@ -180,6 +180,9 @@ sub snapshot {
 
 # start_loaders(PROCS): PROCS load agent processes sharing the simulated
 # clients; each uses its own loopback source addresses (one per 1000).
+# frontends => [fe1, fe2, ...]: each process spreads its clients over
+# those front ends (client N on the (N mod K)th), and a closed channel
+# comes back through another one.
 sub start_loaders {
     my ($self, $procs, %o) = @_;
     my $n = $self->{sim};
@@ -192,7 +195,9 @@ sub start_loaders {
         my $count = $n - ($first - 1) < $per ? $n - ($first - 1) : $per;
         last if $count <= 0;
         my $nsrc = ceil($count / 1000);
-        my @cmd = ($LOADAGENT, '--port', $self->port, '--org', $self->{org},
+        my $ports = join ',', map { $self->port($_) }
+                              @{ $o{frontends} // ['fe1'] };
+        my @cmd = ($LOADAGENT, '--port', $ports, '--org', $self->{org},
                    '--key', $self->{sim_key}{key}, '--ca',
                    "$self->{dir}/tls/server.crt", '--prefix',
                    $self->{sim_prefix}, '--first', $first, '--count', $count,
