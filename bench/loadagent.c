@@ -71,6 +71,7 @@ typedef struct {
     uint32_t         index;        /* client name number */
     uint32_t         backoff;      /* seconds of the next backoff window */
     uint32_t         port;         /* index in opt.ports: its front end */
+    uint32_t         refused;      /* front ends that refused in a row */
     int64_t          due;          /* us: when to connect (ST_IDLE) */
     int64_t          started;      /* us: connect start */
     SSL             *ssl;
@@ -335,6 +336,8 @@ new_session(SSL *ssl, SSL_SESSION *session)
 static void
 conn_close(conn_t *c, int failed)
 {
+    int  refused = failed && c->state == ST_CONNECTING;
+
     if (c->state == ST_CONNECTING || c->state == ST_TLS
         || c->state == ST_UPGRADE)
     {
@@ -360,7 +363,18 @@ conn_close(conn_t *c, int failed)
      * front end it cannot reach */
     if (opt.nports > 1) {
         c->port = (c->port + 1 + rnd() % (opt.nports - 1)) % opt.nports;
+
+        /* a front end that refuses the connection is one the balancer
+         * would not have chosen: the next one is tried at once (until
+         * each was tried), not after a backoff */
+        if (refused && c->refused < opt.nports - 1) {
+            c->refused++;
+            c->due = now_us() + (int64_t) (rnd() % 50000);
+            c->state = ST_IDLE;
+            return;
+        }
     }
+    c->refused = 0;
     schedule(c, failed);
 }
 
@@ -408,6 +422,7 @@ conn_start(conn_t *c)
     c->fd = fd;
     c->evmask = 0;
     c->started = now_us();
+    c->state = ST_CONNECTING;      /* in flight, also when refused at once */
     inflight++;
     st.connects++;
 
@@ -418,7 +433,6 @@ conn_start(conn_t *c)
         conn_close(c, 1);
         return;
     }
-    c->state = ST_CONNECTING;
     set_events(c, EPOLLOUT);
 }
 

@@ -132,13 +132,14 @@ sub proc_status {
     return $s =~ /^$field:\s+(\d+)/m ? $1 * 1024 : 0;
 }
 
-sub proc_cpu {        # utime + stime, seconds
-    my ($pid) = @_;
+sub proc_cpu {        # utime + stime, seconds (and the reaped children's)
+    my ($pid, $children) = @_;
     my $s = PushJobs::Stack::slurp("/proc/$pid/stat");
     $s =~ s/^.*\) //s;
     my @f = split ' ', $s;
-    return 0 if @f < 13;          # gone meanwhile (a backend that ended)
-    return ($f[11] + $f[12]) / POSIX::sysconf(POSIX::_SC_CLK_TCK());
+    return 0 if @f < 15;          # gone meanwhile (a backend that ended)
+    return ($f[11] + $f[12] + ($children ? $f[13] + $f[14] : 0))
+           / POSIX::sysconf(POSIX::_SC_CLK_TCK());
 }
 
 sub postgres_pids {
@@ -155,6 +156,16 @@ sub postgres_pids {
     return @p;
 }
 
+# PostgreSQL's CPU: its processes', and that of the backends that ended
+# (the postmaster's reaped children), so that a delta never goes back.
+sub pg_cpu {
+    my ($self) = @_;
+    my ($pm, @rest) = $self->postgres_pids or return 0;
+    my $c = proc_cpu($pm, 1);
+    $c += proc_cpu($_) for @rest;
+    return $c;
+}
+
 # A snapshot: nginx workers' RSS and CPU, postgres CPU, kernel memory.
 sub snapshot {
     my ($self) = @_;
@@ -164,7 +175,7 @@ sub snapshot {
         $s{cpu} += proc_cpu($w);
         $s{workers}++;
     }
-    $s{pgcpu} += proc_cpu($_) for $self->postgres_pids;
+    $s{pgcpu} = $self->pg_cpu;
     $s{chefcpu} = $self->{procs}{chef} ? proc_cpu($self->{procs}{chef}) : 0;
     $s{lacpu} += proc_cpu($_->{pid}) for @{ $self->{loaders} };
     my $mi = PushJobs::Stack::slurp('/proc/meminfo');
