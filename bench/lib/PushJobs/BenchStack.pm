@@ -98,6 +98,11 @@ sub nginx_conf {
     # ulimit -n is 20000 on the bench machine and cannot be raised there
     $conf =~ s/worker_rlimit_nofile \d+;/worker_rlimit_nofile 20000;/;
     $conf =~ s/worker_connections \d+;/worker_connections 19500;/;
+    # TLS 1.3 (nginx 1.22 leaves it out by default): its session tickets
+    # are renewed over a live channel (see omnibus/README.md,
+    # session_tickets), TLS 1.2's end ssl_session_timeout after the
+    # handshake
+    $conf =~ s/(        ssl_session_ticket_key [^\n]*\n)/$1        ssl_protocols TLSv1.2 TLSv1.3;\n/;
     # one cached principal per simulated client (~0.5 KB each)
     my $mb = 4 + ceil($self->{sim} / 1000);
     $conf =~ s/pushjobs_key_zone pushjobs_keys:\d+m/pushjobs_key_zone pushjobs_keys:${mb}m/;
