@@ -10,6 +10,9 @@
  * one RSA key (the bench's Chef API fixture maps each name to it).
  * Connections come from many loopback source addresses (127.0.x.y) so that
  * ephemeral ports never run out, also not with TIME_WAIT after a storm.
+ * With several front ends (--port P1,P2,...) client N starts on front end
+ * N mod K, and a channel that closes or fails comes back through another
+ * front end, as behind a load balancer.
  *
  * The arrival time (CLOCK_MONOTONIC) of every commit frame is recorded per
  * job.  Commands on stdin, answers on stdout (one line each):
@@ -67,6 +70,8 @@ typedef struct {
     int              state;
     uint32_t         index;        /* client name number */
     uint32_t         backoff;      /* seconds of the next backoff window */
+    uint32_t         port;         /* index in opt.ports: its front end */
+    uint32_t         refused;      /* front ends that refused in a row */
     int64_t          due;          /* us: when to connect (ST_IDLE) */
     int64_t          started;      /* us: connect start */
     SSL             *ssl;
@@ -89,9 +94,12 @@ typedef struct {
     size_t           ntimes, cap;
 } job_t;
 
+#define LA_MAX_PORTS     64
+
 static struct {
     const char      *host;
-    int              port;
+    int              ports[LA_MAX_PORTS];  /* front ends, one port each */
+    uint32_t         nports;
     const char      *org;
     const char      *prefix;
     const char      *key_file;
@@ -103,7 +111,7 @@ static struct {
     int              verbose;
     int              no_resume;
 } opt = {
-    "127.0.0.1", 0, "demo", "sim", NULL, NULL, 1, 100, 0, 1, 256, 1.0, 0, 0
+    "127.0.0.1", { 0 }, 0, "demo", "sim", NULL, NULL, 1, 100, 0, 1, 256, 1.0, 0, 0
 };
 
 static EVP_PKEY     *key;
@@ -328,6 +336,8 @@ new_session(SSL *ssl, SSL_SESSION *session)
 static void
 conn_close(conn_t *c, int failed)
 {
+    int  refused = failed && c->state == ST_CONNECTING;
+
     if (c->state == ST_CONNECTING || c->state == ST_TLS
         || c->state == ST_UPGRADE)
     {
@@ -348,6 +358,23 @@ conn_close(conn_t *c, int failed)
     buf_release(&c->out, &c->olen, &c->ocap);
     buf_release(&c->in, &c->ilen, &c->icap);
     st.closes++;
+    /* with several front ends a closed or failed channel comes back
+     * through another one, as behind a load balancer that drops a
+     * front end it cannot reach */
+    if (opt.nports > 1) {
+        c->port = (c->port + 1 + rnd() % (opt.nports - 1)) % opt.nports;
+
+        /* a front end that refuses the connection is one the balancer
+         * would not have chosen: the next one is tried at once (until
+         * each was tried), not after a backoff */
+        if (refused && c->refused < opt.nports - 1) {
+            c->refused++;
+            c->due = now_us() + (int64_t) (rnd() % 50000);
+            c->state = ST_IDLE;
+            return;
+        }
+    }
+    c->refused = 0;
     schedule(c, failed);
 }
 
@@ -389,12 +416,13 @@ conn_start(conn_t *c)
 
     memset(&sa, 0, sizeof(sa));
     sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t) opt.port);
+    sa.sin_port = htons((uint16_t) opt.ports[c->port]);
     inet_pton(AF_INET, opt.host, &sa.sin_addr);
 
     c->fd = fd;
     c->evmask = 0;
     c->started = now_us();
+    c->state = ST_CONNECTING;      /* in flight, also when refused at once */
     inflight++;
     st.connects++;
 
@@ -405,7 +433,6 @@ conn_start(conn_t *c)
         conn_close(c, 1);
         return;
     }
-    c->state = ST_CONNECTING;
     set_events(c, EPOLLOUT);
 }
 
@@ -700,7 +727,7 @@ send_upgrade(conn_t *c)
                  "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                  "Sec-WebSocket-Version: 13\r\n"
                  "X-Pushjobs-Agent: pushjobs-loadagent/0.1\r\n",
-                 ws_path, opt.host, opt.port, k64);
+                 ws_path, opt.host, opt.ports[c->port], k64);
     buf_add(&c->out, &c->olen, &c->ocap, req, (size_t) n);
     if (sign_headers(c, name) != 0) {
         die("cannot sign");
@@ -1000,11 +1027,39 @@ command(char *line)
 }
 
 
+/*
+ * --port P1,P2,...: one port per front end; client N starts on front end
+ * N mod K and moves to another after each close.
+ */
+
+static void
+ports_parse(const char *arg)
+{
+    char  *end;
+    long   v;
+
+    for ( ;; ) {
+        v = strtol(arg, &end, 10);
+        if (end == arg || v <= 0 || v > 65535 || opt.nports == LA_MAX_PORTS
+            || (*end != ',' && *end != '\0'))
+        {
+            die("bad --port %s", arg);
+        }
+        opt.ports[opt.nports++] = (int) v;
+        if (*end == '\0') {
+            return;
+        }
+        arg = end + 1;
+    }
+}
+
+
 static void
 usage(void)
 {
     fprintf(stderr,
-        "usage: pushjobs-loadagent --port PORT --key PEM [--host 127.0.0.1]\n"
+        "usage: pushjobs-loadagent --port PORT[,PORT...] --key PEM\n"
+        "         [--host 127.0.0.1]\n"
         "         [--org demo] [--prefix sim] [--first 1] [--count 100]\n"
         "         [--src-first 0] [--src-count 1] [--inflight 256]\n"
         "         [--backoff 1.0] [--ca CRT] [--no-resume] [-v]\n");
@@ -1038,7 +1093,7 @@ main(int argc, char **argv)
     while ((ch = getopt_long(argc, argv, "v", lo, NULL)) != -1) {
         switch (ch) {
         case 'h': opt.host = optarg; break;
-        case 'p': opt.port = atoi(optarg); break;
+        case 'p': ports_parse(optarg); break;
         case 'o': opt.org = optarg; break;
         case 'P': opt.prefix = optarg; break;
         case 'k': opt.key_file = optarg; break;
@@ -1055,7 +1110,7 @@ main(int argc, char **argv)
         default: usage();
         }
     }
-    if (opt.port == 0 || opt.key_file == NULL || opt.count == 0
+    if (opt.nports == 0 || opt.key_file == NULL || opt.count == 0
         || opt.src_count == 0 || opt.inflight_max == 0)
     {
         usage();
@@ -1114,6 +1169,7 @@ main(int argc, char **argv)
     for (k = 0; k < opt.count; k++) {
         conns[k].fd = -1;
         conns[k].index = opt.first + k;
+        conns[k].port = conns[k].index % opt.nports;
         conns[k].state = ST_IDLE;
         conns[k].due = t;
     }

@@ -48,6 +48,9 @@ typedef struct {
     /* the HTTP/1.x connection write handler, given back if a release fails */
     ngx_event_handler_pt        http_write;
 
+    /* when the agent was last given a TLS session ticket */
+    time_t                      ticket_at;
+
     unsigned                    alive:1;
     unsigned                    accepting:1;
 } ngx_pushjobs_ws_chan_t;
@@ -58,6 +61,7 @@ static ngx_int_t ngx_pushjobs_ws_chan_send(ngx_pushjobs_chan_t *ch,
 static void ngx_pushjobs_ws_chan_close(ngx_pushjobs_chan_t *ch,
     ngx_uint_t code);
 static ngx_int_t ngx_pushjobs_ws_chan_tick(ngx_pushjobs_chan_t *ch);
+static void ngx_pushjobs_ws_chan_ticket(ngx_pushjobs_ws_chan_t *ws);
 static void ngx_pushjobs_ws_chan_free(ngx_pushjobs_chan_t *ch);
 static void ngx_pushjobs_ws_chan_resume(ngx_pushjobs_chan_t *ch);
 static void ngx_pushjobs_ws_chan_cleanup(void *data);
@@ -152,6 +156,9 @@ ngx_pushjobs_agent_accept(ngx_http_request_t *r, ngx_str_t *org,
     }
 
     ngx_memzero(ws, sizeof(ngx_pushjobs_ws_chan_t));
+
+    /* the handshake's ticket, if any */
+    ws->ticket_at = ngx_time();
 
     a = ngx_pushjobs_agent_create(org, node, c->log);
     if (a == NULL) {
@@ -386,9 +393,63 @@ ngx_pushjobs_ws_chan_tick(ngx_pushjobs_chan_t *ch)
 
     ws->alive = 0;
 
+    ngx_pushjobs_ws_chan_ticket(ws);
+
     ngx_pushjobs_agent_send(a, ngx_pushjobs_worker->ws_ping);
 
     return NGX_OK;
+}
+
+
+/*
+ * A TLS 1.3 session ticket is good for ssl_session_timeout (5 minutes by
+ * default) from when it was issued, and a channel lives for days: the
+ * ticket of its handshake would be long expired when a restart or a move
+ * to another front end makes the agent reconnect, and every agent would
+ * make a full handshake at once.  So once half of that time has passed the
+ * channel is issued a new ticket, which goes out before the ping that
+ * follows (both agents keep the last ticket they got).  About 200 bytes
+ * and one ticket encryption per agent per half timeout.
+ */
+
+static void
+ngx_pushjobs_ws_chan_ticket(ngx_pushjobs_ws_chan_t *ws)
+{
+#if (NGX_HTTP_SSL && defined TLS1_3_VERSION)
+    SSL         *ssl;
+    time_t       now;
+    long         timeout;
+    SSL_SESSION *sess;
+
+    if (ws->connection == NULL || ws->connection->ssl == NULL) {
+        return;
+    }
+
+    ssl = ws->connection->ssl->connection;
+
+    if (SSL_version(ssl) != TLS1_3_VERSION
+        || (SSL_get_options(ssl) & SSL_OP_NO_TICKET))
+    {
+        return;
+    }
+
+    sess = SSL_get0_session(ssl);
+    timeout = sess ? SSL_SESSION_get_timeout(sess)
+                   : SSL_CTX_get_timeout(SSL_get_SSL_CTX(ssl));
+    now = ngx_time();
+
+    if (timeout <= 0 || now - ws->ticket_at < timeout / 2) {
+        return;
+    }
+
+    /* the ticket is written now (a full socket keeps it for the next
+     * write); a failure costs only the fresh ticket */
+    if (SSL_new_session_ticket(ssl) == 1 && SSL_do_handshake(ssl) <= 0) {
+        ERR_clear_error();
+    }
+
+    ws->ticket_at = now;
+#endif
 }
 
 

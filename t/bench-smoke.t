@@ -3,7 +3,8 @@
 # with -Wall -Wextra -Werror, 100 simulated agents (one shared key, the real
 # channel over TLS with Chef signatures) connect, a job across all of them
 # completes, every one saw its commit, and they all come back after an
-# nginx restart.  The stream benchmark's command (bench/flood.c) builds the
+# nginx restart; spread over two front ends, the clients of one that is
+# killed come back through the other.  The stream benchmark's command (bench/flood.c) builds the
 # same way and writes its stamped lines.  No timing assertions.
 
 use strict;
@@ -73,6 +74,33 @@ ok PushJobs::Stack::wait_for(20, sub {
     my $s = $stack->loader_stats;
     $s->{welcomes} - $before->{welcomes} >= $N && $s->{welcomed} >= $N;
 }, 0.2), 'all reconnect after an nginx restart';
+
+# two front ends (bench/run scaleout): the clients are spread over both,
+# and when one dies they come back through the other
+sub conns_to {
+    my ($fe) = @_;
+    my $port = $stack->port($fe);
+    # the load agents connect from 127.0.x.y, y >= 2 (not the tests' HTTP
+    # client's 127.0.0.1)
+    return scalar(grep { !/\s127\.0\.0\.1:\d+\s*$/ }
+                  `ss -Htn state established sport = :$port`);
+}
+$stack->stop_loaders;
+$stack->start_nginx('fe2');
+$stack->start_loaders(2, inflight => 32, frontends => ['fe1', 'fe2']);
+ok $stack->wait_welcomed($N, 20), 'with two front ends: all connected';
+is conns_to('fe2'), $N / 2, '  half of them to fe2';
+is conns_to('fe1'), $N / 2, '  half to fe1';
+
+$before = $stack->loader_stats;
+my $fe2 = delete $stack->{procs}{'nginx:fe2'};
+kill 'KILL', -$fe2;
+waitpid $fe2, 0;
+ok PushJobs::Stack::wait_for(30, sub {
+    my $s = $stack->loader_stats;
+    $s->{welcomes} - $before->{welcomes} >= $N / 2 && $s->{welcomed} >= $N;
+}, 0.2), 'fe2 killed: its clients came back through fe1';
+is conns_to('fe1'), $N, '  all on fe1 now';
 
 is_deeply [ $stack->alerts ], [], 'no alerts in the error log';
 $stack->stop;

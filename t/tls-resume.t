@@ -2,7 +2,9 @@
 # reconnect storm after a restart costs nginx no private key operation per
 # agent): it keeps the server's last session ticket; the front ends share
 # the ticket key (ssl_session_ticket_key, as the add-on writes it), so the
-# session survives an nginx restart and a reload.  Checked from nginx's side: $ssl_session_reused of each channel's
+# session survives an nginx restart and a reload; a connected agent is
+# given fresh tickets, so that it resumes also long after its handshake.
+# Checked from nginx's side: $ssl_session_reused of each channel's
 # upgrade request in an access log of its own.
 
 use strict;
@@ -16,7 +18,8 @@ use PushJobs::Stack;
 
 my $stack = PushJobs::Stack->new(agents => 1, workers => 2,
     nginx_extra => q{log_format resume '$ssl_session_reused $request_uri'; }
-                   . 'pushjobs_ping_interval 2s;');
+                   . 'pushjobs_ping_interval 2s; ssl_session_timeout 4s; '
+                   . 'ssl_protocols TLSv1.2 TLSv1.3;');
 $stack->{fe}{fe1}{server_extra} =
     "access_log @{[ $stack->dir ]}/fe1/resume.log resume;";
 $stack->start;
@@ -64,5 +67,21 @@ my $id = $stack->start_job({ command => 'true', nodes => ['node1'] });
 is $stack->wait_job($id, 30)->{status}, 'complete',
     'a job runs over the resumed channel';
 
+# A ticket is good for ssl_session_timeout (4 s here) from when it was
+# issued, and a channel lives far longer: the server gives a connected
+# agent a new ticket once half of that time has passed (with a ping), so
+# that its reconnect long after its handshake still resumes.  Waiting is
+# the test: twice the timeout, so the reload's ticket above has expired.
+my $since = time;
+PushJobs::Stack::wait_for(20, sub { time - $since >= 9 }, 0.5);
+$n = () = upgrades();
+$stack->stop_nginx('fe1');
+start_fe('fe1');
+ok PushJobs::Stack::wait_for(30, sub { upgrades() > $n }, 0.1),
+    'restarted twice the session timeout after the last handshake';
+is +(upgrades())[-1], 'r',
+    '  resumed all the same: the channel was given fresh tickets';
+
+is_deeply [ $stack->alerts ], [], 'no [alert] or [emerg] in error.log';
 $stack->stop;
 done_testing;

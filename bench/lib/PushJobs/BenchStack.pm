@@ -98,6 +98,11 @@ sub nginx_conf {
     # ulimit -n is 20000 on the bench machine and cannot be raised there
     $conf =~ s/worker_rlimit_nofile \d+;/worker_rlimit_nofile 20000;/;
     $conf =~ s/worker_connections \d+;/worker_connections 19500;/;
+    # TLS 1.3 (nginx 1.22 leaves it out by default): its session tickets
+    # are renewed over a live channel (see omnibus/README.md,
+    # session_tickets), TLS 1.2's end ssl_session_timeout after the
+    # handshake
+    $conf =~ s/(        ssl_session_ticket_key [^\n]*\n)/$1        ssl_protocols TLSv1.2 TLSv1.3;\n/;
     # one cached principal per simulated client (~0.5 KB each)
     my $mb = 4 + ceil($self->{sim} / 1000);
     $conf =~ s/pushjobs_key_zone pushjobs_keys:\d+m/pushjobs_key_zone pushjobs_keys:${mb}m/;
@@ -132,13 +137,14 @@ sub proc_status {
     return $s =~ /^$field:\s+(\d+)/m ? $1 * 1024 : 0;
 }
 
-sub proc_cpu {        # utime + stime, seconds
-    my ($pid) = @_;
+sub proc_cpu {        # utime + stime, seconds (and the reaped children's)
+    my ($pid, $children) = @_;
     my $s = PushJobs::Stack::slurp("/proc/$pid/stat");
     $s =~ s/^.*\) //s;
     my @f = split ' ', $s;
-    return 0 if @f < 13;          # gone meanwhile (a backend that ended)
-    return ($f[11] + $f[12]) / POSIX::sysconf(POSIX::_SC_CLK_TCK());
+    return 0 if @f < 15;          # gone meanwhile (a backend that ended)
+    return ($f[11] + $f[12] + ($children ? $f[13] + $f[14] : 0))
+           / POSIX::sysconf(POSIX::_SC_CLK_TCK());
 }
 
 sub postgres_pids {
@@ -155,6 +161,16 @@ sub postgres_pids {
     return @p;
 }
 
+# PostgreSQL's CPU: its processes', and that of the backends that ended
+# (the postmaster's reaped children), so that a delta never goes back.
+sub pg_cpu {
+    my ($self) = @_;
+    my ($pm, @rest) = $self->postgres_pids or return 0;
+    my $c = proc_cpu($pm, 1);
+    $c += proc_cpu($_) for @rest;
+    return $c;
+}
+
 # A snapshot: nginx workers' RSS and CPU, postgres CPU, kernel memory.
 sub snapshot {
     my ($self) = @_;
@@ -164,7 +180,7 @@ sub snapshot {
         $s{cpu} += proc_cpu($w);
         $s{workers}++;
     }
-    $s{pgcpu} += proc_cpu($_) for $self->postgres_pids;
+    $s{pgcpu} = $self->pg_cpu;
     $s{chefcpu} = $self->{procs}{chef} ? proc_cpu($self->{procs}{chef}) : 0;
     $s{lacpu} += proc_cpu($_->{pid}) for @{ $self->{loaders} };
     my $mi = PushJobs::Stack::slurp('/proc/meminfo');
@@ -180,6 +196,9 @@ sub snapshot {
 
 # start_loaders(PROCS): PROCS load agent processes sharing the simulated
 # clients; each uses its own loopback source addresses (one per 1000).
+# frontends => [fe1, fe2, ...]: each process spreads its clients over
+# those front ends (client N on the (N mod K)th), and a closed channel
+# comes back through another one.
 sub start_loaders {
     my ($self, $procs, %o) = @_;
     my $n = $self->{sim};
@@ -192,7 +211,9 @@ sub start_loaders {
         my $count = $n - ($first - 1) < $per ? $n - ($first - 1) : $per;
         last if $count <= 0;
         my $nsrc = ceil($count / 1000);
-        my @cmd = ($LOADAGENT, '--port', $self->port, '--org', $self->{org},
+        my $ports = join ',', map { $self->port($_) }
+                              @{ $o{frontends} // ['fe1'] };
+        my @cmd = ($LOADAGENT, '--port', $ports, '--org', $self->{org},
                    '--key', $self->{sim_key}{key}, '--ca',
                    "$self->{dir}/tls/server.crt", '--prefix',
                    $self->{sim_prefix}, '--first', $first, '--count', $count,
