@@ -46,6 +46,8 @@
 #define NGX_PUSHJOBS_AUTHZ_STEP_STORED     3
 
 
+static ngx_uint_t ngx_pushjobs_authz_chef_credit(ngx_http_request_t *r,
+    ngx_uint_t force);
 static ngx_int_t ngx_pushjobs_authz_fetch_stored(ngx_http_request_t *r,
     ngx_pushjobs_authz_t *ctx);
 static void ngx_pushjobs_authz_stored_done(void *data, PGresult *res);
@@ -157,6 +159,19 @@ ngx_pushjobs_authz_resume(ngx_http_request_t *r, ngx_pushjobs_authz_t *ctx)
     }
 
     if (ctx->step == NGX_PUSHJOBS_AUTHZ_STEP_STORED && !ctx->from_store) {
+
+        if (!ngx_pushjobs_authz_chef_credit(r, ctx->stored_stale.len == 0)) {
+            /* a storm: the stale key stands in, the Chef server is spared */
+            ngx_pushjobs_metrics_add(NGX_PUSHJOBS_C_KEY_SPARED, 1);
+
+            ctx->sr_status = NGX_HTTP_OK;
+            ctx->sr_body = ctx->stored_stale;
+            ctx->stored_age = ctx->stored_stale_age;
+            ctx->from_store = 1;
+
+            return ngx_pushjobs_authz_principal_result(r, ctx);
+        }
+
         /* PostgreSQL has none (or could not say): the Chef server */
         return ngx_pushjobs_authz_fetch_principal(r, ctx);
     }
@@ -166,19 +181,73 @@ ngx_pushjobs_authz_resume(ngx_http_request_t *r, ngx_pushjobs_authz_t *ctx)
 
 
 /*
+ * Whether the worker may ask the Chef server for a key now: a token bucket
+ * of keys_rate, a second's worth deep, empty when the worker starts (a
+ * restart is when the storm comes).  Without a stale key to stand in
+ * (force) the Chef server is asked anyway, and the request still counts.
+ */
+
+static ngx_uint_t
+ngx_pushjobs_authz_chef_credit(ngx_http_request_t *r, ngx_uint_t force)
+{
+    uint64_t                   depth, earned;
+    ngx_msec_t                 elapsed;
+    ngx_pushjobs_main_conf_t  *pmcf;
+
+    static uint64_t            credit;      /* in millionths of a request */
+    static ngx_msec_t          last;
+    static ngx_uint_t          started;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
+    if (!started) {
+        started = 1;
+        last = ngx_current_msec;
+    }
+
+    elapsed = ngx_current_msec - last;
+    last = ngx_current_msec;
+
+    /* keys_rate is in thousandths of a request per second */
+    depth = ngx_max((uint64_t) pmcf->keys_rate * 1000, 1000000);
+    earned = (uint64_t) ngx_min(elapsed, 1000) * pmcf->keys_rate;
+
+    credit = ngx_min(credit + earned, depth);
+
+    if (credit >= 1000000) {
+        credit -= 1000000;
+        return 1;
+    }
+
+    if (force) {
+        credit = 0;
+        return 1;
+    }
+
+    return 0;
+}
+
+
+/*
  * A key the front end's cache does not have: first what PostgreSQL keeps
  * of the Chef server's answers (any front end stored it, within the
  * cache's time to live), so that an empty cache (a restart) does not send
  * every agent's request to the Chef server.  Resumed through the caller's
  * resume handler, like a subrequest.
+ *
+ * A key past its ttl, within keys_stale, comes back too: it stands in when
+ * the Chef server cannot be asked (stale-if-error) and when this worker
+ * has already asked it for keys at pushjobs_key_zone's rate (a restart
+ * storm of agents connected for longer than the ttl).  As with a cached
+ * key, a signature that does not verify with it asks the Chef server.
  */
 
 static ngx_int_t
 ngx_pushjobs_authz_fetch_stored(ngx_http_request_t *r,
     ngx_pushjobs_authz_t *ctx)
 {
-    u_char                     buf[NGX_TIME_T_LEN];
-    ngx_str_t                  params[3];
+    u_char                     buf[NGX_TIME_T_LEN], stale[NGX_TIME_T_LEN];
+    ngx_str_t                  params[4];
     ngx_http_cleanup_t        *cln;
     ngx_pushjobs_main_conf_t  *pmcf;
 
@@ -199,11 +268,13 @@ ngx_pushjobs_authz_fetch_stored(ngx_http_request_t *r,
     params[1] = ctx->auth.user_id;
     params[2].data = buf;
     params[2].len = ngx_sprintf(buf, "%T", pmcf->keys_ttl) - buf;
+    params[3].data = stale;
+    params[3].len = ngx_sprintf(stale, "%T", pmcf->keys_stale) - stale;
 
-    ctx->stored_query = ngx_pushjobs_pg_query("SELECT status, body FROM"
+    ctx->stored_query = ngx_pushjobs_pg_query("SELECT status, body, age FROM"
                                               " pushjobs.principal_get("
-                                              "$1, $2, $3)",
-                                              3, params,
+                                              "$1, $2, $3, $4)",
+                                              4, params,
                                               ngx_pushjobs_authz_stored_done,
                                               ctx);
 
@@ -223,31 +294,47 @@ ngx_pushjobs_authz_stored_done(void *data, PGresult *res)
 {
     ngx_pushjobs_authz_t *ctx = data;
 
-    ngx_int_t            status;
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
+    time_t                     age;
+    ngx_int_t                  status;
+    ngx_str_t                  body;
+    ngx_connection_t          *c;
+    ngx_http_request_t        *r;
+    ngx_pushjobs_main_conf_t  *pmcf;
 
     r = ctx->request;
     c = r->connection;
 
+    pmcf = ngx_http_get_module_main_conf(r, ngx_pushjobs_module);
+
     ctx->stored_query = NULL;
     ctx->from_store = 0;
 
-    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
+        && PQnfields(res) == 3)
     {
         status = ngx_atoi((u_char *) PQgetvalue(res, 0, 0),
                           PQgetlength(res, 0, 0));
+        age = ngx_atotm((u_char *) PQgetvalue(res, 0, 2),
+                        PQgetlength(res, 0, 2));
 
-        ctx->sr_body.len = PQgetlength(res, 0, 1);
-        ctx->sr_body.data = ngx_pnalloc(r->pool, ctx->sr_body.len + 1);
+        body.len = PQgetlength(res, 0, 1);
+        body.data = ngx_pnalloc(r->pool, body.len + 1);
 
-        if (ctx->sr_body.data
+        if (body.data && age != NGX_ERROR
             && (status == NGX_HTTP_OK || status == NGX_HTTP_NOT_FOUND))
         {
-            ngx_memcpy(ctx->sr_body.data, PQgetvalue(res, 0, 1),
-                       ctx->sr_body.len);
-            ctx->sr_status = status;
-            ctx->from_store = 1;
+            ngx_memcpy(body.data, PQgetvalue(res, 0, 1), body.len);
+
+            if (age < pmcf->keys_ttl) {
+                ctx->sr_body = body;
+                ctx->sr_status = status;
+                ctx->stored_age = age;
+                ctx->from_store = 1;
+
+            } else if (status == NGX_HTTP_OK) {
+                ctx->stored_stale = body;
+                ctx->stored_stale_age = age;
+            }
         }
     }
 
@@ -675,6 +762,18 @@ ngx_pushjobs_authz_principal_failed(ngx_http_request_t *r,
                                       &ctx->org, &ctx->auth.user_id,
                                       &ctx->principals);
 
+        if (rc == NGX_DECLINED && ctx->stored_stale.len) {
+            /* not in this front end's cache, but PostgreSQL has it */
+            rc = ngx_pushjobs_keys_store(r, pmcf->keys_zone, &ctx->org,
+                                         &ctx->auth.user_id,
+                                         &ctx->stored_stale, NGX_HTTP_OK,
+                                         ctx->stored_stale_age,
+                                         &ctx->principals);
+            if (rc != NGX_OK) {
+                rc = NGX_DECLINED;
+            }
+        }
+
         if (rc == NGX_OK) {
             ctx->cached = 1;
             ctx->refetched = 1;
@@ -714,7 +813,9 @@ ngx_pushjobs_authz_principal_result(ngx_http_request_t *r,
 
     rc = ngx_pushjobs_keys_store(r, pmcf->keys_zone, &ctx->org,
                                  &ctx->auth.user_id, &ctx->sr_body,
-                                 ctx->sr_status, &ctx->principals);
+                                 ctx->sr_status,
+                                 ctx->from_store ? ctx->stored_age : 0,
+                                 &ctx->principals);
 
     if (rc != NGX_OK && ctx->from_store) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,

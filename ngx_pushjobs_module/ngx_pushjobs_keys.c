@@ -104,7 +104,7 @@ static ngx_int_t ngx_pushjobs_keys_der(const u_char **p, const u_char *end,
 static int ngx_pushjobs_keys_encode(EVP_PKEY *key, u_char **out);
 static EVP_PKEY *ngx_pushjobs_keys_rsa(OSSL_PARAM *params);
 static EVP_PKEY *ngx_pushjobs_keys_decode(const u_char *p, size_t len);
-static void ngx_pushjobs_keys_save(ngx_http_request_t *r,
+static void ngx_pushjobs_keys_save(ngx_http_request_t *r, time_t age,
     ngx_shm_zone_t *zone, ngx_str_t *key, ngx_pushjobs_principals_t *out);
 
 
@@ -360,7 +360,7 @@ ngx_pushjobs_keys_lookup(ngx_http_request_t *r, ngx_shm_zone_t *zone,
 ngx_int_t
 ngx_pushjobs_keys_store(ngx_http_request_t *r, ngx_shm_zone_t *zone,
     ngx_str_t *org, ngx_str_t *name, ngx_str_t *response, ngx_uint_t status,
-    ngx_pushjobs_principals_t *out)
+    time_t age, ngx_pushjobs_principals_t *out)
 {
     ngx_int_t                     rc;
     ngx_str_t                     key;
@@ -388,7 +388,7 @@ ngx_pushjobs_keys_store(ngx_http_request_t *r, ngx_shm_zone_t *zone,
         return NGX_ERROR;
     }
 
-    ngx_pushjobs_keys_save(r, zone, &key, out);
+    ngx_pushjobs_keys_save(r, age, zone, &key, out);
 
     return NGX_OK;
 }
@@ -848,11 +848,14 @@ done:
 }
 
 
-/* Replaces the entry of key with what out holds; failures only logged. */
+/*
+ * Replaces the entry of key with what out holds, an answer the Chef server
+ * gave age seconds ago; failures only logged.
+ */
 
 static void
-ngx_pushjobs_keys_save(ngx_http_request_t *r, ngx_shm_zone_t *zone,
-    ngx_str_t *key, ngx_pushjobs_principals_t *out)
+ngx_pushjobs_keys_save(ngx_http_request_t *r, time_t age,
+    ngx_shm_zone_t *zone, ngx_str_t *key, ngx_pushjobs_principals_t *out)
 {
     int                           n;
     u_char                       *stored[NGX_PUSHJOBS_MAX_PRINCIPALS], *p;
@@ -876,7 +879,7 @@ ngx_pushjobs_keys_save(ngx_http_request_t *r, ngx_shm_zone_t *zone,
         keep = ttl;
     }
 
-    if (ttl <= 0 || key->len > 0xffff) {
+    if (ttl <= 0 || age >= keep || key->len > 0xffff) {
         return;
     }
 
@@ -907,7 +910,9 @@ ngx_pushjobs_keys_save(ngx_http_request_t *r, ngx_shm_zone_t *zone,
 
     ctx = zone->data;
     hash = ngx_crc32_short(key->data, key->len);
-    now = ngx_time();
+
+    /* the answer's times count from when the Chef server gave it */
+    now = ngx_time() - age;
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 

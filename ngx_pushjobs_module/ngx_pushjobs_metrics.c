@@ -720,6 +720,12 @@ static ngx_pushjobs_metric_t  ngx_pushjobs_metrics_table[] = {
       "server's answers, without asking the Chef server.",
       NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_KEY_STORED, NULL, NULL },
 
+    { "pushjobs_key_store_stale_total", "counter",
+      "Keys past their time to live, within the stale time, taken from "
+      "PostgreSQL because the worker had asked the Chef server for keys "
+      "at its rate (pushjobs_key_zone rate=) already: a restart storm.",
+      NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_KEY_SPARED, NULL, NULL },
+
     { "pushjobs_chef_requests_total", "counter",
       "Requests to the Chef server API (principals, groups), by result.",
       NGX_PUSHJOBS_M_COUNTER, NGX_PUSHJOBS_C_CHEF,

@@ -96,7 +96,7 @@ static ngx_command_t  ngx_pushjobs_commands[] = {
       &ngx_pushjobs_pool_bounds },
 
     { ngx_string("pushjobs_key_zone"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE123,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_pushjobs_key_zone,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
@@ -318,6 +318,7 @@ ngx_pushjobs_create_main_conf(ngx_conf_t *cf)
     pmcf->pool_size = NGX_CONF_UNSET_UINT;
     pmcf->keys_ttl = NGX_CONF_UNSET;
     pmcf->keys_stale = NGX_CONF_UNSET;
+    pmcf->keys_rate = NGX_CONF_UNSET_UINT;
     pmcf->chef_timeout = NGX_CONF_UNSET_MSEC;
     pmcf->voting_timeout = NGX_CONF_UNSET_MSEC;
     pmcf->default_run_timeout = NGX_CONF_UNSET;
@@ -348,6 +349,7 @@ ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(pmcf->pool_size, 4);
     ngx_conf_init_value(pmcf->keys_ttl, 300);
     ngx_conf_init_value(pmcf->keys_stale, 3600);
+    ngx_conf_init_uint_value(pmcf->keys_rate, 10000);
     ngx_conf_init_msec_value(pmcf->chef_timeout, 5000);
     ngx_conf_init_msec_value(pmcf->voting_timeout, 60000);
     ngx_conf_init_value(pmcf->default_run_timeout, 3600);
@@ -706,7 +708,7 @@ ngx_pushjobs_conf_set_retention(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
-/* pushjobs_key_zone name:size [ttl=time] [stale=time]; */
+/* pushjobs_key_zone name:size [ttl=time] [stale=time] [rate=Nr/s|Nr/m]; */
 
 static char *
 ngx_pushjobs_key_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -716,6 +718,7 @@ ngx_pushjobs_key_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     u_char      *p;
     time_t       ttl;
     ssize_t      size;
+    ngx_int_t    rate, scale;
     ngx_str_t   *value, name, s;
     ngx_uint_t   i;
 
@@ -784,6 +787,41 @@ ngx_pushjobs_key_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             pmcf->keys_stale = ttl;
+            continue;
+        }
+
+        /*
+         * how many keys a second (or minute) a worker asks of the Chef
+         * server when PostgreSQL has a stale one that can stand in
+         */
+
+        if (ngx_strncmp(value[i].data, "rate=", 5) == 0) {
+            s.data = value[i].data + 5;
+            s.len = value[i].len - 5;
+
+            if (s.len > 3
+                && ngx_strncmp(s.data + s.len - 3, "r/s", 3) == 0)
+            {
+                scale = 1;
+
+            } else if (s.len > 3
+                       && ngx_strncmp(s.data + s.len - 3, "r/m", 3) == 0)
+            {
+                scale = 60;
+
+            } else {
+                scale = 0;
+            }
+
+            rate = scale ? ngx_atoi(s.data, s.len - 3) : NGX_ERROR;
+
+            if (rate == NGX_ERROR || rate > 1000000) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid rate \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            pmcf->keys_rate = rate * 1000 / scale;
             continue;
         }
 

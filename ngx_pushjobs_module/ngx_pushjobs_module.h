@@ -115,6 +115,7 @@ typedef struct {
     ngx_shm_zone_t             *metrics_zone;
     time_t                      keys_ttl;
     time_t                      keys_stale;
+    ngx_uint_t                  keys_rate;      /* per 1000 s, per worker */
 
     ngx_str_t                   chef_location;
     ngx_msec_t                  chef_timeout;
@@ -240,6 +241,9 @@ typedef struct {
 
     /* the principal as PostgreSQL keeps it (pushjobs.principals) */
     ngx_pushjobs_pg_query_t    *stored_query;
+    time_t                      stored_age;
+    ngx_str_t                   stored_stale;   /* a key past its ttl */
+    time_t                      stored_stale_age;
     unsigned                    stored_cleanup:1;
     unsigned                    from_store:1;
 
@@ -541,7 +545,8 @@ struct ngx_pushjobs_worker_s {
 #define NGX_PUSHJOBS_C_KEY_MISSES      (NGX_PUSHJOBS_C_KEY_HITS + 1)
 #define NGX_PUSHJOBS_C_KEY_EVICTIONS   (NGX_PUSHJOBS_C_KEY_MISSES + 1)
 #define NGX_PUSHJOBS_C_KEY_STORED      (NGX_PUSHJOBS_C_KEY_EVICTIONS + 1)
-#define NGX_PUSHJOBS_C_CHEF            (NGX_PUSHJOBS_C_KEY_STORED + 1)
+#define NGX_PUSHJOBS_C_KEY_SPARED      (NGX_PUSHJOBS_C_KEY_STORED + 1)
+#define NGX_PUSHJOBS_C_CHEF            (NGX_PUSHJOBS_C_KEY_SPARED + 1)
                                            /* + 0 ok, 1 error, 2 timeout */
 
 #define NGX_PUSHJOBS_C_AGENT_MSG       (NGX_PUSHJOBS_C_CHEF + 3)
@@ -647,7 +652,7 @@ ngx_int_t ngx_pushjobs_keys_lookup(ngx_http_request_t *r,
     ngx_str_t *name, ngx_pushjobs_principals_t *out);
 ngx_int_t ngx_pushjobs_keys_store(ngx_http_request_t *r, ngx_shm_zone_t *zone,
     ngx_str_t *org, ngx_str_t *name, ngx_str_t *response, ngx_uint_t status,
-    ngx_pushjobs_principals_t *out);
+    time_t age, ngx_pushjobs_principals_t *out);
 void ngx_pushjobs_keys_forget(ngx_shm_zone_t *zone, ngx_str_t *org,
     ngx_str_t *name);
 EVP_PKEY *ngx_pushjobs_keys_pem(ngx_log_t *log, ngx_str_t *pem);

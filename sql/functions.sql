@@ -2472,6 +2472,25 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 
+-- A principal's stored answer with its age in seconds: any answer younger
+-- than the key cache's time to live, and a key (never a 404) up to
+-- p_stale_s past it, which a front end uses only when the Chef server
+-- cannot be asked or it has asked it for keys at its rate already.
+CREATE OR REPLACE FUNCTION pushjobs.principal_get(p_org text, p_name text,
+    p_ttl_s integer, p_stale_s integer)
+RETURNS TABLE (status integer, body text, age bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT p.status, p.body,
+           floor(extract(epoch FROM now() - p.fetched_at))::bigint
+      FROM pushjobs.principals p
+     WHERE p.org = p_org AND p.name = p_name
+       AND (p.fetched_at > now() - p_ttl_s * interval '1 second'
+            OR (p.status = 200
+                AND p.fetched_at > now() - (p_ttl_s + p_stale_s)
+                                           * interval '1 second'))
+$$;
+
+
 -- The Chef server's answer for a principal, stored (replacing the last).
 CREATE OR REPLACE FUNCTION pushjobs.principal_put(p_org text, p_name text,
     p_status integer, p_body text)

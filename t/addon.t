@@ -138,6 +138,7 @@ voting_timeout 30
 max_output_size "128k"
 db_pool_size 2
 pushjobs['key_cache_size'] = "2m"
+key_chef_rate "20r/s"
 EOF
 
 # File list with modes and checksums of the configuration parts of the
@@ -256,8 +257,8 @@ like slurp($up), qr/^pushjobs_voting_timeout 30s;$/m, 'voting_timeout mapped';
 like slurp($up), qr/^pushjobs_max_output_size 128k;$/m,
     'max_output_size mapped';
 like slurp($up), qr/^pushjobs_postgres_pool 2;$/m, 'db_pool_size mapped';
-like slurp($up), qr/^pushjobs_key_zone pushjobs_keys:2m;$/m,
-    'key_cache_size mapped';
+like slurp($up), qr{^pushjobs_key_zone pushjobs_keys:2m rate=20r/s;$}m,
+    'key_cache_size and key_chef_rate mapped';
 like slurp($up), qr{^pushjobs_chef_key \Q$root\E/etc/opscode/pivotal\.pem;$}m,
     'the Chef superuser key';
 like slurp("$pj/pushjobs_main.conf"), qr/^load_module \Q$module\E;$/m,

@@ -3,8 +3,10 @@
 # cache is empty (nginx restarted) authenticates agents and users from
 # what any front end stored, with the Chef API down; a stored key that
 # no longer verifies (the key was rotated in Chef) is asked of the Chef
-# server again, and the store updated; past the cache's ttl a stored
-# answer is not used.
+# server again, and the store updated; a key past the cache's ttl (within
+# the stale time) stands in when the worker has asked the Chef server for
+# keys at its rate already (a restart storm of agents connected for longer
+# than the ttl), and else is not used.
 
 use strict;
 use warnings;
@@ -15,7 +17,10 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use PushJobs::Stack;
 
+# rate=1r/m: a worker earns its first Chef key request a minute after it
+# starts, so that every stale key below stands in
 my $stack = PushJobs::Stack->new(agents => 2, workers => 2,
+    key_zone => 'ttl=300s rate=1r/m',
     nginx_extra => 'pushjobs_chef_timeout 2s;');
 $stack->start;
 
@@ -83,6 +88,38 @@ ok PushJobs::Stack::wait_for(10, sub {
                     . " WHERE org = '$org' AND name = 'node2'");
 }, 0.1), '  the store has her key again';
 
+# the agents connected longer ago than the ttl (their stored keys are
+# stale), nginx restarted, the Chef API up: the workers, at their rate,
+# let the stale keys stand in; the Chef server is not asked
+$stack->psql('pushjobs', "UPDATE pushjobs.principals"
+             . " SET fetched_at = now() - interval '400 seconds'");
+$stack->stop_nginx('fe1');
+$stack->start_nginx('fe1');
+ok PushJobs::Stack::wait_for(30, sub {
+    metric('pushjobs_agents_connected{transport="websocket"}') == 2 }, 0.2),
+    'stored keys 100 s past their ttl, nginx restarted: both agents back';
+cmp_ok metric('pushjobs_key_store_stale_total'), '>=', 2,
+    '  with their stale keys (pushjobs_key_store_stale_total)';
+is metric('pushjobs_chef_requests_total{result="ok"}'), 0,
+    '  no Chef API request';
+is $stack->psql('pushjobs', "SELECT count(*) FILTER (WHERE fetched_at"
+                . " > now() - interval '300 seconds') FROM pushjobs.principals"),
+    "0\n", '  the store is not made younger by it';
+
+# a stale key that does not verify (rotated in Chef): the Chef server is
+# asked whatever the rate, and the store follows
+$stack->psql('pushjobs',
+    "UPDATE pushjobs.principals SET body = (SELECT body FROM"
+    . " pushjobs.principals WHERE org = '$org' AND name = 'node2')"
+    . " WHERE org = '$org' AND name = 'alice'");
+is $stack->request('GET', "$base/node_states")->{status}, 200,
+    'alice, whose stale stored key is another\'s: asked of Chef, 200';
+ok PushJobs::Stack::wait_for(10, sub {
+    $stack->psql('pushjobs', "SELECT fetched_at > now() - interval '60 s'"
+                 . " FROM pushjobs.principals"
+                 . " WHERE org = '$org' AND name = 'alice'") =~ /^t/ }, 0.1),
+    '  the store has her key again, fresh';
+
 # past the time to live a stored answer is not used
 $stack->psql('pushjobs', "UPDATE pushjobs.principals"
              . " SET fetched_at = now() - interval '1 day'");
@@ -90,7 +127,8 @@ $stack->chef_fault('down');
 $stack->stop_nginx('fe1');
 $stack->start_nginx('fe1');
 is $stack->request('GET', "$base/node_states")->{status}, 502,
-    'stored answers older than the ttl, the Chef API down: 502';
+    'stored answers older than the ttl and the stale time, the Chef API'
+    . ' down: 502';
 $stack->chef_fault('ok');
 
 $stack->stop;
