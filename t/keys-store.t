@@ -36,6 +36,15 @@ sub stored {
     return $out;
 }
 
+# nginx restarted (its key cache empty): true once both agents are back
+sub restart_both_back {
+    $stack->stop_nginx('fe1');
+    $stack->start_nginx('fe1');
+    return PushJobs::Stack::wait_for(30, sub {
+        metric('pushjobs_agents_connected{transport="websocket"}') == 2 },
+        0.2);
+}
+
 sub metric {
     my ($name) = @_;
     my $res = $stack->http->get($stack->url . '/pushy/_metrics');
@@ -51,10 +60,7 @@ is stored('node1'), "200\tt", '  and for the agents\' clients';
 # a restart empties the cache; the Chef API is down: the agents (whose
 # channel needs only their key) come back
 $stack->chef_fault('down');
-$stack->stop_nginx('fe1');
-$stack->start_nginx('fe1');
-ok PushJobs::Stack::wait_for(30, sub {
-    metric('pushjobs_agents_connected{transport="websocket"}') == 2 }, 0.2),
+ok restart_both_back(),
     'nginx restarted, the Chef API down: both agents reconnected';
 cmp_ok metric('pushjobs_key_store_hits_total'), '>=', 2,
     '  their keys from PostgreSQL (pushjobs_key_store_hits_total)';
@@ -93,10 +99,7 @@ ok PushJobs::Stack::wait_for(10, sub {
 # let the stale keys stand in; the Chef server is not asked
 $stack->psql('pushjobs', "UPDATE pushjobs.principals"
              . " SET fetched_at = now() - interval '400 seconds'");
-$stack->stop_nginx('fe1');
-$stack->start_nginx('fe1');
-ok PushJobs::Stack::wait_for(30, sub {
-    metric('pushjobs_agents_connected{transport="websocket"}') == 2 }, 0.2),
+ok restart_both_back(),
     'stored keys 100 s past their ttl, nginx restarted: both agents back';
 cmp_ok metric('pushjobs_key_store_stale_total'), '>=', 2,
     '  with their stale keys (pushjobs_key_store_stale_total)';
