@@ -127,6 +127,8 @@ typedef struct {
     ngx_msec_t                  voting_timeout;
     time_t                      default_run_timeout;
     ngx_msec_t                  ping_interval;
+    /* of an agent channel's TLS 1.3 session tickets; 0: ssl_session_timeout */
+    time_t                      ticket_lifetime;
     ngx_msec_t                  node_lost_timeout;
     ngx_msec_t                  sweep_interval;
     time_t                      job_retention;
@@ -417,6 +419,22 @@ typedef struct {
 
 
 /*
+ * A commit, run or abort for an agent whose hello is not answered yet,
+ * sent once it is (ngx_pushjobs_agent_hold()); at most
+ * NGX_PUSHJOBS_AGENT_HELD per session.
+ */
+
+#define NGX_PUSHJOBS_AGENT_HELD        4
+
+typedef struct {
+    u_char                      id[NGX_PUSHJOBS_JOB_ID_LEN];
+    ngx_uint_t                  kind;
+    /* the commit message (a reference) */
+    ngx_pushjobs_msg_t         *msg;
+} ngx_pushjobs_agent_held_t;
+
+
+/*
  * An agent's session, registered in its worker by org and node.  It
  * outlives its channel while batched writes still refer to it, so it is
  * reference counted.  Transports read its names and closed flag; the rest
@@ -445,12 +463,18 @@ struct ngx_pushjobs_agent_s {
     /* the outputs call that stores its last chunk (its final report waits) */
     ngx_uint_t                  output_need;
 
+    /* what the server would have sent before its hello was answered */
+    ngx_pushjobs_agent_held_t  *held;
+    ngx_uint_t                  nheld;
+
     unsigned                    closed:1;
     unsigned                    registered:1;
     /* it sent live output: its channel waits while the outputs batch is
      * full (and every channel while the inputs batch is) */
     unsigned                    streaming:1;
     unsigned                    stalled:1;
+    /* PostgreSQL has answered its hello: commit, run and abort go out */
+    unsigned                    hello_answered:1;
 };
 
 
@@ -740,6 +764,8 @@ ngx_uint_t ngx_pushjobs_token(ngx_str_t *s, ngx_str_t *token);
 void ngx_pushjobs_agent_resume(ngx_pushjobs_agent_t *a);
 void ngx_pushjobs_agent_input_done(ngx_pushjobs_store_item_t *item,
     ngx_uint_t rehab);
+void ngx_pushjobs_agent_hello_answered(ngx_pushjobs_store_item_t *item);
+void ngx_pushjobs_agent_hello_release(ngx_pushjobs_store_item_t *item);
 void ngx_pushjobs_agent_hello_done(ngx_pushjobs_store_item_t *item,
     ngx_str_t *job_id, ngx_str_t *action, ngx_str_t *message);
 void ngx_pushjobs_agent_republish(void);

@@ -34,6 +34,12 @@
 /* refused by the agent (nack_commit) on this channel: never offered again */
 #define NGX_PUSHJOBS_JOB_REFUSED       6
 
+/* what a session holds until its hello is answered */
+#define NGX_PUSHJOBS_HELD_COMMIT       0
+#define NGX_PUSHJOBS_HELD_RUN          1
+#define NGX_PUSHJOBS_HELD_ABORT        2
+#define NGX_PUSHJOBS_HELD_FORCE        3
+
 /* message types, as the agent names them */
 #define NGX_PUSHJOBS_MSG_UNKNOWN       0
 #define NGX_PUSHJOBS_MSG_HELLO         1
@@ -73,6 +79,9 @@ static void ngx_pushjobs_agent_welcome(ngx_pushjobs_agent_t *a);
 static void ngx_pushjobs_agent_dispatch(ngx_pushjobs_agent_t *a,
     yajl_val msg);
 static void ngx_pushjobs_agent_hello(ngx_pushjobs_agent_t *a, void *msg);
+static ngx_uint_t ngx_pushjobs_agent_hold(ngx_pushjobs_agent_t *a,
+    ngx_uint_t kind, ngx_str_t *job_id, ngx_pushjobs_msg_t *msg);
+static void ngx_pushjobs_agent_held_free(ngx_pushjobs_agent_t *a);
 static void ngx_pushjobs_agent_input(ngx_pushjobs_agent_t *a,
     ngx_uint_t type, ngx_str_t *job_id, void *msg);
 static size_t ngx_pushjobs_agent_output_bytes(void *value, size_t len);
@@ -308,7 +317,9 @@ ngx_pushjobs_agent_commit(ngx_pushjobs_agent_t *a, ngx_str_t *job_id,
 {
     ngx_pushjobs_agent_job_t  *j;
 
-    if (a->closed || job_id->len != NGX_PUSHJOBS_JOB_ID_LEN) {
+    if (a->closed || job_id->len != NGX_PUSHJOBS_JOB_ID_LEN
+        || ngx_pushjobs_agent_hold(a, NGX_PUSHJOBS_HELD_COMMIT, job_id, msg))
+    {
         return;
     }
 
@@ -331,7 +342,9 @@ ngx_pushjobs_agent_run(ngx_pushjobs_agent_t *a, ngx_str_t *job_id)
 {
     ngx_pushjobs_agent_job_t  *j;
 
-    if (a->closed || job_id->len != NGX_PUSHJOBS_JOB_ID_LEN) {
+    if (a->closed || job_id->len != NGX_PUSHJOBS_JOB_ID_LEN
+        || ngx_pushjobs_agent_hold(a, NGX_PUSHJOBS_HELD_RUN, job_id, NULL))
+    {
         return;
     }
 
@@ -356,7 +369,11 @@ ngx_pushjobs_agent_abort(ngx_pushjobs_agent_t *a, ngx_str_t *job_id,
 {
     ngx_pushjobs_agent_job_t  *j;
 
-    if (a->closed || job_id->len != NGX_PUSHJOBS_JOB_ID_LEN) {
+    if (a->closed || job_id->len != NGX_PUSHJOBS_JOB_ID_LEN
+        || ngx_pushjobs_agent_hold(a, force ? NGX_PUSHJOBS_HELD_FORCE
+                                            : NGX_PUSHJOBS_HELD_ABORT,
+                                   job_id, NULL))
+    {
         return;
     }
 
@@ -420,6 +437,8 @@ void
 ngx_pushjobs_agent_unref(ngx_pushjobs_agent_t *a)
 {
     if (--a->refs == 0) {
+        ngx_pushjobs_agent_held_free(a);
+
         if (a->chan) {
             a->chan->transport->free(a->chan);
         }
@@ -536,6 +555,160 @@ ngx_pushjobs_agent_input_done(ngx_pushjobs_store_item_t *item,
 
         ngx_pushjobs_agent_abort(a, &id, 0);
     }
+}
+
+
+/*
+ * A session sends no commit, run or abort before PostgreSQL has answered
+ * its hello (the channel's first message): the agent answers what it is
+ * sent (ack_commit, ack_run), its answers go through the inputs batch and
+ * its hello through the hellos batch, and an answer stored first made the
+ * hello, which listed no such job, look like a node that lost its job
+ * ("down": crashed).  What comes meanwhile is held, and sent after the
+ * hello's own answers (the per-job state below drops what they made
+ * redundant).  A session holds a few; one that would hold more (an agent
+ * that sends no hello) is closed: its next channel starts over with a
+ * hello.
+ */
+
+static ngx_uint_t
+ngx_pushjobs_agent_hold(ngx_pushjobs_agent_t *a, ngx_uint_t kind,
+    ngx_str_t *job_id, ngx_pushjobs_msg_t *msg)
+{
+    ngx_uint_t                  i;
+    ngx_pushjobs_agent_held_t  *h;
+
+    if (a->hello_answered) {
+        return 0;
+    }
+
+    h = a->held;
+
+    for (i = 0; i < a->nheld; i++) {
+        if (ngx_memcmp(h[i].id, job_id->data, NGX_PUSHJOBS_JOB_ID_LEN) == 0
+            && (h[i].kind == kind
+                || (h[i].kind >= NGX_PUSHJOBS_HELD_ABORT
+                    && kind >= NGX_PUSHJOBS_HELD_ABORT)))
+        {
+            /* a forced abort stays forced */
+            h[i].kind = ngx_max(h[i].kind, kind);
+            return 1;
+        }
+    }
+
+    if (h == NULL) {
+        h = ngx_alloc(NGX_PUSHJOBS_AGENT_HELD
+                      * sizeof(ngx_pushjobs_agent_held_t), a->log);
+        if (h == NULL) {
+            ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_SERVER_ERROR);
+            return 1;
+        }
+
+        a->held = h;
+    }
+
+    if (a->nheld == NGX_PUSHJOBS_AGENT_HELD) {
+        ngx_log_error(NGX_LOG_INFO, a->log, 0,
+                      "pushjobs: agent \"%V\" of \"%V\" has not said hello "
+                      "and has %d messages waiting, closing",
+                      &a->name, &a->org, NGX_PUSHJOBS_AGENT_HELD);
+        ngx_pushjobs_agent_close(a, NGX_PUSHJOBS_WS_GOING_AWAY);
+        return 1;
+    }
+
+    h = &h[a->nheld++];
+    ngx_memcpy(h->id, job_id->data, NGX_PUSHJOBS_JOB_ID_LEN);
+    h->kind = kind;
+    h->msg = msg;
+
+    if (msg) {
+        msg->refs++;
+    }
+
+    return 1;
+}
+
+
+/* The hello is answered: its own answers follow (hello_done()). */
+
+void
+ngx_pushjobs_agent_hello_answered(ngx_pushjobs_store_item_t *item)
+{
+    if (item->agent) {
+        item->agent->hello_answered = 1;
+    }
+}
+
+
+/* After the hello's own answers: what was held goes, in the order it came. */
+
+void
+ngx_pushjobs_agent_hello_release(ngx_pushjobs_store_item_t *item)
+{
+    ngx_str_t                   id;
+    ngx_uint_t                  i, n;
+    ngx_pushjobs_agent_t       *a;
+    ngx_pushjobs_agent_held_t  *h;
+
+    a = item->agent;
+
+    if (a == NULL || a->held == NULL) {
+        return;
+    }
+
+    ngx_pushjobs_agent_ref(a);
+
+    /* taken off the session first: what is sent may close it */
+
+    h = a->held;
+    n = a->nheld;
+    a->held = NULL;
+    a->nheld = 0;
+
+    for (i = 0; i < n; i++) {
+        id.data = h[i].id;
+        id.len = NGX_PUSHJOBS_JOB_ID_LEN;
+
+        switch (h[i].kind) {
+
+        case NGX_PUSHJOBS_HELD_COMMIT:
+            ngx_pushjobs_agent_commit(a, &id, h[i].msg);
+            break;
+
+        case NGX_PUSHJOBS_HELD_RUN:
+            ngx_pushjobs_agent_run(a, &id);
+            break;
+
+        default:
+            ngx_pushjobs_agent_abort(a, &id,
+                                     h[i].kind == NGX_PUSHJOBS_HELD_FORCE);
+            break;
+        }
+
+        ngx_pushjobs_msg_release(h[i].msg);
+    }
+
+    ngx_free(h);
+
+    ngx_pushjobs_agent_unref(a);
+}
+
+
+static void
+ngx_pushjobs_agent_held_free(ngx_pushjobs_agent_t *a)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < a->nheld; i++) {
+        ngx_pushjobs_msg_release(a->held[i].msg);
+    }
+
+    if (a->held) {
+        ngx_free(a->held);
+    }
+
+    a->held = NULL;
+    a->nheld = 0;
 }
 
 

@@ -840,6 +840,12 @@ drop:
                   "pushjobs: %s batch dropped: out of memory", b->name);
 
     for (i = 0; i < fl->nitems; i++) {
+        if (b->done == ngx_pushjobs_hellos_done) {
+            /* unanswered: what is held for them goes all the same */
+            ngx_pushjobs_agent_hello_answered(&fl->items[i]);
+            ngx_pushjobs_agent_hello_release(&fl->items[i]);
+        }
+
         if (fl->items[i].agent) {
             ngx_pushjobs_agent_unref(fl->items[i].agent);
         }
@@ -924,6 +930,12 @@ ngx_pushjobs_hellos_done(ngx_pushjobs_batch_t *b, PGresult *res)
     ngx_str_t                   job_id, action, message;
     ngx_pushjobs_store_item_t  *item;
 
+    /* commit, run and abort go to these agents from now on */
+
+    for (i = 0; (ngx_uint_t) i < b->flight.nitems; i++) {
+        ngx_pushjobs_agent_hello_answered(&b->flight.items[i]);
+    }
+
     nrows = PQntuples(res);
 
     for (row = 0; row < nrows; row++) {
@@ -944,6 +956,12 @@ ngx_pushjobs_hellos_done(ngx_pushjobs_batch_t *b, PGresult *res)
         message.len = PQgetlength(res, row, 3);
 
         ngx_pushjobs_agent_hello_done(item, &job_id, &action, &message);
+    }
+
+    /* then what came for them while the hellos were in flight */
+
+    for (i = 0; (ngx_uint_t) i < b->flight.nitems; i++) {
+        ngx_pushjobs_agent_hello_release(&b->flight.items[i]);
     }
 }
 
