@@ -158,6 +158,13 @@ static ngx_command_t  ngx_pushjobs_commands[] = {
       offsetof(ngx_pushjobs_main_conf_t, ping_interval),
       NULL },
 
+    { ngx_string("pushjobs_ticket_lifetime"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_pushjobs_main_conf_t, ticket_lifetime),
+      NULL },
+
     { ngx_string("pushjobs_node_lost_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -323,6 +330,7 @@ ngx_pushjobs_create_main_conf(ngx_conf_t *cf)
     pmcf->voting_timeout = NGX_CONF_UNSET_MSEC;
     pmcf->default_run_timeout = NGX_CONF_UNSET;
     pmcf->ping_interval = NGX_CONF_UNSET_MSEC;
+    pmcf->ticket_lifetime = NGX_CONF_UNSET;
     pmcf->node_lost_timeout = NGX_CONF_UNSET_MSEC;
     pmcf->sweep_interval = NGX_CONF_UNSET_MSEC;
     pmcf->job_retention = NGX_CONF_UNSET;
@@ -354,6 +362,7 @@ ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(pmcf->voting_timeout, 60000);
     ngx_conf_init_value(pmcf->default_run_timeout, 3600);
     ngx_conf_init_msec_value(pmcf->ping_interval, 10000);
+    ngx_conf_init_value(pmcf->ticket_lifetime, 3600);
     ngx_conf_init_msec_value(pmcf->node_lost_timeout, 30000);
     ngx_conf_init_msec_value(pmcf->sweep_interval, 1000);
     ngx_conf_init_value(pmcf->job_retention, 0);
@@ -391,6 +400,13 @@ ngx_pushjobs_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     if (ngx_pushjobs_incarnation(cf, pmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    /* RFC 8446 §4.6.1: a ticket lives at most seven days */
+    if (pmcf->ticket_lifetime > 7 * 24 * 3600) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"pushjobs_ticket_lifetime\" must be at most 7d");
         return NGX_CONF_ERROR;
     }
 

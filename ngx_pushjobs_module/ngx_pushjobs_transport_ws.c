@@ -402,14 +402,24 @@ ngx_pushjobs_ws_chan_tick(ngx_pushjobs_chan_t *ch)
 
 
 /*
- * A TLS 1.3 session ticket is good for ssl_session_timeout (5 minutes by
- * default) from when it was issued, and a channel lives for days: the
- * ticket of its handshake would be long expired when a restart or a move
- * to another front end makes the agent reconnect, and every agent would
- * make a full handshake at once.  So once half of that time has passed the
- * channel is issued a new ticket, which goes out before the ping that
- * follows (both agents keep the last ticket they got).  About 200 bytes
- * and one ticket encryption per agent per half timeout.
+ * A TLS 1.3 session ticket is good for its session's timeout from when it
+ * was issued, and a channel lives for days: the ticket of its handshake
+ * would be long expired when a restart or a move to another front end
+ * makes the agent reconnect, and every agent would make a full handshake
+ * at once.  So once half of that time has passed the channel is issued a
+ * new ticket, which goes out before the ping that follows (both agents
+ * keep the last ticket they got).  About 200 bytes and one ticket
+ * encryption per agent per half lifetime.
+ *
+ * The lifetime is pushjobs_ticket_lifetime (1 hour), not nginx's
+ * ssl_session_timeout (5 minutes by default, and Chef's server block
+ * owns it): after a restart each agent reconnects with a ticket up to half
+ * a lifetime old, and a storm of 100,000 reconnects lasts minutes; with 5
+ * minutes those late in the storm made a full handshake after all.  The
+ * handshake's session has nginx's timeout: the first tick gives the
+ * channel a ticket of the agent lifetime.  A resumed session keeps the
+ * lifetime it was issued with (OpenSSL checks a ticket's session against
+ * its own timeout).
  */
 
 static void
@@ -417,7 +427,7 @@ ngx_pushjobs_ws_chan_ticket(ngx_pushjobs_ws_chan_t *ws)
 {
 #if (NGX_HTTP_SSL && defined TLS1_3_VERSION)
     SSL         *ssl;
-    time_t       now;
+    time_t       now, lifetime;
     long         timeout;
     SSL_SESSION *sess;
 
@@ -434,9 +444,21 @@ ngx_pushjobs_ws_chan_ticket(ngx_pushjobs_ws_chan_t *ws)
     }
 
     sess = SSL_get0_session(ssl);
-    timeout = sess ? SSL_SESSION_get_timeout(sess)
-                   : SSL_CTX_get_timeout(SSL_get_SSL_CTX(ssl));
+    if (sess == NULL) {
+        return;
+    }
+
+    timeout = SSL_SESSION_get_timeout(sess);
+    lifetime = ngx_pushjobs_worker->pmcf->ticket_lifetime;
     now = ngx_time();
+
+    if (lifetime > 0 && timeout != lifetime) {
+        /* the tickets from now on are good for the agent lifetime */
+        if (SSL_SESSION_set_timeout(sess, lifetime) == 1) {
+            timeout = lifetime;
+            ws->ticket_at = 0;
+        }
+    }
 
     if (timeout <= 0 || now - ws->ticket_at < timeout / 2) {
         return;

@@ -3,7 +3,9 @@
 # agent): it keeps the server's last session ticket; the front ends share
 # the ticket key (ssl_session_ticket_key, as the add-on writes it), so the
 # session survives an nginx restart and a reload; a connected agent is
-# given fresh tickets, so that it resumes also long after its handshake.
+# given fresh tickets, so that it resumes also long after its handshake;
+# its tickets live pushjobs_ticket_lifetime, not ssl_session_timeout, so
+# that it resumes also after an outage (or a storm) longer than that.
 # Checked from nginx's side: $ssl_session_reused of each channel's
 # upgrade request in an access log of its own.
 
@@ -19,7 +21,9 @@ use PushJobs::Stack;
 my $stack = PushJobs::Stack->new(agents => 1, workers => 2,
     nginx_extra => q{log_format resume '$ssl_session_reused $request_uri'; }
                    . 'pushjobs_ping_interval 2s; ssl_session_timeout 4s; '
-                   . 'ssl_protocols TLSv1.2 TLSv1.3;');
+                   . 'ssl_protocols TLSv1.2 TLSv1.3; '
+                   # first nginx's timeout, for the renewal
+                   . 'pushjobs_ticket_lifetime 0;');
 $stack->{fe}{fe1}{server_extra} =
     "access_log @{[ $stack->dir ]}/fe1/resume.log resume;";
 $stack->start;
@@ -81,6 +85,30 @@ ok PushJobs::Stack::wait_for(30, sub { upgrades() > $n }, 0.1),
     'restarted twice the session timeout after the last handshake';
 is +(upgrades())[-1], 'r',
     '  resumed all the same: the channel was given fresh tickets';
+
+# pushjobs_ticket_lifetime: an outage longer than ssl_session_timeout (or
+# a storm in which the agent reconnects late) would expire a ticket of
+# nginx's timeout, however fresh.  With the default (1 hour) the channel's
+# first ping gives it a ticket of that lifetime.
+$stack->{nginx_extra} =~ s/pushjobs_ticket_lifetime 0;//;
+$n = () = upgrades();
+$stack->stop_nginx('fe1');
+start_fe('fe1');
+ok PushJobs::Stack::wait_for(30, sub { upgrades() > $n }, 0.1),
+    'the default ticket lifetime: node1 reconnected';
+ok $stack->wait_online(['node1'], 30), '  online';
+# two pings: the first gives it the long ticket
+$since = time;
+PushJobs::Stack::wait_for(20, sub { time - $since >= 4.5 }, 0.5);
+$n = () = upgrades();
+$stack->stop_nginx('fe1');
+# an outage of twice ssl_session_timeout
+$since = time;
+PushJobs::Stack::wait_for(20, sub { time - $since >= 9 }, 0.5);
+start_fe('fe1');
+ok PushJobs::Stack::wait_for(30, sub { upgrades() > $n }, 0.1),
+    'nginx down for twice ssl_session_timeout: node1 reconnected';
+is +(upgrades())[-1], 'r', '  resumed: its ticket lives an hour';
 
 is_deeply [ $stack->alerts ], [], 'no [alert] or [emerg] in error.log';
 $stack->stop;
