@@ -52,31 +52,6 @@ sub running_job {
     return $id;
 }
 
-# A transaction that holds a job's row lock until release() (psql on a
-# pipe): held once the advisory lock it takes next is granted.
-sub hold_job {
-    my ($job) = @_;
-    my $pid = open(my $fh, '|-') // die "fork: $!";
-    if ($pid == 0) {
-        open STDOUT, '>', '/dev/null';
-        exec 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1',
-             '-h', '127.0.0.1', '-p', $stack->{pg_port},
-             '-U', 'pushjobs', '-d', 'pushjobs'
-            or die "exec psql: $!";
-    }
-    $fh->autoflush(1);
-    print $fh "BEGIN;\nSELECT 1 FROM pushjobs.jobs WHERE id = '$job' "
-              . "FOR UPDATE;\nSELECT pg_advisory_xact_lock(4242);\n";
-    # the row lock is held once the advisory lock is
-    PushJobs::Stack::wait_for(10, sub {
-        $stack->psql('pushjobs', 'SELECT count(*) FROM pg_locks WHERE '
-            . "locktype = 'advisory' AND objid = 4242 AND granted") == 1
-    }, 0.1) or die "the lock was not taken\n";
-    return $fh;
-}
-
-sub release { my ($fh) = @_; print $fh "COMMIT;\n"; close $fh }
-
 # --- scripted run transitions ---------------------------------------------
 
 # ready -ack_run-> running; running -ack_run-> running; running -succeeded->
@@ -310,14 +285,15 @@ my $held = running_job();
 say_($g, 'ack_run', $held);
 say_($p3, 'ack_run', $held);
 wait_nodes($held, { running => [ 'ghost', 'node3' ] });
-my $lock = hold_job($held);
+my $lock = $stack->hold("SELECT 1 FROM pushjobs.jobs WHERE id = '$held' "
+                        . 'FOR UPDATE;');
 $g->close;
 $g = peer('ghost', { job_id => $held, state => 'running' });
 $id = $stack->start_job({ command => 'true', nodes => ['ghost'] });
 ($m, @before) = expect($g, 'commit', $id, 2);
 ok !$m, 'a job while the hello waits: no commit before the hello is answered';
 is_deeply nodes_of($id), { new => ['ghost'] }, '  the node still new';
-release($lock);
+$stack->release($lock);
 ok expect($g, 'commit', $id), '  the commit once it is answered';
 say_($g, 'ack_commit', $id);
 ok expect($g, 'run', $id), '  the run';

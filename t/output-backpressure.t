@@ -85,32 +85,6 @@ sub stalls {
     return $v // -1;
 }
 
-# a transaction that holds the lock until release() (psql on a pipe)
-sub hold_lock {
-    my ($table) = @_;
-    my $pid = open(my $fh, '|-') // die "fork: $!";
-    if ($pid == 0) {
-        open STDOUT, '>', '/dev/null';
-        exec 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1',
-             '-h', '127.0.0.1', '-p', $stack->{pg_port},
-             '-U', 'pushjobs', '-d', 'pushjobs'
-            or die "exec psql: $!";
-    }
-    $fh->autoflush(1);
-    print $fh "BEGIN;\nLOCK TABLE pushjobs.$table "
-              . "IN SHARE ROW EXCLUSIVE MODE;\n";
-    # the lock is held once PostgreSQL shows it granted
-    PushJobs::Stack::wait_for(10, sub {
-        $stack->psql('pushjobs', "SELECT count(*) FROM pg_locks l JOIN "
-            . "pg_class c ON c.oid = l.relation WHERE c.relname = "
-            . "'$table' AND l.mode = 'ShareRowExclusiveLock' "
-            . "AND l.granted") == 1
-    }, 0.1) or die "the lock was not taken\n";
-    return $fh;
-}
-
-sub release { my ($fh) = @_; print $fh "COMMIT;\n"; close $fh }
-
 sub streamed {
     my (@ev) = @_;
     my (%bytes, %contiguous);
@@ -145,7 +119,8 @@ sub run_held {
     $how .= ", $table held";
     my $log_at = length $stack->error_log;
     my $stalls = stalls($batch);
-    my $lock = hold_lock($table);
+    my $lock = $stack->hold("LOCK TABLE pushjobs.$table "
+                             . 'IN SHARE ROW EXCLUSIVE MODE;');
 
     my $id = $stack->start_job({ command => 'spew', nodes => \@nodes,
                                  capture_output => JSON::PP::true });
@@ -157,7 +132,7 @@ sub run_held {
     my $job = $stack->job($id);
     is $job->{status}, 'running', '  the job is still running';
 
-    release($lock);
+    $stack->release($lock);
     my @ev = $sse->until_event('job_complete', 60);
     $job = $stack->wait_job($id, 60);
     is $job->{status}, 'complete', "$how: the lock released, the job completes";
@@ -298,7 +273,8 @@ sub writer_alive {
 {
     my $rss0 = agent_rss();
     my $stalls = stalls('output');
-    my $lock = hold_lock('job_output_chunk');
+    my $lock = $stack->hold('LOCK TABLE pushjobs.job_output_chunk '
+                             . 'IN SHARE ROW EXCLUSIVE MODE;');
     my $id = $stack->start_job({ command => 'flood', nodes => [ $nodes[0] ],
                                  capture_output => JSON::PP::true });
     ok PushJobs::Stack::wait_for(30, sub { stalls('output') > $stalls }, 0.2),
@@ -316,7 +292,7 @@ sub writer_alive {
     cmp_ok $grew, '<', 105 * 1024,
         "  the agent's memory grew by $grew KB, not by the 211 MB it would "
         . 'keep';
-    release($lock);
+    $stack->release($lock);
     my $res = $stack->request('POST',
                               "/organizations/$org/pushy/jobs/$id/abort");
     like $res->{status}, qr/^20[02]$/, '  released, and the job aborted';

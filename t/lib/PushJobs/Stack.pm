@@ -443,6 +443,31 @@ sub psql {
     return $out;
 }
 
+# A transaction that holds what SQL takes (row or table locks) until
+# release(): psql on a pipe, BEGIN, SQL, then an advisory lock of its own;
+# returned once PostgreSQL shows that one granted, so SQL's are held.
+sub hold {
+    my ($self, $sql) = @_;
+    my $key = 4242 + $self->{holds}++;
+    my $pid = open(my $fh, '|-') // croak "fork: $!";
+    if ($pid == 0) {
+        open STDOUT, '>', '/dev/null';
+        exec 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', '127.0.0.1',
+             '-p', $self->{pg_port}, '-U', 'pushjobs', '-d', 'pushjobs'
+            or die "exec psql: $!";
+    }
+    $fh->autoflush(1);
+    print $fh "BEGIN;\n$sql\nSELECT pg_advisory_xact_lock($key);\n";
+    wait_for(10, sub {
+        $self->psql('pushjobs', 'SELECT count(*) FROM pg_locks WHERE '
+                    . "locktype = 'advisory' AND objid = $key AND granted")
+            == 1
+    }, 0.1) or croak "hold: not taken: $sql";
+    return $fh;
+}
+
+sub release { my ($self, $fh) = @_; print $fh "COMMIT;\n"; close $fh }
+
 # The Chef API stand-in; started again (chef_fault('ok') after 'down') on
 # the same port, from the fixture: what tests changed in it is lost.
 sub start_chef {
