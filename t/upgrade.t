@@ -13,6 +13,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use MIME::Base64 ();
+use POSIX ();
 use Test::More;
 use PushJobs::Stack;
 use PushJobs::Engine;
@@ -53,8 +54,28 @@ PushJobs::Engine::expect($g, 'commit', $voting) or die 'no commit';
 is $stack->job($voting)->{status}, 'voting', 'a job voting at the release';
 
 # --- the upgrade ----------------------------------------------------------
+# ... while a front end's transaction holds job_nodes and then asks for
+# jobs, as node_inputs() does: a change that locks both (rollout) must not
+# take one and wait for the other (a deadlock, which failed the deploy or
+# the front end's batch)
 
-$stack->sqitch('deploy', '--verify');
+my $busy = $stack->hold('UPDATE pushjobs.job_nodes SET updated_at = '
+                        . 'updated_at WHERE false;');
+my $deploy = fork // die "fork: $!";
+if (!$deploy) {
+    my $ok = eval { $stack->sqitch('deploy', '--verify'); 1 };
+    POSIX::_exit($ok ? 0 : 1);
+}
+ok PushJobs::Stack::wait_for(60, sub {
+    sql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = "
+        . "l.relation WHERE c.relname = 'job_nodes' AND NOT l.granted "
+        . "AND l.mode = 'ShareRowExclusiveLock'") > 0
+}, 0.05), 'the deploy waits for job_nodes';
+print $busy "UPDATE pushjobs.jobs SET updated_at = updated_at WHERE false;\n";
+ok $stack->release($busy), '  the front end\'s transaction, which then '
+    . 'locked jobs, commits';
+waitpid $deploy, 0;
+is $?, 0, '  and so does the deploy';
 is sql("SELECT to_regprocedure('pushjobs.job_active(pushjobs.job_status)') IS NOT NULL"),
     't', 'upgraded: the changes after the tag are deployed and verified';
 

@@ -4,6 +4,37 @@
 
 BEGIN;
 
+-- What this revert locks (the trigger on job_nodes, the tables with their
+-- foreign keys to jobs), first.
+-- The running front ends lock these tables in either order (create_job():
+-- jobs, then job_nodes; node_inputs(): job_nodes, then jobs): a deploy
+-- that took one lock and then waited for the next could deadlock with
+-- them, and PostgreSQL then failed the deploy or a front end's batch
+-- (t/upgrade.t saw it).  So all are taken at once, each try waiting at
+-- most 100 ms (less than deadlock_timeout, 1 s: no waiter ever needs the
+-- deadlock check) and letting go of all when it cannot have them; tries
+-- for up to a minute.
+DO $$
+DECLARE
+    v_timeout text := current_setting('lock_timeout');
+BEGIN
+    PERFORM set_config('lock_timeout', '100ms', true);
+
+    FOR i IN 1 .. 500 LOOP
+        BEGIN
+            LOCK TABLE pushjobs.jobs, pushjobs.job_nodes, pushjobs.job_rollout, pushjobs.job_rollout_released IN ACCESS EXCLUSIVE MODE;
+            PERFORM set_config('lock_timeout', v_timeout, true);
+            RETURN;
+        EXCEPTION WHEN lock_not_available THEN
+            PERFORM pg_sleep(0.02 * random());
+        END;
+    END LOOP;
+
+    RAISE EXCEPTION 'pushjobs: % stayed busy for a minute; try again',
+                    'pushjobs.jobs, pushjobs.job_nodes, pushjobs.job_rollout, pushjobs.job_rollout_released';
+END
+$$;
+
 DROP TRIGGER job_nodes_rollout_count ON pushjobs.job_nodes;
 DROP FUNCTION pushjobs.rollout_count();
 DROP FUNCTION pushjobs.dispatch_released(text, integer);
