@@ -1554,10 +1554,14 @@ DECLARE
     v_force  boolean;
     v_free   boolean;
 BEGIN
+    -- the org's jobs in voting or running (jobs_active, few) and the
+    -- node's row in each (primary key)
     FOR v_id IN
         SELECT n.job_id
-          FROM pushjobs.job_nodes n
-         WHERE n.org = p_org AND n.node_name = p_node
+          FROM pushjobs.jobs j
+          JOIN pushjobs.job_nodes n
+            ON n.job_id = j.id AND n.node_name = p_node
+         WHERE j.org = p_org AND j.status IN ('voting', 'running')
            AND pushjobs.node_active(n.status)
          ORDER BY n.job_id
     LOOP
@@ -1881,8 +1885,10 @@ LANGUAGE sql AS $$
     ), nodes AS (
         -- their output goes with them (ON DELETE CASCADE)
         DELETE FROM pushjobs.job_nodes n USING old WHERE n.job_id = old.id
+    ), events AS (
+        DELETE FROM pushjobs.job_events e USING old WHERE e.job_id = old.id
     ), gone AS (
-        -- their events go with them (ON DELETE CASCADE)
+        -- their rollout rows go with them (ON DELETE CASCADE)
         DELETE FROM pushjobs.jobs j USING old WHERE j.id = old.id
         RETURNING 1
     )
@@ -1989,12 +1995,13 @@ BEGIN
     FOR v_job IN
         SELECT j.* FROM pushjobs.jobs j
          WHERE j.status IN ('voting', 'running')
-           AND j.id IN (SELECT n.job_id
-                          FROM unnest(v_lost_orgs, v_lost_nodes) AS l(org,
-                                                                     node)
-                          JOIN pushjobs.job_nodes n
-                            ON n.org = l.org AND n.node_name = l.node
-                           AND pushjobs.node_active(n.status))
+           AND EXISTS (SELECT 1
+                         FROM unnest(v_lost_orgs, v_lost_nodes) AS l(org,
+                                                                    node)
+                         JOIN pushjobs.job_nodes n
+                           ON n.job_id = j.id AND n.node_name = l.node
+                        WHERE l.org = j.org
+                          AND pushjobs.node_active(n.status))
          ORDER BY j.id
            FOR UPDATE OF j SKIP LOCKED
     LOOP

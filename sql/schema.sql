@@ -45,6 +45,14 @@ CREATE INDEX jobs_finished ON pushjobs.jobs (updated_at)
 -- A job's nodes.  No foreign key to jobs: only create_job() adds rows, in
 -- the transaction that adds the job, and a per-row check made a 10k-node
 -- job's INSERT 40 % slower; purge() deletes them with their job.
+--
+-- A node's row changes about three times in its job (ack_commit, ack_run,
+-- its result), in batches of thousands (node_inputs()).  Those updates are
+-- HOT (the new version in the same page, no index entry): no index has a
+-- column an update changes, status included, and a page is filled to 60 %
+-- so that the versions fit (sqitch change ingest_hot; bench/README).  A
+-- node's active jobs are found from the jobs (jobs_active) and this
+-- primary key, not from an index of the node's name.
 CREATE TABLE pushjobs.job_nodes (
     job_id           text NOT NULL,
     org              text NOT NULL,
@@ -55,10 +63,7 @@ CREATE TABLE pushjobs.job_nodes (
     abort_force      boolean NOT NULL DEFAULT false,
     updated_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (job_id, node_name)
-);
-
-CREATE INDEX job_nodes_active ON pushjobs.job_nodes (org, node_name)
-    WHERE status IN ('new', 'ready', 'running');
+) WITH (fillfactor = 60);
 
 -- Rate control of a job POSTed with max_concurrency or max_errors (sqitch
 -- change rollout; rollout() in functions.sql): the fields as given (a count
@@ -153,10 +158,13 @@ CREATE TABLE pushjobs.job_output_chunk (
         REFERENCES pushjobs.job_nodes (job_id, node_name) ON DELETE CASCADE
 );
 
--- Per-job event feed: ids job-1, job-2, ... are (job_id, seq).
+-- Per-job event feed: ids job-1, job-2, ... are (job_id, seq).  No
+-- foreign key to jobs: the events are written by the transaction that
+-- holds the job's row lock (emit_events()), a batch of thousands at once,
+-- where a per-row check cost 40 % of the INSERT; purge() deletes them with
+-- their job.
 CREATE TABLE pushjobs.job_events (
-    job_id           text NOT NULL
-                     REFERENCES pushjobs.jobs (id) ON DELETE CASCADE,
+    job_id           text NOT NULL,
     seq              integer NOT NULL CHECK (seq > 0),
     name             text NOT NULL,
     data             text NOT NULL,

@@ -164,6 +164,10 @@ SELECT kind || ' ' || name || ' ' || def FROM (
     SELECT 'index', indexname, indexdef
       FROM pg_indexes WHERE schemaname = 'pushjobs'
     UNION ALL
+    SELECT 'storage', relname, array_to_string(reloptions, ',')
+      FROM pg_class
+     WHERE relnamespace = 'pushjobs'::regnamespace AND reloptions IS NOT NULL
+    UNION ALL
     SELECT 'constraint', conrelid::regclass || '.' || conname,
            pg_get_constraintdef(oid)
       FROM pg_constraint WHERE connamespace = 'pushjobs'::regnamespace

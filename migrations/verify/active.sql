@@ -75,12 +75,12 @@ SELECT id, started_at, seen_at, dead FROM pushjobs.owners WHERE false;
 SELECT org, node_name, owner, session, online, changed_at, handover_until
   FROM pushjobs.presence WHERE false;
 
--- indexes (primary keys included) and sequences
+-- indexes (primary keys included) and sequences; job_nodes_active, which
+-- this change made, was dropped by ingest_hot
 SELECT 'pushjobs.jobs_pkey'::regclass, 'pushjobs.jobs_active'::regclass,
        'pushjobs.jobs_finished'::regclass,
        'pushjobs.jobs_org_created'::regclass,
        'pushjobs.job_nodes_pkey'::regclass,
-       'pushjobs.job_nodes_active'::regclass,
        'pushjobs.job_output_pkey'::regclass,
        'pushjobs.job_events_pkey'::regclass,
        'pushjobs.org_events_pkey'::regclass,
