@@ -93,6 +93,20 @@ sub wait_available {
     ok $stack->wait_online(\@all, 30), $_[0] // 'every agent free again';
 }
 
+# After a job ended by the server (abort, run_timeout): the agents whose
+# process it started have reaped it (their log says so at once before the
+# job is let go), so the next job's commit finds them free, not "busy".
+sub wait_reaped {
+    my ($id) = @_;
+    for my $node (map { (split / /)[1] } grep { /^run_start / } events($id)) {
+        my $log = "$stack->{dir}/agents/$node/agent.log";
+        ok PushJobs::Stack::wait_for(30, sub {
+            PushJobs::Stack::slurp($log)
+                =~ /job $id: (?:exited with|killed by signal)/ }),
+            "  $node has reaped its process";
+    }
+}
+
 # --- validation -------------------------------------------------------------
 
 my $conc_err = 'invalid max_concurrency supplied (expected an integer from '
@@ -265,6 +279,7 @@ is $job->{status}, 'aborted', '  the job ends aborted';
 is_deeply $job->{nodes}, { aborted => [@all] }, '  every node aborted';
 is_deeply [ sort grep { /^run_start/ } events($id) ],
     [ 'run_start node1', 'run_start node2' ], '  nothing started after it';
+wait_reaped($id);
 wait_available();
 
 # --- run_timeout during a rollout ---------------------------------------------
@@ -278,6 +293,7 @@ is_deeply $nodes->{succeeded}, ['node1'], '  node1 ran to its end'
     or diag explain $job;
 is_deeply $nodes->{timed_out}, [qw(node2 node3 node4 node5 node6)],
     '  the running and the waiting nodes timed_out';
+wait_reaped($id);
 wait_available();
 
 # --- a worker killed mid-rollout ----------------------------------------------
