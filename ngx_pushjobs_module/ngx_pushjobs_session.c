@@ -640,13 +640,18 @@ ngx_pushjobs_agent_hello_answered(ngx_pushjobs_store_item_t *item)
 }
 
 
-/* After the hello's own answers: what was held goes, in the order it came. */
+/*
+ * After the hello's own answers: what was held goes, in the order it came.
+ * Nothing is held any more once the hello is answered, and the reference
+ * keeps the array (held_free() runs at the last unref) while what is sent
+ * closes the session.
+ */
 
 void
 ngx_pushjobs_agent_hello_release(ngx_pushjobs_store_item_t *item)
 {
     ngx_str_t                   id;
-    ngx_uint_t                  i, n;
+    ngx_uint_t                  i;
     ngx_pushjobs_agent_t       *a;
     ngx_pushjobs_agent_held_t  *h;
 
@@ -658,14 +663,9 @@ ngx_pushjobs_agent_hello_release(ngx_pushjobs_store_item_t *item)
 
     ngx_pushjobs_agent_ref(a);
 
-    /* taken off the session first: what is sent may close it */
-
     h = a->held;
-    n = a->nheld;
-    a->held = NULL;
-    a->nheld = 0;
 
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < a->nheld; i++) {
         id.data = h[i].id;
         id.len = NGX_PUSHJOBS_JOB_ID_LEN;
 
@@ -684,11 +684,9 @@ ngx_pushjobs_agent_hello_release(ngx_pushjobs_store_item_t *item)
                                      h[i].kind == NGX_PUSHJOBS_HELD_FORCE);
             break;
         }
-
-        ngx_pushjobs_msg_release(h[i].msg);
     }
 
-    ngx_free(h);
+    ngx_pushjobs_agent_held_free(a);
 
     ngx_pushjobs_agent_unref(a);
 }
