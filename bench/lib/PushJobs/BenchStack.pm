@@ -183,6 +183,14 @@ sub snapshot {
     $s{pgcpu} = $self->pg_cpu;
     $s{chefcpu} = $self->{procs}{chef} ? proc_cpu($self->{procs}{chef}) : 0;
     $s{lacpu} += proc_cpu($_->{pid}) for @{ $self->{loaders} };
+    # the whole machine: busy and all CPU time of every core, seconds
+    my ($cpu) = PushJobs::Stack::slurp('/proc/stat') =~ /^cpu\s+(.*)$/m;
+    my @j = split ' ', $cpu // '';
+    my $hz = POSIX::sysconf(POSIX::_SC_CLK_TCK());
+    $s{all} = 0;
+    $s{all} += $_ for @j[0 .. 7];
+    $s{busy} = ($s{all} - ($j[3] // 0) - ($j[4] // 0)) / $hz;
+    $s{all} /= $hz;
     my $mi = PushJobs::Stack::slurp('/proc/meminfo');
     $s{slab} = $mi =~ /^Slab:\s+(\d+)/m ? $1 * 1024 : 0;
     my $ss = PushJobs::Stack::slurp('/proc/net/sockstat');
