@@ -99,6 +99,12 @@
 typedef struct ngx_pushjobs_worker_s    ngx_pushjobs_worker_t;
 typedef struct ngx_pushjobs_out_link_s  ngx_pushjobs_out_link_t;
 typedef struct ngx_pushjobs_agent_s     ngx_pushjobs_agent_t;
+
+/* a session in the worker's table by hash (ngx_pushjobs_session.c) */
+typedef struct {
+    uint32_t                    hash;
+    ngx_pushjobs_agent_t       *agent;
+} ngx_pushjobs_agent_slot_t;
 typedef struct ngx_pushjobs_chan_s      ngx_pushjobs_chan_t;
 typedef struct ngx_pushjobs_pg_query_s  ngx_pushjobs_pg_query_t;
 typedef struct ngx_pushjobs_pg_s        ngx_pushjobs_pg_t;
@@ -517,6 +523,11 @@ struct ngx_pushjobs_worker_s {
     ngx_rbtree_t                agents;
     ngx_rbtree_node_t           agents_sentinel;
     ngx_uint_t                  nagents;
+    /* and by hash, for lookups: NULL when there is no memory for it */
+    ngx_pushjobs_agent_slot_t  *agent_slots;
+    ngx_uint_t                  agent_nslots;    /* a power of 2 */
+    ngx_uint_t                  agent_slots_used; /* sessions and gone */
+    unsigned                    agent_slots_off:1;
     uint64_t                    next_session;
     /* the count of channels of each org, ngx_pushjobs_agent_org_t */
     ngx_array_t                 agent_orgs;

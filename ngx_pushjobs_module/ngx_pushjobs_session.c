@@ -66,6 +66,15 @@ typedef struct {
 } ngx_pushjobs_agent_type_t;
 
 
+/* the smallest table of sessions by hash (slots, a power of 2) */
+#define NGX_PUSHJOBS_AGENT_SLOTS_MIN  16
+
+/* a slot whose session is gone: a lookup goes on past it */
+static u_char  ngx_pushjobs_agent_slot_gone;
+#define NGX_PUSHJOBS_AGENT_GONE                                               \
+    ((ngx_pushjobs_agent_t *) (void *) &ngx_pushjobs_agent_slot_gone)
+
+
 static void ngx_pushjobs_agent_register(ngx_pushjobs_agent_t *a);
 static void ngx_pushjobs_agent_unregister(ngx_pushjobs_agent_t *a);
 static void ngx_pushjobs_agent_org_add(ngx_str_t *org, ngx_int_t n);
@@ -93,6 +102,12 @@ static int64_t ngx_pushjobs_agent_offset(void *msg, char *name);
 static ngx_pushjobs_agent_job_t *ngx_pushjobs_agent_job(
     ngx_pushjobs_agent_t *a, u_char *job_id, ngx_uint_t create);
 static ngx_uint_t ngx_pushjobs_agent_hash(ngx_str_t *org, ngx_str_t *name);
+static void ngx_pushjobs_agent_slot_add(ngx_pushjobs_worker_t *w,
+    ngx_pushjobs_agent_t *a);
+static void ngx_pushjobs_agent_slot_del(ngx_pushjobs_worker_t *w,
+    ngx_pushjobs_agent_t *a);
+static ngx_int_t ngx_pushjobs_agent_slots_resize(ngx_pushjobs_worker_t *w,
+    ngx_uint_t live);
 
 
 static ngx_pushjobs_agent_type_t  ngx_pushjobs_agent_types[] = {
@@ -240,10 +255,11 @@ ngx_pushjobs_agent_handle(ngx_pushjobs_agent_t *a, void *msg)
 ngx_pushjobs_agent_t *
 ngx_pushjobs_agent_find(ngx_str_t *org, ngx_str_t *node)
 {
-    ngx_uint_t              hash;
-    ngx_rbtree_node_t      *n, *sentinel;
-    ngx_pushjobs_agent_t   *a;
-    ngx_pushjobs_worker_t  *w;
+    ngx_uint_t                  hash, i, mask;
+    ngx_rbtree_node_t          *n, *sentinel;
+    ngx_pushjobs_agent_t       *a;
+    ngx_pushjobs_worker_t      *w;
+    ngx_pushjobs_agent_slot_t  *slot;
 
     w = ngx_pushjobs_worker;
     if (w == NULL) {
@@ -251,6 +267,29 @@ ngx_pushjobs_agent_find(ngx_str_t *org, ngx_str_t *node)
     }
 
     hash = ngx_pushjobs_agent_hash(org, node);
+
+    if (w->agent_slots) {
+        mask = w->agent_nslots - 1;
+
+        for (i = hash & mask; /* void */ ; i = (i + 1) & mask) {
+            slot = &w->agent_slots[i];
+            a = slot->agent;
+
+            if (a == NULL) {
+                return NULL;
+            }
+
+            if (slot->hash == hash && a != NGX_PUSHJOBS_AGENT_GONE
+                && a->org.len == org->len && a->name.len == node->len
+                && ngx_memcmp(a->org.data, org->data, org->len) == 0
+                && ngx_memcmp(a->name.data, node->data, node->len) == 0)
+            {
+                return a;
+            }
+        }
+    }
+
+    /* no table (no memory for it): the rbtree */
 
     n = w->agents.root;
     sentinel = w->agents.sentinel;
@@ -282,6 +321,145 @@ ngx_pushjobs_agent_find(ngx_str_t *org, ngx_str_t *node)
     }
 
     return NULL;
+}
+
+
+/*
+ * The sessions by hash: open addressing with linear probing over (hash,
+ * session) pairs, at most 3/4 used (sessions and the marks of gone ones).
+ * A lookup reads a slot or two where the rbtree's walk read a session per
+ * level, a cache miss each: a job's commit and run go out by looking up
+ * each of its nodes in every worker, 8 x 100,000 lookups a message at
+ * 100k, and the walk was 13 % of nginx's time during such a job
+ * (bench/README).  The rbtree stays, to walk the sessions; without memory
+ * for a larger table, lookups go back to it for the worker's life.
+ */
+
+static void
+ngx_pushjobs_agent_slot_add(ngx_pushjobs_worker_t *w, ngx_pushjobs_agent_t *a)
+{
+    ngx_uint_t                  i, mask;
+    ngx_pushjobs_agent_slot_t  *slot;
+
+    if (w->agent_slots_off) {
+        return;
+    }
+
+    if ((w->agent_slots_used + 1) * 4 > w->agent_nslots * 3
+        && ngx_pushjobs_agent_slots_resize(w, w->nagents + 1) != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_WARN, a->log, 0,
+                      "pushjobs: no memory for the table of %ui agents, "
+                      "looking them up in the tree", w->nagents + 1);
+
+        if (w->agent_slots) {
+            ngx_free(w->agent_slots);
+        }
+
+        w->agent_slots = NULL;
+        w->agent_nslots = 0;
+        w->agent_slots_used = 0;
+        w->agent_slots_off = 1;
+        return;
+    }
+
+    mask = w->agent_nslots - 1;
+
+    for (i = a->node.key & mask; /* void */ ; i = (i + 1) & mask) {
+        slot = &w->agent_slots[i];
+
+        if (slot->agent == NULL) {
+            w->agent_slots_used++;
+            break;
+        }
+
+        if (slot->agent == NGX_PUSHJOBS_AGENT_GONE) {
+            break;
+        }
+    }
+
+    slot->hash = (uint32_t) a->node.key;
+    slot->agent = a;
+}
+
+
+static void
+ngx_pushjobs_agent_slot_del(ngx_pushjobs_worker_t *w, ngx_pushjobs_agent_t *a)
+{
+    ngx_uint_t                  i, mask;
+    ngx_pushjobs_agent_slot_t  *slot;
+
+    if (w->agent_slots == NULL) {
+        return;
+    }
+
+    mask = w->agent_nslots - 1;
+
+    for (i = a->node.key & mask; /* void */ ; i = (i + 1) & mask) {
+        slot = &w->agent_slots[i];
+
+        if (slot->agent == NULL) {
+            return;
+        }
+
+        if (slot->agent == a) {
+            /* marked, not emptied: later ones of its run stay found */
+            slot->agent = NGX_PUSHJOBS_AGENT_GONE;
+            return;
+        }
+    }
+}
+
+
+/* A new table for the live sessions, at most half full; the gone dropped. */
+
+static ngx_int_t
+ngx_pushjobs_agent_slots_resize(ngx_pushjobs_worker_t *w, ngx_uint_t live)
+{
+    ngx_uint_t                  i, j, n, mask, used;
+    ngx_pushjobs_agent_t       *a;
+    ngx_pushjobs_agent_slot_t  *old, *slots;
+
+    n = NGX_PUSHJOBS_AGENT_SLOTS_MIN;
+
+    while (n < live * 2) {
+        n *= 2;
+    }
+
+    slots = ngx_calloc(n * sizeof(ngx_pushjobs_agent_slot_t),
+                       ngx_cycle->log);
+    if (slots == NULL) {
+        return NGX_ERROR;
+    }
+
+    old = w->agent_slots;
+    mask = n - 1;
+    used = 0;
+
+    for (i = 0; i < w->agent_nslots; i++) {
+        a = old[i].agent;
+
+        if (a == NULL || a == NGX_PUSHJOBS_AGENT_GONE) {
+            continue;
+        }
+
+        for (j = old[i].hash & mask; slots[j].agent; j = (j + 1) & mask) {
+            /* void */
+        }
+
+        slots[j] = old[i];
+        used++;
+    }
+
+    if (old) {
+        ngx_free(old);
+    }
+
+    w->agent_slots = slots;
+    w->agent_nslots = n;
+    w->agent_slots_used = used;
+
+    return NGX_OK;
 }
 
 
@@ -797,6 +975,15 @@ ngx_pushjobs_session_done(ngx_pushjobs_worker_t *w)
                                      NGX_PUSHJOBS_WS_GOING_AWAY);
         }
     }
+
+    if (w->agent_slots) {
+        ngx_free(w->agent_slots);
+    }
+
+    w->agent_slots = NULL;
+    w->agent_nslots = 0;
+    w->agent_slots_used = 0;
+    w->agent_slots_off = 1;
 }
 
 
@@ -905,6 +1092,7 @@ ngx_pushjobs_agent_register(ngx_pushjobs_agent_t *a)
 
     a->node.key = ngx_pushjobs_agent_hash(&a->org, &a->name);
     ngx_rbtree_insert(&w->agents, &a->node);
+    ngx_pushjobs_agent_slot_add(w, a);
     w->nagents++;
     a->registered = 1;
 
@@ -928,6 +1116,8 @@ ngx_pushjobs_agent_unregister(ngx_pushjobs_agent_t *a)
         return;
     }
 
+    /* first: ngx_rbtree_delete() clears the key, where the slot's run is */
+    ngx_pushjobs_agent_slot_del(w, a);
     ngx_rbtree_delete(&w->agents, &a->node);
     w->nagents--;
     a->registered = 0;
