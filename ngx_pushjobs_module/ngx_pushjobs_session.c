@@ -108,6 +108,7 @@ static void ngx_pushjobs_agent_slot_del(ngx_pushjobs_worker_t *w,
     ngx_pushjobs_agent_t *a);
 static ngx_int_t ngx_pushjobs_agent_slots_resize(ngx_pushjobs_worker_t *w,
     ngx_uint_t live);
+static void ngx_pushjobs_agent_slots_off(ngx_pushjobs_worker_t *w);
 
 
 static ngx_pushjobs_agent_type_t  ngx_pushjobs_agent_types[] = {
@@ -352,14 +353,7 @@ ngx_pushjobs_agent_slot_add(ngx_pushjobs_worker_t *w, ngx_pushjobs_agent_t *a)
                       "pushjobs: no memory for the table of %ui agents, "
                       "looking them up in the tree", w->nagents + 1);
 
-        if (w->agent_slots) {
-            ngx_free(w->agent_slots);
-        }
-
-        w->agent_slots = NULL;
-        w->agent_nslots = 0;
-        w->agent_slots_used = 0;
-        w->agent_slots_off = 1;
+        ngx_pushjobs_agent_slots_off(w);
         return;
     }
 
@@ -408,6 +402,22 @@ ngx_pushjobs_agent_slot_del(ngx_pushjobs_worker_t *w, ngx_pushjobs_agent_t *a)
             return;
         }
     }
+}
+
+
+/* No table any more: lookups walk the rbtree for the worker's life. */
+
+static void
+ngx_pushjobs_agent_slots_off(ngx_pushjobs_worker_t *w)
+{
+    if (w->agent_slots) {
+        ngx_free(w->agent_slots);
+    }
+
+    w->agent_slots = NULL;
+    w->agent_nslots = 0;
+    w->agent_slots_used = 0;
+    w->agent_slots_off = 1;
 }
 
 
@@ -976,14 +986,7 @@ ngx_pushjobs_session_done(ngx_pushjobs_worker_t *w)
         }
     }
 
-    if (w->agent_slots) {
-        ngx_free(w->agent_slots);
-    }
-
-    w->agent_slots = NULL;
-    w->agent_nslots = 0;
-    w->agent_slots_used = 0;
-    w->agent_slots_off = 1;
+    ngx_pushjobs_agent_slots_off(w);
 }
 
 
