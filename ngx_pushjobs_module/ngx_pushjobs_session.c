@@ -253,6 +253,18 @@ ngx_pushjobs_agent_handle(ngx_pushjobs_agent_t *a, void *msg)
 }
 
 
+/* The session of this org's node? (The hashes are compared first.) */
+
+static ngx_inline ngx_uint_t
+ngx_pushjobs_agent_is(ngx_pushjobs_agent_t *a, ngx_str_t *org,
+    ngx_str_t *node)
+{
+    return a->org.len == org->len && a->name.len == node->len
+           && ngx_memcmp(a->org.data, org->data, org->len) == 0
+           && ngx_memcmp(a->name.data, node->data, node->len) == 0;
+}
+
+
 ngx_pushjobs_agent_t *
 ngx_pushjobs_agent_find(ngx_str_t *org, ngx_str_t *node)
 {
@@ -281,9 +293,7 @@ ngx_pushjobs_agent_find(ngx_str_t *org, ngx_str_t *node)
             }
 
             if (slot->hash == hash && a != NGX_PUSHJOBS_AGENT_GONE
-                && a->org.len == org->len && a->name.len == node->len
-                && ngx_memcmp(a->org.data, org->data, org->len) == 0
-                && ngx_memcmp(a->name.data, node->data, node->len) == 0)
+                && ngx_pushjobs_agent_is(a, org, node))
             {
                 return a;
             }
@@ -311,10 +321,7 @@ ngx_pushjobs_agent_find(ngx_str_t *org, ngx_str_t *node)
 
         a = (ngx_pushjobs_agent_t *) n;
 
-        if (a->org.len == org->len && a->name.len == node->len
-            && ngx_memcmp(a->org.data, org->data, org->len) == 0
-            && ngx_memcmp(a->name.data, node->data, node->len) == 0)
-        {
+        if (ngx_pushjobs_agent_is(a, org, node)) {
             return a;
         }
 
