@@ -327,7 +327,7 @@ sub job_runs {
 
 $stack->start_agent('node1');
 ok $stack->wait_online(['node1'], 30), 'agent online through the Chef nginx'
-    or diag slurp("$dir/agents/node1/agent.log"), $stack->error_log;
+    or diag slurp($stack->agent_log('node1')), $stack->error_log;
 ok job_runs('via chef nginx'), 'a job runs, its output through the Chef nginx';
 
 # Chef's error_page sends the errors nginx makes to @errorrespfilter; the

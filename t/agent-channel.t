@@ -18,7 +18,7 @@ $stack->start;
 
 my $org = $stack->org;
 my ($node) = $stack->agent_names;
-my $dir = $stack->dir . "/agents/$node";
+my $dir = $stack->agent_dir($node);
 
 my $id = $stack->start_job({ command => 'sleep 3', nodes => [$node] });
 ok PushJobs::Stack::wait_for(20, sub {

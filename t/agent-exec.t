@@ -70,7 +70,7 @@ is output($id), "nobody\n", 'the job ran as nobody';
 
 ($id, $job) = run_job(command => 'whoami', user => 'daemon');
 is_deeply $job->{nodes}, { nacked => [$node] }, 'user not in allowed_users: nacked';
-like PushJobs::Stack::slurp($stack->dir . "/agents/$node/agent.log"),
+like PushJobs::Stack::slurp($stack->agent_log($node)),
     qr/job $id: refused: user not allowed/, 'with the reason';
 
 ($id, $job) = run_job(command => 'whoami', user => 'no-such-user-xyz');

@@ -31,7 +31,7 @@ $stack->start;
 
 my $org = $stack->org;
 my ($node) = $stack->agent_names;
-my $log = $stack->dir . "/agents/$node/agent.log";
+my $log = $stack->agent_log($node);
 
 # processes of the test scripts still alive
 sub left {
@@ -96,14 +96,14 @@ if ($res->{status} != 501 && $res->{status} != 404) {
 }
 $stack->stop_agent($node, 'TERM');
 is left('sleep 317[12]'), 0, 'the stopped agent left no process of its job';
-my @spooled = glob($stack->dir . "/agents/$node/spool/*.json");
+my @spooled = glob($stack->agent_dir($node) . "/spool/*.json");
 is scalar @spooled, 1, 'one final report spooled';
 $stack->start_agent($node);
 $job = $stack->wait_job($id, 30);
 is_deeply $job->{nodes}, { failed => [$node] },
     'the restarted agent delivered the report: node failed (killed)';
 ok PushJobs::Stack::wait_for(10, sub {
-    !glob($stack->dir . "/agents/$node/spool/*.json") }),
+    !glob($stack->agent_dir($node) . "/spool/*.json") }),
     'the spool drains on the server\'s ack';
 
 is_deeply [ $stack->alerts ], [], 'no [alert] or [emerg] in error.log';

@@ -31,7 +31,7 @@ my $stack = PushJobs::Stack->new(
 $stack->start;
 
 my ($node) = $stack->agent_names;
-my $dir = $stack->dir . "/agents/$node";
+my $dir = $stack->agent_dir($node);
 my $log = "$dir/agent.log";
 # the default user: pushjobs-agent once its package made it, else nobody
 my $user = getpwnam('pushjobs-agent') ? 'pushjobs-agent' : 'nobody';

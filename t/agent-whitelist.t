@@ -65,7 +65,7 @@ ok flock($fh, LOCK_EX | LOCK_NB), 'the test holds the lock';
 ($id, $job) = run_job('locked');
 is $job->{status}, 'quorum_failed', 'lock held: quorum_failed';
 is_deeply $job->{nodes}, { nacked => [$node] }, 'lock held: nacked';
-like PushJobs::Stack::slurp($stack->dir . "/agents/$node/agent.log"),
+like PushJobs::Stack::slurp($stack->agent_log($node)),
     qr/job $id: refused: lock held/, 'the agent says why';
 
 # the lock free: acked (not the 2.x silence), held while the job runs

@@ -99,7 +99,7 @@ sub wait_available {
 sub wait_reaped {
     my ($id) = @_;
     for my $node (map { (split / /)[1] } grep { /^run_start / } events($id)) {
-        my $log = "$stack->{dir}/agents/$node/agent.log";
+        my $log = $stack->agent_log($node);
         ok PushJobs::Stack::wait_for(30, sub {
             PushJobs::Stack::slurp($log)
                 =~ /job $id: (?:exited with|killed by signal)/ }),

@@ -325,7 +325,7 @@ is_deeply [ events($id) ],
     [ 'start', 'quorum_vote node1 success', 'quorum_succeeded',
       'run_start node1', 'job_complete timed_out' ],
     '  events: no per-node completion';
-my $log = $stack->dir . '/agents/node1/agent.log';
+my $log = $stack->agent_log('node1');
 ok PushJobs::Stack::wait_for(15, sub {
     PushJobs::Stack::slurp($log) =~ /job $id: report acknowledged/;
 }), '  the agent aborted the job and its report was acked';

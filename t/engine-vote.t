@@ -57,7 +57,7 @@ is $job->{status}, 'quorum_failed', 'busy node: quorum_failed';
 is_deeply $job->{nodes}, { nacked => [$n1], was_ready => [$n2] },
     '  busy node nacked, the other was_ready';
 ok PushJobs::Stack::wait_for(10, sub {
-    PushJobs::Stack::slurp($stack->dir . "/agents/$n2/agent.log")
+    PushJobs::Stack::slurp($stack->agent_log($n2))
         =~ /job $id: uncommitted/;
 }), '  the was_ready agent was told to abort: uncommitted';
 

@@ -62,13 +62,13 @@ sub group_live {
 # The process group the agent recorded for a job (SPOOL/JOBID.run).
 sub recorded_pgid {
     my ($s, $node, $id) = @_;
-    my $rec = PushJobs::Stack::slurp($s->dir . "/agents/$node/spool/$id.run");
+    my $rec = PushJobs::Stack::slurp($s->agent_dir($node) . "/spool/$id.run");
     return $rec =~ /^pgid (\d+)$/m ? $1 : undef;
 }
 
 sub spool_files {
     my ($s, $node) = @_;
-    return map { s{.*/}{}r } glob($s->dir . "/agents/$node/spool/*");
+    return map { s{.*/}{}r } glob($s->agent_dir($node) . "/spool/*");
 }
 
 sub node_status {
@@ -152,7 +152,7 @@ note '(a) kill -9 mid-run, restart before pushjobs_node_lost_timeout';
     $s->start_agent('node1');
     ok PushJobs::Stack::wait_for(20, sub { !group_live($pgid) }, 0.1),
         'the restarted agent ended the orphaned process group';
-    my $log = PushJobs::Stack::slurp($s->dir . '/agents/node1/agent.log');
+    my $log = PushJobs::Stack::slurp($s->agent_log('node1'));
     like $log, qr/job $id: its process group $pgid \(3 processes\) outlived/,
         'and said so';
 
@@ -238,7 +238,7 @@ SKIP: {
     $s->start_agent('node1');
     ok PushJobs::Stack::wait_for(20, sub { !group_live($pgid) }, 0.1),
         'the restarted agent ended them (the job\'s id in their environment)';
-    like PushJobs::Stack::slurp($s->dir . '/agents/node1/agent.log'),
+    like PushJobs::Stack::slurp($s->agent_log('node1')),
         qr/job $id: its process group $pgid \(2 processes\) outlived/,
         'and said so';
     is_deeply $s->wait_job($id, 40)->{nodes}, { crashed => ['node1'] },
@@ -257,7 +257,7 @@ SKIP: {
 
     $s->start_agent('node1');
     ok PushJobs::Stack::wait_for(20, sub {
-        PushJobs::Stack::slurp($s->dir . '/agents/node1/agent.log')
+        PushJobs::Stack::slurp($s->agent_log('node1'))
             =~ /job $id: process group $pgid has 3 processes that cannot be /
     }, 0.1), 'the restarted agent does not signal what it cannot show is '
              . 'the job\'s';

@@ -333,7 +333,7 @@ is_deeply $job && $job->{nodes}, { succeeded => [ sort @nodes ] },
         my $st = (grep { grep { $_ eq $n } @{ $job->{nodes}{$_} } }
                   keys %{ ($job // {})->{nodes} // {} })[0] // '?';
         next if $st eq 'succeeded';
-        open my $fh, '<', "$s->{dir}/agents/$n/agent.log" or next;
+        open my $fh, '<', $s->agent_log($n) or next;
         my @l = <$fh>;
         diag "$n ($st), agent.log ends:\n", @l[ ($#l > 30 ? $#l - 30 : 0)
                                                  .. $#l ];

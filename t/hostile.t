@@ -268,18 +268,17 @@ is $res->{content}, "\xF0\x9F\x98\x80\n", '  its output is the character';
 # --- a damaged spooled report does not wedge the agent's channel ----------
 
 $stack->stop_agent('node1');
-my $spooled = $stack->dir . "/agents/node1/spool/$known.json";
+my $spooled = $stack->agent_dir('node1') . "/spool/$known.json";
 PushJobs::Stack::spew($spooled, '{"type":"succeeded","job_id":"' . $known
                                 . '","stdout":"\ud800' . ('[' x 1000));
 $stack->start_agent('node1');
 ok PushJobs::Stack::wait_for(20, sub { !-e $spooled }),
    'an agent drops a damaged spooled report instead of re-sending it';
-like PushJobs::Stack::slurp($stack->dir . '/agents/node1/agent.log'),
+like PushJobs::Stack::slurp($stack->agent_log('node1')),
      qr/job $known: the spooled report is damaged, dropped/, '  and says so';
 ok $stack->wait_online(['node1'], 20), '  its channel stays open';
 my ($hello) = reverse grep { /"type":"hello"/ }
-              split /\n/, PushJobs::Stack::slurp($stack->dir
-                                                  . '/agents/node1/agent.log');
+              split /\n/, PushJobs::Stack::slurp($stack->agent_log('node1'));
 ok defined $hello && $hello !~ /$known/,
    '  and its hello does not list the job as finished'
     or diag $hello;

@@ -32,7 +32,7 @@ my $org = $stack->org;
 my $poll = "/organizations/$org/pushy/agent/poll";
 my ($lp, $ws, $fb) = $stack->agent_names;
 
-sub agent_log { PushJobs::Stack::slurp($stack->dir . "/agents/$_[0]/agent.log") }
+sub agent_log { PushJobs::Stack::slurp($stack->agent_log($_[0])) }
 
 sub node_status {
     my ($node) = @_;
@@ -59,7 +59,7 @@ is $job->{status}, 'complete', 'long-poll job complete';
 is_deeply $job->{nodes}, { succeeded => [$lp] }, '  node succeeded';
 is output($id, $lp), "hello from afar\n", '  output captured';
 ok PushJobs::Stack::wait_for(10, sub {
-    !-e $stack->dir . "/agents/$lp/spool/$id.json" }),
+    !-e $stack->agent_dir($lp) . "/spool/$id.json" }),
     '  the report left the spool on the server\'s ack';
 
 # a job on both transports at once

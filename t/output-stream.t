@@ -142,7 +142,7 @@ cmp_ok scalar(grep { ($_->{event} // '') eq 'output' } @ev), '>=', 4,
     '  in several chunks (batched, not one per line nor one at the end)';
 
 is status($id), 'complete', 'job complete';
-like PushJobs::Stack::slurp($stack->dir . "/agents/$node/agent.log"),
+like PushJobs::Stack::slurp($stack->agent_log($node)),
     qr/-> \{"type":"succeeded"[^\n]*"job_id":"$id"[^\n]*"stdout_offset":\d+,"stdout":""/,
     'the final report left out what was streamed (stdout_offset)';
 is output($id), lines('line', 20),
@@ -250,7 +250,7 @@ is $stack->wait_job($id, 30)->{status}, 'complete', '  the job completes';
 is output($id), lines('line', 20),
     '  final stdout whole: the agent re-sent its whole report';
 is output($id, 'stderr'), lines('err', 20), '  and stderr';
-like PushJobs::Stack::slurp($stack->dir . "/agents/$node/agent.log"),
+like PushJobs::Stack::slurp($stack->agent_log($node)),
     qr/job $id: re-sending the spooled report/,
     '  (the agent logged the resend)';
 like $stack->error_log, qr/asked for its whole report of job $id/,
@@ -258,7 +258,7 @@ like $stack->error_log, qr/asked for its whole report of job $id/,
 
 # --- over long-poll --------------------------------------------------------
 
-my $agent_log = $stack->dir . "/agents/$node/agent.log";
+my $agent_log = $stack->agent_log($node);
 $stack->stop_agent($node);
 my $log_at = length PushJobs::Stack::slurp($agent_log);
 $stack->start_agent($node, args => ['--long-poll']);

@@ -110,6 +110,10 @@ END {
 }
 
 sub dir { $_[0]{dir} }
+
+# An agent's directory (its client.rb, keys, spool) and its log.
+sub agent_dir { "$_[0]{dir}/agents/$_[1]" }
+sub agent_log { $_[0]->agent_dir($_[1]) . '/agent.log' }
 sub org { $_[0]{org} }
 
 # Front ends are named fe1 (started by start), fe2, ...; each is an nginx
@@ -667,7 +671,7 @@ sub http {
 sub client_rb {
     my ($self, $name, %opt) = @_;
     my $url = $self->url($opt{fe});
-    my $d = "$self->{dir}/agents/$name";
+    my $d = $self->agent_dir($name);
     make_path("$d/spool", { mode => 0700 });
 
     my $wl = join ",\n",
@@ -713,7 +717,7 @@ sub start_agents {
     $self->start_agent($_) for $self->agent_names;
     $self->wait_online([ $self->agent_names ], 30)
         or croak "agents did not come online:\n"
-                 . join('', map { slurp("$self->{dir}/agents/$_/agent.log") }
+                 . join('', map { slurp($self->agent_log($_)) }
                                 $self->agent_names)
                  . $self->error_log;
 }
