@@ -177,18 +177,26 @@ $$;
 -- handover), whose agents are reconnecting to the new workers: they get
 -- the job's commit with their hello.  One that does not come back is lost
 -- as any node whose channel went away (sweep(), node_lost_timeout).
+--
+-- One SELECT of presence, no UNION: inlined into a caller that joins it
+-- with a job's nodes, the join goes by presence's primary key, so a job of
+-- ten nodes reads ten rows, not the org's (a UNION is deduplicated whole
+-- first: 150 ms for each job in an org of 100,000 nodes; sqitch change
+-- create_job_fast).
 CREATE OR REPLACE FUNCTION pushjobs.available_nodes(p_org text,
     p_owner_timeout_ms integer)
 RETURNS TABLE (node_name text)
 LANGUAGE sql STABLE AS $$
-    SELECT o.node_name
-      FROM pushjobs.online_nodes(p_org, p_owner_timeout_ms) o
-    UNION
     SELECT p.node_name
       FROM pushjobs.presence p
+      LEFT JOIN pushjobs.owners o ON o.id = p.owner
      WHERE p.org = p_org
-       AND NOT p.online
-       AND p.handover_until > now()
+       AND CASE WHEN p.online
+                THEN NOT o.dead
+                     AND o.seen_at > now() - p_owner_timeout_ms
+                                             * interval '1 millisecond'
+                ELSE p.handover_until > now()
+           END
 $$;
 
 
@@ -881,7 +889,9 @@ BEGIN
     -- Every node is inserted with the status node_step() gives it: a node
     -- without a channel is "down" at once (unavailable, with its vote
     -- "down" and its rehab), the others are new.  Its events are emitted
-    -- after the job's start, in the order the nodes were named.
+    -- after the job's start, in the order the nodes were named.  OFFSET 0
+    -- keeps node_step() behind its condition: pulled up into the join, it
+    -- ran for every node, available or not (0.4 s of a 100,000-node job).
     WITH s AS (
         SELECT u.node, u.ord, st.new_status, st.event_names,
                st.event_fields
@@ -891,7 +901,8 @@ BEGIN
           LEFT JOIN LATERAL (SELECT *
                                FROM pushjobs.node_step(v_job.status, 'new',
                                                        false, 'down', u.node)
-                              WHERE o.node_name IS NULL) AS st
+                              WHERE o.node_name IS NULL
+                             OFFSET 0) AS st
                  ON true
     ), ins AS (
         INSERT INTO pushjobs.job_nodes (job_id, org, node_name, status)
