@@ -70,5 +70,47 @@ sql("SELECT pushjobs.owner_beat('w3')");
 is sql("SELECT count(*) FROM pushjobs.online_nodes('demo', 20000) WHERE node_name = 'x1'"), 1,
     '  which it now has';
 
+# available_nodes(): what a new job counts on, of each node one row at
+# most: online with a live owner, or offline while its handover (a reload)
+# lasts.  Not online with a dead, overdue or missing owner, nor offline
+# without a handover or after it.  create_job() makes those "new" and the
+# others "unavailable" at once (sqitch change create_job_fast: one SELECT
+# joined by the primary key, no longer a UNION of the org).
+sql("SELECT pushjobs.owner_beat(w) FROM unnest(ARRAY['a1', 'a2', 'a3']) w");
+sql("UPDATE pushjobs.owners SET dead = true WHERE id = 'a2'");
+sql("UPDATE pushjobs.owners SET seen_at = now() - interval '1 minute'
+      WHERE id = 'a3'");
+sql("INSERT INTO pushjobs.presence (org, node_name, owner, session, online,
+                                    handover_until)
+     VALUES ('av', 'live', 'a1', 1, true, NULL),
+            ('av', 'dead', 'a2', 2, true, NULL),
+            ('av', 'overdue', 'a3', 3, true, NULL),
+            ('av', 'orphan', 'gone', 4, true, NULL),
+            ('av', 'handover', 'a1', 5, false, now() + interval '1 minute'),
+            ('av', 'expired', 'a1', 6, false, now() - interval '1 second'),
+            ('av', 'offline', 'a1', 7, false, NULL),
+            ('other', 'elsewhere', 'a1', 8, true, NULL)");
+is sql("SELECT string_agg(node_name, ' ' ORDER BY node_name)
+          FROM pushjobs.available_nodes('av', 20000)"), 'handover live',
+    'available: the node online with a live owner and the one handed over';
+my @av = qw(live dead overdue orphan handover expired offline absent
+            elsewhere);
+my $body = '{"command": "true", "quorum": 2, "nodes": ['
+           . join(', ', map { "\"$_\"" } @av) . ']}';
+my $job = sql("SELECT pushjobs.create_job('av', 'u', '$body', 3600, 60000,
+                                          20000)");
+like $job, qr/^[0-9a-f]{32}$/, 'a job over them and two nodes without a row';
+is sql("SELECT string_agg(node_name || '=' || status, ' '
+                          ORDER BY node_name)
+          FROM pushjobs.job_nodes WHERE job_id = '$job'"),
+   'absent=unavailable dead=unavailable elsewhere=unavailable '
+   . 'expired=unavailable handover=new live=new offline=unavailable '
+   . 'orphan=unavailable overdue=unavailable',
+   '  those two are new, the others unavailable at once';
+is sql("SELECT count(*) FROM pushjobs.job_events
+         WHERE job_id = '$job' AND name = 'quorum_vote'
+           AND data::jsonb ->> 'status' = 'down'"), 7,
+   '  with a "down" vote each';
+
 $stack->stop;
 done_testing;
