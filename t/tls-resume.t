@@ -20,7 +20,7 @@ use PushJobs::Stack;
 
 my $stack = PushJobs::Stack->new(agents => 1, workers => 2,
     nginx_extra => q{log_format resume '$ssl_session_reused $request_uri'; }
-                   . 'pushjobs_ping_interval 2s; ssl_session_timeout 4s; '
+                   . 'pushjobs_ping_interval 1s; ssl_session_timeout 20s; '
                    . 'ssl_protocols TLSv1.2 TLSv1.3; '
                    # first nginx's timeout, for the renewal
                    . 'pushjobs_ticket_lifetime 0;');
@@ -71,13 +71,16 @@ my $id = $stack->start_job({ command => 'true', nodes => ['node1'] });
 is $stack->wait_job($id, 30)->{status}, 'complete',
     'a job runs over the resumed channel';
 
-# A ticket is good for ssl_session_timeout (4 s here) from when it was
+# A ticket is good for ssl_session_timeout (20 s here) from when it was
 # issued, and a channel lives far longer: the server gives a connected
 # agent a new ticket once half of that time has passed (with a ping), so
 # that its reconnect long after its handshake still resumes.  Waiting is
 # the test: twice the timeout, so the reload's ticket above has expired.
+# The agent's last ticket is then at most 10 s + a ping (1 s) + a second
+# of nginx's clock old, which leaves 8 s for the restart and the
+# reconnect (a timeout of 4 s left none under ASan: CI, 2026-12-05).
 my $since = time;
-PushJobs::Stack::wait_for(20, sub { time - $since >= 9 }, 0.5);
+PushJobs::Stack::wait_for(60, sub { time - $since >= 41 }, 0.5);
 $n = () = upgrades();
 $stack->stop_nginx('fe1');
 start_fe('fe1');
@@ -104,9 +107,11 @@ $n = () = upgrades();
 $stack->stop_nginx('fe1');
 # an outage of twice ssl_session_timeout
 $since = time;
-PushJobs::Stack::wait_for(20, sub { time - $since >= 9 }, 0.5);
+PushJobs::Stack::wait_for(60, sub { time - $since >= 41 }, 0.5);
 start_fe('fe1');
-ok PushJobs::Stack::wait_for(30, sub { upgrades() > $n }, 0.1),
+# the agent's backoff has grown meanwhile (1 s doubling to 60 s, full
+# jitter): its next try comes within a minute
+ok PushJobs::Stack::wait_for(90, sub { upgrades() > $n }, 0.1),
     'nginx down for twice ssl_session_timeout: node1 reconnected';
 is +(upgrades())[-1], 'r', '  resumed: its ticket lives an hour';
 
