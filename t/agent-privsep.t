@@ -32,7 +32,7 @@ $stack->start;
 
 my ($node) = $stack->agent_names;
 my $dir = $stack->agent_dir($node);
-my $log = "$dir/agent.log";
+my $log = $stack->agent_log($node);
 # the default user: pushjobs-agent once its package made it, else nobody
 my $user = getpwnam('pushjobs-agent') ? 'pushjobs-agent' : 'nobody';
 my $uid = (getpwnam $user)[2];

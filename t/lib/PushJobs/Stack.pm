@@ -110,11 +110,11 @@ END {
 }
 
 sub dir { $_[0]{dir} }
+sub org { $_[0]{org} }
 
 # An agent's directory (its client.rb, keys, spool) and its log.
 sub agent_dir { "$_[0]{dir}/agents/$_[1]" }
 sub agent_log { $_[0]->agent_dir($_[1]) . '/agent.log' }
-sub org { $_[0]{org} }
 
 # Front ends are named fe1 (started by start), fe2, ...; each is an nginx
 # with the module on its own port, sharing PostgreSQL and the Chef API.
