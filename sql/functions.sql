@@ -181,7 +181,7 @@ $$;
 -- One SELECT of presence, no UNION: inlined into a caller that joins it
 -- with a job's nodes, the join goes by presence's primary key, so a job of
 -- ten nodes reads ten rows, not the org's (a UNION is deduplicated whole
--- first: 150 ms for each job in an org of 100,000 nodes; sqitch change
+-- first: ~90 ms for each job in an org of 100,000 nodes; sqitch change
 -- create_job_fast).
 CREATE OR REPLACE FUNCTION pushjobs.available_nodes(p_org text,
     p_owner_timeout_ms integer)

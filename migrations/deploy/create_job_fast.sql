@@ -5,7 +5,7 @@
 --
 -- * available_nodes() was a UNION (online nodes, nodes being handed over),
 --   deduplicated whole before create_job() could join it with the job's
---   nodes: every POST read all of the org's presence, 150 ms for a job of
+--   nodes: every POST read all of the org's presence, ~90 ms for a job of
 --   ten nodes in an org of 100,000.  It is one SELECT now; inlined, the
 --   join goes by presence's primary key.
 -- * create_job() called node_step() for every node, available or not: the
