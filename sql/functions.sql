@@ -157,6 +157,19 @@ LANGUAGE sql AS $$
 $$;
 
 
+-- A worker is alive while it is not marked dead and has beaten within the
+-- owner timeout (sweep() marks the others dead).  A SQL expression the
+-- planner inlines into its callers (sqitch change owner_alive).
+CREATE OR REPLACE FUNCTION pushjobs.owner_alive(p_dead boolean,
+    p_seen_at timestamptz, p_owner_timeout_ms integer)
+RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT NOT p_dead
+           AND p_seen_at > now() - p_owner_timeout_ms
+                                   * interval '1 millisecond'
+$$;
+
+
 -- A node counts as online when its channel's worker is alive.
 CREATE OR REPLACE FUNCTION pushjobs.online_nodes(p_org text,
     p_owner_timeout_ms integer)
@@ -167,8 +180,7 @@ LANGUAGE sql STABLE AS $$
       JOIN pushjobs.owners o ON o.id = p.owner
      WHERE p.org = p_org
        AND p.online
-       AND NOT o.dead
-       AND o.seen_at > now() - p_owner_timeout_ms * interval '1 millisecond'
+       AND pushjobs.owner_alive(o.dead, o.seen_at, p_owner_timeout_ms)
 $$;
 
 
@@ -192,9 +204,8 @@ LANGUAGE sql STABLE AS $$
       LEFT JOIN pushjobs.owners o ON o.id = p.owner
      WHERE p.org = p_org
        AND CASE WHEN p.online
-                THEN NOT o.dead
-                     AND o.seen_at > now() - p_owner_timeout_ms
-                                             * interval '1 millisecond'
+                THEN pushjobs.owner_alive(o.dead, o.seen_at,
+                                          p_owner_timeout_ms)
                 ELSE p.handover_until > now()
            END
 $$;
@@ -2259,9 +2270,8 @@ LANGUAGE sql STABLE AS $$
                FROM pushjobs.presence p
                JOIN pushjobs.owners o ON o.id = p.owner
               WHERE p.online
-                AND NOT o.dead
-                AND o.seen_at > now()
-                                - p_owner_timeout_ms * interval '1 millisecond'),
+                AND pushjobs.owner_alive(o.dead, o.seen_at,
+                                         p_owner_timeout_ms)),
         'job_processes',
             (SELECT COALESCE(jsonb_agg(j.id ORDER BY j.id), '[]'::jsonb)
                FROM pushjobs.jobs j

@@ -16,9 +16,10 @@
 --   such POST also compiled its plan (0.45 s); the module's connections
 --   now run without JIT.
 --
--- In SQL alone (bench/sql-ingest): create_job() of 100,000 nodes 1.7-2.2 s
--- before, 0.8-0.9 s after; of 10 nodes in an org of 100,000, 175-250 ms
--- before, 30 ms after.
+-- In SQL alone (bench/sql-ingest, bench/README "A job's POST, by its own
+-- nodes"): create_job() of 100,000 nodes 1.95-2.32 s before, 0.59-0.89 s
+-- after; of 10 nodes in an org of 100,000, 91-96 ms before, 1.9-5.8 ms
+-- after.
 
 BEGIN;
 
