@@ -32,7 +32,7 @@ sub can_write {
     if ($expect) {
         is $res->{status}, 201, "$name: $who may start a job"
             or diag $res->{content};
-        return substr($res->{json}{uri} // '', -32);
+        return PushJobs::Stack::job_id_of($res);
     }
     is $res->{status}, 403, "$name: $who may not start a job";
     is_deeply $res->{json}, { error => [ denied_msg($who) ] },

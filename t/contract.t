@@ -280,7 +280,7 @@ like $res->{json}{uri}, qr{^https://127\.0\.0\.1:\d+/organizations/$org/pushy/jo
     '  uri of the job';
 is $res->{headers}{location}, $res->{json}{uri}, '  Location is the uri';
 is_deeply [ keys %{ $res->{json} } ], ['uri'], '  body is {"uri": ...}';
-my $echo = substr($res->{json}{uri}, -32);
+my $echo = PushJobs::Stack::job_id_of($res);
 
 $res = $stack->request('POST', $jobs, body => $ok,
                        headers => { 'X-Forwarded-Proto' => 'http' });

@@ -337,7 +337,7 @@ wait_available();
 my $posted = post({ command => 'rollout node5,node6 0.3', nodes => [@all],
                     max_concurrency => 2, max_errors => 1 });
 is $posted->{status}, 201, 'a rollout over both front ends';
-$id = substr($posted->{json}{uri} // '', -32);
+$id = PushJobs::Stack::job_id_of($posted);
 $job = $stack->wait_job($id, 60);
 is_deeply $job->{nodes}, { succeeded => [qw(node1 node2 node3 node4)],
                            failed => [qw(node5 node6)] },

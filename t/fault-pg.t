@@ -115,7 +115,7 @@ sub first_job_after {
     }, 0.05);
     is $res->{status}, 201, "$label: the first job after the restart is created"
         or diag $res->{content};
-    my $id = substr($res->{json}{uri} // '', -32);
+    my $id = PushJobs::Stack::job_id_of($res);
     push @ids, $id;
     my $job = $s->job($id);
     is_deeply $job->{nodes}{unavailable} // [], [],

@@ -215,7 +215,7 @@ for my $case ([ 'answered in time', 201 ], [ 'not answered', 503 ]) {
     is $res && $res->{status}, $want, "  the POST is answered $want"
         or diag explain $res;
     if ($want == 201) {
-        push @ids, my $id = substr($res->{json}{uri} // '', -32);
+        push @ids, my $id = PushJobs::Stack::job_id_of($res);
         is +($s->wait_job($id, 30) // {})->{status}, 'complete',
             '  its job runs';
     } else {

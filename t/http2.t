@@ -164,7 +164,7 @@ $res = h2('POST', "$base/jobs",
           body => { command => 'echo h2', nodes => ['node1', 'node2'],
                     capture_output => JSON::PP::true });
 is $res->{status}, 201, 'POST jobs: 201';
-my $id = substr($res->{json}{uri} // '', -32);
+my $id = PushJobs::Stack::job_id_of($res);
 like $id, qr/^[0-9a-f]{32}$/, '  a job id';
 
 # the job feed, live

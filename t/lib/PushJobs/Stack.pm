@@ -860,7 +860,17 @@ sub start_job {
                              body => $job, %a);
     croak "POST /jobs: $res->{status} $res->{content}"
         unless $res->{status} == 201;
-    return substr($res->{json}{uri}, -32);
+    return job_id_of($res);
+}
+
+# The job id of a POST /jobs answer (201, {"uri": ".../jobs/ID"}): the
+# uri's last 32 characters, or '' without a uri.  Takes request()'s answer
+# (its json) or HTTP::Tiny's (its content).  A function, not a method.
+sub job_id_of {
+    my ($res) = @_;
+    my $body = $res->{json} // eval { $JSON->decode($res->{content} // '') };
+    my $uri = ref $body eq 'HASH' ? $body->{uri} // '' : '';
+    return length $uri >= 32 ? substr($uri, -32) : '';
 }
 
 # Set a group's members in the Chef API (as pivotal), creating it if needed:
