@@ -5,7 +5,8 @@
 # completes, every one saw its commit, and they all come back after an
 # nginx restart; spread over two front ends, the clients of one that is
 # killed come back through the other.  The stream benchmark's command (bench/flood.c) builds the
-# same way and writes its stamped lines.  No timing assertions.
+# same way and writes its stamped lines; bench/sql-ingest runs its jobs to
+# the end.  No timing assertions.
 
 use strict;
 use warnings;
@@ -36,6 +37,14 @@ my @lines = `$bin/flood 20 1`;
 is scalar(@lines), 20, '  it writes KBPS lines in a second';
 is scalar(grep { length == 1024 && /^T=\d{13} x+\n\z/ } @lines), 20,
     '  each 1 KB, stamped with its write time in ms';
+
+# bench/sql-ingest: node_inputs() and create_job() alone in a scratch
+# PostgreSQL, here with the nodes split over 2 jobs fed at once
+my $si = `"$ROOT/bench/sql-ingest" 2000 500 2 2>&1`;
+is $?, 0, 'bench/sql-ingest runs' or diag $si;
+like $si, qr/^jobs: 2, complete$/m, '  both jobs complete';
+like $si, qr{^create_job of 2000 nodes .*: [\d.]+/[\d.]+/[\d.]+ ms$}m,
+     '  create_job() timed';
 
 require PushJobs::BenchStack;
 
