@@ -111,7 +111,7 @@ sub job_start {
     like $uri, qr{^\Q$url\E$base/jobs/[0-9a-f]{32}$},
         '  uri: https, this host, the job';
     is $res->{headers}{location}, $uri, '  Location: the uri';
-    my $id = substr($uri, -32);
+    my $id = PushJobs::Stack::job_id_of($res);
     return (undef, undef, $id) if $o{nowait};
 
     my $job;
