@@ -79,7 +79,8 @@ $(BUILD)/pushjobs-agent: $(AGENT_SRCS) $(AGENT_HDRS)
 
 # the load agent of the benchmarks (bench/README.md): make bench
 .PHONY: bench
-bench: $(BUILD)/pushjobs-loadagent $(BUILD)/pushjobs-flood
+bench: $(BUILD)/pushjobs-loadagent $(BUILD)/pushjobs-flood \
+       $(BUILD)/pushjobs-job-body
 
 $(BUILD)/pushjobs-loadagent: bench/loadagent.c
 	@mkdir -p $(BUILD)
@@ -88,6 +89,12 @@ $(BUILD)/pushjobs-loadagent: bench/loadagent.c
 $(BUILD)/pushjobs-flood: bench/flood.c
 	@mkdir -p $(BUILD)
 	$(CC) $(AGENT_CFLAGS) -o $@ bench/flood.c
+
+$(BUILD)/pushjobs-job-body: bench/job-body.c common/job_body.c \
+                          common/json_bound.c
+	@mkdir -p $(BUILD)
+	$(CC) $(AGENT_CFLAGS) -Icommon -o $@ bench/job-body.c common/job_body.c \
+	    common/json_bound.c -lyajl -lcrypto
 
 # Debian packages for the build and the local stack (apt-get, when missing)
 deps:
