@@ -5,7 +5,8 @@
 # completes, every one saw its commit, and they all come back after an
 # nginx restart; spread over two front ends, the clients of one that is
 # killed come back through the other.  The stream benchmark's command (bench/flood.c) builds the
-# same way and writes its stamped lines; bench/sql-ingest runs its jobs to
+# same way and writes its stamped lines, the POST body's (bench/job-body.c)
+# builds and times its three costs; bench/sql-ingest runs its jobs to
 # the end.  No timing assertions.
 
 use strict;
@@ -38,6 +39,24 @@ is scalar(@lines), 20, '  it writes KBPS lines in a second';
 is scalar(grep { length == 1024 && /^T=\d{13} x+\n\z/ } @lines), 20,
     '  each 1 KB, stamped with its write time in ms';
 
+# the POST's cost before PostgreSQL (bench/job-body.c): the module's own
+# validation of the body (common/job_body.c) and the body's hashes
+my @jcc = ($ENV{CC} || 'cc', qw(-std=c99 -O2 -Wall -Wextra -Wpointer-arith
+           -Wshadow -Wstrict-prototypes -Werror), "-I$ROOT/common", '-o',
+           "$bin/job-body", "$ROOT/bench/job-body.c",
+           "$ROOT/common/job_body.c", "$ROOT/common/json_bound.c",
+           '-lyajl', '-lcrypto');
+$out = `@jcc 2>&1`;
+is $?, 0, 'the POST body benchmark builds without warnings' or diag $out;
+my $jb = `$bin/job-body 2000 2 2>&1`;
+is $?, 0, '  it runs' or diag $jb;
+like $jb, qr/^a job of 2000 nodes: a body of \d+ bytes, best of 2$/m,
+     '  a body of 2000 nodes';
+is scalar(() = $jb =~ /^(?:check|sha1|sha256) +[\d.]+ ms +[\d.]+ us\/node$/mg),
+   3, '  checked and hashed, each timed';
+is system("$bin/job-body 0 >/dev/null 2>&1") >> 8, 2,
+   '  a bad N is refused (2)';
+
 # bench/sql-ingest: node_inputs() and create_job() alone in a scratch
 # PostgreSQL, here with the nodes split over 2 jobs fed at once
 my $si = `"$ROOT/bench/sql-ingest" 2000 500 2 2>&1`;
@@ -45,6 +64,18 @@ is $?, 0, 'bench/sql-ingest runs' or diag $si;
 like $si, qr/^jobs: 2, complete$/m, '  both jobs complete';
 like $si, qr{^create_job of 2000 nodes .*: [\d.]+/[\d.]+/[\d.]+ ms$}m,
      '  create_job() timed';
+like $si, qr/^events: 6004, every job numbered 1 to its count: true$/m,
+     '  every event once, numbered without a gap';
+
+# the lock plan's prototype (bench/lockplan.diff) still applies to sql/ and
+# ingests one job from 2 sessions at once, every node and event once
+$si = `SQL_PATCH=bench/lockplan.diff "$ROOT/bench/sql-ingest" 2000 250 1 2 2>&1`;
+is $?, 0, 'bench/sql-ingest with the lock plan, one job, 2 sessions' or diag $si;
+like $si, qr/^jobs: 1, complete$/m, '  the job completes';
+like $si, qr/^nodes: succeeded 2000$/m, '  every node succeeded';
+# 3 per node, and the job's quorum_succeeded and job_complete
+like $si, qr/^events: 6002, every job numbered 1 to its count: true$/m,
+     '  every event once, numbered without a gap in commit order';
 
 require PushJobs::BenchStack;
 
