@@ -21,19 +21,24 @@ use PushJobs::Stack;
 
 my $ROOT = $PushJobs::Stack::ROOT;
 my $bin = tempdir('bench-smoke-XXXXXX', TMPDIR => 1, CLEANUP => 1);
-my @cc = ($ENV{CC} || 'cc', qw(-std=c99 -O2 -Wall -Wextra -Wpointer-arith
-          -Wshadow -Wstrict-prototypes -Werror), '-o', "$bin/loadagent",
-          "$ROOT/bench/loadagent.c", '-lssl', '-lcrypto');
-my $out = `@cc 2>&1`;
-is $?, 0, 'the load agent builds without warnings' or diag $out;
+# the benchmarks' C programs, built as strictly as the module
+sub build_c {
+    my ($name, @args) = @_;
+    my @cc = ($ENV{CC} || 'cc', qw(-std=c99 -O2 -Wall -Wextra -Wpointer-arith
+              -Wshadow -Wstrict-prototypes -Werror), '-o', "$bin/$name",
+              @args);
+    my $out = `@cc 2>&1`;
+    return ($? == 0, $out);
+}
+
+my ($built, $out) = build_c('loadagent', "$ROOT/bench/loadagent.c",
+                            '-lssl', '-lcrypto');
+ok $built, 'the load agent builds without warnings' or diag $out;
 $ENV{PUSHJOBS_LOADAGENT} = "$bin/loadagent";
 
 # the stream benchmark's command (bench/flood.c): 1 KB lines, stamped
-my @fcc = ($ENV{CC} || 'cc', qw(-std=c99 -O2 -Wall -Wextra -Wpointer-arith
-           -Wshadow -Wstrict-prototypes -Werror), '-o', "$bin/flood",
-           "$ROOT/bench/flood.c");
-$out = `@fcc 2>&1`;
-is $?, 0, 'the flood command builds without warnings' or diag $out;
+($built, $out) = build_c('flood', "$ROOT/bench/flood.c");
+ok $built, 'the flood command builds without warnings' or diag $out;
 my @lines = `$bin/flood 20 1`;
 is scalar(@lines), 20, '  it writes KBPS lines in a second';
 is scalar(grep { length == 1024 && /^T=\d{13} x+\n\z/ } @lines), 20,
@@ -41,13 +46,11 @@ is scalar(grep { length == 1024 && /^T=\d{13} x+\n\z/ } @lines), 20,
 
 # the POST's cost before PostgreSQL (bench/job-body.c): the module's own
 # validation of the body (common/job_body.c) and the body's hashes
-my @jcc = ($ENV{CC} || 'cc', qw(-std=c99 -O2 -Wall -Wextra -Wpointer-arith
-           -Wshadow -Wstrict-prototypes -Werror), "-I$ROOT/common", '-o',
-           "$bin/job-body", "$ROOT/bench/job-body.c",
-           "$ROOT/common/job_body.c", "$ROOT/common/json_bound.c",
-           '-lyajl', '-lcrypto');
-$out = `@jcc 2>&1`;
-is $?, 0, 'the POST body benchmark builds without warnings' or diag $out;
+($built, $out) = build_c('job-body', "-I$ROOT/common",
+                          "$ROOT/bench/job-body.c",
+                          "$ROOT/common/job_body.c",
+                          "$ROOT/common/json_bound.c", '-lyajl', '-lcrypto');
+ok $built, 'the POST body benchmark builds without warnings' or diag $out;
 my $jb = `$bin/job-body 2000 2 2>&1`;
 is $?, 0, '  it runs' or diag $jb;
 like $jb, qr/^a job of 2000 nodes: a body of \d+ bytes, best of 2$/m,
