@@ -25,7 +25,11 @@
 #define NGX_PUSHJOBS_STORE_INPUTS      1
 #define NGX_PUSHJOBS_STORE_HELLOS      2
 #define NGX_PUSHJOBS_STORE_OUTPUTS     3
-#define NGX_PUSHJOBS_STORE_BATCHES     4
+#define NGX_PUSHJOBS_STORE_SETTLE      4
+#define NGX_PUSHJOBS_STORE_BATCHES     5
+
+/* the distinct jobs of an inputs batch looked for before appending */
+#define NGX_PUSHJOBS_SETTLE_DISTINCT   16
 
 
 typedef struct ngx_pushjobs_batch_s  ngx_pushjobs_batch_t;
@@ -160,6 +164,21 @@ ngx_pushjobs_store_init(ngx_pushjobs_worker_t *w)
     b = &st->batch[NGX_PUSHJOBS_STORE_OUTPUTS];
     b->name = "outputs";
     b->sql = "SELECT pushjobs.node_outputs($1)";
+
+    /*
+     * The jobs of each inputs batch that committed, settled in a
+     * transaction of their own (quorum, completion, a rollout's next
+     * nodes): node_inputs() holds its jobs FOR SHARE only, so that the
+     * batches of one job from every worker run at once, and leaves this
+     * to settle_jobs().  While one is in flight the next batches' jobs
+     * gather; the sweeper settles what a worker failing between the two
+     * leaves.
+     */
+
+    b = &st->batch[NGX_PUSHJOBS_STORE_SETTLE];
+    b->name = "settle";
+    b->sql = "SELECT pushjobs.settle_jobs("
+             "ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))";
 
     for (i = 0; i < NGX_PUSHJOBS_STORE_BATCHES; i++) {
         b = &st->batch[i];
@@ -714,6 +733,7 @@ ngx_pushjobs_batch_result(void *data, PGresult *res)
 {
     ngx_pushjobs_batch_t *b = data;
 
+    char                  *state;
     ngx_pushjobs_store_t  *st;
 
     b->busy = 0;
@@ -723,6 +743,24 @@ ngx_pushjobs_batch_result(void *data, PGresult *res)
         || (PQresultStatus(res) != PGRES_TUPLES_OK
             && PQresultStatus(res) != PGRES_COMMAND_OK))
     {
+        state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+        if (st && b == &st->batch[NGX_PUSHJOBS_STORE_SETTLE]
+            && state && ngx_strcmp(state, "42883") == 0)
+        {
+            /*
+             * undefined_function: the database is not upgraded yet (a
+             * rolling upgrade) and its node_inputs() settles the jobs
+             * itself
+             */
+            ngx_log_error(NGX_LOG_NOTICE, b->log, 0,
+                          "pushjobs: no settle_jobs() in the database, "
+                          "its node_inputs() settles");
+            ngx_pushjobs_batch_release(&b->flight);
+            ngx_pushjobs_batch_flush(b);
+            return;
+        }
+
         ngx_log_error(NGX_LOG_WARN, b->log, 0,
                       "pushjobs: %s batch of %uz bytes failed, retrying",
                       b->name, b->flight.len);
@@ -893,14 +931,52 @@ ngx_pushjobs_batch_release(ngx_pushjobs_batch_buf_t *bb)
 }
 
 
-/* rows: (i, rehab) for each input of the batch */
+/*
+ * rows: (i, rehab) for each input of the batch; its jobs are then settled
+ * (each once here, but for a batch of more jobs than looked for: a job
+ * named twice is settled once all the same)
+ */
 
 static void
 ngx_pushjobs_inputs_done(ngx_pushjobs_batch_t *b, PGresult *res)
 {
     int                         row, nrows;
+    u_char                     *seen[NGX_PUSHJOBS_SETTLE_DISTINCT];
+    u_char                      json[NGX_PUSHJOBS_JOB_ID_LEN + 2];
     ngx_int_t                   i;
+    ngx_uint_t                  k, n, nseen;
+    ngx_pushjobs_store_t       *st;
     ngx_pushjobs_store_item_t  *item;
+
+    st = ngx_pushjobs_store_current();
+    nseen = 0;
+
+    for (n = 0; st && n < b->flight.nitems; n++) {
+        item = &b->flight.items[n];
+
+        for (k = 0; k < nseen; k++) {
+            if (ngx_memcmp(seen[k], item->job_id, NGX_PUSHJOBS_JOB_ID_LEN)
+                == 0)
+            {
+                break;
+            }
+        }
+
+        if (k < nseen) {
+            continue;
+        }
+
+        if (nseen < NGX_PUSHJOBS_SETTLE_DISTINCT) {
+            seen[nseen++] = item->job_id;
+        }
+
+        json[0] = '"';
+        ngx_memcpy(json + 1, item->job_id, NGX_PUSHJOBS_JOB_ID_LEN);
+        json[NGX_PUSHJOBS_JOB_ID_LEN + 1] = '"';
+
+        (void) ngx_pushjobs_batch_append(&st->batch[NGX_PUSHJOBS_STORE_SETTLE],
+                                         json, sizeof(json), NULL);
+    }
 
     nrows = PQntuples(res);
 

@@ -115,12 +115,18 @@ BEGIN
         RETURN;
     END IF;
 
-    -- The next id of the job's feed.  The caller's job row lock
+    -- The next id of the job's feed, under a lock of the job's feed held
+    -- to commit, so that ids follow commit order: the batches of one job
+    -- hold its row FOR SHARE only and run at once, and a feed reader must
+    -- never see a smaller id commit after a larger one.  The lock
     -- serializes writers (the primary key would refuse a duplicate);
     -- reading the last seq through the primary key keeps a batch of
     -- thousands of transitions linear, where bumping a counter in the
     -- jobs row made each update slower than the last (one row version
     -- per event, all in one transaction).
+    PERFORM pg_advisory_xact_lock(hashtext('pushjobs.job_events'),
+                                  hashtext(p_job));
+
     SELECT COALESCE(max(seq), 0) INTO v_seq
       FROM pushjobs.job_events
      WHERE job_id = p_job;
@@ -446,8 +452,10 @@ $$;
 -- Ends voting or the run phase of a job once nothing is left to wait for;
 -- in between, starts further nodes of a rate-controlled job (rollout()).
 -- Every transaction that changes a node of a job calls it, so the next
--- node's run is released in the transaction that ends a running one.  The
--- caller holds the job's lock.
+-- node's run is released in the transaction that ends a running one, but
+-- for node_inputs(): its batches of one job run at once, and settle_jobs()
+-- settles their jobs in the transaction right after each.  The caller
+-- holds the job's lock (FOR UPDATE).
 CREATE OR REPLACE FUNCTION pushjobs.settle(p_job text)
 RETURNS pushjobs.job_status
 LANGUAGE plpgsql AS $$
@@ -1105,22 +1113,36 @@ $$;
 -- batch in a 100,000-node job, and a 1,000,000-node job ten times that
 -- per batch.
 CREATE OR REPLACE FUNCTION pushjobs.node_inputs_write(p_job text, p_org text,
-    p_nodes text[], p_status pushjobs.node_status[], p_exit integer[],
+    p_nodes text[], p_old pushjobs.node_status[],
+    p_status pushjobs.node_status[], p_exit integer[],
     p_keys bigint[], p_names text[], p_fields json[])
 RETURNS void
 LANGUAGE plpgsql
 SET enable_seqscan = off
 AS $$
+DECLARE
+    v_count  integer;
 BEGIN
     IF cardinality(p_nodes) > 0 THEN
+        -- each node only from the status its messages were stepped from:
+        -- another batch of the job (the node's channel moved to another
+        -- worker) may have changed it since; PostgreSQL re-checks the
+        -- condition on the row's new version after waiting for it
         UPDATE pushjobs.job_nodes n
            SET status = u.status,
                exit_status = COALESCE(u.exit_status, n.exit_status),
                updated_at = now()
-          FROM unnest(p_nodes, p_status, p_exit) AS u(node, status,
-                                                      exit_status)
+          FROM unnest(p_nodes, p_old, p_status, p_exit)
+                   AS u(node, old, status, exit_status)
          WHERE n.job_id = p_job AND n.node_name = ANY (p_nodes)
-           AND n.node_name = u.node;
+           AND n.node_name = u.node AND n.status = u.old;
+
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+
+        IF v_count <> cardinality(p_nodes) THEN
+            RAISE EXCEPTION 'pushjobs: a node of job % changed meanwhile',
+                            p_job USING ERRCODE = 'serialization_failure';
+        END IF;
     END IF;
 
     PERFORM pushjobs.emit_events(p_job, p_org, p_keys, p_names, p_fields);
@@ -1161,8 +1183,23 @@ $$;
 -- set-based: the jobs are locked (and timed out) first, then one query
 -- reads every message with its node's row, walked per job and node in
 -- arrival order; each job's node updates and events are written at once
--- (node_inputs_write()), its events in arrival order, and the job is then
--- settled.  Per message that leaves no statement but the captured output.
+-- (node_inputs_write()), its events in arrival order.  Per message that
+-- leaves no statement but the captured output.
+--
+-- The locks: a job whose run timer has fired is timed out first, its row
+-- FOR UPDATE; then every job of the batch is held FOR SHARE, in id order,
+-- so that the batches of one job from several workers (its nodes'
+-- channels are spread over them) run at the same time, while the job's
+-- status cannot change under them.  A node two batches both touch (its
+-- channel moved to another worker with a message in flight) is written
+-- only from the status it was stepped from: the later batch finds it
+-- changed, undoes its attempt and steps its messages again from the rows
+-- as they are (at most 5 attempts; a deadlock between two batches is
+-- undone the same way).  The job is not settled here: the caller settles
+-- the jobs of the batch with settle_jobs(), in a transaction of its own
+-- right after this one commits (the module's settle batch), and the
+-- sweeper settles every voting or running job it finds unlocked, should a
+-- front end fail between the two.
 CREATE OR REPLACE FUNCTION pushjobs.node_inputs(p_inputs jsonb)
 RETURNS TABLE (i integer, rehab boolean)
 LANGUAGE plpgsql AS $$
@@ -1172,34 +1209,49 @@ DECLARE
     v_job     pushjobs.jobs;
     v_id      text;
     v_node    text;
+    v_old     pushjobs.node_status;
     v_status  pushjobs.node_status;
     v_exit    integer;
-    v_moved   boolean := false;
-    u_nodes   text[] := '{}';
-    u_status  pushjobs.node_status[] := '{}';
-    u_exit    integer[] := '{}';
-    e_keys    bigint[] := '{}';
-    e_names   text[] := '{}';
-    e_fields  json[] := '{}';
+    v_moved   boolean;
+    v_try     integer := 0;
+    u_nodes   text[];
+    u_old     pushjobs.node_status[];
+    u_status  pushjobs.node_status[];
+    u_exit    integer[];
+    e_keys    bigint[];
+    e_names   text[];
+    e_fields  json[];
+    o_i       integer[];
+    o_rehab   boolean[];
     v_out_at  bigint;
     v_err_at  bigint;
     v_trunc   boolean;
 BEGIN
-    -- every job of the batch locked, in id order, before the snapshot of
-    -- the query below; the run timer first (see time_out())
-    FOR v_job IN
-        SELECT j.* FROM pushjobs.jobs j
-         WHERE (j.id, j.org) IN (SELECT e ->> 'job_id', e ->> 'org'
-                                   FROM jsonb_array_elements(p_inputs) e)
-         ORDER BY j.id
-           FOR UPDATE
-    LOOP
-        IF v_job.status = 'running' AND v_job.run_deadline <= now() THEN
-            PERFORM pushjobs.time_out(v_job.id);
-        END IF;
-    END LOOP;
+    -- a job whose run timer has fired is ended first, its row FOR UPDATE
+    -- (see time_out()); then every job of the batch is held FOR SHARE, in
+    -- id order, to the batch's commit: its status does not change while
+    -- the batch runs, and the job's other batches run at the same time
+    PERFORM pushjobs.time_out(j.id)
+       FROM (SELECT j.id FROM pushjobs.jobs j
+              WHERE (j.id, j.org) IN (SELECT e ->> 'job_id', e ->> 'org'
+                                        FROM jsonb_array_elements(p_inputs) e)
+                AND j.status = 'running' AND j.run_deadline <= now()
+              ORDER BY j.id
+                FOR UPDATE) j;
 
-    v_job := NULL;
+    PERFORM 1 FROM pushjobs.jobs j
+      WHERE (j.id, j.org) IN (SELECT e ->> 'job_id', e ->> 'org'
+                                FROM jsonb_array_elements(p_inputs) e)
+      ORDER BY j.id
+        FOR SHARE;
+
+    <<attempt>>
+    LOOP
+    BEGIN
+    v_job := NULL; v_id := NULL; v_node := NULL; v_moved := false;
+    u_nodes := '{}'; u_old := '{}'; u_status := '{}'; u_exit := '{}';
+    e_keys := '{}'; e_names := '{}'; e_fields := '{}';
+    o_i := '{}'; o_rehab := '{}';
 
     FOR r IN
         SELECT (e.ord - 1)::integer AS idx, e.ord,
@@ -1226,11 +1278,13 @@ BEGIN
         THEN
             IF v_moved THEN
                 u_nodes := array_append(u_nodes, v_node);
+                u_old := array_append(u_old, v_old);
                 u_status := array_append(u_status, v_status);
                 u_exit := array_append(u_exit, v_exit);
             END IF;
 
             v_node := r.node;
+            v_old := r.status;
             v_status := r.status;
             v_exit := NULL;
             v_moved := false;
@@ -1239,25 +1293,25 @@ BEGIN
         IF v_id IS DISTINCT FROM r.job_id THEN
             IF v_job.id IS NOT NULL THEN
                 PERFORM pushjobs.node_inputs_write(v_job.id, v_job.org,
-                            u_nodes, u_status, u_exit,
+                            u_nodes, u_old, u_status, u_exit,
                             e_keys, e_names, e_fields);
-                PERFORM pushjobs.settle(v_job.id);
-                u_nodes := '{}'; u_status := '{}'; u_exit := '{}';
+                u_nodes := '{}'; u_old := '{}'; u_status := '{}';
+                u_exit := '{}';
                 e_keys := '{}'; e_names := '{}'; e_fields := '{}';
             END IF;
 
-            -- locked above
+            -- held above
             SELECT * INTO v_job FROM pushjobs.jobs
              WHERE id = r.job_id AND org = r.org;
 
             v_id := r.job_id;
         END IF;
 
-        i := r.idx;
+        o_i := array_append(o_i, r.idx);
 
         IF v_job.id IS NULL THEN
-            rehab := r.input NOT IN ('succeeded', 'failed', 'aborted');
-            RETURN NEXT;
+            o_rehab := array_append(o_rehab,
+                           r.input NOT IN ('succeeded', 'failed', 'aborted'));
             CONTINUE;
         END IF;
 
@@ -1285,8 +1339,7 @@ BEGIN
                    OR v_out_at <> least(r.out_off, r.cap)
                    OR v_err_at <> least(r.err_off, r.cap)
                 THEN
-                    rehab := true;
-                    RETURN NEXT;
+                    o_rehab := array_append(o_rehab, true);
                     CONTINUE;
                 END IF;
             END IF;
@@ -1324,22 +1377,58 @@ BEGIN
         END LOOP;
 
         -- a final report's rehab is a resend: only for a short one, above
-        rehab := v_step.rehab
-                 AND r.input NOT IN ('succeeded', 'failed', 'aborted');
-        RETURN NEXT;
+        o_rehab := array_append(o_rehab, v_step.rehab
+                       AND r.input NOT IN ('succeeded', 'failed', 'aborted'));
     END LOOP;
 
     IF v_job.id IS NOT NULL THEN
         IF v_moved THEN
             u_nodes := array_append(u_nodes, v_node);
+            u_old := array_append(u_old, v_old);
             u_status := array_append(u_status, v_status);
             u_exit := array_append(u_exit, v_exit);
         END IF;
 
         PERFORM pushjobs.node_inputs_write(v_job.id, v_job.org,
-                    u_nodes, u_status, u_exit, e_keys, e_names, e_fields);
-        PERFORM pushjobs.settle(v_job.id);
+                    u_nodes, u_old, u_status, u_exit,
+                    e_keys, e_names, e_fields);
     END IF;
+
+    EXIT attempt;
+
+    -- a node changed by another batch meanwhile: the batch again, from
+    -- the rows as they are now (this attempt's writes are undone)
+    EXCEPTION WHEN serialization_failure OR deadlock_detected THEN
+        v_try := v_try + 1;
+        IF v_try >= 5 THEN
+            RAISE;
+        END IF;
+    END;
+    END LOOP;
+
+    RETURN QUERY SELECT * FROM unnest(o_i, o_rehab);
+END
+$$;
+
+
+-- Quorum and completion of the jobs a batch of node_inputs() touched, in a
+-- transaction of their own right after it: each job's row FOR UPDATE, so
+-- that this waits for the job's batches in flight and sees all that they
+-- wrote.
+CREATE OR REPLACE FUNCTION pushjobs.settle_jobs(p_jobs text[])
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id  text;
+BEGIN
+    FOR v_id IN
+        SELECT j.id FROM pushjobs.jobs j
+         WHERE j.id = ANY (p_jobs)
+         ORDER BY j.id
+           FOR UPDATE
+    LOOP
+        PERFORM pushjobs.settle(v_id);
+    END LOOP;
 END
 $$;
 
@@ -2041,6 +2130,25 @@ BEGIN
 
         PERFORM pushjobs.settle(v_job.id);
         v_count := v_count + 1;
+    END LOOP;
+
+    /*
+     * The backstop of settle_jobs(): a job whose node_inputs() batch
+     * committed but whose settle did not follow (its front end failed
+     * between the two, or runs a module older than the lock plan) is
+     * settled here.  A job a batch or a settle holds is skipped: its own
+     * settle_jobs() follows.  settle() reads a job until its first node
+     * still to wait for, so this costs little but at a job's end.
+     */
+    FOR v_job IN
+        SELECT * FROM pushjobs.jobs
+         WHERE status IN ('voting', 'running')
+         ORDER BY id
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        IF pushjobs.settle(v_job.id) <> v_job.status THEN
+            v_count := v_count + 1;
+        END IF;
     END LOOP;
 
     RETURN v_count;

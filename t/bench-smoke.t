@@ -70,10 +70,10 @@ like $si, qr{^create_job of 2000 nodes .*: [\d.]+/[\d.]+/[\d.]+ ms$}m,
 like $si, qr/^events: 6004, every job numbered 1 to its count: true$/m,
      '  every event once, numbered without a gap';
 
-# the lock plan's prototype (bench/lockplan.diff) still applies to sql/ and
-# ingests one job from 2 sessions at once, every node and event once
-$si = `SQL_PATCH=bench/lockplan.diff "$ROOT/bench/sql-ingest" 2000 250 1 2 2>&1`;
-is $?, 0, 'bench/sql-ingest with the lock plan, one job, 2 sessions' or diag $si;
+# the lock plan: one job fed from 2 sessions at once, its batches holding
+# it FOR SHARE, every node and event once
+$si = `"$ROOT/bench/sql-ingest" 2000 250 1 2 2>&1`;
+is $?, 0, 'bench/sql-ingest, one job, 2 sessions' or diag $si;
 like $si, qr/^jobs: 1, complete$/m, '  the job completes';
 like $si, qr/^nodes: succeeded 2000$/m, '  every node succeeded';
 # 3 per node, and the job's quorum_succeeded and job_complete
