@@ -1227,23 +1227,28 @@ DECLARE
     v_err_at  bigint;
     v_trunc   boolean;
 BEGIN
-    -- a job whose run timer has fired is ended first, its row FOR UPDATE
-    -- (see time_out()); then every job of the batch is held FOR SHARE, in
-    -- id order, to the batch's commit: its status does not change while
-    -- the batch runs, and the job's other batches run at the same time
-    PERFORM pushjobs.time_out(j.id)
-       FROM (SELECT j.id FROM pushjobs.jobs j
-              WHERE (j.id, j.org) IN (SELECT e ->> 'job_id', e ->> 'org'
-                                        FROM jsonb_array_elements(p_inputs) e)
-                AND j.status = 'running' AND j.run_deadline <= now()
-              ORDER BY j.id
-                FOR UPDATE) j;
-
-    PERFORM 1 FROM pushjobs.jobs j
-      WHERE (j.id, j.org) IN (SELECT e ->> 'job_id', e ->> 'org'
-                                FROM jsonb_array_elements(p_inputs) e)
-      ORDER BY j.id
-        FOR SHARE;
+    -- every job of the batch, in id order, is held to the batch's commit:
+    -- FOR SHARE, so that its status does not change while the batch runs
+    -- and its other batches run at the same time; or, when its run timer
+    -- has fired, FOR UPDATE and ended first (see time_out()).  One pass in
+    -- id order: a job timed out first and the others after would lock out
+    -- of order, and deadlock with settle_jobs().
+    FOR v_id IN
+        SELECT j.id FROM pushjobs.jobs j
+         WHERE (j.id, j.org) IN (SELECT e ->> 'job_id', e ->> 'org'
+                                   FROM jsonb_array_elements(p_inputs) e)
+         ORDER BY j.id
+    LOOP
+        IF EXISTS (SELECT 1 FROM pushjobs.jobs j
+                    WHERE j.id = v_id AND j.status = 'running'
+                      AND j.run_deadline <= now())
+        THEN
+            PERFORM 1 FROM pushjobs.jobs j WHERE j.id = v_id FOR UPDATE;
+            PERFORM pushjobs.time_out(v_id);
+        ELSE
+            PERFORM 1 FROM pushjobs.jobs j WHERE j.id = v_id FOR SHARE;
+        END IF;
+    END LOOP;
 
     <<attempt>>
     LOOP

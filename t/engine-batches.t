@@ -191,6 +191,30 @@ is status($j), 'timed_out', '  the job timed out';
 is nodes($j), 'n1=succeeded/0 n2=timed_out',
    '  the result committed before the deadline kept, the one after it not';
 
+# --- a batch of two jobs, the later one timed out, while another session
+# holds the first and then asks for the second (as settle_jobs() locks
+# them, in id order): the batch must not hold the second meanwhile
+
+my $j1 = job('running', n1 => 'running');
+my $j2 = job('running', n1 => 'running');
+sql("UPDATE pushjobs.jobs SET run_deadline = now() - interval '1 second'"
+    . " WHERE id = '$j2'");
+my $x = $stack->hold("SELECT 1 FROM pushjobs.jobs WHERE id = '$j1'"
+                     . " FOR UPDATE;");
+my $json = qq([{"org":"o","node":"n1","job_id":"$j1","type":"succeeded",)
+         . qq("exit_status":0},{"org":"o","node":"n1","job_id":"$j2",)
+         . qq("type":"succeeded","exit_status":0}]);
+$b = async('b5', "SELECT count(*) FROM pushjobs.node_inputs('$json')");
+ok waits_on($b), 'a batch of two jobs waits for the first';
+print $x "SELECT 1 FROM pushjobs.jobs WHERE id = '$j2' FOR UPDATE;\n";
+ok $stack->release($x), '  the session holding it locks the second too, '
+   . 'and commits (no deadlock)';
+($rc, $out) = finish($b);
+is $rc, 0, '  then the batch runs' or diag $out;
+is status($j2), 'timed_out', '  the second job timed out by it';
+is nodes($j1) . ' ' . nodes($j2), 'n1=succeeded/0 n1=timed_out',
+   '  the first job\'s report stored, the second\'s after its timer not';
+
 # --- the sweeper settles what no settle_jobs() followed --------------------
 
 $j = job('voting', n1 => 'new');
