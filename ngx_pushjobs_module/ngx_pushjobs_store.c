@@ -932,9 +932,9 @@ ngx_pushjobs_batch_release(ngx_pushjobs_batch_buf_t *bb)
 
 
 /*
- * rows: (i, rehab) for each input of the batch; its jobs are then settled
- * (each once here, but for a batch of more jobs than looked for: a job
- * named twice is settled once all the same)
+ * rows: (i, rehab) for each input of the batch; its jobs are then settled,
+ * each named once but in a batch of more jobs than are remembered here (a
+ * job named again is settled once all the same)
  */
 
 static void
@@ -944,12 +944,13 @@ ngx_pushjobs_inputs_done(ngx_pushjobs_batch_t *b, PGresult *res)
     u_char                     *seen[NGX_PUSHJOBS_SETTLE_DISTINCT];
     u_char                      json[NGX_PUSHJOBS_JOB_ID_LEN + 2];
     ngx_int_t                   i;
-    ngx_uint_t                  k, n, nseen;
+    ngx_uint_t                  k, n, nseen, next;
     ngx_pushjobs_store_t       *st;
     ngx_pushjobs_store_item_t  *item;
 
     st = ngx_pushjobs_store_current();
     nseen = 0;
+    next = 0;
 
     for (n = 0; st && n < b->flight.nitems; n++) {
         item = &b->flight.items[n];
@@ -968,6 +969,10 @@ ngx_pushjobs_inputs_done(ngx_pushjobs_batch_t *b, PGresult *res)
 
         if (nseen < NGX_PUSHJOBS_SETTLE_DISTINCT) {
             seen[nseen++] = item->job_id;
+
+        } else {
+            /* the oldest remembered gives way */
+            seen[next++ % NGX_PUSHJOBS_SETTLE_DISTINCT] = item->job_id;
         }
 
         json[0] = '"';
