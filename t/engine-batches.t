@@ -140,6 +140,15 @@ is status($j), 'voting', '  node_inputs() leaves the job unsettled';
 sql("SELECT pushjobs.settle_jobs(ARRAY['$j'])");
 is status($j), 'running', '  settle_jobs() ends its voting';
 
+# a report sent again after a job's end names an ended job: not locked
+my $ended = job('complete', n1 => 'succeeded');
+$a = $stack->hold("SELECT 1 FROM pushjobs.jobs WHERE id = '$ended'"
+                  . " FOR SHARE;");
+ok eval { sql("SET lock_timeout = '2s'; SELECT pushjobs.settle_jobs("
+              . "ARRAY['$ended'])"); 1 },
+   'settle_jobs() of an ended job does not wait for its row' or diag $@;
+$stack->release($a);
+
 # --- a node in both batches (its channel moved to the other worker) --------
 
 $j = job('voting', n1 => 'new', n2 => 'new', n3 => 'new');

@@ -380,7 +380,8 @@ $$;
 -- Quorum and completion of the jobs a batch of node_inputs() touched, in a
 -- transaction of their own right after it: each job's row FOR UPDATE, so
 -- that this waits for the job's batches in flight and sees all that they
--- wrote.
+-- wrote.  A job that has ended is not locked (a report sent again after
+-- its end names it too).
 CREATE FUNCTION pushjobs.settle_jobs(p_jobs text[])
 RETURNS void
 LANGUAGE plpgsql AS $$
@@ -389,7 +390,7 @@ DECLARE
 BEGIN
     FOR v_id IN
         SELECT j.id FROM pushjobs.jobs j
-         WHERE j.id = ANY (p_jobs)
+         WHERE j.id = ANY (p_jobs) AND j.status IN ('voting', 'running')
          ORDER BY j.id
            FOR UPDATE
     LOOP
